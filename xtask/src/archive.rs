@@ -1,0 +1,220 @@
+//! Reproducible tar + zstd archives and their guarded unpacking.
+//!
+//! The same input gives the same bytes: entries sorted, mtime 0, uid/gid 0,
+//! no user names, fixed modes. Unpacking accepts only plain files and
+//! directories at relative paths inside the target.
+
+use std::fs::{self, File};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Component, Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use sha2::{Digest, Sha256};
+
+const ZSTD_LEVEL: i32 = 3;
+
+/// A writer that hashes and counts what passes through it.
+pub struct Hashing<W> {
+    inner: W,
+    hasher: Sha256,
+    len: u64,
+}
+
+impl<W: Write> Hashing<W> {
+    pub fn new(inner: W) -> Self {
+        Hashing { inner, hasher: Sha256::new(), len: 0 }
+    }
+    pub fn finish(self) -> (W, String, u64) {
+        (self.inner, hex::encode(self.hasher.finalize()), self.len)
+    }
+}
+
+impl<W: Write> Write for Hashing<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hasher.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// SHA-256 (hex) of a byte slice.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// SHA-256 (hex) and size of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
+    let mut file = File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut hashing = Hashing::new(io::sink());
+    io::copy(&mut file, &mut hashing)?;
+    let (_, sha, len) = hashing.finish();
+    Ok((sha, len))
+}
+
+/// Builds one archive, entry by entry, in the order given by the caller
+/// (who sorts them).
+pub struct Writer<W: Write> {
+    tar: tar::Builder<zstd::Encoder<'static, Hashing<W>>>,
+}
+
+impl<W: Write> Writer<W> {
+    pub fn new(out: W) -> Result<Self> {
+        let encoder = zstd::Encoder::new(Hashing::new(out), ZSTD_LEVEL)?;
+        let mut tar = tar::Builder::new(encoder);
+        tar.mode(tar::HeaderMode::Deterministic);
+        Ok(Writer { tar })
+    }
+
+    fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+        let mut header = tar::Header::new_gnu();
+        header.set_entry_type(kind);
+        header.set_mode(mode);
+        header.set_size(size);
+        header.set_mtime(0);
+        header.set_uid(0);
+        header.set_gid(0);
+        header
+    }
+
+    pub fn dir(&mut self, path: &str, mode: u32) -> Result<()> {
+        let mut header = Self::header(tar::EntryType::Directory, mode, 0);
+        self.tar.append_data(&mut header, format!("{}/", path.trim_end_matches('/')), io::empty())?;
+        Ok(())
+    }
+
+    pub fn file(&mut self, path: &str, mode: u32, size: u64, data: impl Read) -> Result<()> {
+        let mut header = Self::header(tar::EntryType::Regular, mode, size);
+        self.tar.append_data(&mut header, path, data)?;
+        Ok(())
+    }
+
+    /// Finish the archive: (output, sha256 hex, compressed size).
+    pub fn finish(self) -> Result<(W, String, u64)> {
+        let encoder = self.tar.into_inner()?;
+        let hashing = encoder.finish()?;
+        Ok(hashing.finish())
+    }
+}
+
+/// Archive a directory tree (sorted, modes normalised to 0755/0644).
+/// Symbolic links are not archived as links (the host refuses links): one
+/// to a regular file inside `root` is stored as a copy of that file; any
+/// other is left out and returned, so the caller can say so.
+pub fn write_tree<W: Write>(writer: &mut Writer<W>, root: &Path, under: &str) -> Result<Vec<String>> {
+    let canonical_root = fs::canonicalize(root).with_context(|| format!("cannot read {}", root.display()))?;
+    let mut skipped = Vec::new();
+    let mut stack = vec![PathBuf::new()];
+    writer.dir(under, 0o755)?;
+    while let Some(rel) = stack.pop() {
+        let dir = root.join(&rel);
+        let mut names: Vec<_> = fs::read_dir(&dir)
+            .with_context(|| format!("cannot read {}", dir.display()))?
+            .map(|e| e.map(|e| e.file_name()))
+            .collect::<io::Result<_>>()?;
+        names.sort();
+        let mut subdirs = Vec::new();
+        for name in names {
+            let rel_path = rel.join(&name);
+            let full = root.join(&rel_path);
+            let archived =
+                format!("{under}/{}", rel_path.to_str().with_context(|| format!("{} is not UTF-8", full.display()))?);
+            let meta = fs::symlink_metadata(&full)?;
+            let file_type = meta.file_type();
+            if file_type.is_dir() {
+                writer.dir(&archived, 0o755)?;
+                subdirs.push(rel_path);
+            } else if file_type.is_file() {
+                let mode = if meta.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
+                writer.file(&archived, mode, meta.len(), File::open(&full)?)?;
+            } else if file_type.is_symlink() {
+                match fs::canonicalize(&full) {
+                    Ok(target) if target.starts_with(&canonical_root) && target.is_file() => {
+                        let meta = fs::metadata(&target)?;
+                        let mode = if meta.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
+                        writer.file(&archived, mode, meta.len(), File::open(&target)?)?;
+                    }
+                    _ => skipped.push(archived),
+                }
+            } else {
+                skipped.push(archived);
+            }
+        }
+        // Depth-first in sorted order: push in reverse so the first pops first.
+        stack.extend(subdirs.into_iter().rev());
+    }
+    Ok(skipped)
+}
+
+/// Check that an archive path is relative and stays inside the target.
+fn safe_path(raw: &Path) -> Result<PathBuf> {
+    let mut clean = PathBuf::new();
+    for component in raw.components() {
+        match component {
+            Component::Normal(part) => clean.push(part),
+            Component::CurDir => {}
+            Component::ParentDir => bail!("entry {} contains `..`", raw.display()),
+            Component::RootDir | Component::Prefix(_) => bail!("entry {} is an absolute path", raw.display()),
+        }
+    }
+    if clean.as_os_str().is_empty() {
+        bail!("entry with an empty path");
+    }
+    Ok(clean)
+}
+
+/// One unpacked entry, for callers that check what an archive held.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unpacked {
+    pub path: PathBuf,
+    pub is_dir: bool,
+    pub mode: u32,
+}
+
+/// Unpack a tar.zst into `dest` (which must exist and should be empty),
+/// refusing absolute paths, `..`, links, devices and anything else that is
+/// not a plain file or directory. Modes are kept without setuid/setgid/sticky.
+pub fn unpack(archive: impl Read, dest: &Path) -> Result<Vec<Unpacked>> {
+    let decoder = zstd::Decoder::new(archive)?;
+    let mut tar = tar::Archive::new(decoder);
+    let mut unpacked = Vec::new();
+    let mut dirs = Vec::new();
+    for entry in tar.entries()? {
+        let mut entry = entry.context("the archive is corrupt")?;
+        let raw = entry.path()?.into_owned();
+        let rel = safe_path(&raw)?;
+        let mode = entry.header().mode()? & 0o777;
+        let target = dest.join(&rel);
+        match entry.header().entry_type() {
+            tar::EntryType::Directory => {
+                fs::create_dir_all(&target)?;
+                dirs.push((target, mode));
+                unpacked.push(Unpacked { path: rel, is_dir: true, mode });
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                if let Some(parent) = target.parent() {
+                    fs::create_dir_all(parent)?;
+                }
+                let mut file = fs::OpenOptions::new()
+                    .write(true)
+                    .create_new(true)
+                    .mode(0o600)
+                    .open(&target)
+                    .with_context(|| format!("entry {} appears twice or cannot be created", raw.display()))?;
+                io::copy(&mut entry, &mut file)?;
+                file.set_permissions(fs::Permissions::from_mode(mode))?;
+                unpacked.push(Unpacked { path: rel, is_dir: false, mode });
+            }
+            other => bail!("entry {} is a {:?}, not a plain file or directory: refused", raw.display(), other),
+        }
+    }
+    // Directory modes last: a read-only directory must first be filled.
+    for (dir, mode) in dirs.into_iter().rev() {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(mode))?;
+    }
+    Ok(unpacked)
+}

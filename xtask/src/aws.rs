@@ -1,0 +1,223 @@
+//! One AWS context for every command: the standard credential chain,
+//! `AWS_ENDPOINT_URL`, explicit timeouts and a single retry layer.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_types::error::display::DisplayErrorContext;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+
+/// Explicit limits so that nothing waits forever on a stalled connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// Longest wait for the next bytes of a response.
+    pub read: Duration,
+    /// One HTTP attempt, start to end.
+    pub attempt: Duration,
+    /// One operation, all retries included.
+    pub operation: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        // Sized for the largest request we send (a 16 MiB multipart part over
+        // a slow uplink) while still failing a dead connection in seconds.
+        Timeouts {
+            connect: Duration::from_secs(5),
+            read: Duration::from_secs(30),
+            attempt: Duration::from_secs(120),
+            operation: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Timeouts {
+    /// Defaults, each overridable in seconds by
+    /// `CLAWDINATOR_{CONNECT,READ,ATTEMPT,OPERATION}_TIMEOUT`.
+    pub fn from_env() -> Result<Timeouts> {
+        let mut t = Timeouts::default();
+        for (name, slot) in [
+            ("CLAWDINATOR_CONNECT_TIMEOUT", &mut t.connect),
+            ("CLAWDINATOR_READ_TIMEOUT", &mut t.read),
+            ("CLAWDINATOR_ATTEMPT_TIMEOUT", &mut t.attempt),
+            ("CLAWDINATOR_OPERATION_TIMEOUT", &mut t.operation),
+        ] {
+            if let Ok(value) = std::env::var(name) {
+                let secs: f64 = value
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| *s > 0.0)
+                    .with_context(|| format!("{name}={value} is not a positive number of seconds"))?;
+                *slot = Duration::from_secs_f64(secs);
+            }
+        }
+        Ok(t)
+    }
+}
+
+/// How to reach AWS (or the emulator).
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    pub region: Option<String>,
+    pub profile: Option<String>,
+    /// Overrides `AWS_ENDPOINT_URL` (used for the local emulator).
+    pub endpoint_url: Option<String>,
+    /// Fixed credentials instead of the standard chain (the emulator's dummies).
+    pub static_credentials: Option<(String, String)>,
+    pub timeouts: Timeouts,
+    /// Attempts per operation, the first included; the one retry layer.
+    /// 0 means the default (3).
+    pub max_attempts: u32,
+}
+
+impl Settings {
+    /// Settings for the local emulator at `endpoint`: dummy credentials.
+    pub fn local(endpoint: &str) -> Settings {
+        Settings {
+            region: Some("us-east-1".into()),
+            endpoint_url: Some(endpoint.to_string()),
+            static_credentials: Some(("testing".into(), "testing".into())),
+            ..Settings::default()
+        }
+    }
+}
+
+/// A loaded AWS configuration and the clients built from it.
+#[derive(Clone, Debug)]
+pub struct Aws {
+    pub config: SdkConfig,
+    /// An endpoint override is in force: S3 must then use path-style URLs.
+    custom_endpoint: bool,
+}
+
+impl Aws {
+    pub async fn load(settings: &Settings) -> Result<Aws> {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(settings.timeouts.connect)
+                    .read_timeout(settings.timeouts.read)
+                    .operation_attempt_timeout(settings.timeouts.attempt)
+                    .operation_timeout(settings.timeouts.operation)
+                    .build(),
+            )
+            .retry_config(RetryConfig::standard().with_max_attempts(if settings.max_attempts == 0 {
+                3
+            } else {
+                settings.max_attempts
+            }));
+        if let Some(region) = &settings.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(profile) = &settings.profile {
+            loader = loader.profile_name(profile);
+        }
+        if let Some(endpoint) = &settings.endpoint_url {
+            loader = loader.endpoint_url(endpoint);
+        }
+        if let Some((id, secret)) = &settings.static_credentials {
+            loader = loader.credentials_provider(aws_sdk_sts::config::Credentials::new(
+                id,
+                secret,
+                None,
+                None,
+                "clawdinator-static",
+            ));
+        }
+        let config = loader.load().await;
+        let custom_endpoint = config.endpoint_url().is_some();
+        Ok(Aws { config, custom_endpoint })
+    }
+
+    pub fn region(&self) -> Option<&str> {
+        self.config.region().map(|r| r.as_ref())
+    }
+
+    pub fn endpoint_url(&self) -> Option<&str> {
+        self.config.endpoint_url()
+    }
+
+    pub fn s3(&self) -> aws_sdk_s3::Client {
+        let conf = aws_sdk_s3::config::Builder::from(&self.config).force_path_style(self.custom_endpoint).build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
+    pub fn sts(&self) -> aws_sdk_sts::Client {
+        aws_sdk_sts::Client::new(&self.config)
+    }
+
+    pub fn iam(&self) -> aws_sdk_iam::Client {
+        aws_sdk_iam::Client::new(&self.config)
+    }
+
+    pub fn ec2(&self) -> aws_sdk_ec2::Client {
+        aws_sdk_ec2::Client::new(&self.config)
+    }
+
+    pub fn ebs(&self) -> aws_sdk_ebs::Client {
+        aws_sdk_ebs::Client::new(&self.config)
+    }
+
+    pub fn secrets_manager(&self) -> aws_sdk_secretsmanager::Client {
+        aws_sdk_secretsmanager::Client::new(&self.config)
+    }
+
+    /// The caller's ARN (STS GetCallerIdentity): proves credentials work.
+    pub async fn caller_arn(&self) -> Result<String> {
+        let out = self.sts().get_caller_identity().send().await.map_err(|e| error("STS GetCallerIdentity", "", e))?;
+        Ok(out.arn.unwrap_or_default())
+    }
+}
+
+/// An SDK error as one readable line: the operation, the resource, AWS's
+/// code and message, and for access denials the IAM action to grant. (The
+/// SDK's own `Display` says only "service error"; its debug form dumps the
+/// whole raw response.)
+pub fn error<E, R>(operation: &str, resource: &str, err: SdkError<E, R>) -> anyhow::Error
+where
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    let target = if resource.is_empty() { String::new() } else { format!(" on {resource}") };
+    let cause = match &err {
+        SdkError::ServiceError(service) => {
+            let e = service.err();
+            let code = e.code().unwrap_or("UnknownError");
+            let message = e.message().unwrap_or("no message");
+            let mut cause = format!("{code}: {message}");
+            if code.contains("AccessDenied") || code.contains("UnauthorizedOperation") || code == "Forbidden" {
+                cause.push_str(&format!(" (the caller needs the IAM permission {})", iam_action(operation)));
+            }
+            cause
+        }
+        SdkError::TimeoutError(_) => {
+            "timeout: no complete answer within the configured timeouts (CLAWDINATOR_*_TIMEOUT to change them)"
+                .to_string()
+        }
+        SdkError::DispatchFailure(failure) if failure.is_timeout() => {
+            format!("timeout: {}", DisplayErrorContext(&err))
+        }
+        _ => DisplayErrorContext(&err).to_string(),
+    };
+    anyhow::anyhow!("{operation}{target} failed: {cause}")
+}
+
+/// "S3 PutObject" -> "s3:PutObject".
+fn iam_action(operation: &str) -> String {
+    let (service, action) = operation.rsplit_once(' ').unwrap_or(("", operation));
+    let prefix = match service {
+        "Secrets Manager" => "secretsmanager".to_string(),
+        other => other.to_lowercase(),
+    };
+    format!("{prefix}:{action}")
+}
+
+/// The AWS error code of an SDK error, when the service answered with one.
+pub fn error_code<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> Option<&str> {
+    err.as_service_error().and_then(|e| e.code())
+}

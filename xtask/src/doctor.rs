@@ -1,0 +1,265 @@
+//! `cargo xtask doctor`: every prerequisite, which commands need it, and how
+//! to get it. Always exits 0: it reports, it does not judge.
+
+use std::fmt;
+use std::path::Path;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::{aws, emulator, flags, Ctx};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Warn,
+    Missing,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Check {
+    pub name: &'static str,
+    pub status: Status,
+    pub detail: String,
+    pub needed_by: &'static str,
+    /// How to get it; empty when nothing needs doing.
+    pub fix: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Report {
+    pub checks: Vec<Check>,
+}
+
+impl fmt::Display for Report {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for c in &self.checks {
+            let mark = match c.status {
+                Status::Ok => " ok ",
+                Status::Warn => "warn",
+                Status::Missing => "MISS",
+            };
+            write!(f, "[{mark}] {:<18} {} (needed by: {})", c.name, c.detail, c.needed_by)?;
+            if !c.fix.is_empty() {
+                write!(f, "\n       {:<18} fix: {}", "", c.fix)?;
+            }
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}
+
+fn check(name: &'static str, needed_by: &'static str, result: Result<String, (Status, String, String)>) -> Check {
+    match result {
+        Ok(detail) => Check { name, status: Status::Ok, detail, needed_by, fix: String::new() },
+        Err((status, detail, fix)) => Check { name, status, detail, needed_by, fix },
+    }
+}
+
+fn missing(detail: impl Into<String>, fix: impl Into<String>) -> (Status, String, String) {
+    (Status::Missing, detail.into(), fix.into())
+}
+
+/// First line of `program args…`, or None when it cannot run.
+fn first_line(program: &str, args: &[&str]) -> Option<String> {
+    let sh = xshell::Shell::new().ok()?;
+    let out = xshell::cmd!(sh, "{program} {args...}").quiet().ignore_stderr().read().ok()?;
+    Some(out.lines().next().unwrap_or_default().trim().to_string())
+}
+
+pub fn check_nix() -> Check {
+    let result = match first_line("nix", &["--version"]) {
+        None => Err(missing(
+            "nix not found",
+            "run `nix develop` from a Nix install (https://nixos.org/download), or on Debian `apt-get install nix-bin`",
+        )),
+        Some(version) => {
+            let features = first_line("nix", &["config", "show", "experimental-features"])
+                .or_else(|| {
+                    first_line("nix", &["show-config", "--option", "experimental-features", "nix-command flakes"])
+                })
+                .unwrap_or_default();
+            if features.contains("flakes") {
+                Ok(format!("{version}, flakes enabled"))
+            } else {
+                Err((
+                    Status::Warn,
+                    format!("{version}, flakes not enabled"),
+                    "add `experimental-features = nix-command flakes` to ~/.config/nix/nix.conf".into(),
+                ))
+            }
+        }
+    };
+    check("nix", "image-build", result)
+}
+
+pub fn check_kvm() -> Check {
+    let result = if !Path::new("/dev/kvm").exists() {
+        Err(missing(
+            "/dev/kvm not found",
+            "build images on a host with KVM (bare metal or nested virtualisation), or let CI build them",
+        ))
+    } else if std::fs::OpenOptions::new().read(true).write(true).open("/dev/kvm").is_err() {
+        Err(missing("/dev/kvm exists but is not read-writable by this user", "add yourself to the `kvm` group"))
+    } else {
+        Ok("/dev/kvm usable".into())
+    };
+    check("kvm", "image-build", result)
+}
+
+pub fn check_tool(name: &'static str, args: &[&str], needed_by: &'static str, fix: &str) -> Check {
+    let result = first_line(name, args).ok_or_else(|| missing(format!("{name} not found"), fix));
+    check(name, needed_by, result)
+}
+
+pub fn check_age_identity(path: &Path) -> Check {
+    let result = match std::fs::read_to_string(path) {
+        Err(err) => Err(missing(
+            format!("{}: {err}", path.display()),
+            "write the fleet's age identity there (CI writes it from a secret), or pass --age-key / AGE_KEY_FILE",
+        )),
+        Ok(text) => {
+            let keys = text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#'));
+            let parsed: Vec<_> = keys.map(|l| l.trim().parse::<age::x25519::Identity>()).collect();
+            if parsed.is_empty() || parsed.iter().any(|p| p.is_err()) {
+                Err(missing(
+                    format!("{} is not an age X25519 identity file", path.display()),
+                    "generate one with `age-keygen -o FILE`",
+                ))
+            } else {
+                use std::os::unix::fs::PermissionsExt;
+                let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
+                if mode & 0o077 != 0 {
+                    Err((
+                        Status::Warn,
+                        format!("{} is readable by others (mode {mode:o})", path.display()),
+                        format!("chmod 600 {}", path.display()),
+                    ))
+                } else {
+                    Ok(format!("{} ({} identity)", path.display(), parsed.len()))
+                }
+            }
+        }
+    };
+    check("age identity", "secrets check, bootstrap upload, secrets seed", result)
+}
+
+pub fn check_emulator() -> Check {
+    let result = match emulator::installed_version() {
+        Some(v) if v == emulator::MOTO_VERSION => Ok(format!("moto {v} in .venv/")),
+        Some(v) => Err((Status::Warn, format!("moto {v} in .venv/, pinned {}", emulator::MOTO_VERSION), "it is reinstalled automatically on the next --local or `cargo xtask test`".into())),
+        None => Err((Status::Warn, "not provisioned yet".into(), "installed automatically into .venv/ on the first --local or `cargo xtask test` (needs python3 with venv and pip)".into())),
+    };
+    check("local emulator", "--local, cargo xtask test", result)
+}
+
+/// Does an IAM trust policy document (URL-encoded JSON, as IAM returns it)
+/// allow VM Import (`vmie.amazonaws.com`) to assume the role?
+pub fn trusts_vmie(document: &str) -> bool {
+    let decoded = percent_decode(document);
+    let Ok(policy) = serde_json::from_str::<serde_json::Value>(&decoded) else { return false };
+    let statements = match &policy["Statement"] {
+        serde_json::Value::Array(items) => items.clone(),
+        single => vec![single.clone()],
+    };
+    statements.iter().any(|s| {
+        s["Effect"] == "Allow"
+            && match &s["Principal"]["Service"] {
+                serde_json::Value::String(svc) => svc == "vmie.amazonaws.com",
+                serde_json::Value::Array(svcs) => svcs.iter().any(|v| v == "vmie.amazonaws.com"),
+                _ => false,
+            }
+    })
+}
+
+pub(crate) fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' && i + 2 < bytes.len() {
+            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+pub async fn check_aws(aws: &aws::Aws) -> Vec<Check> {
+    let region = match aws.region() {
+        Some(r) => check("region", "every AWS command", Ok(r.to_string())),
+        None => check(
+            "region",
+            "every AWS command",
+            Err(missing("no region configured", "pass --region or set AWS_REGION")),
+        ),
+    };
+    let credentials = match aws.caller_arn().await {
+        Ok(arn) => check("aws credentials", "every AWS command", Ok(format!("caller {arn}"))),
+        Err(err) => check(
+            "aws credentials",
+            "every AWS command",
+            Err(missing(format!("{err:#}"), "configure credentials (aws configure, AWS_PROFILE, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY), or use --local")),
+        ),
+    };
+    let vmimport = match aws.iam().get_role().role_name("vmimport").send().await {
+        Ok(out) => {
+            let doc = out.role.and_then(|r| r.assume_role_policy_document).unwrap_or_default();
+            if trusts_vmie(&doc) {
+                Ok("role vmimport exists and trusts vmie.amazonaws.com".to_string())
+            } else {
+                Err(missing(
+                    "role vmimport does not trust vmie.amazonaws.com",
+                    "apply infra/opentofu/aws, which creates the role with the right trust policy",
+                ))
+            }
+        }
+        Err(err) => Err(missing(
+            format!("{:#}", aws::error("IAM GetRole", "vmimport", err)),
+            "apply infra/opentofu/aws, which creates the vmimport role (only the s3-import publish path needs it)",
+        )),
+    };
+    vec![region, credentials, check("vmimport role", "image publish --via s3-import", vmimport)]
+}
+
+pub async fn report(ctx: &Ctx, args: &flags::DoctorArgs) -> Result<Report> {
+    let local_checks = tokio::task::spawn_blocking({
+        let age_key = args.age_key.clone();
+        move || {
+            vec![
+                check_nix(),
+                check_kvm(),
+                check_tool(
+                    "git",
+                    &["--version"],
+                    "seeds prepare, image-build",
+                    "apt-get install git, or `nix develop`",
+                ),
+                check_tool(
+                    "tofu",
+                    &["version"],
+                    "infrastructure (infra/opentofu/aws)",
+                    "`nix develop` provides it, or https://opentofu.org/docs/intro/install/",
+                ),
+                check_age_identity(&age_key),
+                check_emulator(),
+            ]
+        }
+    })
+    .await?;
+    let mut checks = local_checks;
+    let aws = ctx.aws().await?;
+    checks.extend(check_aws(&aws).await);
+    Ok(Report { checks })
+}
+
+pub async fn run(ctx: &Ctx, args: flags::DoctorArgs) -> Result<()> {
+    let report = report(ctx, &args).await?;
+    ctx.out.emit(&report)
+}

@@ -1,0 +1,236 @@
+//! The project's own local AWS: moto server, provisioned into `.venv/` at the
+//! repository root, started on a free loopback port, always stopped.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{anyhow, bail, Context, Result};
+
+use crate::project;
+
+/// moto is pinned: its behaviour is part of what the tests assert against.
+pub const MOTO_VERSION: &str = "5.2.5";
+
+/// A running emulator. Dropping it stops the server, also while a panicking
+/// test unwinds; the child is also told to die with this process
+/// (`PR_SET_PDEATHSIG`) in case the process is killed outright.
+pub struct Emulator {
+    child: Child,
+    port: u16,
+    /// Holds moto's request recording, which it otherwise writes to the cwd.
+    _scratch: tempfile::TempDir,
+}
+
+impl Emulator {
+    /// Provision moto when missing, start it, and wait until it answers.
+    pub fn start() -> Result<Emulator> {
+        let python = ensure_installed()?;
+        let shim = project::root().join("xtask/emulator/moto_shim.py");
+        let scratch = tempfile::Builder::new().prefix("clawdinator-emulator-").tempdir()?;
+        let mut command = Command::new(&python);
+        command
+            .arg(&shim)
+            .env("MOTO_ENABLE_RECORDING", "True")
+            .env("MOTO_RECORDER_FILEPATH", scratch.path().join("recording"))
+            // The emulator must never pick up the caller's real AWS settings.
+            .env_remove("AWS_ENDPOINT_URL")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_target()?);
+        #[cfg(target_os = "linux")]
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            command.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child =
+            command.spawn().with_context(|| format!("cannot start the emulator with {}", python.display()))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let first = lines.next();
+            let _ = tx.send(first);
+            // Keep the pipe open and drained for the server's lifetime.
+            for _ in lines {}
+        });
+        let port = match rx.recv_timeout(Duration::from_secs(60)) {
+            Ok(Some(Ok(line))) => line
+                .strip_prefix("PORT ")
+                .and_then(|p| p.trim().parse::<u16>().ok())
+                .ok_or_else(|| anyhow!("the emulator printed `{line}` instead of its port")),
+            _ => Err(anyhow!(
+                "the emulator did not start within 60 s (set CLAWDINATOR_EMULATOR_LOG=FILE to see its output)"
+            )),
+        };
+        let port = match port {
+            Ok(port) => port,
+            Err(err) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(err);
+            }
+        };
+        let emulator = Emulator { child, port, _scratch: scratch };
+        emulator.wait_ready(Duration::from_secs(30))?;
+        tracing::info!(endpoint = %emulator.endpoint(), pid = emulator.pid(), "emulator started");
+        Ok(emulator)
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    fn wait_ready(&self, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            match http_get(self.port, "/moto-api/data.json") {
+                Ok(status) if status < 500 => return Ok(()),
+                _ if Instant::now() > deadline => {
+                    bail!("the emulator on port {} did not answer within {limit:?}", self.port)
+                }
+                _ => std::thread::sleep(Duration::from_millis(50)),
+            }
+        }
+    }
+
+    /// Everything moto received, from its request recorder: what the SDK
+    /// really sent, including parameters moto itself ignores.
+    pub fn recorded_requests(&self) -> Result<Vec<serde_json::Value>> {
+        let body = http_request(self.port, "GET", "/moto-api/recorder/download-recording")?;
+        body.lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(serde_json::from_str)
+            .collect::<Result<_, _>>()
+            .context("moto's recording is not JSON lines")
+    }
+
+    /// Start recording requests from now on (clears earlier recordings).
+    pub fn start_recording(&self) -> Result<()> {
+        http_request(self.port, "POST", "/moto-api/recorder/reset-recording")?;
+        http_request(self.port, "POST", "/moto-api/recorder/start-recording")?;
+        Ok(())
+    }
+}
+
+impl Drop for Emulator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn log_target() -> Result<Stdio> {
+    Ok(match std::env::var_os("CLAWDINATOR_EMULATOR_LOG") {
+        Some(path) => Stdio::from(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .with_context(|| format!("cannot open CLAWDINATOR_EMULATOR_LOG {}", Path::new(&path).display()))?,
+        ),
+        None => Stdio::null(),
+    })
+}
+
+/// The venv's python, with moto at the pinned version.
+pub fn venv_python() -> PathBuf {
+    project::root().join(".venv/bin/python")
+}
+
+/// Installed moto version in the project venv, if any.
+pub fn installed_version() -> Option<String> {
+    let python = venv_python();
+    let out = Command::new(&python)
+        .args(["-c", "import importlib.metadata as m; print(m.version('moto'))"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Create `.venv/` and install the pinned moto when it is not there yet.
+/// Serialised with a lock file, because parallel tests all get here at once.
+pub fn ensure_installed() -> Result<PathBuf> {
+    let python = venv_python();
+    if installed_version().as_deref() == Some(MOTO_VERSION) {
+        return Ok(python);
+    }
+    let root = project::root();
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(root.join(".venv.lock"))
+        .context("cannot create .venv.lock at the repository root")?;
+    use std::os::fd::AsRawFd;
+    // SAFETY: flock on a descriptor we own; released when `lock` is closed.
+    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
+        bail!("cannot lock .venv.lock: {}", std::io::Error::last_os_error());
+    }
+    if installed_version().as_deref() == Some(MOTO_VERSION) {
+        return Ok(python);
+    }
+    eprintln!("emulator: installing moto[server]=={MOTO_VERSION} into .venv/ (once)");
+    let sh = xshell::Shell::new()?;
+    sh.change_dir(&root);
+    if !python.exists() {
+        let system_python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        xshell::cmd!(sh, "{system_python} -m venv .venv")
+            .quiet()
+            .run()
+            .context("cannot create .venv with `python3 -m venv` (on Debian: apt-get install python3-venv)")?;
+    }
+    let spec = format!("moto[server]=={MOTO_VERSION}");
+    xshell::cmd!(sh, "{python} -m pip install --quiet --disable-pip-version-check {spec}")
+        .quiet()
+        .run()
+        .with_context(|| format!("cannot install {spec} into .venv (pip needs to reach PyPI)"))?;
+    match installed_version() {
+        Some(v) if v == MOTO_VERSION => Ok(python),
+        other => bail!("after installing, .venv has moto {other:?}, expected {MOTO_VERSION}"),
+    }
+}
+
+fn http_get(port: u16, path: &str) -> std::io::Result<u16> {
+    let response = raw_http(port, "GET", path)?;
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no HTTP status"))
+}
+
+fn http_request(port: u16, method: &str, path: &str) -> Result<String> {
+    let response = raw_http(port, method, path).with_context(|| format!("emulator {method} {path}"))?;
+    let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
+    if !head.starts_with("HTTP/1.1 2") && !head.starts_with("HTTP/1.0 2") {
+        bail!("emulator {method} {path}: {}", head.lines().next().unwrap_or_default());
+    }
+    Ok(body.to_string())
+}
+
+/// A minimal HTTP/1.0 exchange for the emulator's own control API (moto-api),
+/// which is not an AWS service and has no SDK.
+fn raw_http(port: u16, method: &str, path: &str) -> std::io::Result<String> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2))?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(stream, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\r\n")?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response)?;
+    Ok(response)
+}

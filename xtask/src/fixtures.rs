@@ -1,0 +1,132 @@
+//! Throwaway inputs for `--local` runs, tests and benchmarks: a registry, an
+//! age identity, encrypted sample secrets, seed repositories. Nothing here
+//! touches the real fleet's files.
+
+use std::fs;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result};
+use xshell::{cmd, Shell};
+
+use crate::secrets::{self, Sources};
+
+/// A complete set of sources in one directory.
+pub struct SampleFleet {
+    pub sources: Sources,
+    pub seeds_dir: PathBuf,
+    pub recipient: age::x25519::Recipient,
+    pub instances: Vec<String>,
+}
+
+/// Instance `n` of a sample fleet, as the registry would list it.
+pub fn instance_json(n: usize) -> serde_json::Value {
+    serde_json::json!({
+        "host": format!("clawdinator-{n}"),
+        "instanceType": "t3.large",
+        "bootstrapPrefix": format!("bootstrap/clawdinator-{n}"),
+        "discordTokenSecret": format!("clawdinator-discord-token-{n}"),
+    })
+}
+
+/// Write a registry of `count` instances to `path`.
+pub fn write_registry(path: &Path, count: usize) -> Result<Vec<String>> {
+    let mut map = serde_json::Map::new();
+    let mut names = Vec::new();
+    for n in 1..=count {
+        names.push(format!("clawdinator-{n}"));
+        map.insert(format!("clawdinator-{n}"), instance_json(n));
+    }
+    fs::write(path, serde_json::to_vec_pretty(&map)?)?;
+    Ok(names)
+}
+
+/// Generate an identity, write it with mode 0600, return its recipient.
+pub fn write_identity(path: &Path) -> Result<age::x25519::Recipient> {
+    use age::secrecy::ExposeSecret;
+    let identity = age::x25519::Identity::generate();
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.set_permissions(fs::Permissions::from_mode(0o600))?;
+    use std::io::Write;
+    let mut file = file;
+    writeln!(file, "# throwaway identity for local runs and tests")?;
+    writeln!(file, "{}", identity.to_string().expose_secret())?;
+    Ok(identity.to_public())
+}
+
+/// Encrypt `value` into `dir/name.age`.
+pub fn write_secret(dir: &Path, name: &str, value: &[u8], recipient: &age::x25519::Recipient) -> Result<()> {
+    let bytes = secrets::encrypt(value, std::slice::from_ref(recipient))?;
+    fs::write(dir.join(format!("{name}.age")), bytes)?;
+    Ok(())
+}
+
+/// A sample fleet of `count` instances under `root`; every secret's
+/// plaintext is `value(name)`.
+pub fn sample_fleet(root: &Path, count: usize, value: impl Fn(&str) -> String) -> Result<SampleFleet> {
+    fs::create_dir_all(root)?;
+    let registry = root.join("instances.json");
+    let instances = write_registry(&registry, count)?;
+    let spec_path = root.join("secrets.json");
+    fs::copy(crate::project::root().join(secrets::DEFAULT_SPEC), &spec_path)?;
+    let spec = secrets::Spec::load(&spec_path)?;
+    let age_key = root.join("keys/clawdinator.agekey");
+    let recipient = write_identity(&age_key)?;
+    let secrets_dir = root.join("age-secrets");
+    fs::create_dir_all(&secrets_dir)?;
+    for name in &spec.common {
+        write_secret(&secrets_dir, name, value(name).as_bytes(), &recipient)?;
+    }
+    for n in 1..=count {
+        let name = format!("clawdinator-discord-token-{n}");
+        write_secret(&secrets_dir, &name, value(&name).as_bytes(), &recipient)?;
+    }
+    let seeds_dir = root.join("repo-seeds");
+    fs::create_dir_all(seeds_dir.join("sample/src"))?;
+    fs::write(seeds_dir.join("sample/README.md"), "# sample seed\n")?;
+    fs::write(seeds_dir.join("sample/src/main.rs"), "fn main() {}\n")?;
+    let records = serde_json::json!([{"name": "sample", "url": "file:///dev/null/sample", "branch": null, "commit": "0000000000000000000000000000000000000000"}]);
+    fs::write(seeds_dir.join(crate::seeds::SEEDS_FILE), serde_json::to_vec_pretty(&records)?)?;
+    Ok(SampleFleet {
+        sources: Sources { registry, spec: spec_path, secrets_dir, age_key },
+        seeds_dir,
+        recipient,
+        instances,
+    })
+}
+
+/// A git repository at `dir` with the given files, committed; returns its
+/// `file://` URL.
+pub fn git_repo(dir: &Path, files: &[(&str, &str)], branch: &str) -> Result<String> {
+    fs::create_dir_all(dir)?;
+    let sh = Shell::new()?;
+    sh.change_dir(dir);
+    cmd!(sh, "git init --quiet --initial-branch {branch}").quiet().run()?;
+    for (name, content) in files {
+        let path = dir.join(name);
+        if let Some(parent) = path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        fs::write(path, content)?;
+    }
+    commit_all(dir, "initial")?;
+    Ok(format!("file://{}", dir.display()))
+}
+
+/// Commit everything in the work tree of `dir`.
+pub fn commit_all(dir: &Path, message: &str) -> Result<()> {
+    let sh = Shell::new()?;
+    sh.change_dir(dir);
+    cmd!(sh, "git add -A").quiet().run()?;
+    cmd!(sh, "git -c user.name=clawdinator -c user.email=clawdinator@localhost -c commit.gpgsign=false commit --quiet -m {message}")
+        .quiet()
+        .run()?;
+    Ok(())
+}

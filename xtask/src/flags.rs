@@ -1,0 +1,181 @@
+//! Every command-line flag of `cargo xtask`, parsed in one place.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Take a NixOS flake to a running, self-bootstrapping fleet of EC2 hosts.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask", version, about, long_about = None)]
+pub struct Xtask {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Flags every command takes.
+#[derive(Debug, Clone, Default, Args)]
+pub struct Global {
+    /// AWS region (otherwise AWS_REGION, then the profile's region).
+    #[arg(long, global = true, env = "AWS_REGION")]
+    pub region: Option<String>,
+    /// AWS shared-config profile to take credentials and region from.
+    #[arg(long, global = true, env = "AWS_PROFILE")]
+    pub profile: Option<String>,
+    /// More log output (repeat for more); RUST_LOG works too.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Print one JSON document on stdout instead of human text.
+    #[arg(long, global = true)]
+    pub json: bool,
+    /// Run against a throwaway local AWS emulator (moto) instead of AWS.
+    #[arg(long, global = true)]
+    pub local: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The fleet registry (nix/instances.json).
+    #[command(subcommand)]
+    Fleet(FleetCmd),
+    /// Check every prerequisite and say which commands need it.
+    Doctor(DoctorArgs),
+    /// Secrets: check the age files every host needs.
+    #[command(subcommand)]
+    Secrets(SecretsCmd),
+    /// Repository seeds: shallow clones shipped to every host.
+    #[command(subcommand)]
+    Seeds(SeedsCmd),
+    /// Per-instance bootstrap bundles in S3: upload (CI) and fetch (host).
+    #[command(subcommand)]
+    Bootstrap(BootstrapCmd),
+    /// Run the whole test suite: Rust tests against the emulator plus the non-Rust checks.
+    Test(TestArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetCmd {
+    /// Validate the registry and report every problem at once.
+    Check(InstancesArg),
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct InstancesArg {
+    /// The fleet registry.
+    #[arg(long = "instances", env = "INSTANCES_FILE", default_value = "nix/instances.json")]
+    pub path: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct DoctorArgs {
+    /// The age identity used to encrypt and bundle secrets.
+    #[arg(long, env = "AGE_KEY_FILE", default_value = "nix/keys/clawdinator.agekey")]
+    pub age_key: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct TestArgs {
+    /// Only run Rust tests whose name contains this (passed to `cargo test`).
+    pub filter: Option<String>,
+    /// Skip the non-Rust checks (Nix, HCL, workflow lint).
+    #[arg(long)]
+    pub rust_only: bool,
+}
+
+/// Where the secrets and the lists that name them are.
+#[derive(Debug, Clone, Args)]
+pub struct SecretsArgs {
+    #[command(flatten)]
+    pub instances: InstancesArg,
+    /// The list of secrets every host needs (also read by the NixOS module).
+    #[arg(long, env = "SECRETS_SPEC", default_value = "nix/secrets.json")]
+    pub spec: PathBuf,
+    /// Directory of `*.age` files.
+    #[arg(long, env = "SECRETS_DIR", default_value = "nix/age-secrets")]
+    pub secrets_dir: PathBuf,
+    /// The fleet's age identity (private key).
+    #[arg(long, env = "AGE_KEY_FILE", default_value = "nix/keys/clawdinator.agekey")]
+    pub age_key: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SecretsCmd {
+    /// Check that every needed secret exists, is an age file and decrypts.
+    Check(SecretsArgs),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum SeedsCmd {
+    /// Shallow-clone (or update) every repository of the seeds list.
+    Prepare(SeedsPrepareArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SeedsPrepareArgs {
+    /// Where the clones go.
+    #[arg(long, env = "REPO_SEEDS_DIR", default_value = "repo-seeds")]
+    pub dest: PathBuf,
+    /// The seeds list: name<TAB>url[<TAB>branch] per line.
+    #[arg(long, default_value = "clawdinator/repos.tsv")]
+    pub list: PathBuf,
+    /// Write SEEDS.json and exit 0 even when some repositories failed.
+    #[arg(long)]
+    pub allow_partial: bool,
+    /// Clones run at once.
+    #[arg(long, default_value_t = 4)]
+    pub jobs: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BootstrapCmd {
+    /// Build and upload every instance's bundle (secrets, repo seeds, manifest).
+    Upload(BootstrapUploadArgs),
+    /// Host side: download, verify and install this host's bundle.
+    Fetch(BootstrapFetchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BootstrapUploadArgs {
+    #[command(flatten)]
+    pub secrets: SecretsArgs,
+    /// The bucket the bundles go to.
+    #[arg(long, env = "S3_BUCKET")]
+    pub bucket: Option<String>,
+    /// The prepared seeds directory (see `seeds prepare`).
+    #[arg(long, env = "REPO_SEEDS_DIR", default_value = "repo-seeds")]
+    pub repo_seeds: PathBuf,
+    /// Only these instances (repeatable); default all.
+    #[arg(long, conflicts_with = "all")]
+    pub instance: Vec<String>,
+    /// Every instance of the registry (the default).
+    #[arg(long)]
+    pub all: bool,
+    /// Show what would be created, replaced or left unchanged; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// S3 requests in flight at once.
+    #[arg(long, default_value_t = 16)]
+    pub concurrency: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct BootstrapFetchArgs {
+    #[arg(long, env = "S3_BUCKET")]
+    pub bucket: String,
+    /// This host's bootstrap prefix (overridden by --prefix-file when present).
+    #[arg(long)]
+    pub prefix: String,
+    /// Where the `*.age` files go (owner-only).
+    #[arg(long)]
+    pub secrets_dir: PathBuf,
+    /// Where the repository seeds go.
+    #[arg(long)]
+    pub repo_seeds_dir: PathBuf,
+    /// Where the age identity is installed (mode 0400).
+    #[arg(long)]
+    pub age_key_path: PathBuf,
+    /// A file whose content, when present, is the prefix to use.
+    #[arg(long, default_value = "/etc/clawdinator/bootstrap-prefix")]
+    pub prefix_file: PathBuf,
+}

@@ -1,0 +1,421 @@
+//! The fleet registry, `nix/instances.json`: the single source of truth that
+//! the flake, OpenTofu and every command read.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use serde::de::{MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::Value;
+
+use crate::{flags, project, Ctx};
+
+pub const DEFAULT_PATH: &str = "nix/instances.json";
+pub const TOKEN_SECRET_PREFIX: &str = "clawdinator-discord-token-";
+const FIELDS: [&str; 4] = ["host", "instanceType", "bootstrapPrefix", "discordTokenSecret"];
+
+/// One host of the fleet, as the registry describes it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Instance {
+    /// NixOS host name and EC2 `Name` tag; equals the registry key.
+    pub host: String,
+    pub instance_type: String,
+    /// S3 prefix of this instance's bootstrap bundle.
+    pub bootstrap_prefix: String,
+    /// Name (without `.age`) of the one Discord token this instance may have.
+    pub discord_token_secret: String,
+}
+
+impl Instance {
+    /// File name of this instance's token in the secrets directory.
+    pub fn token_file(&self) -> String {
+        format!("{}.age", self.discord_token_secret)
+    }
+}
+
+/// A validated registry: every instance passed every check.
+#[derive(Debug, Clone)]
+pub struct Registry {
+    pub path: PathBuf,
+    pub instances: BTreeMap<String, Instance>,
+}
+
+impl Registry {
+    /// Read and validate; every problem found is in the error.
+    pub fn load(path: &Path) -> Result<Registry, Problems> {
+        let shown = path.display().to_string();
+        let text = match std::fs::read_to_string(path) {
+            Ok(text) => text,
+            Err(err) => {
+                return Err(Problems(vec![Problem::file(
+                    &shown,
+                    format!("cannot read the registry: {err}"),
+                    "create it (see README: the fleet registry) or pass --instances FILE",
+                )]))
+            }
+        };
+        let (registry, problems) = check(path, &text);
+        match registry {
+            Some(registry) if problems.is_empty() => Ok(registry),
+            _ => Err(Problems(problems)),
+        }
+    }
+
+    /// The instances named, in registry order; all of them when `names` is empty.
+    pub fn select(&self, names: &[String]) -> Result<Vec<&Instance>> {
+        if names.is_empty() {
+            return Ok(self.instances.values().collect());
+        }
+        let mut out = Vec::new();
+        for name in names {
+            match self.instances.get(name) {
+                Some(instance) => out.push(instance),
+                None => bail!(
+                    "instance `{name}` is not in {} (known: {})",
+                    self.path.display(),
+                    self.instances.keys().cloned().collect::<Vec<_>>().join(", ")
+                ),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// One thing wrong with the registry, located as precisely as possible.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    pub file: String,
+    pub instance: Option<String>,
+    pub field: Option<String>,
+    pub message: String,
+    pub fix: String,
+}
+
+impl Problem {
+    fn file(file: &str, message: impl Into<String>, fix: impl Into<String>) -> Self {
+        Problem { file: file.into(), instance: None, field: None, message: message.into(), fix: fix.into() }
+    }
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.file)?;
+        if let Some(instance) = &self.instance {
+            write!(f, ": instance `{instance}`")?;
+        }
+        if let Some(field) = &self.field {
+            write!(f, ", field `{field}`")?;
+        }
+        write!(f, ": {} (fix: {})", self.message, self.fix)
+    }
+}
+
+/// All the problems of one registry, as an error.
+#[derive(Debug, Clone)]
+pub struct Problems(pub Vec<Problem>);
+
+impl fmt::Display for Problems {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let file = self.0.first().map(|p| p.file.as_str()).unwrap_or(DEFAULT_PATH);
+        writeln!(f, "{} problem(s) in the fleet registry {file}:", self.0.len())?;
+        for problem in &self.0 {
+            writeln!(f, "  - {problem}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Problems {}
+
+/// The registry's entries in file order, duplicates kept (a JSON object with
+/// a repeated key is legal to parsers that keep the last one, and would
+/// silently drop a host).
+struct Entries(Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for Entries {
+    fn deserialize<D: Deserializer<'de>>(de: D) -> Result<Self, D::Error> {
+        struct EntriesVisitor;
+        impl<'de> Visitor<'de> for EntriesVisitor {
+            type Value = Entries;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object keyed by instance name")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Entries, A::Error> {
+                let mut entries = Vec::new();
+                while let Some((key, value)) = map.next_entry::<String, Value>()? {
+                    entries.push((key, value));
+                }
+                Ok(Entries(entries))
+            }
+        }
+        de.deserialize_map(EntriesVisitor)
+    }
+}
+
+/// Validate registry text; returns the registry when it could be built at all
+/// and every problem found (an empty list means valid).
+pub fn check(path: &Path, text: &str) -> (Option<Registry>, Vec<Problem>) {
+    let file = path.display().to_string();
+    let entries = match serde_json::from_str::<Entries>(text) {
+        Ok(Entries(entries)) => entries,
+        Err(err) => {
+            let what = if err.is_data() { "not a JSON object keyed by instance name" } else { "invalid JSON" };
+            return (
+                None,
+                vec![Problem::file(
+                    &file,
+                    format!("{what} at line {}, column {}: {err}", err.line(), err.column()),
+                    "make it a JSON object of instance name -> {host, instanceType, bootstrapPrefix, discordTokenSecret}",
+                )],
+            );
+        }
+    };
+    let mut problems = Vec::new();
+    if entries.is_empty() {
+        problems.push(Problem::file(&file, "the registry is empty", "add at least one instance"));
+    }
+    let at = |instance: &str, field: Option<&str>, message: String, fix: String| Problem {
+        file: file.clone(),
+        instance: Some(instance.to_string()),
+        field: field.map(str::to_string),
+        message,
+        fix,
+    };
+
+    let mut instances = BTreeMap::new();
+    let mut seen_keys: HashMap<String, usize> = HashMap::new();
+    let mut hosts: HashMap<String, String> = HashMap::new();
+    let mut prefixes: HashMap<String, String> = HashMap::new();
+    let mut tokens: HashMap<String, String> = HashMap::new();
+
+    for (key, value) in &entries {
+        *seen_keys.entry(key.clone()).or_default() += 1;
+        if seen_keys[key] == 2 {
+            problems.push(at(key, None, "the key appears more than once".into(), "keep one entry per instance".into()));
+        }
+        let Some(object) = value.as_object() else {
+            problems.push(at(
+                key,
+                None,
+                "the entry is not a JSON object".into(),
+                format!("make it an object with fields {}", FIELDS.join(", ")),
+            ));
+            continue;
+        };
+        for name in object.keys().filter(|k| !FIELDS.contains(&k.as_str())) {
+            problems.push(at(
+                key,
+                Some(name),
+                "unknown field".into(),
+                format!("remove it; the allowed fields are {}", FIELDS.join(", ")),
+            ));
+        }
+        let mut field = |name: &str, example: String| -> Option<String> {
+            match object.get(name) {
+                None => {
+                    problems.push(at(
+                        key,
+                        Some(name),
+                        "missing field".into(),
+                        format!("add \"{name}\": \"{example}\""),
+                    ));
+                    None
+                }
+                Some(Value::String(s)) => Some(s.clone()),
+                Some(other) => {
+                    problems.push(at(
+                        key,
+                        Some(name),
+                        format!("must be a string, found {other}"),
+                        format!("set it to \"{example}\""),
+                    ));
+                    None
+                }
+            }
+        };
+        let host = field("host", key.clone());
+        let instance_type = field("instanceType", "t3.large".into());
+        let prefix = field("bootstrapPrefix", format!("bootstrap/{key}"));
+        let token = field("discordTokenSecret", format!("{TOKEN_SECRET_PREFIX}N"));
+
+        if let Some(host) = &host {
+            if host != key {
+                problems.push(at(
+                    key,
+                    Some("host"),
+                    format!("is \"{host}\" but the key is \"{key}\""),
+                    "make the key and host equal".into(),
+                ));
+            }
+            if let Some(why) = host_name_error(host) {
+                problems.push(at(
+                    key,
+                    Some("host"),
+                    format!("\"{host}\" {why}"),
+                    "use 1-63 characters of a-z, 0-9 and -".into(),
+                ));
+            }
+            if let Some(other) = hosts.insert(host.clone(), key.clone()) {
+                if other != *key {
+                    problems.push(at(
+                        key,
+                        Some("host"),
+                        format!("\"{host}\" is also the host of instance `{other}`"),
+                        "give every instance its own host name".into(),
+                    ));
+                }
+            }
+        }
+        if let Some(t) = &instance_type {
+            if !valid_instance_type(t) {
+                problems.push(at(
+                    key,
+                    Some("instanceType"),
+                    format!("\"{t}\" is not an EC2 instance type of the form family.size"),
+                    "use e.g. \"t3.large\"".into(),
+                ));
+            }
+        }
+        if let Some(p) = &prefix {
+            if let Some(why) = prefix_error(p) {
+                problems.push(at(
+                    key,
+                    Some("bootstrapPrefix"),
+                    format!("\"{p}\" {why}"),
+                    format!("use \"bootstrap/{key}\""),
+                ));
+            }
+            if let Some(other) = prefixes.insert(p.clone(), key.clone()) {
+                problems.push(at(
+                    key,
+                    Some("bootstrapPrefix"),
+                    format!("\"{p}\" is also the prefix of instance `{other}`"),
+                    format!("give every instance its own prefix, e.g. \"bootstrap/{key}\""),
+                ));
+            }
+        }
+        if let Some(s) = &token {
+            if let Some(why) = token_secret_error(s) {
+                problems.push(at(
+                    key,
+                    Some("discordTokenSecret"),
+                    format!("\"{s}\" {why}"),
+                    format!("use \"{TOKEN_SECRET_PREFIX}<n>\" (the file name without .age)"),
+                ));
+            }
+            if let Some(other) = tokens.insert(s.clone(), key.clone()) {
+                problems.push(at(
+                    key,
+                    Some("discordTokenSecret"),
+                    format!(
+                        "\"{s}\" is also the token of instance `{other}`: each instance needs its own Discord token"
+                    ),
+                    "add a token secret for this instance".into(),
+                ));
+            }
+        }
+        if let (Some(host), Some(instance_type), Some(bootstrap_prefix), Some(discord_token_secret)) =
+            (host, instance_type, prefix, token)
+        {
+            instances.insert(key.clone(), Instance { host, instance_type, bootstrap_prefix, discord_token_secret });
+        }
+    }
+    (Some(Registry { path: path.to_path_buf(), instances }), problems)
+}
+
+fn host_name_error(host: &str) -> Option<&'static str> {
+    if host.is_empty() || host.len() > 63 {
+        Some("must be 1 to 63 characters long")
+    } else if !host.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        Some("may only contain a-z, 0-9 and -")
+    } else if host.starts_with('-') || host.ends_with('-') {
+        Some("may not start or end with -")
+    } else {
+        None
+    }
+}
+
+fn valid_instance_type(t: &str) -> bool {
+    let Some((family, size)) = t.split_once('.') else { return false };
+    family.starts_with(|c: char| c.is_ascii_lowercase())
+        && family.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !size.is_empty()
+        && size.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+}
+
+/// Why a bootstrap prefix is unusable, if it is.
+pub fn prefix_error(p: &str) -> Option<&'static str> {
+    if p.starts_with('/') {
+        Some("may not start with /")
+    } else if p.chars().any(char::is_whitespace) {
+        Some("may not contain whitespace")
+    } else if p.split('/').any(|part| part == "..") || p.contains("..") {
+        Some("may not contain ..")
+    } else if p.contains("//") {
+        Some("may not contain //")
+    } else if !p.starts_with("bootstrap/") || p.len() == "bootstrap/".len() {
+        Some("must be a path under bootstrap/")
+    } else if p.ends_with('/') {
+        Some("may not end with /")
+    } else {
+        None
+    }
+}
+
+fn token_secret_error(s: &str) -> Option<&'static str> {
+    let Some(rest) = s.strip_prefix(TOKEN_SECRET_PREFIX) else {
+        return Some("does not match clawdinator-discord-token-*");
+    };
+    if s.ends_with(".age") {
+        Some("must be the name without .age")
+    } else if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') {
+        Some("needs a suffix of letters, digits, - or _ after clawdinator-discord-token-")
+    } else {
+        None
+    }
+}
+
+#[derive(Debug, Serialize)]
+struct CheckReport {
+    file: String,
+    ok: bool,
+    instances: Vec<String>,
+    problems: Vec<Problem>,
+}
+
+impl fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.ok {
+            writeln!(f, "ok: {} instance(s) in {}: {}", self.instances.len(), self.file, self.instances.join(", "))
+        } else {
+            write!(f, "{}", Problems(self.problems.clone()))
+        }
+    }
+}
+
+pub fn run(ctx: &Ctx, cmd: flags::FleetCmd) -> Result<()> {
+    match cmd {
+        flags::FleetCmd::Check(args) => {
+            let path = project::resolve(&args.path);
+            let report = match Registry::load(&path) {
+                Ok(registry) => CheckReport {
+                    file: args.path.display().to_string(),
+                    ok: true,
+                    instances: registry.instances.into_keys().collect(),
+                    problems: vec![],
+                },
+                Err(Problems(problems)) => {
+                    CheckReport { file: args.path.display().to_string(), ok: false, instances: vec![], problems }
+                }
+            };
+            ctx.out.emit(&report)?;
+            if !report.ok {
+                bail!("the fleet registry {} is not valid", args.path.display());
+            }
+            Ok(())
+        }
+    }
+}

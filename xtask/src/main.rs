@@ -1,0 +1,9 @@
+use clap::Parser;
+
+fn main() {
+    let cli = xtask::flags::Xtask::parse();
+    if let Err(err) = xtask::run(cli) {
+        eprintln!("error: {err:#}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,32 @@
+//! Where the repository is, and the default paths inside it.
+
+use std::path::{Path, PathBuf};
+
+/// The repository root. The xtask binary is always built from this checkout
+/// (`cargo xtask` is `cargo run`), so the manifest directory is trustworthy.
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the repository root")
+        .to_path_buf()
+}
+
+/// Resolve a path given on the command line: absolute paths stay, relative
+/// ones are taken from the current directory (as every CLI user expects).
+pub fn resolve(path: &Path) -> PathBuf {
+    if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir().map(|d| d.join(path)).unwrap_or_else(|_| path.to_path_buf())
+    }
+}
+
+/// The checked-out revision of this repository, `-dirty` when the work tree
+/// has uncommitted changes; None outside a git checkout.
+pub fn git_revision() -> Option<String> {
+    let sh = xshell::Shell::new().ok()?;
+    sh.change_dir(root());
+    let rev = xshell::cmd!(sh, "git rev-parse HEAD").quiet().ignore_stderr().read().ok()?;
+    let dirty = !xshell::cmd!(sh, "git status --porcelain").quiet().ignore_stderr().read().ok()?.trim().is_empty();
+    Some(if dirty { format!("{rev}-dirty") } else { rev })
+}

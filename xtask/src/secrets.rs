@@ -1,0 +1,355 @@
+//! The fleet's secrets: the declarative list (`nix/secrets.json`, also read by
+//! the NixOS module), the age identity, and `cargo xtask secrets check`.
+//!
+//! Plaintext only ever lives in `Zeroizing` buffers in memory.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::fleet::{self, Registry};
+use crate::{flags, Ctx};
+
+pub const DEFAULT_SPEC: &str = "nix/secrets.json";
+pub const AGE_KEY_NAME: &str = "clawdinator.agekey";
+
+/// Which secrets a host needs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Spec {
+    /// Every instance gets these (file names without `.age`).
+    pub common: Vec<String>,
+    /// Per-instance Discord tokens are named with this prefix.
+    pub instance_token_prefix: String,
+    #[serde(rename = "_comment", default, skip_serializing)]
+    pub comment: Option<String>,
+}
+
+impl Spec {
+    pub fn load(path: &Path) -> Result<Spec> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the secrets list {}", path.display()))?;
+        let spec: Spec =
+            serde_json::from_str(&text).with_context(|| format!("{} is not a valid secrets list", path.display()))?;
+        if spec.instance_token_prefix != fleet::TOKEN_SECRET_PREFIX {
+            bail!(
+                "{}: instanceTokenPrefix is {:?} but the fleet registry requires {:?}",
+                path.display(),
+                spec.instance_token_prefix,
+                fleet::TOKEN_SECRET_PREFIX
+            );
+        }
+        for name in &spec.common {
+            if name.starts_with(&spec.instance_token_prefix) || name.contains('/') || name.ends_with(".age") {
+                bail!(
+                    "{}: common secret {name:?} must be a plain name without .age that is not a Discord token",
+                    path.display()
+                );
+            }
+        }
+        Ok(spec)
+    }
+
+    /// The file names one instance must receive: every common secret and its own token.
+    pub fn files_for(&self, instance: &fleet::Instance) -> Vec<String> {
+        let mut files: Vec<String> = self.common.iter().map(|n| format!("{n}.age")).collect();
+        files.push(instance.token_file());
+        files.sort();
+        files
+    }
+
+    pub fn is_token_file(&self, file: &str) -> bool {
+        file.starts_with(&self.instance_token_prefix) && file.ends_with(".age")
+    }
+}
+
+/// The X25519 identities in an age identity file (`age-keygen` format).
+pub fn load_identities(path: &Path) -> Result<Vec<age::x25519::Identity>> {
+    let text = Zeroizing::new(std::fs::read_to_string(path).with_context(|| {
+        format!("cannot read the age identity {} (pass --age-key or AGE_KEY_FILE)", path.display())
+    })?);
+    let mut identities = Vec::new();
+    for (n, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        // The parse error could echo key material; say only where it is.
+        match line.parse::<age::x25519::Identity>() {
+            Ok(identity) => identities.push(identity),
+            Err(_) => bail!("{} line {}: not an age X25519 identity (AGE-SECRET-KEY-1…)", path.display(), n + 1),
+        }
+    }
+    if identities.is_empty() {
+        bail!("{} holds no age identity", path.display());
+    }
+    Ok(identities)
+}
+
+/// Is this an age file at all? Parses the header only; needs no key.
+pub fn check_header(bytes: &[u8]) -> Result<()> {
+    age::Decryptor::new(bytes).map(|_| ()).map_err(|e| anyhow::anyhow!("not a well-formed age file: {e}"))
+}
+
+/// Decrypt in memory. The error names the file and the key file, never content.
+pub fn decrypt(
+    file: &Path,
+    bytes: &[u8],
+    identities: &[age::x25519::Identity],
+    key_file: &Path,
+) -> Result<Zeroizing<Vec<u8>>> {
+    let decryptor = age::Decryptor::new(bytes)
+        .map_err(|e| anyhow::anyhow!("{}: not a well-formed age file: {e}", file.display()))?;
+    let mut reader = decryptor.decrypt(identities.iter().map(|i| i as &dyn age::Identity)).map_err(|_| {
+        anyhow::anyhow!("cannot decrypt {} with the identity in {}", file.display(), key_file.display())
+    })?;
+    let mut plain = Zeroizing::new(Vec::new());
+    reader.read_to_end(&mut plain).map_err(|_| {
+        anyhow::anyhow!(
+            "cannot decrypt {} with the identity in {}: the payload is corrupt",
+            file.display(),
+            key_file.display()
+        )
+    })?;
+    Ok(plain)
+}
+
+/// Encrypt to the identities' recipients (tests, benchmarks and `--local` fixtures).
+pub fn encrypt(plain: &[u8], recipients: &[age::x25519::Recipient]) -> Result<Vec<u8>> {
+    use std::io::Write;
+    let encryptor = age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))?;
+    let mut out = Vec::new();
+    let mut writer = encryptor.wrap_output(&mut out)?;
+    writer.write_all(plain)?;
+    writer.finish()?;
+    Ok(out)
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub severity: Severity,
+    /// The file, secret or instance concerned.
+    pub subject: String,
+    pub message: String,
+}
+
+impl fmt::Display for Finding {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let label = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        write!(f, "{label}: {}: {}", self.subject, self.message)
+    }
+}
+
+/// What `secrets check` found; `ok` when there is no error.
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckReport {
+    pub secrets_dir: String,
+    pub checked: usize,
+    pub decrypted: usize,
+    pub orphans: Vec<String>,
+    pub findings: Vec<Finding>,
+    pub ok: bool,
+}
+
+impl fmt::Display for CheckReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for finding in &self.findings {
+            writeln!(f, "{finding}")?;
+        }
+        let verdict = if self.ok { "ok" } else { "FAILED" };
+        writeln!(
+            f,
+            "secrets check {verdict}: {} file(s) in {}, {} decrypted, {} orphan token(s), {} error(s)",
+            self.checked,
+            self.secrets_dir,
+            self.decrypted,
+            self.orphans.len(),
+            self.findings.iter().filter(|f| f.severity == Severity::Error).count()
+        )
+    }
+}
+
+/// Where the secrets come from.
+#[derive(Debug, Clone)]
+pub struct Sources {
+    pub registry: PathBuf,
+    pub spec: PathBuf,
+    pub secrets_dir: PathBuf,
+    pub age_key: PathBuf,
+}
+
+impl Sources {
+    pub fn from_flags(args: &flags::SecretsArgs) -> Sources {
+        Sources {
+            registry: args.instances.path.clone(),
+            spec: args.spec.clone(),
+            secrets_dir: args.secrets_dir.clone(),
+            age_key: args.age_key.clone(),
+        }
+    }
+}
+
+/// Check everything a bundle or a seed needs, reporting all problems at
+/// once. `require_identity`: the identity must be present (a bundle ships it).
+pub fn check(sources: &Sources, require_identity: bool) -> (CheckReport, Option<(Registry, Spec)>) {
+    let mut findings = Vec::new();
+    let mut err =
+        |subject: String, message: String| findings.push(Finding { severity: Severity::Error, subject, message });
+    let registry = match Registry::load(&sources.registry) {
+        Ok(r) => Some(r),
+        Err(problems) => {
+            for p in problems.0 {
+                err(sources.registry.display().to_string(), p.to_string());
+            }
+            None
+        }
+    };
+    let spec = match Spec::load(&sources.spec) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            err(sources.spec.display().to_string(), format!("{e:#}"));
+            None
+        }
+    };
+    let identities = match load_identities(&sources.age_key) {
+        Ok(ids) => Some(ids),
+        Err(e) if require_identity => {
+            err(sources.age_key.display().to_string(), format!("{e:#}"));
+            None
+        }
+        Err(_) => None,
+    };
+    let mut present = BTreeSet::new();
+    match std::fs::read_dir(&sources.secrets_dir) {
+        Ok(entries) => {
+            for entry in entries.flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.ends_with(".age") {
+                    present.insert(name);
+                }
+            }
+        }
+        Err(e) => err(
+            sources.secrets_dir.display().to_string(),
+            format!("cannot read the secrets directory: {e} (pass --secrets-dir or SECRETS_DIR)"),
+        ),
+    }
+
+    let mut wanted = BTreeSet::new();
+    let mut orphans = Vec::new();
+    if let (Some(registry), Some(spec)) = (&registry, &spec) {
+        for name in &spec.common {
+            wanted.insert(format!("{name}.age"));
+        }
+        for instance in registry.instances.values() {
+            wanted.insert(instance.token_file());
+        }
+        for file in &wanted {
+            if !present.contains(file) {
+                let who = registry
+                    .instances
+                    .values()
+                    .find(|i| &i.token_file() == file)
+                    .map(|i| format!("the Discord token of instance `{}`", i.host))
+                    .unwrap_or_else(|| "a common secret every instance needs".into());
+                err(sources.secrets_dir.join(file).display().to_string(), format!("missing: {who}"));
+            }
+        }
+        for file in &present {
+            if spec.is_token_file(file) && !wanted.contains(file) {
+                orphans.push(file.clone());
+                findings.push(Finding {
+                    severity: Severity::Warning,
+                    subject: sources.secrets_dir.join(file).display().to_string(),
+                    message: "orphan: no instance in the registry uses this token".into(),
+                });
+            }
+        }
+    }
+
+    let mut decrypted = 0;
+    let mut checked = 0;
+    for file in present.iter().filter(|f| wanted.is_empty() || wanted.contains(*f)) {
+        let path = sources.secrets_dir.join(file);
+        checked += 1;
+        let bytes = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) => {
+                findings.push(Finding {
+                    severity: Severity::Error,
+                    subject: path.display().to_string(),
+                    message: format!("cannot read: {e}"),
+                });
+                continue;
+            }
+        };
+        if let Err(e) = check_header(&bytes) {
+            findings.push(Finding {
+                severity: Severity::Error,
+                subject: path.display().to_string(),
+                message: format!("{e:#}"),
+            });
+            continue;
+        }
+        if let Some(ids) = &identities {
+            match decrypt(&path, &bytes, ids, &sources.age_key) {
+                Ok(_) => decrypted += 1,
+                Err(e) => findings.push(Finding {
+                    severity: Severity::Error,
+                    subject: path.display().to_string(),
+                    message: format!("{e:#}"),
+                }),
+            }
+        }
+    }
+    if identities.is_none() && !require_identity {
+        findings.push(Finding {
+            severity: Severity::Warning,
+            subject: sources.age_key.display().to_string(),
+            message: "no age identity: files were checked for well-formed headers but not decrypted".into(),
+        });
+    }
+    let ok = !findings.iter().any(|f| f.severity == Severity::Error);
+    let report = CheckReport {
+        secrets_dir: sources.secrets_dir.display().to_string(),
+        checked,
+        decrypted,
+        orphans,
+        findings,
+        ok,
+    };
+    let loaded = match (registry, spec) {
+        (Some(r), Some(s)) if ok => Some((r, s)),
+        _ => None,
+    };
+    (report, loaded)
+}
+
+pub async fn run(ctx: &Ctx, cmd: flags::SecretsCmd) -> Result<()> {
+    match cmd {
+        flags::SecretsCmd::Check(args) => {
+            let sources = Sources::from_flags(&args);
+            let (report, _) = tokio::task::spawn_blocking(move || check(&sources, false)).await?;
+            ctx.out.emit(&report)?;
+            if !report.ok {
+                bail!("secrets check found errors (see above)");
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! `cargo xtask seeds prepare`: shallow clones of the repositories the agents
+//! work on (`clawdinator/repos.tsv`), shipped to hosts inside the bundle.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{bail, Context, Result};
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+use xshell::{cmd, Shell};
+
+use crate::{flags, Ctx};
+
+pub const SEEDS_FILE: &str = "SEEDS.json";
+pub const DEFAULT_LIST: &str = "clawdinator/repos.tsv";
+
+/// One line of the seeds list.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SeedRepo {
+    pub name: String,
+    pub url: String,
+    pub branch: Option<String>,
+    pub line: usize,
+}
+
+/// What `SEEDS.json` records for each prepared repository.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SeedRecord {
+    pub name: String,
+    pub url: String,
+    pub branch: Option<String>,
+    pub commit: String,
+}
+
+/// Parse `name<TAB>url[<TAB>branch]` lines; blank lines and `#` comments are
+/// skipped. Every malformed line is reported, with its number.
+pub fn parse_list(path: &Path, text: &str) -> Result<Vec<SeedRepo>> {
+    let mut repos = Vec::new();
+    let mut errors = Vec::new();
+    let mut seen: HashMap<String, usize> = HashMap::new();
+    for (index, raw) in text.lines().enumerate() {
+        let line = index + 1;
+        let trimmed = raw.trim();
+        if trimmed.is_empty() || trimmed.starts_with('#') {
+            continue;
+        }
+        let fields: Vec<&str> = raw.trim_end_matches('\r').split('\t').collect();
+        if !(2..=3).contains(&fields.len()) || fields.iter().any(|f| f.trim().is_empty() || f.trim() != *f) {
+            errors.push(format!("{}:{line}: expected `name<TAB>url[<TAB>branch]`, found {raw:?}", path.display()));
+            continue;
+        }
+        let name = fields[0].to_string();
+        if name.starts_with('.')
+            || name == SEEDS_FILE
+            || !name.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+        {
+            errors.push(format!(
+                "{}:{line}: repository name {name:?} must be letters, digits, . _ - (not starting with .)",
+                path.display()
+            ));
+            continue;
+        }
+        if let Some(first) = seen.insert(name.clone(), line) {
+            errors.push(format!("{}:{line}: duplicate name {name:?} (first on line {first})", path.display()));
+            continue;
+        }
+        repos.push(SeedRepo { name, url: fields[1].to_string(), branch: fields.get(2).map(|b| b.to_string()), line });
+    }
+    if !errors.is_empty() {
+        bail!("{}", errors.join("\n"));
+    }
+    Ok(repos)
+}
+
+pub fn load_list(path: &Path) -> Result<Vec<SeedRepo>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read the seeds list {}", path.display()))?;
+    parse_list(path, &text)
+}
+
+/// Read `SEEDS.json` of a prepared seeds directory.
+pub fn load_records(dir: &Path) -> Result<Vec<SeedRecord>> {
+    let path = dir.join(SEEDS_FILE);
+    let text = std::fs::read_to_string(&path)
+        .with_context(|| format!("cannot read {} (run `cargo xtask seeds prepare` first)", path.display()))?;
+    serde_json::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
+}
+
+#[derive(Debug, Clone)]
+pub struct PrepareOptions {
+    pub list: PathBuf,
+    pub dest: PathBuf,
+    pub jobs: usize,
+    pub allow_partial: bool,
+    /// Sent only to https://github.com/ as an `x-access-token` basic header.
+    pub github_token: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub name: String,
+    pub url: String,
+    pub error: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct PrepareReport {
+    pub dest: String,
+    pub repos: Vec<SeedRecord>,
+    pub cloned: usize,
+    pub updated: usize,
+    pub removed: Vec<String>,
+    pub failed: Vec<Failure>,
+}
+
+impl fmt::Display for PrepareReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for r in &self.repos {
+            writeln!(f, "{:<16} {} {}", r.name, &r.commit[..r.commit.len().min(12)], r.url)?;
+        }
+        for name in &self.removed {
+            writeln!(f, "{name:<16} removed (no longer listed)")?;
+        }
+        for fail in &self.failed {
+            writeln!(f, "{:<16} FAILED {}: {}", fail.name, fail.url, fail.error)?;
+        }
+        writeln!(
+            f,
+            "seeds prepare: {} repo(s) in {} ({} cloned, {} updated, {} failed)",
+            self.repos.len(),
+            self.dest,
+            self.cloned,
+            self.updated,
+            self.failed.len()
+        )
+    }
+}
+
+/// The git configuration that adds the token header, passed through the
+/// environment so it never appears on a command line or in a log.
+fn auth_env(url: &str, token: Option<&str>) -> Vec<(String, String)> {
+    let mut env = vec![("GIT_TERMINAL_PROMPT".to_string(), "0".to_string())];
+    if let Some(token) = token.filter(|t| !t.is_empty()) {
+        if url.starts_with("https://github.com/") {
+            let basic = base64::engine::general_purpose::STANDARD.encode(format!("x-access-token:{token}"));
+            env.push(("GIT_CONFIG_COUNT".into(), "1".into()));
+            env.push(("GIT_CONFIG_KEY_0".into(), "http.https://github.com/.extraheader".into()));
+            env.push(("GIT_CONFIG_VALUE_0".into(), format!("Authorization: Basic {basic}")));
+        }
+    }
+    env
+}
+
+fn git(sh: &Shell, env: &[(String, String)], args: &[&str]) -> Result<String> {
+    let mut command = cmd!(sh, "git {args...}").quiet().ignore_status();
+    for (k, v) in env {
+        command = command.env(k, v);
+    }
+    let output = command.output()?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        bail!("git {} failed: {}", args.first().copied().unwrap_or_default(), stderr.trim());
+    }
+    Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
+}
+
+/// Clone, or bring an existing clone to the tip of its branch. Returns
+/// (commit, was it a fresh clone).
+fn prepare_one(repo: &SeedRepo, dest: &Path, token: Option<&str>) -> Result<(String, bool)> {
+    let sh = Shell::new()?;
+    let env = auth_env(&repo.url, token);
+    let dir = dest.join(&repo.name);
+    let dir_s = dir.to_str().context("non-UTF-8 seeds directory")?;
+    let fresh = !dir.join(".git").is_dir();
+    if fresh {
+        if dir.exists() {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot replace {} (not a git clone)", dir.display()))?;
+        }
+        let mut args = vec!["clone", "--quiet", "--depth", "1"];
+        if let Some(branch) = &repo.branch {
+            args.extend(["--branch", branch]);
+        }
+        args.extend([repo.url.as_str(), dir_s]);
+        git(&sh, &env, &args)?;
+    } else {
+        let origin = git(&sh, &env, &["-C", dir_s, "remote", "get-url", "origin"]).ok();
+        match origin {
+            Some(url) if url == repo.url => {}
+            Some(_) => drop(git(&sh, &env, &["-C", dir_s, "remote", "set-url", "origin", &repo.url])?),
+            None => drop(git(&sh, &env, &["-C", dir_s, "remote", "add", "origin", &repo.url])?),
+        }
+        let refspec = repo.branch.as_deref().unwrap_or("HEAD");
+        git(&sh, &env, &["-C", dir_s, "fetch", "--quiet", "--depth", "1", "origin", refspec])?;
+        git(&sh, &env, &["-C", dir_s, "reset", "--quiet", "--hard", "FETCH_HEAD"])?;
+        git(&sh, &env, &["-C", dir_s, "clean", "--quiet", "-ffdx"])?;
+    }
+    let commit = git(&sh, &env, &["-C", dir_s, "rev-parse", "HEAD"])?;
+    Ok((commit, fresh))
+}
+
+pub fn prepare(opts: &PrepareOptions, out: &crate::output::Output) -> Result<PrepareReport> {
+    let repos = load_list(&opts.list)?;
+    std::fs::create_dir_all(&opts.dest).with_context(|| format!("cannot create {}", opts.dest.display()))?;
+    let bar = out.counter(repos.len() as u64, "cloning");
+    let queue = Mutex::new(repos.iter());
+    let results = Mutex::new(Vec::new());
+    std::thread::scope(|scope| {
+        for _ in 0..opts.jobs.max(1).min(repos.len().max(1)) {
+            scope.spawn(|| loop {
+                let Some(repo) = queue.lock().unwrap().next() else { break };
+                let result = prepare_one(repo, &opts.dest, opts.github_token.as_deref());
+                bar.inc(1);
+                results.lock().unwrap().push((repo, result));
+            });
+        }
+    });
+    bar.finish_and_clear();
+    let mut results = results.into_inner().unwrap();
+    results.sort_by_key(|(repo, _)| repo.line);
+
+    let mut report = PrepareReport {
+        dest: opts.dest.display().to_string(),
+        repos: vec![],
+        cloned: 0,
+        updated: 0,
+        removed: vec![],
+        failed: vec![],
+    };
+    for (repo, result) in results {
+        match result {
+            Ok((commit, fresh)) => {
+                if fresh {
+                    report.cloned += 1
+                } else {
+                    report.updated += 1
+                }
+                report.repos.push(SeedRecord {
+                    name: repo.name.clone(),
+                    url: repo.url.clone(),
+                    branch: repo.branch.clone(),
+                    commit,
+                });
+            }
+            Err(err) => report.failed.push(Failure {
+                name: repo.name.clone(),
+                url: repo.url.clone(),
+                error: format!("{err:#}"),
+            }),
+        }
+    }
+    // Clones no longer listed would otherwise keep being shipped to hosts.
+    let listed: BTreeSet<&str> = repos.iter().map(|r| r.name.as_str()).collect();
+    for entry in std::fs::read_dir(&opts.dest)?.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !listed.contains(name.as_str()) && entry.path().join(".git").is_dir() {
+            std::fs::remove_dir_all(entry.path())?;
+            report.removed.push(name);
+        }
+    }
+    if report.failed.is_empty() || opts.allow_partial {
+        let json = serde_json::to_vec_pretty(&report.repos)?;
+        let tmp = opts.dest.join(format!(".{SEEDS_FILE}.tmp"));
+        std::fs::write(&tmp, json)?;
+        std::fs::rename(&tmp, opts.dest.join(SEEDS_FILE))?;
+    }
+    Ok(report)
+}
+
+pub fn run(ctx: &Ctx, cmd: flags::SeedsCmd) -> Result<()> {
+    match cmd {
+        flags::SeedsCmd::Prepare(args) => {
+            let opts = PrepareOptions {
+                list: args.list,
+                dest: args.dest,
+                jobs: args.jobs,
+                allow_partial: args.allow_partial,
+                github_token: std::env::var("GITHUB_TOKEN").ok(),
+            };
+            let report = prepare(&opts, &ctx.out)?;
+            ctx.out.emit(&report)?;
+            if !report.failed.is_empty() && !opts.allow_partial {
+                let names: Vec<_> = report.failed.iter().map(|f| f.name.as_str()).collect();
+                bail!(
+                    "{} repo(s) failed: {} (use --allow-partial to continue without them)",
+                    names.len(),
+                    names.join(", ")
+                );
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,114 @@
+//! `cargo xtask test`: the README's test command. Rust unit and integration
+//! tests (the latter against the emulator), then the non-Rust checks, each
+//! either passed, failed, or skipped with the reason printed.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Result};
+use xshell::{cmd, Shell};
+
+use crate::{emulator, flags, project, Ctx};
+
+#[derive(Debug)]
+pub enum Outcome {
+    Passed(String),
+    Skipped(String),
+    Failed(String),
+}
+
+pub fn run(ctx: &Ctx, args: flags::TestArgs) -> Result<()> {
+    let root = project::root();
+    let sh = Shell::new()?;
+    sh.change_dir(&root);
+    // Provision once up front, so parallel tests do not all queue on the lock.
+    emulator::ensure_installed()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let filter = args.filter.clone();
+    cmd!(sh, "{cargo} test --workspace --locked {filter...}").run()?;
+
+    if args.rust_only {
+        ctx.out.note("skipped: non-Rust checks (--rust-only)");
+        return Ok(());
+    }
+    let checks = [("nix parse", nix_parse(&sh, &root)), ("shellcheck", shellcheck(&sh, &root))];
+    let mut failed = Vec::new();
+    let (mut passed, mut skipped) = (0, 0);
+    for (name, outcome) in checks {
+        match outcome {
+            Outcome::Passed(what) => {
+                passed += 1;
+                ctx.out.note(format!("check {name}: ok ({what})"));
+            }
+            Outcome::Skipped(why) => {
+                skipped += 1;
+                ctx.out.note(format!("check {name}: SKIPPED because {why}"));
+            }
+            Outcome::Failed(why) => {
+                ctx.out.note(format!("check {name}: FAILED: {why}"));
+                failed.push(name);
+            }
+        }
+    }
+    ctx.out.note(format!("non-Rust checks: ok {passed}, skipped {skipped}, failed {}", failed.len()));
+    if !failed.is_empty() {
+        bail!("non-Rust checks failed: {}", failed.join(", "));
+    }
+    Ok(())
+}
+
+/// Project files with the given extension, outside build output and the venv.
+pub fn project_files(root: &Path, ext: &str) -> Vec<PathBuf> {
+    fn walk(dir: &Path, ext: &str, out: &mut Vec<PathBuf>) {
+        let Ok(entries) = std::fs::read_dir(dir) else { return };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            if path.is_dir() {
+                if !matches!(name.as_ref(), "target" | ".venv" | ".git" | "dist" | "repo-seeds" | "node_modules") {
+                    walk(&path, ext, out);
+                }
+            } else if name.ends_with(ext) {
+                out.push(path);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, ext, &mut out);
+    out.sort();
+    out
+}
+
+fn have(sh: &Shell, program: &str) -> bool {
+    cmd!(sh, "sh -c 'command -v \"$0\"' {program}").quiet().ignore_stdout().ignore_stderr().run().is_ok()
+}
+
+fn nix_parse(sh: &Shell, root: &Path) -> Outcome {
+    let files = project_files(root, ".nix");
+    if files.is_empty() {
+        return Outcome::Skipped("the repository has no .nix files yet".into());
+    }
+    if !have(sh, "nix-instantiate") {
+        return Outcome::Skipped("nix-instantiate is not installed (apt-get install nix-bin)".into());
+    }
+    for file in &files {
+        if let Err(err) = cmd!(sh, "nix-instantiate --parse {file}").quiet().ignore_stdout().run() {
+            return Outcome::Failed(format!("{}: {err}", file.display()));
+        }
+    }
+    Outcome::Passed(format!("{} file(s) parse", files.len()))
+}
+
+fn shellcheck(sh: &Shell, root: &Path) -> Outcome {
+    let mut files = project_files(root, ".sh");
+    files.push(root.join(".ci/run"));
+    files.retain(|f| f.exists());
+    if !have(sh, "shellcheck") {
+        return Outcome::Skipped("shellcheck is not installed (apt-get install shellcheck)".into());
+    }
+    let count = files.len();
+    match cmd!(sh, "shellcheck {files...}").quiet().run() {
+        Ok(()) => Outcome::Passed(format!("{count} script(s)")),
+        Err(err) => Outcome::Failed(err.to_string()),
+    }
+}

@@ -1,0 +1,404 @@
+//! Bootstrap bundles against the emulator: upload, fetch, isolation,
+//! idempotence, and every refusal leaving the host's state untouched.
+
+mod common;
+
+use std::path::Path;
+
+use common::{archive_entries, canary_value, env, snapshot, Env};
+use xtask::bootstrap::{self, Action, FetchOptions, UploadOptions};
+use xtask::fixtures::{self, SampleFleet};
+use xtask::output::Output;
+
+fn upload_opts(fleet: &SampleFleet, bucket: &str) -> UploadOptions {
+    UploadOptions {
+        sources: fleet.sources.clone(),
+        seeds_dir: fleet.seeds_dir.clone(),
+        bucket: bucket.to_string(),
+        instances: vec![],
+        dry_run: false,
+        concurrency: 8,
+        source_revision: Some("abc123".into()),
+    }
+}
+
+fn fetch_opts(env: &Env, n: usize) -> FetchOptions {
+    FetchOptions {
+        bucket: env.bucket.clone(),
+        prefix: format!("bootstrap/clawdinator-{n}"),
+        prefix_file: Some(env.path("host/etc/clawdinator/bootstrap-prefix")),
+        secrets_dir: env.path("host/var/lib/clawd/nix-secrets"),
+        seeds_dir: env.path("host/var/lib/clawd/repo-seeds"),
+        age_key_path: env.path("host/etc/agenix/keys/clawdinator.agekey"),
+    }
+}
+
+const QUIET: Output = Output { json: true };
+
+async fn fleet(env: &Env, count: usize) -> SampleFleet {
+    fixtures::sample_fleet(&env.path("src"), count, canary_value).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn round_trip_upload_then_fetch() {
+    let env = env().await;
+    let fleet = fleet(&env, 2).await;
+    let report = bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
+    assert_eq!((report.uploaded, report.copied, report.unchanged), (5, 1, 0), "{report}");
+    assert_eq!(
+        env.keys().await,
+        [
+            "bootstrap/clawdinator-1/manifest.json",
+            "bootstrap/clawdinator-1/repo-seeds.tar.zst",
+            "bootstrap/clawdinator-1/secrets.tar.zst",
+            "bootstrap/clawdinator-2/manifest.json",
+            "bootstrap/clawdinator-2/repo-seeds.tar.zst",
+            "bootstrap/clawdinator-2/secrets.tar.zst",
+        ]
+    );
+
+    let opts = fetch_opts(&env, 2);
+    let fetched = bootstrap::fetch(&env.aws, &opts).await.unwrap();
+    assert!(!fetched.already_done && !fetched.reinitialised);
+
+    // Secrets: exactly the common ones and this instance's token, byte for byte, owner-only.
+    let secrets = snapshot(&opts.secrets_dir);
+    let spec = xtask::secrets::Spec::load(&fleet.sources.spec).unwrap();
+    let mut want: Vec<String> = spec.common.iter().map(|n| format!("{n}.age")).collect();
+    want.push("clawdinator-discord-token-2.age".into());
+    want.extend([".bootstrap-ok".to_string(), ".bootstrap-prefix".to_string()]);
+    want.sort();
+    assert_eq!(secrets.keys().cloned().collect::<Vec<_>>(), want);
+    for (name, (mode, content)) in &secrets {
+        if name.ends_with(".age") {
+            assert_eq!(*mode, 0o400, "{name}");
+            assert_eq!(
+                content.as_deref().unwrap(),
+                std::fs::read(fleet.sources.secrets_dir.join(name)).unwrap(),
+                "{name}"
+            );
+        }
+    }
+    assert_eq!(
+        std::fs::read_to_string(opts.secrets_dir.join(".bootstrap-prefix")).unwrap().trim(),
+        "bootstrap/clawdinator-2"
+    );
+    assert_eq!(snapshot(opts.secrets_dir.parent().unwrap())["nix-secrets"].0, 0o700);
+
+    // The identity, mode 0400.
+    assert_eq!(std::fs::read(&opts.age_key_path).unwrap(), std::fs::read(&fleet.sources.age_key).unwrap());
+    assert_eq!(snapshot(opts.age_key_path.parent().unwrap())["clawdinator.agekey"].0, 0o400);
+
+    // Seeds: the same tree, modes normalised.
+    let got = snapshot(&opts.seeds_dir);
+    let src = snapshot(&fleet.seeds_dir);
+    assert_eq!(got.keys().collect::<Vec<_>>(), src.keys().collect::<Vec<_>>());
+    for (name, (mode, content)) in &got {
+        assert_eq!(content, &src[name].1, "{name}");
+        assert_eq!(*mode, if content.is_some() { 0o644 } else { 0o755 }, "{name}");
+    }
+    assert_eq!(fetched.seeds, ["sample"]);
+
+    // No staging debris left beside the targets.
+    for dir in [opts.secrets_dir.parent().unwrap(), opts.age_key_path.parent().unwrap()] {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            assert!(!name.starts_with('.'), "left behind: {name}");
+        }
+    }
+
+    // A second fetch does nothing.
+    let again = bootstrap::fetch(&env.aws, &opts).await.unwrap();
+    assert!(again.already_done);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_bundle_holds_only_its_own_token() {
+    let env = env().await;
+    let fleet = fleet(&env, 5).await;
+    bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
+    for n in 1..=5 {
+        let bytes = env.get(&format!("bootstrap/clawdinator-{n}/secrets.tar.zst")).await;
+        let entries = archive_entries(&bytes);
+        let tokens: Vec<_> = entries.iter().filter(|e| e.contains("discord-token")).cloned().collect();
+        assert_eq!(tokens, [format!("secrets/clawdinator-discord-token-{n}.age")]);
+        assert_eq!(entries[0], "clawdinator.agekey");
+        assert_eq!(entries.len(), 1 + 1 + 8 + 1, "{entries:?}");
+        let manifest: bootstrap::Manifest =
+            serde_json::from_slice(&env.get(&format!("bootstrap/clawdinator-{n}/manifest.json")).await).unwrap();
+        assert_eq!(manifest.secrets.iter().filter(|s| s.contains("discord-token")).count(), 1);
+        assert_eq!(manifest.archives["secrets.tar.zst"].sha256, xtask::archive::sha256_hex(&bytes));
+        assert_eq!(manifest.source_revision.as_deref(), Some("abc123"));
+    }
+    // The seeds archive was sent once and copied to the other prefixes.
+    let first = env.get("bootstrap/clawdinator-1/repo-seeds.tar.zst").await;
+    for n in 2..=5 {
+        assert_eq!(env.get(&format!("bootstrap/clawdinator-{n}/repo-seeds.tar.zst")).await, first);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seeds_are_sent_once_and_copied() {
+    let env = env().await;
+    let fleet = fleet(&env, 3).await;
+    env.emulator.start_recording().unwrap();
+    let report = bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
+    let seeds: Vec<_> =
+        report.objects.iter().filter(|o| o.key.ends_with("repo-seeds.tar.zst")).map(|o| o.action).collect();
+    assert_eq!(seeds, [Action::Create, Action::Copy, Action::Copy]);
+    // On the wire: exactly one PUT of a seeds archive carrying a body; the others are copies.
+    let requests = env.emulator.recorded_requests().unwrap();
+    let seed_puts: Vec<_> = requests
+        .iter()
+        .filter(|r| r["method"] == "PUT" && r["url"].as_str().unwrap_or_default().contains("repo-seeds.tar.zst"))
+        .collect();
+    assert_eq!(seed_puts.len(), 3, "{seed_puts:#?}");
+    let copies =
+        seed_puts.iter().filter(|r| r["headers"].to_string().to_lowercase().contains("x-amz-copy-source")).count();
+    assert_eq!(copies, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_upload_sends_nothing() {
+    let env = env().await;
+    let fleet = fleet(&env, 3).await;
+    let mut opts = upload_opts(&fleet, &env.bucket);
+    bootstrap::upload(&env.aws, &opts, &QUIET).await.unwrap();
+    let manifest_before = env.get("bootstrap/clawdinator-1/manifest.json").await;
+    opts.source_revision = Some("a-later-commit".into());
+    let again = bootstrap::upload(&env.aws, &opts, &QUIET).await.unwrap();
+    assert_eq!((again.uploaded, again.copied, again.unchanged, again.bytes_sent), (0, 0, 9, 0), "{again}");
+    assert_eq!(env.get("bootstrap/clawdinator-1/manifest.json").await, manifest_before);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changing_a_secret_reuploads_only_the_bundles_holding_it() {
+    let env = env().await;
+    let fleet = fleet(&env, 4).await;
+    let opts = upload_opts(&fleet, &env.bucket);
+    bootstrap::upload(&env.aws, &opts, &QUIET).await.unwrap();
+
+    fixtures::write_secret(&fleet.sources.secrets_dir, "clawdinator-discord-token-3", b"rotated", &fleet.recipient)
+        .unwrap();
+    let report = bootstrap::upload(&env.aws, &opts, &QUIET).await.unwrap();
+    let changed: Vec<_> =
+        report.objects.iter().filter(|o| o.action != Action::Unchanged).map(|o| o.key.as_str()).collect();
+    assert_eq!(changed, ["bootstrap/clawdinator-3/secrets.tar.zst", "bootstrap/clawdinator-3/manifest.json"]);
+    assert!(report.objects.iter().all(|o| o.action != Action::Create));
+
+    // A common secret is in every bundle: every secrets archive and manifest, never the seeds.
+    fixtures::write_secret(&fleet.sources.secrets_dir, "clawdinator-control-token", b"rotated", &fleet.recipient)
+        .unwrap();
+    let report = bootstrap::upload(&env.aws, &opts, &QUIET).await.unwrap();
+    assert_eq!((report.uploaded, report.copied, report.unchanged), (8, 0, 4), "{report}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_writes_nothing() {
+    let env = env().await;
+    let fleet = fleet(&env, 2).await;
+    let mut opts = upload_opts(&fleet, &env.bucket);
+    opts.dry_run = true;
+    let plan = bootstrap::upload(&env.aws, &opts, &QUIET).await.unwrap();
+    assert!(env.keys().await.is_empty());
+    assert_eq!(plan.objects.iter().filter(|o| o.action == Action::Create).count(), 5);
+    assert!(plan.bytes_sent > 0);
+
+    opts.dry_run = false;
+    bootstrap::upload(&env.aws, &opts, &QUIET).await.unwrap();
+    let before = env.get("bootstrap/clawdinator-1/secrets.tar.zst").await;
+    fixtures::write_secret(&fleet.sources.secrets_dir, "clawdinator-discord-token-1", b"new", &fleet.recipient)
+        .unwrap();
+    opts.dry_run = true;
+    let plan = bootstrap::upload(&env.aws, &opts, &QUIET).await.unwrap();
+    let replaced: Vec<_> =
+        plan.objects.iter().filter(|o| o.action == Action::Replace).map(|o| o.key.as_str()).collect();
+    assert_eq!(replaced, ["bootstrap/clawdinator-1/secrets.tar.zst", "bootstrap/clawdinator-1/manifest.json"]);
+    assert_eq!(env.get("bootstrap/clawdinator-1/secrets.tar.zst").await, before, "dry run replaced an object");
+}
+
+/// Fetch instance 1, then break instance 2's bundle with `sabotage` and
+/// fetch it: refused, and the host's state is exactly as before.
+async fn refused_with_state_untouched(sabotage: impl AsyncFnOnce(&Env), expect: &str) {
+    let env = env().await;
+    let fleet = fleet(&env, 2).await;
+    bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
+    bootstrap::fetch(&env.aws, &fetch_opts(&env, 1)).await.unwrap();
+    let before = snapshot(&env.path("host"));
+    sabotage(&env).await;
+    let err = bootstrap::fetch(&env.aws, &fetch_opts(&env, 2)).await.unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains(expect), "{text}");
+    assert_eq!(snapshot(&env.path("host")), before, "state changed by a refused fetch");
+    assert!(!env.dir.path().join("evil").exists() && !Path::new("/tmp/clawdinator-evil").exists());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_tampered_archive_is_refused() {
+    refused_with_state_untouched(
+        async |env: &Env| {
+            let mut bytes = env.get("bootstrap/clawdinator-2/secrets.tar.zst").await;
+            let last = bytes.len() - 10;
+            bytes[last] ^= 0xff;
+            env.put("bootstrap/clawdinator-2/secrets.tar.zst", bytes).await;
+        },
+        "does not match its manifest",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_manifest_mismatch_is_refused() {
+    refused_with_state_untouched(
+        async |env: &Env| {
+            let key = "bootstrap/clawdinator-2/manifest.json";
+            let mut manifest: bootstrap::Manifest = serde_json::from_slice(&env.get(key).await).unwrap();
+            manifest.archives.get_mut("repo-seeds.tar.zst").unwrap().size += 1;
+            env.put(key, serde_json::to_vec(&manifest).unwrap()).await;
+        },
+        "does not match its manifest",
+    )
+    .await;
+}
+
+/// A tar.zst with one raw entry, path and type as given (bypassing the tar
+/// crate's own path checks, as an attacker would).
+fn hostile_archive(path: &str, kind: tar::EntryType, link: Option<&str>) -> Vec<u8> {
+    let mut builder = tar::Builder::new(Vec::new());
+    let mut header = tar::Header::new_old();
+    let name = &mut header.as_old_mut().name;
+    name[..path.len()].copy_from_slice(path.as_bytes());
+    header.set_entry_type(kind);
+    header.set_mode(0o644);
+    if let Some(target) = link {
+        header.set_link_name(target).unwrap();
+    }
+    let data = b"owned\n";
+    header.set_size(if link.is_some() { 0 } else { data.len() as u64 });
+    header.set_cksum();
+    if link.is_some() {
+        builder.append(&header, std::io::empty()).unwrap();
+    } else {
+        builder.append(&header, &data[..]).unwrap();
+    }
+    let tar = builder.into_inner().unwrap();
+    zstd::encode_all(tar.as_slice(), 3).unwrap()
+}
+
+async fn replace_secrets_archive(env: &Env, bytes: Vec<u8>) {
+    let key = "bootstrap/clawdinator-2/manifest.json";
+    let mut manifest: bootstrap::Manifest = serde_json::from_slice(&env.get(key).await).unwrap();
+    let info = manifest.archives.get_mut("secrets.tar.zst").unwrap();
+    info.sha256 = xtask::archive::sha256_hex(&bytes);
+    info.size = bytes.len() as u64;
+    env.put("bootstrap/clawdinator-2/secrets.tar.zst", bytes).await;
+    env.put(key, serde_json::to_vec(&manifest).unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dot_dot_entry_is_refused() {
+    refused_with_state_untouched(
+        async |env: &Env| {
+            replace_secrets_archive(env, hostile_archive("../../../evil", tar::EntryType::Regular, None)).await
+        },
+        "contains `..`",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_absolute_entry_is_refused() {
+    refused_with_state_untouched(
+        async |env: &Env| {
+            replace_secrets_archive(env, hostile_archive("/tmp/clawdinator-evil", tar::EntryType::Regular, None)).await
+        },
+        "absolute path",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_link_entry_is_refused() {
+    refused_with_state_untouched(
+        async |env: &Env| {
+            replace_secrets_archive(env, hostile_archive("secrets", tar::EntryType::Symlink, Some("/etc"))).await
+        },
+        "not a plain file or directory",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_prefix_change_reinitialises() {
+    let env = env().await;
+    let fleet = fleet(&env, 2).await;
+    bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
+    let opts = fetch_opts(&env, 1);
+    bootstrap::fetch(&env.aws, &opts).await.unwrap();
+    assert!(opts.secrets_dir.join("clawdinator-discord-token-1.age").exists());
+
+    // The override file names another prefix: the old state is replaced whole.
+    let prefix_file = opts.prefix_file.clone().unwrap();
+    std::fs::create_dir_all(prefix_file.parent().unwrap()).unwrap();
+    std::fs::write(&prefix_file, "bootstrap/clawdinator-2\n").unwrap();
+    let report = bootstrap::fetch(&env.aws, &opts).await.unwrap();
+    assert!(report.reinitialised && !report.already_done, "{report:?}");
+    assert!(!opts.secrets_dir.join("clawdinator-discord-token-1.age").exists());
+    assert!(opts.secrets_dir.join("clawdinator-discord-token-2.age").exists());
+    assert_eq!(
+        std::fs::read_to_string(opts.secrets_dir.join(".bootstrap-prefix")).unwrap().trim(),
+        "bootstrap/clawdinator-2"
+    );
+}
+
+async fn fails_before_upload(break_it: impl FnOnce(&SampleFleet), expect: &str) {
+    let env = env().await;
+    let fleet = fleet(&env, 2).await;
+    break_it(&fleet);
+    let err = bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains(expect), "{text}");
+    assert!(!text.contains(common::CANARY), "{text}");
+    assert!(env.keys().await.is_empty(), "something was uploaded");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_token_fails_before_upload() {
+    fails_before_upload(
+        |f| std::fs::remove_file(f.sources.secrets_dir.join("clawdinator-discord-token-2.age")).unwrap(),
+        "missing: the Discord token of instance `clawdinator-2`",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_identity_fails_before_upload() {
+    fails_before_upload(|f| std::fs::remove_file(&f.sources.age_key).unwrap(), "cannot read the age identity").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_undecryptable_secret_fails_before_upload() {
+    fails_before_upload(
+        |f| {
+            let other = f.sources.age_key.with_file_name("other.agekey");
+            let stranger = fixtures::write_identity(&other).unwrap();
+            fixtures::write_secret(&f.sources.secrets_dir, "clawdinator-anthropic-api-key", b"x", &stranger).unwrap();
+        },
+        "cannot decrypt",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_malformed_secret_fails_before_upload() {
+    fails_before_upload(
+        |f| std::fs::write(f.sources.secrets_dir.join("clawdinator-control-token.age"), "plain text, not age").unwrap(),
+        "not a well-formed age file",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unprepared_seeds_fail_before_upload() {
+    fails_before_upload(|f| std::fs::remove_file(f.seeds_dir.join("SEEDS.json")).unwrap(), "seeds prepare").await;
+}

@@ -1,0 +1,179 @@
+//! The local emulator harness and the shared AWS context.
+
+use std::io::Read;
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+use xtask::aws::{Aws, Settings, Timeouts};
+use xtask::emulator::Emulator;
+
+fn alive(pid: u32) -> bool {
+    // After the child is reaped its /proc entry is gone; a zombie would
+    // still show, and count as leaked.
+    Path::new(&format!("/proc/{pid}")).exists()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn emulator_serves_s3_and_sts_then_stops() {
+    let emulator = tokio::task::spawn_blocking(Emulator::start).await.unwrap().unwrap();
+    let pid = emulator.pid();
+    assert!(alive(pid));
+    let aws = Aws::load(&Settings::local(&emulator.endpoint())).await.unwrap();
+
+    let arn = aws.caller_arn().await.unwrap();
+    assert!(arn.starts_with("arn:aws:sts::123456789012:"), "{arn}");
+
+    let s3 = aws.s3();
+    s3.create_bucket().bucket("round-trip").send().await.unwrap();
+    let body: Vec<u8> = (0..200_000u32).flat_map(|i| i.to_le_bytes()).collect();
+    s3.put_object().bucket("round-trip").key("a/b.bin").body(body.clone().into()).send().await.unwrap();
+    let got = s3.get_object().bucket("round-trip").key("a/b.bin").send().await.unwrap();
+    let got = got.body.collect().await.unwrap().into_bytes();
+    assert_eq!(Sha256::digest(&got), Sha256::digest(&body));
+
+    drop(emulator);
+    assert!(!alive(pid), "emulator process {pid} survived its guard");
+}
+
+#[test]
+fn no_emulator_left_after_a_panicking_test() {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let result = std::thread::spawn(move || {
+        let emulator = Emulator::start().unwrap();
+        tx.send(emulator.pid()).unwrap();
+        panic!("a test failing while it holds the emulator");
+    })
+    .join();
+    assert!(result.is_err());
+    let pid = rx.recv().unwrap();
+    assert!(!alive(pid), "emulator process {pid} leaked by a panicking test");
+}
+
+#[test]
+fn each_emulator_is_fresh() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let a = Emulator::start().unwrap();
+    let b = Emulator::start().unwrap();
+    assert_ne!(a.port(), b.port());
+    rt.block_on(async {
+        let aws_a = Aws::load(&Settings::local(&a.endpoint())).await.unwrap();
+        let aws_b = Aws::load(&Settings::local(&b.endpoint())).await.unwrap();
+        aws_a.s3().create_bucket().bucket("only-in-a").send().await.unwrap();
+        let listed = aws_b.s3().list_buckets().send().await.unwrap();
+        assert!(listed.buckets().is_empty(), "{listed:?}");
+    });
+}
+
+/// A server that accepts connections and never answers.
+fn black_hole() -> (u16, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let handle = std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut held = Vec::new();
+        // Bounded: the test needs it for seconds, not forever.
+        while started.elapsed() < Duration::from_secs(60) {
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    stream.set_nonblocking(true).ok();
+                    let mut buf = [0u8; 4096];
+                    let _ = stream.read(&mut buf);
+                    held.push(stream);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    });
+    (port, handle)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_silent_endpoint_fails_within_the_timeouts() {
+    let (port, _server) = black_hole();
+    let settings = Settings {
+        timeouts: Timeouts {
+            connect: Duration::from_secs(1),
+            read: Duration::from_secs(1),
+            attempt: Duration::from_secs(2),
+            operation: Duration::from_secs(3),
+        },
+        max_attempts: 2,
+        ..Settings::local(&format!("http://127.0.0.1:{port}"))
+    };
+    let aws = Aws::load(&settings).await.unwrap();
+    let started = Instant::now();
+    let err = aws.caller_arn().await.unwrap_err();
+    let elapsed = started.elapsed();
+    let text = format!("{err:#}");
+    assert!(text.contains("STS GetCallerIdentity") && text.contains("timeout"), "{text}");
+    // Behaviour, not speed: it must give up rather than hang.
+    assert!(elapsed < Duration::from_secs(20), "took {elapsed:?}");
+}
+
+#[test]
+fn cli_against_a_silent_endpoint_reports_a_timeout() {
+    let (port, _server) = black_hole();
+    let started = Instant::now();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["--json", "--region", "us-east-1", "doctor", "--age-key", "/nonexistent"])
+        .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("CLAWDINATOR_READ_TIMEOUT", "1")
+        .env("CLAWDINATOR_ATTEMPT_TIMEOUT", "1.5")
+        .env("CLAWDINATOR_OPERATION_TIMEOUT", "2")
+        .output()
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(40), "took {:?}", started.elapsed());
+    assert_eq!(out.status.code(), Some(0), "doctor reports, it does not fail");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let creds = report["checks"].as_array().unwrap().iter().find(|c| c["name"] == "aws credentials").unwrap();
+    assert_eq!(creds["status"], "missing");
+    assert!(creds["detail"].as_str().unwrap().contains("timeout"), "{creds}");
+}
+
+#[test]
+fn doctor_json_shape_and_local_sts() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["--json", "--local", "doctor", "--age-key", "/nonexistent/key"])
+        .env_remove("AWS_ENDPOINT_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.lines().next().unwrap_or_default().starts_with("--local: running against a throwaway"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("stdout is one JSON document");
+    let checks = report["checks"].as_array().unwrap();
+    let names: Vec<&str> = checks.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    for want in
+        ["nix", "kvm", "git", "tofu", "aws credentials", "region", "vmimport role", "age identity", "local emulator"]
+    {
+        assert!(names.contains(&want), "{want} missing from {names:?}");
+    }
+    for c in checks {
+        assert!(["ok", "warn", "missing"].contains(&c["status"].as_str().unwrap()), "{c}");
+        assert!(!c["needed_by"].as_str().unwrap().is_empty(), "{c}");
+        assert!(!c["detail"].as_str().unwrap().is_empty(), "{c}");
+        if c["status"] != "ok" {
+            assert!(!c["fix"].as_str().unwrap().is_empty(), "a problem without a fix: {c}");
+        }
+    }
+    let by_name = |n: &str| checks.iter().find(|c| c["name"] == n).unwrap();
+    // --local: GetCallerIdentity answered by the emulator.
+    assert_eq!(by_name("aws credentials")["status"], "ok");
+    assert!(by_name("aws credentials")["detail"].as_str().unwrap().contains("arn:aws:sts::123456789012:"));
+    assert_eq!(by_name("region")["detail"], "us-east-1");
+    assert_eq!(by_name("age identity")["status"], "missing");
+    assert!(by_name("age identity")["detail"].as_str().unwrap().contains("/nonexistent/key"));
+    assert_eq!(by_name("local emulator")["status"], "ok");
+}
+
+#[test]
+fn vmimport_trust_policy_is_understood() {
+    let doc = "%7B%22Version%22%3A%222012-10-17%22%2C%22Statement%22%3A%5B%7B%22Effect%22%3A%22Allow%22%2C%22Principal%22%3A%7B%22Service%22%3A%22vmie.amazonaws.com%22%7D%2C%22Action%22%3A%22sts%3AAssumeRole%22%7D%5D%7D";
+    assert!(xtask::doctor::trusts_vmie(doc));
+    assert!(!xtask::doctor::trusts_vmie(&doc.replace("vmie", "ec2")));
+}
