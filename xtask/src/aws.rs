@@ -134,6 +134,14 @@ impl Aws {
         Ok(Aws { config, custom_endpoint })
     }
 
+    /// The same configuration in another region (AMI copies).
+    pub fn with_region(&self, region: &str) -> Aws {
+        Aws {
+            config: self.config.to_builder().region(Region::new(region.to_string())).build(),
+            custom_endpoint: self.custom_endpoint,
+        }
+    }
+
     pub fn region(&self) -> Option<&str> {
         self.config.region().map(|r| r.as_ref())
     }

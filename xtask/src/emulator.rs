@@ -8,6 +8,7 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use anyhow::{anyhow, bail, Context, Result};
+use base64::Engine;
 
 use crate::project;
 
@@ -34,6 +35,8 @@ impl Emulator {
         command
             .arg(&shim)
             .env("MOTO_ENABLE_RECORDING", "True")
+            // No preloaded public AMIs and their ~1300 snapshots: an empty account, as a new one is.
+            .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
             .env("MOTO_RECORDER_FILEPATH", scratch.path().join("recording"))
             // The emulator must never pick up the caller's real AWS settings.
             .env_remove("AWS_ENDPOINT_URL")
@@ -111,11 +114,25 @@ impl Emulator {
     /// really sent, including parameters moto itself ignores.
     pub fn recorded_requests(&self) -> Result<Vec<serde_json::Value>> {
         let body = http_request(self.port, "GET", "/moto-api/recorder/download-recording")?;
-        body.lines()
+        let mut entries: Vec<serde_json::Value> = body
+            .lines()
             .filter(|l| !l.trim().is_empty())
             .map(serde_json::from_str)
             .collect::<Result<_, _>>()
-            .context("moto's recording is not JSON lines")
+            .context("moto's recording is not JSON lines")?;
+        // Bodies moto received as bytes are recorded in base64; text ones
+        // (query-protocol calls such as RegisterImage) are decoded back.
+        for entry in &mut entries {
+            if entry["body_encoded"] == true {
+                let decoded =
+                    entry["body"].as_str().and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok());
+                if let Some(text) = decoded.and_then(|d| String::from_utf8(d).ok()) {
+                    entry["body"] = serde_json::Value::String(text);
+                    entry["body_encoded"] = serde_json::Value::Bool(false);
+                }
+            }
+        }
+        Ok(entries)
     }
 
     /// Start recording requests from now on (clears earlier recordings).

@@ -130,3 +130,55 @@ pub fn commit_all(dir: &Path, message: &str) -> Result<()> {
         .run()?;
     Ok(())
 }
+
+/// A sparse raw disk image of `size` bytes: an MBR boot signature, then
+/// pseudo-random data at each `(offset, len)`; everything else is a hole.
+/// `seed` varies the data, so two seeds give two different images.
+pub fn sample_raw_image(path: &Path, size: u64, data: &[(u64, u64)], seed: u64) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let file = fs::OpenOptions::new().write(true).create(true).truncate(true).open(path)?;
+    file.set_len(size)?;
+    let mut state = seed ^ 0x9e37_79b9_7f4a_7c15;
+    for &(offset, len) in data {
+        let mut buf = vec![0u8; len as usize];
+        for chunk in buf.chunks_mut(8) {
+            // xorshift64*: fast, deterministic, incompressible enough.
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            let v = state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+            chunk.copy_from_slice(&v[..chunk.len()]);
+        }
+        file.write_all_at(&buf, offset)?;
+    }
+    // The boot sector last, so data at offset 0 cannot overwrite it.
+    let mut mbr = vec![0u8; 512];
+    mbr[0] = 0xeb;
+    mbr[8..16].copy_from_slice(&seed.to_le_bytes());
+    mbr[510] = 0x55;
+    mbr[511] = 0xaa;
+    file.write_all_at(&mbr, 0)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// Describe an image file the way `image-build` does, in `dir/image.json`.
+pub fn write_image_json(dir: &Path, image: &Path, label: &str) -> Result<PathBuf> {
+    let (sha256, size) = crate::archive::sha256_file(image)?;
+    let manifest = crate::image::ImageManifest {
+        path: image.to_path_buf(),
+        format: "raw".into(),
+        boot_mode: "legacy-bios".into(),
+        architecture: "x86_64".into(),
+        logical_bytes: size,
+        sha256,
+        label: label.into(),
+        store_path: format!("/nix/store/00000000000000000000000000000000-{label}"),
+        source_revision: crate::project::git_revision().map(|r| r.trim_end_matches("-dirty").to_string()),
+        dirty: false,
+    };
+    fs::create_dir_all(dir)?;
+    let json = dir.join("image.json");
+    fs::write(&json, serde_json::to_vec_pretty(&manifest)?)?;
+    Ok(json)
+}

@@ -50,6 +50,15 @@ pub enum Command {
     /// Per-instance bootstrap bundles in S3: upload (CI) and fetch (host).
     #[command(subcommand)]
     Bootstrap(BootstrapCmd),
+    /// Build the NixOS image (raw) and describe it in dist/image.json.
+    #[command(name = "image-build")]
+    ImageBuild(ImageBuildArgs),
+    /// Publish a built image as a fleet AMI.
+    #[command(subcommand)]
+    Image(ImageCmd),
+    /// Fleet AMIs: the latest, the list, and pruning old ones.
+    #[command(subcommand)]
+    Ami(AmiCmd),
     /// Run the whole test suite: Rust tests against the emulator plus the non-Rust checks.
     Test(TestArgs),
 }
@@ -178,4 +187,83 @@ pub struct BootstrapFetchArgs {
     /// A file whose content, when present, is the prefix to use.
     #[arg(long, default_value = "/etc/clawdinator/bootstrap-prefix")]
     pub prefix_file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ImageBuildArgs {
+    /// The flake host whose image to build (default: the registry's first instance).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Where image.json (and the nix out-link) go.
+    #[arg(long, env = "OUT_DIR", default_value = "dist")]
+    pub out: PathBuf,
+    #[command(flatten)]
+    pub instances: InstancesArg,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCmd {
+    /// Upload the image and register it as a tagged fleet AMI (idempotent by content).
+    Publish(PublishArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PublishArgs {
+    /// The image description written by image-build.
+    #[arg(long, default_value = "dist/image.json")]
+    pub image: PathBuf,
+    /// How the disk reaches EBS.
+    #[arg(long, value_enum, default_value = "ebs-direct")]
+    pub via: crate::publish::Via,
+    /// Bucket for --via s3-import.
+    #[arg(long, env = "S3_BUCKET")]
+    pub bucket: Option<String>,
+    /// Also copy the AMI to these regions (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub copy_to_regions: Vec<String>,
+    /// Encrypt the snapshot with this KMS key (every block is then sent).
+    #[arg(long)]
+    pub kms_key: Option<String>,
+    /// Blocks (EBS direct) or parts (S3) in flight at once.
+    #[arg(long, default_value_t = 64)]
+    pub workers: usize,
+    /// Mark the AMI deprecated after this many days.
+    #[arg(long)]
+    pub deprecate_after: Option<u64>,
+    /// Minutes to wait for VM Import (--via s3-import).
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+    /// Keep the uploaded S3 object after the import (--via s3-import).
+    #[arg(long)]
+    pub keep_object: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AmiCmd {
+    /// The newest fleet AMI (or a checked override, for rollbacks).
+    Latest(AmiLatestArgs),
+    /// Every fleet AMI with its digest, revision and the instances using it.
+    List,
+    /// Deregister old fleet AMIs and delete their snapshots.
+    Prune(AmiPruneArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AmiLatestArgs {
+    /// Use this AMI instead, after checking it exists and is a fleet AMI.
+    #[arg(long = "override", env = "AMI_OVERRIDE")]
+    pub r#override: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AmiPruneArgs {
+    /// Keep this many newest AMIs (the latest is always kept).
+    #[arg(long)]
+    pub keep: usize,
+    /// Only remove AMIs older than this many days.
+    #[arg(long)]
+    pub older_than: Option<u64>,
+    /// List what would be removed; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }

@@ -3,6 +3,7 @@
 //! One module per stage of the fleet's life; each exposes a typed API that
 //! tests call directly and a `run` that the CLI calls after parsing flags.
 
+pub mod ami;
 pub mod archive;
 pub mod aws;
 pub mod bootstrap;
@@ -11,12 +12,15 @@ pub mod emulator;
 pub mod fixtures;
 pub mod flags;
 pub mod fleet;
+pub mod image;
 pub mod output;
 pub mod project;
+pub mod publish;
 pub mod s3;
 pub mod secrets;
 pub mod seeds;
 pub mod selftest;
+pub mod snapshot;
 
 use anyhow::{Context, Result};
 
@@ -93,6 +97,9 @@ pub fn run(cli: flags::Xtask) -> Result<()> {
             flags::Command::Secrets(cmd) => secrets::run(&ctx, cmd).await,
             flags::Command::Seeds(cmd) => seeds::run(&ctx, cmd),
             flags::Command::Bootstrap(cmd) => bootstrap::run(&ctx, cmd).await,
+            flags::Command::ImageBuild(args) => image::run(&ctx, args),
+            flags::Command::Image(flags::ImageCmd::Publish(args)) => publish::run(&ctx, args).await,
+            flags::Command::Ami(cmd) => ami::run(&ctx, cmd).await,
             flags::Command::Test(args) => selftest::run(&ctx, args),
         }
     })

@@ -1,0 +1,239 @@
+//! `cargo xtask image-build`: the NixOS image as a raw disk, described in
+//! `dist/image.json` for `image publish`.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use xshell::{cmd, Shell};
+
+use crate::{archive, flags, output, project, Ctx};
+
+/// What `image publish` needs to know about a built image.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct ImageManifest {
+    /// The disk image file.
+    pub path: PathBuf,
+    /// `raw`, `vhd` or `vmdk`.
+    pub format: String,
+    /// `legacy-bios` or `uefi`.
+    pub boot_mode: String,
+    /// EC2 architecture: `x86_64` or `arm64`.
+    pub architecture: String,
+    /// Size of the disk the image describes, in bytes.
+    pub logical_bytes: u64,
+    pub sha256: String,
+    pub label: String,
+    pub store_path: String,
+    pub source_revision: Option<String>,
+    pub dirty: bool,
+}
+
+impl ImageManifest {
+    /// Read and check `image.json` and the file it names, before any AWS call.
+    pub fn load(path: &Path) -> Result<ImageManifest> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {} (run `cargo xtask image-build` first)", path.display()))?;
+        let manifest: ImageManifest = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not a valid image description", path.display()))?;
+        ensure!(
+            ["raw", "vhd", "vmdk"].contains(&manifest.format.as_str()),
+            "{}: format {:?} is not raw, vhd or vmdk",
+            path.display(),
+            manifest.format
+        );
+        ensure!(
+            ["legacy-bios", "uefi"].contains(&manifest.boot_mode.as_str()),
+            "{}: bootMode {:?} is not legacy-bios or uefi",
+            path.display(),
+            manifest.boot_mode
+        );
+        ensure!(
+            ["x86_64", "arm64"].contains(&manifest.architecture.as_str()),
+            "{}: architecture {:?} is not x86_64 or arm64",
+            path.display(),
+            manifest.architecture
+        );
+        ensure!(
+            manifest.sha256.len() == 64 && manifest.sha256.bytes().all(|b| b.is_ascii_hexdigit()),
+            "{}: sha256 is not a hex SHA-256",
+            path.display()
+        );
+        let image = manifest.image_path(path);
+        let meta = std::fs::metadata(&image)
+            .with_context(|| format!("{}: the image file {} is missing", path.display(), image.display()))?;
+        if manifest.format == "raw" {
+            ensure!(
+                meta.len() == manifest.logical_bytes,
+                "{}: the image file {} is {} bytes but logicalBytes says {}: rebuild it",
+                path.display(),
+                image.display(),
+                meta.len(),
+                manifest.logical_bytes
+            );
+        }
+        Ok(manifest)
+    }
+
+    /// The image path; a relative one is relative to the manifest's directory.
+    pub fn image_path(&self, manifest_path: &Path) -> PathBuf {
+        if self.path.is_absolute() {
+            self.path.clone()
+        } else {
+            manifest_path.parent().unwrap_or(Path::new(".")).join(&self.path)
+        }
+    }
+
+    /// The AMI name: `clawdinator-nixos-<label>-<first 12 hex of sha256>`.
+    pub fn ami_name(&self) -> String {
+        let label: String = self
+            .label
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() || "().-_".contains(c) { c } else { '_' })
+            .take(90)
+            .collect();
+        format!("clawdinator-nixos-{label}-{}", &self.sha256[..12])
+    }
+}
+
+/// nixpkgs' `nix-support/image-info.json`.
+#[derive(Debug, Deserialize)]
+struct ImageInfo {
+    label: String,
+    system: String,
+    boot_mode: String,
+    #[serde(default)]
+    file: Option<PathBuf>,
+    #[serde(default)]
+    disks: Option<serde_json::Value>,
+    #[serde(default)]
+    logical_bytes: Option<serde_json::Value>,
+}
+
+pub fn architecture_of(system: &str) -> Result<&'static str> {
+    match system {
+        "x86_64-linux" => Ok("x86_64"),
+        "aarch64-linux" => Ok("arm64"),
+        other => bail!("image system {other:?} is neither x86_64-linux nor aarch64-linux"),
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub host: String,
+    pub out: PathBuf,
+    /// The KVM device the build needs (a test may point elsewhere).
+    pub kvm_device: PathBuf,
+}
+
+/// Check that nix with flakes and KVM are there; the error says what to do.
+fn preflight(sh: &Shell, opts: &BuildOptions) -> Result<()> {
+    let version = cmd!(sh, "nix --version").quiet().ignore_stderr().read().map_err(|_| {
+        anyhow::anyhow!("nix is not installed: image builds need Nix with flakes (run inside `nix develop`, or install Nix from https://nixos.org/download)")
+    })?;
+    let features = cmd!(sh, "nix config show experimental-features").quiet().ignore_stderr().read().unwrap_or_default();
+    ensure!(
+        features.contains("flakes"),
+        "{} has flakes disabled: add `experimental-features = nix-command flakes` to ~/.config/nix/nix.conf",
+        version.trim()
+    );
+    ensure!(
+        opts.kvm_device.exists(),
+        "{} not found: building the image runs a VM and needs KVM (build on bare metal or a VM with nested virtualisation, or let CI build it)",
+        opts.kvm_device.display()
+    );
+    Ok(())
+}
+
+pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
+    let root = project::root();
+    let sh = Shell::new()?;
+    sh.change_dir(&root);
+    preflight(&sh, opts)?;
+    std::fs::create_dir_all(&opts.out).with_context(|| format!("cannot create {}", opts.out.display()))?;
+    let attr = format!(".#nixosConfigurations.{}.config.system.build.images.amazon", opts.host);
+    let out_link = opts.out.join("result");
+    // -L streams the build log; stdout is the store path.
+    let store_path = cmd!(sh, "nix build {attr} --print-out-paths --print-build-logs --out-link {out_link}")
+        .read()
+        .with_context(|| format!("nix build {attr} failed (see its output above)"))?;
+    let store_path = store_path.lines().last().unwrap_or_default().trim().to_string();
+    ensure!(!store_path.is_empty(), "nix build printed no output path");
+    let info_path = Path::new(&store_path).join("nix-support/image-info.json");
+    let info: ImageInfo = serde_json::from_str(
+        &std::fs::read_to_string(&info_path).with_context(|| format!("cannot read {}", info_path.display()))?,
+    )
+    .with_context(|| format!("{} is not the image-info.json nixpkgs writes", info_path.display()))?;
+    let file = info
+        .file
+        .clone()
+        .or_else(|| info.disks.as_ref().and_then(|d| d["root"]["file"].as_str()).map(PathBuf::from))
+        .with_context(|| format!("{} names no image file", info_path.display()))?;
+    let ext = file.extension().and_then(|e| e.to_str()).unwrap_or_default();
+    let format = match ext {
+        "img" | "raw" => "raw",
+        "vhd" => "vhd",
+        "vmdk" => "vmdk",
+        other => {
+            bail!("{}: unexpected image type .{other} (set amazonImage.format = \"raw\" in the flake)", file.display())
+        }
+    };
+    let size = std::fs::metadata(&file).with_context(|| format!("the image {} is missing", file.display()))?.len();
+    let logical_bytes = match &info.logical_bytes {
+        Some(serde_json::Value::Number(n)) => n.as_u64().unwrap_or(size),
+        Some(serde_json::Value::String(s)) => s.parse().unwrap_or(size),
+        _ => size,
+    };
+    let (sha256, _) = archive::sha256_file(&file)?;
+    let revision = project::git_revision();
+    let manifest = ImageManifest {
+        path: file,
+        format: format.into(),
+        boot_mode: info.boot_mode.clone(),
+        architecture: architecture_of(&info.system)?.into(),
+        logical_bytes,
+        sha256,
+        label: info.label.clone(),
+        store_path,
+        dirty: revision.as_deref().is_some_and(|r| r.ends_with("-dirty")),
+        source_revision: revision.map(|r| r.trim_end_matches("-dirty").to_string()),
+    };
+    let json = opts.out.join("image.json");
+    std::fs::write(&json, serde_json::to_vec_pretty(&manifest)?)?;
+    Ok(manifest)
+}
+
+impl fmt::Display for ImageManifest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "image {} ({} {}, {}, {}) sha256 {}",
+            self.path.display(),
+            self.format,
+            self.architecture,
+            self.boot_mode,
+            indicatif::HumanBytes(self.logical_bytes),
+            self.sha256
+        )
+    }
+}
+
+pub fn run(ctx: &Ctx, args: flags::ImageBuildArgs) -> Result<()> {
+    let host = match args.host {
+        Some(h) => h,
+        None => crate::fleet::Registry::load(&args.instances.path)?
+            .instances
+            .into_keys()
+            .next()
+            .context("the registry has no instance to build an image for")?,
+    };
+    // Where KVM is exposed under another name (and for tests on machines
+    // with or without it), CLAWDINATOR_KVM_DEVICE names the device.
+    let kvm_device = std::env::var_os("CLAWDINATOR_KVM_DEVICE").map(PathBuf::from).unwrap_or_else(|| "/dev/kvm".into());
+    let opts = BuildOptions { host, out: args.out, kvm_device };
+    let manifest = build(&opts)?;
+    output::github_output("image_sha256", &manifest.sha256)?;
+    ctx.out.emit(&manifest)
+}

@@ -1,0 +1,427 @@
+//! The image pipeline against the emulator (with the shim's EBS direct,
+//! RegisterImage and VM Import behaviour): publish by both paths, content
+//! idempotence, cleanup, AMI selection and pruning.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{env, Env};
+use xtask::ami;
+use xtask::fixtures::{sample_raw_image, write_image_json};
+use xtask::output::Output;
+use xtask::publish::{self, PublishOptions, Via};
+use xtask::snapshot::BLOCK_SIZE;
+
+const OUT: Output = Output { json: true };
+const MIB: u64 = 1 << 20;
+
+/// 6 MiB: data in blocks 0 (MBR), 2-3, 7 (partial), an explicitly written
+/// zero block 9 (data on disk, zero content), holes elsewhere.
+fn sample(env: &Env, name: &str, seed: u64) -> (PathBuf, PathBuf) {
+    let dir = env.path(name);
+    std::fs::create_dir_all(&dir).unwrap();
+    let image = dir.join("nixos.raw");
+    sample_raw_image(&image, 6 * MIB, &[(2 * BLOCK_SIZE, 2 * BLOCK_SIZE), (7 * BLOCK_SIZE + 1000, 5000)], seed)
+        .unwrap();
+    use std::os::unix::fs::FileExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&image)
+        .unwrap()
+        .write_all_at(&vec![0u8; BLOCK_SIZE as usize], 9 * BLOCK_SIZE)
+        .unwrap();
+    let json = write_image_json(&dir, &image, "25.05.20250101.abcdef0").unwrap();
+    (image, json)
+}
+
+fn never() -> std::future::Pending<()> {
+    std::future::pending()
+}
+
+async fn snapshot_blocks(env: &Env, snapshot_id: &str) -> BTreeSet<i32> {
+    let out = env.aws.ebs().list_snapshot_blocks().snapshot_id(snapshot_id).send().await.unwrap();
+    out.blocks().iter().filter_map(|b| b.block_index()).collect()
+}
+
+async fn read_back_and_compare(env: &Env, snapshot_id: &str, image: &Path, expect_blocks: &BTreeSet<i32>) {
+    let bytes = std::fs::read(image).unwrap();
+    let blocks = snapshot_blocks(env, snapshot_id).await;
+    assert_eq!(&blocks, expect_blocks);
+    let total = (bytes.len() as u64).div_ceil(BLOCK_SIZE);
+    for index in 0..total as i32 {
+        let start = index as usize * BLOCK_SIZE as usize;
+        let mut want = bytes[start..(start + BLOCK_SIZE as usize).min(bytes.len())].to_vec();
+        want.resize(BLOCK_SIZE as usize, 0);
+        if blocks.contains(&index) {
+            let got = env
+                .aws
+                .ebs()
+                .get_snapshot_block()
+                .snapshot_id(snapshot_id)
+                .block_index(index)
+                .block_token("t")
+                .send()
+                .await
+                .unwrap();
+            let data = got.block_data.collect().await.unwrap().into_bytes();
+            assert!(data.as_ref() == want.as_slice(), "block {index} differs");
+        } else {
+            assert!(want.iter().all(|&b| b == 0), "block {index} holds data but was not sent");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ebs_direct_sends_exactly_the_data_blocks_and_registers_the_ami() {
+    let env = env().await;
+    let (image, json) = sample(&env, "img", 1);
+    env.emulator.start_recording().unwrap();
+    let report = publish::publish(&env.aws, &PublishOptions::new(json.clone()), &OUT, never()).await.unwrap();
+    assert!(!report.already_published);
+    assert_eq!(report.blocks_total, 12);
+    assert_eq!(report.blocks_sent, 4, "{report:?}");
+    assert_eq!(report.bytes_sent, 4 * BLOCK_SIZE);
+    let snapshot_id = report.snapshot_id.clone().unwrap();
+    read_back_and_compare(&env, &snapshot_id, &image, &BTreeSet::from([0, 2, 3, 7])).await;
+
+    // Tags on the AMI and on its snapshot.
+    let manifest = xtask::image::ImageManifest::load(&json).unwrap();
+    let ec2 = env.aws.ec2();
+    let images = ec2.describe_images().image_ids(&report.ami_id).send().await.unwrap();
+    let ami_image = &images.images()[0];
+    assert_eq!(ami_image.name(), Some(manifest.ami_name().as_str()));
+    assert!(manifest.ami_name().starts_with("clawdinator-nixos-25.05.20250101.abcdef0-"));
+    for (k, v) in xtask::ami::fleet_tags(&manifest) {
+        assert_eq!(ami::tag(ami_image, &k), Some(v.as_str()), "AMI tag {k}");
+    }
+    let snaps = ec2.describe_snapshots().snapshot_ids(&snapshot_id).send().await.unwrap();
+    let snap_tags: Vec<_> = snaps.snapshots()[0]
+        .tags()
+        .iter()
+        .map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string()))
+        .collect();
+    assert!(snap_tags.contains(&(ami::TAG_SHA256.to_string(), manifest.sha256.clone())));
+    assert!(snap_tags.contains(&("clawdinator".to_string(), "true".to_string())));
+
+    // RegisterImage as sent on the wire.
+    let requests = env.emulator.recorded_requests().unwrap();
+    let register = requests
+        .iter()
+        .find(|r| r["body"].as_str().unwrap_or_default().contains("Action=RegisterImage"))
+        .expect("a RegisterImage call");
+    let body = register["body"].as_str().unwrap();
+    for want in [
+        "Architecture=x86_64",
+        "BootMode=legacy-bios",
+        "VirtualizationType=hvm",
+        "EnaSupport=true",
+        "ImdsSupport=v2.0",
+        "SriovNetSupport=simple",
+        "RootDeviceName=%2Fdev%2Fxvda",
+        "BlockDeviceMapping.1.DeviceName=%2Fdev%2Fxvda",
+        &format!("BlockDeviceMapping.1.Ebs.SnapshotId={snapshot_id}"),
+        "BlockDeviceMapping.1.Ebs.VolumeType=gp3",
+        "BlockDeviceMapping.1.Ebs.DeleteOnTermination=true",
+        "TagSpecification.1.ResourceType=image",
+    ] {
+        assert!(body.contains(want), "{want} not in {body}");
+    }
+    // The snapshot upload was checksummed block by block and as a whole (the shim checks both).
+    let puts = requests
+        .iter()
+        .filter(|r| r["method"] == "PUT" && r["url"].as_str().unwrap_or_default().contains("/blocks/"))
+        .count();
+    assert_eq!(puts, 4);
+
+    // A second publish sends nothing and returns the same AMI.
+    env.emulator.start_recording().unwrap();
+    let again = publish::publish(&env.aws, &PublishOptions::new(json), &OUT, never()).await.unwrap();
+    assert!(again.already_published);
+    assert_eq!((again.ami_id.as_str(), again.bytes_sent), (report.ami_id.as_str(), 0));
+    let requests = env.emulator.recorded_requests().unwrap();
+    assert!(requests.iter().all(|r| r["method"] != "PUT"), "the re-run wrote: {requests:#?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_encrypted_snapshot_gets_every_block() {
+    let env = env().await;
+    let (image, json) = sample(&env, "img", 2);
+    let mut opts = PublishOptions::new(json);
+    opts.kms_key = Some("arn:aws:kms:us-east-1:123456789012:key/test".into());
+    let report = publish::publish(&env.aws, &opts, &OUT, never()).await.unwrap();
+    assert_eq!(report.blocks_sent, 12);
+    read_back_and_compare(&env, report.snapshot_id.as_deref().unwrap(), &image, &(0..12).collect()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_ebs_upload_leaves_no_snapshot() {
+    let env = env().await;
+    let dir = env.path("big");
+    std::fs::create_dir_all(&dir).unwrap();
+    let image = dir.join("nixos.raw");
+    sample_raw_image(&image, 256 * MIB, &[(0, 256 * MIB)], 3).unwrap();
+    let json = write_image_json(&dir, &image, "big").unwrap();
+    let mut opts = PublishOptions::new(json);
+    opts.workers = 2;
+    // Stop once a few blocks are in: the same path Ctrl-C takes.
+    let ebs = env.aws.ebs();
+    let ec2 = env.aws.ec2();
+    let cancel = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            let snaps = ec2.describe_snapshots().owner_ids("self").send().await.unwrap();
+            if let Some(id) = snaps.snapshots().iter().find_map(|s| s.snapshot_id()) {
+                // Moto's EBS backend knows the snapshot as soon as it exists.
+                let blocks =
+                    ebs.list_snapshot_blocks().snapshot_id(id).send().await.map(|b| b.blocks().len()).unwrap_or(0);
+                if blocks >= 3 {
+                    return;
+                }
+            }
+        }
+    };
+    let err = publish::publish(&env.aws, &opts, &OUT, cancel).await.unwrap_err();
+    assert!(format!("{err:#}").contains("interrupted"), "{err:#}");
+    let left = ec2.describe_snapshots().owner_ids("self").send().await.unwrap();
+    assert!(left.snapshots().is_empty(), "left behind: {:?}", left.snapshots());
+    assert!(ec2.describe_images().owners("self").send().await.unwrap().images().is_empty());
+}
+
+async fn vmimport_role(env: &Env, bucket_resource: &str) {
+    let iam = env.aws.iam();
+    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"vmie.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+    iam.create_role().role_name("vmimport").assume_role_policy_document(trust).send().await.unwrap();
+    let policy = format!(
+        r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Action":["s3:GetBucketLocation","s3:GetObject","s3:ListBucket"],"Resource":["arn:aws:s3:::{bucket_resource}","arn:aws:s3:::{bucket_resource}/*"]}}]}}"#
+    );
+    iam.put_role_policy().role_name("vmimport").policy_name("vmimport").policy_document(policy).send().await.unwrap();
+}
+
+fn s3_opts(json: PathBuf, bucket: &str) -> PublishOptions {
+    let mut opts = PublishOptions::new(json);
+    opts.via = Via::S3Import;
+    opts.bucket = Some(bucket.into());
+    opts.import_poll = Duration::from_millis(50);
+    opts
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_import_publishes_and_cleans_up() {
+    let env = env().await;
+    vmimport_role(&env, &env.bucket).await;
+    let (_, json) = sample(&env, "img", 4);
+    let report = publish::publish(&env.aws, &s3_opts(json.clone(), &env.bucket), &OUT, never()).await.unwrap();
+    assert_eq!(report.bytes_sent, 6 * MIB);
+    assert!(env.keys().await.is_empty(), "the uploaded object was not deleted");
+    let snapshot_id = report.snapshot_id.clone().unwrap();
+    let snaps = env.aws.ec2().describe_snapshots().snapshot_ids(&snapshot_id).send().await.unwrap();
+    assert!(snaps.snapshots()[0].tags().iter().any(|t| t.key() == Some(ami::TAG_SHA256)));
+    let again = publish::publish(&env.aws, &s3_opts(json, &env.bucket), &OUT, never()).await.unwrap();
+    assert!(again.already_published && again.ami_id == report.ami_id);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn s3_import_preflight_refuses_before_uploading() {
+    let env = env().await;
+    let (_, json) = sample(&env, "img", 5);
+    let err = publish::publish(&env.aws, &s3_opts(json.clone(), &env.bucket), &OUT, never()).await.unwrap_err();
+    assert!(format!("{err:#}").contains("vmimport service role is missing"), "{err:#}");
+    vmimport_role(&env, "some-other-bucket").await;
+    let err = publish::publish(&env.aws, &s3_opts(json, &env.bucket), &OUT, never()).await.unwrap_err();
+    assert!(format!("{err:#}").contains("may not read s3://clawdinator-test/"), "{err:#}");
+    assert!(env.keys().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_interrupted_s3_upload_resumes() {
+    let env = env().await;
+    vmimport_role(&env, &env.bucket).await;
+    let dir = env.path("img");
+    std::fs::create_dir_all(&dir).unwrap();
+    let image = dir.join("nixos.raw");
+    sample_raw_image(&image, 48 * MIB, &[(0, 48 * MIB)], 6).unwrap();
+    let json = write_image_json(&dir, &image, "resume").unwrap();
+    let mut opts = s3_opts(json.clone(), &env.bucket);
+    opts.workers = 1;
+    let s3c = env.aws.s3();
+    let bucket = env.bucket.clone();
+    let cancel = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            let uploads = s3c.list_multipart_uploads().bucket(&bucket).send().await.unwrap();
+            if let Some(u) = uploads.uploads().first() {
+                let parts = s3c
+                    .list_parts()
+                    .bucket(&bucket)
+                    .key(u.key().unwrap())
+                    .upload_id(u.upload_id().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+                if parts.parts().len() >= 2 {
+                    return;
+                }
+            }
+        }
+    };
+    let err = publish::publish(&env.aws, &opts, &OUT, cancel).await.unwrap_err();
+    assert!(format!("{err:#}").contains("resumes on the next run"), "{err:#}");
+    let uploads = s3c.list_multipart_uploads().bucket(&env.bucket).send().await.unwrap();
+    assert_eq!(uploads.uploads().len(), 1);
+
+    // The re-run sends only the missing parts.
+    let report = publish::publish(&env.aws, &s3_opts(json, &env.bucket), &OUT, never()).await.unwrap();
+    assert!(report.bytes_sent > 0 && report.bytes_sent <= 48 * MIB - 16 * MIB, "sent {}", report.bytes_sent);
+    let uploads = s3c.list_multipart_uploads().bucket(&env.bucket).send().await.unwrap();
+    assert!(uploads.uploads().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_import_failure_surfaces_the_status_message() {
+    let env = env().await;
+    vmimport_role(&env, &env.bucket).await;
+    let dir = env.path("nombr");
+    std::fs::create_dir_all(&dir).unwrap();
+    let image = dir.join("disk.raw");
+    std::fs::write(&image, vec![7u8; MIB as usize]).unwrap();
+    let json = write_image_json(&dir, &image, "nombr").unwrap();
+    let err = publish::publish(&env.aws, &s3_opts(json, &env.bucket), &OUT, never()).await.unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains("failed (deleted): ClientError: Disk validation failed"), "{text}");
+    assert!(env.aws.ec2().describe_images().owners("self").send().await.unwrap().images().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_input_fails_before_any_aws_call() {
+    let env = env().await;
+    let (image, json) = sample(&env, "img", 7);
+    env.emulator.start_recording().unwrap();
+    let check = |path: PathBuf, expect: &'static str| {
+        let aws = env.aws.clone();
+        async move {
+            let err = publish::publish(&aws, &PublishOptions::new(path), &OUT, never()).await.unwrap_err();
+            assert!(format!("{err:#}").contains(expect), "{err:#}");
+        }
+    };
+    let corrupt = env.path("corrupt.json");
+    std::fs::write(&corrupt, "{ not json").unwrap();
+    check(corrupt, "not a valid image description").await;
+    let text = std::fs::read_to_string(&json).unwrap();
+    let wrong_size = env.path("img/wrong-size.json");
+    std::fs::write(&wrong_size, text.replace("\"logicalBytes\": 6291456", "\"logicalBytes\": 6291457")).unwrap();
+    check(wrong_size, "but logicalBytes says").await;
+    std::fs::remove_file(&image).unwrap();
+    check(json, "is missing").await;
+    assert!(env.emulator.recorded_requests().unwrap().is_empty(), "AWS was called");
+}
+
+async fn publish_sample(env: &Env, seed: u64) -> String {
+    let (_, json) = sample(env, &format!("img{seed}"), seed);
+    publish::publish(&env.aws, &PublishOptions::new(json), &OUT, never()).await.unwrap().ami_id
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn latest_none_ties_and_overrides() {
+    let env = env().await;
+    let ec2 = env.aws.ec2();
+    let err = ami::latest(&ec2, None).await.unwrap_err();
+    assert!(format!("{err:#}").contains("no fleet AMI"), "{err:#}");
+
+    // Published within the same second: the tie is broken by id, every time.
+    let a = publish_sample(&env, 10).await;
+    let b = publish_sample(&env, 11).await;
+    let images = ami::fleet_images(&ec2).await.unwrap();
+    let newest = images[0].image_id().unwrap().to_string();
+    if images[0].creation_date() == images[1].creation_date() {
+        assert_eq!(newest, std::cmp::max(a.clone(), b.clone()));
+    } else {
+        assert_eq!(newest, b);
+    }
+    for _ in 0..3 {
+        assert_eq!(ami::latest(&ec2, None).await.unwrap().image_id().unwrap(), newest);
+    }
+    assert_eq!(ami::latest(&ec2, Some(&a)).await.unwrap().image_id(), Some(a.as_str()));
+
+    let err = ami::latest(&ec2, Some("ami-0123456789abcdef0")).await.unwrap_err();
+    assert!(format!("{err:#}").contains("ami-0123456789abcdef0"), "{err:#}");
+    // An AMI without the fleet tag is refused as an override.
+    let snap = ec2.describe_snapshots().owner_ids("self").send().await.unwrap().snapshots()[0]
+        .snapshot_id()
+        .unwrap()
+        .to_string();
+    let stranger = ec2
+        .register_image()
+        .name("not-fleet")
+        .root_device_name("/dev/xvda")
+        .block_device_mappings(
+            aws_sdk_ec2::types::BlockDeviceMapping::builder()
+                .device_name("/dev/xvdb")
+                .ebs(aws_sdk_ec2::types::EbsBlockDevice::builder().snapshot_id(snap).build())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .image_id
+        .unwrap();
+    let err = ami::latest(&ec2, Some(&stranger)).await.unwrap_err();
+    assert!(format!("{err:#}").contains("not a fleet AMI"), "{err:#}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_never_removes_the_latest_or_one_in_use() {
+    let env = env().await;
+    let ec2 = env.aws.ec2();
+    let oldest = publish_sample(&env, 20).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let middle = publish_sample(&env, 21).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let newest = publish_sample(&env, 22).await;
+    ec2.run_instances().image_id(&oldest).min_count(1).max_count(1).send().await.unwrap();
+
+    let plan = ami::prune(&ec2, 1, None, true).await.unwrap();
+    assert_eq!(plan.removed.iter().map(|r| r.image_id.as_str()).collect::<Vec<_>>(), [middle.as_str()]);
+    assert_eq!(ami::fleet_images(&ec2).await.unwrap().len(), 3, "dry run removed something");
+
+    let listed = ami::list(&ec2).await.unwrap();
+    let used = listed.images.iter().find(|r| r.image_id == oldest).unwrap();
+    assert_eq!(used.used_by.len(), 1);
+
+    let middle_snapshots = plan.removed[0].snapshots.clone();
+    let done = ami::prune(&ec2, 0, None, false).await.unwrap();
+    assert_eq!(done.removed.len(), 1);
+    let left: Vec<_> =
+        ami::fleet_images(&ec2).await.unwrap().iter().map(|i| i.image_id().unwrap().to_string()).collect();
+    assert_eq!(left, [newest.clone(), oldest.clone()]);
+    let snaps = ec2.describe_snapshots().owner_ids("self").send().await.unwrap();
+    assert!(snaps.snapshots().iter().all(|s| !middle_snapshots.contains(&s.snapshot_id().unwrap().to_string())));
+
+    // --older-than keeps everything younger.
+    let recent = ami::prune(&ec2, 0, Some(1), true).await.unwrap();
+    assert!(recent.removed.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn copies_and_deprecation() {
+    let env = env().await;
+    let (_, json) = sample(&env, "img", 30);
+    let mut opts = PublishOptions::new(json);
+    opts.copy_to_regions = vec!["eu-west-1".into(), "us-east-1".into()];
+    opts.deprecate_after_days = Some(90);
+    let report = publish::publish(&env.aws, &opts, &OUT, never()).await.unwrap();
+    assert_eq!(report.copies.len(), 1, "the source region is not copied to itself");
+    let copy = report.copies["eu-west-1"].clone();
+    let eu = env.aws.with_region("eu-west-1").ec2();
+    let images = eu.describe_images().image_ids(&copy).send().await.unwrap();
+    let image = &images.images()[0];
+    assert!(ami::tag(image, ami::TAG_SHA256).is_some());
+    assert!(image.deprecation_time().is_some());
+    let source = env.aws.ec2().describe_images().image_ids(&report.ami_id).send().await.unwrap();
+    assert!(source.images()[0].deprecation_time().unwrap() > "2026");
+
+    let again = publish::publish(&env.aws, &opts, &OUT, never()).await.unwrap();
+    assert_eq!(again.copies["eu-west-1"], copy);
+}
