@@ -69,27 +69,19 @@ fn first_line(program: &str, args: &[&str]) -> Option<String> {
 }
 
 pub fn check_nix() -> Check {
-    let result = match first_line("nix", &["--version"]) {
+    let result = match crate::image::nix_features() {
         None => Err(missing(
             "nix not found",
             "run `nix develop` from a Nix install (https://nixos.org/download), or on Debian `apt-get install nix-bin`",
         )),
-        Some(version) => {
-            let features = first_line("nix", &["config", "show", "experimental-features"])
-                .or_else(|| {
-                    first_line("nix", &["show-config", "--option", "experimental-features", "nix-command flakes"])
-                })
-                .unwrap_or_default();
-            if features.contains("flakes") {
-                Ok(format!("{version}, flakes enabled"))
-            } else {
-                Err((
-                    Status::Warn,
-                    format!("{version}, flakes not enabled"),
-                    "add `experimental-features = nix-command flakes` to ~/.config/nix/nix.conf".into(),
-                ))
-            }
+        Some((version, features)) if features.split_whitespace().any(|f| f == "flakes") => {
+            Ok(format!("{version}, flakes enabled"))
         }
+        Some((version, _)) => Err((
+            Status::Warn,
+            format!("{version}, flakes not enabled"),
+            "add `experimental-features = nix-command flakes` to ~/.config/nix/nix.conf".into(),
+        )),
     };
     check("nix", "image-build", result)
 }

@@ -73,7 +73,15 @@ pub fn write_secret(dir: &Path, name: &str, value: &[u8], recipient: &age::x2551
 pub fn sample_fleet(root: &Path, count: usize, value: impl Fn(&str) -> String) -> Result<SampleFleet> {
     fs::create_dir_all(root)?;
     let registry = root.join("instances.json");
-    let instances = write_registry(&registry, count)?;
+    write_registry(&registry, count)?;
+    sample_fleet_for(root, &registry, value)
+}
+
+/// Throwaway secrets for the instances of an existing registry: a new
+/// identity, every common secret and each instance's token, and a small
+/// prepared seeds directory.
+pub fn sample_fleet_for(root: &Path, registry: &Path, value: impl Fn(&str) -> String) -> Result<SampleFleet> {
+    let loaded = crate::fleet::Registry::load(registry)?;
     let spec_path = root.join("secrets.json");
     fs::copy(crate::project::root().join(secrets::DEFAULT_SPEC), &spec_path)?;
     let spec = secrets::Spec::load(&spec_path)?;
@@ -84,9 +92,9 @@ pub fn sample_fleet(root: &Path, count: usize, value: impl Fn(&str) -> String) -
     for name in &spec.common {
         write_secret(&secrets_dir, name, value(name).as_bytes(), &recipient)?;
     }
-    for n in 1..=count {
-        let name = format!("clawdinator-discord-token-{n}");
-        write_secret(&secrets_dir, &name, value(&name).as_bytes(), &recipient)?;
+    for instance in loaded.instances.values() {
+        let name = &instance.discord_token_secret;
+        write_secret(&secrets_dir, name, value(name).as_bytes(), &recipient)?;
     }
     let seeds_dir = root.join("repo-seeds");
     fs::create_dir_all(seeds_dir.join("sample/src"))?;
@@ -95,10 +103,10 @@ pub fn sample_fleet(root: &Path, count: usize, value: impl Fn(&str) -> String) -
     let records = serde_json::json!([{"name": "sample", "url": "file:///dev/null/sample", "branch": null, "commit": "0000000000000000000000000000000000000000"}]);
     fs::write(seeds_dir.join(crate::seeds::SEEDS_FILE), serde_json::to_vec_pretty(&records)?)?;
     Ok(SampleFleet {
-        sources: Sources { registry, spec: spec_path, secrets_dir, age_key },
+        sources: Sources { registry: registry.to_path_buf(), spec: spec_path, secrets_dir, age_key },
         seeds_dir,
         recipient,
-        instances,
+        instances: loaded.instances.into_keys().collect(),
     })
 }
 

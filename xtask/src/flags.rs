@@ -59,6 +59,8 @@ pub enum Command {
     /// Fleet AMIs: the latest, the list, and pruning old ones.
     #[command(subcommand)]
     Ami(AmiCmd),
+    /// The whole image pipeline: secrets check, seeds, bundles, image, publish, latest AMI.
+    Pipeline(PipelineArgs),
     /// Run the whole test suite: Rust tests against the emulator plus the non-Rust checks.
     Test(TestArgs),
 }
@@ -266,4 +268,25 @@ pub struct AmiPruneArgs {
     /// List what would be removed; change nothing.
     #[arg(long)]
     pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct PipelineArgs {
+    #[command(flatten)]
+    pub secrets: SecretsArgs,
+    /// The seeds list.
+    #[arg(long, default_value = "clawdinator/repos.tsv")]
+    pub list: PathBuf,
+    /// Where the seeds are prepared.
+    #[arg(long, env = "REPO_SEEDS_DIR", default_value = "repo-seeds")]
+    pub repo_seeds: PathBuf,
+    /// The bucket for bundles (and the s3-import path).
+    #[arg(long, env = "S3_BUCKET")]
+    pub bucket: Option<String>,
+    /// The flake host whose image to build (default: the registry's first instance).
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Where image-build writes image.json.
+    #[arg(long, env = "OUT_DIR", default_value = "dist")]
+    pub out: PathBuf,
 }

@@ -128,30 +128,46 @@ pub struct BuildOptions {
     pub kvm_device: PathBuf,
 }
 
-/// Check that nix with flakes and KVM are there; the error says what to do.
-fn preflight(sh: &Shell, opts: &BuildOptions) -> Result<()> {
-    let version = cmd!(sh, "nix --version").quiet().ignore_stderr().read().map_err(|_| {
-        anyhow::anyhow!("nix is not installed: image builds need Nix with flakes (run inside `nix develop`, or install Nix from https://nixos.org/download)")
-    })?;
-    let features = cmd!(sh, "nix config show experimental-features").quiet().ignore_stderr().read().unwrap_or_default();
-    ensure!(
-        features.contains("flakes"),
-        "{} has flakes disabled: add `experimental-features = nix-command flakes` to ~/.config/nix/nix.conf",
-        version.trim()
-    );
-    ensure!(
-        opts.kvm_device.exists(),
-        "{} not found: building the image runs a VM and needs KVM (build on bare metal or a VM with nested virtualisation, or let CI build it)",
-        opts.kvm_device.display()
-    );
-    Ok(())
+/// The experimental features nix runs with (`nix config show` since 2.19,
+/// `nix show-config` before), or None when nix cannot run.
+pub fn nix_features() -> Option<(String, String)> {
+    let sh = Shell::new().ok()?;
+    let version = cmd!(sh, "nix --version").quiet().ignore_stderr().read().ok()?.trim().to_string();
+    let features = cmd!(sh, "nix config show experimental-features")
+        .quiet()
+        .ignore_stderr()
+        .read()
+        .ok()
+        .or_else(|| {
+            let all = cmd!(sh, "nix show-config").quiet().ignore_stderr().read().ok()?;
+            all.lines().find_map(|l| l.strip_prefix("experimental-features = ").map(str::to_string))
+        })
+        .unwrap_or_default();
+    Some((version, features))
+}
+
+/// Why an image cannot be built here (nix, flakes, KVM), with what to do.
+pub fn build_blocker(kvm_device: &Path) -> Option<String> {
+    match nix_features() {
+        None => Some("nix is not installed: image builds need Nix with flakes (run inside `nix develop`, or install Nix from https://nixos.org/download)".into()),
+        Some((version, features)) if !features.split_whitespace().any(|f| f == "flakes") => Some(format!(
+            "{version} has flakes disabled: add `experimental-features = nix-command flakes` to ~/.config/nix/nix.conf"
+        )),
+        Some(_) if !kvm_device.exists() => Some(format!(
+            "{} not found: building the image runs a VM and needs KVM (build on bare metal or a VM with nested virtualisation, or let CI build it)",
+            kvm_device.display()
+        )),
+        Some(_) => None,
+    }
 }
 
 pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
     let root = project::root();
+    if let Some(why) = build_blocker(&opts.kvm_device) {
+        bail!("{why}");
+    }
     let sh = Shell::new()?;
     sh.change_dir(&root);
-    preflight(&sh, opts)?;
     std::fs::create_dir_all(&opts.out).with_context(|| format!("cannot create {}", opts.out.display()))?;
     let attr = format!(".#nixosConfigurations.{}.config.system.build.images.amazon", opts.host);
     let out_link = opts.out.join("result");

@@ -14,6 +14,7 @@ pub mod flags;
 pub mod fleet;
 pub mod image;
 pub mod output;
+pub mod pipeline;
 pub mod project;
 pub mod publish;
 pub mod s3;
@@ -100,6 +101,7 @@ pub fn run(cli: flags::Xtask) -> Result<()> {
             flags::Command::ImageBuild(args) => image::run(&ctx, args),
             flags::Command::Image(flags::ImageCmd::Publish(args)) => publish::run(&ctx, args).await,
             flags::Command::Ami(cmd) => ami::run(&ctx, cmd).await,
+            flags::Command::Pipeline(args) => pipeline::run(&ctx, args).await,
             flags::Command::Test(args) => selftest::run(&ctx, args),
         }
     })

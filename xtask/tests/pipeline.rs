@@ -1,0 +1,52 @@
+//! `pipeline --local`, the README's first command, end to end.
+
+mod common;
+
+use std::process::Command;
+
+#[test]
+fn pipeline_local_runs_every_stage_and_prints_the_ami() {
+    let dir = tempfile::tempdir().unwrap();
+    let github_output = dir.path().join("github-output");
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["--json", "--local", "pipeline"])
+        .current_dir(xtask::project::root())
+        .env("GITHUB_OUTPUT", &github_output)
+        .env_remove("AWS_ENDPOINT_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.lines().next().unwrap().starts_with("--local: running against a throwaway"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stages: Vec<&str> = report["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
+    assert_eq!(
+        stages,
+        ["secrets check", "seeds prepare", "bootstrap upload", "image-build", "image publish", "ami latest"]
+    );
+    let ami = report["amiId"].as_str().unwrap();
+    assert!(ami.starts_with("ami-"), "{ami}");
+    assert_eq!(std::fs::read_to_string(&github_output).unwrap(), format!("ami_id={ami}\n"));
+    for line in ["[1/6] secrets check", "[3/6] bootstrap upload", "[6/6] ami latest"] {
+        assert!(stderr.contains(line), "{line} missing from {stderr}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pipeline_stops_at_the_first_failed_stage_and_names_it() {
+    let env = common::env().await;
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["pipeline", "--bucket", &env.bucket, "--secrets-dir"])
+        .current_dir(xtask::project::root())
+        .arg(env.path("no-such-dir"))
+        .env("AWS_ENDPOINT_URL", env.emulator.endpoint())
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("pipeline stopped: stage `secrets check` failed"), "{stderr}");
+    assert!(env.keys().await.is_empty());
+}
