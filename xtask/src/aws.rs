@@ -195,10 +195,18 @@ where
     let cause = match &err {
         SdkError::ServiceError(service) => {
             let e = service.err();
-            let code = e.code().unwrap_or("UnknownError");
+            let status = format!("{:?}", service.raw());
+            // Some answers (an emulator's, a proxy's) carry no AWS error code:
+            // fall back on the HTTP status so "denied" still reads as denied.
+            let http_403 = status.contains("StatusCode(403)");
+            let code = e.code().unwrap_or(if http_403 { "AccessDenied (HTTP 403)" } else { "UnknownError" });
             let message = e.message().unwrap_or("no message");
             let mut cause = format!("{code}: {message}");
-            if code.contains("AccessDenied") || code.contains("UnauthorizedOperation") || code == "Forbidden" {
+            if code.contains("AccessDenied")
+                || code.contains("UnauthorizedOperation")
+                || code == "Forbidden"
+                || http_403
+            {
                 cause.push_str(&format!(" (the caller needs the IAM permission {})", iam_action(operation)));
             }
             cause

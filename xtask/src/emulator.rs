@@ -28,6 +28,12 @@ pub struct Emulator {
 impl Emulator {
     /// Provision moto when missing, start it, and wait until it answers.
     pub fn start() -> Result<Emulator> {
+        Self::start_with(&[])
+    }
+
+    /// Start with extra moto settings, e.g. `INITIAL_NO_AUTH_ACTION_COUNT`
+    /// to make moto enforce IAM policies after the first N requests.
+    pub fn start_with(settings: &[(&str, &str)]) -> Result<Emulator> {
         let python = ensure_installed()?;
         let shim = project::root().join("xtask/emulator/moto_shim.py");
         let scratch = tempfile::Builder::new().prefix("clawdinator-emulator-").tempdir()?;
@@ -40,6 +46,7 @@ impl Emulator {
             .env("MOTO_RECORDER_FILEPATH", scratch.path().join("recording"))
             // The emulator must never pick up the caller's real AWS settings.
             .env_remove("AWS_ENDPOINT_URL")
+            .envs(settings.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(log_target()?);

@@ -61,6 +61,9 @@ pub enum Command {
     Ami(AmiCmd),
     /// The whole image pipeline: secrets check, seeds, bundles, image, publish, latest AMI.
     Pipeline(PipelineArgs),
+    /// Mint a GitHub App installation token.
+    #[command(name = "github-token")]
+    GithubToken(GithubTokenArgs),
     /// Run the whole test suite: Rust tests against the emulator plus the non-Rust checks.
     Test(TestArgs),
 }
@@ -114,6 +117,49 @@ pub struct SecretsArgs {
 pub enum SecretsCmd {
     /// Check that every needed secret exists, is an age file and decrypts.
     Check(SecretsArgs),
+    /// Decrypt the age files and write them to AWS Secrets Manager (only what changed).
+    Seed(SecretsSeedArgs),
+    /// Host side: fetch this instance's secrets from Secrets Manager into DEST.
+    Fetch(SecretsFetchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SecretsSeedArgs {
+    #[command(flatten)]
+    pub secrets: SecretsArgs,
+    /// Only these instances' tokens (repeatable); default all.
+    #[arg(long, conflicts_with = "all")]
+    pub instance: Vec<String>,
+    /// Every instance of the registry (the default).
+    #[arg(long)]
+    pub all: bool,
+    /// Print create, update or unchanged for each secret; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Delete managed secrets that no longer exist locally.
+    #[arg(long)]
+    pub prune: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SecretsFetchArgs {
+    /// This host's instance name.
+    #[arg(long)]
+    pub instance: String,
+    /// Where the secrets go (one file each, mode 0400).
+    #[arg(long, default_value = "/run/agenix")]
+    pub dest: PathBuf,
+    /// Owner of the files (name or uid).
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Group of the files (name or gid).
+    #[arg(long)]
+    pub group: Option<String>,
+    #[command(flatten)]
+    pub instances: InstancesArg,
+    /// The list of secrets every host needs.
+    #[arg(long, env = "SECRETS_SPEC", default_value = "nix/secrets.json")]
+    pub spec: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -289,4 +335,24 @@ pub struct PipelineArgs {
     /// Where image-build writes image.json.
     #[arg(long, env = "OUT_DIR", default_value = "dist")]
     pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct GithubTokenArgs {
+    #[arg(long, env = "GITHUB_APP_ID")]
+    pub app_id: Option<String>,
+    #[arg(long, env = "GITHUB_APP_INSTALLATION_ID")]
+    pub installation_id: Option<String>,
+    /// The app's private key (PEM).
+    #[arg(long, env = "GITHUB_APP_PEM_FILE")]
+    pub pem: Option<PathBuf>,
+    /// Read the private key from this Secrets Manager secret instead.
+    #[arg(long)]
+    pub pem_secret: Option<String>,
+    /// GitHub API base URL (GitHub Enterprise: https://HOST/api/v3).
+    #[arg(long, default_value = "https://api.github.com")]
+    pub api_url: String,
+    /// Write GITHUB_TOKEN=… and GH_TOKEN=… here (mode 0600) instead of printing the token.
+    #[arg(long)]
+    pub env_file: Option<PathBuf>,
 }

@@ -12,6 +12,7 @@ pub mod emulator;
 pub mod fixtures;
 pub mod flags;
 pub mod fleet;
+pub mod github;
 pub mod image;
 pub mod output;
 pub mod pipeline;
@@ -19,6 +20,7 @@ pub mod project;
 pub mod publish;
 pub mod s3;
 pub mod secrets;
+pub mod secrets_manager;
 pub mod seeds;
 pub mod selftest;
 pub mod snapshot;
@@ -102,6 +104,7 @@ pub fn run(cli: flags::Xtask) -> Result<()> {
             flags::Command::Image(flags::ImageCmd::Publish(args)) => publish::run(&ctx, args).await,
             flags::Command::Ami(cmd) => ami::run(&ctx, cmd).await,
             flags::Command::Pipeline(args) => pipeline::run(&ctx, args).await,
+            flags::Command::GithubToken(args) => github::run(&ctx, args).await,
             flags::Command::Test(args) => selftest::run(&ctx, args),
         }
     })

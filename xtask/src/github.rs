@@ -1,0 +1,171 @@
+//! `cargo xtask github-token`: a GitHub App installation token, minted from
+//! the app's private key (RS256 JWT) without openssl or curl.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{bail, Context, Result};
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::{aws, flags, Ctx};
+
+/// The claims GitHub expects: issued a minute ago (clock drift), expiring
+/// within GitHub's ten-minute limit.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Claims {
+    pub iat: u64,
+    pub exp: u64,
+    pub iss: String,
+}
+
+/// Sign the app JWT with the app's PEM private key.
+pub fn app_jwt(app_id: &str, pem: &[u8], now: u64) -> Result<Zeroizing<String>> {
+    let key = jsonwebtoken::EncodingKey::from_rsa_pem(pem)
+        .map_err(|_| anyhow::anyhow!("the GitHub App key is not an RSA private key in PEM form"))?;
+    let claims = Claims { iat: now - 60, exp: now + 540, iss: app_id.to_string() };
+    let jwt = jsonwebtoken::encode(&jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256), &claims, &key)
+        .map_err(|e| anyhow::anyhow!("cannot sign the app JWT: {e}"))?;
+    Ok(Zeroizing::new(jwt))
+}
+
+#[derive(Debug, Deserialize)]
+pub struct InstallationToken {
+    pub token: String,
+    pub expires_at: Option<String>,
+}
+
+impl Drop for InstallationToken {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.token);
+    }
+}
+
+/// `POST {api}/app/installations/{id}/access_tokens`. An error carries
+/// GitHub's status and message, never the JWT or the key.
+pub async fn installation_token(api_url: &str, installation_id: &str, jwt: &str) -> Result<InstallationToken> {
+    let url = format!("{}/app/installations/{installation_id}/access_tokens", api_url.trim_end_matches('/'));
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .context("cannot load the system's CA certificates")?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
+    let request = hyper::Request::post(&url)
+        .header("Authorization", format!("Bearer {jwt}"))
+        .header("Accept", "application/vnd.github+json")
+        .header("X-GitHub-Api-Version", "2022-11-28")
+        .header("User-Agent", "clawdinators-xtask")
+        .body(Full::new(Bytes::new()))
+        .with_context(|| format!("bad GitHub API URL {url}"))?;
+    let exchange = async {
+        let response = client.request(request).await.map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
+        let status = response.status();
+        let body =
+            response.into_body().collect().await.map_err(|e| anyhow::anyhow!("reading the answer of {url}: {e}"))?;
+        anyhow::Ok((status, body.to_bytes()))
+    };
+    let (status, body) = tokio::time::timeout(Duration::from_secs(30), exchange)
+        .await
+        .map_err(|_| anyhow::anyhow!("timeout: {url} did not answer within 30 s"))??;
+    if !status.is_success() {
+        let message = serde_json::from_slice::<serde_json::Value>(&body)
+            .ok()
+            .and_then(|v| v["message"].as_str().map(str::to_string))
+            .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
+        bail!("GitHub answered {status} for installation {installation_id}: {message}");
+    }
+    serde_json::from_slice(&body).context("GitHub's answer holds no token")
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenOptions {
+    pub app_id: String,
+    pub installation_id: String,
+    pub pem: PemSource,
+    pub api_url: String,
+    pub env_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone)]
+pub enum PemSource {
+    File(PathBuf),
+    Secret(String),
+}
+
+async fn load_pem(ctx: &Ctx, source: &PemSource) -> Result<Zeroizing<Vec<u8>>> {
+    match source {
+        PemSource::File(path) => Ok(Zeroizing::new(
+            std::fs::read(path).with_context(|| format!("cannot read the GitHub App key {}", path.display()))?,
+        )),
+        PemSource::Secret(name) => {
+            let aws = ctx.aws().await?;
+            let out = aws
+                .secrets_manager()
+                .get_secret_value()
+                .secret_id(name)
+                .send()
+                .await
+                .map_err(|e| aws::error("Secrets Manager GetSecretValue", name, e))?;
+            match (out.secret_string(), out.secret_binary()) {
+                (Some(s), _) => Ok(Zeroizing::new(s.as_bytes().to_vec())),
+                (None, Some(b)) => Ok(Zeroizing::new(b.as_ref().to_vec())),
+                _ => bail!("secret {name} has no value"),
+            }
+        }
+    }
+}
+
+/// `GITHUB_TOKEN=…` and `GH_TOKEN=…`, mode 0600, replaced atomically.
+pub fn write_env_file(path: &Path, token: &str) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::Builder::new().prefix(".github-token.").tempfile_in(dir)?;
+    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    let content = Zeroizing::new(format!("GITHUB_TOKEN={token}\nGH_TOKEN={token}\n"));
+    tmp.write_all(content.as_bytes())?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("cannot write {}", path.display()))?;
+    Ok(())
+}
+
+pub async fn run(ctx: &Ctx, args: flags::GithubTokenArgs) -> Result<()> {
+    let pem = match (args.pem, args.pem_secret) {
+        (_, Some(secret)) => PemSource::Secret(secret),
+        (Some(file), None) => PemSource::File(file),
+        (None, None) => bail!("no GitHub App key: pass --pem FILE (or GITHUB_APP_PEM_FILE) or --pem-secret NAME"),
+    };
+    let opts = TokenOptions {
+        app_id: args.app_id.context("no app id: pass --app-id or set GITHUB_APP_ID")?,
+        installation_id: args
+            .installation_id
+            .context("no installation id: pass --installation-id or set GITHUB_APP_INSTALLATION_ID")?,
+        pem,
+        api_url: args.api_url,
+        env_file: args.env_file,
+    };
+    let key = load_pem(ctx, &opts.pem).await?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let jwt = app_jwt(&opts.app_id, &key, now)?;
+    drop(key);
+    let token = installation_token(&opts.api_url, &opts.installation_id, &jwt).await?;
+    match &opts.env_file {
+        Some(path) => {
+            write_env_file(path, &token.token)?;
+            ctx.out.note(format!(
+                "wrote GITHUB_TOKEN and GH_TOKEN to {} (expires {})",
+                path.display(),
+                token.expires_at.as_deref().unwrap_or("in an hour")
+            ));
+        }
+        // The token itself is this command's output.
+        None => println!("{}", token.token),
+    }
+    Ok(())
+}

@@ -1,0 +1,509 @@
+//! Secrets Manager seeding and the host-side fetch, against the emulator;
+//! GitHub App tokens against a local HTTP server playing GitHub.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+
+use common::{canary_value, env, Env, CANARY};
+use xtask::fixtures::{self, SampleFleet};
+use xtask::secrets_manager::{self, FetchOptions, SeedAction, SeedOptions};
+
+fn opts(fleet: &SampleFleet) -> SeedOptions {
+    SeedOptions { sources: fleet.sources.clone(), instances: vec![], dry_run: false, prune: false }
+}
+
+async fn versions(env: &Env, name: &str) -> usize {
+    env.aws.secrets_manager().list_secret_version_ids().secret_id(name).send().await.unwrap().versions().len()
+}
+
+async fn value(env: &Env, name: &str) -> String {
+    env.aws
+        .secrets_manager()
+        .get_secret_value()
+        .secret_id(name)
+        .send()
+        .await
+        .unwrap()
+        .secret_string()
+        .unwrap()
+        .to_string()
+}
+
+async fn listed(env: &Env) -> Vec<String> {
+    let out = env.aws.secrets_manager().list_secrets().send().await.unwrap();
+    let mut names: Vec<String> = out.secret_list().iter().filter_map(|s| s.name().map(str::to_string)).collect();
+    names.sort();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn seed_creates_then_reseeding_changes_nothing() {
+    let env = env().await;
+    let fleet = fixtures::sample_fleet(&env.path("src"), 2, canary_value).unwrap();
+    let report = secrets_manager::seed(&env.aws, &opts(&fleet)).await.unwrap();
+    assert_eq!(report.secrets.len(), 10);
+    assert!(report.secrets.iter().all(|r| r.action == SeedAction::Create), "{report}");
+    assert_eq!(
+        value(&env, "clawdinator/clawdinator-anthropic-api-key").await,
+        canary_value("clawdinator-anthropic-api-key")
+    );
+    assert_eq!(
+        value(&env, "clawdinator/clawdinator-2/discord-token").await,
+        canary_value("clawdinator-discord-token-2")
+    );
+
+    // Names and tags: per-instance secrets carry their instance.
+    let sm = env.aws.secrets_manager();
+    let token = sm.describe_secret().secret_id("clawdinator/clawdinator-2/discord-token").send().await.unwrap();
+    let tags: Vec<_> = token.tags().iter().map(|t| (t.key().unwrap(), t.value().unwrap())).collect();
+    assert!(
+        tags.contains(&("app", "clawdinator")) && tags.contains(&("clawdinator:instance", "clawdinator-2")),
+        "{tags:?}"
+    );
+    let common = sm.describe_secret().secret_id("clawdinator/clawdinator-control-token").send().await.unwrap();
+    assert!(common.tags().iter().all(|t| t.key() != Some("clawdinator:instance")));
+
+    let again = secrets_manager::seed(&env.aws, &opts(&fleet)).await.unwrap();
+    assert!(again.secrets.iter().all(|r| r.action == SeedAction::Unchanged), "{again}");
+    for name in listed(&env).await {
+        assert_eq!(versions(&env, &name).await, 1, "{name} got a new version");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn changing_one_file_makes_exactly_one_new_version() {
+    let env = env().await;
+    let fleet = fixtures::sample_fleet(&env.path("src"), 2, canary_value).unwrap();
+    secrets_manager::seed(&env.aws, &opts(&fleet)).await.unwrap();
+    fixtures::write_secret(&fleet.sources.secrets_dir, "clawdinator-discord-token-2", b"rotated", &fleet.recipient)
+        .unwrap();
+    let report = secrets_manager::seed(&env.aws, &opts(&fleet)).await.unwrap();
+    let changed: Vec<_> =
+        report.secrets.iter().filter(|r| r.action != SeedAction::Unchanged).map(|r| r.name.as_str()).collect();
+    assert_eq!(changed, ["clawdinator/clawdinator-2/discord-token"]);
+    assert_eq!(report.secrets.iter().find(|r| r.name == changed[0]).unwrap().action, SeedAction::Update);
+    assert_eq!(versions(&env, "clawdinator/clawdinator-2/discord-token").await, 2);
+    assert_eq!(versions(&env, "clawdinator/clawdinator-1/discord-token").await, 1);
+    assert_eq!(value(&env, "clawdinator/clawdinator-2/discord-token").await, "rotated");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn dry_run_writes_nothing() {
+    let env = env().await;
+    let fleet = fixtures::sample_fleet(&env.path("src"), 2, canary_value).unwrap();
+    let mut o = opts(&fleet);
+    o.dry_run = true;
+    let report = secrets_manager::seed(&env.aws, &o).await.unwrap();
+    assert!(report.secrets.iter().all(|r| r.action == SeedAction::Create));
+    assert!(listed(&env).await.is_empty());
+    assert!(report.to_string().contains("would create"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secret_pending_deletion_is_restored() {
+    let env = env().await;
+    let fleet = fixtures::sample_fleet(&env.path("src"), 1, canary_value).unwrap();
+    secrets_manager::seed(&env.aws, &opts(&fleet)).await.unwrap();
+    let sm = env.aws.secrets_manager();
+    sm.delete_secret()
+        .secret_id("clawdinator/clawdinator-control-token")
+        .recovery_window_in_days(7)
+        .send()
+        .await
+        .unwrap();
+    let report = secrets_manager::seed(&env.aws, &opts(&fleet)).await.unwrap();
+    let row = report.secrets.iter().find(|r| r.name == "clawdinator/clawdinator-control-token").unwrap();
+    assert_eq!(row.action, SeedAction::Restore);
+    let described = sm.describe_secret().secret_id("clawdinator/clawdinator-control-token").send().await.unwrap();
+    assert!(described.deleted_date().is_none());
+    assert_eq!(value(&env, "clawdinator/clawdinator-control-token").await, canary_value("clawdinator-control-token"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn orphans_are_listed_and_deleted_only_with_prune() {
+    let env = env().await;
+    let fleet = fixtures::sample_fleet(&env.path("src"), 1, canary_value).unwrap();
+    let sm = env.aws.secrets_manager();
+    let tag = aws_sdk_secretsmanager::types::Tag::builder().key("app").value("clawdinator").build();
+    sm.create_secret()
+        .name("clawdinator/clawdinator-9/discord-token")
+        .secret_string("old")
+        .tags(tag)
+        .send()
+        .await
+        .unwrap();
+    sm.create_secret().name("someone-elses/secret").secret_string("x").send().await.unwrap();
+    let report = secrets_manager::seed(&env.aws, &opts(&fleet)).await.unwrap();
+    assert_eq!(report.orphans, ["clawdinator/clawdinator-9/discord-token"]);
+    assert!(report.pruned.is_empty());
+    assert!(sm
+        .describe_secret()
+        .secret_id("clawdinator/clawdinator-9/discord-token")
+        .send()
+        .await
+        .unwrap()
+        .deleted_date()
+        .is_none());
+
+    let mut o = opts(&fleet);
+    o.prune = true;
+    let report = secrets_manager::seed(&env.aws, &o).await.unwrap();
+    assert_eq!(report.pruned, ["clawdinator/clawdinator-9/discord-token"]);
+    assert!(sm
+        .describe_secret()
+        .secret_id("clawdinator/clawdinator-9/discord-token")
+        .send()
+        .await
+        .unwrap()
+        .deleted_date()
+        .is_some());
+    assert!(sm.describe_secret().secret_id("someone-elses/secret").send().await.unwrap().deleted_date().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_identity_fails_before_anything_is_written() {
+    let env = env().await;
+    let fleet = fixtures::sample_fleet(&env.path("src"), 1, canary_value).unwrap();
+    std::fs::remove_file(&fleet.sources.age_key).unwrap();
+    fixtures::write_identity(&fleet.sources.age_key).unwrap();
+    let err = secrets_manager::seed(&env.aws, &opts(&fleet)).await.unwrap_err();
+    let text = format!("{err:#}");
+    assert!(
+        text.contains("cannot decrypt")
+            && text.contains(&format!("with the identity in {}", fleet.sources.age_key.display())),
+        "{text}"
+    );
+    assert!(!text.contains(CANARY));
+    assert!(listed(&env).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn access_denied_names_the_secret_and_the_action() {
+    // moto enforces IAM after the first three requests: a user allowed only
+    // to list secrets, so the first read of a secret is denied.
+    let emulator =
+        tokio::task::spawn_blocking(|| xtask::emulator::Emulator::start_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "3")]))
+            .await
+            .unwrap()
+            .unwrap();
+    let admin = xtask::aws::Aws::load(&xtask::aws::Settings::local(&emulator.endpoint())).await.unwrap();
+    let iam = admin.iam();
+    iam.create_user().user_name("ci").send().await.unwrap();
+    let policy = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["secretsmanager:ListSecrets"],"Resource":"*"}]}"#;
+    iam.put_user_policy().user_name("ci").policy_name("read-only").policy_document(policy).send().await.unwrap();
+    let key = iam.create_access_key().user_name("ci").send().await.unwrap().access_key.unwrap();
+    let settings = xtask::aws::Settings {
+        static_credentials: Some((key.access_key_id().to_string(), key.secret_access_key().to_string())),
+        ..xtask::aws::Settings::local(&emulator.endpoint())
+    };
+    let ci = xtask::aws::Aws::load(&settings).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let fleet = fixtures::sample_fleet(dir.path(), 1, canary_value).unwrap();
+    let err = secrets_manager::seed(&ci, &opts(&fleet)).await.unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains("AccessDenied"), "{text}");
+    assert!(text.contains("clawdinator/clawdinator-"), "names the secret: {text}");
+    assert!(text.contains("secretsmanager:DescribeSecret"), "names the IAM action: {text}");
+    assert!(!text.contains(CANARY));
+    // The user may list: nothing was created.
+    let listed = ci.secrets_manager().list_secrets().send().await.unwrap();
+    assert!(listed.secret_list().is_empty(), "something was written");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fetch_writes_exactly_the_instances_set() {
+    let env = env().await;
+    let fleet = fixtures::sample_fleet(&env.path("src"), 3, canary_value).unwrap();
+    secrets_manager::seed(&env.aws, &opts(&fleet)).await.unwrap();
+    let dest = env.path("run/agenix");
+    std::fs::create_dir_all(&dest).unwrap();
+    std::fs::write(dest.join("stale-secret"), "old").unwrap();
+    std::fs::write(dest.join("clawdinator-discord-token-1"), "not mine").unwrap();
+    let report = secrets_manager::fetch(
+        &env.aws,
+        &FetchOptions {
+            instance: "clawdinator-2".into(),
+            registry: fleet.sources.registry.clone(),
+            spec: fleet.sources.spec.clone(),
+            dest: dest.clone(),
+            owner: Some("root".into()),
+            group: Some("0".into()),
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.removed, ["clawdinator-discord-token-1", "stale-secret"]);
+    let spec = xtask::secrets::Spec::load(&fleet.sources.spec).unwrap();
+    let mut want: Vec<String> = spec.common.clone();
+    want.push("clawdinator-discord-token-2".into());
+    want.sort();
+    let mut got: Vec<String> =
+        std::fs::read_dir(&dest).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    got.sort();
+    assert_eq!(got, want);
+    for name in &want {
+        let path = dest.join(name);
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o400, "{name}");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), canary_value(name), "{name}");
+    }
+}
+
+// ------------------------------------------------------------ GitHub tokens
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
+    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+}
+
+/// An app key pair: (private PEM, public PEM).
+fn app_key() -> (String, String) {
+    use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
+    use aws_lc_rs::signature::KeyPair;
+    let key = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
+    let private: Pkcs8V1Der = key.as_der().unwrap();
+    let public: PublicKeyX509Der = key.public_key().as_der().unwrap();
+    (pem("PRIVATE KEY", private.as_ref()), pem("PUBLIC KEY", public.as_ref()))
+}
+
+/// A one-request-at-a-time HTTP server playing GitHub's access_tokens
+/// endpoint; it verifies the JWT with the app's public key.
+async fn fake_github(
+    public_pem: String,
+    app_id: &'static str,
+    answer_status: u16,
+) -> (String, tokio::task::JoinHandle<Vec<String>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let handle = tokio::spawn(async move {
+        let mut seen = Vec::new();
+        let (mut stream, _) =
+            tokio::time::timeout(std::time::Duration::from_secs(30), listener.accept()).await.unwrap().unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            let n = stream.read(&mut chunk).await.unwrap();
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        let request = String::from_utf8_lossy(&buf).into_owned();
+        seen.push(request.lines().next().unwrap_or_default().to_string());
+        let jwt = request
+            .lines()
+            .find_map(|l| l.strip_prefix("Authorization: Bearer ").or_else(|| l.strip_prefix("authorization: Bearer ")))
+            .unwrap_or_default()
+            .trim()
+            .to_string();
+        let key = jsonwebtoken::DecodingKey::from_rsa_pem(public_pem.as_bytes()).unwrap();
+        let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+        validation.set_required_spec_claims(&["iat", "exp", "iss"]);
+        validation.set_issuer(&[app_id]);
+        let verdict = match jsonwebtoken::decode::<xtask::github::Claims>(&jwt, &key, &validation) {
+            Ok(data) => {
+                let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+                let c = data.claims;
+                if c.exp - c.iat == 600 && c.iat.abs_diff(now - 60) <= 5 {
+                    "valid".to_string()
+                } else {
+                    format!("bad claims {c:?}")
+                }
+            }
+            Err(e) => format!("invalid: {e}"),
+        };
+        seen.push(verdict.clone());
+        let (status, body) = if answer_status == 201 && verdict == "valid" {
+            (201, r#"{"token":"ghs_minted_by_the_fake","expires_at":"2099-01-01T00:00:00Z"}"#.to_string())
+        } else {
+            (
+                answer_status.max(401),
+                r#"{"message":"A JSON web token could not be decoded","documentation_url":"https://docs.github.com"}"#
+                    .to_string(),
+            )
+        };
+        let response = format!("HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        stream.write_all(response.as_bytes()).await.unwrap();
+        seen
+    });
+    (url, handle)
+}
+
+fn github_token(args: &[&str]) -> (i32, String, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["-vv", "github-token"])
+        .args(args)
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn github_token_is_minted_with_a_valid_jwt() {
+    let dir = tempfile::tempdir().unwrap();
+    let (private, public) = app_key();
+    let pem_file = dir.path().join("app.pem");
+    std::fs::write(&pem_file, &private).unwrap();
+
+    let (url, server) = fake_github(public.clone(), "12345", 201).await;
+    let (code, stdout, stderr) = github_token(&[
+        "--app-id",
+        "12345",
+        "--installation-id",
+        "678",
+        "--pem",
+        pem_file.to_str().unwrap(),
+        "--api-url",
+        &url,
+    ]);
+    let seen = server.await.unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(seen[0], "POST /app/installations/678/access_tokens HTTP/1.1");
+    assert_eq!(seen[1], "valid");
+    assert_eq!(stdout, "ghs_minted_by_the_fake\n", "only the token on stdout");
+    let key_body = private.lines().nth(1).unwrap();
+    assert!(!stderr.contains(key_body) && !stderr.contains("eyJ"), "key or JWT leaked: {stderr}");
+
+    // --env-file: the host timer's form, 0600.
+    let (url, server) = fake_github(public.clone(), "12345", 201).await;
+    let env_file = dir.path().join("gh/token.env");
+    let (code, stdout, stderr) = github_token(&[
+        "--app-id",
+        "12345",
+        "--installation-id",
+        "678",
+        "--pem",
+        pem_file.to_str().unwrap(),
+        "--api-url",
+        &url,
+        "--env-file",
+        env_file.to_str().unwrap(),
+    ]);
+    server.await.unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    assert!(stdout.is_empty() && !stderr.contains("ghs_minted"), "{stdout}{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(&env_file).unwrap(),
+        "GITHUB_TOKEN=ghs_minted_by_the_fake\nGH_TOKEN=ghs_minted_by_the_fake\n"
+    );
+    assert_eq!(std::fs::metadata(&env_file).unwrap().permissions().mode() & 0o777, 0o600);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn github_errors_show_status_and_message_never_the_jwt_or_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let (private, public) = app_key();
+    let pem_file = dir.path().join("app.pem");
+    std::fs::write(&pem_file, &private).unwrap();
+    let (url, server) = fake_github(public, "12345", 401).await;
+    let (code, stdout, stderr) = github_token(&[
+        "--app-id",
+        "12345",
+        "--installation-id",
+        "678",
+        "--pem",
+        pem_file.to_str().unwrap(),
+        "--api-url",
+        &url,
+    ]);
+    server.await.unwrap();
+    assert_eq!(code, 1);
+    assert!(stdout.is_empty());
+    assert!(
+        stderr.contains("GitHub answered 401") && stderr.contains("A JSON web token could not be decoded"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains(private.lines().nth(1).unwrap()) && !stderr.contains("eyJ"), "{stderr}");
+
+    // A key that is not a PEM: a clear error, not its content.
+    std::fs::write(&pem_file, format!("{CANARY}\n")).unwrap();
+    let (code, _, stderr) = github_token(&[
+        "--app-id",
+        "1",
+        "--installation-id",
+        "2",
+        "--pem",
+        pem_file.to_str().unwrap(),
+        "--api-url",
+        "http://127.0.0.1:9",
+    ]);
+    assert_eq!(code, 1);
+    assert!(stderr.contains("not an RSA private key") && !stderr.contains(CANARY), "{stderr}");
+}
+
+/// Every command of Secrets Manager seeding and fetching, at trace level,
+/// success and failure: the canary never shows.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_secret_value_in_seed_or_fetch_output() {
+    let env = env().await;
+    let fleet = fixtures::sample_fleet(&env.path("src"), 2, canary_value).unwrap();
+    let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let base = ["--instances".to_string(), s(&fleet.sources.registry), "--spec".into(), s(&fleet.sources.spec)];
+    let sources =
+        ["--secrets-dir".to_string(), s(&fleet.sources.secrets_dir), "--age-key".into(), s(&fleet.sources.age_key)];
+    let endpoint = env.emulator.endpoint();
+    let run = |args: Vec<String>| {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .arg("-vv")
+            .args(&args)
+            .env("RUST_LOG", "trace")
+            .env("AWS_ENDPOINT_URL", &endpoint)
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1")
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
+        )
+    };
+    let seed = |extra: &[&str]| {
+        let mut a = vec!["secrets".to_string(), "seed".into()];
+        a.extend(base.iter().cloned());
+        a.extend(sources.iter().cloned());
+        a.extend(extra.iter().map(|x| x.to_string()));
+        a
+    };
+    let mut outputs = vec![run(seed(&["--dry-run"])), run(seed(&[])), run(seed(&["--json"]))];
+    let mut fetch = vec![
+        "secrets".to_string(),
+        "fetch".into(),
+        "--instance".into(),
+        "clawdinator-1".into(),
+        "--dest".into(),
+        s(&env.path("agenix")),
+    ];
+    fetch.extend(base.iter().cloned());
+    outputs.push(run(fetch.clone()));
+    assert!(outputs.iter().all(|(c, _)| *c == 0), "{outputs:#?}");
+    // Failures: a wrong identity, and a fetch for a secret that is gone.
+    let stranger = fixtures::write_identity(&env.path("stranger.key")).unwrap();
+    fixtures::write_secret(&fleet.sources.secrets_dir, "clawdinator-control-token", CANARY.as_bytes(), &stranger)
+        .unwrap();
+    let failed = run(seed(&[]));
+    assert_eq!(failed.0, 1);
+    outputs.push(failed);
+    env.aws
+        .secrets_manager()
+        .delete_secret()
+        .secret_id("clawdinator/clawdinator-1/discord-token")
+        .force_delete_without_recovery(true)
+        .send()
+        .await
+        .unwrap();
+    let failed = run(fetch);
+    assert_eq!(failed.0, 1, "{}", failed.1);
+    outputs.push(failed);
+    for (_, text) in &outputs {
+        assert!(!text.contains(CANARY), "a secret value was printed:\n{text}");
+    }
+}
