@@ -64,6 +64,9 @@ pub enum Command {
     /// Mint a GitHub App installation token.
     #[command(name = "github-token")]
     GithubToken(GithubTokenArgs),
+    /// Benchmarks against the old way on the same emulator (measures, never asserts).
+    #[command(subcommand)]
+    Bench(BenchCmd),
     /// Run the whole test suite: Rust tests against the emulator plus the non-Rust checks.
     Test(TestArgs),
 }
@@ -355,4 +358,31 @@ pub struct GithubTokenArgs {
     /// Write GITHUB_TOKEN=… and GH_TOKEN=… here (mode 0600) instead of printing the token.
     #[arg(long)]
     pub env_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BenchCmd {
+    /// bootstrap upload vs the old per-instance tar + aws s3 cp loop.
+    Bootstrap(BenchBootstrapArgs),
+    /// image publish vs coldsnap and the old aws s3 cp.
+    Image(BenchImageArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchBootstrapArgs {
+    #[arg(long, default_value_t = 30)]
+    pub instances: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct BenchImageArgs {
+    /// Size of the raw image.
+    #[arg(long, default_value_t = 1)]
+    pub size_gib: u64,
+    /// Random data scattered through it.
+    #[arg(long, default_value_t = 64)]
+    pub data_mib: u64,
+    /// Leave coldsnap out (it is cargo-installed on first use otherwise).
+    #[arg(long)]
+    pub skip_coldsnap: bool,
 }

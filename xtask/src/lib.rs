@@ -6,6 +6,7 @@
 pub mod ami;
 pub mod archive;
 pub mod aws;
+pub mod bench;
 pub mod bootstrap;
 pub mod doctor;
 pub mod emulator;
@@ -105,6 +106,8 @@ pub fn run(cli: flags::Xtask) -> Result<()> {
             flags::Command::Ami(cmd) => ami::run(&ctx, cmd).await,
             flags::Command::Pipeline(args) => pipeline::run(&ctx, args).await,
             flags::Command::GithubToken(args) => github::run(&ctx, args).await,
+            // Benchmarks drive child processes and block; keep them off the async workers.
+            flags::Command::Bench(cmd) => tokio::task::block_in_place(|| bench::run(&ctx, cmd)),
             flags::Command::Test(args) => selftest::run(&ctx, args),
         }
     })
