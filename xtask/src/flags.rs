@@ -287,6 +287,9 @@ pub struct PublishArgs {
     /// Keep the uploaded S3 object after the import (--via s3-import).
     #[arg(long)]
     pub keep_object: bool,
+    /// Say what would be uploaded, registered and copied; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -338,6 +341,9 @@ pub struct PipelineArgs {
     /// Where image-build writes image.json.
     #[arg(long, env = "OUT_DIR", default_value = "dist")]
     pub out: PathBuf,
+    /// Check, prepare and build, but only say what would be uploaded and registered.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

@@ -157,7 +157,7 @@ pub async fn run(ctx: &Ctx, args: flags::PipelineArgs) -> Result<()> {
         seeds_dir: inputs.seeds_dir.clone(),
         bucket: inputs.bucket.clone(),
         instances: vec![],
-        dry_run: false,
+        dry_run: args.dry_run,
         concurrency: 16,
         source_revision: project::git_revision(),
     };
@@ -165,7 +165,8 @@ pub async fn run(ctx: &Ctx, args: flags::PipelineArgs) -> Result<()> {
     done(
         "bootstrap upload",
         format!(
-            "{} uploaded, {} copied, {} unchanged, {} sent to s3://{}",
+            "{}{} uploaded, {} copied, {} unchanged, {} sent to s3://{}",
+            if args.dry_run { "dry run, would be: " } else { "" },
             uploaded.uploaded,
             uploaded.copied,
             uploaded.unchanged,
@@ -207,10 +208,21 @@ pub async fn run(ctx: &Ctx, args: flags::PipelineArgs) -> Result<()> {
 
     let mut publish_opts = PublishOptions::new(image_json);
     publish_opts.bucket = Some(inputs.bucket.clone());
+    publish_opts.dry_run = args.dry_run;
     let cancel = async {
         let _ = tokio::signal::ctrl_c().await;
     };
     let published = publish::publish(&aws, &publish_opts, &ctx.out, cancel).await.map_err(failed("image publish"))?;
+    if args.dry_run {
+        done("image publish", published.to_string().trim().replace('\n', "; "));
+        let ami_id = published.ami_id.clone();
+        done(
+            "ami latest",
+            if ami_id.is_empty() { format!("would be the new {}", published.name) } else { ami_id.clone() },
+        );
+        drop(scratch);
+        return ctx.out.emit(&PipelineReport { local: ctx.is_local(), stages, ami_id });
+    }
     done(
         "image publish",
         if published.already_published {

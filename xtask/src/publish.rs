@@ -52,6 +52,8 @@ pub struct PublishOptions {
     pub import_timeout: Duration,
     pub import_poll: Duration,
     pub keep_object: bool,
+    /// Say what would be uploaded, registered and copied; write nothing.
+    pub dry_run: bool,
 }
 
 impl PublishOptions {
@@ -67,6 +69,7 @@ impl PublishOptions {
             import_timeout: Duration::from_secs(120 * 60),
             import_poll: Duration::from_secs(15),
             keep_object: false,
+            dry_run: false,
         }
     }
 }
@@ -86,10 +89,38 @@ pub struct PublishReport {
     pub blocks_total: u64,
     /// Region -> AMI id of the copies.
     pub copies: BTreeMap<String, String>,
+    pub dry_run: bool,
 }
 
 impl fmt::Display for PublishReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.dry_run {
+            if self.already_published {
+                writeln!(
+                    f,
+                    "dry run: already published as {} ({}); nothing would be uploaded",
+                    self.ami_id, self.name
+                )?;
+            } else {
+                writeln!(
+                    f,
+                    "dry run: would send {} ({} of {} blocks) via {}, then register and tag {} in {}",
+                    indicatif::HumanBytes(self.bytes_sent),
+                    self.blocks_sent,
+                    self.blocks_total,
+                    match self.via {
+                        Via::EbsDirect => "ebs-direct",
+                        Via::S3Import => "s3-import",
+                    },
+                    self.name,
+                    self.region
+                )?;
+            }
+            for region in self.copies.keys() {
+                writeln!(f, "dry run: would copy to {region}")?;
+            }
+            return Ok(());
+        }
         if self.already_published {
             writeln!(f, "image already published as {} ({}); nothing uploaded", self.ami_id, self.name)?;
         } else {
@@ -146,7 +177,11 @@ pub async fn publish(
         blocks_sent: 0,
         blocks_total: image.logical_bytes.div_ceil(crate::snapshot::BLOCK_SIZE),
         copies: BTreeMap::new(),
+        dry_run: opts.dry_run,
     };
+    if opts.dry_run {
+        return dry_run(aws, opts, &image, &image_path, report).await;
+    }
     if let Some(existing) = ami::find_by_sha256(&ec2, &image.sha256).await? {
         report.ami_id = existing.image_id().unwrap_or_default().to_string();
         report.already_published = true;
@@ -213,6 +248,54 @@ pub async fn publish(
     .try_collect::<Vec<_>>()
     .await?;
     report.copies = copies.into_iter().collect();
+    Ok(report)
+}
+
+/// What a publish would do, from reads only.
+async fn dry_run(
+    aws: &Aws,
+    opts: &PublishOptions,
+    image: &ImageManifest,
+    image_path: &Path,
+    mut report: PublishReport,
+) -> Result<PublishReport> {
+    let ec2 = aws.ec2();
+    if let Some(existing) = ami::find_by_sha256(&ec2, &image.sha256).await? {
+        report.ami_id = existing.image_id().unwrap_or_default().to_string();
+        report.already_published = true;
+    } else if reusable_snapshot(&ec2, &image.sha256).await?.is_none() {
+        match opts.via {
+            Via::EbsDirect => {
+                let path = image_path.to_path_buf();
+                let encrypted = opts.kms_key.is_some();
+                let size = image.logical_bytes;
+                let blocks = tokio::task::spawn_blocking(move || -> Result<u64> {
+                    let file = File::open(&path)?;
+                    let mut sent = 0;
+                    for index in crate::snapshot::candidate_blocks(&file, size, encrypted) {
+                        let block = crate::snapshot::read_block(&file, index, size)?;
+                        if encrypted || block.iter().any(|&b| b != 0) {
+                            sent += 1;
+                        }
+                    }
+                    Ok(sent)
+                })
+                .await??;
+                report.blocks_sent = blocks;
+                report.bytes_sent = blocks * crate::snapshot::BLOCK_SIZE;
+            }
+            Via::S3Import => {
+                let bucket = opts.bucket.as_deref().unwrap_or_default();
+                let key = format!("images/{}.{}", image.sha256, image.format);
+                let there = s3::head_sha256(&aws.s3(), bucket, &key).await?.as_deref() == Some(image.sha256.as_str());
+                report.bytes_sent = if there { 0 } else { image.logical_bytes };
+            }
+        }
+    }
+    let region = report.region.clone();
+    for target in opts.copy_to_regions.iter().filter(|r| **r != region) {
+        report.copies.insert(target.clone(), String::new());
+    }
     Ok(report)
 }
 
@@ -713,12 +796,45 @@ pub async fn run(ctx: &Ctx, args: flags::PublishArgs) -> Result<()> {
         import_timeout: Duration::from_secs(args.timeout * 60),
         import_poll: Duration::from_secs(15),
         keep_object: args.keep_object,
+        dry_run: args.dry_run,
     };
     let aws = ctx.aws().await?;
     let cancel = async {
         let _ = tokio::signal::ctrl_c().await;
     };
     let report = publish(&aws, &opts, &ctx.out, cancel).await?;
-    output::github_output("ami_id", &report.ami_id)?;
+    if !report.ami_id.is_empty() {
+        output::github_output("ami_id", &report.ami_id)?;
+    }
     ctx.out.emit(&report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_access_is_recognised_in_the_forms_iam_returns() {
+        let doc = r#"{"Statement":[{"Effect":"Allow","Action":["s3:GetObject","s3:ListBucket"],"Resource":["arn:aws:s3:::b","arn:aws:s3:::b/*"]}]}"#;
+        assert!(policy_allows_read(doc, "b"));
+        assert!(!policy_allows_read(doc, "other"));
+        let encoded = doc.replace('{', "%7B").replace('}', "%7D").replace('"', "%22").replace(':', "%3A");
+        assert!(policy_allows_read(&encoded, "b"));
+        assert!(!policy_allows_read(&doc.replace("Allow", "Deny"), "b"));
+        assert!(!policy_allows_read(&doc.replace("s3:GetObject", "s3:PutObject"), "b"));
+    }
+
+    #[test]
+    fn parts_respect_the_s3_limits() {
+        assert_eq!(part_size(1), 8 * MIB);
+        let big = 200 * 1024 * MIB * 1024 / 1024; // 200 GiB
+        assert!(big.div_ceil(part_size(big)) <= 10_000);
+    }
+
+    #[test]
+    fn client_tokens_fit_aws_limits() {
+        let sha = "a".repeat(64);
+        assert!(token("copy", &sha, "-ap-southeast-2").len() <= 64);
+        assert_ne!(token("clawdinator", &sha, ""), token("clawdinator", &sha, "-kms"));
+    }
 }

@@ -100,7 +100,7 @@ fn b64(bytes: &[u8]) -> String {
 }
 
 /// Read one block (zero-padded past the end of the file).
-fn read_block(file: &File, index: u64, size: u64) -> std::io::Result<Vec<u8>> {
+pub fn read_block(file: &File, index: u64, size: u64) -> std::io::Result<Vec<u8>> {
     let mut buf = vec![0u8; BLOCK_SIZE as usize];
     let offset = index * BLOCK_SIZE;
     let len = (size - offset).min(BLOCK_SIZE) as usize;
@@ -281,5 +281,36 @@ impl SnapshotWaiter {
             }
             tokio::time::sleep(self.poll).await;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn holes_are_not_candidates_and_encryption_takes_every_block() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        let file = std::fs::OpenOptions::new().create(true).truncate(true).read(true).write(true).open(&path).unwrap();
+        file.set_len(16 * BLOCK_SIZE).unwrap();
+        file.write_all_at(b"x", 5 * BLOCK_SIZE + 17).unwrap();
+        let blocks = candidate_blocks(&file, 16 * BLOCK_SIZE, false);
+        // Filesystems report data at their own granularity; block 5 is in,
+        // and far fewer than all 16 blocks are.
+        assert!(blocks.contains(&5) && blocks.len() < 16, "{blocks:?}");
+        assert_eq!(candidate_blocks(&file, 16 * BLOCK_SIZE, true), (0..16).collect::<Vec<_>>());
+    }
+
+    #[test]
+    fn the_last_block_is_zero_padded() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("disk");
+        std::fs::write(&path, vec![1u8; BLOCK_SIZE as usize + 10]).unwrap();
+        let file = File::open(&path).unwrap();
+        let block = read_block(&file, 1, BLOCK_SIZE + 10).unwrap();
+        assert_eq!(block.len(), BLOCK_SIZE as usize);
+        assert!(block[..10].iter().all(|&b| b == 1) && block[10..].iter().all(|&b| b == 0));
     }
 }

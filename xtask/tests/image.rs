@@ -425,3 +425,34 @@ async fn copies_and_deprecation() {
     let again = publish::publish(&env.aws, &opts, &OUT, never()).await.unwrap();
     assert_eq!(again.copies["eu-west-1"], copy);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn publish_dry_run_writes_nothing() {
+    let env = env().await;
+    let (_, json) = sample(&env, "img", 40);
+    let mut opts = PublishOptions::new(json.clone());
+    opts.dry_run = true;
+    opts.copy_to_regions = vec!["eu-west-1".into()];
+    env.emulator.start_recording().unwrap();
+    let plan = publish::publish(&env.aws, &opts, &OUT, never()).await.unwrap();
+    assert!(plan.dry_run && !plan.already_published);
+    assert_eq!((plan.blocks_sent, plan.bytes_sent), (4, 4 * BLOCK_SIZE));
+    assert!(plan.copies.contains_key("eu-west-1"));
+    let requests = env.emulator.recorded_requests().unwrap();
+    let writes: Vec<_> = requests
+        .iter()
+        .filter(|r| {
+            let body = r["body"].as_str().unwrap_or_default();
+            r["method"] == "PUT"
+                || ["RegisterImage", "CreateTags", "CopyImage", "CreateSnapshot"]
+                    .iter()
+                    .any(|a| body.contains(&format!("Action={a}")))
+        })
+        .collect();
+    assert!(writes.is_empty(), "{writes:#?}");
+    assert!(env.aws.ec2().describe_snapshots().owner_ids("self").send().await.unwrap().snapshots().is_empty());
+
+    let real = publish::publish(&env.aws, &PublishOptions::new(json), &OUT, never()).await.unwrap();
+    let again = publish::publish(&env.aws, &opts, &OUT, never()).await.unwrap();
+    assert!(again.already_published && again.ami_id == real.ami_id);
+}

@@ -50,3 +50,22 @@ async fn the_pipeline_stops_at_the_first_failed_stage_and_names_it() {
     assert!(stderr.contains("pipeline stopped: stage `secrets check` failed"), "{stderr}");
     assert!(env.keys().await.is_empty());
 }
+
+#[test]
+fn pipeline_local_dry_run_says_what_it_would_do() {
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["--json", "--local", "pipeline", "--dry-run"])
+        .current_dir(xtask::project::root())
+        .env_remove("AWS_ENDPOINT_URL")
+        .env_remove("GITHUB_OUTPUT")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["amiId"], "");
+    let stages = report["stages"].as_array().unwrap();
+    assert!(stages[2]["summary"].as_str().unwrap().starts_with("dry run"), "{stages:?}");
+    assert!(stages[4]["summary"].as_str().unwrap().starts_with("dry run: would send"), "{stages:?}");
+    assert!(stages[5]["summary"].as_str().unwrap().starts_with("would be the new clawdinator-nixos-"), "{stages:?}");
+}
