@@ -93,6 +93,7 @@ pub struct Aws {
     pub config: SdkConfig,
     /// An endpoint override is in force: S3 must then use path-style URLs.
     custom_endpoint: bool,
+    timeouts: Timeouts,
 }
 
 impl Aws {
@@ -131,7 +132,7 @@ impl Aws {
         }
         let config = loader.load().await;
         let custom_endpoint = config.endpoint_url().is_some();
-        Ok(Aws { config, custom_endpoint })
+        Ok(Aws { config, custom_endpoint, timeouts: settings.timeouts })
     }
 
     /// The same configuration in another region (AMI copies).
@@ -139,6 +140,7 @@ impl Aws {
         Aws {
             config: self.config.to_builder().region(Region::new(region.to_string())).build(),
             custom_endpoint: self.custom_endpoint,
+            timeouts: self.timeouts,
         }
     }
 
@@ -167,8 +169,22 @@ impl Aws {
         aws_sdk_ec2::Client::new(&self.config)
     }
 
+    /// EBS direct calls move one 512 KiB block each: a stalled one should
+    /// fail over in seconds, not minutes (coldsnap learned this from hung
+    /// uploads): read 12 s, attempt 20 s, unless configured tighter.
     pub fn ebs(&self) -> aws_sdk_ebs::Client {
-        aws_sdk_ebs::Client::new(&self.config)
+        let t = self.timeouts;
+        let conf = aws_sdk_ebs::config::Builder::from(&self.config)
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(t.connect)
+                    .read_timeout(t.read.min(Duration::from_secs(12)))
+                    .operation_attempt_timeout(t.attempt.min(Duration::from_secs(20)))
+                    .operation_timeout(t.operation)
+                    .build(),
+            )
+            .build();
+        aws_sdk_ebs::Client::from_conf(conf)
     }
 
     pub fn secrets_manager(&self) -> aws_sdk_secretsmanager::Client {
