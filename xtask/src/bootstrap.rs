@@ -671,7 +671,7 @@ pub async fn run(ctx: &Ctx, cmd: flags::BootstrapCmd) -> Result<()> {
                 sources: Sources::from_flags(&args.secrets),
                 seeds_dir: args.repo_seeds.clone(),
                 bucket,
-                instances: args.instance.clone(),
+                instances: args.select.instance.clone(),
                 dry_run: args.dry_run,
                 concurrency: args.concurrency,
                 source_revision: project::git_revision(),

@@ -84,6 +84,17 @@ pub struct InstancesArg {
     pub path: PathBuf,
 }
 
+/// Which instances a command works on.
+#[derive(Debug, Clone, Args)]
+pub struct Selection {
+    /// Only these instances (repeatable); default all.
+    #[arg(long, conflicts_with = "all")]
+    pub instance: Vec<String>,
+    /// Every instance of the registry (the default).
+    #[arg(long)]
+    pub all: bool,
+}
+
 #[derive(Debug, Args)]
 pub struct DoctorArgs {
     /// The age identity used to encrypt and bundle secrets.
@@ -130,12 +141,8 @@ pub enum SecretsCmd {
 pub struct SecretsSeedArgs {
     #[command(flatten)]
     pub secrets: SecretsArgs,
-    /// Only these instances' tokens (repeatable); default all.
-    #[arg(long, conflicts_with = "all")]
-    pub instance: Vec<String>,
-    /// Every instance of the registry (the default).
-    #[arg(long)]
-    pub all: bool,
+    #[command(flatten)]
+    pub select: Selection,
     /// Print create, update or unchanged for each secret; write nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -205,12 +212,8 @@ pub struct BootstrapUploadArgs {
     /// The prepared seeds directory (see `seeds prepare`).
     #[arg(long, env = "REPO_SEEDS_DIR", default_value = "repo-seeds")]
     pub repo_seeds: PathBuf,
-    /// Only these instances (repeatable); default all.
-    #[arg(long, conflicts_with = "all")]
-    pub instance: Vec<String>,
-    /// Every instance of the registry (the default).
-    #[arg(long)]
-    pub all: bool,
+    #[command(flatten)]
+    pub select: Selection,
     /// Show what would be created, replaced or left unchanged; write nothing.
     #[arg(long)]
     pub dry_run: bool,

@@ -113,11 +113,7 @@ async fn load_pem(ctx: &Ctx, source: &PemSource) -> Result<Zeroizing<Vec<u8>>> {
                 .send()
                 .await
                 .map_err(|e| aws::error("Secrets Manager GetSecretValue", name, e))?;
-            match (out.secret_string(), out.secret_binary()) {
-                (Some(s), _) => Ok(Zeroizing::new(s.as_bytes().to_vec())),
-                (None, Some(b)) => Ok(Zeroizing::new(b.as_ref().to_vec())),
-                _ => bail!("secret {name} has no value"),
-            }
+            crate::secrets_manager::value_of(&out).with_context(|| format!("secret {name} has no value"))
         }
     }
 }

@@ -164,19 +164,23 @@ async fn current(sm: &aws_sdk_secretsmanager::Client, name: &str) -> Result<(Opt
         return Ok((None, true));
     }
     match sm.get_secret_value().secret_id(name).send().await {
-        Ok(v) => {
-            let value = match (v.secret_string(), v.secret_binary()) {
-                (Some(s), _) => Zeroizing::new(s.as_bytes().to_vec()),
-                (None, Some(b)) => Zeroizing::new(b.as_ref().to_vec()),
-                (None, None) => Zeroizing::new(Vec::new()),
-            };
-            Ok((Some(value), false))
-        }
+        Ok(v) => Ok((Some(value_of(&v).unwrap_or_default()), false)),
         // A secret created without a value has no current version.
         Err(e) if e.as_service_error().is_some_and(|s| s.is_resource_not_found_exception()) => {
             Ok((Some(Zeroizing::new(Vec::new())), false))
         }
         Err(e) => Err(aws::error("Secrets Manager GetSecretValue", name, e)),
+    }
+}
+
+/// A secret version's value, text or binary.
+pub fn value_of(
+    out: &aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueOutput,
+) -> Option<Zeroizing<Vec<u8>>> {
+    match (out.secret_string(), out.secret_binary()) {
+        (Some(s), _) => Some(Zeroizing::new(s.as_bytes().to_vec())),
+        (None, Some(b)) => Some(Zeroizing::new(b.as_ref().to_vec())),
+        (None, None) => None,
     }
 }
 
@@ -385,11 +389,7 @@ pub async fn fetch(aws: &Aws, opts: &FetchOptions) -> Result<FetchReport> {
             .send()
             .await
             .map_err(|e| aws::error("Secrets Manager GetSecretValue", secret, e))?;
-        let value = match (out.secret_string(), out.secret_binary()) {
-            (Some(s), _) => Zeroizing::new(s.as_bytes().to_vec()),
-            (None, Some(b)) => Zeroizing::new(b.as_ref().to_vec()),
-            (None, None) => bail!("{secret} has no value"),
-        };
+        let value = value_of(&out).with_context(|| format!("{secret} has no value"))?;
         values.push((file.clone(), value));
     }
     std::fs::create_dir_all(&opts.dest).with_context(|| format!("cannot create {}", opts.dest.display()))?;
@@ -413,7 +413,7 @@ pub async fn fetch(aws: &Aws, opts: &FetchOptions) -> Result<FetchReport> {
 pub async fn run_seed(ctx: &Ctx, args: flags::SecretsSeedArgs) -> Result<()> {
     let opts = SeedOptions {
         sources: Sources::from_flags(&args.secrets),
-        instances: args.instance,
+        instances: args.select.instance,
         dry_run: args.dry_run,
         prune: args.prune,
     };
