@@ -338,7 +338,8 @@ fn run_image(ctx: &Ctx, args: &flags::BenchImageArgs) -> Result<()> {
         Some(bin) => {
             let mut c = Command::new(bin);
             emulator_env(&mut c, &emulator);
-            c.args(["upload", "--omit-zero-blocks"]).arg(&image);
+            // --wait: ours also waits for `completed` (and registers an AMI on top).
+            c.args(["upload", "--omit-zero-blocks", "--wait", "--no-progress"]).arg(&image);
             Some(measure(&mut c)?)
         }
         None => {
