@@ -216,8 +216,10 @@ pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
         dirty: revision.as_deref().is_some_and(|r| r.ends_with("-dirty")),
         source_revision: revision.map(|r| r.trim_end_matches("-dirty").to_string()),
     };
-    let json = opts.out.join("image.json");
-    std::fs::write(&json, serde_json::to_vec_pretty(&manifest)?)?;
+    // Written whole or not at all: publish must never read half a description.
+    let mut tmp = tempfile::NamedTempFile::new_in(&opts.out)?;
+    std::io::Write::write_all(&mut tmp, &serde_json::to_vec_pretty(&manifest)?)?;
+    tmp.persist(opts.out.join("image.json")).map_err(|e| e.error)?;
     Ok(manifest)
 }
 

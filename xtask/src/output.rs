@@ -52,6 +52,23 @@ impl Output {
 }
 
 impl Output {
+    /// A byte progress bar that also shows EBS blocks (512 KiB) per second.
+    pub fn block_progress(&self, len: u64, what: &str) -> ProgressBar {
+        let bar = if self.json { ProgressBar::hidden() } else { ProgressBar::new(len) };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "{msg:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {blocks_per_sec} eta {eta}",
+            )
+            .expect("static template")
+            .with_key("blocks_per_sec", |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0} blocks/s", state.per_sec() / 524_288.0);
+            })
+            .progress_chars("=> "),
+        );
+        bar.set_message(what.to_string());
+        bar
+    }
+
     /// A progress bar counting items (repositories, objects).
     pub fn counter(&self, len: u64, what: &str) -> ProgressBar {
         let bar = if self.json { ProgressBar::hidden() } else { ProgressBar::new(len) };

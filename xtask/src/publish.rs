@@ -192,7 +192,7 @@ pub async fn publish(
             Some(id) => id,
             None => match opts.via {
                 Via::EbsDirect => {
-                    let bar = out.progress(image.logical_bytes, "snapshot");
+                    let bar = out.block_progress(image.logical_bytes, "snapshot");
                     let spec = SnapshotSpec {
                         description: format!("{name} (EBS direct upload)"),
                         tags: tags.clone(),

@@ -242,7 +242,7 @@ async fn an_interrupted_s3_upload_resumes() {
     let dir = env.path("img");
     std::fs::create_dir_all(&dir).unwrap();
     let image = dir.join("nixos.raw");
-    sample_raw_image(&image, 48 * MIB, &[(0, 48 * MIB)], 6).unwrap();
+    sample_raw_image(&image, 96 * MIB, &[(0, 96 * MIB)], 6).unwrap();
     let json = write_image_json(&dir, &image, "resume").unwrap();
     let mut opts = s3_opts(json.clone(), &env.bucket);
     opts.workers = 1;
@@ -250,7 +250,7 @@ async fn an_interrupted_s3_upload_resumes() {
     let bucket = env.bucket.clone();
     let cancel = async {
         loop {
-            tokio::time::sleep(Duration::from_millis(20)).await;
+            tokio::time::sleep(Duration::from_millis(5)).await;
             let uploads = s3c.list_multipart_uploads().bucket(&bucket).send().await.unwrap();
             if let Some(u) = uploads.uploads().first() {
                 let parts = s3c
@@ -274,7 +274,7 @@ async fn an_interrupted_s3_upload_resumes() {
 
     // The re-run sends only the missing parts.
     let report = publish::publish(&env.aws, &s3_opts(json, &env.bucket), &OUT, never()).await.unwrap();
-    assert!(report.bytes_sent > 0 && report.bytes_sent <= 48 * MIB - 16 * MIB, "sent {}", report.bytes_sent);
+    assert!(report.bytes_sent > 0 && report.bytes_sent <= 96 * MIB - 16 * MIB, "sent {}", report.bytes_sent);
     let uploads = s3c.list_multipart_uploads().bucket(&env.bucket).send().await.unwrap();
     assert!(uploads.uploads().is_empty());
 }
