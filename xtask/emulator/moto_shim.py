@@ -367,7 +367,49 @@ def patch_s3_list_parts():
     S3Response.list_parts = list_parts
 
 
-PATCHES = [patch_recorder_lock, patch_s3_list_parts, patch_ebs_direct, patch_register_image, patch_import_snapshot]
+def patch_ssm_list_command_invocations():
+    """ssm ListCommandInvocations, which moto lacks: one invocation per
+    targeted instance of each command, filtered by CommandId and InstanceId;
+    with Details=true each lists its plugins (SSM API reference,
+    ListCommandInvocations). The fleet deploy polls it after SendCommand."""
+    from moto.core.responses import ActionResult
+    from moto.ssm.responses import SimpleSystemManagerResponse
+
+    def list_command_invocations(self):
+        command_id = self._get_param("CommandId")
+        instance_id = self._get_param("InstanceId")
+        details = self._get_param("Details", False)
+        found = []
+        for command in self.ssm_backend.list_commands(command_id, instance_id):
+            for inv in command.invocations:
+                if instance_id and inv["InstanceId"] != instance_id:
+                    continue
+                item = {
+                    "CommandId": command.command_id,
+                    "InstanceId": inv["InstanceId"],
+                    "Comment": command.comment,
+                    "DocumentName": command.document_name,
+                    "RequestedDateTime": command.requested_date_time,
+                    "Status": inv["Status"],
+                    "StatusDetails": inv["StatusDetails"],
+                }
+                if details:
+                    item["CommandPlugins"] = [
+                        {
+                            "Name": inv["PluginName"],
+                            "Status": inv["Status"],
+                            "StatusDetails": inv["StatusDetails"],
+                            "ResponseCode": inv["ResponseCode"],
+                            "Output": inv["StandardOutputContent"],
+                        }
+                    ]
+                found.append(item)
+        return ActionResult({"CommandInvocations": found})
+
+    SimpleSystemManagerResponse.list_command_invocations = list_command_invocations
+
+
+PATCHES = [patch_recorder_lock, patch_ssm_list_command_invocations, patch_s3_list_parts, patch_ebs_direct, patch_register_image, patch_import_snapshot]
 
 
 def main():
