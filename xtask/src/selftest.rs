@@ -30,7 +30,12 @@ pub fn run(ctx: &Ctx, args: flags::TestArgs) -> Result<()> {
         ctx.out.note("skipped: non-Rust checks (--rust-only)");
         return Ok(());
     }
-    let checks = [("nix parse", nix_parse(&sh, &root)), ("shellcheck", shellcheck(&sh, &root))];
+    let checks = [
+        ("nix parse", nix_parse(&sh, &root)),
+        ("opentofu hcl", not_built_yet(&root, ".tf", "infra/opentofu")),
+        ("workflow lint", not_built_yet(&root, ".yml", ".github/workflows")),
+        ("shellcheck", shellcheck(&sh, &root)),
+    ];
     let mut failed = Vec::new();
     let (mut passed, mut skipped) = (0, 0);
     for (name, outcome) in checks {
@@ -77,6 +82,18 @@ pub fn project_files(root: &Path, ext: &str) -> Vec<PathBuf> {
     walk(root, ext, &mut out);
     out.sort();
     out
+}
+
+/// Checks that come with the hosts work: skipped, saying so, while there is
+/// nothing to check; failing, never silently passing, once files exist
+/// without the check that should read them.
+fn not_built_yet(root: &Path, ext: &str, under: &str) -> Outcome {
+    let files: Vec<_> = project_files(&root.join(under), ext);
+    if files.is_empty() {
+        Outcome::Skipped(format!("there are no {ext} files under {under}/ yet"))
+    } else {
+        Outcome::Failed(format!("{} {ext} file(s) under {under}/ but no check reads them yet", files.len()))
+    }
 }
 
 fn have(sh: &Shell, program: &str) -> bool {
