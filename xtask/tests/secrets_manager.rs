@@ -332,7 +332,14 @@ async fn fake_github(
     (url, handle)
 }
 
-fn github_token(args: &[&str]) -> (i32, String, String) {
+/// The flags every GitHub token test passes: app 12345, installation 678.
+fn app_args(pem: &std::path::Path, url: &str) -> Vec<String> {
+    ["--app-id", "12345", "--installation-id", "678", "--pem", pem.to_str().unwrap(), "--api-url", url]
+        .map(str::to_string)
+        .to_vec()
+}
+
+fn github_token<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args(["-vv", "github-token"])
         .args(args)
@@ -354,16 +361,7 @@ async fn github_token_is_minted_with_a_valid_jwt() {
     std::fs::write(&pem_file, &private).unwrap();
 
     let (url, server) = fake_github(public.clone(), "12345", 201).await;
-    let (code, stdout, stderr) = github_token(&[
-        "--app-id",
-        "12345",
-        "--installation-id",
-        "678",
-        "--pem",
-        pem_file.to_str().unwrap(),
-        "--api-url",
-        &url,
-    ]);
+    let (code, stdout, stderr) = github_token(&app_args(&pem_file, &url));
     let seen = server.await.unwrap();
     assert_eq!(code, 0, "{stderr}");
     assert_eq!(seen[0], "POST /app/installations/678/access_tokens HTTP/1.1");
@@ -375,18 +373,9 @@ async fn github_token_is_minted_with_a_valid_jwt() {
     // --env-file: the host timer's form, 0600.
     let (url, server) = fake_github(public.clone(), "12345", 201).await;
     let env_file = dir.path().join("gh/token.env");
-    let (code, stdout, stderr) = github_token(&[
-        "--app-id",
-        "12345",
-        "--installation-id",
-        "678",
-        "--pem",
-        pem_file.to_str().unwrap(),
-        "--api-url",
-        &url,
-        "--env-file",
-        env_file.to_str().unwrap(),
-    ]);
+    let mut args = app_args(&pem_file, &url);
+    args.extend(["--env-file".to_string(), env_file.to_str().unwrap().to_string()]);
+    let (code, stdout, stderr) = github_token(&args);
     server.await.unwrap();
     assert_eq!(code, 0, "{stderr}");
     assert!(stdout.is_empty() && !stderr.contains("ghs_minted"), "{stdout}{stderr}");
@@ -404,16 +393,7 @@ async fn github_errors_show_status_and_message_never_the_jwt_or_key() {
     let pem_file = dir.path().join("app.pem");
     std::fs::write(&pem_file, &private).unwrap();
     let (url, server) = fake_github(public, "12345", 401).await;
-    let (code, stdout, stderr) = github_token(&[
-        "--app-id",
-        "12345",
-        "--installation-id",
-        "678",
-        "--pem",
-        pem_file.to_str().unwrap(),
-        "--api-url",
-        &url,
-    ]);
+    let (code, stdout, stderr) = github_token(&app_args(&pem_file, &url));
     server.await.unwrap();
     assert_eq!(code, 1);
     assert!(stdout.is_empty());
