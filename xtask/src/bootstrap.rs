@@ -375,7 +375,7 @@ pub async fn upload(aws: &Aws, opts: &UploadOptions, out: &Output) -> Result<Upl
             bytes: bytes(p.manifest, p.manifest_bytes.len() as u64),
         });
     }
-    let mut report = UploadReport {
+    let report = UploadReport {
         bucket: bucket.to_string(),
         dry_run: opts.dry_run,
         uploaded: objects.iter().filter(|o| matches!(o.action, Action::Create | Action::Replace)).count(),
@@ -444,7 +444,6 @@ pub async fn upload(aws: &Aws, opts: &UploadOptions, out: &Output) -> Result<Upl
     .try_collect::<Vec<_>>()
     .await?;
     bar.finish_and_clear();
-    report.dry_run = false;
     drop(workdir);
     Ok(report)
 }

@@ -39,47 +39,35 @@ impl Output {
 
     /// A progress bar on stderr; hidden in JSON mode and when stderr is not a
     /// terminal (indicatif's own check), so CI logs stay clean.
-    pub fn progress(&self, len: u64, what: &str) -> ProgressBar {
+    fn bar(&self, len: u64, what: &str, style: ProgressStyle) -> ProgressBar {
         let bar = if self.json { ProgressBar::hidden() } else { ProgressBar::new(len) };
-        bar.set_style(
-            ProgressStyle::with_template("{msg:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .expect("static template")
-                .progress_chars("=> "),
-        );
+        bar.set_style(style.progress_chars("=> "));
         bar.set_message(what.to_string());
         bar
+    }
+
+    /// Bytes done, rate and ETA.
+    pub fn progress(&self, len: u64, what: &str) -> ProgressBar {
+        self.bar(len, what, style("{msg:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}"))
+    }
+
+    /// Bytes, as `progress`, and EBS blocks (512 KiB) per second.
+    pub fn block_progress(&self, len: u64, what: &str) -> ProgressBar {
+        let style = style("{msg:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {blocks_per_sec} eta {eta}")
+            .with_key("blocks_per_sec", |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
+                let _ = write!(w, "{:.0} blocks/s", state.per_sec() / 524_288.0);
+            });
+        self.bar(len, what, style)
+    }
+
+    /// Items done (repositories, objects).
+    pub fn counter(&self, len: u64, what: &str) -> ProgressBar {
+        self.bar(len, what, style("{msg:>12} [{bar:30}] {pos}/{len} {elapsed}"))
     }
 }
 
-impl Output {
-    /// A byte progress bar that also shows EBS blocks (512 KiB) per second.
-    pub fn block_progress(&self, len: u64, what: &str) -> ProgressBar {
-        let bar = if self.json { ProgressBar::hidden() } else { ProgressBar::new(len) };
-        bar.set_style(
-            ProgressStyle::with_template(
-                "{msg:>12} [{bar:30}] {bytes}/{total_bytes} {bytes_per_sec} {blocks_per_sec} eta {eta}",
-            )
-            .expect("static template")
-            .with_key("blocks_per_sec", |state: &indicatif::ProgressState, w: &mut dyn std::fmt::Write| {
-                let _ = write!(w, "{:.0} blocks/s", state.per_sec() / 524_288.0);
-            })
-            .progress_chars("=> "),
-        );
-        bar.set_message(what.to_string());
-        bar
-    }
-
-    /// A progress bar counting items (repositories, objects).
-    pub fn counter(&self, len: u64, what: &str) -> ProgressBar {
-        let bar = if self.json { ProgressBar::hidden() } else { ProgressBar::new(len) };
-        bar.set_style(
-            ProgressStyle::with_template("{msg:>12} [{bar:30}] {pos}/{len} {elapsed}")
-                .expect("static template")
-                .progress_chars("=> "),
-        );
-        bar.set_message(what.to_string());
-        bar
-    }
+fn style(template: &'static str) -> ProgressStyle {
+    ProgressStyle::with_template(template).expect("static template")
 }
 
 /// Append `key=value` to the file named by `GITHUB_OUTPUT`, when CI set one.

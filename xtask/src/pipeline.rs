@@ -180,28 +180,12 @@ pub async fn run(ctx: &Ctx, args: flags::PipelineArgs) -> Result<()> {
             let opts = opts.clone();
             let built =
                 tokio::task::spawn_blocking(move || image::build(&opts)).await?.map_err(failed("image-build"))?;
-            done(
-                "image-build",
-                format!(
-                    "{} ({}), sha256 {}",
-                    built.path.display(),
-                    indicatif::HumanBytes(built.logical_bytes),
-                    &built.sha256[..12]
-                ),
-            );
+            done("image-build", built.to_string().trim().to_string());
             args.out.join("image.json")
         }
         ImagePlan::Prepared(json) => {
             let m = image::ImageManifest::load(json).map_err(failed("image-build"))?;
-            done(
-                "image-build",
-                format!(
-                    "skipped: sample image {} ({}), sha256 {}",
-                    m.path.display(),
-                    indicatif::HumanBytes(m.logical_bytes),
-                    &m.sha256[..12]
-                ),
-            );
+            done("image-build", format!("skipped, sample {}", m.to_string().trim()));
             json.clone()
         }
     };
