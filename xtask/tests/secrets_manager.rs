@@ -30,6 +30,11 @@ async fn value(env: &Env, name: &str) -> String {
         .to_string()
 }
 
+async fn pending_deletion(env: &Env, name: &str) -> bool {
+    let described = env.aws.secrets_manager().describe_secret().secret_id(name).send().await.unwrap();
+    described.deleted_date().is_some()
+}
+
 async fn listed(env: &Env) -> Vec<String> {
     let out = env.aws.secrets_manager().list_secrets().send().await.unwrap();
     let mut names: Vec<String> = out.secret_list().iter().filter_map(|s| s.name().map(str::to_string)).collect();
@@ -115,8 +120,7 @@ async fn a_secret_pending_deletion_is_restored() {
     let report = secrets_manager::seed(&env.aws, &opts(&fleet)).await.unwrap();
     let row = report.secrets.iter().find(|r| r.name == "clawdinator/clawdinator-control-token").unwrap();
     assert_eq!(row.action, SeedAction::Restore);
-    let described = sm.describe_secret().secret_id("clawdinator/clawdinator-control-token").send().await.unwrap();
-    assert!(described.deleted_date().is_none());
+    assert!(!pending_deletion(&env, "clawdinator/clawdinator-control-token").await);
     assert_eq!(value(&env, "clawdinator/clawdinator-control-token").await, canary_value("clawdinator-control-token"));
 }
 
@@ -137,28 +141,14 @@ async fn orphans_are_listed_and_deleted_only_with_prune() {
     let report = secrets_manager::seed(&env.aws, &opts(&fleet)).await.unwrap();
     assert_eq!(report.orphans, ["clawdinator/clawdinator-9/discord-token"]);
     assert!(report.pruned.is_empty());
-    assert!(sm
-        .describe_secret()
-        .secret_id("clawdinator/clawdinator-9/discord-token")
-        .send()
-        .await
-        .unwrap()
-        .deleted_date()
-        .is_none());
+    assert!(!pending_deletion(&env, "clawdinator/clawdinator-9/discord-token").await);
 
     let mut o = opts(&fleet);
     o.prune = true;
     let report = secrets_manager::seed(&env.aws, &o).await.unwrap();
     assert_eq!(report.pruned, ["clawdinator/clawdinator-9/discord-token"]);
-    assert!(sm
-        .describe_secret()
-        .secret_id("clawdinator/clawdinator-9/discord-token")
-        .send()
-        .await
-        .unwrap()
-        .deleted_date()
-        .is_some());
-    assert!(sm.describe_secret().secret_id("someone-elses/secret").send().await.unwrap().deleted_date().is_none());
+    assert!(pending_deletion(&env, "clawdinator/clawdinator-9/discord-token").await);
+    assert!(!pending_deletion(&env, "someone-elses/secret").await);
 }
 
 #[tokio::test(flavor = "multi_thread")]
