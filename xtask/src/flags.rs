@@ -268,7 +268,7 @@ pub struct PublishArgs {
     pub image: PathBuf,
     /// How the disk reaches EBS.
     #[arg(long, value_enum, default_value = "ebs-direct")]
-    pub via: crate::publish::Via,
+    pub via: crate::image::publish::Via,
     /// Bucket for --via s3-import.
     #[arg(long, env = "S3_BUCKET")]
     pub bucket: Option<String>,

@@ -8,12 +8,14 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use crate::bootstrap::seeds::{self, PrepareOptions};
 use crate::bootstrap::{self, UploadOptions};
-use crate::image::{self, BuildOptions};
-use crate::publish::{self, PublishOptions};
+use crate::dev::fixtures;
+use crate::image::ami;
+use crate::image::build::{self, BuildOptions};
+use crate::image::publish::{self, PublishOptions};
 use crate::secrets::{self, Sources};
-use crate::seeds::{self, PrepareOptions};
-use crate::{ami, fixtures, flags, output, project, Ctx};
+use crate::{flags, output, project, Ctx};
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StageResult {
@@ -52,7 +54,7 @@ enum ImagePlan {
 
 /// Why a real NixOS image cannot be built here, if it cannot.
 fn why_no_nix_build(kvm: &Path) -> Option<String> {
-    if let Some(why) = image::build_blocker(kvm) {
+    if let Some(why) = build::build_blocker(kvm) {
         return Some(why.split(':').next().unwrap_or_default().to_string());
     }
     (!project::root().join("flake.nix").exists()).then(|| "this checkout has no flake.nix".to_string())
@@ -179,12 +181,12 @@ pub async fn run(ctx: &Ctx, args: flags::PipelineArgs) -> Result<()> {
         ImagePlan::Build(opts) => {
             let opts = opts.clone();
             let built =
-                tokio::task::spawn_blocking(move || image::build(&opts)).await?.map_err(failed("image-build"))?;
+                tokio::task::spawn_blocking(move || build::build(&opts)).await?.map_err(failed("image-build"))?;
             done("image-build", built.to_string().trim().to_string());
             args.out.join("image.json")
         }
         ImagePlan::Prepared(json) => {
-            let m = image::ImageManifest::load(json).map_err(failed("image-build"))?;
+            let m = crate::image::ImageManifest::load(json).map_err(failed("image-build"))?;
             done("image-build", format!("skipped, sample {}", m.to_string().trim()));
             json.clone()
         }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use common::{archive_entries, canary_value, env, snapshot, Env};
 use xtask::bootstrap::{self, Action, FetchOptions, UploadOptions};
-use xtask::fixtures::{self, SampleFleet};
+use xtask::dev::fixtures::{self, SampleFleet};
 use xtask::output::Output;
 
 fn upload_opts(fleet: &SampleFleet, bucket: &str) -> UploadOptions {
@@ -127,7 +127,7 @@ async fn each_bundle_holds_only_its_own_token() {
         let manifest: bootstrap::Manifest =
             serde_json::from_slice(&env.get(&format!("bootstrap/clawdinator-{n}/manifest.json")).await).unwrap();
         assert_eq!(manifest.secrets.iter().filter(|s| s.contains("discord-token")).count(), 1);
-        assert_eq!(manifest.archives["secrets.tar.zst"].sha256, xtask::archive::sha256_hex(&bytes));
+        assert_eq!(manifest.archives["secrets.tar.zst"].sha256, xtask::bootstrap::archive::sha256_hex(&bytes));
         assert_eq!(manifest.source_revision.as_deref(), Some("abc123"));
     }
     // The seeds archive was sent once and copied to the other prefixes.
@@ -289,7 +289,7 @@ async fn replace_secrets_archive(env: &Env, bytes: Vec<u8>) {
     let key = "bootstrap/clawdinator-2/manifest.json";
     let mut manifest: bootstrap::Manifest = serde_json::from_slice(&env.get(key).await).unwrap();
     let info = manifest.archives.get_mut("secrets.tar.zst").unwrap();
-    info.sha256 = xtask::archive::sha256_hex(&bytes);
+    info.sha256 = xtask::bootstrap::archive::sha256_hex(&bytes);
     info.size = bytes.len() as u64;
     env.put("bootstrap/clawdinator-2/secrets.tar.zst", bytes).await;
     env.put(key, serde_json::to_vec(&manifest).unwrap()).await;

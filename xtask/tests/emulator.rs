@@ -6,8 +6,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+use xtask::aws::emulator::Emulator;
 use xtask::aws::{Aws, Settings, Timeouts};
-use xtask::emulator::Emulator;
 
 fn alive(pid: u32) -> bool {
     // After the child is reaped its /proc entry is gone; a zombie would
@@ -174,8 +174,8 @@ fn doctor_json_shape_and_local_sts() {
 #[test]
 fn vmimport_trust_policy_is_understood() {
     let doc = "%7B%22Version%22%3A%222012-10-17%22%2C%22Statement%22%3A%5B%7B%22Effect%22%3A%22Allow%22%2C%22Principal%22%3A%7B%22Service%22%3A%22vmie.amazonaws.com%22%7D%2C%22Action%22%3A%22sts%3AAssumeRole%22%7D%5D%7D";
-    assert!(xtask::doctor::trusts_vmie(doc));
-    assert!(!xtask::doctor::trusts_vmie(&doc.replace("vmie", "ec2")));
+    assert!(xtask::dev::doctor::trusts_vmie(doc));
+    assert!(!xtask::dev::doctor::trusts_vmie(&doc.replace("vmie", "ec2")));
 }
 
 /// One SSM JSON-protocol call to the emulator. No SDK crate for SSM is

@@ -9,11 +9,11 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{env, Env};
-use xtask::ami;
-use xtask::fixtures::{sample_raw_image, write_image_json};
+use xtask::dev::fixtures::{sample_raw_image, write_image_json};
+use xtask::image::ami;
+use xtask::image::publish::{self, PublishOptions, Via};
+use xtask::image::snapshot::BLOCK_SIZE;
 use xtask::output::Output;
-use xtask::publish::{self, PublishOptions, Via};
-use xtask::snapshot::BLOCK_SIZE;
 
 const OUT: Output = Output { json: true };
 const MIB: u64 = 1 << 20;
@@ -94,7 +94,7 @@ async fn ebs_direct_sends_exactly_the_data_blocks_and_registers_the_ami() {
     let ami_image = &images.images()[0];
     assert_eq!(ami_image.name(), Some(manifest.ami_name().as_str()));
     assert!(manifest.ami_name().starts_with("clawdinator-nixos-25.05.20250101.abcdef0-"));
-    for (k, v) in xtask::ami::fleet_tags(&manifest) {
+    for (k, v) in xtask::image::ami::fleet_tags(&manifest) {
         assert_eq!(ami::tag(ami_image, &k), Some(v.as_str()), "AMI tag {k}");
     }
     let snaps = ec2.describe_snapshots().snapshot_ids(&snapshot_id).send().await.unwrap();

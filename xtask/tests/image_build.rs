@@ -87,7 +87,7 @@ fn image_build_describes_what_nix_built() {
     assert_eq!(manifest.logical_bytes, 3 * 1024 * 1024);
     assert_eq!(manifest.label, "25.05.20250101.abcdef0");
     assert!(manifest.store_path.ends_with("-nixos-amazon-image-25.05"));
-    let (sha, _) = xtask::archive::sha256_file(&manifest.path).unwrap();
+    let (sha, _) = xtask::bootstrap::archive::sha256_file(&manifest.path).unwrap();
     assert_eq!(manifest.sha256, sha);
     let head = Command::new("git").args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "HEAD"]).output().unwrap();
     assert_eq!(manifest.source_revision.as_deref(), Some(String::from_utf8_lossy(&head.stdout).trim()));

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{canary_value, env, CANARY};
-use xtask::fixtures;
+use xtask::dev::fixtures;
 use xtask::secrets::{check, Severity};
 
 #[test]

@@ -6,8 +6,8 @@ mod common;
 use std::os::unix::fs::PermissionsExt;
 
 use common::{canary_value, env, Env, CANARY};
-use xtask::fixtures::{self, SampleFleet};
-use xtask::secrets_manager::{self, FetchOptions, SeedAction, SeedOptions};
+use xtask::dev::fixtures::{self, SampleFleet};
+use xtask::secrets::manager::{self, FetchOptions, SeedAction, SeedOptions};
 
 fn opts(fleet: &SampleFleet) -> SeedOptions {
     SeedOptions { sources: fleet.sources.clone(), instances: vec![], dry_run: false, prune: false }
@@ -46,7 +46,7 @@ async fn listed(env: &Env) -> Vec<String> {
 async fn seed_creates_then_reseeding_changes_nothing() {
     let env = env().await;
     let fleet = fixtures::sample_fleet(&env.path("src"), 2, canary_value).unwrap();
-    let report = secrets_manager::seed(&env.aws, &opts(&fleet)).await.unwrap();
+    let report = manager::seed(&env.aws, &opts(&fleet)).await.unwrap();
     assert_eq!(report.secrets.len(), 10);
     assert!(report.secrets.iter().all(|r| r.action == SeedAction::Create), "{report}");
     assert_eq!(
@@ -69,7 +69,7 @@ async fn seed_creates_then_reseeding_changes_nothing() {
     let common = sm.describe_secret().secret_id("clawdinator/clawdinator-control-token").send().await.unwrap();
     assert!(common.tags().iter().all(|t| t.key() != Some("clawdinator:instance")));
 
-    let again = secrets_manager::seed(&env.aws, &opts(&fleet)).await.unwrap();
+    let again = manager::seed(&env.aws, &opts(&fleet)).await.unwrap();
     assert!(again.secrets.iter().all(|r| r.action == SeedAction::Unchanged), "{again}");
     for name in listed(&env).await {
         assert_eq!(versions(&env, &name).await, 1, "{name} got a new version");
@@ -80,10 +80,10 @@ async fn seed_creates_then_reseeding_changes_nothing() {
 async fn changing_one_file_makes_exactly_one_new_version() {
     let env = env().await;
     let fleet = fixtures::sample_fleet(&env.path("src"), 2, canary_value).unwrap();
-    secrets_manager::seed(&env.aws, &opts(&fleet)).await.unwrap();
+    manager::seed(&env.aws, &opts(&fleet)).await.unwrap();
     fixtures::write_secret(&fleet.sources.secrets_dir, "clawdinator-discord-token-2", b"rotated", &fleet.recipient)
         .unwrap();
-    let report = secrets_manager::seed(&env.aws, &opts(&fleet)).await.unwrap();
+    let report = manager::seed(&env.aws, &opts(&fleet)).await.unwrap();
     let changed: Vec<_> =
         report.secrets.iter().filter(|r| r.action != SeedAction::Unchanged).map(|r| r.name.as_str()).collect();
     assert_eq!(changed, ["clawdinator/clawdinator-2/discord-token"]);
@@ -99,7 +99,7 @@ async fn dry_run_writes_nothing() {
     let fleet = fixtures::sample_fleet(&env.path("src"), 2, canary_value).unwrap();
     let mut o = opts(&fleet);
     o.dry_run = true;
-    let report = secrets_manager::seed(&env.aws, &o).await.unwrap();
+    let report = manager::seed(&env.aws, &o).await.unwrap();
     assert!(report.secrets.iter().all(|r| r.action == SeedAction::Create));
     assert!(listed(&env).await.is_empty());
     assert!(report.to_string().contains("would create"));
@@ -109,7 +109,7 @@ async fn dry_run_writes_nothing() {
 async fn a_secret_pending_deletion_is_restored() {
     let env = env().await;
     let fleet = fixtures::sample_fleet(&env.path("src"), 1, canary_value).unwrap();
-    secrets_manager::seed(&env.aws, &opts(&fleet)).await.unwrap();
+    manager::seed(&env.aws, &opts(&fleet)).await.unwrap();
     let sm = env.aws.secrets_manager();
     sm.delete_secret()
         .secret_id("clawdinator/clawdinator-control-token")
@@ -117,7 +117,7 @@ async fn a_secret_pending_deletion_is_restored() {
         .send()
         .await
         .unwrap();
-    let report = secrets_manager::seed(&env.aws, &opts(&fleet)).await.unwrap();
+    let report = manager::seed(&env.aws, &opts(&fleet)).await.unwrap();
     let row = report.secrets.iter().find(|r| r.name == "clawdinator/clawdinator-control-token").unwrap();
     assert_eq!(row.action, SeedAction::Restore);
     assert!(!pending_deletion(&env, "clawdinator/clawdinator-control-token").await);
@@ -138,14 +138,14 @@ async fn orphans_are_listed_and_deleted_only_with_prune() {
         .await
         .unwrap();
     sm.create_secret().name("someone-elses/secret").secret_string("x").send().await.unwrap();
-    let report = secrets_manager::seed(&env.aws, &opts(&fleet)).await.unwrap();
+    let report = manager::seed(&env.aws, &opts(&fleet)).await.unwrap();
     assert_eq!(report.orphans, ["clawdinator/clawdinator-9/discord-token"]);
     assert!(report.pruned.is_empty());
     assert!(!pending_deletion(&env, "clawdinator/clawdinator-9/discord-token").await);
 
     let mut o = opts(&fleet);
     o.prune = true;
-    let report = secrets_manager::seed(&env.aws, &o).await.unwrap();
+    let report = manager::seed(&env.aws, &o).await.unwrap();
     assert_eq!(report.pruned, ["clawdinator/clawdinator-9/discord-token"]);
     assert!(pending_deletion(&env, "clawdinator/clawdinator-9/discord-token").await);
     assert!(!pending_deletion(&env, "someone-elses/secret").await);
@@ -157,7 +157,7 @@ async fn a_wrong_identity_fails_before_anything_is_written() {
     let fleet = fixtures::sample_fleet(&env.path("src"), 1, canary_value).unwrap();
     std::fs::remove_file(&fleet.sources.age_key).unwrap();
     fixtures::write_identity(&fleet.sources.age_key).unwrap();
-    let err = secrets_manager::seed(&env.aws, &opts(&fleet)).await.unwrap_err();
+    let err = manager::seed(&env.aws, &opts(&fleet)).await.unwrap_err();
     let text = format!("{err:#}");
     assert!(
         text.contains("cannot decrypt")
@@ -172,11 +172,12 @@ async fn a_wrong_identity_fails_before_anything_is_written() {
 async fn access_denied_names_the_secret_and_the_action() {
     // moto enforces IAM after the first three requests: a user allowed only
     // to list secrets, so the first read of a secret is denied.
-    let emulator =
-        tokio::task::spawn_blocking(|| xtask::emulator::Emulator::start_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "3")]))
-            .await
-            .unwrap()
-            .unwrap();
+    let emulator = tokio::task::spawn_blocking(|| {
+        xtask::aws::emulator::Emulator::start_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "3")])
+    })
+    .await
+    .unwrap()
+    .unwrap();
     let admin = xtask::aws::Aws::load(&xtask::aws::Settings::local(&emulator.endpoint())).await.unwrap();
     let iam = admin.iam();
     iam.create_user().user_name("ci").send().await.unwrap();
@@ -190,7 +191,7 @@ async fn access_denied_names_the_secret_and_the_action() {
     let ci = xtask::aws::Aws::load(&settings).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let fleet = fixtures::sample_fleet(dir.path(), 1, canary_value).unwrap();
-    let err = secrets_manager::seed(&ci, &opts(&fleet)).await.unwrap_err();
+    let err = manager::seed(&ci, &opts(&fleet)).await.unwrap_err();
     let text = format!("{err:#}");
     assert!(text.contains("AccessDenied"), "{text}");
     assert!(text.contains("clawdinator/clawdinator-"), "names the secret: {text}");
@@ -205,12 +206,12 @@ async fn access_denied_names_the_secret_and_the_action() {
 async fn fetch_writes_exactly_the_instances_set() {
     let env = env().await;
     let fleet = fixtures::sample_fleet(&env.path("src"), 3, canary_value).unwrap();
-    secrets_manager::seed(&env.aws, &opts(&fleet)).await.unwrap();
+    manager::seed(&env.aws, &opts(&fleet)).await.unwrap();
     let dest = env.path("run/agenix");
     std::fs::create_dir_all(&dest).unwrap();
     std::fs::write(dest.join("stale-secret"), "old").unwrap();
     std::fs::write(dest.join("clawdinator-discord-token-1"), "not mine").unwrap();
-    let report = secrets_manager::fetch(
+    let report = manager::fetch(
         &env.aws,
         &FetchOptions {
             instance: "clawdinator-2".into(),
@@ -293,7 +294,7 @@ async fn fake_github(
         let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
         validation.set_required_spec_claims(&["iat", "exp", "iss"]);
         validation.set_issuer(&[app_id]);
-        let verdict = match jsonwebtoken::decode::<xtask::github::Claims>(&jwt, &key, &validation) {
+        let verdict = match jsonwebtoken::decode::<xtask::secrets::github_token::Claims>(&jwt, &key, &validation) {
             Ok(data) => {
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
                 let c = data.claims;

@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
-use xtask::fixtures::{commit_all, git_repo};
+use xtask::bootstrap::seeds::{self, PrepareOptions};
+use xtask::dev::fixtures::{commit_all, git_repo};
 use xtask::output::Output;
-use xtask::seeds::{self, PrepareOptions};
 
 fn head(dir: &Path) -> String {
     let out = std::process::Command::new("git").arg("-C").arg(dir).args(["rev-parse", "HEAD"]).output().unwrap();

@@ -5,8 +5,8 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
+use xtask::aws::emulator::Emulator;
 use xtask::aws::{Aws, Settings};
-use xtask::emulator::Emulator;
 
 /// A secret value used by every fixture: it must never show up in any output.
 pub const CANARY: &str = "CANARY-5e3b9c1d-never-print-me";

@@ -10,8 +10,9 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::emulator::Emulator;
-use crate::{fixtures, flags, project, Ctx};
+use crate::aws::emulator::Emulator;
+use crate::dev::fixtures;
+use crate::{flags, project, Ctx};
 
 const AWSCLI_VERSION: &str = "1.46.2";
 const COLDSNAP_VERSION: &str = "0.12.0";
@@ -166,7 +167,7 @@ fn real_source_seeds(dest: &Path) -> Result<(usize, u64)> {
         std::fs::copy(path, &to)?;
     }
     let records = serde_json::json!([{"name": "sources", "url": "file:///bench/sources", "branch": null, "commit": "0000000000000000000000000000000000000000"}]);
-    std::fs::write(dest.join(crate::seeds::SEEDS_FILE), serde_json::to_vec_pretty(&records)?)?;
+    std::fs::write(dest.join(crate::bootstrap::seeds::SEEDS_FILE), serde_json::to_vec_pretty(&records)?)?;
     Ok((COUNT, sum))
 }
 
@@ -310,7 +311,7 @@ fn run_image(ctx: &Ctx, args: &flags::BenchImageArgs) -> Result<()> {
     let json = fixtures::write_image_json(&dir, &image, "bench")?;
     let data_blocks = {
         let file = std::fs::File::open(&image)?;
-        crate::snapshot::candidate_blocks(&file, size, false).len() as u64
+        crate::image::snapshot::candidate_blocks(&file, size, false).len() as u64
     };
     let aws = aws_cli()?;
     let coldsnap = if args.skip_coldsnap { None } else { Some(coldsnap()?) };
@@ -355,7 +356,7 @@ fn run_image(ctx: &Ctx, args: &flags::BenchImageArgs) -> Result<()> {
     let old = measure(&mut c)?;
 
     let bytes_sent = ours_report["bytesSent"].as_u64().unwrap_or(0);
-    let limit = (data_blocks + 1) * crate::snapshot::BLOCK_SIZE;
+    let limit = (data_blocks + 1) * crate::image::snapshot::BLOCK_SIZE;
     let coldsnap_ratio = cold.as_ref().map(|c| ours.secs / c.secs);
     let report = serde_json::json!({
         "imageBytes": size, "dataBytes": data, "dataBlocks": data_blocks,

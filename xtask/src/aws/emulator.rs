@@ -35,7 +35,7 @@ impl Emulator {
     /// to make moto enforce IAM policies after the first N requests.
     pub fn start_with(settings: &[(&str, &str)]) -> Result<Emulator> {
         let python = ensure_installed()?;
-        let shim = project::root().join("xtask/emulator/moto_shim.py");
+        let shim = project::root().join("xtask/src/aws/moto_shim.py");
         let scratch = tempfile::Builder::new().prefix("clawdinator-emulator-").tempdir()?;
         let mut command = Command::new(&python);
         command

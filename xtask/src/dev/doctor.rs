@@ -7,7 +7,8 @@ use std::path::Path;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::{aws, emulator, flags, Ctx};
+use crate::aws::{self, emulator};
+use crate::{flags, Ctx};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -69,7 +70,7 @@ fn first_line(program: &str, args: &[&str]) -> Option<String> {
 }
 
 pub fn check_nix() -> Check {
-    let result = match crate::image::nix_features() {
+    let result = match crate::image::build::nix_features() {
         None => Err(missing(
             "nix not found",
             "run `nix develop` from a Nix install (https://nixos.org/download), or on Debian `apt-get install nix-bin`",

@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use xshell::{cmd, Shell};
 
-use crate::{emulator, flags, project, Ctx};
+use crate::aws::emulator;
+use crate::{flags, project, Ctx};
 
 #[derive(Debug)]
 pub enum Outcome {

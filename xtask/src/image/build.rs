@@ -8,7 +8,8 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use xshell::{cmd, Shell};
 
-use crate::{archive, flags, output, project, Ctx};
+use crate::bootstrap::archive;
+use crate::{flags, output, project, Ctx};
 
 /// What `image publish` needs to know about a built image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

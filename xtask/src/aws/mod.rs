@@ -1,6 +1,9 @@
 //! One AWS context for every command: the standard credential chain,
 //! `AWS_ENDPOINT_URL`, explicit timeouts and a single retry layer.
 
+pub mod emulator;
+pub mod s3;
+
 use std::time::Duration;
 
 use anyhow::{Context, Result};

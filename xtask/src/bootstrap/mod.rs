@@ -8,6 +8,9 @@
 //!   placed under every prefix by server-side copy;
 //! - `manifest.json`: what the archives hold and their SHA-256, written last.
 
+pub mod archive;
+pub mod seeds;
+
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
@@ -20,14 +23,14 @@ use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::archive::{self, Writer};
+use crate::aws::s3::{self, Body};
 use crate::aws::Aws;
 use crate::fleet::{self, Instance};
 use crate::output::Output;
-use crate::s3::{self, Body};
 use crate::secrets::{self, Sources, AGE_KEY_NAME};
-use crate::seeds::{self, SeedRecord};
 use crate::{flags, project, Ctx};
+use archive::Writer;
+use seeds::SeedRecord;
 
 pub const SECRETS_ARCHIVE: &str = "secrets.tar.zst";
 pub const SEEDS_ARCHIVE: &str = "repo-seeds.tar.zst";

@@ -101,7 +101,7 @@ pub fn sample_fleet_for(root: &Path, registry: &Path, value: impl Fn(&str) -> St
     fs::write(seeds_dir.join("sample/README.md"), "# sample seed\n")?;
     fs::write(seeds_dir.join("sample/src/main.rs"), "fn main() {}\n")?;
     let records = serde_json::json!([{"name": "sample", "url": "file:///dev/null/sample", "branch": null, "commit": "0000000000000000000000000000000000000000"}]);
-    fs::write(seeds_dir.join(crate::seeds::SEEDS_FILE), serde_json::to_vec_pretty(&records)?)?;
+    fs::write(seeds_dir.join(crate::bootstrap::seeds::SEEDS_FILE), serde_json::to_vec_pretty(&records)?)?;
     Ok(SampleFleet {
         sources: Sources { registry: registry.to_path_buf(), spec: spec_path, secrets_dir, age_key },
         seeds_dir,
@@ -172,7 +172,7 @@ pub fn sample_raw_image(path: &Path, size: u64, data: &[(u64, u64)], seed: u64) 
 
 /// Describe an image file the way `image-build` does, in `dir/image.json`.
 pub fn write_image_json(dir: &Path, image: &Path, label: &str) -> Result<PathBuf> {
-    let (sha256, size) = crate::archive::sha256_file(image)?;
+    let (sha256, size) = crate::bootstrap::archive::sha256_file(image)?;
     let manifest = crate::image::ImageManifest {
         path: image.to_path_buf(),
         format: "raw".into(),

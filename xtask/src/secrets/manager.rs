@@ -19,7 +19,7 @@ use zeroize::Zeroizing;
 
 use crate::aws::{self, Aws};
 use crate::fleet::Registry;
-use crate::secrets::{self, Sources};
+use crate::secrets::files::{self, Sources};
 use crate::{flags, Ctx};
 
 pub const PREFIX: &str = "clawdinator/";
@@ -121,17 +121,17 @@ pub struct SeedOptions {
 /// Decrypt every secret the selected instances need, in memory; any file
 /// that cannot be read fails the whole run before anything is written.
 fn desired(opts: &SeedOptions) -> Result<(Vec<Desired>, BTreeSet<String>)> {
-    let (report, loaded) = secrets::check(&opts.sources, true);
+    let (report, loaded) = files::check(&opts.sources, true);
     let Some((registry, spec)) = loaded else {
         let lines: Vec<String> =
-            report.findings.iter().filter(|f| f.severity == secrets::Severity::Error).map(|f| f.to_string()).collect();
+            report.findings.iter().filter(|f| f.severity == files::Severity::Error).map(|f| f.to_string()).collect();
         bail!("nothing written: the secrets are not ready:\n  {}", lines.join("\n  "));
     };
-    let identities = secrets::load_identities(&opts.sources.age_key)?;
+    let identities = files::load_identities(&opts.sources.age_key)?;
     let read = |file: &str| -> Result<Zeroizing<Vec<u8>>> {
         let path = opts.sources.secrets_dir.join(file);
         let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        secrets::decrypt(&path, &bytes, &identities, &opts.sources.age_key)
+        files::decrypt(&path, &bytes, &identities, &opts.sources.age_key)
     };
     let mut out = Vec::new();
     for name in &spec.common {
@@ -372,7 +372,7 @@ fn install(dest: &Path, name: &str, value: &[u8], uid: Option<u32>, gid: Option<
 pub async fn fetch(aws: &Aws, opts: &FetchOptions) -> Result<FetchReport> {
     let registry = Registry::load(&opts.registry)?;
     let instance = registry.select(std::slice::from_ref(&opts.instance))?[0].clone();
-    let spec = secrets::Spec::load(&opts.spec)?;
+    let spec = files::Spec::load(&opts.spec)?;
     let uid = opts.owner.as_deref().map(|o| lookup_id(o, true)).transpose()?;
     let gid = opts.group.as_deref().map(|g| lookup_id(g, false)).transpose()?;
 

@@ -113,7 +113,7 @@ async fn load_pem(ctx: &Ctx, source: &PemSource) -> Result<Zeroizing<Vec<u8>>> {
                 .send()
                 .await
                 .map_err(|e| aws::error("Secrets Manager GetSecretValue", name, e))?;
-            crate::secrets_manager::value_of(&out).with_context(|| format!("secret {name} has no value"))
+            crate::secrets::manager::value_of(&out).with_context(|| format!("secret {name} has no value"))
         }
     }
 }

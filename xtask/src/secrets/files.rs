@@ -340,18 +340,12 @@ pub fn check(sources: &Sources, require_identity: bool) -> (CheckReport, Option<
     (report, loaded)
 }
 
-pub async fn run(ctx: &Ctx, cmd: flags::SecretsCmd) -> Result<()> {
-    match cmd {
-        flags::SecretsCmd::Seed(args) => crate::secrets_manager::run_seed(ctx, args).await,
-        flags::SecretsCmd::Fetch(args) => crate::secrets_manager::run_fetch(ctx, args).await,
-        flags::SecretsCmd::Check(args) => {
-            let sources = Sources::from_flags(&args);
-            let (report, _) = tokio::task::spawn_blocking(move || check(&sources, false)).await?;
-            ctx.out.emit(&report)?;
-            if !report.ok {
-                bail!("secrets check found errors (see above)");
-            }
-            Ok(())
-        }
+pub async fn run_check(ctx: &Ctx, args: flags::SecretsArgs) -> Result<()> {
+    let sources = Sources::from_flags(&args);
+    let (report, _) = tokio::task::spawn_blocking(move || check(&sources, false)).await?;
+    ctx.out.emit(&report)?;
+    if !report.ok {
+        bail!("secrets check found errors (see above)");
     }
+    Ok(())
 }

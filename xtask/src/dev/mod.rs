@@ -1,0 +1,7 @@
+//! Developer commands: `doctor`, `test`, `bench`, and the throwaway inputs
+//! that `--local`, tests and benchmarks use.
+
+pub mod bench;
+pub mod doctor;
+pub mod fixtures;
+pub mod selftest;
