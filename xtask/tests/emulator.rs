@@ -174,8 +174,8 @@ fn doctor_json_shape_and_local_sts() {
 #[test]
 fn vmimport_trust_policy_is_understood() {
     let doc = "%7B%22Version%22%3A%222012-10-17%22%2C%22Statement%22%3A%5B%7B%22Effect%22%3A%22Allow%22%2C%22Principal%22%3A%7B%22Service%22%3A%22vmie.amazonaws.com%22%7D%2C%22Action%22%3A%22sts%3AAssumeRole%22%7D%5D%7D";
-    assert!(xtask::dev::doctor::trusts_vmie(doc));
-    assert!(!xtask::dev::doctor::trusts_vmie(&doc.replace("vmie", "ec2")));
+    assert!(xtask::aws::iam::trusts_service(doc, "vmie.amazonaws.com"));
+    assert!(!xtask::aws::iam::trusts_service(&doc.replace("vmie", "ec2"), "vmie.amazonaws.com"));
 }
 
 /// One SSM JSON-protocol call to the emulator. No SDK crate for SSM is
@@ -224,4 +224,25 @@ fn the_shim_adds_ssm_list_command_invocations() {
     assert_eq!(invocations.len(), 1);
     assert_eq!(invocations[0]["Status"], "Success");
     assert_eq!(invocations[0]["CommandPlugins"][0]["Name"], "aws:runShellScript");
+}
+
+/// `--local` starts the emulator from a pooled thread; tokio retires idle
+/// blocking threads (here after 50 ms) and PR_SET_PDEATHSIG fires when the
+/// forking *thread* exits. The emulator must live as long as the context.
+#[test]
+fn a_local_context_outlives_the_blocking_pool() {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_keep_alive(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    runtime.block_on(async {
+        let global = xtask::flags::Global { local: true, json: true, ..Default::default() };
+        let ctx = xtask::Ctx::new(global).await.unwrap();
+        // Twenty times the pool's keep-alive: the starting thread is gone.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let aws = ctx.aws().await.unwrap();
+        let buckets = aws.s3().list_buckets().send().await.expect("the --local emulator died with its starting thread");
+        assert_eq!(buckets.buckets().len(), 1);
+    });
 }

@@ -16,13 +16,17 @@ use crate::project;
 pub const MOTO_VERSION: &str = "5.2.5";
 
 /// A running emulator. Dropping it stops the server, also while a panicking
-/// test unwinds; the child is also told to die with this process
-/// (`PR_SET_PDEATHSIG`) in case the process is killed outright.
+/// test unwinds. The server is started by a keeper thread that lives exactly
+/// as long as this value: `PR_SET_PDEATHSIG` fires when the *thread* that
+/// forked the child exits, so forking from a pooled thread (tokio retires
+/// idle blocking threads after 10 s) would kill the emulator mid-command,
+/// while the keeper also takes it down if the process is killed outright.
 pub struct Emulator {
-    child: Child,
     port: u16,
-    /// Holds moto's request recording, which it otherwise writes to the cwd.
-    _scratch: tempfile::TempDir,
+    pid: u32,
+    /// Dropping this tells the keeper to kill and reap the server.
+    stop: Option<mpsc::Sender<()>>,
+    keeper: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Emulator {
@@ -35,60 +39,33 @@ impl Emulator {
     /// to make moto enforce IAM policies after the first N requests.
     pub fn start_with(settings: &[(&str, &str)]) -> Result<Emulator> {
         let python = ensure_installed()?;
-        let shim = project::root().join("xtask/src/aws/moto_shim.py");
-        let scratch = tempfile::Builder::new().prefix("clawdinator-emulator-").tempdir()?;
-        let mut command = Command::new(&python);
-        command
-            .arg(&shim)
-            .env("MOTO_ENABLE_RECORDING", "True")
-            // No preloaded public AMIs and their ~1300 snapshots: an empty account, as a new one is.
-            .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
-            .env("MOTO_RECORDER_FILEPATH", scratch.path().join("recording"))
-            // The emulator must never pick up the caller's real AWS settings.
-            .env_remove("AWS_ENDPOINT_URL")
-            .envs(settings.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(log_target()?);
-        #[cfg(target_os = "linux")]
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            command.pre_exec(|| {
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
-        let mut child =
-            command.spawn().with_context(|| format!("cannot start the emulator with {}", python.display()))?;
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let first = lines.next();
-            let _ = tx.send(first);
-            // Keep the pipe open and drained for the server's lifetime.
-            for _ in lines {}
-        });
-        let port = match rx.recv_timeout(Duration::from_secs(60)) {
-            Ok(Some(Ok(line))) => line
-                .strip_prefix("PORT ")
-                .and_then(|p| p.trim().parse::<u16>().ok())
-                .ok_or_else(|| anyhow!("the emulator printed `{line}` instead of its port")),
-            _ => Err(anyhow!(
-                "the emulator did not start within 60 s (set CLAWDINATOR_EMULATOR_LOG=FILE to see its output)"
-            )),
+        let settings: Vec<(String, String)> = settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let (started_tx, started_rx) = mpsc::channel();
+        let (stop_tx, stop_rx) = mpsc::channel::<()>();
+        let keeper = std::thread::Builder::new().name("emulator-keeper".into()).spawn(move || {
+            let child = spawn_server(&python, &settings);
+            let mut child = match child {
+                Ok((child, port)) => {
+                    let _ = started_tx.send(Ok((port, child.id())));
+                    child
+                }
+                Err(err) => {
+                    let _ = started_tx.send(Err(err));
+                    return;
+                }
+            };
+            // Until the Emulator is dropped (its sender closes).
+            let _ = stop_rx.recv();
+            let _ = child.kill();
+            let _ = child.wait();
+        })?;
+        let (port, pid) = match started_rx.recv() {
+            Ok(result) => result?,
+            Err(_) => bail!("the emulator's keeper thread died while starting it"),
         };
-        let port = match port {
-            Ok(port) => port,
-            Err(err) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(err);
-            }
-        };
-        let emulator = Emulator { child, port, _scratch: scratch };
+        let emulator = Emulator { port, pid, stop: Some(stop_tx), keeper: Some(keeper) };
         emulator.wait_ready(Duration::from_secs(30))?;
-        tracing::info!(endpoint = %emulator.endpoint(), pid = emulator.pid(), "emulator started");
+        tracing::info!(endpoint = %emulator.endpoint(), pid, "emulator started");
         Ok(emulator)
     }
 
@@ -101,7 +78,7 @@ impl Emulator {
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.pid
     }
 
     fn wait_ready(&self, limit: Duration) -> Result<()> {
@@ -142,6 +119,36 @@ impl Emulator {
         Ok(entries)
     }
 
+    /// Test-only: make matching requests fail as AWS fails them (see the
+    /// shim's docstring for the rule fields). Rules add up until cleared.
+    pub fn inject(&self, rules: serde_json::Value) -> Result<()> {
+        http_request_body(self.port, "POST", "/_shim/faults", &rules.to_string())?;
+        Ok(())
+    }
+
+    /// The injected rules with how often each matched (`seen`) and failed (`fired`).
+    pub fn faults(&self) -> Result<serde_json::Value> {
+        Ok(serde_json::from_str(&http_request(self.port, "GET", "/_shim/faults")?)?)
+    }
+
+    pub fn clear_faults(&self) -> Result<()> {
+        http_request(self.port, "DELETE", "/_shim/faults")?;
+        Ok(())
+    }
+
+    /// Test-only shim settings, e.g. `{"snapshot_pending_polls": 3}`.
+    pub fn settings(&self, settings: serde_json::Value) -> Result<()> {
+        http_request_body(self.port, "POST", "/_shim/settings", &settings.to_string())?;
+        Ok(())
+    }
+
+    /// Test-only: put an AMI into a state AWS can report (pending, failed, …).
+    pub fn set_image_state(&self, image_id: &str, state: &str) -> Result<()> {
+        let body = serde_json::json!({"image_id": image_id, "state": state}).to_string();
+        http_request_body(self.port, "POST", "/_shim/image-state", &body)?;
+        Ok(())
+    }
+
     /// Start recording requests from now on (clears earlier recordings).
     pub fn start_recording(&self) -> Result<()> {
         http_request(self.port, "POST", "/moto-api/recorder/reset-recording")?;
@@ -152,8 +159,68 @@ impl Emulator {
 
 impl Drop for Emulator {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        drop(self.stop.take());
+        if let Some(keeper) = self.keeper.take() {
+            let _ = keeper.join();
+        }
+    }
+}
+
+/// Start moto with the shim and read the port it prints. Runs on the keeper
+/// thread, which therefore is the child's parent thread.
+fn spawn_server(python: &Path, settings: &[(String, String)]) -> Result<(Child, u16)> {
+    let shim = project::root().join("xtask/src/aws/moto_shim.py");
+    // Holds moto's request recording, which it otherwise writes to the cwd;
+    // kept for the server's lifetime by leaking it into the child's scope.
+    let scratch = tempfile::Builder::new().prefix("clawdinator-emulator-").tempdir()?.keep();
+    let mut command = Command::new(python);
+    command
+        .arg(&shim)
+        .env("MOTO_ENABLE_RECORDING", "True")
+        // No preloaded public AMIs and their ~1300 snapshots: an empty account, as a new one is.
+        .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+        .env("MOTO_RECORDER_FILEPATH", scratch.join("recording"))
+        // The emulator must never pick up the caller's real AWS settings.
+        .env_remove("AWS_ENDPOINT_URL")
+        .envs(settings.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log_target()?);
+    #[cfg(target_os = "linux")]
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        command.pre_exec(|| {
+            libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            Ok(())
+        });
+    }
+    let mut child = command.spawn().with_context(|| format!("cannot start the emulator with {}", python.display()))?;
+    let stdout = child.stdout.take().expect("stdout is piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        let _ = tx.send(lines.next());
+        // Keep the pipe open and drained for the server's lifetime, then
+        // remove the recording directory.
+        for _ in lines {}
+        let _ = std::fs::remove_dir_all(&scratch);
+    });
+    let port = match rx.recv_timeout(Duration::from_secs(60)) {
+        Ok(Some(Ok(line))) => line
+            .strip_prefix("PORT ")
+            .and_then(|p| p.trim().parse::<u16>().ok())
+            .ok_or_else(|| anyhow!("the emulator printed `{line}` instead of its port")),
+        _ => {
+            Err(anyhow!("the emulator did not start within 60 s (set CLAWDINATOR_EMULATOR_LOG=FILE to see its output)"))
+        }
+    };
+    match port {
+        Ok(port) => Ok((child, port)),
+        Err(err) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            Err(err)
+        }
     }
 }
 
@@ -230,7 +297,7 @@ pub fn ensure_installed() -> Result<PathBuf> {
 }
 
 fn http_get(port: u16, path: &str) -> std::io::Result<u16> {
-    let response = raw_http(port, "GET", path)?;
+    let response = raw_http(port, "GET", path, "")?;
     response
         .split_whitespace()
         .nth(1)
@@ -239,7 +306,11 @@ fn http_get(port: u16, path: &str) -> std::io::Result<u16> {
 }
 
 fn http_request(port: u16, method: &str, path: &str) -> Result<String> {
-    let response = raw_http(port, method, path).with_context(|| format!("emulator {method} {path}"))?;
+    http_request_body(port, method, path, "")
+}
+
+fn http_request_body(port: u16, method: &str, path: &str, body: &str) -> Result<String> {
+    let response = raw_http(port, method, path, body).with_context(|| format!("emulator {method} {path}"))?;
     let (head, body) = response.split_once("\r\n\r\n").unwrap_or((&response, ""));
     if !head.starts_with("HTTP/1.1 2") && !head.starts_with("HTTP/1.0 2") {
         bail!("emulator {method} {path}: {}", head.lines().next().unwrap_or_default());
@@ -249,11 +320,15 @@ fn http_request(port: u16, method: &str, path: &str) -> Result<String> {
 
 /// A minimal HTTP/1.0 exchange for the emulator's own control API (moto-api),
 /// which is not an AWS service and has no SDK.
-fn raw_http(port: u16, method: &str, path: &str) -> std::io::Result<String> {
+fn raw_http(port: u16, method: &str, path: &str, body: &str) -> std::io::Result<String> {
     use std::io::{Read, Write};
     let mut stream = std::net::TcpStream::connect_timeout(&([127, 0, 0, 1], port).into(), Duration::from_secs(2))?;
     stream.set_read_timeout(Some(Duration::from_secs(30)))?;
-    write!(stream, "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\r\n")?;
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )?;
     let mut response = String::new();
     stream.read_to_string(&mut response)?;
     Ok(response)

@@ -5,6 +5,26 @@ once it is listening, and serves until killed. Before serving it patches the
 few places where moto differs from AWS's documented behaviour or lacks an API
 this project calls. Each patch names the AWS behaviour it follows; nothing
 here is used against real AWS.
+
+Test-only switches (never part of AWS; for producing failures the emulator
+cannot produce by itself). All are JSON over HTTP on the emulator's port:
+
+- `POST /_shim/faults` with a list of rules; each makes matching requests
+  fail the way AWS fails them (the protocol's own error shape):
+  `{"operation": "PutSnapshotBlock", "after": 3, "times": 1, "status": 500,
+  "code": "InternalError", "message": "...", "match": "substring",
+  "stall": seconds}`. `after` requests pass first, then `times` fail
+  (-1: all). `match` narrows to requests whose path or body contains it.
+  `stall` sleeps before answering (a slow or stalled service).
+  `GET` lists the rules with their counts; `DELETE` clears them.
+- `POST /_shim/settings` `{"snapshot_pending_polls": N}`: a completed EBS
+  direct snapshot stays `pending` for the next N DescribeSnapshots calls
+  (EBS completes snapshots asynchronously; this makes the wait observable).
+- `POST /_shim/settings` `{"import_failures": N}`: the next N VM Import
+  tasks end `deleted` with a ClientError StatusMessage, as a failed
+  conversion does.
+- `POST /_shim/image-state` `{"image_id": "ami-…", "state": "pending"}`:
+  puts an AMI into a state AWS can report (pending, failed, …).
 """
 
 import logging
@@ -14,9 +34,14 @@ import sys
 
 import base64
 import hashlib
+import io
+import json
 import math
+import re
 import threading
+import time
 import uuid
+from urllib.parse import parse_qs
 
 GIB = 1024 ** 3
 EBS_BLOCK = 524288
@@ -43,29 +68,45 @@ def patch_ebs_direct():
     def start_snapshot(self):
         backend = self.ebs_backend
         token = self._get_param("ClientToken")
+        params = json.dumps(
+            [self._get_param(k) for k in ("VolumeSize", "Tags", "Description", "Encrypted", "KmsKeyArn")],
+            sort_keys=True,
+            default=str,
+        )
         with lock:
-            # ClientToken: "Idempotency ensures that an API request completes
-            # only once": a retry with the same token returns the original
-            # snapshot (while it still exists).
+            # ClientToken: "if the original request completes successfully,
+            # the subsequent retries with the same client token return the
+            # result from the original successful request" - whatever has
+            # happened to that snapshot since. A token reused with other
+            # parameters is a ConflictException ("The request uses the same
+            # client token as a previous, but non-identical request").
             key = (self.current_account, self.region, token)
-            if token and key in tokens and tokens[key] in backend.snapshots:
-                snap = backend.snapshots[tokens[key]]
-            else:
-                snap = backend.start_snapshot(
-                    volume_size=self._get_param("VolumeSize"),
-                    tags=self._get_param("Tags"),
-                    description=self._get_param("Description"),
-                )
-                ec2_snap = backend.ec2_backend.get_snapshot(snap.snapshot_id)
-                # A snapshot being written is "pending" in EC2 until completed.
-                ec2_snap.status = "pending"
-                if self._get_param("Encrypted") or self._get_param("KmsKeyArn"):
-                    ec2_snap.encrypted = True
-                    ec2_snap.kms_key_id = self._get_param("KmsKeyArn")
-                if token:
-                    tokens[key] = snap.snapshot_id
-        return ActionResult(
-            {
+            if token and key in tokens:
+                original_params, response = tokens[key]
+                if original_params != params:
+                    raise JsonRESTError(
+                        "ConflictException",
+                        "The request uses the same client token as a previous, but non-identical request.",
+                    )
+                return ActionResult(response)
+            snap = backend.start_snapshot(
+                volume_size=self._get_param("VolumeSize"),
+                tags=self._get_param("Tags"),
+                description=self._get_param("Description"),
+            )
+            ec2_snap = backend.ec2_backend.get_snapshot(snap.snapshot_id)
+            # A snapshot being written is "pending" in EC2 until completed.
+            ec2_snap.status = "pending"
+            # Encrypted, KmsKeyArn: with EBS encryption by default on, the
+            # snapshot is encrypted (with the default KMS key) whatever the
+            # request says; the answer carries the key and SseType.
+            kms = self._get_param("KmsKeyArn")
+            encrypted = bool(self._get_param("Encrypted") or kms or backend.ec2_backend.ebs_encryption_by_default)
+            if encrypted:
+                kms = kms or f"arn:aws:kms:{self.region}:{self.current_account}:key/00000000-0000-4000-8000-0000000aws00"
+                ec2_snap.encrypted = True
+                ec2_snap.kms_key_id = kms
+            response = {
                 "SnapshotId": snap.snapshot_id,
                 "OwnerId": snap.account_id,
                 "Status": snap.status,
@@ -74,8 +115,21 @@ def patch_ebs_direct():
                 "BlockSize": snap.block_size,
                 "Tags": snap.tags,
                 "Description": snap.description,
+                "SseType": "sse-kms" if encrypted else "none",
             }
-        )
+            if encrypted:
+                response["KmsKeyArn"] = kms
+            if token:
+                tokens[key] = (params, response)
+        return ActionResult(response)
+
+    def writable(self, snapshot_id):
+        # A snapshot deleted in EC2 is gone for the EBS direct APIs too
+        # (ResourceNotFoundException: "The specified resource does not exist").
+        snap = self.ebs_backend.snapshots.get(snapshot_id)
+        if snap is None or snapshot_id not in self.ebs_backend.ec2_backend.snapshots:
+            raise JsonRESTError("ResourceNotFoundException", "The snapshot does not exist")
+        return snap
 
     def put_snapshot_block(self):
         data = self._get_param("BlockData")
@@ -84,9 +138,7 @@ def patch_ebs_direct():
         data = bytes(data or b"")
         checksum = self._get_param("Checksum")
         length = int(self._get_param("DataLength"))
-        snap = self.ebs_backend.snapshots.get(self._get_param("SnapshotId"))
-        if snap is None:
-            raise JsonRESTError("ResourceNotFoundException", "The snapshot does not exist")
+        snap = self.writable(self._get_param("SnapshotId"))
         if snap.status != "pending":
             raise JsonRESTError("ValidationException", "The snapshot is not pending")
         # PutSnapshotBlock: DataLength must be 524288 and the data must match
@@ -99,9 +151,7 @@ def patch_ebs_direct():
         return ActionResult({"Checksum": checksum, "ChecksumAlgorithm": "SHA256"})
 
     def complete_snapshot(self):
-        snap = self.ebs_backend.snapshots.get(self._get_param("SnapshotId"))
-        if snap is None:
-            raise JsonRESTError("ResourceNotFoundException", "The snapshot does not exist")
+        snap = self.writable(self._get_param("SnapshotId"))
         count = int(self._get_param("ChangedBlocksCount"))
         checksum = self._get_param("Checksum")
         ok = count == len(snap.blocks)
@@ -115,7 +165,11 @@ def patch_ebs_direct():
             ok = ok and base64.b64encode(hashlib.sha256(digests).digest()).decode() == checksum
         status = "completed" if ok else "error"
         snap.status = status
-        self.ebs_backend.ec2_backend.get_snapshot(snap.snapshot_id).status = status
+        ec2_snap = self.ebs_backend.ec2_backend.get_snapshot(snap.snapshot_id)
+        ec2_snap.status = status
+        if ok and SETTINGS.get("snapshot_pending_polls"):
+            ec2_snap.status = "pending"
+            ec2_snap.pending_polls = SETTINGS["snapshot_pending_polls"]
         return ActionResult({"Status": "pending" if ok else "error"})
 
     def get_snapshot_block(self):
@@ -132,6 +186,22 @@ def patch_ebs_direct():
             }
         )
 
+    from moto.ec2.models.elastic_block_store import EBSBackend as EC2EBSBackend
+
+    original_describe = EC2EBSBackend.describe_snapshots
+
+    def describe_snapshots(self, *args, **kwargs):
+        found = original_describe(self, *args, **kwargs)
+        for snap in found:
+            polls = getattr(snap, "pending_polls", 0)
+            if polls:
+                snap.pending_polls = polls - 1
+                if polls == 1:
+                    snap.status = "completed"
+        return found
+
+    EC2EBSBackend.describe_snapshots = describe_snapshots
+    responses.EBSResponse.writable = writable
     responses.EBSResponse.start_snapshot = start_snapshot
     responses.EBSResponse.put_snapshot_block = put_snapshot_block
     responses.EBSResponse.complete_snapshot = complete_snapshot
@@ -204,10 +274,18 @@ def patch_register_image():
 
     def copy_image(self):
         # CopyImage: a repeated ClientToken returns the original copy.
+        # EC2 idempotency (Ensuring idempotency in Amazon EC2 API requests):
+        # a repeated ClientToken returns the original result, even when that
+        # AMI has since been deregistered; other parameters with the same
+        # token are IdempotentParameterMismatch.
         token = self._get_param("ClientToken")
         key = (self.current_account, self.region, token)
-        if token and key in copy_tokens and copy_tokens[key] in self.ec2_backend.amis:
-            return ActionResult({"ImageId": copy_tokens[key]})
+        params = (self._get_param("SourceImageId"), self._get_param("SourceRegion"), self._get_param("Name"))
+        if token and key in copy_tokens:
+            original, image_id = copy_tokens[key]
+            if original != params:
+                raise EC2ClientError("IdempotentParameterMismatch", "The client token was used with other parameters")
+            return ActionResult({"ImageId": image_id})
         image = self.ec2_backend.copy_image(
             self._get_param("SourceImageId"),
             self._get_param("SourceRegion"),
@@ -215,7 +293,7 @@ def patch_register_image():
             self._get_param("Description"),
         )
         if token:
-            copy_tokens[key] = image.id
+            copy_tokens[key] = (params, image.id)
         return ActionResult({"ImageId": image.id})
 
     def enable_image_deprecation(self):
@@ -306,6 +384,11 @@ def patch_import_snapshot():
             detail.update({"StatusMessage": "converting", "Progress": "50"})
             return
         outcome = failure(task["_account"], task["_container"], task["_role"])
+        if SETTINGS.get("import_failures", 0) > 0:
+            # Test-only: VM Import fails some conversions for reasons of its
+            # own ("ClientError: ..." in StatusMessage); a retry may succeed.
+            SETTINGS["import_failures"] -= 1
+            outcome = "ClientError: injected VM Import failure (test shim)"
         if isinstance(outcome, str):
             detail.update({"Status": "deleted", "StatusMessage": outcome})
             detail.pop("Progress", None)
@@ -329,8 +412,19 @@ def patch_import_snapshot():
             found.append({k: v for k, v in task.items() if not k.startswith("_")})
         return ActionResult({"ImportSnapshotTasks": found})
 
+    def cancel_import_task(self):
+        # CancelImportTask: an active task becomes "deleted".
+        task = tasks.get(self._get_param("ImportTaskId"))
+        if task is None:
+            raise EC2ClientError("InvalidConversionTaskId", "The import task does not exist")
+        previous = task["SnapshotTaskDetail"]["Status"]
+        if previous == "active":
+            task["SnapshotTaskDetail"].update({"Status": "deleted", "StatusMessage": "canceled"})
+        return ActionResult({"ImportTaskId": task["ImportTaskId"], "PreviousState": previous, "State": "deleted"})
+
     EC2Response.import_snapshot = import_snapshot
     EC2Response.describe_import_snapshot_tasks = describe_import_snapshot_tasks
+    EC2Response.cancel_import_task = cancel_import_task
 
 
 def patch_recorder_lock():
@@ -409,6 +503,158 @@ def patch_ssm_list_command_invocations():
     SimpleSystemManagerResponse.list_command_invocations = list_command_invocations
 
 
+SETTINGS = {}
+FAULTS = []
+FAULTS_LOCK = threading.Lock()
+
+EBS_ROUTES = [
+    ("POST", re.compile(r"^/snapshots$"), "StartSnapshot"),
+    ("PUT", re.compile(r"^/snapshots/[^/]+/blocks/\d+$"), "PutSnapshotBlock"),
+    ("GET", re.compile(r"^/snapshots/[^/]+/blocks/\d+$"), "GetSnapshotBlock"),
+    ("GET", re.compile(r"^/snapshots/[^/]+/blocks$"), "ListSnapshotBlocks"),
+    ("POST", re.compile(r"^/snapshots/completion/[^/]+$"), "CompleteSnapshot"),
+]
+
+
+def service_of(environ):
+    """The signing service from the SigV4 credential scope."""
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    m = re.search(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/aws4_request", auth)
+    return m.group(1) if m else ""
+
+
+def s3_operation(method, path, query, environ):
+    has_key = len([p for p in path.split("/") if p]) >= 2
+    if method == "HEAD":
+        return "HeadObject" if has_key else "HeadBucket"
+    if method == "GET":
+        if "uploads" in query:
+            return "ListMultipartUploads"
+        if "uploadId" in query:
+            return "ListParts"
+        return "GetObject" if has_key else "ListObjects"
+    if method == "PUT":
+        if "partNumber" in query:
+            return "UploadPart"
+        if environ.get("HTTP_X_AMZ_COPY_SOURCE"):
+            return "CopyObject"
+        return "PutObject" if has_key else "CreateBucket"
+    if method == "POST":
+        return "CreateMultipartUpload" if "uploads" in query else "CompleteMultipartUpload"
+    if method == "DELETE":
+        return "AbortMultipartUpload" if "uploadId" in query else "DeleteObject"
+    return ""
+
+
+def operation_of(environ, service, body):
+    method, path = environ["REQUEST_METHOD"], environ.get("PATH_INFO", "")
+    query = parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+    target = environ.get("HTTP_X_AMZ_TARGET")
+    if target:
+        return target.split(".")[-1]
+    if service == "ebs":
+        return next((op for m, rx, op in EBS_ROUTES if m == method and rx.match(path)), "")
+    if service == "s3":
+        return s3_operation(method, path, query, environ)
+    form = parse_qs(body.decode("utf-8", "replace")) if body else {}
+    return (form.get("Action") or query.get("Action") or [""])[0]
+
+
+def error_response(service, rule, start_response):
+    """The error as the service's protocol shapes it."""
+    code, message = rule.get("code", "InternalError"), rule.get("message", "injected by the test shim")
+    status = int(rule.get("status", 500))
+    headers = [("x-amzn-RequestId", str(uuid.uuid4()))]
+    if service in ("ebs", "ssm", "secretsmanager"):
+        body = json.dumps({"__type": code, "message": message}).encode()
+        headers += [("Content-Type", "application/json"), ("x-amzn-ErrorType", code)]
+    elif service == "ec2":
+        body = f"<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>r</RequestID></Response>".encode()
+        headers.append(("Content-Type", "text/xml"))
+    elif service == "s3":
+        body = f"<Error><Code>{code}</Code><Message>{message}</Message><RequestId>r</RequestId></Error>".encode()
+        headers.append(("Content-Type", "application/xml"))
+    else:
+        body = f"<ErrorResponse><Error><Type>Sender</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>r</RequestId></ErrorResponse>".encode()
+        headers.append(("Content-Type", "text/xml"))
+    headers.append(("Content-Length", str(len(body))))
+    start_response(f"{status} Injected", headers)
+    return [body]
+
+
+def json_reply(start_response, value, status="200 OK"):
+    body = json.dumps(value).encode()
+    start_response(status, [("Content-Type", "application/json"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+class Switches:
+    """WSGI middleware: the test-only switches of the module docstring."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def control(self, environ, start_response, path):
+        method = environ["REQUEST_METHOD"]
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        payload = json.loads(environ["wsgi.input"].read(length) or b"null") if length else None
+        if path == "/_shim/faults":
+            with FAULTS_LOCK:
+                if method == "POST":
+                    for rule in payload if isinstance(payload, list) else [payload]:
+                        FAULTS.append(dict(rule, seen=0, fired=0))
+                elif method == "DELETE":
+                    FAULTS.clear()
+                return json_reply(start_response, FAULTS)
+        if path == "/_shim/settings" and method == "POST":
+            SETTINGS.update(payload)
+            return json_reply(start_response, SETTINGS)
+        if path == "/_shim/image-state" and method == "POST":
+            from moto.ec2.models import ec2_backends
+
+            for account in ec2_backends.values():
+                for backend in account.values():
+                    image = backend.amis.get(payload["image_id"])
+                    if image is not None:
+                        image.state = payload["state"]
+                        return json_reply(start_response, {"ok": True})
+            return json_reply(start_response, {"error": "no such image"}, "404 Not Found")
+        return json_reply(start_response, {"error": f"unknown switch {method} {path}"}, "404 Not Found")
+
+    def __call__(self, environ, start_response):
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/_shim/"):
+            return self.control(environ, start_response, path)
+        if not FAULTS:
+            return self.app(environ, start_response)
+        body = b""
+        if "x-www-form-urlencoded" in environ.get("CONTENT_TYPE", ""):
+            length = int(environ.get("CONTENT_LENGTH") or 0)
+            body = environ["wsgi.input"].read(length)
+            environ["wsgi.input"] = io.BytesIO(body)
+        service = service_of(environ)
+        operation = operation_of(environ, service, body)
+        fire = None
+        with FAULTS_LOCK:
+            for rule in FAULTS:
+                if rule["operation"] != operation:
+                    continue
+                needle = rule.get("match")
+                if needle and needle not in path and needle.encode() not in body:
+                    continue
+                rule["seen"] += 1
+                times = rule.get("times", 1)
+                if rule["seen"] > rule.get("after", 0) and (times < 0 or rule["fired"] < times):
+                    rule["fired"] += 1
+                    fire = dict(rule)
+                    break
+        if fire is None:
+            return self.app(environ, start_response)
+        if fire.get("stall"):
+            time.sleep(float(fire["stall"]))
+        return error_response(service, fire, start_response)
+
+
 PATCHES = [patch_recorder_lock, patch_ssm_list_command_invocations, patch_s3_list_parts, patch_ebs_direct, patch_register_image, patch_import_snapshot]
 
 
@@ -424,7 +670,7 @@ def main():
         create_backend_app,
     )
 
-    app = DomainDispatcherApplication(create_backend_app)
+    app = Switches(DomainDispatcherApplication(create_backend_app))
     server = make_server("127.0.0.1", 0, app, threaded=True)
     # Some services build URLs from MOTO_PORT.
     os.environ["MOTO_PORT"] = str(server.server_port)
