@@ -4,6 +4,7 @@
 use anyhow::Result;
 
 use crate::aws::{self, emulator};
+use crate::cancel::Cancel;
 use crate::{flags, output};
 
 /// The bucket `--local` creates in the throwaway emulator.
@@ -13,6 +14,8 @@ pub const LOCAL_BUCKET: &str = "clawdinator-local";
 pub struct Ctx {
     pub global: flags::Global,
     pub out: output::Output,
+    /// Ctrl-C or SIGTERM: one cancellation for the whole command.
+    pub cancel: Cancel,
     local: Option<emulator::Emulator>,
 }
 
@@ -20,7 +23,7 @@ impl Ctx {
     /// With `--local`, starts the emulator first and says so before anything else.
     pub async fn new(global: flags::Global) -> Result<Ctx> {
         let out = output::Output::new(global.json);
-        let mut ctx = Ctx { global, out, local: None };
+        let mut ctx = Ctx { global, out, cancel: Cancel::on_signals(), local: None };
         if ctx.global.local {
             let emulator = tokio::task::spawn_blocking(emulator::Emulator::start).await??;
             ctx.out.note(format!(

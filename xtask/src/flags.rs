@@ -251,6 +251,9 @@ pub struct ImageBuildArgs {
     /// Where image.json (and the nix out-link) go.
     #[arg(long, env = "OUT_DIR", default_value = "dist")]
     pub out: PathBuf,
+    /// The directory holding the fleet's flake.nix.
+    #[arg(long, default_value = ".")]
+    pub flake: PathBuf,
     #[command(flatten)]
     pub instances: InstancesArg,
 }
@@ -268,7 +271,7 @@ pub struct PublishArgs {
     pub image: PathBuf,
     /// How the disk reaches EBS.
     #[arg(long, value_enum, default_value = "ebs-direct")]
-    pub via: crate::image::publish::Via,
+    pub via: Via,
     /// Bucket for --via s3-import.
     #[arg(long, env = "S3_BUCKET")]
     pub bucket: Option<String>,
@@ -295,6 +298,15 @@ pub struct PublishArgs {
     pub dry_run: bool,
 }
 
+/// How `image publish` gets the disk into EBS.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Via {
+    /// EBS direct APIs: blocks straight into a snapshot (raw images only; no bucket).
+    EbsDirect,
+    /// Upload to S3, then VM Import's import-snapshot (raw, vhd or vmdk; needs the vmimport role).
+    S3Import,
+}
+
 #[derive(Debug, Subcommand)]
 pub enum AmiCmd {
     /// The newest fleet AMI (or a checked override, for rollbacks).
@@ -314,12 +326,15 @@ pub struct AmiLatestArgs {
 
 #[derive(Debug, Args)]
 pub struct AmiPruneArgs {
-    /// Keep this many newest AMIs (the latest is always kept).
+    /// Keep this many newest available AMIs (the latest available one is always kept).
     #[arg(long)]
     pub keep: usize,
     /// Only remove AMIs older than this many days.
     #[arg(long)]
     pub older_than: Option<u64>,
+    /// Also delete fleet snapshots that no AMI uses (listed either way).
+    #[arg(long)]
+    pub orphans: bool,
     /// List what would be removed; change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -344,6 +359,9 @@ pub struct PipelineArgs {
     /// Where image-build writes image.json.
     #[arg(long, env = "OUT_DIR", default_value = "dist")]
     pub out: PathBuf,
+    /// The directory holding the fleet's flake.nix.
+    #[arg(long, default_value = ".")]
+    pub flake: PathBuf,
     /// Check, prepare and build, but only say what would be uploaded and registered.
     #[arg(long)]
     pub dry_run: bool,

@@ -7,6 +7,7 @@
 
 pub mod aws;
 pub mod bootstrap;
+pub mod cancel;
 pub mod ctx;
 pub mod dev;
 pub mod flags;

@@ -8,6 +8,28 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 
+/// A mistake in how the command was called, found after parsing: the CLI
+/// exits 2 for it, as clap does for its own.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// The exit code for an error: 2 for usage errors, 1 for everything else.
+pub fn exit_code(err: &anyhow::Error) -> i32 {
+    if err.chain().any(|e| e.is::<UsageError>()) {
+        2
+    } else {
+        1
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub struct Output {
     pub json: bool,
@@ -58,6 +80,15 @@ impl Output {
                 let _ = write!(w, "{:.0} blocks/s", state.per_sec() / 524_288.0);
             });
         self.bar(len, what, style)
+    }
+
+    /// A spinner for a wait whose length is unknown; its message is the state.
+    pub fn spinner(&self, what: &str) -> ProgressBar {
+        let bar = if self.json { ProgressBar::hidden() } else { ProgressBar::new_spinner() };
+        bar.set_style(style("{spinner} {msg} {elapsed}"));
+        bar.set_message(what.to_string());
+        bar.enable_steady_tick(std::time::Duration::from_millis(200));
+        bar
     }
 
     /// Items done (repositories, objects).

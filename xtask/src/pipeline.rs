@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use serde::Serialize;
 
+use crate::aws::Aws;
 use crate::bootstrap::seeds::{self, PrepareOptions};
 use crate::bootstrap::{self, UploadOptions};
 use crate::dev::fixtures;
-use crate::image::ami;
 use crate::image::build::{self, BuildOptions};
 use crate::image::publish::{self, PublishOptions};
+use crate::image::{ami, ImageManifest};
 use crate::secrets::{self, Sources};
 use crate::{flags, output, project, Ctx};
 
@@ -53,16 +54,17 @@ enum ImagePlan {
 }
 
 /// Why a real NixOS image cannot be built here, if it cannot.
-fn why_no_nix_build(kvm: &Path) -> Option<String> {
+fn why_no_nix_build(flake: &Path, kvm: &Path) -> Option<String> {
     if let Some(why) = build::build_blocker(kvm) {
         return Some(why.split(':').next().unwrap_or_default().to_string());
     }
-    (!project::root().join("flake.nix").exists()).then(|| "this checkout has no flake.nix".to_string())
+    (!flake.join("flake.nix").exists()).then(|| format!("{} has no flake.nix", flake.display()))
 }
 
 /// Throwaway inputs: the shipped registry, a new identity and sample
-/// secrets, two local git repositories as seeds, and an image.
-fn local_inputs(ctx: &Ctx, dir: &Path, host: &str) -> Result<Inputs> {
+/// secrets, two local git repositories as seeds, and an image (built by nix
+/// when it can be, a small sample disk otherwise).
+fn local_inputs(ctx: &Ctx, dir: &Path, host: &str, flake: &Path) -> Result<Inputs> {
     let registry = project::root().join(crate::fleet::DEFAULT_PATH);
     let fleet = fixtures::sample_fleet_for(dir, &registry, |name| format!("local sample value of {name}"))?;
     let mut list = String::from("# throwaway seeds for `pipeline --local`\n");
@@ -72,9 +74,14 @@ fn local_inputs(ctx: &Ctx, dir: &Path, host: &str) -> Result<Inputs> {
     }
     let seeds_list = dir.join("repos.tsv");
     std::fs::write(&seeds_list, list)?;
-    let kvm = PathBuf::from("/dev/kvm");
-    let image = match why_no_nix_build(&kvm) {
-        None => ImagePlan::Build(BuildOptions { host: host.into(), out: dir.join("dist"), kvm_device: kvm }),
+    let kvm = build::kvm_device();
+    let image = match why_no_nix_build(flake, &kvm) {
+        None => ImagePlan::Build(BuildOptions {
+            host: host.into(),
+            flake: flake.to_path_buf(),
+            out: dir.join("dist"),
+            kvm_device: kvm,
+        }),
         Some(why) => {
             ctx.out.note(format!(
                 "--local: {why}, so a small sample raw disk image (64 MiB, sparse) is published instead of a NixOS image"
@@ -99,8 +106,25 @@ fn local_inputs(ctx: &Ctx, dir: &Path, host: &str) -> Result<Inputs> {
     })
 }
 
-pub async fn run(ctx: &Ctx, args: flags::PipelineArgs) -> Result<()> {
-    let scratch = bootstrap::private_workdir()?;
+/// Where the pipeline is, stage by stage: one line each on stderr as it goes.
+struct Progress<'a> {
+    ctx: &'a Ctx,
+    stages: Vec<StageResult>,
+}
+
+impl Progress<'_> {
+    fn done(&mut self, stage: &'static str, summary: String) {
+        self.ctx.out.note(format!("[{}/6] {stage}: {summary}", self.stages.len() + 1));
+        self.stages.push(StageResult { stage, summary });
+    }
+}
+
+/// The error of a stage, naming it.
+fn failed(stage: &'static str) -> impl Fn(anyhow::Error) -> anyhow::Error {
+    move |e| e.context(format!("pipeline stopped: stage `{stage}` failed"))
+}
+
+fn inputs(ctx: &Ctx, args: &flags::PipelineArgs, scratch: &Path) -> Result<Inputs> {
     // --local always works from the shipped registry, wherever it runs from.
     let registry = if ctx.is_local() {
         project::root().join(crate::fleet::DEFAULT_PATH)
@@ -113,32 +137,35 @@ pub async fn run(ctx: &Ctx, args: flags::PipelineArgs) -> Result<()> {
             crate::fleet::Registry::load(&registry)?.instances.into_keys().next().context("the registry is empty")?
         }
     };
-    let inputs = if ctx.is_local() {
-        local_inputs(ctx, scratch.path(), &host)?
-    } else {
-        Inputs {
-            sources: Sources::from_flags(&args.secrets),
-            seeds_list: args.list.clone(),
-            seeds_dir: args.repo_seeds.clone(),
-            bucket: args.bucket.clone().context("no bucket: pass --bucket or set S3_BUCKET")?,
-            image: ImagePlan::Build(BuildOptions { host, out: args.out.clone(), kvm_device: "/dev/kvm".into() }),
-        }
-    };
-    let aws = ctx.aws().await?;
-    let mut stages = Vec::new();
-    let mut done = |stage: &'static str, summary: String| {
-        ctx.out.note(format!("[{:>1}/6] {stage}: {summary}", stages.len() + 1));
-        stages.push(StageResult { stage, summary });
-    };
-    let failed =
-        |stage: &'static str| move |e: anyhow::Error| e.context(format!("pipeline stopped: stage `{stage}` failed"));
+    let flake = project::resolve(&args.flake);
+    if ctx.is_local() {
+        return local_inputs(ctx, scratch, &host, &flake);
+    }
+    let bucket =
+        args.bucket.clone().ok_or_else(|| output::UsageError("no bucket: pass --bucket or set S3_BUCKET".into()))?;
+    Ok(Inputs {
+        sources: Sources::from_flags(&args.secrets),
+        seeds_list: args.list.clone(),
+        seeds_dir: args.repo_seeds.clone(),
+        bucket,
+        image: ImagePlan::Build(BuildOptions {
+            host,
+            flake,
+            out: project::resolve(&args.out),
+            kvm_device: build::kvm_device(),
+        }),
+    })
+}
 
+/// Stages 1-3: secrets check, seeds prepare, bootstrap upload.
+async fn bundles(aws: &Aws, inputs: &Inputs, dry_run: bool, progress: &mut Progress<'_>) -> Result<()> {
+    let out = &progress.ctx.out;
     let (report, _) = secrets::check(&inputs.sources, true);
     if !report.ok {
         let errors: Vec<String> = report.findings.iter().map(|f| f.to_string()).collect();
         return Err(failed("secrets check")(anyhow::anyhow!("{}", errors.join("; "))));
     }
-    done("secrets check", format!("{} secret file(s) present and decrypting", report.decrypted));
+    progress.done("secrets check", format!("{} secret file(s) present and decrypting", report.decrypted));
 
     let prepare = PrepareOptions {
         list: inputs.seeds_list.clone(),
@@ -147,28 +174,28 @@ pub async fn run(ctx: &Ctx, args: flags::PipelineArgs) -> Result<()> {
         allow_partial: false,
         github_token: std::env::var("GITHUB_TOKEN").ok(),
     };
-    let prepared = seeds::prepare(&prepare, &ctx.out).map_err(failed("seeds prepare"))?;
+    let prepared = seeds::prepare(&prepare, out).map_err(failed("seeds prepare"))?;
     if !prepared.failed.is_empty() {
         let names: Vec<_> = prepared.failed.iter().map(|f| format!("{}: {}", f.name, f.error)).collect();
         return Err(failed("seeds prepare")(anyhow::anyhow!("{}", names.join("; "))));
     }
-    done("seeds prepare", format!("{} repo(s) at their branch tips", prepared.repos.len()));
+    progress.done("seeds prepare", format!("{} repo(s) at their branch tips", prepared.repos.len()));
 
     let upload = UploadOptions {
         sources: inputs.sources.clone(),
         seeds_dir: inputs.seeds_dir.clone(),
         bucket: inputs.bucket.clone(),
         instances: vec![],
-        dry_run: args.dry_run,
+        dry_run,
         concurrency: 16,
         source_revision: project::git_revision(),
     };
-    let uploaded = bootstrap::upload(&aws, &upload, &ctx.out).await.map_err(failed("bootstrap upload"))?;
-    done(
+    let uploaded = bootstrap::upload(aws, &upload, out).await.map_err(failed("bootstrap upload"))?;
+    let lead = if dry_run { "dry run, would be: " } else { "" };
+    progress.done(
         "bootstrap upload",
         format!(
-            "{}{} uploaded, {} copied, {} unchanged, {} sent to s3://{}",
-            if args.dry_run { "dry run, would be: " } else { "" },
+            "{lead}{} uploaded, {} copied, {} unchanged, {} sent to s3://{}",
             uploaded.uploaded,
             uploaded.copied,
             uploaded.unchanged,
@@ -176,57 +203,64 @@ pub async fn run(ctx: &Ctx, args: flags::PipelineArgs) -> Result<()> {
             inputs.bucket
         ),
     );
+    Ok(())
+}
 
-    let image_json = match &inputs.image {
+/// Stage 4: the image this run publishes, and where it is described.
+async fn image(inputs: &Inputs, progress: &mut Progress<'_>) -> Result<(ImageManifest, PathBuf)> {
+    match &inputs.image {
         ImagePlan::Build(opts) => {
             let opts = opts.clone();
+            let json = build::image_json(&opts.out);
             let built =
                 tokio::task::spawn_blocking(move || build::build(&opts)).await?.map_err(failed("image-build"))?;
-            done("image-build", built.to_string().trim().to_string());
-            args.out.join("image.json")
+            progress.done("image-build", built.to_string().trim().to_string());
+            Ok((built, json))
         }
         ImagePlan::Prepared(json) => {
-            let m = crate::image::ImageManifest::load(json).map_err(failed("image-build"))?;
-            done("image-build", format!("skipped, sample {}", m.to_string().trim()));
-            json.clone()
+            let m = ImageManifest::load(json).map_err(failed("image-build"))?;
+            progress.done("image-build", format!("skipped, sample {}", m.to_string().trim()));
+            Ok((m, json.clone()))
         }
-    };
+    }
+}
 
-    let mut publish_opts = PublishOptions::new(image_json);
+pub async fn run(ctx: &Ctx, args: flags::PipelineArgs) -> Result<()> {
+    let scratch = bootstrap::private_workdir()?;
+    let inputs = inputs(ctx, &args, scratch.path())?;
+    let aws = ctx.aws().await?;
+    let mut progress = Progress { ctx, stages: Vec::new() };
+    bundles(&aws, &inputs, args.dry_run, &mut progress).await?;
+    let (built, json) = image(&inputs, &mut progress).await?;
+
+    // Stage 5: publish exactly what stage 4 handed over.
+    let mut publish_opts = PublishOptions::new(json);
     publish_opts.bucket = Some(inputs.bucket.clone());
     publish_opts.dry_run = args.dry_run;
-    let cancel = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let published = publish::publish(&aws, &publish_opts, &ctx.out, cancel).await.map_err(failed("image publish"))?;
+    let published = publish::publish_image(&aws, &built, &publish_opts, &ctx.out, &ctx.cancel)
+        .await
+        .map_err(failed("image publish"))?;
+    let ami_id = published.ami_id.clone();
     if args.dry_run {
-        done("image publish", published.to_string().trim().replace('\n', "; "));
-        let ami_id = published.ami_id.clone();
-        done(
-            "ami latest",
-            if ami_id.is_empty() { format!("would be the new {}", published.name) } else { ami_id.clone() },
-        );
-        drop(scratch);
-        return ctx.out.emit(&PipelineReport { local: ctx.is_local(), stages, ami_id });
+        progress.done("image publish", published.to_string().trim().replace('\n', "; "));
+        let latest = if ami_id.is_empty() { format!("would be the new {}", published.name) } else { ami_id.clone() };
+        progress.done("ami latest", latest);
+        return ctx.out.emit(&PipelineReport { local: ctx.is_local(), stages: progress.stages, ami_id });
     }
-    done(
-        "image publish",
-        if published.already_published {
-            format!("{} already published; nothing sent", published.ami_id)
-        } else {
-            format!(
-                "{} from {} ({} sent)",
-                published.ami_id,
-                published.snapshot_id.as_deref().unwrap_or("-"),
-                indicatif::HumanBytes(published.bytes_sent)
-            )
-        },
-    );
+    let summary = if published.already_published {
+        format!("{ami_id} already published; nothing sent")
+    } else {
+        let snapshot = published.snapshot_id.as_deref().unwrap_or("-");
+        format!("{ami_id} from {snapshot} ({} sent)", indicatif::HumanBytes(published.bytes_sent))
+    };
+    progress.done("image publish", summary);
 
+    // Stage 6: what `ami latest` now selects; the output is the AMI this run published.
     let latest = ami::latest(&aws.ec2(), None).await.map_err(failed("ami latest"))?;
-    let ami_id = latest.image_id().unwrap_or_default().to_string();
-    done("ami latest", format!("{ami_id} ({})", latest.name().unwrap_or_default()));
+    let latest_id = latest.image_id().unwrap_or_default();
+    let note = if latest_id == ami_id { String::new() } else { format!("; a newer fleet AMI {latest_id} exists") };
+    progress.done("ami latest", format!("{ami_id} ({}){note}", published.name));
     output::github_output("ami_id", &ami_id)?;
     drop(scratch);
-    ctx.out.emit(&PipelineReport { local: ctx.is_local(), stages, ami_id })
+    ctx.out.emit(&PipelineReport { local: ctx.is_local(), stages: progress.stages, ami_id })
 }

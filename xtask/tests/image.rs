@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use common::{env, Env};
+use xtask::cancel::Cancel;
 use xtask::dev::fixtures::{sample_raw_image, write_image_json};
-use xtask::image::ami;
+use xtask::image::ami::{self, Identity, PruneOptions};
 use xtask::image::publish::{self, PublishOptions, Via};
 use xtask::image::snapshot::BLOCK_SIZE;
 use xtask::output::Output;
@@ -37,8 +38,12 @@ fn sample(env: &Env, name: &str, seed: u64) -> (PathBuf, PathBuf) {
     (image, json)
 }
 
-fn never() -> std::future::Pending<()> {
-    std::future::pending()
+fn never() -> Cancel {
+    Cancel::new()
+}
+
+fn identity(manifest: &xtask::image::ImageManifest) -> Identity {
+    Identity { sha256: manifest.sha256.clone(), kms_key: None }
 }
 
 async fn snapshot_blocks(env: &Env, snapshot_id: &str) -> BTreeSet<i32> {
@@ -79,7 +84,7 @@ async fn ebs_direct_sends_exactly_the_data_blocks_and_registers_the_ami() {
     let env = env().await;
     let (image, json) = sample(&env, "img", 1);
     env.emulator.start_recording().unwrap();
-    let report = publish::publish(&env.aws, &PublishOptions::new(json.clone()), &OUT, never()).await.unwrap();
+    let report = publish::publish(&env.aws, &PublishOptions::new(json.clone()), &OUT, &never()).await.unwrap();
     assert!(!report.already_published);
     assert_eq!(report.blocks_total, 12);
     assert_eq!(report.blocks_sent, 4, "{report:?}");
@@ -92,9 +97,10 @@ async fn ebs_direct_sends_exactly_the_data_blocks_and_registers_the_ami() {
     let ec2 = env.aws.ec2();
     let images = ec2.describe_images().image_ids(&report.ami_id).send().await.unwrap();
     let ami_image = &images.images()[0];
-    assert_eq!(ami_image.name(), Some(manifest.ami_name().as_str()));
-    assert!(manifest.ami_name().starts_with("clawdinator-nixos-25.05.20250101.abcdef0-"));
-    for (k, v) in xtask::image::ami::fleet_tags(&manifest) {
+    let name = manifest.ami_name_for(&identity(&manifest));
+    assert_eq!(ami_image.name(), Some(name.as_str()));
+    assert!(name.starts_with("clawdinator-nixos-25.05.20250101.abcdef0-"));
+    for (k, v) in ami::fleet_tags(&manifest, &identity(&manifest)) {
         assert_eq!(ami::tag(ami_image, &k), Some(v.as_str()), "AMI tag {k}");
     }
     let snaps = ec2.describe_snapshots().snapshot_ids(&snapshot_id).send().await.unwrap();
@@ -138,7 +144,7 @@ async fn ebs_direct_sends_exactly_the_data_blocks_and_registers_the_ami() {
 
     // A second publish sends nothing and returns the same AMI.
     env.emulator.start_recording().unwrap();
-    let again = publish::publish(&env.aws, &PublishOptions::new(json), &OUT, never()).await.unwrap();
+    let again = publish::publish(&env.aws, &PublishOptions::new(json), &OUT, &never()).await.unwrap();
     assert!(again.already_published);
     assert_eq!((again.ami_id.as_str(), again.bytes_sent), (report.ami_id.as_str(), 0));
     let requests = env.emulator.recorded_requests().unwrap();
@@ -151,7 +157,7 @@ async fn an_encrypted_snapshot_gets_every_block() {
     let (image, json) = sample(&env, "img", 2);
     let mut opts = PublishOptions::new(json);
     opts.kms_key = Some("arn:aws:kms:us-east-1:123456789012:key/test".into());
-    let report = publish::publish(&env.aws, &opts, &OUT, never()).await.unwrap();
+    let report = publish::publish(&env.aws, &opts, &OUT, &never()).await.unwrap();
     assert_eq!(report.blocks_sent, 12);
     read_back_and_compare(&env, report.snapshot_id.as_deref().unwrap(), &image, &(0..12).collect()).await;
 }
@@ -167,9 +173,10 @@ async fn an_interrupted_ebs_upload_leaves_no_snapshot() {
     let mut opts = PublishOptions::new(json);
     opts.workers = 2;
     // Stop once a few blocks are in: the same path Ctrl-C takes.
-    let ebs = env.aws.ebs();
-    let ec2 = env.aws.ec2();
-    let cancel = async {
+    let (ebs, ec2) = (env.aws.ebs(), env.aws.ec2());
+    let cancel = Cancel::new();
+    let trigger = cancel.clone();
+    tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_millis(5)).await;
             let snaps = ec2.describe_snapshots().owner_ids("self").send().await.unwrap();
@@ -178,13 +185,15 @@ async fn an_interrupted_ebs_upload_leaves_no_snapshot() {
                 let blocks =
                     ebs.list_snapshot_blocks().snapshot_id(id).send().await.map(|b| b.blocks().len()).unwrap_or(0);
                 if blocks >= 3 {
-                    return;
+                    return trigger.cancel();
                 }
             }
         }
-    };
-    let err = publish::publish(&env.aws, &opts, &OUT, cancel).await.unwrap_err();
+    });
+    let err = publish::publish(&env.aws, &opts, &OUT, &cancel).await.unwrap_err();
     assert!(format!("{err:#}").contains("interrupted"), "{err:#}");
+    assert!(format!("{err:#}").contains("was deleted"), "{err:#}");
+    let ec2 = env.aws.ec2();
     let left = ec2.describe_snapshots().owner_ids("self").send().await.unwrap();
     assert!(left.snapshots().is_empty(), "left behind: {:?}", left.snapshots());
     assert!(ec2.describe_images().owners("self").send().await.unwrap().images().is_empty());
@@ -213,13 +222,13 @@ async fn s3_import_publishes_and_cleans_up() {
     let env = env().await;
     vmimport_role(&env, &env.bucket).await;
     let (_, json) = sample(&env, "img", 4);
-    let report = publish::publish(&env.aws, &s3_opts(json.clone(), &env.bucket), &OUT, never()).await.unwrap();
+    let report = publish::publish(&env.aws, &s3_opts(json.clone(), &env.bucket), &OUT, &never()).await.unwrap();
     assert_eq!(report.bytes_sent, 6 * MIB);
     assert!(env.keys().await.is_empty(), "the uploaded object was not deleted");
     let snapshot_id = report.snapshot_id.clone().unwrap();
     let snaps = env.aws.ec2().describe_snapshots().snapshot_ids(&snapshot_id).send().await.unwrap();
     assert!(snaps.snapshots()[0].tags().iter().any(|t| t.key() == Some(ami::TAG_SHA256)));
-    let again = publish::publish(&env.aws, &s3_opts(json, &env.bucket), &OUT, never()).await.unwrap();
+    let again = publish::publish(&env.aws, &s3_opts(json, &env.bucket), &OUT, &never()).await.unwrap();
     assert!(again.already_published && again.ami_id == report.ami_id);
 }
 
@@ -227,10 +236,10 @@ async fn s3_import_publishes_and_cleans_up() {
 async fn s3_import_preflight_refuses_before_uploading() {
     let env = env().await;
     let (_, json) = sample(&env, "img", 5);
-    let err = publish::publish(&env.aws, &s3_opts(json.clone(), &env.bucket), &OUT, never()).await.unwrap_err();
+    let err = publish::publish(&env.aws, &s3_opts(json.clone(), &env.bucket), &OUT, &never()).await.unwrap_err();
     assert!(format!("{err:#}").contains("vmimport service role is missing"), "{err:#}");
     vmimport_role(&env, "some-other-bucket").await;
-    let err = publish::publish(&env.aws, &s3_opts(json, &env.bucket), &OUT, never()).await.unwrap_err();
+    let err = publish::publish(&env.aws, &s3_opts(json, &env.bucket), &OUT, &never()).await.unwrap_err();
     assert!(format!("{err:#}").contains("may not read s3://clawdinator-test/"), "{err:#}");
     assert!(env.keys().await.is_empty());
 }
@@ -248,12 +257,15 @@ async fn an_interrupted_s3_upload_resumes() {
     opts.workers = 1;
     let s3c = env.aws.s3();
     let bucket = env.bucket.clone();
-    let cancel = async {
+    let cancel = Cancel::new();
+    let trigger = cancel.clone();
+    let watcher = s3c.clone();
+    tokio::spawn(async move {
         loop {
             tokio::time::sleep(Duration::from_millis(5)).await;
-            let uploads = s3c.list_multipart_uploads().bucket(&bucket).send().await.unwrap();
+            let uploads = watcher.list_multipart_uploads().bucket(&bucket).send().await.unwrap();
             if let Some(u) = uploads.uploads().first() {
-                let parts = s3c
+                let parts = watcher
                     .list_parts()
                     .bucket(&bucket)
                     .key(u.key().unwrap())
@@ -262,18 +274,18 @@ async fn an_interrupted_s3_upload_resumes() {
                     .await
                     .unwrap();
                 if parts.parts().len() >= 2 {
-                    return;
+                    return trigger.cancel();
                 }
             }
         }
-    };
-    let err = publish::publish(&env.aws, &opts, &OUT, cancel).await.unwrap_err();
+    });
+    let err = publish::publish(&env.aws, &opts, &OUT, &cancel).await.unwrap_err();
     assert!(format!("{err:#}").contains("resumes on the next run"), "{err:#}");
     let uploads = s3c.list_multipart_uploads().bucket(&env.bucket).send().await.unwrap();
     assert_eq!(uploads.uploads().len(), 1);
 
     // The re-run sends only the missing parts.
-    let report = publish::publish(&env.aws, &s3_opts(json, &env.bucket), &OUT, never()).await.unwrap();
+    let report = publish::publish(&env.aws, &s3_opts(json, &env.bucket), &OUT, &never()).await.unwrap();
     assert!(report.bytes_sent > 0 && report.bytes_sent <= 96 * MIB - 16 * MIB, "sent {}", report.bytes_sent);
     let uploads = s3c.list_multipart_uploads().bucket(&env.bucket).send().await.unwrap();
     assert!(uploads.uploads().is_empty());
@@ -288,7 +300,7 @@ async fn an_import_failure_surfaces_the_status_message() {
     let image = dir.join("disk.raw");
     std::fs::write(&image, vec![7u8; MIB as usize]).unwrap();
     let json = write_image_json(&dir, &image, "nombr").unwrap();
-    let err = publish::publish(&env.aws, &s3_opts(json, &env.bucket), &OUT, never()).await.unwrap_err();
+    let err = publish::publish(&env.aws, &s3_opts(json, &env.bucket), &OUT, &never()).await.unwrap_err();
     let text = format!("{err:#}");
     assert!(text.contains("failed (deleted): ClientError: Disk validation failed"), "{text}");
     assert!(env.aws.ec2().describe_images().owners("self").send().await.unwrap().images().is_empty());
@@ -302,7 +314,7 @@ async fn bad_input_fails_before_any_aws_call() {
     let check = |path: PathBuf, expect: &'static str| {
         let aws = env.aws.clone();
         async move {
-            let err = publish::publish(&aws, &PublishOptions::new(path), &OUT, never()).await.unwrap_err();
+            let err = publish::publish(&aws, &PublishOptions::new(path), &OUT, &never()).await.unwrap_err();
             assert!(format!("{err:#}").contains(expect), "{err:#}");
         }
     };
@@ -320,7 +332,7 @@ async fn bad_input_fails_before_any_aws_call() {
 
 async fn publish_sample(env: &Env, seed: u64) -> String {
     let (_, json) = sample(env, &format!("img{seed}"), seed);
-    publish::publish(&env.aws, &PublishOptions::new(json), &OUT, never()).await.unwrap().ami_id
+    publish::publish(&env.aws, &PublishOptions::new(json), &OUT, &never()).await.unwrap().ami_id
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -328,7 +340,7 @@ async fn latest_none_ties_and_overrides() {
     let env = env().await;
     let ec2 = env.aws.ec2();
     let err = ami::latest(&ec2, None).await.unwrap_err();
-    assert!(format!("{err:#}").contains("no fleet AMI"), "{err:#}");
+    assert!(format!("{err:#}").contains("no available fleet AMI"), "{err:#}");
 
     // Published within the same second: the tie is broken by id, every time.
     let a = publish_sample(&env, 10).await;
@@ -382,7 +394,7 @@ async fn prune_never_removes_the_latest_or_one_in_use() {
     let newest = publish_sample(&env, 22).await;
     ec2.run_instances().image_id(&oldest).min_count(1).max_count(1).send().await.unwrap();
 
-    let plan = ami::prune(&ec2, 1, None, true).await.unwrap();
+    let plan = ami::prune(&ec2, &PruneOptions { keep: 1, dry_run: true, ..Default::default() }).await.unwrap();
     assert_eq!(plan.removed.iter().map(|r| r.image_id.as_str()).collect::<Vec<_>>(), [middle.as_str()]);
     assert_eq!(ami::fleet_images(&ec2).await.unwrap().len(), 3, "dry run removed something");
 
@@ -391,7 +403,7 @@ async fn prune_never_removes_the_latest_or_one_in_use() {
     assert_eq!(used.used_by.len(), 1);
 
     let middle_snapshots = plan.removed[0].snapshots.clone();
-    let done = ami::prune(&ec2, 0, None, false).await.unwrap();
+    let done = ami::prune(&ec2, &PruneOptions::default()).await.unwrap();
     assert_eq!(done.removed.len(), 1);
     let left: Vec<_> =
         ami::fleet_images(&ec2).await.unwrap().iter().map(|i| i.image_id().unwrap().to_string()).collect();
@@ -400,7 +412,9 @@ async fn prune_never_removes_the_latest_or_one_in_use() {
     assert!(snaps.snapshots().iter().all(|s| !middle_snapshots.contains(&s.snapshot_id().unwrap().to_string())));
 
     // --older-than keeps everything younger.
-    let recent = ami::prune(&ec2, 0, Some(1), true).await.unwrap();
+    let recent = ami::prune(&ec2, &PruneOptions { older_than_days: Some(1), dry_run: true, ..Default::default() })
+        .await
+        .unwrap();
     assert!(recent.removed.is_empty());
 }
 
@@ -411,7 +425,7 @@ async fn copies_and_deprecation() {
     let mut opts = PublishOptions::new(json);
     opts.copy_to_regions = vec!["eu-west-1".into(), "us-east-1".into()];
     opts.deprecate_after_days = Some(90);
-    let report = publish::publish(&env.aws, &opts, &OUT, never()).await.unwrap();
+    let report = publish::publish(&env.aws, &opts, &OUT, &never()).await.unwrap();
     assert_eq!(report.copies.len(), 1, "the source region is not copied to itself");
     let copy = report.copies["eu-west-1"].clone();
     let eu = env.aws.with_region("eu-west-1").ec2();
@@ -422,7 +436,7 @@ async fn copies_and_deprecation() {
     let source = env.aws.ec2().describe_images().image_ids(&report.ami_id).send().await.unwrap();
     assert!(source.images()[0].deprecation_time().unwrap() > "2026");
 
-    let again = publish::publish(&env.aws, &opts, &OUT, never()).await.unwrap();
+    let again = publish::publish(&env.aws, &opts, &OUT, &never()).await.unwrap();
     assert_eq!(again.copies["eu-west-1"], copy);
 }
 
@@ -434,7 +448,7 @@ async fn publish_dry_run_writes_nothing() {
     opts.dry_run = true;
     opts.copy_to_regions = vec!["eu-west-1".into()];
     env.emulator.start_recording().unwrap();
-    let plan = publish::publish(&env.aws, &opts, &OUT, never()).await.unwrap();
+    let plan = publish::publish(&env.aws, &opts, &OUT, &never()).await.unwrap();
     assert!(plan.dry_run && !plan.already_published);
     assert_eq!((plan.blocks_sent, plan.bytes_sent), (4, 4 * BLOCK_SIZE));
     assert!(plan.copies.contains_key("eu-west-1"));
@@ -452,7 +466,73 @@ async fn publish_dry_run_writes_nothing() {
     assert!(writes.is_empty(), "{writes:#?}");
     assert!(env.aws.ec2().describe_snapshots().owner_ids("self").send().await.unwrap().snapshots().is_empty());
 
-    let real = publish::publish(&env.aws, &PublishOptions::new(json), &OUT, never()).await.unwrap();
-    let again = publish::publish(&env.aws, &opts, &OUT, never()).await.unwrap();
+    let real = publish::publish(&env.aws, &PublishOptions::new(json), &OUT, &never()).await.unwrap();
+    let again = publish::publish(&env.aws, &opts, &OUT, &never()).await.unwrap();
     assert!(again.already_published && again.ami_id == real.ami_id);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_available_amis_are_latest_and_the_newest_available_is_never_pruned() {
+    let env = env().await;
+    let ec2 = env.aws.ec2();
+    let older = publish_sample(&env, 50).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let newer = publish_sample(&env, 51).await;
+    env.emulator.set_image_state(&newer, "pending").unwrap();
+    assert_eq!(ami::latest(&ec2, None).await.unwrap().image_id(), Some(older.as_str()));
+    let err = ami::latest(&ec2, Some(&newer)).await.unwrap_err();
+    assert!(format!("{err:#}").contains("is pending, not available"), "{err:#}");
+    let plan = ami::prune(&ec2, &PruneOptions { keep: 1, dry_run: true, ..Default::default() }).await.unwrap();
+    assert!(plan.removed.is_empty(), "{plan}");
+
+    env.emulator.set_image_state(&newer, "failed").unwrap();
+    assert_eq!(ami::latest(&ec2, None).await.unwrap().image_id(), Some(older.as_str()));
+    let done = ami::prune(&ec2, &PruneOptions { keep: 1, ..Default::default() }).await.unwrap();
+    assert_eq!(done.removed.iter().map(|r| r.image_id.as_str()).collect::<Vec<_>>(), [newer.as_str()]);
+    assert_eq!(ami::latest(&ec2, None).await.unwrap().image_id(), Some(older.as_str()));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_spares_stopped_instances_and_launch_templates_and_goes_on_past_a_failed_snapshot() {
+    let env = env().await;
+    let ec2 = env.aws.ec2();
+    let mut ids = Vec::new();
+    for seed in 60..65 {
+        ids.push(publish_sample(&env, seed).await);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+    }
+    let [stopped, templated, failing, plain, _newest] = ids.clone().try_into().unwrap();
+    let run = ec2.run_instances().image_id(&stopped).min_count(1).max_count(1).send().await.unwrap();
+    let instance = run.instances()[0].instance_id().unwrap().to_string();
+    ec2.stop_instances().instance_ids(&instance).send().await.unwrap();
+    ec2.create_launch_template()
+        .launch_template_name("fleet")
+        .launch_template_data(aws_sdk_ec2::types::RequestLaunchTemplateData::builder().image_id(&templated).build())
+        .send()
+        .await
+        .unwrap();
+    let listed = ami::list(&ec2).await.unwrap();
+    let failing_snapshot = listed.images.iter().find(|r| r.image_id == failing).unwrap().snapshots[0].clone();
+    env.emulator
+        .inject(serde_json::json!({"operation": "DeleteSnapshot", "match": failing_snapshot, "times": 3}))
+        .unwrap();
+
+    let report = ami::prune(&ec2, &PruneOptions { keep: 1, ..Default::default() }).await.unwrap();
+    let removed: BTreeSet<&str> = report.removed.iter().map(|r| r.image_id.as_str()).collect();
+    assert_eq!(removed, BTreeSet::from([failing.as_str(), plain.as_str()]), "{report}");
+    let kept: Vec<&str> = report.kept.iter().map(|(id, _)| id.as_str()).collect();
+    assert!(kept.contains(&stopped.as_str()) && kept.contains(&templated.as_str()), "{report}");
+    assert!(report.to_string().contains("launch template fleet"), "{report}");
+    assert_eq!(report.failures.len(), 1, "{report}");
+    assert!(report.failures[0].0 == failing_snapshot && report.failures[0].1.contains("DeleteSnapshot"), "{report}");
+    let left = ami::fleet_images(&ec2).await.unwrap();
+    assert!(left.iter().all(|i| i.image_id() != Some(plain.as_str()) && i.image_id() != Some(failing.as_str())));
+
+    // The snapshot left behind is now an orphan: listed, deleted only with --orphans.
+    let listed = ami::prune(&ec2, &PruneOptions { keep: 1, dry_run: true, ..Default::default() }).await.unwrap();
+    assert_eq!(listed.orphans, std::slice::from_ref(&failing_snapshot));
+    let cleaned = ami::prune(&ec2, &PruneOptions { keep: 1, orphans: true, ..Default::default() }).await.unwrap();
+    assert!(cleaned.failures.is_empty(), "{cleaned}");
+    let snaps = ec2.describe_snapshots().owner_ids("self").send().await.unwrap();
+    assert!(snaps.snapshots().iter().all(|s| s.snapshot_id() != Some(failing_snapshot.as_str())));
 }

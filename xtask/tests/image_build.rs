@@ -2,32 +2,12 @@
 //! writes the output tree nixpkgs' amazon image produces. The real build
 //! needs nix and KVM and is not run here.
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 
-const FAKE_NIX: &str = r#"#!/bin/sh
-case "$1" in
-  --version) echo "nix (Nix) 2.24.9" ;;
-  config) echo "$FAKE_FEATURES" ;;
-  build)
-    echo "$@" > "$FAKE_STORE/args"
-    [ "$2" = ".#nixosConfigurations.clawdinator-1.config.system.build.images.amazon" ] || { echo "unexpected installable $2" >&2; exit 1; }
-    out="$FAKE_STORE/0123456789abcdfghijklmnpqrsvwxyz-nixos-amazon-image-25.05"
-    mkdir -p "$out/nix-support"
-    img="$out/nixos-amazon-image-25.05.20250101.abcdef0-x86_64-linux.raw"
-    head -c 3145728 /dev/zero > "$img"
-    printf 'NixOS root' | dd of="$img" bs=1 seek=1048576 conv=notrunc 2>/dev/null
-    cat > "$out/nix-support/image-info.json" <<JSON
-{"label": "25.05.20250101.abcdef0", "system": "x86_64-linux", "boot_mode": "legacy-bios", "logical_bytes": "3145728", "file": "$img"}
-JSON
-    shift 2
-    while [ $# -gt 0 ]; do [ "$1" = "--out-link" ] && ln -sfn "$out" "$2"; shift; done
-    echo "building the image (stand-in)" >&2
-    echo "$out"
-    ;;
-  *) echo "unexpected nix call: $*" >&2; exit 1 ;;
-esac
-"#;
+use common::stand_in_nix;
 
 struct Run {
     code: i32,
@@ -39,6 +19,8 @@ fn image_build(dir: &Path, path: &str, features: &str, kvm: &Path) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args(["--json", "image-build", "--host", "clawdinator-1", "--out"])
         .arg(dir.join("dist"))
+        .arg("--flake")
+        .arg(dir.join("flake"))
         .env("PATH", path)
         .env("FAKE_STORE", dir.join("store"))
         .env("FAKE_FEATURES", features)
@@ -53,16 +35,8 @@ fn image_build(dir: &Path, path: &str, features: &str, kvm: &Path) -> Run {
 }
 
 fn setup() -> (tempfile::TempDir, String, std::path::PathBuf) {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let bin = dir.path().join("bin");
-    std::fs::create_dir_all(&bin).unwrap();
-    std::fs::create_dir_all(dir.path().join("store")).unwrap();
-    std::fs::write(bin.join("nix"), FAKE_NIX).unwrap();
-    std::fs::set_permissions(bin.join("nix"), std::fs::Permissions::from_mode(0o755)).unwrap();
-    let kvm = dir.path().join("kvm");
-    std::fs::write(&kvm, "").unwrap();
-    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let (path, kvm) = stand_in_nix(dir.path());
     (dir, path, kvm)
 }
 

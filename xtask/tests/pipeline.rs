@@ -69,3 +69,39 @@ fn pipeline_local_dry_run_says_what_it_would_do() {
     assert!(stages[4]["summary"].as_str().unwrap().starts_with("dry run: would send"), "{stages:?}");
     assert!(stages[5]["summary"].as_str().unwrap().starts_with("would be the new clawdinator-nixos-"), "{stages:?}");
 }
+
+/// Where nix and KVM are (here: the stand-in), `--local` builds the image and
+/// publishes exactly what it built; the output is that AMI.
+#[test]
+fn pipeline_local_publishes_the_image_it_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let (path, kvm) = common::stand_in_nix(dir.path());
+    let github_output = dir.path().join("github-output");
+    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["--json", "--local", "pipeline", "--flake"])
+        .arg(dir.path().join("flake"))
+        .current_dir(xtask::project::root())
+        .env("PATH", path)
+        .env("FAKE_STORE", dir.path().join("store"))
+        .env("FAKE_FEATURES", "nix-command flakes")
+        .env("CLAWDINATOR_KVM_DEVICE", kvm)
+        .env("GITHUB_OUTPUT", &github_output)
+        .env_remove("AWS_ENDPOINT_URL")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("building the image (stand-in)"), "{stderr}");
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let stages = report["stages"].as_array().unwrap();
+    // The stand-in's image: 3 MiB of zeros with "NixOS root" at 1 MiB.
+    let mut image = vec![0u8; 3 << 20];
+    image[1 << 20..(1 << 20) + 10].copy_from_slice(b"NixOS root");
+    let sha = xtask::bootstrap::archive::sha256_hex(&image);
+    let built = stages[3]["summary"].as_str().unwrap();
+    assert!(built.contains(&sha) && !built.starts_with("skipped"), "{stages:?}");
+    let ami = report["amiId"].as_str().unwrap();
+    let published = stages[4]["summary"].as_str().unwrap();
+    assert!(published.starts_with(ami) && published.contains("512.00 KiB sent"), "{stages:?}");
+    assert_eq!(std::fs::read_to_string(&github_output).unwrap(), format!("ami_id={ami}\n"));
+}

@@ -2,6 +2,7 @@
 //! `AWS_ENDPOINT_URL`, explicit timeouts and a single retry layer.
 
 pub mod emulator;
+pub mod iam;
 pub mod s3;
 
 use std::time::Duration;
@@ -147,6 +148,10 @@ impl Aws {
         }
     }
 
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
     pub fn region(&self) -> Option<&str> {
         self.config.region().map(|r| r.as_ref())
     }
@@ -226,7 +231,9 @@ where
                 || code == "Forbidden"
                 || http_403
             {
-                cause.push_str(&format!(" (the caller needs the IAM permission {})", iam_action(operation)));
+                if let Some(action) = iam::action_for(operation) {
+                    cause.push_str(&format!(" (the caller needs the IAM permission {action})"));
+                }
             }
             cause
         }
@@ -240,16 +247,6 @@ where
         _ => DisplayErrorContext(&err).to_string(),
     };
     anyhow::anyhow!("{operation}{target} failed: {cause}")
-}
-
-/// "S3 PutObject" -> "s3:PutObject".
-fn iam_action(operation: &str) -> String {
-    let (service, action) = operation.rsplit_once(' ').unwrap_or(("", operation));
-    let prefix = match service {
-        "Secrets Manager" => "secretsmanager".to_string(),
-        other => other.to_lowercase(),
-    };
-    format!("{prefix}:{action}")
 }
 
 /// The AWS error code of an SDK error, when the service answered with one.

@@ -147,43 +147,6 @@ pub fn check_emulator() -> Check {
     check("local emulator", "--local, cargo xtask test", result)
 }
 
-/// Does an IAM trust policy document (URL-encoded JSON, as IAM returns it)
-/// allow VM Import (`vmie.amazonaws.com`) to assume the role?
-pub fn trusts_vmie(document: &str) -> bool {
-    let decoded = percent_decode(document);
-    let Ok(policy) = serde_json::from_str::<serde_json::Value>(&decoded) else { return false };
-    let statements = match &policy["Statement"] {
-        serde_json::Value::Array(items) => items.clone(),
-        single => vec![single.clone()],
-    };
-    statements.iter().any(|s| {
-        s["Effect"] == "Allow"
-            && match &s["Principal"]["Service"] {
-                serde_json::Value::String(svc) => svc == "vmie.amazonaws.com",
-                serde_json::Value::Array(svcs) => svcs.iter().any(|v| v == "vmie.amazonaws.com"),
-                _ => false,
-            }
-    })
-}
-
-pub(crate) fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 pub async fn check_aws(aws: &aws::Aws) -> Vec<Check> {
     let region = match aws.region() {
         Some(r) => check("region", "every AWS command", Ok(r.to_string())),
@@ -204,7 +167,7 @@ pub async fn check_aws(aws: &aws::Aws) -> Vec<Check> {
     let vmimport = match aws.iam().get_role().role_name("vmimport").send().await {
         Ok(out) => {
             let doc = out.role.and_then(|r| r.assume_role_policy_document).unwrap_or_default();
-            if trusts_vmie(&doc) {
+            if aws::iam::trusts_service(&doc, "vmie.amazonaws.com") {
                 Ok("role vmimport exists and trusts vmie.amazonaws.com".to_string())
             } else {
                 Err(missing(

@@ -17,20 +17,50 @@ pub const TAG_STORE_PATH: &str = "clawdinator:nix-store-path";
 pub const TAG_REVISION: &str = "clawdinator:git-revision";
 pub const TAG_MANAGED_BY: &str = "ManagedBy";
 pub const MANAGED_BY: &str = "clawdinators-xtask";
+/// The KMS key the snapshot was asked to be encrypted with, or `default`.
+pub const TAG_KMS_KEY: &str = "clawdinator:kms-key";
+const KMS_DEFAULT: &str = "default";
+
+/// What makes two publishes the same AMI: the image's bytes and the key its
+/// snapshot is encrypted with. An `--kms-key` publish never returns an AMI
+/// published without it, nor the reverse.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Identity {
+    pub sha256: String,
+    pub kms_key: Option<String>,
+}
+
+impl Identity {
+    pub fn kms_tag(&self) -> &str {
+        self.kms_key.as_deref().unwrap_or(KMS_DEFAULT)
+    }
+
+    /// DescribeImages/DescribeSnapshots filters that match exactly this identity.
+    pub fn filters(&self) -> Vec<Filter> {
+        vec![filter(&format!("tag:{TAG_SHA256}"), &self.sha256), filter(&format!("tag:{TAG_KMS_KEY}"), self.kms_tag())]
+    }
+}
+
+impl fmt::Display for Identity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "tag {TAG_SHA256}={}, {TAG_KMS_KEY}={}", self.sha256, self.kms_tag())
+    }
+}
 
 /// The tags every fleet AMI and its snapshot carry.
-pub fn fleet_tags(image: &ImageManifest) -> Vec<(String, String)> {
+pub fn fleet_tags(image: &ImageManifest, identity: &Identity) -> Vec<(String, String)> {
     let mut revision = image.source_revision.clone().unwrap_or_else(|| "unknown".into());
     if image.dirty {
         revision.push_str("-dirty");
     }
     vec![
-        ("Name".into(), image.ami_name()),
+        ("Name".into(), image.ami_name_for(identity)),
         (TAG_FLEET.into(), "true".into()),
         (TAG_APP.into(), "clawdinator".into()),
         (TAG_SHA256.into(), image.sha256.clone()),
         (TAG_STORE_PATH.into(), image.store_path.clone()),
         (TAG_REVISION.into(), revision),
+        (TAG_KMS_KEY.into(), identity.kms_tag().into()),
         (TAG_MANAGED_BY.into(), MANAGED_BY.into()),
     ]
 }
@@ -74,26 +104,28 @@ pub fn sort_newest_first(images: &mut [Image]) {
     });
 }
 
-/// The fleet AMI built from the image with this SHA-256, if one exists.
-pub async fn find_by_sha256(ec2: &aws_sdk_ec2::Client, sha256: &str) -> Result<Option<Image>> {
+fn state(image: &Image) -> &str {
+    image.state().map(|s| s.as_str()).unwrap_or_default()
+}
+
+/// The fleet AMI of this identity that is available or on its way, if any.
+pub async fn find(ec2: &aws_sdk_ec2::Client, identity: &Identity) -> Result<Option<Image>> {
     let out = ec2
         .describe_images()
         .owners("self")
-        .filters(filter(&format!("tag:{TAG_SHA256}"), sha256))
+        .set_filters(Some(identity.filters()))
         .send()
         .await
-        .map_err(|e| aws::error("EC2 DescribeImages", &format!("tag {TAG_SHA256}={sha256}"), e))?;
-    let mut images: Vec<Image> = out
-        .images()
-        .iter()
-        .filter(|i| matches!(i.state().map(|s| s.as_str()), Some("available") | Some("pending")))
-        .cloned()
-        .collect();
+        .map_err(|e| aws::error("EC2 DescribeImages", &identity.to_string(), e))?;
+    let mut images: Vec<Image> =
+        out.images().iter().filter(|i| matches!(state(i), "available" | "pending")).cloned().collect();
     sort_newest_first(&mut images);
     Ok(images.into_iter().next())
 }
 
-/// The newest fleet AMI, or the override after checking it is a fleet AMI.
+/// The newest *available* fleet AMI (a pending or failed newer one is not a
+/// candidate), or the override after checking it exists, is available and
+/// is a fleet AMI.
 pub async fn latest(ec2: &aws_sdk_ec2::Client, override_id: Option<&str>) -> Result<Image> {
     if let Some(id) = override_id {
         let out =
@@ -102,15 +134,54 @@ pub async fn latest(ec2: &aws_sdk_ec2::Client, override_id: Option<&str>) -> Res
         if tag(&image, TAG_FLEET) != Some("true") {
             bail!("AMI {id} is not a fleet AMI (it lacks the tag {TAG_FLEET}=true): refusing to deploy it");
         }
+        if state(&image) != "available" {
+            bail!("AMI {id} is {}, not available: refusing to deploy it", state(&image));
+        }
         return Ok(image);
     }
-    fleet_images(ec2).await?.into_iter().next().context(
-        "no fleet AMI (owner self, tag clawdinator=true) in this region: run `cargo xtask image publish` first",
+    fleet_images(ec2).await?.into_iter().find(|i| state(i) == "available").context(
+        "no available fleet AMI (owner self, tag clawdinator=true) in this region: run `cargo xtask image publish` first",
     )
 }
 
-/// Instance names (or ids) per AMI, for every instance not terminated.
+/// Who uses each AMI: every instance in any state but terminated (a
+/// stopped one starts again from it) and every launch template version.
 pub async fn usage(ec2: &aws_sdk_ec2::Client) -> Result<BTreeMap<String, Vec<String>>> {
+    let mut used = instance_usage(ec2).await?;
+    for (ami, template) in launch_template_usage(ec2).await? {
+        used.entry(ami).or_default().push(template);
+    }
+    Ok(used)
+}
+
+/// (AMI, "launch template NAME version N") for every version of every template.
+async fn launch_template_usage(ec2: &aws_sdk_ec2::Client) -> Result<Vec<(String, String)>> {
+    let mut found = Vec::new();
+    let mut pages = ec2.describe_launch_templates().into_paginator().send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| aws::error("EC2 DescribeLaunchTemplates", "", e))?;
+        for template in page.launch_templates() {
+            let id = template.launch_template_id().unwrap_or_default();
+            let name = template.launch_template_name().unwrap_or(id);
+            let versions = ec2
+                .describe_launch_template_versions()
+                .launch_template_id(id)
+                .send()
+                .await
+                .map_err(|e| aws::error("EC2 DescribeLaunchTemplateVersions", id, e))?;
+            for version in versions.launch_template_versions() {
+                if let Some(ami) = version.launch_template_data().and_then(|d| d.image_id()) {
+                    let number = version.version_number().unwrap_or_default();
+                    found.push((ami.to_string(), format!("launch template {name} version {number}")));
+                }
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// Instance names (or ids) per AMI, for every instance not terminated.
+async fn instance_usage(ec2: &aws_sdk_ec2::Client) -> Result<BTreeMap<String, Vec<String>>> {
     let mut used: BTreeMap<String, Vec<String>> = BTreeMap::new();
     let mut pages = ec2.describe_instances().into_paginator().send();
     while let Some(page) = pages.next().await {
@@ -204,6 +275,11 @@ pub struct PruneReport {
     pub removed: Vec<AmiRow>,
     /// Kept, with the reason.
     pub kept: Vec<(String, String)>,
+    /// Fleet snapshots no AMI uses (a publish that stopped early); deleted with `--orphans`.
+    pub orphans: Vec<String>,
+    pub orphans_deleted: bool,
+    /// What could not be removed, with AWS's error; the rest went ahead.
+    pub failures: Vec<(String, String)>,
 }
 
 impl fmt::Display for PruneReport {
@@ -215,62 +291,140 @@ impl fmt::Display for PruneReport {
         for r in &self.removed {
             writeln!(f, "{verb} {} ({}) and snapshot(s) {}", r.image_id, r.name, r.snapshots.join(", "))?;
         }
-        writeln!(f, "ami prune: {} {verb}, {} kept", self.removed.len(), self.kept.len())
+        for id in &self.orphans {
+            let fate = match (self.orphans_deleted, self.dry_run) {
+                (true, true) => "would delete orphan snapshot",
+                (true, false) => "deleted orphan snapshot",
+                (false, _) => "orphan snapshot (no AMI uses it; --orphans deletes it)",
+            };
+            writeln!(f, "{fate} {id}")?;
+        }
+        for (id, error) in &self.failures {
+            writeln!(f, "FAILED {id}: {error}")?;
+        }
+        writeln!(
+            f,
+            "ami prune: {} {verb}, {} kept, {} orphan snapshot(s), {} failure(s)",
+            self.removed.len(),
+            self.kept.len(),
+            self.orphans.len(),
+            self.failures.len()
+        )
     }
 }
 
-/// Deregister older fleet AMIs and delete their snapshots. Never the newest,
-/// never one that a non-terminated instance uses.
-pub async fn prune(
-    ec2: &aws_sdk_ec2::Client,
-    keep: usize,
-    older_than_days: Option<u64>,
-    dry_run: bool,
-) -> Result<PruneReport> {
+/// What `ami prune` is asked to do.
+#[derive(Debug, Clone, Default)]
+pub struct PruneOptions {
+    pub keep: usize,
+    pub older_than_days: Option<u64>,
+    pub orphans: bool,
+    pub dry_run: bool,
+}
+
+/// Why an AMI stays, if it does. `rank` counts available AMIs from the
+/// newest (0 is the latest); None for one that is not available.
+fn keep_reason(
+    image: &Image,
+    rank: Option<usize>,
+    r: &AmiRow,
+    opts: &PruneOptions,
+    cutoff: Option<&str>,
+) -> Option<String> {
+    if rank == Some(0) {
+        Some("the latest available fleet AMI".into())
+    } else if rank.is_some_and(|n| n < opts.keep) {
+        Some(format!("among the {} newest available", opts.keep))
+    } else if !r.used_by.is_empty() {
+        Some(format!("used by {}", r.used_by.join(", ")))
+    } else if state(image) == "pending" {
+        Some("still pending (a publish may be finishing it)".into())
+    } else {
+        cutoff.filter(|c| r.creation_date.as_str() > *c).map(|_| "newer than --older-than".to_string())
+    }
+}
+
+/// Deregister older fleet AMIs and delete their snapshots. Never the newest
+/// available one, never one an instance (in any state but terminated) or a
+/// launch template uses. A snapshot that cannot be deleted is reported and
+/// the rest goes ahead.
+pub async fn prune(ec2: &aws_sdk_ec2::Client, opts: &PruneOptions) -> Result<PruneReport> {
     let images = fleet_images(ec2).await?;
     let used = usage(ec2).await?;
-    let cutoff = older_than_days.map(|d| {
+    let cutoff = opts.older_than_days.map(|d| {
         let t = std::time::SystemTime::now() - std::time::Duration::from_secs(d * 86_400);
         aws_smithy_types::DateTime::from(t).fmt(aws_smithy_types::date_time::Format::DateTime).unwrap_or_default()
     });
-    let mut report = PruneReport { dry_run, removed: vec![], kept: vec![] };
-    for (position, image) in images.iter().enumerate() {
+    let mut report = PruneReport {
+        dry_run: opts.dry_run,
+        removed: vec![],
+        kept: vec![],
+        orphans: orphan_snapshots(ec2, &images).await?,
+        orphans_deleted: opts.orphans,
+        failures: vec![],
+    };
+    let mut available = 0..;
+    for image in &images {
         let r = row(image, &used);
-        let why = if position == 0 {
-            Some("the latest fleet AMI".to_string())
-        } else if position < keep {
-            Some(format!("among the {keep} newest"))
-        } else if !r.used_by.is_empty() {
-            Some(format!("used by {}", r.used_by.join(", ")))
-        } else {
-            cutoff
-                .as_ref()
-                .filter(|c| r.creation_date.as_str() > c.as_str())
-                .map(|_| "newer than --older-than".to_string())
-        };
-        match why {
+        let rank = (state(image) == "available").then(|| available.next().expect("unbounded"));
+        match keep_reason(image, rank, &r, opts, cutoff.as_deref()) {
             Some(why) => report.kept.push((r.image_id.clone(), why)),
             None => report.removed.push(r),
         }
     }
-    if dry_run {
+    if opts.dry_run {
         return Ok(report);
     }
     for r in &report.removed {
-        ec2.deregister_image()
-            .image_id(&r.image_id)
-            .send()
-            .await
-            .map_err(|e| aws::error("EC2 DeregisterImage", &r.image_id, e))?;
+        if let Err(e) = ec2.deregister_image().image_id(&r.image_id).send().await {
+            report
+                .failures
+                .push((r.image_id.clone(), format!("{:#}", aws::error("EC2 DeregisterImage", &r.image_id, e))));
+            continue;
+        }
         for snapshot in &r.snapshots {
-            ec2.delete_snapshot()
-                .snapshot_id(snapshot)
-                .send()
-                .await
-                .map_err(|e| aws::error("EC2 DeleteSnapshot", snapshot, e))?;
+            delete_snapshot(ec2, snapshot, &mut report.failures).await;
+        }
+    }
+    if opts.orphans {
+        for snapshot in &report.orphans {
+            delete_snapshot(ec2, snapshot, &mut report.failures).await;
         }
     }
     Ok(report)
+}
+
+async fn delete_snapshot(ec2: &aws_sdk_ec2::Client, snapshot: &str, failures: &mut Vec<(String, String)>) {
+    if let Err(e) = ec2.delete_snapshot().snapshot_id(snapshot).send().await {
+        failures.push((snapshot.to_string(), format!("{:#}", aws::error("EC2 DeleteSnapshot", snapshot, e))));
+    }
+}
+
+/// Completed fleet snapshots that no fleet AMI maps.
+async fn orphan_snapshots(ec2: &aws_sdk_ec2::Client, images: &[Image]) -> Result<Vec<String>> {
+    let mapped: std::collections::BTreeSet<&str> = images
+        .iter()
+        .flat_map(|i| i.block_device_mappings().iter().filter_map(|m| m.ebs().and_then(|e| e.snapshot_id())))
+        .collect();
+    let mut orphans = Vec::new();
+    let mut pages = ec2
+        .describe_snapshots()
+        .owner_ids("self")
+        .filters(filter(&format!("tag:{TAG_FLEET}"), "true"))
+        .into_paginator()
+        .send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| aws::error("EC2 DescribeSnapshots", "owner self, tag clawdinator=true", e))?;
+        for snapshot in page.snapshots() {
+            let completed = snapshot.state().map(|s| s.as_str()) == Some("completed");
+            match snapshot.snapshot_id() {
+                Some(id) if completed && !mapped.contains(id) => orphans.push(id.to_string()),
+                _ => {}
+            }
+        }
+    }
+    orphans.sort();
+    Ok(orphans)
 }
 
 #[derive(Debug, Serialize)]
@@ -302,6 +456,22 @@ pub async fn run(ctx: &Ctx, cmd: flags::AmiCmd) -> Result<()> {
             ctx.out.emit(&report)
         }
         flags::AmiCmd::List => ctx.out.emit(&list(&ec2).await?),
-        flags::AmiCmd::Prune(args) => ctx.out.emit(&prune(&ec2, args.keep, args.older_than, args.dry_run).await?),
+        flags::AmiCmd::Prune(args) => {
+            let opts = PruneOptions {
+                keep: args.keep,
+                older_than_days: args.older_than,
+                orphans: args.orphans,
+                dry_run: args.dry_run,
+            };
+            let report = prune(&ec2, &opts).await?;
+            ctx.out.emit(&report)?;
+            if !report.failures.is_empty() {
+                bail!(
+                    "ami prune could not remove {} resource(s) (listed above); the rest was removed",
+                    report.failures.len()
+                );
+            }
+            Ok(())
+        }
     }
 }

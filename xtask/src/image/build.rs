@@ -87,8 +87,19 @@ impl ImageManifest {
         }
     }
 
-    /// The AMI name: `clawdinator-nixos-<label>-<first 12 hex of sha256>`.
-    pub fn ami_name(&self) -> String {
+    /// The AMI name: `clawdinator-nixos-<label>-<first 12 hex of sha256>`,
+    /// then `-kms<8 hex>` when encrypted with a chosen key (an image published
+    /// with and without a key is two AMIs).
+    pub fn ami_name_for(&self, identity: &super::ami::Identity) -> String {
+        match &identity.kms_key {
+            Some(key) => {
+                format!("{}-kms{}", self.ami_name(), &crate::bootstrap::archive::sha256_hex(key.as_bytes())[..8])
+            }
+            None => self.ami_name(),
+        }
+    }
+
+    fn ami_name(&self) -> String {
         let label: String = self
             .label
             .chars()
@@ -124,6 +135,8 @@ pub fn architecture_of(system: &str) -> Result<&'static str> {
 #[derive(Debug, Clone)]
 pub struct BuildOptions {
     pub host: String,
+    /// The directory holding `flake.nix`.
+    pub flake: PathBuf,
     pub out: PathBuf,
     /// The KVM device the build needs (a test may point elsewhere).
     pub kvm_device: PathBuf,
@@ -162,13 +175,25 @@ pub fn build_blocker(kvm_device: &Path) -> Option<String> {
     }
 }
 
+/// The KVM device a build needs: CLAWDINATOR_KVM_DEVICE names it where it
+/// is exposed under another name (and for tests), else `/dev/kvm`.
+pub fn kvm_device() -> PathBuf {
+    std::env::var_os("CLAWDINATOR_KVM_DEVICE").map(PathBuf::from).unwrap_or_else(|| "/dev/kvm".into())
+}
+
+/// Build the host's raw amazon image and write `out/image.json`; returns
+/// what it wrote.
 pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
-    let root = project::root();
     if let Some(why) = build_blocker(&opts.kvm_device) {
         bail!("{why}");
     }
+    ensure!(
+        opts.flake.join("flake.nix").is_file(),
+        "{} has no flake.nix: pass --flake DIR (the directory holding the fleet's flake)",
+        opts.flake.display()
+    );
     let sh = Shell::new()?;
-    sh.change_dir(&root);
+    sh.change_dir(&opts.flake);
     std::fs::create_dir_all(&opts.out).with_context(|| format!("cannot create {}", opts.out.display()))?;
     let attr = format!(".#nixosConfigurations.{}.config.system.build.images.amazon", opts.host);
     let out_link = opts.out.join("result");
@@ -220,8 +245,13 @@ pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
     // Written whole or not at all: publish must never read half a description.
     let mut tmp = tempfile::NamedTempFile::new_in(&opts.out)?;
     std::io::Write::write_all(&mut tmp, &serde_json::to_vec_pretty(&manifest)?)?;
-    tmp.persist(opts.out.join("image.json")).map_err(|e| e.error)?;
+    tmp.persist(image_json(&opts.out)).map_err(|e| e.error)?;
     Ok(manifest)
+}
+
+/// Where `build` describes the image it built.
+pub fn image_json(out: &Path) -> PathBuf {
+    out.join("image.json")
 }
 
 impl fmt::Display for ImageManifest {
@@ -250,8 +280,12 @@ pub fn run(ctx: &Ctx, args: flags::ImageBuildArgs) -> Result<()> {
     };
     // Where KVM is exposed under another name (and for tests on machines
     // with or without it), CLAWDINATOR_KVM_DEVICE names the device.
-    let kvm_device = std::env::var_os("CLAWDINATOR_KVM_DEVICE").map(PathBuf::from).unwrap_or_else(|| "/dev/kvm".into());
-    let opts = BuildOptions { host, out: args.out, kvm_device };
+    let opts = BuildOptions {
+        host,
+        flake: project::resolve(&args.flake),
+        out: project::resolve(&args.out),
+        kvm_device: kvm_device(),
+    };
     let manifest = build(&opts)?;
     output::github_output("image_sha256", &manifest.sha256)?;
     ctx.out.emit(&manifest)

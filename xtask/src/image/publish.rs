@@ -5,9 +5,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
-use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
 use aws_sdk_ec2::types::{
@@ -17,17 +16,18 @@ use aws_sdk_ec2::types::{
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
+use super::ami::{self, ec2_tags, fleet_tags, Identity};
+use super::snapshot::{self, client_token, SnapshotSpec, SnapshotUploader, SnapshotWaiter, BLOCK_SIZE};
+use super::ImageManifest;
 use crate::aws::{self, s3, Aws};
-use crate::image::ami::{self, ec2_tags, fleet_tags};
-use crate::image::snapshot::{SnapshotSpec, SnapshotUploader, SnapshotWaiter};
-use crate::image::ImageManifest;
+use crate::cancel::{Cancel, Poll, Wait};
 use crate::output::{self, Output};
 use crate::{flags, Ctx};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Via {
-    /// EBS direct APIs: blocks straight into a snapshot (fast, no bucket).
+    /// EBS direct APIs: blocks straight into a snapshot (raw only, no bucket).
     EbsDirect,
     /// Upload to S3, then VM Import's import-snapshot (needs the vmimport role).
     S3Import,
@@ -42,8 +42,13 @@ pub struct PublishOptions {
     pub kms_key: Option<String>,
     pub workers: usize,
     pub deprecate_after_days: Option<u64>,
+    /// Upper bound of the VM Import wait.
     pub import_timeout: Duration,
     pub import_poll: Duration,
+    /// Between two polls of a snapshot or AMI state.
+    pub poll: Duration,
+    /// Upper bound of each snapshot and AMI wait.
+    pub wait_limit: Duration,
     pub keep_object: bool,
     /// Say what would be uploaded, registered and copied; write nothing.
     pub dry_run: bool,
@@ -61,6 +66,8 @@ impl PublishOptions {
             deprecate_after_days: None,
             import_timeout: Duration::from_secs(120 * 60),
             import_poll: Duration::from_secs(15),
+            poll: Duration::from_millis(500),
+            wait_limit: Duration::from_secs(3600),
             keep_object: false,
             dry_run: false,
         }
@@ -82,6 +89,8 @@ pub struct PublishReport {
     pub blocks_total: u64,
     /// Region -> AMI id of the copies.
     pub copies: BTreeMap<String, String>,
+    /// The snapshot is encrypted (asked with --kms-key, or the account encrypts by default).
+    pub encrypted: bool,
     pub dry_run: bool,
 }
 
@@ -134,115 +143,195 @@ impl fmt::Display for PublishReport {
     }
 }
 
-pub(super) fn token(prefix: &str, sha: &str, suffix: &str) -> String {
-    let mut t = format!("{prefix}-{}{suffix}", &sha[..40]);
-    t.truncate(64);
-    t
-}
-
-/// Publish the image described by `opts.image_json`. `cancel` (Ctrl-C in the
-/// CLI) stops the upload; what was started is cleaned up or left resumable.
-pub async fn publish(
-    aws: &Aws,
-    opts: &PublishOptions,
-    out: &Output,
-    cancel: impl Future<Output = ()>,
-) -> Result<PublishReport> {
+/// Publish the image described by `opts.image_json`. `cancel` (Ctrl-C or
+/// SIGTERM in the CLI) stops every step; what was started is cleaned up or
+/// left resumable, and the error says which.
+pub async fn publish(aws: &Aws, opts: &PublishOptions, out: &Output, cancel: &Cancel) -> Result<PublishReport> {
     // Everything about the input is checked before the first AWS call.
     let image = ImageManifest::load(&opts.image_json)?;
+    publish_image(aws, &image, opts, out, cancel).await
+}
+
+/// Publish an image already loaded (the pipeline hands over what it built);
+/// `opts.image_json` is where it was described.
+pub async fn publish_image(
+    aws: &Aws,
+    image: &ImageManifest,
+    opts: &PublishOptions,
+    out: &Output,
+    cancel: &Cancel,
+) -> Result<PublishReport> {
     let image_path = image.image_path(&opts.image_json);
-    if opts.via == Via::S3Import && opts.bucket.is_none() {
-        bail!("--via s3-import needs a bucket: pass --bucket or set S3_BUCKET");
-    }
+    check_inputs(opts, image)?;
+    let identity = Identity { sha256: image.sha256.clone(), kms_key: opts.kms_key.clone() };
     let ec2 = aws.ec2();
     let region = aws.region().unwrap_or("us-east-1").to_string();
-    let name = image.ami_name();
-    let tags = fleet_tags(&image);
-
     let mut report = PublishReport {
         ami_id: String::new(),
-        name: name.clone(),
+        name: image.ami_name_for(&identity),
         region: region.clone(),
         snapshot_id: None,
         already_published: false,
         via: opts.via,
         bytes_sent: 0,
         blocks_sent: 0,
-        blocks_total: image.logical_bytes.div_ceil(crate::image::snapshot::BLOCK_SIZE),
+        blocks_total: image.logical_bytes.div_ceil(BLOCK_SIZE),
         copies: BTreeMap::new(),
+        encrypted: opts.kms_key.is_some(),
         dry_run: opts.dry_run,
     };
     if opts.dry_run {
-        return dry_run(aws, opts, &image, &image_path, report).await;
+        return dry_run(aws, opts, image, &image_path, &identity, report).await;
     }
-    if let Some(existing) = ami::find_by_sha256(&ec2, &image.sha256).await? {
+    let waits = Waits { opts, cancel, out };
+    if let Some(existing) = ami::find(&ec2, &identity).await? {
         report.ami_id = existing.image_id().unwrap_or_default().to_string();
         report.already_published = true;
         report.snapshot_id =
             existing.block_device_mappings().iter().find_map(|m| m.ebs()?.snapshot_id().map(str::to_string));
+        waits.available(&ec2, &report.ami_id, &region).await?;
     } else {
-        let snapshot_id = match reusable_snapshot(&ec2, &image.sha256).await? {
+        let snapshot_id = match reusable_snapshot(&ec2, &identity).await? {
             Some(id) => id,
-            None => match opts.via {
-                Via::EbsDirect => {
-                    let bar = out.block_progress(image.logical_bytes, "snapshot");
-                    let spec = SnapshotSpec {
-                        description: format!("{name} (EBS direct upload)"),
-                        tags: tags.clone(),
-                        kms_key: opts.kms_key.clone(),
-                        client_token: token(
-                            "clawdinator",
-                            &image.sha256,
-                            if opts.kms_key.is_some() { "-kms" } else { "" },
-                        ),
-                    };
-                    let uploaded =
-                        SnapshotUploader::new(aws, opts.workers).upload(&image_path, &spec, &bar, cancel).await?;
-                    bar.finish_and_clear();
-                    report.bytes_sent = uploaded.bytes_sent;
-                    report.blocks_sent = uploaded.blocks_sent;
-                    if let Err(err) = SnapshotWaiter::new(aws).wait_completed(&uploaded.snapshot_id).await {
-                        let _ = ec2.delete_snapshot().snapshot_id(&uploaded.snapshot_id).send().await;
-                        return Err(err.context(format!("the snapshot {} was deleted", uploaded.snapshot_id)));
-                    }
-                    uploaded.snapshot_id
-                }
-                Via::S3Import => {
-                    let bucket = opts.bucket.as_deref().expect("checked above");
-                    let (snapshot_id, sent) =
-                        super::import::s3_import(aws, &image, &image_path, bucket, opts, out, cancel).await?;
-                    report.bytes_sent = sent;
-                    snapshot_id
-                }
-            },
+            None => upload(aws, opts, image, &image_path, &identity, &mut report, &waits).await?,
         };
-        // Snapshots from VM Import come untagged; EBS direct ones are tagged
-        // at start. Tagging again is harmless and covers both.
-        ec2.create_tags()
-            .resources(&snapshot_id)
-            .set_tags(Some(ec2_tags(&tags)))
-            .send()
-            .await
-            .map_err(|e| aws::error("EC2 CreateTags", &snapshot_id, e))?;
-        report.ami_id = register(&ec2, &image, &snapshot_id, &tags).await?;
+        let tags = fleet_tags(image, &identity);
+        report.ami_id = register(&ec2, image, &identity, &snapshot_id, &tags).await?;
         report.snapshot_id = Some(snapshot_id);
+        waits.available(&ec2, &report.ami_id, &region).await?;
     }
     if let Some(days) = opts.deprecate_after_days {
         deprecate(&ec2, &report.ami_id, days).await?;
     }
-    let copies = futures::stream::iter(opts.copy_to_regions.iter().filter(|r| **r != region).map(|target| {
-        let (aws, image, tags, source) = (aws.clone(), &image, &tags, report.ami_id.clone());
-        let region = region.clone();
-        async move {
-            let id = copy_to_region(&aws, target, &region, &source, image, tags, opts.deprecate_after_days).await?;
-            anyhow::Ok((target.clone(), id))
+    report.copies = copy_everywhere(aws, image, &identity, &report.ami_id, &region, &waits).await?;
+    Ok(report)
+}
+
+/// What publish refuses before any AWS call.
+fn check_inputs(opts: &PublishOptions, image: &ImageManifest) -> Result<()> {
+    if opts.via == Via::EbsDirect && image.format != "raw" {
+        bail!(
+            "{}: a {} image cannot be written block by block into a snapshot (EBS direct takes raw disks only): publish it with --via s3-import, or build a raw image",
+            opts.image_json.display(),
+            image.format
+        );
+    }
+    if opts.via == Via::S3Import && opts.bucket.is_none() {
+        bail!(crate::output::UsageError("--via s3-import needs a bucket: pass --bucket or set S3_BUCKET".into()));
+    }
+    Ok(())
+}
+
+/// The waits of one publish: bounded, visible, cancellable.
+struct Waits<'a> {
+    opts: &'a PublishOptions,
+    cancel: &'a Cancel,
+    out: &'a Output,
+}
+
+impl Waits<'_> {
+    /// Until the AMI is `available`; `failed` (or gone) is an error.
+    async fn available(&self, ec2: &aws_sdk_ec2::Client, id: &str, region: &str) -> Result<()> {
+        let wait = Wait {
+            what: format!("AMI {id} in {region}"),
+            every: self.opts.poll,
+            limit: self.opts.wait_limit,
+            raise: "EC2 is still preparing it; publish again later to pick it up",
+            cancel: self.cancel,
+            out: self.out,
+        };
+        wait.until(|| async {
+            let found = ec2
+                .describe_images()
+                .image_ids(id)
+                .send()
+                .await
+                .map_err(|e| aws::error("EC2 DescribeImages", id, e))?;
+            let image = found.images().first().with_context(|| format!("AMI {id} disappeared in {region}"))?;
+            match image.state().map(|s| s.as_str()) {
+                Some("available") => Ok(Poll::Done(())),
+                Some(state @ ("failed" | "error" | "invalid" | "deregistered")) => bail!(
+                    "AMI {id} in {region} is {state}: {}",
+                    image.state_reason().and_then(|r| r.message()).unwrap_or("no reason given")
+                ),
+                state => Ok(Poll::Pending(state.unwrap_or("unknown").to_string())),
+            }
+        })
+        .await
+    }
+}
+
+/// Upload the image into a new completed snapshot, by the chosen path.
+async fn upload(
+    aws: &Aws,
+    opts: &PublishOptions,
+    image: &ImageManifest,
+    image_path: &Path,
+    identity: &Identity,
+    report: &mut PublishReport,
+    waits: &Waits<'_>,
+) -> Result<String> {
+    let tags = fleet_tags(image, identity);
+    let snapshot_id = match opts.via {
+        Via::EbsDirect => {
+            let bar = waits.out.block_progress(image.logical_bytes, "snapshot");
+            let spec = SnapshotSpec {
+                description: format!("{} (EBS direct upload)", report.name),
+                tags: tags.clone(),
+                kms_key: opts.kms_key.clone(),
+                sha256: image.sha256.clone(),
+                logical_bytes: image.logical_bytes,
+            };
+            let uploader = SnapshotUploader::new(aws, opts.workers);
+            let uploaded = uploader.upload(image_path, &spec, &bar, waits.cancel).await?;
+            bar.finish_and_clear();
+            (report.bytes_sent, report.blocks_sent, report.encrypted) =
+                (uploaded.bytes_sent, uploaded.blocks_sent, uploaded.encrypted);
+            let mut waiter = SnapshotWaiter::new(aws);
+            (waiter.poll, waiter.timeout) = (opts.poll, opts.wait_limit);
+            if let Err(err) = waiter.wait_completed(&uploaded.snapshot_id, waits.cancel, waits.out).await {
+                return Err(uploader.discard(&uploaded.snapshot_id, err).await);
+            }
+            uploaded.snapshot_id
         }
+        Via::S3Import => {
+            let bucket = opts.bucket.as_deref().expect("checked before any AWS call");
+            let (snapshot_id, sent) =
+                super::import::s3_import(aws, image, image_path, bucket, opts, waits.out, waits.cancel).await?;
+            report.bytes_sent = sent;
+            snapshot_id
+        }
+    };
+    // Snapshots from VM Import come untagged; EBS direct ones are tagged
+    // at start. Tagging again is harmless and covers both.
+    aws.ec2()
+        .create_tags()
+        .resources(&snapshot_id)
+        .set_tags(Some(ec2_tags(&tags)))
+        .send()
+        .await
+        .map_err(|e| aws::error("EC2 CreateTags", &snapshot_id, e))?;
+    Ok(snapshot_id)
+}
+
+/// The AMI in every other region asked for, each found by its identity or copied.
+async fn copy_everywhere(
+    aws: &Aws,
+    image: &ImageManifest,
+    identity: &Identity,
+    source: &str,
+    region: &str,
+    waits: &Waits<'_>,
+) -> Result<BTreeMap<String, String>> {
+    let targets = waits.opts.copy_to_regions.iter().filter(|r| r.as_str() != region);
+    let copies = futures::stream::iter(targets.map(|target| async move {
+        let id = copy_to_region(aws, target, region, source, image, identity, waits).await?;
+        anyhow::Ok((target.clone(), id))
     }))
     .buffer_unordered(8)
     .try_collect::<Vec<_>>()
     .await?;
-    report.copies = copies.into_iter().collect();
-    Ok(report)
+    Ok(copies.into_iter().collect())
 }
 
 /// What a publish would do, from reads only.
@@ -251,36 +340,36 @@ async fn dry_run(
     opts: &PublishOptions,
     image: &ImageManifest,
     image_path: &Path,
+    identity: &Identity,
     mut report: PublishReport,
 ) -> Result<PublishReport> {
     let ec2 = aws.ec2();
-    if let Some(existing) = ami::find_by_sha256(&ec2, &image.sha256).await? {
+    if let Some(existing) = ami::find(&ec2, identity).await? {
         report.ami_id = existing.image_id().unwrap_or_default().to_string();
         report.already_published = true;
-    } else if reusable_snapshot(&ec2, &image.sha256).await?.is_none() {
+    } else if reusable_snapshot(&ec2, identity).await?.is_none() {
         match opts.via {
             Via::EbsDirect => {
-                let path = image_path.to_path_buf();
-                let encrypted = opts.kms_key.is_some();
-                let size = image.logical_bytes;
-                let blocks = tokio::task::spawn_blocking(move || -> Result<u64> {
-                    let file = File::open(&path)?;
-                    let mut sent = 0;
-                    for index in crate::image::snapshot::candidate_blocks(&file, size, encrypted) {
-                        let block = crate::image::snapshot::read_block(&file, index, size)?;
-                        if encrypted || block.iter().any(|&b| b != 0) {
-                            sent += 1;
-                        }
-                    }
-                    Ok(sent)
-                })
-                .await??;
+                // What StartSnapshot would answer: encrypted when asked, or
+                // when the account encrypts new EBS data by default.
+                let by_default = ec2
+                    .get_ebs_encryption_by_default()
+                    .send()
+                    .await
+                    .map_err(|e| aws::error("EC2 GetEbsEncryptionByDefault", "", e))?
+                    .ebs_encryption_by_default
+                    .unwrap_or(false);
+                report.encrypted = opts.kms_key.is_some() || by_default;
+                let (path, encrypted, size) = (image_path.to_path_buf(), report.encrypted, image.logical_bytes);
+                let blocks =
+                    tokio::task::spawn_blocking(move || snapshot::blocks_to_send(&File::open(&path)?, size, encrypted))
+                        .await??;
                 report.blocks_sent = blocks;
-                report.bytes_sent = blocks * crate::image::snapshot::BLOCK_SIZE;
+                report.bytes_sent = blocks * BLOCK_SIZE;
             }
             Via::S3Import => {
                 let bucket = opts.bucket.as_deref().unwrap_or_default();
-                let key = format!("images/{}.{}", image.sha256, image.format);
+                let key = super::import::object_key(image);
                 let there = s3::head_sha256(&aws.s3(), bucket, &key).await?.as_deref() == Some(image.sha256.as_str());
                 report.bytes_sent = if there { 0 } else { image.logical_bytes };
             }
@@ -295,14 +384,14 @@ async fn dry_run(
 
 /// A completed snapshot of this image that no AMI uses yet (a run that
 /// stopped between upload and registration): use it instead of uploading.
-async fn reusable_snapshot(ec2: &aws_sdk_ec2::Client, sha256: &str) -> Result<Option<String>> {
+async fn reusable_snapshot(ec2: &aws_sdk_ec2::Client, identity: &Identity) -> Result<Option<String>> {
     let out = ec2
         .describe_snapshots()
         .owner_ids("self")
-        .filters(aws_sdk_ec2::types::Filter::builder().name(format!("tag:{}", ami::TAG_SHA256)).values(sha256).build())
+        .set_filters(Some(identity.filters()))
         .send()
         .await
-        .map_err(|e| aws::error("EC2 DescribeSnapshots", &format!("tag {}={sha256}", ami::TAG_SHA256), e))?;
+        .map_err(|e| aws::error("EC2 DescribeSnapshots", &identity.to_string(), e))?;
     Ok(out
         .snapshots()
         .iter()
@@ -313,10 +402,11 @@ async fn reusable_snapshot(ec2: &aws_sdk_ec2::Client, sha256: &str) -> Result<Op
 async fn register(
     ec2: &aws_sdk_ec2::Client,
     image: &ImageManifest,
+    identity: &Identity,
     snapshot_id: &str,
     tags: &[(String, String)],
 ) -> Result<String> {
-    let name = image.ami_name();
+    let name = image.ami_name_for(identity);
     let result = ec2
         .register_image()
         .name(&name)
@@ -396,18 +486,18 @@ async fn copy_to_region(
     source_region: &str,
     source_ami: &str,
     image: &ImageManifest,
-    tags: &[(String, String)],
-    deprecate_after: Option<u64>,
+    identity: &Identity,
+    waits: &Waits<'_>,
 ) -> Result<String> {
     let ec2 = aws.with_region(target).ec2();
-    let id = match ami::find_by_sha256(&ec2, &image.sha256).await? {
+    let id = match ami::find(&ec2, identity).await? {
         Some(existing) => existing.image_id().unwrap_or_default().to_string(),
         None => ec2
             .copy_image()
             .source_image_id(source_ami)
             .source_region(source_region)
-            .name(image.ami_name())
-            .client_token(token("copy", &image.sha256, &format!("-{target}")))
+            .name(image.ami_name_for(identity))
+            .client_token(client_token())
             .send()
             .await
             .map_err(|e| aws::error("EC2 CopyImage", &format!("{source_ami} -> {target}"), e))?
@@ -417,22 +507,12 @@ async fn copy_to_region(
     // Copies do not carry the source's tags.
     ec2.create_tags()
         .resources(&id)
-        .set_tags(Some(ec2_tags(tags)))
+        .set_tags(Some(ec2_tags(&fleet_tags(image, identity))))
         .send()
         .await
         .map_err(|e| aws::error("EC2 CreateTags", &id, e))?;
-    let deadline = Instant::now() + Duration::from_secs(3600);
-    loop {
-        let out =
-            ec2.describe_images().image_ids(&id).send().await.map_err(|e| aws::error("EC2 DescribeImages", &id, e))?;
-        match out.images().first().and_then(|i| i.state()).map(|s| s.as_str()) {
-            Some("available") => break,
-            Some("failed") | Some("error") | Some("invalid") => bail!("the copy {id} in {target} failed"),
-            _ if Instant::now() > deadline => bail!("the copy {id} in {target} is not available after an hour"),
-            _ => tokio::time::sleep(Duration::from_secs(5)).await,
-        }
-    }
-    if let Some(days) = deprecate_after {
+    waits.available(&ec2, &id, target).await?;
+    if let Some(days) = waits.opts.deprecate_after_days {
         deprecate(&ec2, &id, days).await?;
     }
     Ok(id)
@@ -441,36 +521,24 @@ async fn copy_to_region(
 pub async fn run(ctx: &Ctx, args: flags::PublishArgs) -> Result<()> {
     let opts = PublishOptions {
         image_json: args.image,
-        via: args.via,
+        via: match args.via {
+            flags::Via::EbsDirect => Via::EbsDirect,
+            flags::Via::S3Import => Via::S3Import,
+        },
         bucket: args.bucket.or_else(|| ctx.default_bucket().map(str::to_string)),
         copy_to_regions: args.copy_to_regions,
         kms_key: args.kms_key,
         workers: args.workers,
         deprecate_after_days: args.deprecate_after,
         import_timeout: Duration::from_secs(args.timeout * 60),
-        import_poll: Duration::from_secs(15),
         keep_object: args.keep_object,
         dry_run: args.dry_run,
+        ..PublishOptions::new(PathBuf::new())
     };
     let aws = ctx.aws().await?;
-    let cancel = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    let report = publish(&aws, &opts, &ctx.out, cancel).await?;
+    let report = publish(&aws, &opts, &ctx.out, &ctx.cancel).await?;
     if !report.ami_id.is_empty() {
         output::github_output("ami_id", &report.ami_id)?;
     }
     ctx.out.emit(&report)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn client_tokens_fit_aws_limits() {
-        let sha = "a".repeat(64);
-        assert!(token("copy", &sha, "-ap-southeast-2").len() <= 64);
-        assert_ne!(token("clawdinator", &sha, ""), token("clawdinator", &sha, "-kms"));
-    }
 }

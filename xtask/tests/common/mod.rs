@@ -80,3 +80,45 @@ pub fn archive_entries(bytes: &[u8]) -> Vec<String> {
     let mut tar = tar::Archive::new(zstd::Decoder::new(bytes).unwrap());
     tar.entries().unwrap().map(|e| e.unwrap().path().unwrap().to_string_lossy().into_owned()).collect()
 }
+
+/// A stand-in `nix` that checks its arguments and writes the output tree
+/// nixpkgs' amazon image produces (a 3 MiB raw disk). The real build needs
+/// nix with flakes and KVM.
+pub const FAKE_NIX: &str = r#"#!/bin/sh
+case "$1" in
+  --version) echo "nix (Nix) 2.24.9" ;;
+  config) echo "$FAKE_FEATURES" ;;
+  build)
+    echo "$@" > "$FAKE_STORE/args"
+    [ "$2" = ".#nixosConfigurations.clawdinator-1.config.system.build.images.amazon" ] || { echo "unexpected installable $2" >&2; exit 1; }
+    out="$FAKE_STORE/0123456789abcdfghijklmnpqrsvwxyz-nixos-amazon-image-25.05"
+    mkdir -p "$out/nix-support"
+    img="$out/nixos-amazon-image-25.05.20250101.abcdef0-x86_64-linux.raw"
+    head -c 3145728 /dev/zero > "$img"
+    printf 'NixOS root' | dd of="$img" bs=1 seek=1048576 conv=notrunc 2>/dev/null
+    cat > "$out/nix-support/image-info.json" <<JSON
+{"label": "25.05.20250101.abcdef0", "system": "x86_64-linux", "boot_mode": "legacy-bios", "logical_bytes": "3145728", "file": "$img"}
+JSON
+    shift 2
+    while [ $# -gt 0 ]; do [ "$1" = "--out-link" ] && ln -sfn "$out" "$2"; shift; done
+    echo "building the image (stand-in)" >&2
+    echo "$out"
+    ;;
+  *) echo "unexpected nix call: $*" >&2; exit 1 ;;
+esac
+"#;
+
+/// Install the stand-in under `dir/bin`, a store at `dir/store`, a flake
+/// directory `dir/flake` and a stand-in KVM device; returns (PATH, kvm).
+pub fn stand_in_nix(dir: &Path) -> (String, PathBuf) {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    std::fs::create_dir_all(dir.join("store")).unwrap();
+    std::fs::create_dir_all(dir.join("flake")).unwrap();
+    std::fs::write(dir.join("flake/flake.nix"), "{ outputs = _: { }; }\n").unwrap();
+    std::fs::write(bin.join("nix"), FAKE_NIX).unwrap();
+    std::fs::set_permissions(bin.join("nix"), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let kvm = dir.join("kvm");
+    std::fs::write(&kvm, "").unwrap();
+    (format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()), kvm)
+}
