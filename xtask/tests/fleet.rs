@@ -266,3 +266,18 @@ fn fleet_check_cli_exit_codes_and_json() {
     let out = std::process::Command::new(xtask).args(["fleet", "chek"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
+
+/// An instance's IAM scope is `<prefix>/*`: a prefix inside another would
+/// let the outer instance read the inner one's bundle.
+#[test]
+fn nested_prefix() {
+    assert_one(
+        &with_field("bootstrapPrefix", "bootstrap/clawdinator-1/inner"),
+        "clawdinator-2",
+        Some("bootstrapPrefix"),
+        "lies inside \"bootstrap/clawdinator-1\", the prefix of instance `clawdinator-1`: its IAM scope",
+    );
+    // A common start that is not a path prefix is fine: bootstrap/clawdinator-1 and -10.
+    let text = with_field("bootstrapPrefix", "bootstrap/clawdinator-10");
+    assert!(problems(&text).is_empty(), "{:?}", problems(&text));
+}

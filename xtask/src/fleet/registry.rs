@@ -177,153 +177,185 @@ pub fn check(path: &Path, text: &str) -> (Option<Registry>, Vec<Problem>) {
     if entries.is_empty() {
         problems.push(Problem::file(&file, "the registry is empty", "add at least one instance"));
     }
-    let at = |instance: &str, field: Option<&str>, message: String, fix: String| Problem {
-        file: file.clone(),
-        instance: Some(instance.to_string()),
-        field: field.map(str::to_string),
-        message,
-        fix,
-    };
-
-    let mut instances = BTreeMap::new();
-    let mut seen_keys: HashMap<String, usize> = HashMap::new();
-    let mut hosts: HashMap<String, String> = HashMap::new();
-    let mut prefixes: HashMap<String, String> = HashMap::new();
-    let mut tokens: HashMap<String, String> = HashMap::new();
-
+    let report = Reporter { file: &file };
+    let mut seen_keys: HashMap<&str, usize> = HashMap::new();
+    let mut checked = Vec::new();
     for (key, value) in &entries {
-        *seen_keys.entry(key.clone()).or_default() += 1;
-        if seen_keys[key] == 2 {
-            problems.push(at(key, None, "the key appears more than once".into(), "keep one entry per instance".into()));
+        *seen_keys.entry(key).or_default() += 1;
+        if seen_keys[key.as_str()] == 2 {
+            problems.push(report.at(key, None, "the key appears more than once", "keep one entry per instance"));
         }
-        let Some(object) = value.as_object() else {
-            problems.push(at(
-                key,
-                None,
-                "the entry is not a JSON object".into(),
-                format!("make it an object with fields {}", FIELDS.join(", ")),
-            ));
-            continue;
-        };
-        for name in object.keys().filter(|k| !FIELDS.contains(&k.as_str())) {
-            problems.push(at(
-                key,
-                Some(name),
-                "unknown field".into(),
-                format!("remove it; the allowed fields are {}", FIELDS.join(", ")),
-            ));
-        }
-        let mut field = |name: &str, example: String| -> Option<String> {
-            match object.get(name) {
-                None => {
-                    problems.push(at(
-                        key,
-                        Some(name),
-                        "missing field".into(),
-                        format!("add \"{name}\": \"{example}\""),
-                    ));
-                    None
-                }
-                Some(Value::String(s)) => Some(s.clone()),
-                Some(other) => {
-                    problems.push(at(
-                        key,
-                        Some(name),
-                        format!("must be a string, found {other}"),
-                        format!("set it to \"{example}\""),
-                    ));
-                    None
-                }
-            }
-        };
-        let host = field("host", key.clone());
-        let instance_type = field("instanceType", "t3.large".into());
-        let prefix = field("bootstrapPrefix", format!("bootstrap/{key}"));
-        let token = field("discordTokenSecret", format!("{TOKEN_SECRET_PREFIX}N"));
+        checked.push((key.as_str(), check_entry(&report, key, value, &mut problems)));
+    }
+    check_shared(&report, &checked, &mut problems);
+    let instances =
+        checked.into_iter().filter_map(|(key, fields)| Some((key.to_string(), fields.instance()?))).collect();
+    (Some(Registry { path: path.to_path_buf(), instances }), problems)
+}
 
-        if let Some(host) = &host {
-            if host != key {
-                problems.push(at(
-                    key,
-                    Some("host"),
-                    format!("is \"{host}\" but the key is \"{key}\""),
-                    "make the key and host equal".into(),
-                ));
-            }
-            if let Some(why) = host_name_error(host) {
-                problems.push(at(
-                    key,
-                    Some("host"),
-                    format!("\"{host}\" {why}"),
-                    "use 1-63 characters of a-z, 0-9 and -".into(),
-                ));
-            }
-            if let Some(other) = hosts.insert(host.clone(), key.clone()) {
-                if other != *key {
-                    problems.push(at(
-                        key,
-                        Some("host"),
-                        format!("\"{host}\" is also the host of instance `{other}`"),
-                        "give every instance its own host name".into(),
-                    ));
-                }
-            }
-        }
-        if let Some(t) = &instance_type {
-            if !valid_instance_type(t) {
-                problems.push(at(
-                    key,
-                    Some("instanceType"),
-                    format!("\"{t}\" is not an EC2 instance type of the form family.size"),
-                    "use e.g. \"t3.large\"".into(),
-                ));
-            }
-        }
-        if let Some(p) = &prefix {
-            if let Some(why) = prefix_error(p) {
-                problems.push(at(
-                    key,
-                    Some("bootstrapPrefix"),
-                    format!("\"{p}\" {why}"),
-                    format!("use \"bootstrap/{key}\""),
-                ));
-            }
-            if let Some(other) = prefixes.insert(p.clone(), key.clone()) {
-                problems.push(at(
-                    key,
-                    Some("bootstrapPrefix"),
-                    format!("\"{p}\" is also the prefix of instance `{other}`"),
-                    format!("give every instance its own prefix, e.g. \"bootstrap/{key}\""),
-                ));
-            }
-        }
-        if let Some(s) = &token {
-            if let Some(why) = token_secret_error(s) {
-                problems.push(at(
-                    key,
-                    Some("discordTokenSecret"),
-                    format!("\"{s}\" {why}"),
-                    format!("use \"{TOKEN_SECRET_PREFIX}<n>\" (the file name without .age)"),
-                ));
-            }
-            if let Some(other) = tokens.insert(s.clone(), key.clone()) {
-                problems.push(at(
-                    key,
-                    Some("discordTokenSecret"),
-                    format!(
-                        "\"{s}\" is also the token of instance `{other}`: each instance needs its own Discord token"
-                    ),
-                    "add a token secret for this instance".into(),
-                ));
-            }
-        }
-        if let (Some(host), Some(instance_type), Some(bootstrap_prefix), Some(discord_token_secret)) =
-            (host, instance_type, prefix, token)
-        {
-            instances.insert(key.clone(), Instance { host, instance_type, bootstrap_prefix, discord_token_secret });
+/// Locates problems in one registry file.
+struct Reporter<'a> {
+    file: &'a str,
+}
+
+impl Reporter<'_> {
+    fn at(&self, instance: &str, field: Option<&str>, message: impl Into<String>, fix: impl Into<String>) -> Problem {
+        Problem {
+            file: self.file.to_string(),
+            instance: Some(instance.to_string()),
+            field: field.map(str::to_string),
+            message: message.into(),
+            fix: fix.into(),
         }
     }
-    (Some(Registry { path: path.to_path_buf(), instances }), problems)
+}
+
+/// The fields of one entry that are present and strings.
+#[derive(Default)]
+struct Fields {
+    host: Option<String>,
+    instance_type: Option<String>,
+    prefix: Option<String>,
+    token: Option<String>,
+}
+
+impl Fields {
+    fn instance(self) -> Option<Instance> {
+        Some(Instance {
+            host: self.host?,
+            instance_type: self.instance_type?,
+            bootstrap_prefix: self.prefix?,
+            discord_token_secret: self.token?,
+        })
+    }
+}
+
+/// One string field: a problem when it is missing or not a string.
+fn string_field(
+    report: &Reporter,
+    key: &str,
+    object: &serde_json::Map<String, Value>,
+    name: &str,
+    example: String,
+    problems: &mut Vec<Problem>,
+) -> Option<String> {
+    match object.get(name) {
+        None => {
+            problems.push(report.at(key, Some(name), "missing field", format!("add \"{name}\": \"{example}\"")));
+            None
+        }
+        Some(Value::String(s)) => Some(s.clone()),
+        Some(other) => {
+            let message = format!("must be a string, found {other}");
+            problems.push(report.at(key, Some(name), message, format!("set it to \"{example}\"")));
+            None
+        }
+    }
+}
+
+/// Everything about one entry that does not depend on the others.
+fn check_entry(report: &Reporter, key: &str, value: &Value, problems: &mut Vec<Problem>) -> Fields {
+    let Some(object) = value.as_object() else {
+        let fix = format!("make it an object with fields {}", FIELDS.join(", "));
+        problems.push(report.at(key, None, "the entry is not a JSON object", fix));
+        return Fields::default();
+    };
+    for name in object.keys().filter(|k| !FIELDS.contains(&k.as_str())) {
+        let fix = format!("remove it; the allowed fields are {}", FIELDS.join(", "));
+        problems.push(report.at(key, Some(name), "unknown field", fix));
+    }
+    let fields = Fields {
+        host: string_field(report, key, object, "host", key.to_string(), problems),
+        instance_type: string_field(report, key, object, "instanceType", "t3.large".into(), problems),
+        prefix: string_field(report, key, object, "bootstrapPrefix", format!("bootstrap/{key}"), problems),
+        token: string_field(report, key, object, "discordTokenSecret", format!("{TOKEN_SECRET_PREFIX}N"), problems),
+    };
+    if let Some(host) = &fields.host {
+        if host != key {
+            problems.push(report.at(
+                key,
+                Some("host"),
+                format!("is \"{host}\" but the key is \"{key}\""),
+                "make the key and host equal",
+            ));
+        }
+        if let Some(why) = host_name_error(host) {
+            problems.push(report.at(
+                key,
+                Some("host"),
+                format!("\"{host}\" {why}"),
+                "use 1-63 characters of a-z, 0-9 and -",
+            ));
+        }
+    }
+    if let Some(t) = fields.instance_type.as_ref().filter(|t| !valid_instance_type(t)) {
+        let message = format!("\"{t}\" is not an EC2 instance type of the form family.size");
+        problems.push(report.at(key, Some("instanceType"), message, "use e.g. \"t3.large\""));
+    }
+    if let Some((p, why)) = fields.prefix.as_ref().and_then(|p| Some((p, prefix_error(p)?))) {
+        problems.push(report.at(
+            key,
+            Some("bootstrapPrefix"),
+            format!("\"{p}\" {why}"),
+            format!("use \"bootstrap/{key}\""),
+        ));
+    }
+    if let Some((s, why)) = fields.token.as_ref().and_then(|s| Some((s, token_secret_error(s)?))) {
+        let fix = format!("use \"{TOKEN_SECRET_PREFIX}<n>\" (the file name without .age)");
+        problems.push(report.at(key, Some("discordTokenSecret"), format!("\"{s}\" {why}"), fix));
+    }
+    fields
+}
+
+/// What must differ between instances: host, prefix (and no prefix inside
+/// another: an instance's IAM scope `<prefix>/*` would cover the other's
+/// bundle), and the Discord token (fleet size equals the token pool).
+fn check_shared(report: &Reporter, checked: &[(&str, Fields)], problems: &mut Vec<Problem>) {
+    let mut hosts: HashMap<&str, &str> = HashMap::new();
+    let mut prefixes: HashMap<&str, &str> = HashMap::new();
+    let mut tokens: HashMap<&str, &str> = HashMap::new();
+    for (key, fields) in checked {
+        if let Some(host) = fields.host.as_deref() {
+            if let Some(other) = hosts.insert(host, key).filter(|other| other != key) {
+                let message = format!("\"{host}\" is also the host of instance `{other}`");
+                problems.push(report.at(key, Some("host"), message, "give every instance its own host name"));
+            }
+        }
+        if let Some(p) = fields.prefix.as_deref() {
+            if let Some(other) = prefixes.insert(p, key) {
+                let message = format!("\"{p}\" is also the prefix of instance `{other}`");
+                let fix = format!("give every instance its own prefix, e.g. \"bootstrap/{key}\"");
+                problems.push(report.at(key, Some("bootstrapPrefix"), message, fix));
+            }
+        }
+        if let Some(s) = fields.token.as_deref() {
+            if let Some(other) = tokens.insert(s, key) {
+                let message = format!(
+                    "\"{s}\" is also the token of instance `{other}`: each instance needs its own Discord token"
+                );
+                problems.push(report.at(
+                    key,
+                    Some("discordTokenSecret"),
+                    message,
+                    "add a token secret for this instance",
+                ));
+            }
+        }
+    }
+    for (key, fields) in checked {
+        let Some(p) = fields.prefix.as_deref() else { continue };
+        for (outer, other) in prefixes.iter().filter(|(outer, _)| p.starts_with(&format!("{outer}/"))) {
+            let message = format!(
+                "\"{p}\" lies inside \"{outer}\", the prefix of instance `{other}`: its IAM scope ({outer}/*) would cover this instance's bundle"
+            );
+            problems.push(report.at(
+                key,
+                Some("bootstrapPrefix"),
+                message,
+                format!("use a prefix beside it, e.g. \"bootstrap/{key}\""),
+            ));
+        }
+    }
 }
 
 fn host_name_error(host: &str) -> Option<&'static str> {
