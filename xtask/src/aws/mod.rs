@@ -65,7 +65,7 @@ impl Timeouts {
 }
 
 /// How to reach AWS (or the emulator).
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Settings {
     pub region: Option<String>,
     pub profile: Option<String>,
@@ -77,6 +77,20 @@ pub struct Settings {
     /// Attempts per operation, the first included; the one retry layer.
     /// 0 means the default (3).
     pub max_attempts: u32,
+}
+
+/// Written by hand: the secret access key never reaches a log or a panic.
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("region", &self.region)
+            .field("profile", &self.profile)
+            .field("endpoint_url", &self.endpoint_url)
+            .field("static_credentials", &self.static_credentials.as_ref().map(|(id, _)| (id, "** redacted **")))
+            .field("timeouts", &self.timeouts)
+            .field("max_attempts", &self.max_attempts)
+            .finish()
+    }
 }
 
 impl Settings {

@@ -33,10 +33,40 @@ pub fn app_jwt(app_id: &str, pem: &[u8], now: u64) -> Result<Zeroizing<String>> 
     Ok(Zeroizing::new(jwt))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Deserialize)]
 pub struct InstallationToken {
     pub token: String,
     pub expires_at: Option<String>,
+}
+
+/// Written by hand: the token never reaches a log or a panic.
+impl std::fmt::Debug for InstallationToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("InstallationToken")
+            .field("token", &"** redacted **")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// The app JWT and the token travel only over TLS, except to this machine
+/// (a GitHub stand-in in tests, a local proxy).
+fn check_transport(url: &str) -> Result<()> {
+    let Some(rest) = url.strip_prefix("http://") else {
+        anyhow::ensure!(url.starts_with("https://"), "the GitHub API URL {url} is neither https:// nor http://");
+        return Ok(());
+    };
+    let authority = rest.split('/').next().unwrap_or_default();
+    let host = match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or_default(),
+        None => authority.split(':').next().unwrap_or_default(),
+    };
+    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    anyhow::ensure!(
+        loopback,
+        "refusing to send the GitHub App JWT over plain HTTP to {host}: use https:// (plain http:// is allowed only to loopback)"
+    );
+    Ok(())
 }
 
 impl Drop for InstallationToken {
@@ -49,6 +79,7 @@ impl Drop for InstallationToken {
 /// GitHub's status and message, never the JWT or the key.
 pub async fn installation_token(api_url: &str, installation_id: &str, jwt: &str) -> Result<InstallationToken> {
     let url = format!("{}/app/installations/{installation_id}/access_tokens", api_url.trim_end_matches('/'));
+    check_transport(&url)?;
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_native_roots()
         .context("cannot load the system's CA certificates")?
@@ -164,4 +195,36 @@ pub async fn run(ctx: &Ctx, args: flags::GithubTokenArgs) -> Result<()> {
         None => println!("{}", token.token),
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_never_shows_the_token() {
+        let token = InstallationToken { token: "ghs_secret-value".into(), expires_at: None };
+        assert!(!format!("{token:?}").contains("secret-value"));
+        let settings = crate::aws::Settings {
+            static_credentials: Some(("id".into(), "very-secret".into())),
+            ..Default::default()
+        };
+        assert!(!format!("{settings:?}").contains("very-secret"));
+    }
+
+    #[test]
+    fn plain_http_only_to_loopback() {
+        for ok in ["https://api.github.com/x", "http://127.0.0.1:8080/x", "http://localhost/x", "http://[::1]:9/x"] {
+            assert!(check_transport(ok).is_ok(), "{ok}");
+        }
+        for bad in ["http://api.github.com/x", "http://10.0.0.1/x", "http://127.0.0.1.evil.example/x", "ftp://x"] {
+            assert!(check_transport(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_jwt_is_not_sent_over_plain_http_elsewhere() {
+        let err = installation_token("http://github.example.com", "1", "jwt").await.unwrap_err();
+        assert!(format!("{err:#}").contains("plain HTTP"), "{err:#}");
+    }
 }
