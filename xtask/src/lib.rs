@@ -5,6 +5,7 @@
 //! the CLI calls after parsing flags; `aws` is how every stage reaches AWS,
 //! `dev` holds the developer commands (doctor, test, bench).
 
+pub mod atomic;
 pub mod aws;
 pub mod bootstrap;
 pub mod cancel;

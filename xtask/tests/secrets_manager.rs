@@ -202,42 +202,56 @@ async fn access_denied_names_the_secret_and_the_action() {
     assert!(listed.secret_list().is_empty(), "something was written");
 }
 
+fn fetch_opts(fleet: &SampleFleet, instance: &str, dest: &std::path::Path) -> FetchOptions {
+    FetchOptions {
+        instance: instance.into(),
+        registry: fleet.sources.registry.clone(),
+        spec: fleet.sources.spec.clone(),
+        dest: dest.to_path_buf(),
+        owner: Some("root".into()),
+        group: Some("0".into()),
+    }
+}
+
+fn listing(dest: &std::path::Path) -> Vec<String> {
+    let mut got: Vec<String> =
+        std::fs::read_dir(dest).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
+    got.sort();
+    got
+}
+
+/// The instance's set, 0400; files it did not write (other secrets share
+/// /run/agenix) are never touched; what an earlier run wrote and is no
+/// longer wanted is removed.
 #[tokio::test(flavor = "multi_thread")]
-async fn fetch_writes_exactly_the_instances_set() {
+async fn fetch_writes_the_instances_set_and_removes_only_its_own_leftovers() {
     let env = env().await;
     let fleet = fixtures::sample_fleet(&env.path("src"), 3, canary_value).unwrap();
     manager::seed(&env.aws, &opts(&fleet)).await.unwrap();
     let dest = env.path("run/agenix");
     std::fs::create_dir_all(&dest).unwrap();
-    std::fs::write(dest.join("stale-secret"), "old").unwrap();
-    std::fs::write(dest.join("clawdinator-discord-token-1"), "not mine").unwrap();
-    let report = manager::fetch(
-        &env.aws,
-        &FetchOptions {
-            instance: "clawdinator-2".into(),
-            registry: fleet.sources.registry.clone(),
-            spec: fleet.sources.spec.clone(),
-            dest: dest.clone(),
-            owner: Some("root".into()),
-            group: Some("0".into()),
-        },
-    )
-    .await
-    .unwrap();
-    assert_eq!(report.removed, ["clawdinator-discord-token-1", "stale-secret"]);
+    std::fs::write(dest.join("someone-elses-secret"), "theirs").unwrap();
+    let report = manager::fetch(&env.aws, &fetch_opts(&fleet, "clawdinator-2", &dest)).await.unwrap();
+    assert!(report.removed.is_empty(), "{:?}", report.removed);
     let spec = xtask::secrets::Spec::load(&fleet.sources.spec).unwrap();
     let mut want: Vec<String> = spec.common.clone();
     want.push("clawdinator-discord-token-2".into());
     want.sort();
-    let mut got: Vec<String> =
-        std::fs::read_dir(&dest).unwrap().map(|e| e.unwrap().file_name().to_string_lossy().into_owned()).collect();
-    got.sort();
-    assert_eq!(got, want);
     for name in &want {
         let path = dest.join(name);
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o400, "{name}");
         assert_eq!(std::fs::read_to_string(&path).unwrap(), canary_value(name), "{name}");
     }
+    let mut all = want.clone();
+    all.extend([manager::STATE_FILE.to_string(), "someone-elses-secret".to_string()]);
+    all.sort();
+    assert_eq!(listing(&dest), all);
+
+    // The host becomes clawdinator-3: token 2 was this command's, so it goes.
+    let report = manager::fetch(&env.aws, &fetch_opts(&fleet, "clawdinator-3", &dest)).await.unwrap();
+    assert_eq!(report.removed, ["clawdinator-discord-token-2"]);
+    assert!(dest.join("clawdinator-discord-token-3").exists() && dest.join("someone-elses-secret").exists());
+    assert_eq!(std::fs::read_to_string(dest.join("someone-elses-secret")).unwrap(), "theirs");
 }
 
 // ------------------------------------------------------------ GitHub tokens

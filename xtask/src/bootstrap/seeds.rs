@@ -261,10 +261,7 @@ pub fn prepare(opts: &PrepareOptions, out: &crate::output::Output) -> Result<Pre
         }
     }
     if report.failed.is_empty() || opts.allow_partial {
-        let json = serde_json::to_vec_pretty(&report.repos)?;
-        let tmp = opts.dest.join(format!(".{SEEDS_FILE}.tmp"));
-        std::fs::write(&tmp, json)?;
-        std::fs::rename(&tmp, opts.dest.join(SEEDS_FILE))?;
+        crate::atomic::write(&opts.dest.join(SEEDS_FILE), &serde_json::to_vec_pretty(&report.repos)?, 0o644)?;
     }
     Ok(report)
 }

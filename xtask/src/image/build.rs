@@ -243,9 +243,7 @@ pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
         source_revision: revision.map(|r| r.trim_end_matches("-dirty").to_string()),
     };
     // Written whole or not at all: publish must never read half a description.
-    let mut tmp = tempfile::NamedTempFile::new_in(&opts.out)?;
-    std::io::Write::write_all(&mut tmp, &serde_json::to_vec_pretty(&manifest)?)?;
-    tmp.persist(image_json(&opts.out)).map_err(|e| e.error)?;
+    crate::atomic::write(&image_json(&opts.out), &serde_json::to_vec_pretty(&manifest)?, 0o644)?;
     Ok(manifest)
 }
 

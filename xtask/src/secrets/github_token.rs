@@ -1,8 +1,6 @@
 //! `cargo xtask github-token`: a GitHub App installation token, minted from
 //! the app's private key (RS256 JWT) without openssl or curl.
 
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -151,15 +149,8 @@ async fn load_pem(ctx: &Ctx, source: &PemSource) -> Result<Zeroizing<Vec<u8>>> {
 
 /// `GITHUB_TOKEN=…` and `GH_TOKEN=…`, mode 0600, replaced atomically.
 pub fn write_env_file(path: &Path, token: &str) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = tempfile::Builder::new().prefix(".github-token.").tempfile_in(dir)?;
-    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o600))?;
     let content = Zeroizing::new(format!("GITHUB_TOKEN={token}\nGH_TOKEN={token}\n"));
-    tmp.write_all(content.as_bytes())?;
-    tmp.as_file().sync_all()?;
-    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("cannot write {}", path.display()))?;
-    Ok(())
+    crate::atomic::write(path, content.as_bytes(), 0o600)
 }
 
 pub async fn run(ctx: &Ctx, args: flags::GithubTokenArgs) -> Result<()> {

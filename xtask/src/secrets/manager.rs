@@ -7,8 +7,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
@@ -352,34 +350,33 @@ fn lookup_id(name: &str, user: bool) -> Result<u32> {
     }
 }
 
-/// Write `value` to `dest/name`, 0400, owned as asked, by a temporary file
-/// in the same directory and a rename: readers never see a partial file.
-fn install(dest: &Path, name: &str, value: &[u8], uid: Option<u32>, gid: Option<u32>) -> Result<()> {
-    let mut tmp = tempfile::Builder::new().prefix(&format!(".{name}.")).tempfile_in(dest)?;
-    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(0o400))?;
-    tmp.write_all(value)?;
-    tmp.as_file().sync_all()?;
-    if uid.is_some() || gid.is_some() {
-        std::os::unix::fs::fchown(tmp.as_file(), uid, gid)
-            .with_context(|| format!("cannot chown {}/{name}", dest.display()))?;
+/// The file in `--dest` that lists what `secrets fetch` wrote there: the
+/// only files a later run may remove (other secrets live in /run/agenix too).
+pub const STATE_FILE: &str = ".clawdinator-secrets.json";
+
+fn written_before(dest: &Path) -> Result<BTreeSet<String>> {
+    match std::fs::read(dest.join(STATE_FILE)) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not the list `secrets fetch` writes", dest.join(STATE_FILE).display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", dest.join(STATE_FILE).display())),
     }
-    tmp.persist(dest.join(name))
-        .map_err(|e| e.error)
-        .with_context(|| format!("cannot install {}/{name}", dest.display()))?;
-    Ok(())
 }
 
 pub async fn fetch(aws: &Aws, opts: &FetchOptions) -> Result<FetchReport> {
     let registry = Registry::load(&opts.registry)?;
     let instance = registry.select(std::slice::from_ref(&opts.instance))?[0].clone();
     let spec = files::Spec::load(&opts.spec)?;
-    let uid = opts.owner.as_deref().map(|o| lookup_id(o, true)).transpose()?;
-    let gid = opts.group.as_deref().map(|g| lookup_id(g, false)).transpose()?;
+    let owner = crate::atomic::Owner {
+        uid: opts.owner.as_deref().map(|o| lookup_id(o, true)).transpose()?,
+        gid: opts.group.as_deref().map(|g| lookup_id(g, false)).transpose()?,
+    };
 
     // File name on the host -> secret name in Secrets Manager.
     let mut wanted: BTreeMap<String, String> = spec.common.iter().map(|n| (n.clone(), common_name(n))).collect();
     wanted.insert(instance.discord_token_secret.clone(), token_name(&instance.host));
 
+    // Every value is read before anything is written.
     let sm = aws.secrets_manager();
     let mut values = Vec::new();
     for (file, secret) in &wanted {
@@ -393,20 +390,21 @@ pub async fn fetch(aws: &Aws, opts: &FetchOptions) -> Result<FetchReport> {
         values.push((file.clone(), value));
     }
     std::fs::create_dir_all(&opts.dest).with_context(|| format!("cannot create {}", opts.dest.display()))?;
+    let before = written_before(&opts.dest)?;
     let mut report = FetchReport { dest: opts.dest.display().to_string(), written: vec![], removed: vec![] };
     for (file, value) in &values {
-        install(&opts.dest, file, value, uid, gid)?;
+        crate::atomic::write_owned(&opts.dest.join(file), value, 0o400, owner)?;
         report.written.push(file.clone());
     }
-    for entry in std::fs::read_dir(&opts.dest)?.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let kind = entry.file_type()?;
-        if !wanted.contains_key(&name) && (kind.is_file() || kind.is_symlink()) {
-            std::fs::remove_file(entry.path())?;
-            report.removed.push(name);
+    let now: BTreeSet<String> = wanted.into_keys().collect();
+    crate::atomic::write(&opts.dest.join(STATE_FILE), &serde_json::to_vec(&now)?, 0o600)?;
+    for name in before.difference(&now) {
+        match std::fs::remove_file(opts.dest.join(name)) {
+            Ok(()) => report.removed.push(name.clone()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}/{name}", opts.dest.display())),
         }
     }
-    report.removed.sort();
     Ok(report)
 }
 

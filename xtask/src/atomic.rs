@@ -1,0 +1,58 @@
+//! Files replaced whole: written to a temporary file beside the target with
+//! the mode (and owner) set before any byte, synced, then renamed over it.
+//! A reader sees the old file or the new one, never a part; plaintext never
+//! sits in a file readable by others, even for a moment.
+
+use std::io::Write;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+
+/// Who owns a file written for someone else (a service user), by id.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+}
+
+/// Replace `path` with `contents`, mode `mode`, owned as the process is.
+pub fn write(path: &Path, contents: &[u8], mode: u32) -> Result<()> {
+    write_owned(path, contents, mode, Owner::default())
+}
+
+/// Replace `path` with `contents`, mode `mode`, owned by `owner`.
+pub fn write_owned(path: &Path, contents: &[u8], mode: u32, owner: Owner) -> Result<()> {
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .tempfile_in(dir)
+        .with_context(|| format!("cannot write in {}", dir.display()))?;
+    tmp.as_file().set_permissions(std::fs::Permissions::from_mode(mode))?;
+    if owner != Owner::default() {
+        std::os::unix::fs::fchown(tmp.as_file(), owner.uid, owner.gid)
+            .with_context(|| format!("cannot chown {}", path.display()))?;
+    }
+    tmp.write_all(contents)?;
+    tmp.as_file().sync_all()?;
+    tmp.persist(path).map_err(|e| e.error).with_context(|| format!("cannot install {}", path.display()))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replaces_whole_with_the_mode_and_leaves_nothing_beside() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a/b.txt");
+        write(&path, b"one", 0o600).unwrap();
+        write(&path, b"two", 0o400).unwrap();
+        assert_eq!(std::fs::read(&path).unwrap(), b"two");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o400);
+        assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+    }
+}
