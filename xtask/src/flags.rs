@@ -241,6 +241,9 @@ pub struct BootstrapFetchArgs {
     /// A file whose content, when present, is the prefix to use.
     #[arg(long, default_value = "/etc/clawdinator/bootstrap-prefix")]
     pub prefix_file: PathBuf,
+    /// Where the bundle's generations live; the three paths above become links into it.
+    #[arg(long, default_value = "/var/lib/clawd/bootstrap")]
+    pub state_dir: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -30,6 +30,7 @@ fn fetch_opts(env: &Env, n: usize) -> FetchOptions {
         secrets_dir: env.path("host/var/lib/clawd/nix-secrets"),
         seeds_dir: env.path("host/var/lib/clawd/repo-seeds"),
         age_key_path: env.path("host/etc/agenix/keys/clawdinator.agekey"),
+        state_dir: env.path("host/var/lib/clawd/bootstrap"),
     }
 }
 
@@ -83,11 +84,19 @@ async fn round_trip_upload_then_fetch() {
         std::fs::read_to_string(opts.secrets_dir.join(".bootstrap-prefix")).unwrap().trim(),
         "bootstrap/clawdinator-2"
     );
-    assert_eq!(snapshot(opts.secrets_dir.parent().unwrap())["nix-secrets"].0, 0o700);
+    use std::os::unix::fs::PermissionsExt;
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode(&opts.secrets_dir), 0o700);
+    // The three paths are links into the generation in force.
+    for path in [&opts.secrets_dir, &opts.seeds_dir, &opts.age_key_path] {
+        let target = std::fs::read_link(path).unwrap();
+        assert!(target.starts_with(opts.state_dir.join("current")), "{}", target.display());
+    }
+    assert_eq!(std::fs::read_dir(opts.state_dir.join("generations")).unwrap().count(), 1);
 
     // The identity, mode 0400.
     assert_eq!(std::fs::read(&opts.age_key_path).unwrap(), std::fs::read(&fleet.sources.age_key).unwrap());
-    assert_eq!(snapshot(opts.age_key_path.parent().unwrap())["clawdinator.agekey"].0, 0o400);
+    assert_eq!(mode(&opts.age_key_path), 0o400);
 
     // Seeds: the same tree, modes normalised.
     let got = snapshot(&opts.seeds_dir);
@@ -401,4 +410,109 @@ async fn a_malformed_secret_fails_before_upload() {
 #[tokio::test(flavor = "multi_thread")]
 async fn unprepared_seeds_fail_before_upload() {
     fails_before_upload(|f| std::fs::remove_file(f.seeds_dir.join("SEEDS.json")).unwrap(), "seeds prepare").await;
+}
+
+type Tree = std::collections::BTreeMap<String, (u32, Option<Vec<u8>>)>;
+
+/// What the host sees through its three paths: secrets, seeds, identity.
+fn host_view(opts: &FetchOptions) -> Vec<Tree> {
+    let key = std::fs::read(&opts.age_key_path).ok();
+    vec![snapshot(&opts.secrets_dir), snapshot(&opts.seeds_dir), [("key".to_string(), (0, key))].into()]
+}
+
+/// The CLI's bootstrap fetch against the emulator, killed (abort) after `step`.
+fn fetch_cli_killed_at(env: &Env, opts: &FetchOptions, step: &str) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(["bootstrap", "fetch", "--bucket", &env.bucket, "--prefix", &opts.prefix])
+        .arg("--prefix-file")
+        .arg(opts.prefix_file.as_ref().unwrap())
+        .arg("--secrets-dir")
+        .arg(&opts.secrets_dir)
+        .arg("--repo-seeds-dir")
+        .arg(&opts.seeds_dir)
+        .arg("--age-key-path")
+        .arg(&opts.age_key_path)
+        .arg("--state-dir")
+        .arg(&opts.state_dir)
+        .env("CLAWDINATOR_TEST_ABORT_AT", step)
+        .env("AWS_ENDPOINT_URL", env.emulator.endpoint())
+        .env("AWS_ACCESS_KEY_ID", "testing")
+        .env("AWS_SECRET_ACCESS_KEY", "testing")
+        .env("AWS_REGION", "us-east-1")
+        .output()
+        .unwrap()
+}
+
+/// A fetch killed between any two of its steps leaves the host's previous
+/// state whole (or, once the switch is done, the new one whole); the next
+/// run finishes the work and leaves one generation.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fetch_killed_between_steps_leaves_a_whole_state() {
+    let env = env().await;
+    let fleet = fleet(&env, 2).await;
+    bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
+    let opts = fetch_opts(&env, 1);
+    bootstrap::fetch(&env.aws, &opts).await.unwrap();
+    let old = host_view(&opts);
+    let prefix_file = opts.prefix_file.clone().unwrap();
+    std::fs::create_dir_all(prefix_file.parent().unwrap()).unwrap();
+    std::fs::write(&prefix_file, "bootstrap/clawdinator-2\n").unwrap();
+    for step in ["downloaded", "unpacked", "staged"] {
+        let out = fetch_cli_killed_at(&env, &opts, step);
+        assert!(!out.status.success(), "{step}: the fetch was not killed");
+        assert!(String::from_utf8_lossy(&out.stderr).contains(&format!("ABORT_AT={step}")), "{out:?}");
+        assert!(host_view(&opts) == old, "killed after {step}: the previous state is not whole");
+    }
+    let out = fetch_cli_killed_at(&env, &opts, "switched");
+    assert!(!out.status.success());
+    let new = host_view(&opts);
+    assert!(
+        new[0].contains_key("clawdinator-discord-token-2.age")
+            && !new[0].contains_key("clawdinator-discord-token-1.age")
+    );
+    assert_eq!(
+        std::fs::read_to_string(opts.secrets_dir.join(".bootstrap-prefix")).unwrap().trim(),
+        "bootstrap/clawdinator-2"
+    );
+
+    let again = bootstrap::fetch(&env.aws, &opts).await.unwrap();
+    assert!(again.already_done);
+    assert!(host_view(&opts) == new);
+    assert_eq!(std::fs::read_dir(opts.state_dir.join("generations")).unwrap().count(), 1, "leftovers stayed");
+}
+
+async fn edit_manifest(env: &Env, n: usize, change: impl FnOnce(&mut bootstrap::Manifest)) {
+    let key = format!("bootstrap/clawdinator-{n}/manifest.json");
+    let mut manifest: bootstrap::Manifest = serde_json::from_slice(&env.get(&key).await).unwrap();
+    change(&mut manifest);
+    env.put(&key, serde_json::to_vec(&manifest).unwrap()).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_download_stops_at_the_manifests_size() {
+    refused_with_state_untouched(
+        async |env: &Env| edit_manifest(env, 2, |m| m.archives.get_mut("secrets.tar.zst").unwrap().size -= 1).await,
+        "is larger than the",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unpacking_stops_at_the_manifests_bytes() {
+    refused_with_state_untouched(
+        async |env: &Env| {
+            edit_manifest(env, 2, |m| m.archives.get_mut("repo-seeds.tar.zst").unwrap().unpacked_bytes -= 1).await
+        },
+        "unpacks to more than the",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unpacking_stops_at_the_manifests_entries() {
+    refused_with_state_untouched(
+        async |env: &Env| edit_manifest(env, 2, |m| m.archives.get_mut("secrets.tar.zst").unwrap().entries -= 1).await,
+        "entries its manifest lists",
+    )
+    .await;
 }

@@ -5,11 +5,12 @@
 use std::collections::HashMap;
 use std::path::Path;
 
-use anyhow::Result;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{MetadataDirective, ServerSideEncryption};
 use base64::Engine;
-use tokio::io::AsyncWriteExt;
 
 use crate::aws;
 
@@ -94,38 +95,103 @@ fn encode_key(key: &str) -> String {
         .collect()
 }
 
-/// Whole small object into memory (manifests). `None` when absent.
-pub async fn get_bytes(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Option<Vec<u8>>> {
-    match s3.get_object().bucket(bucket).key(key).send().await {
-        Ok(out) => {
-            let bytes = out.body.collect().await.map_err(|e| anyhow::anyhow!("reading {}: {e}", url(bucket, key)))?;
-            Ok(Some(bytes.into_bytes().to_vec()))
+/// Read a GetObject body through `sink`, at most `max` bytes (more is an
+/// error: the object is not what its manifest says), failing when no bytes
+/// arrive for `stall` (the SDK's read timeout covers only the first byte).
+async fn read_body(
+    mut body: aws_sdk_s3::primitives::ByteStream,
+    max: u64,
+    stall: Duration,
+    url: &str,
+    mut sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+) -> Result<u64> {
+    let mut size = 0u64;
+    loop {
+        let chunk = tokio::time::timeout(stall, body.try_next())
+            .await
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "reading {url}: no data for {stall:?} (stalled; CLAWDINATOR_READ_TIMEOUT sets the limit)"
+                )
+            })?
+            .map_err(|e| anyhow::anyhow!("reading {url}: {e}"))?;
+        let Some(chunk) = chunk else { return Ok(size) };
+        size += chunk.len() as u64;
+        if size > max {
+            bail!("{url} is larger than the {max} bytes expected: refused");
         }
-        Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
-        Err(err) => Err(aws::error("S3 GetObject", &url(bucket, key), err)),
+        sink(&chunk)?;
     }
 }
 
-/// Stream an object into a new file, returning its SHA-256 and size.
-pub async fn get_to_file(s3: &aws_sdk_s3::Client, bucket: &str, key: &str, dest: &Path) -> Result<(String, u64)> {
-    use sha2::{Digest, Sha256};
-    let out = s3
-        .get_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .map_err(|e| aws::error("S3 GetObject", &url(bucket, key), e))?;
-    let mut body = out.body;
-    let mut file = tokio::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dest).await?;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    while let Some(chunk) = body.try_next().await.map_err(|e| anyhow::anyhow!("reading {}: {e}", url(bucket, key)))? {
-        hasher.update(&chunk);
-        size += chunk.len() as u64;
-        file.write_all(&chunk).await?;
+/// GetObject of at most `max` bytes: the Range stops the transfer one byte
+/// past the limit, so an oversized object is never downloaded whole.
+async fn get_at_most(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    max: u64,
+) -> Result<
+    Option<aws_sdk_s3::operation::get_object::GetObjectOutput>,
+    aws_sdk_s3::error::SdkError<aws_sdk_s3::operation::get_object::GetObjectError>,
+> {
+    match s3.get_object().bucket(bucket).key(key).range(format!("bytes=0-{max}")).send().await {
+        Ok(out) => Ok(Some(out)),
+        Err(err) if err.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
+        // An empty object answers a range with 416.
+        Err(err) if err.raw_response().is_some_and(|r| r.status().as_u16() == 416) => {
+            s3.get_object().bucket(bucket).key(key).send().await.map(Some)
+        }
+        Err(err) => Err(err),
     }
-    file.flush().await?;
-    file.sync_all().await?;
+}
+
+/// A small object (a manifest) into memory, at most `max` bytes. `None` when absent.
+pub async fn get_bytes(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    max: u64,
+    stall: Duration,
+) -> Result<Option<Vec<u8>>> {
+    let u = url(bucket, key);
+    let Some(out) = get_at_most(s3, bucket, key, max).await.map_err(|e| aws::error("S3 GetObject", &u, e))? else {
+        return Ok(None);
+    };
+    let mut bytes = Vec::new();
+    read_body(out.body, max, stall, &u, |chunk| {
+        bytes.extend_from_slice(chunk);
+        Ok(())
+    })
+    .await?;
+    Ok(Some(bytes))
+}
+
+/// Stream an object of at most `max` bytes into a new file (0600); returns
+/// its SHA-256 and size.
+pub async fn get_to_file(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    dest: &Path,
+    max: u64,
+    stall: Duration,
+) -> Result<(String, u64)> {
+    use sha2::{Digest, Sha256};
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let u = url(bucket, key);
+    let out = get_at_most(s3, bucket, key, max)
+        .await
+        .map_err(|e| aws::error("S3 GetObject", &u, e))?
+        .with_context(|| format!("{u} does not exist"))?;
+    let mut file = std::fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(dest)?;
+    let mut hasher = Sha256::new();
+    let size = read_body(out.body, max, stall, &u, |chunk| {
+        hasher.update(chunk);
+        file.write_all(chunk)
+    })
+    .await?;
+    file.sync_all()?;
     Ok((hex::encode(hasher.finalize()), size))
 }

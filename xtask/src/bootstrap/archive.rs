@@ -56,10 +56,23 @@ pub fn sha256_file(path: &Path) -> Result<(String, u64)> {
     Ok((sha, len))
 }
 
+/// What a finished archive is: its digest and size, and what unpacking it
+/// produces (the host bounds unpacking by these).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Summary {
+    pub sha256: String,
+    pub size: u64,
+    pub entries: u64,
+    /// The bytes of all files in it, unpacked.
+    pub content_bytes: u64,
+}
+
 /// Builds one archive, entry by entry, in the order given by the caller
 /// (who sorts them).
 pub struct Writer<W: Write> {
     tar: tar::Builder<zstd::Encoder<'static, Hashing<W>>>,
+    entries: u64,
+    content_bytes: u64,
 }
 
 impl<W: Write> Writer<W> {
@@ -67,7 +80,7 @@ impl<W: Write> Writer<W> {
         let encoder = zstd::Encoder::new(Hashing::new(out), ZSTD_LEVEL)?;
         let mut tar = tar::Builder::new(encoder);
         tar.mode(tar::HeaderMode::Deterministic);
-        Ok(Writer { tar })
+        Ok(Writer { tar, entries: 0, content_bytes: 0 })
     }
 
     fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
@@ -84,20 +97,23 @@ impl<W: Write> Writer<W> {
     pub fn dir(&mut self, path: &str, mode: u32) -> Result<()> {
         let mut header = Self::header(tar::EntryType::Directory, mode, 0);
         self.tar.append_data(&mut header, format!("{}/", path.trim_end_matches('/')), io::empty())?;
+        self.entries += 1;
         Ok(())
     }
 
     pub fn file(&mut self, path: &str, mode: u32, size: u64, data: impl Read) -> Result<()> {
         let mut header = Self::header(tar::EntryType::Regular, mode, size);
         self.tar.append_data(&mut header, path, data)?;
+        self.entries += 1;
+        self.content_bytes += size;
         Ok(())
     }
 
-    /// Finish the archive: (output, sha256 hex, compressed size).
-    pub fn finish(self) -> Result<(W, String, u64)> {
+    /// Finish the archive: the output and what the archive is.
+    pub fn finish(self) -> Result<(W, Summary)> {
         let encoder = self.tar.into_inner()?;
-        let hashing = encoder.finish()?;
-        Ok(hashing.finish())
+        let (out, sha256, size) = encoder.finish()?.finish();
+        Ok((out, Summary { sha256, size, entries: self.entries, content_bytes: self.content_bytes }))
     }
 }
 
@@ -175,16 +191,29 @@ pub struct Unpacked {
     pub mode: u32,
 }
 
+/// The most an archive may unpack to: the manifest's word, checked as the
+/// archive is read, so a hostile or corrupt archive cannot fill the disk.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub entries: u64,
+    pub content_bytes: u64,
+}
+
 /// Unpack a tar.zst into `dest` (which must exist and should be empty),
 /// refusing absolute paths, `..`, links, devices and anything else that is
-/// not a plain file or directory. Modes are kept without setuid/setgid/sticky.
-pub fn unpack(archive: impl Read, dest: &Path) -> Result<Vec<Unpacked>> {
+/// not a plain file or directory, and anything past `limits`. Modes are kept
+/// without setuid/setgid/sticky.
+pub fn unpack(archive: impl Read, dest: &Path, limits: Limits) -> Result<Vec<Unpacked>> {
     let decoder = zstd::Decoder::new(archive)?;
     let mut tar = tar::Archive::new(decoder);
     let mut unpacked = Vec::new();
     let mut dirs = Vec::new();
+    let mut content = 0u64;
     for entry in tar.entries()? {
         let mut entry = entry.context("the archive is corrupt")?;
+        if unpacked.len() as u64 >= limits.entries {
+            bail!("the archive holds more than the {} entries its manifest lists: refused", limits.entries);
+        }
         let raw = entry.path()?.into_owned();
         let rel = safe_path(&raw)?;
         let mode = entry.header().mode()? & 0o777;
@@ -205,7 +234,15 @@ pub fn unpack(archive: impl Read, dest: &Path) -> Result<Vec<Unpacked>> {
                     .mode(0o600)
                     .open(&target)
                     .with_context(|| format!("entry {} appears twice or cannot be created", raw.display()))?;
-                io::copy(&mut entry, &mut file)?;
+                let room = limits.content_bytes - content;
+                let copied = io::copy(&mut (&mut entry).take(room + 1), &mut file)?;
+                if copied > room {
+                    bail!(
+                        "the archive unpacks to more than the {} bytes its manifest lists: refused",
+                        limits.content_bytes
+                    );
+                }
+                content += copied;
                 file.set_permissions(fs::Permissions::from_mode(mode))?;
                 unpacked.push(Unpacked { path: rel, is_dir: false, mode });
             }

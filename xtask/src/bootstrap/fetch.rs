@@ -1,22 +1,43 @@
 //! `bootstrap fetch` (host side, run by the NixOS bootstrap service):
 //! download, verify and install this host's bundle.
+//!
+//! Layout under `--state-dir` (default `/var/lib/clawd/bootstrap`):
+//!
+//! ```text
+//! generations/<id>/secrets/*.age, .bootstrap-prefix, .bootstrap-ok   (0700, files 0400)
+//! generations/<id>/repo-seeds/…
+//! generations/<id>/clawdinator.agekey                                 (0400)
+//! current -> generations/<id>
+//! ```
+//!
+//! and `--secrets-dir`, `--repo-seeds-dir` and `--age-key-path` are links
+//! to `current/secrets`, `current/repo-seeds` and `current/clawdinator.agekey`.
+//! A new bundle is downloaded, checked and unpacked into a staging directory
+//! beside the generations; switching `current` is the one step that makes
+//! it visible. A fetch killed before that leaves the previous state whole.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
-use zeroize::Zeroizing;
 
-use super::{archive, key, seeds, Manifest, MANIFEST, PREFIX_MARKER, SECRETS_ARCHIVE, SEEDS_ARCHIVE, SENTINEL};
+use super::archive::{self, Limits};
+use super::{
+    key, seeds, ArchiveInfo, Manifest, MANIFEST, MANIFEST_LIMIT, PREFIX_MARKER, SECRETS_ARCHIVE, SEEDS_ARCHIVE,
+    SENTINEL,
+};
 use crate::aws::s3;
 use crate::aws::Aws;
 use crate::fleet;
 use crate::secrets::AGE_KEY_NAME;
+
+const GENERATIONS: &str = "generations";
+const CURRENT: &str = "current";
+const SECRETS: &str = "secrets";
+const SEEDS: &str = "repo-seeds";
 
 #[derive(Debug, Clone)]
 pub struct FetchOptions {
@@ -27,6 +48,10 @@ pub struct FetchOptions {
     pub secrets_dir: PathBuf,
     pub seeds_dir: PathBuf,
     pub age_key_path: PathBuf,
+    /// Where the bundle's generations live. `current` in it points at the one
+    /// in force and is switched in one rename; the three paths above are
+    /// links into it, so a fetch changes the host's state in one step.
+    pub state_dir: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -75,18 +100,8 @@ fn read_marker(path: &Path) -> Option<String> {
     fs::read_to_string(path).ok().map(|s| s.trim().to_string())
 }
 
-/// A staging directory beside `target`, so the final step is a rename on
-/// one filesystem.
-fn staging_beside(target: &Path) -> Result<tempfile::TempDir> {
-    let parent = target.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-    fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-    let dir = tempfile::Builder::new().prefix(".bootstrap-staging-").tempdir_in(parent)?;
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700))?;
-    Ok(dir)
-}
-
 /// Put `new` at `target`: an atomic exchange when `target` exists (the old
-/// tree ends up at `new` and goes with the staging directory), else a rename.
+/// one ends up at `new`, for the caller to remove), else a rename.
 fn swap_into_place(new: &Path, target: &Path) -> Result<()> {
     if target.exists() {
         use std::ffi::CString;
@@ -105,6 +120,206 @@ fn swap_into_place(new: &Path, target: &Path) -> Result<()> {
     Ok(())
 }
 
+/// Test-only: `CLAWDINATOR_TEST_ABORT_AT=<step>` aborts the process right
+/// after that step (downloaded, unpacked, staged, switched), as a kill
+/// would; tests prove the previous state survives each.
+fn step(name: &str) {
+    if std::env::var("CLAWDINATOR_TEST_ABORT_AT").as_deref() == Ok(name) {
+        eprintln!("CLAWDINATOR_TEST_ABORT_AT={name}: aborting");
+        std::process::abort();
+    }
+}
+
+/// The bundle's manifest, checked to be for this prefix.
+async fn read_manifest(aws: &Aws, bucket: &str, prefix: &str) -> Result<Manifest> {
+    let manifest_key = key(prefix, MANIFEST);
+    let url = s3::url(bucket, &manifest_key);
+    let bytes = s3::get_bytes(&aws.s3(), bucket, &manifest_key, MANIFEST_LIMIT, aws.timeouts().read)
+        .await?
+        .with_context(|| format!("{url} does not exist: was `cargo xtask bootstrap upload` run for this instance?"))?;
+    let manifest: Manifest =
+        serde_json::from_slice(&bytes).with_context(|| format!("{url} is not a valid manifest"))?;
+    ensure!(manifest.prefix == prefix, "{url} is for prefix {:?}, not {prefix:?}", manifest.prefix);
+    Ok(manifest)
+}
+
+fn archive_info<'a>(manifest: &'a Manifest, name: &str) -> Result<&'a ArchiveInfo> {
+    manifest.archives.get(name).with_context(|| format!("the manifest lists no {name}"))
+}
+
+/// Both archives into `dir`, each no larger than the manifest says and
+/// with the SHA-256 it says.
+async fn download(aws: &Aws, bucket: &str, prefix: &str, manifest: &Manifest, dir: &Path) -> Result<()> {
+    let s3c = aws.s3();
+    for name in [SECRETS_ARCHIVE, SEEDS_ARCHIVE] {
+        let want = archive_info(manifest, name)?;
+        let k = key(prefix, name);
+        let (sha, size) = s3::get_to_file(&s3c, bucket, &k, &dir.join(name), want.size, aws.timeouts().read).await?;
+        ensure!(
+            sha == want.sha256 && size == want.size,
+            "{} does not match its manifest (sha256 {sha}, {size} bytes; expected {}, {} bytes): refusing it, nothing changed",
+            s3::url(bucket, &k),
+            want.sha256,
+            want.size
+        );
+    }
+    Ok(())
+}
+
+fn limits(info: &ArchiveInfo) -> Limits {
+    Limits { entries: info.entries, content_bytes: info.unpacked_bytes }
+}
+
+/// Unpack the secrets archive into `gen/secrets` and `gen/clawdinator.agekey`
+/// (only those entries are accepted), with the prefix marker and the
+/// sentinel. Returns the secret file names.
+fn stage_secrets(gen: &Path, info: &ArchiveInfo, prefix: &str) -> Result<Vec<String>> {
+    let unpacked = gen.join(".unpacked");
+    fs::create_dir(&unpacked)?;
+    let entries = archive::unpack(fs::File::open(gen.join(SECRETS_ARCHIVE))?, &unpacked, limits(info))
+        .context("the secrets archive is refused")?;
+    let mut names = Vec::new();
+    for e in &entries {
+        match (e.path.to_string_lossy().as_ref(), e.is_dir) {
+            (AGE_KEY_NAME, false) | ("secrets", true) => {}
+            (other, false)
+                if other.strip_prefix("secrets/").is_some_and(|n| n.ends_with(".age") && !n.contains('/')) =>
+            {
+                names.push(other["secrets/".len()..].to_string())
+            }
+            (other, _) => bail!("the secrets archive holds an unexpected entry {other}: refused"),
+        }
+    }
+    ensure!(unpacked.join(AGE_KEY_NAME).is_file(), "the secrets archive holds no {AGE_KEY_NAME}");
+    names.sort();
+    let secrets = gen.join(SECRETS);
+    fs::rename(unpacked.join("secrets"), &secrets)?;
+    fs::set_permissions(&secrets, fs::Permissions::from_mode(0o700))?;
+    for name in &names {
+        fs::set_permissions(secrets.join(name), fs::Permissions::from_mode(0o400))?;
+    }
+    fs::rename(unpacked.join(AGE_KEY_NAME), gen.join(AGE_KEY_NAME))?;
+    fs::set_permissions(gen.join(AGE_KEY_NAME), fs::Permissions::from_mode(0o400))?;
+    fs::remove_dir(&unpacked)?;
+    crate::atomic::write(&secrets.join(PREFIX_MARKER), format!("{prefix}\n").as_bytes(), 0o600)?;
+    crate::atomic::write(&secrets.join(SENTINEL), b"", 0o600)?;
+    Ok(names)
+}
+
+/// Unpack the seeds archive into `gen/repo-seeds`; returns the seed names.
+fn stage_seeds(gen: &Path, info: &ArchiveInfo) -> Result<Vec<String>> {
+    archive::unpack(fs::File::open(gen.join(SEEDS_ARCHIVE))?, gen, limits(info))
+        .context("the repo-seeds archive is refused")?;
+    let seeds_dir = gen.join(SEEDS);
+    ensure!(seeds_dir.is_dir(), "the repo-seeds archive has no repo-seeds/ directory");
+    let names = seeds::load_records(&seeds_dir).map(|r| r.into_iter().map(|s| s.name).collect()).unwrap_or_default();
+    Ok(names)
+}
+
+/// A link `path` -> `target`, made by renaming a new link over whatever is
+/// there (exchanging it with a directory left by an older layout).
+fn link(target: &Path, path: &Path) -> Result<()> {
+    if fs::read_link(path).is_ok_and(|t| t == target) {
+        return Ok(());
+    }
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("link");
+    let tmp = dir.join(format!(".{name}.new-link"));
+    let _ = fs::remove_file(&tmp);
+    std::os::unix::fs::symlink(target, &tmp)?;
+    let is_dir = fs::symlink_metadata(path).is_ok_and(|m| m.is_dir());
+    if is_dir {
+        swap_into_place(&tmp, path)?;
+        fs::remove_dir_all(&tmp).with_context(|| format!("cannot remove the old {}", path.display()))?;
+    } else {
+        fs::rename(&tmp, path).with_context(|| format!("cannot link {}", path.display()))?;
+    }
+    Ok(())
+}
+
+/// Generations that are not `keep`, and staging left by a killed fetch.
+fn remove_other_generations(generations: &Path, keep: Option<&str>) -> Result<()> {
+    for entry in fs::read_dir(generations)? {
+        let entry = entry?;
+        if keep != Some(entry.file_name().to_string_lossy().as_ref()) {
+            let path = entry.path();
+            make_writable(&path);
+            fs::remove_dir_all(&path).with_context(|| format!("cannot remove {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// Unpacked trees keep their modes (read-only directories included): give
+/// the owner write access back so they can be removed.
+fn make_writable(path: &Path) {
+    if let Ok(meta) = fs::symlink_metadata(path) {
+        if meta.is_dir() {
+            let _ = fs::set_permissions(path, fs::Permissions::from_mode(meta.permissions().mode() | 0o700));
+            for entry in fs::read_dir(path).into_iter().flatten().flatten() {
+                make_writable(&entry.path());
+            }
+        }
+    }
+}
+
+/// The generation `current` points at, if any.
+fn current_generation(state: &Path) -> Option<String> {
+    let target = fs::read_link(state.join(CURRENT)).ok()?;
+    target.file_name().map(|n| n.to_string_lossy().into_owned())
+}
+
+/// Download, check and unpack a bundle into a new generation (not yet in force).
+async fn stage(
+    aws: &Aws,
+    opts: &FetchOptions,
+    prefix: &str,
+    manifest: &Manifest,
+) -> Result<(String, Vec<String>, Vec<String>)> {
+    let generations = opts.state_dir.join(GENERATIONS);
+    fs::create_dir_all(&generations).with_context(|| format!("cannot create {}", generations.display()))?;
+    remove_other_generations(&generations, current_generation(&opts.state_dir).as_deref())?;
+    let staging = tempfile::Builder::new().prefix(".staging-").tempdir_in(&generations)?;
+    download(aws, &opts.bucket, prefix, manifest, staging.path()).await?;
+    step("downloaded");
+    let (secrets_info, seeds_info) =
+        (archive_info(manifest, SECRETS_ARCHIVE)?.clone(), archive_info(manifest, SEEDS_ARCHIVE)?.clone());
+    let gen = staging.path().to_path_buf();
+    let prefix_owned = prefix.to_string();
+    let (secrets, seeds) = tokio::task::spawn_blocking(move || -> Result<_> {
+        let secrets = stage_secrets(&gen, &secrets_info, &prefix_owned)?;
+        let seeds = stage_seeds(&gen, &seeds_info)?;
+        for archive in [SECRETS_ARCHIVE, SEEDS_ARCHIVE] {
+            fs::remove_file(gen.join(archive))?;
+        }
+        fs::set_permissions(&gen, fs::Permissions::from_mode(0o755))?;
+        Ok((secrets, seeds))
+    })
+    .await??;
+    step("unpacked");
+    let id = format!(
+        "{}-{}",
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_nanos(),
+        std::process::id()
+    );
+    fs::rename(staging.keep(), generations.join(&id))?;
+    step("staged");
+    Ok((id, secrets, seeds))
+}
+
+/// Make generation `id` the one in force: one rename of `current`.
+fn switch(opts: &FetchOptions, id: &str) -> Result<()> {
+    let state = &opts.state_dir;
+    link(&Path::new(GENERATIONS).join(id), &state.join(CURRENT))?;
+    step("switched");
+    let current = std::path::absolute(state.join(CURRENT))?;
+    link(&current.join(SECRETS), &opts.secrets_dir)?;
+    link(&current.join(SEEDS), &opts.seeds_dir)?;
+    link(&current.join(AGE_KEY_NAME), &opts.age_key_path)?;
+    remove_other_generations(&state.join(GENERATIONS), Some(id))
+}
+
 pub async fn fetch(aws: &Aws, opts: &FetchOptions) -> Result<FetchReport> {
     let prefix = effective_prefix(opts)?;
     if let Some(why) = fleet::prefix_error(&prefix) {
@@ -113,115 +328,16 @@ pub async fn fetch(aws: &Aws, opts: &FetchOptions) -> Result<FetchReport> {
     let marker = read_marker(&opts.secrets_dir.join(PREFIX_MARKER));
     let done = opts.secrets_dir.join(SENTINEL).exists();
     if done && marker.as_deref() == Some(prefix.as_str()) {
+        // A fetch killed after its switch may have left the old generation.
+        let generations = opts.state_dir.join(GENERATIONS);
+        if let Some(current) = current_generation(&opts.state_dir).filter(|_| generations.is_dir()) {
+            remove_other_generations(&generations, Some(&current))?;
+        }
         return Ok(FetchReport { prefix, already_done: true, reinitialised: false, secrets: vec![], seeds: vec![] });
     }
     let reinitialised = marker.is_some_and(|m| m != prefix);
-    let s3c = aws.s3();
-    let bucket = &opts.bucket;
-
-    let manifest_key = key(&prefix, MANIFEST);
-    let manifest_bytes = s3::get_bytes(&s3c, bucket, &manifest_key).await?.with_context(|| {
-        format!(
-            "{} does not exist: was `cargo xtask bootstrap upload` run for this instance?",
-            s3::url(bucket, &manifest_key)
-        )
-    })?;
-    let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
-        .with_context(|| format!("{} is not a valid manifest", s3::url(bucket, &manifest_key)))?;
-    ensure!(
-        manifest.prefix == prefix,
-        "{} is for prefix {:?}, not {prefix:?}",
-        s3::url(bucket, &manifest_key),
-        manifest.prefix
-    );
-
-    let secrets_stage = staging_beside(&opts.secrets_dir)?;
-    let seeds_stage = staging_beside(&opts.seeds_dir)?;
-    let mut downloaded = BTreeMap::new();
-    for (name, stage) in [(SECRETS_ARCHIVE, &secrets_stage), (SEEDS_ARCHIVE, &seeds_stage)] {
-        let want = manifest.archives.get(name).with_context(|| format!("the manifest lists no {name}"))?;
-        let path = stage.path().join(name);
-        let k = key(&prefix, name);
-        let (sha, size) = s3::get_to_file(&s3c, bucket, &k, &path).await?;
-        ensure!(
-            sha == want.sha256 && size == want.size,
-            "{} does not match its manifest (sha256 {sha}, {size} bytes; expected {}, {} bytes): refusing it, nothing changed",
-            s3::url(bucket, &k),
-            want.sha256,
-            want.size
-        );
-        downloaded.insert(name, path);
-    }
-
-    let opts2 = opts.clone();
-    let prefix2 = prefix.clone();
-    let (secrets, seeds) = tokio::task::spawn_blocking(move || -> Result<_> {
-        // Unpack everything before touching anything in place.
-        let unpacked = secrets_stage.path().join("unpacked");
-        fs::create_dir(&unpacked)?;
-        let entries = archive::unpack(fs::File::open(&downloaded[SECRETS_ARCHIVE])?, &unpacked)
-            .context("the secrets archive is refused")?;
-        let mut secret_files = Vec::new();
-        for e in &entries {
-            let p = e.path.to_string_lossy();
-            match (p.as_ref(), e.is_dir) {
-                (AGE_KEY_NAME, false) | ("secrets", true) => {}
-                (other, false)
-                    if other.starts_with("secrets/") && other.ends_with(".age") && !other[8..].contains('/') =>
-                {
-                    secret_files.push(other[8..].to_string())
-                }
-                (other, _) => bail!("the secrets archive holds an unexpected entry {other}: refused"),
-            }
-        }
-        ensure!(unpacked.join(AGE_KEY_NAME).is_file(), "the secrets archive holds no {AGE_KEY_NAME}");
-        secret_files.sort();
-
-        let new_secrets = secrets_stage.path().join("new");
-        fs::create_dir(&new_secrets)?;
-        fs::set_permissions(&new_secrets, fs::Permissions::from_mode(0o700))?;
-        for f in &secret_files {
-            let to = new_secrets.join(f);
-            fs::rename(unpacked.join("secrets").join(f), &to)?;
-            fs::set_permissions(&to, fs::Permissions::from_mode(0o400))?;
-        }
-        for (name, content) in [(PREFIX_MARKER, prefix2.as_str()), (SENTINEL, "")] {
-            let mut file =
-                fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(new_secrets.join(name))?;
-            file.write_all(content.as_bytes())?;
-            if name == PREFIX_MARKER {
-                file.write_all(b"\n")?;
-            }
-        }
-
-        let seeds_unpacked = seeds_stage.path().join("unpacked");
-        fs::create_dir(&seeds_unpacked)?;
-        archive::unpack(fs::File::open(&downloaded[SEEDS_ARCHIVE])?, &seeds_unpacked)
-            .context("the repo-seeds archive is refused")?;
-        let new_seeds = seeds_unpacked.join("repo-seeds");
-        ensure!(new_seeds.is_dir(), "the repo-seeds archive has no repo-seeds/ directory");
-        let seed_names: Vec<String> =
-            seeds::load_records(&new_seeds).map(|r| r.into_iter().map(|s| s.name).collect()).unwrap_or_default();
-
-        // Commit: seeds, then the key, then the secrets directory, which
-        // carries the sentinel, so a host never sees a sentinel early.
-        swap_into_place(&new_seeds, &opts2.seeds_dir)?;
-        let key_parent = opts2.age_key_path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
-        fs::create_dir_all(key_parent)?;
-        let key_bytes = Zeroizing::new(fs::read(unpacked.join(AGE_KEY_NAME))?);
-        let mut staged_key = tempfile::Builder::new().prefix(".clawdinator.agekey.").tempfile_in(key_parent)?;
-        staged_key.write_all(&key_bytes)?;
-        staged_key.as_file().sync_all()?;
-        fs::set_permissions(staged_key.path(), fs::Permissions::from_mode(0o400))?;
-        staged_key
-            .persist(&opts2.age_key_path)
-            .map_err(|e| e.error)
-            .with_context(|| format!("cannot install {}", opts2.age_key_path.display()))?;
-        swap_into_place(&new_secrets, &opts2.secrets_dir)?;
-        drop(secrets_stage);
-        drop(seeds_stage);
-        Ok((secret_files, seed_names))
-    })
-    .await??;
+    let manifest = read_manifest(aws, &opts.bucket, &prefix).await?;
+    let (id, secrets, seeds) = stage(aws, opts, &prefix, &manifest).await?;
+    switch(opts, &id)?;
     Ok(FetchReport { prefix, already_done: false, reinitialised, secrets, seeds })
 }

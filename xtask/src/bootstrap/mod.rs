@@ -32,10 +32,24 @@ pub const SENTINEL: &str = ".bootstrap-ok";
 pub const PREFIX_MARKER: &str = ".bootstrap-prefix";
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct ArchiveInfo {
     pub sha256: String,
     pub size: u64,
+    /// Entries in the archive: the host refuses one that holds more.
+    pub entries: u64,
+    /// Bytes of its files unpacked: the host refuses one that unpacks to more.
+    pub unpacked_bytes: u64,
 }
+
+impl From<archive::Summary> for ArchiveInfo {
+    fn from(s: archive::Summary) -> Self {
+        ArchiveInfo { sha256: s.sha256, size: s.size, entries: s.entries, unpacked_bytes: s.content_bytes }
+    }
+}
+
+/// A manifest is names and digests: anything larger than this is not one.
+pub const MANIFEST_LIMIT: u64 = 1 << 20;
 
 /// What a bundle holds. Never a secret value: names and digests only.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +115,7 @@ pub async fn run(ctx: &Ctx, cmd: flags::BootstrapCmd) -> Result<()> {
                 secrets_dir: args.secrets_dir.clone(),
                 seeds_dir: args.repo_seeds_dir.clone(),
                 age_key_path: args.age_key_path.clone(),
+                state_dir: args.state_dir.clone(),
             };
             let aws = ctx.aws().await?;
             let report = fetch(&aws, &opts).await?;

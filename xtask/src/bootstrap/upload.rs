@@ -14,7 +14,7 @@ use zeroize::Zeroizing;
 
 use super::archive::{self, Writer};
 use super::seeds::{self, SeedRecord};
-use super::{key, ArchiveInfo, Manifest, MANIFEST, SECRETS_ARCHIVE, SEEDS_ARCHIVE};
+use super::{key, ArchiveInfo, Manifest, MANIFEST, MANIFEST_LIMIT, SECRETS_ARCHIVE, SEEDS_ARCHIVE};
 use crate::aws::s3::{self, Body};
 use crate::aws::Aws;
 use crate::fleet::Instance;
@@ -118,11 +118,11 @@ fn build_secrets_bundle(
         let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
         writer.file(&format!("secrets/{file}"), 0o400, bytes.len() as u64, bytes.as_slice())?;
     }
-    let (bytes, sha256, size) = writer.finish()?;
+    let (bytes, summary) = writer.finish()?;
     Ok(SecretsBundle {
         instance: instance.clone(),
         bytes: Zeroizing::new(bytes),
-        info: ArchiveInfo { sha256, size },
+        info: ArchiveInfo::from(summary),
         secrets: files,
     })
 }
@@ -186,9 +186,9 @@ fn prepare(opts: &UploadOptions, workdir: &Path) -> Result<Prepared> {
     let mut writer = Writer::new(std::io::BufWriter::with_capacity(1 << 20, file))?;
     let skipped_links = archive::write_tree(&mut writer, &opts.seeds_dir, "repo-seeds")
         .with_context(|| format!("cannot archive the seeds in {}", opts.seeds_dir.display()))?;
-    let (out, sha256, size) = writer.finish()?;
+    let (out, summary) = writer.finish()?;
     out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    Ok(Prepared { bundles, seeds_file, seeds_info: ArchiveInfo { sha256, size }, seed_records, skipped_links })
+    Ok(Prepared { bundles, seeds_file, seeds_info: ArchiveInfo::from(summary), seed_records, skipped_links })
 }
 
 fn now_rfc3339() -> String {
@@ -213,6 +213,7 @@ pub async fn upload(aws: &Aws, opts: &UploadOptions, out: &Output) -> Result<Upl
         tokio::task::spawn_blocking(move || prepare(&opts, &dir)).await??
     };
     let s3c = aws.s3();
+    let stall = aws.timeouts().read;
     let bucket = opts.bucket.as_str();
     let created = now_rfc3339();
 
@@ -224,7 +225,7 @@ pub async fn upload(aws: &Aws, opts: &UploadOptions, out: &Output) -> Result<Upl
             let prefix = &bundle.instance.bootstrap_prefix;
             let secrets_sha = s3::head_sha256(&s3c, bucket, &key(prefix, SECRETS_ARCHIVE)).await?;
             let seeds_sha = s3::head_sha256(&s3c, bucket, &key(prefix, SEEDS_ARCHIVE)).await?;
-            let manifest = s3::get_bytes(&s3c, bucket, &key(prefix, MANIFEST)).await?;
+            let manifest = s3::get_bytes(&s3c, bucket, &key(prefix, MANIFEST), MANIFEST_LIMIT, stall).await?;
             anyhow::Ok((secrets_sha, seeds_sha, manifest))
         }
     }))

@@ -53,7 +53,8 @@ impl Env {
     }
 }
 
-/// Every entry below `root`: relative path -> (mode, content; None for dirs).
+/// Every entry below `root`: relative path -> (mode, content; None for
+/// dirs; `-> target` with mode 0 for links, which are not followed).
 pub fn snapshot(root: &Path) -> BTreeMap<String, (u32, Option<Vec<u8>>)> {
     let mut out = BTreeMap::new();
     fn walk(root: &Path, dir: &Path, out: &mut BTreeMap<String, (u32, Option<Vec<u8>>)>) {
@@ -63,7 +64,10 @@ pub fn snapshot(root: &Path) -> BTreeMap<String, (u32, Option<Vec<u8>>)> {
             let rel = path.strip_prefix(root).unwrap().to_string_lossy().into_owned();
             let meta = std::fs::symlink_metadata(&path).unwrap();
             let mode = meta.permissions().mode() & 0o7777;
-            if meta.is_dir() {
+            if meta.file_type().is_symlink() {
+                let target = std::fs::read_link(&path).unwrap();
+                out.insert(rel, (0, Some(format!("-> {}", target.display()).into_bytes())));
+            } else if meta.is_dir() {
                 out.insert(rel, (mode, None));
                 walk(root, &path, out);
             } else {
