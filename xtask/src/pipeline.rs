@@ -173,6 +173,7 @@ async fn bundles(aws: &Aws, inputs: &Inputs, dry_run: bool, progress: &mut Progr
         jobs: 4,
         allow_partial: false,
         github_token: std::env::var("GITHUB_TOKEN").ok(),
+        git_timeout: seeds::git_timeout_from_env()?,
     };
     let prepared = seeds::prepare(&prepare, out).map_err(failed("seeds prepare"))?;
     if !prepared.failed.is_empty() {

@@ -246,3 +246,47 @@ fn a_local_context_outlives_the_blocking_pool() {
         assert_eq!(buckets.buckets().len(), 1);
     });
 }
+
+/// A server that answers GetObject with headers and 10 of 1000 bytes, then
+/// goes silent with the connection open.
+fn half_answer() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().take(4) {
+            let mut stream = stream.unwrap();
+            let mut buf = [0u8; 8192];
+            let _ = stream.read(&mut buf);
+            use std::io::Write;
+            let head = "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nContent-Type: application/octet-stream\r\n\r\n";
+            let _ = stream.write_all(head.as_bytes());
+            let _ = stream.write_all(b"0123456789");
+            let _ = stream.flush();
+            held.push(stream);
+        }
+        std::thread::sleep(Duration::from_secs(120));
+    });
+    port
+}
+
+/// A body that stalls midway fails within the read timeout; it does not hang.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_body_fails_within_the_read_timeout() {
+    let port = half_answer();
+    let settings = Settings {
+        timeouts: Timeouts {
+            connect: Duration::from_secs(1),
+            read: Duration::from_secs(1),
+            attempt: Duration::from_secs(300),
+            operation: Duration::from_secs(300),
+        },
+        max_attempts: 1,
+        ..Settings::local(&format!("http://127.0.0.1:{port}"))
+    };
+    let aws = Aws::load(&settings).await.unwrap();
+    let s3 = aws.s3();
+    let read = xtask::aws::s3::get_bytes(&s3, "bucket", "key", 1 << 20, aws.timeouts().read);
+    let err = tokio::time::timeout(Duration::from_secs(60), read).await.expect("the stalled body hung").unwrap_err();
+    assert!(format!("{err:#}").contains("stalled"), "{err:#}");
+}

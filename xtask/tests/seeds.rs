@@ -19,6 +19,7 @@ fn opts(root: &Path, list: &str) -> PrepareOptions {
         jobs: 2,
         allow_partial: false,
         github_token: None,
+        git_timeout: std::time::Duration::from_secs(60),
     }
 }
 
@@ -144,4 +145,27 @@ fn the_shipped_list_parses() {
     let names: Vec<_> = repos.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["openclaw", "nix-openclaw", "clawdinators", "clawhub"]);
     assert!(repos.iter().all(|r| r.url.starts_with("https://github.com/openclaw/")));
+}
+
+/// A server that accepts and never answers: the clone is killed at the
+/// limit and the failure names the repository.
+#[test]
+fn a_stalled_server_fails_the_repository_within_the_limit() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    // Held open, never answered; the thread ends with the test process.
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for stream in listener.incoming().take(8) {
+            held.push(stream);
+        }
+        std::thread::sleep(std::time::Duration::from_secs(120));
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let mut o = opts(dir.path(), &format!("stalled\thttp://127.0.0.1:{port}/repo.git\n"));
+    o.git_timeout = std::time::Duration::from_secs(2);
+    let report = seeds::prepare(&o, &OUT).unwrap();
+    assert_eq!(report.failed.len(), 1);
+    assert_eq!(report.failed[0].name, "stalled");
+    assert!(report.failed[0].error.contains("stalled"), "{}", report.failed[0].error);
 }

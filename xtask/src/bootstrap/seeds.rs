@@ -5,6 +5,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use base64::Engine;
@@ -96,6 +97,22 @@ pub struct PrepareOptions {
     pub allow_partial: bool,
     /// Sent only to https://github.com/ as an `x-access-token` basic header.
     pub github_token: Option<String>,
+    /// Longest one git operation may take (a stalled server otherwise hangs
+    /// the pipeline); `CLAWDINATOR_GIT_TIMEOUT` seconds on the CLI.
+    pub git_timeout: Duration,
+}
+
+/// The git timeout the CLI uses: `CLAWDINATOR_GIT_TIMEOUT` seconds, default 600.
+pub fn git_timeout_from_env() -> Result<Duration> {
+    match std::env::var("CLAWDINATOR_GIT_TIMEOUT") {
+        Err(_) => Ok(Duration::from_secs(600)),
+        Ok(v) => v
+            .parse::<f64>()
+            .ok()
+            .filter(|s| *s > 0.0)
+            .map(Duration::from_secs_f64)
+            .with_context(|| format!("CLAWDINATOR_GIT_TIMEOUT={v} is not a positive number of seconds")),
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -153,12 +170,25 @@ fn auth_env(url: &str, token: Option<&str>) -> Vec<(String, String)> {
     env
 }
 
-fn git(sh: &Shell, env: &[(String, String)], args: &[&str]) -> Result<String> {
+/// One git command, killed when it outlives `limit` (xshell cannot time a
+/// command out, so the Cmd it builds is run as a std Command).
+fn git(sh: &Shell, env: &[(String, String)], args: &[&str], limit: Duration) -> Result<String> {
     let mut command = cmd!(sh, "git {args...}").quiet().ignore_status();
     for (k, v) in env {
         command = command.env(k, v);
     }
-    let output = command.output()?;
+    let mut command = std::process::Command::from(command);
+    command
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let child = command.spawn().context("cannot run git")?;
+    let output = wait_bounded(child, limit).with_context(|| {
+        format!(
+            "git {} made no progress in {limit:?}: stalled (CLAWDINATOR_GIT_TIMEOUT sets the limit)",
+            args.first().copied().unwrap_or_default()
+        )
+    })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         bail!("git {} failed: {}", args.first().copied().unwrap_or_default(), stderr.trim());
@@ -166,9 +196,43 @@ fn git(sh: &Shell, env: &[(String, String)], args: &[&str]) -> Result<String> {
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
 
+/// Wait for `child`, reading its output on the side; kill it after `limit`.
+fn wait_bounded(mut child: std::process::Child, limit: Duration) -> Result<std::process::Output> {
+    use std::io::Read;
+    let drain = |pipe: Option<Box<dyn Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut buf = Vec::new();
+            if let Some(mut pipe) = pipe {
+                let _ = pipe.read_to_end(&mut buf);
+            }
+            buf
+        })
+    };
+    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
+    let deadline = std::time::Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait()? {
+            break status;
+        }
+        if std::time::Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            bail!("killed after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    Ok(std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
 /// Clone, or bring an existing clone to the tip of its branch. Returns
 /// (commit, was it a fresh clone).
-fn prepare_one(repo: &SeedRepo, dest: &Path, token: Option<&str>) -> Result<(String, bool)> {
+fn prepare_one(repo: &SeedRepo, dest: &Path, token: Option<&str>, limit: Duration) -> Result<(String, bool)> {
+    let git = |sh: &Shell, env: &[(String, String)], args: &[&str]| git(sh, env, args, limit);
     let sh = Shell::new()?;
     let env = auth_env(&repo.url, token);
     let dir = dest.join(&repo.name);
@@ -211,7 +275,7 @@ pub fn prepare(opts: &PrepareOptions, out: &crate::output::Output) -> Result<Pre
         for _ in 0..opts.jobs.max(1).min(repos.len().max(1)) {
             scope.spawn(|| loop {
                 let Some(repo) = queue.lock().unwrap().next() else { break };
-                let result = prepare_one(repo, &opts.dest, opts.github_token.as_deref());
+                let result = prepare_one(repo, &opts.dest, opts.github_token.as_deref(), opts.git_timeout);
                 bar.inc(1);
                 results.lock().unwrap().push((repo, result));
             });
@@ -275,6 +339,7 @@ pub fn run(ctx: &Ctx, cmd: flags::SeedsCmd) -> Result<()> {
                 jobs: args.jobs,
                 allow_partial: args.allow_partial,
                 github_token: std::env::var("GITHUB_TOKEN").ok(),
+                git_timeout: git_timeout_from_env()?,
             };
             let report = prepare(&opts, &ctx.out)?;
             ctx.out.emit(&report)?;
