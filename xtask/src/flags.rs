@@ -84,15 +84,28 @@ pub struct InstancesArg {
     pub path: PathBuf,
 }
 
-/// Which instances a command works on.
+/// Which instances a command that writes works on: named, or all of them
+/// said out loud (one of the two is required).
 #[derive(Debug, Clone, Args)]
+#[group(required = true, multiple = false)]
 pub struct Selection {
-    /// Only these instances (repeatable); default all.
-    #[arg(long, conflicts_with = "all")]
+    /// Only these instances (repeatable).
+    #[arg(long)]
     pub instance: Vec<String>,
-    /// Every instance of the registry (the default).
+    /// Every instance of the registry.
     #[arg(long)]
     pub all: bool,
+}
+
+impl Selection {
+    /// The names chosen; empty means every instance.
+    pub fn names(&self) -> Vec<String> {
+        if self.all {
+            Vec::new()
+        } else {
+            self.instance.clone()
+        }
+    }
 }
 
 #[derive(Debug, Args)]
@@ -189,9 +202,9 @@ pub struct SeedsPrepareArgs {
     /// Write SEEDS.json and exit 0 even when some repositories failed.
     #[arg(long)]
     pub allow_partial: bool,
-    /// Clones run at once.
-    #[arg(long, default_value_t = 4)]
-    pub jobs: usize,
+    /// Clones run at once (1-32).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32))]
+    pub jobs: u16,
 }
 
 #[derive(Debug, Subcommand)]
@@ -217,9 +230,9 @@ pub struct BootstrapUploadArgs {
     /// Show what would be created, replaced or left unchanged; write nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// S3 requests in flight at once.
-    #[arg(long, default_value_t = 16)]
-    pub concurrency: usize,
+    /// S3 requests in flight at once (1-128).
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=128))]
+    pub concurrency: u16,
 }
 
 #[derive(Debug, Args)]
@@ -284,9 +297,9 @@ pub struct PublishArgs {
     /// Encrypt the snapshot with this KMS key (every block is then sent).
     #[arg(long)]
     pub kms_key: Option<String>,
-    /// Blocks (EBS direct) or parts (S3) in flight at once.
-    #[arg(long, default_value_t = 64)]
-    pub workers: usize,
+    /// Blocks in flight at once for EBS direct (1-256); S3 parts use at most 8.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub workers: u16,
     /// Mark the AMI deprecated after this many days.
     #[arg(long)]
     pub deprecate_after: Option<u64>,

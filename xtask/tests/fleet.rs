@@ -281,3 +281,35 @@ fn nested_prefix() {
     let text = with_field("bootstrapPrefix", "bootstrap/clawdinator-10");
     assert!(problems(&text).is_empty(), "{:?}", problems(&text));
 }
+
+fn cli(args: &[&str]) -> (i32, String) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .env_remove("S3_BUCKET")
+        .env_remove("GITHUB_APP_ID")
+        .env_remove("GITHUB_APP_INSTALLATION_ID")
+        .env_remove("GITHUB_APP_PEM_FILE")
+        .output()
+        .unwrap();
+    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Usage errors exit 2, whether clap or the command finds them, and a
+/// parsed flag always does something.
+#[test]
+fn usage_errors_exit_2() {
+    for (args, needle) in [
+        (&["secrets", "seed"][..], "--instance"),
+        (&["bootstrap", "upload", "--instance", "a", "--all"], "cannot be used with"),
+        (&["image", "publish", "--workers", "0"], "--workers"),
+        (&["image", "publish", "--workers", "1000"], "--workers"),
+        (&["bootstrap", "upload", "--all", "--concurrency", "0"], "--concurrency"),
+        (&["bootstrap", "upload", "--all"], "no bucket"),
+        (&["github-token", "--pem", "/nonexistent"], "no app id"),
+        (&["github-token", "--app-id", "1", "--installation-id", "2"], "no GitHub App key"),
+    ] {
+        let (code, stderr) = cli(args);
+        assert_eq!(code, 2, "{args:?}: {stderr}");
+        assert!(stderr.contains(needle), "{args:?}: {stderr}");
+    }
+}

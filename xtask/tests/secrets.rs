@@ -110,6 +110,7 @@ async fn no_secret_reaches_any_output() {
         let mut args = vec![
             "bootstrap".to_string(),
             "upload".into(),
+            "--all".into(),
             "--bucket".into(),
             env.bucket.clone(),
             "--repo-seeds".into(),

@@ -375,6 +375,16 @@ async fn github_token_is_minted_with_a_valid_jwt() {
     let key_body = private.lines().nth(1).unwrap();
     assert!(!stderr.contains(key_body) && !stderr.contains("eyJ"), "key or JWT leaked: {stderr}");
 
+    // --json: one JSON document, the token in it.
+    let (url, server) = fake_github(public.clone(), "12345", 201).await;
+    let mut args = app_args(&pem_file, &url);
+    args.push("--json".into());
+    let (code, stdout, stderr) = github_token(&args);
+    server.await.unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    let report: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(report["token"], "ghs_minted_by_the_fake");
+
     // --env-file: the host timer's form, 0600.
     let (url, server) = fake_github(public.clone(), "12345", 201).await;
     let env_file = dir.path().join("gh/token.env");
@@ -452,7 +462,7 @@ async fn no_secret_value_in_seed_or_fetch_output() {
         )
     };
     let seed = |extra: &[&str]| {
-        let mut a = vec!["secrets".to_string(), "seed".into()];
+        let mut a = vec!["secrets".to_string(), "seed".into(), "--all".into()];
         a.extend(base.iter().cloned());
         a.extend(sources.iter().cloned());
         a.extend(extra.iter().map(|x| x.to_string()));

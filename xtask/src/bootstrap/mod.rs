@@ -15,7 +15,7 @@ pub mod upload;
 
 use std::collections::BTreeMap;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
 use crate::secrets::Sources;
@@ -90,21 +90,22 @@ pub async fn run(ctx: &Ctx, cmd: flags::BootstrapCmd) -> Result<()> {
                 .bucket
                 .clone()
                 .or_else(|| ctx.default_bucket().map(str::to_string))
-                .context("no bucket: pass --bucket or set S3_BUCKET")?;
+                .ok_or_else(|| crate::output::UsageError("no bucket: pass --bucket or set S3_BUCKET".into()))?;
             let opts = UploadOptions {
                 sources: Sources::from_flags(&args.secrets),
                 seeds_dir: args.repo_seeds.clone(),
                 bucket,
-                instances: args.select.instance.clone(),
+                instances: args.select.names(),
                 dry_run: args.dry_run,
-                concurrency: args.concurrency,
+                concurrency: args.concurrency.into(),
                 source_revision: project::git_revision(),
             };
             let aws = ctx.aws().await?;
-            let report = tokio::select! {
-                report = upload(&aws, &opts, &ctx.out) => report?,
-                _ = tokio::signal::ctrl_c() => bail!("interrupted: the temporary bundle directory was removed; re-run to finish (objects already sent are kept, nothing is sent twice)"),
-            };
+            let report = ctx
+                .cancel
+                .guard("uploading bundles", upload(&aws, &opts, &ctx.out))
+                .await
+                .context("the temporary bundle directory was removed; re-run to finish (objects already sent are kept, nothing is sent twice)")?;
             ctx.out.emit(&report)
         }
         flags::BootstrapCmd::Fetch(args) => {

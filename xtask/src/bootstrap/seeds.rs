@@ -336,7 +336,7 @@ pub fn run(ctx: &Ctx, cmd: flags::SeedsCmd) -> Result<()> {
             let opts = PrepareOptions {
                 list: args.list,
                 dest: args.dest,
-                jobs: args.jobs,
+                jobs: args.jobs.into(),
                 allow_partial: args.allow_partial,
                 github_token: std::env::var("GITHUB_TOKEN").ok(),
                 git_timeout: git_timeout_from_env()?,

@@ -239,7 +239,7 @@ fn run_bootstrap(ctx: &Ctx, args: &flags::BenchBootstrapArgs) -> Result<()> {
 
     let upload = |emulator: &Emulator| -> Result<(Measured, serde_json::Value)> {
         let mut c = xtask_command(emulator)?;
-        c.args(["--json", "bootstrap", "upload", "--bucket", "bench-new", "--repo-seeds"])
+        c.args(["--json", "bootstrap", "upload", "--all", "--bucket", "bench-new", "--repo-seeds"])
             .arg(&fleet.seeds_dir)
             .arg("--instances")
             .arg(&fleet.sources.registry)

@@ -528,7 +528,7 @@ pub async fn run(ctx: &Ctx, args: flags::PublishArgs) -> Result<()> {
         bucket: args.bucket.or_else(|| ctx.default_bucket().map(str::to_string)),
         copy_to_regions: args.copy_to_regions,
         kms_key: args.kms_key,
-        workers: args.workers,
+        workers: args.workers.into(),
         deprecate_after_days: args.deprecate_after,
         import_timeout: Duration::from_secs(args.timeout * 60),
         keep_object: args.keep_object,

@@ -153,17 +153,49 @@ pub fn write_env_file(path: &Path, token: &str) -> Result<()> {
     crate::atomic::write(path, content.as_bytes(), 0o600)
 }
 
+/// What `github-token --json` prints: the token (it is the command's
+/// output) or, with --env-file, where it went.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct TokenReport<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    token: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    env_file: Option<String>,
+    expires_at: Option<&'a str>,
+}
+
+impl std::fmt::Display for TokenReport<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.token, &self.env_file) {
+            (Some(token), _) => writeln!(f, "{token}"),
+            (None, Some(file)) => writeln!(
+                f,
+                "wrote GITHUB_TOKEN and GH_TOKEN to {file} (expires {})",
+                self.expires_at.unwrap_or("in an hour")
+            ),
+            (None, None) => Ok(()),
+        }
+    }
+}
+
+fn usage(message: &str) -> crate::output::UsageError {
+    crate::output::UsageError(message.into())
+}
+
 pub async fn run(ctx: &Ctx, args: flags::GithubTokenArgs) -> Result<()> {
     let pem = match (args.pem, args.pem_secret) {
         (_, Some(secret)) => PemSource::Secret(secret),
         (Some(file), None) => PemSource::File(file),
-        (None, None) => bail!("no GitHub App key: pass --pem FILE (or GITHUB_APP_PEM_FILE) or --pem-secret NAME"),
+        (None, None) => {
+            bail!(usage("no GitHub App key: pass --pem FILE (or GITHUB_APP_PEM_FILE) or --pem-secret NAME"))
+        }
     };
     let opts = TokenOptions {
-        app_id: args.app_id.context("no app id: pass --app-id or set GITHUB_APP_ID")?,
+        app_id: args.app_id.ok_or_else(|| usage("no app id: pass --app-id or set GITHUB_APP_ID"))?,
         installation_id: args
             .installation_id
-            .context("no installation id: pass --installation-id or set GITHUB_APP_INSTALLATION_ID")?,
+            .ok_or_else(|| usage("no installation id: pass --installation-id or set GITHUB_APP_INSTALLATION_ID"))?,
         pem,
         api_url: args.api_url,
         env_file: args.env_file,
@@ -173,19 +205,20 @@ pub async fn run(ctx: &Ctx, args: flags::GithubTokenArgs) -> Result<()> {
     let jwt = app_jwt(&opts.app_id, &key, now)?;
     drop(key);
     let token = installation_token(&opts.api_url, &opts.installation_id, &jwt).await?;
-    match &opts.env_file {
-        Some(path) => {
-            write_env_file(path, &token.token)?;
-            ctx.out.note(format!(
-                "wrote GITHUB_TOKEN and GH_TOKEN to {} (expires {})",
-                path.display(),
-                token.expires_at.as_deref().unwrap_or("in an hour")
-            ));
-        }
-        // The token itself is this command's output.
-        None => println!("{}", token.token),
+    if let Some(path) = &opts.env_file {
+        write_env_file(path, &token.token)?;
     }
-    Ok(())
+    // Without --env-file the token itself is this command's output.
+    let report = TokenReport {
+        token: opts.env_file.is_none().then_some(token.token.as_str()),
+        env_file: opts.env_file.as_ref().map(|p| p.display().to_string()),
+        expires_at: token.expires_at.as_deref(),
+    };
+    if opts.env_file.is_some() && !ctx.out.json {
+        ctx.out.note(report.to_string().trim_end());
+        return Ok(());
+    }
+    ctx.out.emit(&report)
 }
 
 #[cfg(test)]

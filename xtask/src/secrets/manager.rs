@@ -411,7 +411,7 @@ pub async fn fetch(aws: &Aws, opts: &FetchOptions) -> Result<FetchReport> {
 pub async fn run_seed(ctx: &Ctx, args: flags::SecretsSeedArgs) -> Result<()> {
     let opts = SeedOptions {
         sources: Sources::from_flags(&args.secrets),
-        instances: args.select.instance,
+        instances: args.select.names(),
         dry_run: args.dry_run,
         prune: args.prune,
     };
