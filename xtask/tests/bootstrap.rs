@@ -516,3 +516,37 @@ async fn unpacking_stops_at_the_manifests_entries() {
     )
     .await;
 }
+
+/// A re-run whose seeds have the recorded fingerprint reuses the recorded
+/// archive without reading a file: an edit that keeps size and mtime goes
+/// unseen (only compressing would see it), while a real change (git rewrites
+/// the mtime) is archived and sent.
+#[tokio::test(flavor = "multi_thread")]
+async fn unchanged_seeds_are_not_archived_again() {
+    let env = env().await;
+    let fleet = fleet(&env, 2).await;
+    bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
+    let readme = fleet.seeds_dir.join("sample/README.md");
+    let mtime = std::fs::metadata(&readme).unwrap().modified().unwrap();
+    let len = std::fs::metadata(&readme).unwrap().len() as usize;
+    std::fs::write(&readme, "x".repeat(len)).unwrap();
+    std::fs::File::options().write(true).open(&readme).unwrap().set_modified(mtime).unwrap();
+    let again = bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
+    assert_eq!((again.bytes_sent, again.unchanged), (0, 6), "{again}");
+
+    std::fs::write(&readme, "# changed\n").unwrap();
+    let changed = bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
+    let seeds: Vec<_> =
+        changed.objects.iter().filter(|o| o.key.ends_with("repo-seeds.tar.zst")).map(|o| o.action).collect();
+    assert_eq!(seeds, [Action::Replace, Action::Copy], "{changed}");
+    let archive = env.get("bootstrap/clawdinator-2/repo-seeds.tar.zst").await;
+    let mut tar = tar::Archive::new(zstd::Decoder::new(archive.as_slice()).unwrap());
+    let mut found = String::new();
+    for entry in tar.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.path().unwrap().ends_with("sample/README.md") {
+            std::io::Read::read_to_string(&mut entry, &mut found).unwrap();
+        }
+    }
+    assert_eq!(found, "# changed\n");
+}

@@ -117,15 +117,31 @@ impl<W: Write> Writer<W> {
     }
 }
 
-/// Archive a directory tree (sorted, modes normalised to 0755/0644).
-/// Symbolic links are not archived as links (the host refuses links): one
-/// to a regular file inside `root` is stored as a copy of that file; any
-/// other is left out and returned, so the caller can say so.
-pub fn write_tree<W: Write>(writer: &mut Writer<W>, root: &Path, under: &str) -> Result<Vec<String>> {
+/// One entry of a tree as it is archived.
+pub enum TreeEntry {
+    Dir {
+        archived: String,
+    },
+    /// A file, or a link to a file inside the tree stored as a copy of it.
+    File {
+        archived: String,
+        source: PathBuf,
+        meta: fs::Metadata,
+    },
+    /// Left out: a link to outside the tree or to a non-file, a socket, …
+    Skipped {
+        archived: String,
+    },
+}
+
+/// Walk a tree depth-first in sorted order, as it is archived under `under`.
+/// Links are not archived as links (the host refuses links): one to a
+/// regular file inside `root` becomes a copy of that file, any other is
+/// skipped.
+pub fn walk_tree(root: &Path, under: &str, mut visit: impl FnMut(TreeEntry) -> Result<()>) -> Result<()> {
     let canonical_root = fs::canonicalize(root).with_context(|| format!("cannot read {}", root.display()))?;
-    let mut skipped = Vec::new();
     let mut stack = vec![PathBuf::new()];
-    writer.dir(under, 0o755)?;
+    visit(TreeEntry::Dir { archived: under.to_string() })?;
     while let Some(rel) = stack.pop() {
         let dir = root.join(&rel);
         let mut names: Vec<_> = fs::read_dir(&dir)
@@ -140,30 +156,83 @@ pub fn write_tree<W: Write>(writer: &mut Writer<W>, root: &Path, under: &str) ->
             let archived =
                 format!("{under}/{}", rel_path.to_str().with_context(|| format!("{} is not UTF-8", full.display()))?);
             let meta = fs::symlink_metadata(&full)?;
-            let file_type = meta.file_type();
-            if file_type.is_dir() {
-                writer.dir(&archived, 0o755)?;
+            let kind = meta.file_type();
+            if kind.is_dir() {
+                visit(TreeEntry::Dir { archived })?;
                 subdirs.push(rel_path);
-            } else if file_type.is_file() {
-                let mode = if meta.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
-                writer.file(&archived, mode, meta.len(), File::open(&full)?)?;
-            } else if file_type.is_symlink() {
-                match fs::canonicalize(&full) {
-                    Ok(target) if target.starts_with(&canonical_root) && target.is_file() => {
-                        let meta = fs::metadata(&target)?;
-                        let mode = if meta.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 };
-                        writer.file(&archived, mode, meta.len(), File::open(&target)?)?;
-                    }
-                    _ => skipped.push(archived),
-                }
+            } else if kind.is_file() {
+                visit(TreeEntry::File { archived, source: full, meta })?;
             } else {
-                skipped.push(archived);
+                match fs::canonicalize(&full) {
+                    Ok(target) if kind.is_symlink() && target.starts_with(&canonical_root) && target.is_file() => {
+                        let meta = fs::metadata(&target)?;
+                        visit(TreeEntry::File { archived, source: target, meta })?;
+                    }
+                    _ => visit(TreeEntry::Skipped { archived })?,
+                }
             }
         }
         // Depth-first in sorted order: push in reverse so the first pops first.
         stack.extend(subdirs.into_iter().rev());
     }
+    Ok(())
+}
+
+fn archived_mode(meta: &fs::Metadata) -> u32 {
+    if meta.permissions().mode() & 0o111 != 0 {
+        0o755
+    } else {
+        0o644
+    }
+}
+
+/// Archive a directory tree (sorted, modes normalised to 0755/0644); returns
+/// the entries left out, so the caller can say so.
+pub fn write_tree<W: Write>(writer: &mut Writer<W>, root: &Path, under: &str) -> Result<Vec<String>> {
+    let mut skipped = Vec::new();
+    walk_tree(root, under, |entry| match entry {
+        TreeEntry::Dir { archived } => writer.dir(&archived, 0o755),
+        TreeEntry::File { archived, source, meta } => {
+            writer.file(&archived, archived_mode(&meta), meta.len(), File::open(&source)?)
+        }
+        TreeEntry::Skipped { archived } => {
+            skipped.push(archived);
+            Ok(())
+        }
+    })?;
     Ok(skipped)
+}
+
+/// Bump when what `write_tree` produces changes: old fingerprints then miss.
+const TREE_FORMAT: &str = "clawdinator-tree-v1";
+
+/// What identifies a tree's archive without reading a file: every entry's
+/// archived name, kind, size, mode and modification time, in archive order
+/// (git rewrites a file's mtime whenever it changes it). Returns the
+/// fingerprint and the entries that would be left out.
+pub fn fingerprint_tree(root: &Path, under: &str) -> Result<(String, Vec<String>)> {
+    use std::os::unix::fs::MetadataExt;
+    let mut hasher = Sha256::new();
+    hasher.update(TREE_FORMAT);
+    let mut skipped = Vec::new();
+    walk_tree(root, under, |entry| {
+        match entry {
+            TreeEntry::Dir { archived } => hasher.update(format!("d {archived}\0")),
+            TreeEntry::File { archived, meta, .. } => hasher.update(format!(
+                "f {archived}\0{} {} {}.{}\0",
+                meta.len(),
+                archived_mode(&meta),
+                meta.mtime(),
+                meta.mtime_nsec()
+            )),
+            TreeEntry::Skipped { archived } => {
+                hasher.update(format!("s {archived}\0"));
+                skipped.push(archived);
+            }
+        }
+        Ok(())
+    })?;
+    Ok((hex::encode(hasher.finalize()), skipped))
 }
 
 /// Check that an archive path is relative and stays inside the target.

@@ -61,6 +61,11 @@ pub struct Manifest {
     /// File names inside `secrets/` of the secrets archive.
     pub secrets: Vec<String>,
     pub seeds: Vec<SeedRecord>,
+    /// What identifies the seeds archive without building it (names, sizes,
+    /// modes, mtimes): an upload whose seeds have this fingerprint reuses the
+    /// archive recorded here instead of compressing the tree again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seeds_fingerprint: Option<String>,
     /// The git revision of this repository that produced the bundle.
     pub source_revision: Option<String>,
     /// When this content was first uploaded (RFC 3339).
@@ -76,6 +81,7 @@ impl Manifest {
             && self.archives == other.archives
             && self.secrets == other.secrets
             && self.seeds == other.seeds
+            && self.seeds_fingerprint == other.seeds_fingerprint
     }
 }
 

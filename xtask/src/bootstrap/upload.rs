@@ -150,16 +150,16 @@ fn verify_isolation(bundle: &SecretsBundle, spec: &secrets::Spec) -> Result<()> 
     Ok(())
 }
 
-/// Everything checked and built, nothing sent yet.
+/// Everything checked and the secrets archives built; nothing sent yet.
 struct Prepared {
     bundles: Vec<SecretsBundle>,
-    seeds_file: PathBuf,
-    seeds_info: ArchiveInfo,
     seed_records: Vec<SeedRecord>,
+    /// What identifies the seeds archive without building it.
+    seeds_fingerprint: String,
     skipped_links: Vec<String>,
 }
 
-fn prepare(opts: &UploadOptions, workdir: &Path) -> Result<Prepared> {
+fn prepare(opts: &UploadOptions) -> Result<Prepared> {
     let (report, loaded) = secrets::check(&opts.sources, true);
     let Some((registry, spec)) = loaded else {
         let lines: Vec<String> =
@@ -171,7 +171,6 @@ fn prepare(opts: &UploadOptions, workdir: &Path) -> Result<Prepared> {
     let age_key = Zeroizing::new(
         fs::read(&opts.sources.age_key).with_context(|| format!("cannot read {}", opts.sources.age_key.display()))?,
     );
-
     let bundles = instances
         .iter()
         .map(|instance| build_secrets_bundle(instance, &spec, &opts.sources, &age_key))
@@ -179,16 +178,9 @@ fn prepare(opts: &UploadOptions, workdir: &Path) -> Result<Prepared> {
     for bundle in &bundles {
         verify_isolation(bundle, &spec)?;
     }
-
-    // The seeds are archived once, whatever the fleet size.
-    let seeds_file = workdir.join(SEEDS_ARCHIVE);
-    let file = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&seeds_file)?;
-    let mut writer = Writer::new(std::io::BufWriter::with_capacity(1 << 20, file))?;
-    let skipped_links = archive::write_tree(&mut writer, &opts.seeds_dir, "repo-seeds")
-        .with_context(|| format!("cannot archive the seeds in {}", opts.seeds_dir.display()))?;
-    let (out, summary) = writer.finish()?;
-    out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-    Ok(Prepared { bundles, seeds_file, seeds_info: ArchiveInfo::from(summary), seed_records, skipped_links })
+    let (seeds_fingerprint, skipped_links) = archive::fingerprint_tree(&opts.seeds_dir, "repo-seeds")
+        .with_context(|| format!("cannot read the seeds in {}", opts.seeds_dir.display()))?;
+    Ok(Prepared { bundles, seed_records, seeds_fingerprint, skipped_links })
 }
 
 fn now_rfc3339() -> String {
@@ -205,125 +197,179 @@ pub fn private_workdir() -> Result<tempfile::TempDir> {
     Ok(dir)
 }
 
-pub async fn upload(aws: &Aws, opts: &UploadOptions, out: &Output) -> Result<UploadReport> {
-    let workdir = private_workdir()?;
-    let prepared = {
-        let opts = opts.clone();
-        let dir = workdir.path().to_path_buf();
-        tokio::task::spawn_blocking(move || prepare(&opts, &dir)).await??
-    };
-    let s3c = aws.s3();
-    let stall = aws.timeouts().read;
-    let bucket = opts.bucket.as_str();
-    let created = now_rfc3339();
+/// What the bucket holds for one instance.
+struct Existing {
+    secrets_sha: Option<String>,
+    seeds_sha: Option<String>,
+    manifest: Option<Manifest>,
+    /// An object is at the manifest's key (readable as a manifest or not).
+    manifest_present: bool,
+}
 
-    // Plan: what is already there, by SHA-256.
-    let concurrency = opts.concurrency.max(1);
-    let lookups = futures::stream::iter(prepared.bundles.iter().map(|bundle| {
+async fn look_up(aws: &Aws, opts: &UploadOptions, bundles: &[SecretsBundle]) -> Result<Vec<Existing>> {
+    let (s3c, stall, bucket) = (aws.s3(), aws.timeouts().read, opts.bucket.as_str());
+    futures::stream::iter(bundles.iter().map(|bundle| {
         let s3c = s3c.clone();
         async move {
             let prefix = &bundle.instance.bootstrap_prefix;
-            let secrets_sha = s3::head_sha256(&s3c, bucket, &key(prefix, SECRETS_ARCHIVE)).await?;
-            let seeds_sha = s3::head_sha256(&s3c, bucket, &key(prefix, SEEDS_ARCHIVE)).await?;
-            let manifest = s3::get_bytes(&s3c, bucket, &key(prefix, MANIFEST), MANIFEST_LIMIT, stall).await?;
-            anyhow::Ok((secrets_sha, seeds_sha, manifest))
+            let bytes = s3::get_bytes(&s3c, bucket, &key(prefix, MANIFEST), MANIFEST_LIMIT, stall).await?;
+            anyhow::Ok(Existing {
+                secrets_sha: s3::head_sha256(&s3c, bucket, &key(prefix, SECRETS_ARCHIVE)).await?,
+                seeds_sha: s3::head_sha256(&s3c, bucket, &key(prefix, SEEDS_ARCHIVE)).await?,
+                manifest: bytes.as_deref().and_then(|b| serde_json::from_slice(b).ok()),
+                manifest_present: bytes.is_some(),
+            })
         }
     }))
-    .buffered(concurrency)
-    .try_collect::<Vec<_>>()
-    .await?;
+    .buffered(opts.concurrency.max(1))
+    .try_collect()
+    .await
+}
 
-    struct Planned<'a> {
-        bundle: &'a SecretsBundle,
-        secrets: Action,
-        seeds: Action,
-        manifest: Action,
-        manifest_bytes: Vec<u8>,
+/// The seeds archive of this run, and its file when it had to be built.
+struct SeedsArchive {
+    info: ArchiveInfo,
+    file: Option<PathBuf>,
+}
+
+/// The archive an earlier upload recorded for the same seeds fingerprint,
+/// while some prefix still holds it (then nothing is compressed); otherwise
+/// built once into the private working directory.
+async fn seeds_archive(
+    opts: &UploadOptions,
+    prepared: &Prepared,
+    existing: &[Existing],
+    workdir: &Path,
+) -> Result<SeedsArchive> {
+    let recorded = existing.iter().find_map(|e| {
+        let m = e.manifest.as_ref().filter(|m| m.seeds_fingerprint.as_deref() == Some(&prepared.seeds_fingerprint))?;
+        let info = m.archives.get(SEEDS_ARCHIVE)?;
+        (e.seeds_sha.as_deref() == Some(info.sha256.as_str())).then(|| info.clone())
+    });
+    if let Some(info) = recorded {
+        return Ok(SeedsArchive { info, file: None });
     }
-    let action_for = |existing: &Option<String>, want: &str| match existing {
+    let (dir, file) = (opts.seeds_dir.clone(), workdir.join(SEEDS_ARCHIVE));
+    tokio::task::spawn_blocking(move || -> Result<SeedsArchive> {
+        let out = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&file)?;
+        let mut writer = Writer::new(std::io::BufWriter::with_capacity(1 << 20, out))?;
+        archive::write_tree(&mut writer, &dir, "repo-seeds")
+            .with_context(|| format!("cannot archive the seeds in {}", dir.display()))?;
+        let (out, summary) = writer.finish()?;
+        out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
+        Ok(SeedsArchive { info: ArchiveInfo::from(summary), file: Some(file) })
+    })
+    .await?
+}
+
+fn action_for(existing: Option<&str>, want: &str) -> Action {
+    match existing {
         None => Action::Create,
         Some(sha) if sha == want => Action::Unchanged,
         Some(_) => Action::Replace,
+    }
+}
+
+/// One instance's plan: what happens to each of its three objects.
+struct Planned<'a> {
+    bundle: &'a SecretsBundle,
+    secrets: Action,
+    seeds: Action,
+    manifest: Action,
+    manifest_bytes: Vec<u8>,
+}
+
+/// The manifest this run writes for `bundle`, or the one already there when
+/// its content is the same (so an unchanged bundle sends nothing).
+fn manifest_for(
+    opts: &UploadOptions,
+    prepared: &Prepared,
+    seeds: &ArchiveInfo,
+    bundle: &SecretsBundle,
+    existing: &Existing,
+    created: &str,
+) -> Result<(Action, Vec<u8>)> {
+    let manifest = Manifest {
+        instance: bundle.instance.host.clone(),
+        prefix: bundle.instance.bootstrap_prefix.clone(),
+        archives: BTreeMap::from([
+            (SECRETS_ARCHIVE.to_string(), bundle.info.clone()),
+            (SEEDS_ARCHIVE.to_string(), seeds.clone()),
+        ]),
+        secrets: bundle.secrets.clone(),
+        seeds: prepared.seed_records.clone(),
+        seeds_fingerprint: Some(prepared.seeds_fingerprint.clone()),
+        source_revision: opts.source_revision.clone(),
+        created: created.to_string(),
     };
+    let (action, manifest) = match &existing.manifest {
+        Some(old) if old.same_content(&manifest) => (Action::Unchanged, old.clone()),
+        _ if existing.manifest_present => (Action::Replace, manifest),
+        _ => (Action::Create, manifest),
+    };
+    Ok((action, serde_json::to_vec_pretty(&manifest)?))
+}
+
+/// The whole plan: per instance, and where the seeds archive comes from (sent
+/// at most once; every other prefix copies it server-side).
+struct Plan<'a> {
+    planned: Vec<Planned<'a>>,
+    seeds_upload: Option<String>,
+    seeds_source: Option<String>,
+}
+
+fn plan<'a>(
+    opts: &UploadOptions,
+    prepared: &'a Prepared,
+    seeds: &SeedsArchive,
+    existing: &[Existing],
+) -> Result<Plan<'a>> {
+    let created = now_rfc3339();
     let mut planned = Vec::new();
-    for (bundle, (secrets_sha, seeds_sha, old_manifest)) in prepared.bundles.iter().zip(lookups) {
-        let mut manifest = Manifest {
-            instance: bundle.instance.host.clone(),
-            prefix: bundle.instance.bootstrap_prefix.clone(),
-            archives: BTreeMap::from([
-                (SECRETS_ARCHIVE.to_string(), bundle.info.clone()),
-                (SEEDS_ARCHIVE.to_string(), prepared.seeds_info.clone()),
-            ]),
-            secrets: bundle.secrets.clone(),
-            seeds: prepared.seed_records.clone(),
-            source_revision: opts.source_revision.clone(),
-            created: created.clone(),
-        };
-        let old: Option<Manifest> = old_manifest.as_deref().and_then(|b| serde_json::from_slice(b).ok());
-        let manifest_action = match &old {
-            None if old_manifest.is_none() => Action::Create,
-            Some(old) if old.same_content(&manifest) => {
-                manifest = old.clone();
-                Action::Unchanged
-            }
-            _ => Action::Replace,
-        };
+    for (bundle, there) in prepared.bundles.iter().zip(existing) {
+        let (manifest, manifest_bytes) = manifest_for(opts, prepared, &seeds.info, bundle, there, &created)?;
         planned.push(Planned {
             bundle,
-            secrets: action_for(&secrets_sha, &bundle.info.sha256),
-            seeds: action_for(&seeds_sha, &prepared.seeds_info.sha256),
-            manifest: manifest_action,
-            manifest_bytes: serde_json::to_vec_pretty(&manifest)?,
+            secrets: action_for(there.secrets_sha.as_deref(), &bundle.info.sha256),
+            seeds: action_for(there.seeds_sha.as_deref(), &seeds.info.sha256),
+            manifest,
+            manifest_bytes,
         });
     }
+    let seeds_key = |p: &Planned| key(&p.bundle.instance.bootstrap_prefix, SEEDS_ARCHIVE);
+    let in_place = planned.iter().find(|p| p.seeds == Action::Unchanged).map(seeds_key);
+    let seeds_upload = match in_place {
+        Some(_) => None,
+        None => planned.iter().find(|p| p.seeds != Action::Unchanged).map(seeds_key),
+    };
+    ensure!(
+        seeds_upload.is_none() || seeds.file.is_some(),
+        "internal: the seeds archive was reused but nothing holds it"
+    );
+    Ok(Plan { seeds_source: in_place.or(seeds_upload.clone()), seeds_upload, planned })
+}
 
-    // The seeds archive is sent at most once; every other prefix copies it
-    // server-side from one that already holds the right bytes.
-    let mut seeds_source = planned
-        .iter()
-        .find(|p| p.seeds == Action::Unchanged)
-        .map(|p| key(&p.bundle.instance.bootstrap_prefix, SEEDS_ARCHIVE));
-    let mut seeds_upload = None;
-    if seeds_source.is_none() {
-        if let Some(first) = planned.iter_mut().find(|p| p.seeds != Action::Unchanged) {
-            let k = key(&first.bundle.instance.bootstrap_prefix, SEEDS_ARCHIVE);
-            seeds_upload = Some(k.clone());
-            seeds_source = Some(k);
-        }
-    }
-
+/// What the plan does to every object, for the report.
+fn report(opts: &UploadOptions, plan: &Plan, seeds: &SeedsArchive, prepared: &Prepared) -> UploadReport {
     let mut objects = Vec::new();
-    for p in &planned {
-        let prefix = &p.bundle.instance.bootstrap_prefix;
-        let name = &p.bundle.instance.host;
+    let bytes = |a: Action, n: u64| if matches!(a, Action::Create | Action::Replace) { n } else { 0 };
+    for p in &plan.planned {
+        let (prefix, name) = (&p.bundle.instance.bootstrap_prefix, &p.bundle.instance.host);
         let seeds_key = key(prefix, SEEDS_ARCHIVE);
         let seeds_action = match p.seeds {
             Action::Unchanged => Action::Unchanged,
-            a if seeds_upload.as_deref() == Some(seeds_key.as_str()) => a,
+            a if plan.seeds_upload.as_deref() == Some(seeds_key.as_str()) => a,
             _ => Action::Copy,
         };
-        let bytes = |a: Action, n: u64| if matches!(a, Action::Create | Action::Replace) { n } else { 0 };
-        objects.push(ObjectPlan {
-            instance: name.clone(),
-            key: key(prefix, SECRETS_ARCHIVE),
-            action: p.secrets,
-            bytes: bytes(p.secrets, p.bundle.info.size),
-        });
-        objects.push(ObjectPlan {
-            instance: name.clone(),
-            key: seeds_key,
-            action: seeds_action,
-            bytes: bytes(seeds_action, prepared.seeds_info.size),
-        });
-        objects.push(ObjectPlan {
-            instance: name.clone(),
-            key: key(prefix, MANIFEST),
-            action: p.manifest,
-            bytes: bytes(p.manifest, p.manifest_bytes.len() as u64),
-        });
+        let mut object = |key: String, action: Action, size: u64| {
+            objects.push(ObjectPlan { instance: name.clone(), key, action, bytes: bytes(action, size) })
+        };
+        object(key(prefix, SECRETS_ARCHIVE), p.secrets, p.bundle.info.size);
+        object(seeds_key, seeds_action, seeds.info.size);
+        object(key(prefix, MANIFEST), p.manifest, p.manifest_bytes.len() as u64);
     }
-    let report = UploadReport {
-        bucket: bucket.to_string(),
+    UploadReport {
+        bucket: opts.bucket.clone(),
         dry_run: opts.dry_run,
         uploaded: objects.iter().filter(|o| matches!(o.action, Action::Create | Action::Replace)).count(),
         copied: objects.iter().filter(|o| o.action == Action::Copy).count(),
@@ -331,58 +377,50 @@ pub async fn upload(aws: &Aws, opts: &UploadOptions, out: &Output) -> Result<Upl
         bytes_sent: objects.iter().map(|o| o.bytes).sum(),
         objects,
         skipped_seed_links: prepared.skipped_links.clone(),
-    };
-    if opts.dry_run {
-        return Ok(report);
     }
+}
 
-    let bar = out.progress(report.bytes_sent, "uploading");
-    // 1. The one seeds upload, then the secrets archives alongside the copies.
-    if let Some(k) = &seeds_upload {
-        s3::put(&s3c, bucket, k, Body::File(&prepared.seeds_file), &prepared.seeds_info.sha256, "application/zstd")
-            .await?;
-        bar.inc(prepared.seeds_info.size);
+/// Carry the plan out: the one seeds upload, then the secrets archives
+/// alongside the seeds copies, then the manifests, last, so a host that
+/// reads one finds its archives in place.
+async fn send(
+    aws: &Aws,
+    opts: &UploadOptions,
+    plan: &Plan<'_>,
+    seeds: &SeedsArchive,
+    bar: &indicatif::ProgressBar,
+) -> Result<()> {
+    let (s3c, bucket, concurrency) = (aws.s3(), opts.bucket.as_str(), opts.concurrency.max(1));
+    if let (Some(k), Some(file)) = (&plan.seeds_upload, &seeds.file) {
+        s3::put(&s3c, bucket, k, Body::File(file), &seeds.info.sha256, "application/zstd").await?;
+        bar.inc(seeds.info.size);
     }
     let mut archive_jobs: Vec<futures::future::BoxFuture<'_, Result<()>>> = Vec::new();
-    for p in &planned {
+    for p in &plan.planned {
         let prefix = &p.bundle.instance.bootstrap_prefix;
         if p.secrets != Action::Unchanged {
-            let (s3c, bar) = (s3c.clone(), bar.clone());
+            let (s3c, bundle) = (s3c.clone(), p.bundle);
             archive_jobs.push(Box::pin(async move {
-                s3::put(
-                    &s3c,
-                    bucket,
-                    &key(prefix, SECRETS_ARCHIVE),
-                    Body::Bytes(&p.bundle.bytes),
-                    &p.bundle.info.sha256,
-                    "application/zstd",
-                )
-                .await?;
-                bar.inc(p.bundle.info.size);
+                let body = Body::Bytes(&bundle.bytes);
+                s3::put(&s3c, bucket, &key(prefix, SECRETS_ARCHIVE), body, &bundle.info.sha256, "application/zstd")
+                    .await?;
+                bar.inc(bundle.info.size);
                 Ok(())
             }));
         }
         let seeds_key = key(prefix, SEEDS_ARCHIVE);
-        if p.seeds != Action::Unchanged && seeds_upload.as_deref() != Some(seeds_key.as_str()) {
-            let (s3c, source) = (s3c.clone(), seeds_source.clone().expect("a source exists when a copy is planned"));
+        if p.seeds != Action::Unchanged && plan.seeds_upload.as_deref() != Some(seeds_key.as_str()) {
+            let (s3c, source) =
+                (s3c.clone(), plan.seeds_source.clone().expect("a source exists when a copy is planned"));
             archive_jobs.push(Box::pin(async move { s3::copy(&s3c, bucket, &source, &seeds_key).await }));
         }
     }
     futures::stream::iter(archive_jobs).buffer_unordered(concurrency).try_collect::<Vec<_>>().await?;
-    // 2. Manifests last: a host that reads one finds its archives in place.
-    futures::stream::iter(planned.iter().filter(|p| p.manifest != Action::Unchanged).map(|p| {
-        let (s3c, bar) = (s3c.clone(), bar.clone());
+    futures::stream::iter(plan.planned.iter().filter(|p| p.manifest != Action::Unchanged).map(|p| {
+        let s3c = s3c.clone();
         async move {
-            let sha = archive::sha256_hex(&p.manifest_bytes);
-            s3::put(
-                &s3c,
-                bucket,
-                &key(&p.bundle.instance.bootstrap_prefix, MANIFEST),
-                Body::Bytes(&p.manifest_bytes),
-                &sha,
-                "application/json",
-            )
-            .await?;
+            let (k, sha) = (key(&p.bundle.instance.bootstrap_prefix, MANIFEST), archive::sha256_hex(&p.manifest_bytes));
+            s3::put(&s3c, bucket, &k, Body::Bytes(&p.manifest_bytes), &sha, "application/json").await?;
             bar.inc(p.manifest_bytes.len() as u64);
             anyhow::Ok(())
         }
@@ -390,6 +428,24 @@ pub async fn upload(aws: &Aws, opts: &UploadOptions, out: &Output) -> Result<Upl
     .buffer_unordered(concurrency)
     .try_collect::<Vec<_>>()
     .await?;
+    Ok(())
+}
+
+pub async fn upload(aws: &Aws, opts: &UploadOptions, out: &Output) -> Result<UploadReport> {
+    let workdir = private_workdir()?;
+    let prepared = {
+        let opts = opts.clone();
+        tokio::task::spawn_blocking(move || prepare(&opts)).await??
+    };
+    let existing = look_up(aws, opts, &prepared.bundles).await?;
+    let seeds = seeds_archive(opts, &prepared, &existing, workdir.path()).await?;
+    let plan = plan(opts, &prepared, &seeds, &existing)?;
+    let report = report(opts, &plan, &seeds, &prepared);
+    if opts.dry_run {
+        return Ok(report);
+    }
+    let bar = out.progress(report.bytes_sent, "uploading");
+    send(aws, opts, &plan, &seeds, &bar).await?;
     bar.finish_and_clear();
     drop(workdir);
     Ok(report)
