@@ -107,33 +107,21 @@ pub fn check_tool(name: &'static str, args: &[&str], needed_by: &'static str, fi
 }
 
 pub fn check_age_identity(path: &Path) -> Check {
-    let result = match std::fs::read_to_string(path) {
-        Err(err) => Err(missing(
-            format!("{}: {err}", path.display()),
+    use std::os::unix::fs::PermissionsExt;
+    let result = match crate::secrets::load_identities(path) {
+        Err(err) if !path.exists() => Err(missing(
+            format!("{err:#}"),
             "write the fleet's age identity there (CI writes it from a secret), or pass --age-key / AGE_KEY_FILE",
         )),
-        Ok(text) => {
-            let keys = text.lines().filter(|l| !l.trim().is_empty() && !l.starts_with('#'));
-            let parsed: Vec<_> = keys.map(|l| l.trim().parse::<age::x25519::Identity>()).collect();
-            if parsed.is_empty() || parsed.iter().any(|p| p.is_err()) {
-                Err(missing(
-                    format!("{} is not an age X25519 identity file", path.display()),
-                    "generate one with `age-keygen -o FILE`",
-                ))
-            } else {
-                use std::os::unix::fs::PermissionsExt;
-                let mode = std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0);
-                if mode & 0o077 != 0 {
-                    Err((
-                        Status::Warn,
-                        format!("{} is readable by others (mode {mode:o})", path.display()),
-                        format!("chmod 600 {}", path.display()),
-                    ))
-                } else {
-                    Ok(format!("{} ({} identity)", path.display(), parsed.len()))
-                }
-            }
-        }
+        Err(err) => Err(missing(format!("{err:#}"), "generate one with `age-keygen -o FILE`")),
+        Ok(ids) => match std::fs::metadata(path).map(|m| m.permissions().mode() & 0o777).unwrap_or(0) {
+            mode if mode & 0o077 != 0 => Err((
+                Status::Warn,
+                format!("{} is readable by others (mode {mode:o})", path.display()),
+                format!("chmod 600 {}", path.display()),
+            )),
+            _ => Ok(format!("{} ({} identity)", path.display(), ids.len())),
+        },
     };
     check("age identity", "secrets check, bootstrap upload, secrets seed", result)
 }

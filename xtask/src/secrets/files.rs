@@ -204,135 +204,131 @@ impl Sources {
     }
 }
 
+/// The findings of one check, gathered as it goes.
+#[derive(Default)]
+struct Findings(Vec<Finding>);
+
+impl Findings {
+    fn add(&mut self, severity: Severity, subject: impl fmt::Display, message: impl Into<String>) {
+        self.0.push(Finding { severity, subject: subject.to_string(), message: message.into() });
+    }
+
+    fn error(&mut self, subject: impl fmt::Display, message: impl Into<String>) {
+        self.add(Severity::Error, subject, message);
+    }
+
+    fn ok(&self) -> bool {
+        !self.0.iter().any(|f| f.severity == Severity::Error)
+    }
+}
+
+/// The `*.age` files in the secrets directory.
+fn present_files(sources: &Sources, findings: &mut Findings) -> BTreeSet<String> {
+    match std::fs::read_dir(&sources.secrets_dir) {
+        Ok(entries) => entries
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".age"))
+            .collect(),
+        Err(e) => {
+            let message = format!("cannot read the secrets directory: {e} (pass --secrets-dir or SECRETS_DIR)");
+            findings.error(sources.secrets_dir.display(), message);
+            BTreeSet::new()
+        }
+    }
+}
+
+/// The files the fleet needs; each one missing is an error, each token no
+/// instance uses is an orphan (a warning). Returns (wanted, orphans).
+fn wanted_files(
+    sources: &Sources,
+    registry: &Registry,
+    spec: &Spec,
+    present: &BTreeSet<String>,
+    findings: &mut Findings,
+) -> (BTreeSet<String>, Vec<String>) {
+    let mut wanted: BTreeSet<String> = spec.common.iter().map(|n| format!("{n}.age")).collect();
+    wanted.extend(registry.instances.values().map(|i| i.token_file()));
+    for file in wanted.iter().filter(|f| !present.contains(*f)) {
+        let who = registry
+            .instances
+            .values()
+            .find(|i| &i.token_file() == file)
+            .map(|i| format!("the Discord token of instance `{}`", i.host))
+            .unwrap_or_else(|| "a common secret every instance needs".into());
+        findings.error(sources.secrets_dir.join(file).display(), format!("missing: {who}"));
+    }
+    let orphans: Vec<String> =
+        present.iter().filter(|f| spec.is_token_file(f) && !wanted.contains(*f)).cloned().collect();
+    for file in &orphans {
+        let message = "orphan: no instance in the registry uses this token";
+        findings.add(Severity::Warning, sources.secrets_dir.join(file).display(), message);
+    }
+    (wanted, orphans)
+}
+
+/// Read one file: a well-formed age file that decrypts (when there is an
+/// identity). Returns whether it was decrypted.
+fn check_file(
+    path: &Path,
+    identities: Option<&[age::x25519::Identity]>,
+    key_file: &Path,
+    findings: &mut Findings,
+) -> bool {
+    let bytes = match std::fs::read(path) {
+        Ok(b) => b,
+        Err(e) => {
+            findings.error(path.display(), format!("cannot read: {e}"));
+            return false;
+        }
+    };
+    if let Err(e) = check_header(&bytes) {
+        findings.error(path.display(), format!("{e:#}"));
+        return false;
+    }
+    let Some(ids) = identities else { return false };
+    match decrypt(path, &bytes, ids, key_file) {
+        Ok(_) => true,
+        Err(e) => {
+            findings.error(path.display(), format!("{e:#}"));
+            false
+        }
+    }
+}
+
 /// Check everything a bundle or a seed needs, reporting all problems at
 /// once. `require_identity`: the identity must be present (a bundle ships it).
 pub fn check(sources: &Sources, require_identity: bool) -> (CheckReport, Option<(Registry, Spec)>) {
-    let mut findings = Vec::new();
-    let mut err =
-        |subject: String, message: String| findings.push(Finding { severity: Severity::Error, subject, message });
-    let registry = match Registry::load(&sources.registry) {
-        Ok(r) => Some(r),
-        Err(problems) => {
-            for p in problems.0 {
-                err(sources.registry.display().to_string(), p.to_string());
-            }
-            None
-        }
-    };
-    let spec = match Spec::load(&sources.spec) {
-        Ok(s) => Some(s),
-        Err(e) => {
-            err(sources.spec.display().to_string(), format!("{e:#}"));
-            None
-        }
-    };
+    let mut findings = Findings::default();
+    let registry = Registry::load(&sources.registry)
+        .map_err(|problems| problems.0.iter().for_each(|p| findings.error(sources.registry.display(), p.to_string())))
+        .ok();
+    let spec = Spec::load(&sources.spec).map_err(|e| findings.error(sources.spec.display(), format!("{e:#}"))).ok();
     let identities = match load_identities(&sources.age_key) {
         Ok(ids) => Some(ids),
         Err(e) if require_identity => {
-            err(sources.age_key.display().to_string(), format!("{e:#}"));
+            findings.error(sources.age_key.display(), format!("{e:#}"));
             None
         }
         Err(_) => None,
     };
-    let mut present = BTreeSet::new();
-    match std::fs::read_dir(&sources.secrets_dir) {
-        Ok(entries) => {
-            for entry in entries.flatten() {
-                let name = entry.file_name().to_string_lossy().into_owned();
-                if name.ends_with(".age") {
-                    present.insert(name);
-                }
-            }
-        }
-        Err(e) => err(
-            sources.secrets_dir.display().to_string(),
-            format!("cannot read the secrets directory: {e} (pass --secrets-dir or SECRETS_DIR)"),
-        ),
-    }
-
-    let mut wanted = BTreeSet::new();
-    let mut orphans = Vec::new();
-    if let (Some(registry), Some(spec)) = (&registry, &spec) {
-        for name in &spec.common {
-            wanted.insert(format!("{name}.age"));
-        }
-        for instance in registry.instances.values() {
-            wanted.insert(instance.token_file());
-        }
-        for file in &wanted {
-            if !present.contains(file) {
-                let who = registry
-                    .instances
-                    .values()
-                    .find(|i| &i.token_file() == file)
-                    .map(|i| format!("the Discord token of instance `{}`", i.host))
-                    .unwrap_or_else(|| "a common secret every instance needs".into());
-                err(sources.secrets_dir.join(file).display().to_string(), format!("missing: {who}"));
-            }
-        }
-        for file in &present {
-            if spec.is_token_file(file) && !wanted.contains(file) {
-                orphans.push(file.clone());
-                findings.push(Finding {
-                    severity: Severity::Warning,
-                    subject: sources.secrets_dir.join(file).display().to_string(),
-                    message: "orphan: no instance in the registry uses this token".into(),
-                });
-            }
-        }
-    }
-
-    let mut decrypted = 0;
-    let mut checked = 0;
-    for file in present.iter().filter(|f| wanted.is_empty() || wanted.contains(*f)) {
-        let path = sources.secrets_dir.join(file);
-        checked += 1;
-        let bytes = match std::fs::read(&path) {
-            Ok(b) => b,
-            Err(e) => {
-                findings.push(Finding {
-                    severity: Severity::Error,
-                    subject: path.display().to_string(),
-                    message: format!("cannot read: {e}"),
-                });
-                continue;
-            }
-        };
-        if let Err(e) = check_header(&bytes) {
-            findings.push(Finding {
-                severity: Severity::Error,
-                subject: path.display().to_string(),
-                message: format!("{e:#}"),
-            });
-            continue;
-        }
-        if let Some(ids) = &identities {
-            match decrypt(&path, &bytes, ids, &sources.age_key) {
-                Ok(_) => decrypted += 1,
-                Err(e) => findings.push(Finding {
-                    severity: Severity::Error,
-                    subject: path.display().to_string(),
-                    message: format!("{e:#}"),
-                }),
-            }
-        }
-    }
-    if identities.is_none() && !require_identity {
-        findings.push(Finding {
-            severity: Severity::Warning,
-            subject: sources.age_key.display().to_string(),
-            message: "no age identity: files were checked for well-formed headers but not decrypted".into(),
-        });
-    }
-    let ok = !findings.iter().any(|f| f.severity == Severity::Error);
-    let report = CheckReport {
-        secrets_dir: sources.secrets_dir.display().to_string(),
-        checked,
-        decrypted,
-        orphans,
-        findings,
-        ok,
+    let present = present_files(sources, &mut findings);
+    let (wanted, orphans) = match (&registry, &spec) {
+        (Some(registry), Some(spec)) => wanted_files(sources, registry, spec, &present, &mut findings),
+        _ => (BTreeSet::new(), Vec::new()),
     };
+    let to_check: Vec<&String> = present.iter().filter(|f| wanted.is_empty() || wanted.contains(*f)).collect();
+    let decrypted = to_check
+        .iter()
+        .filter(|f| check_file(&sources.secrets_dir.join(f), identities.as_deref(), &sources.age_key, &mut findings))
+        .count();
+    if identities.is_none() && !require_identity {
+        let message = "no age identity: files were checked for well-formed headers but not decrypted";
+        findings.add(Severity::Warning, sources.age_key.display(), message);
+    }
+    let ok = findings.ok();
+    let secrets_dir = sources.secrets_dir.display().to_string();
+    let report = CheckReport { secrets_dir, checked: to_check.len(), decrypted, orphans, findings: findings.0, ok };
     let loaded = match (registry, spec) {
         (Some(r), Some(s)) if ok => Some((r, s)),
         _ => None,

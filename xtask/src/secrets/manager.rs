@@ -214,6 +214,49 @@ fn put_value<T>(value: &[u8], string: impl FnOnce(String) -> T, binary: impl FnO
     }
 }
 
+/// Bring one secret to its desired value as planned.
+async fn apply(sm: &aws_sdk_secretsmanager::Client, d: &Desired, action: SeedAction) -> Result<()> {
+    match action {
+        SeedAction::Unchanged => {}
+        SeedAction::Create => {
+            let request = sm
+                .create_secret()
+                .name(&d.name)
+                .set_tags(Some(d.tags()))
+                .description("managed by cargo xtask secrets seed");
+            let request =
+                put_value(&d.value, |s| request.clone().secret_string(s), |b| request.clone().secret_binary(b));
+            request.send().await.map_err(|e| aws::error("Secrets Manager CreateSecret", &d.name, e))?;
+        }
+        SeedAction::Update | SeedAction::Restore => {
+            if action == SeedAction::Restore {
+                sm.restore_secret()
+                    .secret_id(&d.name)
+                    .send()
+                    .await
+                    .map_err(|e| aws::error("Secrets Manager RestoreSecret", &d.name, e))?;
+                // The restored value may already be the right one.
+                if let (Some(v), _) = current(sm, &d.name).await? {
+                    if v.as_slice() == d.value.as_slice() {
+                        return Ok(());
+                    }
+                }
+            }
+            let request = sm.put_secret_value().secret_id(&d.name);
+            let request =
+                put_value(&d.value, |s| request.clone().secret_string(s), |b| request.clone().secret_binary(b));
+            request.send().await.map_err(|e| aws::error("Secrets Manager PutSecretValue", &d.name, e))?;
+            sm.tag_resource()
+                .secret_id(&d.name)
+                .set_tags(Some(d.tags()))
+                .send()
+                .await
+                .map_err(|e| aws::error("Secrets Manager TagResource", &d.name, e))?;
+        }
+    }
+    Ok(())
+}
+
 pub async fn seed(aws: &Aws, opts: &SeedOptions) -> Result<SeedReport> {
     let (desired, known) = {
         let opts = opts.clone();
@@ -243,44 +286,7 @@ pub async fn seed(aws: &Aws, opts: &SeedOptions) -> Result<SeedReport> {
         return Ok(report);
     }
     for (d, action) in desired.iter().zip(&plan) {
-        match action {
-            SeedAction::Unchanged => {}
-            SeedAction::Create => {
-                let request = sm
-                    .create_secret()
-                    .name(&d.name)
-                    .set_tags(Some(d.tags()))
-                    .description("managed by cargo xtask secrets seed");
-                let request =
-                    put_value(&d.value, |s| request.clone().secret_string(s), |b| request.clone().secret_binary(b));
-                request.send().await.map_err(|e| aws::error("Secrets Manager CreateSecret", &d.name, e))?;
-            }
-            SeedAction::Update | SeedAction::Restore => {
-                if *action == SeedAction::Restore {
-                    sm.restore_secret()
-                        .secret_id(&d.name)
-                        .send()
-                        .await
-                        .map_err(|e| aws::error("Secrets Manager RestoreSecret", &d.name, e))?;
-                    // The restored value may already be the right one.
-                    if let (Some(v), _) = current(&sm, &d.name).await? {
-                        if v.as_slice() == d.value.as_slice() {
-                            continue;
-                        }
-                    }
-                }
-                let request = sm.put_secret_value().secret_id(&d.name);
-                let request =
-                    put_value(&d.value, |s| request.clone().secret_string(s), |b| request.clone().secret_binary(b));
-                request.send().await.map_err(|e| aws::error("Secrets Manager PutSecretValue", &d.name, e))?;
-                sm.tag_resource()
-                    .secret_id(&d.name)
-                    .set_tags(Some(d.tags()))
-                    .send()
-                    .await
-                    .map_err(|e| aws::error("Secrets Manager TagResource", &d.name, e))?;
-            }
-        }
+        apply(&sm, d, *action).await?;
     }
     if opts.prune {
         for name in &orphans {
