@@ -259,8 +259,9 @@ pub struct BootstrapFetchArgs {
     pub state_dir: PathBuf,
 }
 
-#[derive(Debug, Args)]
-pub struct ImageBuildArgs {
+/// What image-build builds and where it writes (also the pipeline's).
+#[derive(Debug, Clone, Args)]
+pub struct BuildArgs {
     /// The flake host whose image to build (default: the registry's first instance).
     #[arg(long)]
     pub host: Option<String>,
@@ -270,6 +271,12 @@ pub struct ImageBuildArgs {
     /// The directory holding the fleet's flake.nix.
     #[arg(long, default_value = ".")]
     pub flake: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ImageBuildArgs {
+    #[command(flatten)]
+    pub build: BuildArgs,
     #[command(flatten)]
     pub instances: InstancesArg,
 }
@@ -369,15 +376,8 @@ pub struct PipelineArgs {
     /// The bucket for bundles (and the s3-import path).
     #[arg(long, env = "S3_BUCKET")]
     pub bucket: Option<String>,
-    /// The flake host whose image to build (default: the registry's first instance).
-    #[arg(long)]
-    pub host: Option<String>,
-    /// Where image-build writes image.json.
-    #[arg(long, env = "OUT_DIR", default_value = "dist")]
-    pub out: PathBuf,
-    /// The directory holding the fleet's flake.nix.
-    #[arg(long, default_value = ".")]
-    pub flake: PathBuf,
+    #[command(flatten)]
+    pub build: BuildArgs,
     /// Check, prepare and build, but only say what would be uploaded and registered.
     #[arg(long)]
     pub dry_run: bool,

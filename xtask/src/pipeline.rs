@@ -131,13 +131,13 @@ fn inputs(ctx: &Ctx, args: &flags::PipelineArgs, scratch: &Path) -> Result<Input
     } else {
         args.secrets.instances.path.clone()
     };
-    let host = match &args.host {
+    let host = match &args.build.host {
         Some(h) => h.clone(),
         None => {
             crate::fleet::Registry::load(&registry)?.instances.into_keys().next().context("the registry is empty")?
         }
     };
-    let flake = project::resolve(&args.flake);
+    let flake = project::resolve(&args.build.flake);
     if ctx.is_local() {
         return local_inputs(ctx, scratch, &host, &flake);
     }
@@ -151,7 +151,7 @@ fn inputs(ctx: &Ctx, args: &flags::PipelineArgs, scratch: &Path) -> Result<Input
         image: ImagePlan::Build(BuildOptions {
             host,
             flake,
-            out: project::resolve(&args.out),
+            out: project::resolve(&args.build.out),
             kvm_device: build::kvm_device(),
         }),
     })

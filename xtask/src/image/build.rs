@@ -268,7 +268,7 @@ impl fmt::Display for ImageManifest {
 }
 
 pub fn run(ctx: &Ctx, args: flags::ImageBuildArgs) -> Result<()> {
-    let host = match args.host {
+    let host = match args.build.host {
         Some(h) => h,
         None => crate::fleet::Registry::load(&args.instances.path)?
             .instances
@@ -280,8 +280,8 @@ pub fn run(ctx: &Ctx, args: flags::ImageBuildArgs) -> Result<()> {
     // with or without it), CLAWDINATOR_KVM_DEVICE names the device.
     let opts = BuildOptions {
         host,
-        flake: project::resolve(&args.flake),
-        out: project::resolve(&args.out),
+        flake: project::resolve(&args.build.flake),
+        out: project::resolve(&args.build.out),
         kvm_device: kvm_device(),
     };
     let manifest = build(&opts)?;
