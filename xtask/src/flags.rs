@@ -319,6 +319,9 @@ pub struct PublishArgs {
     /// Say what would be uploaded, registered and copied; write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Upload (or reuse) the snapshot and stop: no wait, no AMI (like `coldsnap upload`); a later publish registers it.
+    #[arg(long, conflicts_with_all = ["copy_to_regions", "deprecate_after"])]
+    pub snapshot_only: bool,
 }
 
 /// How `image publish` gets the disk into EBS.

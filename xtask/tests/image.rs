@@ -536,3 +536,19 @@ async fn prune_spares_stopped_instances_and_launch_templates_and_goes_on_past_a_
     let snaps = ec2.describe_snapshots().owner_ids("self").send().await.unwrap();
     assert!(snaps.snapshots().iter().all(|s| s.snapshot_id() != Some(failing_snapshot.as_str())));
 }
+
+/// --snapshot-only stops after CompleteSnapshot (like `coldsnap upload`);
+/// the next publish registers that snapshot without sending anything.
+#[tokio::test(flavor = "multi_thread")]
+async fn snapshot_only_then_publish_registers_the_same_snapshot() {
+    let env = env().await;
+    let (_, json) = sample(&env, "img", 70);
+    let mut opts = PublishOptions::new(json.clone());
+    opts.snapshot_only = true;
+    let first = publish::publish(&env.aws, &opts, &OUT, &never()).await.unwrap();
+    assert!(first.ami_id.is_empty() && first.bytes_sent == 4 * BLOCK_SIZE, "{first:?}");
+    assert!(env.aws.ec2().describe_images().owners("self").send().await.unwrap().images().is_empty());
+    let full = publish::publish(&env.aws, &PublishOptions::new(json), &OUT, &never()).await.unwrap();
+    assert_eq!((full.bytes_sent, &full.snapshot_id), (0, &first.snapshot_id));
+    assert!(full.ami_id.starts_with("ami-"));
+}

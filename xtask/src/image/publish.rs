@@ -52,6 +52,9 @@ pub struct PublishOptions {
     pub keep_object: bool,
     /// Say what would be uploaded, registered and copied; write nothing.
     pub dry_run: bool,
+    /// Upload (or reuse) the snapshot and stop: no wait, no AMI, no copies
+    /// (what `coldsnap upload` does; a later publish registers it).
+    pub snapshot_only: bool,
 }
 
 impl PublishOptions {
@@ -70,6 +73,7 @@ impl PublishOptions {
             wait_limit: Duration::from_secs(3600),
             keep_object: false,
             dry_run: false,
+            snapshot_only: false,
         }
     }
 }
@@ -96,6 +100,12 @@ pub struct PublishReport {
 
 impl fmt::Display for PublishReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.ami_id.is_empty() && !self.dry_run {
+            let snapshot = self.snapshot_id.as_deref().unwrap_or("-");
+            let sent = indicatif::HumanBytes(self.bytes_sent);
+            writeln!(f, "snapshot {snapshot} uploaded ({sent} sent); no AMI registered (--snapshot-only)")?;
+            return writeln!(f, "{snapshot}");
+        }
         if self.dry_run {
             if self.already_published {
                 writeln!(
@@ -184,6 +194,14 @@ pub async fn publish_image(
         return dry_run(aws, opts, image, &image_path, &identity, report).await;
     }
     let waits = Waits { opts, cancel, out };
+    if opts.snapshot_only {
+        let snapshot_id = match reusable_snapshot(&ec2, &identity).await? {
+            Some(id) => id,
+            None => upload(aws, opts, image, &image_path, &identity, &mut report, &waits).await?,
+        };
+        report.snapshot_id = Some(snapshot_id);
+        return Ok(report);
+    }
     if let Some(existing) = ami::find(&ec2, &identity).await? {
         report.ami_id = existing.image_id().unwrap_or_default().to_string();
         report.already_published = true;
@@ -289,7 +307,11 @@ async fn upload(
                 (uploaded.bytes_sent, uploaded.blocks_sent, uploaded.encrypted);
             let mut waiter = SnapshotWaiter::new(aws);
             (waiter.poll, waiter.timeout) = (opts.poll, opts.wait_limit);
-            if let Err(err) = waiter.wait_completed(&uploaded.snapshot_id, waits.cancel, waits.out).await {
+            let waited = match opts.snapshot_only {
+                true => Ok(()),
+                false => waiter.wait_completed(&uploaded.snapshot_id, waits.cancel, waits.out).await,
+            };
+            if let Err(err) = waited {
                 return Err(uploader.discard(&uploaded.snapshot_id, err).await);
             }
             uploaded.snapshot_id
@@ -533,6 +555,7 @@ pub async fn run(ctx: &Ctx, args: flags::PublishArgs) -> Result<()> {
         import_timeout: Duration::from_secs(args.timeout * 60),
         keep_object: args.keep_object,
         dry_run: args.dry_run,
+        snapshot_only: args.snapshot_only,
         ..PublishOptions::new(PathBuf::new())
     };
     let aws = ctx.aws().await?;
