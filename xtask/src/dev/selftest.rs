@@ -25,11 +25,18 @@ pub fn run(ctx: &Ctx, args: flags::TestArgs) -> Result<()> {
     emulator::ensure_installed()?;
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let filter = args.filter.clone();
-    cmd!(sh, "{cargo} test --workspace --locked {filter...}").run()?;
+    let mut tests = std::process::Command::from(cmd!(sh, "{cargo} test --workspace --locked {filter...}"));
+    if ctx.out.json {
+        // stdout carries one JSON document; cargo's own output goes to stderr.
+        use std::os::fd::AsFd;
+        tests.stdout(std::io::stderr().as_fd().try_clone_to_owned()?);
+    }
+    let status = tests.status()?;
+    anyhow::ensure!(status.success(), "cargo test failed ({status})");
 
     if args.rust_only {
         ctx.out.note("skipped: non-Rust checks (--rust-only)");
-        return Ok(());
+        return ctx.out.emit(&TestReport { checks: vec![] });
     }
     let checks = [
         ("nix parse", nix_parse(&sh, &root)),
@@ -37,29 +44,52 @@ pub fn run(ctx: &Ctx, args: flags::TestArgs) -> Result<()> {
         ("workflow lint", not_built_yet(&root, ".yml", ".github/workflows")),
         ("shellcheck", shellcheck(&sh, &root)),
     ];
-    let mut failed = Vec::new();
-    let (mut passed, mut skipped) = (0, 0);
+    let mut report = TestReport { checks: Vec::new() };
     for (name, outcome) in checks {
-        match outcome {
-            Outcome::Passed(what) => {
-                passed += 1;
-                ctx.out.note(format!("check {name}: ok ({what})"));
-            }
-            Outcome::Skipped(why) => {
-                skipped += 1;
-                ctx.out.note(format!("check {name}: SKIPPED because {why}"));
-            }
-            Outcome::Failed(why) => {
-                ctx.out.note(format!("check {name}: FAILED: {why}"));
-                failed.push(name);
-            }
-        }
+        let (status, detail) = match outcome {
+            Outcome::Passed(what) => ("ok", what),
+            Outcome::Skipped(why) => ("skipped", why),
+            Outcome::Failed(why) => ("failed", why),
+        };
+        let line = match status {
+            "ok" => format!("check {name}: ok ({detail})"),
+            "skipped" => format!("check {name}: SKIPPED because {detail}"),
+            _ => format!("check {name}: FAILED: {detail}"),
+        };
+        ctx.out.note(line);
+        report.checks.push(CheckOutcome { name, status, detail });
     }
-    ctx.out.note(format!("non-Rust checks: ok {passed}, skipped {skipped}, failed {}", failed.len()));
+    let count = |s: &str| report.checks.iter().filter(|c| c.status == s).count();
+    ctx.out.note(format!(
+        "non-Rust checks: ok {}, skipped {}, failed {}",
+        count("ok"),
+        count("skipped"),
+        count("failed")
+    ));
+    let failed: Vec<&str> = report.checks.iter().filter(|c| c.status == "failed").map(|c| c.name).collect();
     if !failed.is_empty() {
         bail!("non-Rust checks failed: {}", failed.join(", "));
     }
-    Ok(())
+    ctx.out.emit(&report)
+}
+
+/// The non-Rust checks, for `--json` (the Rust tests passed if it is printed).
+#[derive(serde::Serialize)]
+struct TestReport {
+    checks: Vec<CheckOutcome>,
+}
+
+#[derive(serde::Serialize)]
+struct CheckOutcome {
+    name: &'static str,
+    status: &'static str,
+    detail: String,
+}
+
+impl std::fmt::Display for TestReport {
+    fn fmt(&self, _: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        Ok(()) // every line was already said on stderr as it happened
+    }
 }
 
 /// Project files with the given extension, outside build output and the venv.
