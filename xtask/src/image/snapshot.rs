@@ -24,7 +24,7 @@ use sha2::{Digest, Sha256};
 use tokio::sync::mpsc;
 
 use crate::aws;
-use crate::cancel::{Cancel, Poll, Wait};
+use crate::cancel::{Cancel, Poll, Wait, INTERRUPTED};
 use crate::output::Output;
 
 /// EBS snapshots are written in blocks of 512 KiB.
@@ -197,8 +197,14 @@ impl SnapshotUploader {
             image.display()
         );
         let volume_size_gib = size.div_ceil(GIB) as i64;
-        let (snapshot_id, encrypted) =
-            cancel.guard("starting the snapshot", self.start(image, spec, volume_size_gib)).await?;
+        // Not cut short by a cancellation (it is one call, bounded by the SDK's
+        // timeouts): an interrupted StartSnapshot could leave a snapshot whose
+        // id we never learn, so nobody would delete it.
+        let (snapshot_id, encrypted) = self.start(image, spec, volume_size_gib).await?;
+        if cancel.is_cancelled() {
+            let err = anyhow::anyhow!("{INTERRUPTED} while starting the snapshot");
+            return Err(self.discard(&snapshot_id, err).await);
+        }
         tracing::info!(%snapshot_id, volume_size_gib, encrypted, "snapshot started");
         let work = self.send_blocks(&snapshot_id, file, spec, encrypted, bar);
         match cancel.guard("uploading the snapshot", work).await {
