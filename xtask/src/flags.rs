@@ -231,7 +231,7 @@ pub struct BootstrapUploadArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// S3 requests in flight at once (1-128).
-    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=128))]
+    #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=128))]
     pub concurrency: u16,
 }
 

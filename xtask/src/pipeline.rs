@@ -188,7 +188,7 @@ async fn bundles(aws: &Aws, inputs: &Inputs, dry_run: bool, progress: &mut Progr
         bucket: inputs.bucket.clone(),
         instances: vec![],
         dry_run,
-        concurrency: 16,
+        concurrency: 32,
         source_revision: project::git_revision(),
     };
     let uploaded = bootstrap::upload(aws, &upload, out).await.map_err(failed("bootstrap upload"))?;

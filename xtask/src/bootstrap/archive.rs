@@ -75,9 +75,24 @@ pub struct Writer<W: Write> {
     content_bytes: u64,
 }
 
+/// zstd workers for large archives. Fixed, not the machine's core count: the
+/// output of multithreaded zstd depends on its parameters, and the same
+/// input must give the same bytes on every machine.
+const ZSTD_WORKERS: u32 = 2;
+
 impl<W: Write> Writer<W> {
     pub fn new(out: W) -> Result<Self> {
-        let encoder = zstd::Encoder::new(Hashing::new(out), ZSTD_LEVEL)?;
+        Self::with_encoder(zstd::Encoder::new(Hashing::new(out), ZSTD_LEVEL)?)
+    }
+
+    /// For large trees (the seeds): compression runs on worker threads.
+    pub fn new_parallel(out: W) -> Result<Self> {
+        let mut encoder = zstd::Encoder::new(Hashing::new(out), ZSTD_LEVEL)?;
+        encoder.multithread(ZSTD_WORKERS)?;
+        Self::with_encoder(encoder)
+    }
+
+    fn with_encoder(encoder: zstd::Encoder<'static, Hashing<W>>) -> Result<Self> {
         let mut tar = tar::Builder::new(encoder);
         tar.mode(tar::HeaderMode::Deterministic);
         Ok(Writer { tar, entries: 0, content_bytes: 0 })

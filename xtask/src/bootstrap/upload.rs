@@ -17,7 +17,7 @@ use super::seeds::{self, SeedRecord};
 use super::{key, ArchiveInfo, Manifest, MANIFEST, MANIFEST_LIMIT, SECRETS_ARCHIVE, SEEDS_ARCHIVE};
 use crate::aws::s3::{self, Body};
 use crate::aws::Aws;
-use crate::fleet::Instance;
+use crate::fleet::{Instance, Registry};
 use crate::output::Output;
 use crate::secrets::{self, Sources, AGE_KEY_NAME};
 
@@ -206,16 +206,22 @@ struct Existing {
     manifest_present: bool,
 }
 
-async fn look_up(aws: &Aws, opts: &UploadOptions, bundles: &[SecretsBundle]) -> Result<Vec<Existing>> {
+/// What the bucket holds under each prefix, in the order given (reads only).
+async fn look_up(aws: &Aws, opts: &UploadOptions, prefixes: &[String]) -> Result<Vec<Existing>> {
     let (s3c, stall, bucket) = (aws.s3(), aws.timeouts().read, opts.bucket.as_str());
-    futures::stream::iter(bundles.iter().map(|bundle| {
+    futures::stream::iter(prefixes.iter().map(|prefix| {
         let s3c = s3c.clone();
         async move {
-            let prefix = &bundle.instance.bootstrap_prefix;
-            let bytes = s3::get_bytes(&s3c, bucket, &key(prefix, MANIFEST), MANIFEST_LIMIT, stall).await?;
+            let [manifest_key, secrets_key, seeds_key] =
+                [MANIFEST, SECRETS_ARCHIVE, SEEDS_ARCHIVE].map(|n| key(prefix, n));
+            let (bytes, secrets_sha, seeds_sha) = tokio::try_join!(
+                s3::get_bytes(&s3c, bucket, &manifest_key, MANIFEST_LIMIT, stall),
+                s3::head_sha256(&s3c, bucket, &secrets_key),
+                s3::head_sha256(&s3c, bucket, &seeds_key),
+            )?;
             anyhow::Ok(Existing {
-                secrets_sha: s3::head_sha256(&s3c, bucket, &key(prefix, SECRETS_ARCHIVE)).await?,
-                seeds_sha: s3::head_sha256(&s3c, bucket, &key(prefix, SEEDS_ARCHIVE)).await?,
+                secrets_sha,
+                seeds_sha,
                 manifest: bytes.as_deref().and_then(|b| serde_json::from_slice(b).ok()),
                 manifest_present: bytes.is_some(),
             })
@@ -252,7 +258,7 @@ async fn seeds_archive(
     let (dir, file) = (opts.seeds_dir.clone(), workdir.join(SEEDS_ARCHIVE));
     tokio::task::spawn_blocking(move || -> Result<SeedsArchive> {
         let out = fs::OpenOptions::new().write(true).create_new(true).mode(0o600).open(&file)?;
-        let mut writer = Writer::new(std::io::BufWriter::with_capacity(1 << 20, out))?;
+        let mut writer = Writer::new_parallel(std::io::BufWriter::with_capacity(1 << 20, out))?;
         archive::write_tree(&mut writer, &dir, "repo-seeds")
             .with_context(|| format!("cannot archive the seeds in {}", dir.display()))?;
         let (out, summary) = writer.finish()?;
@@ -380,9 +386,10 @@ fn report(opts: &UploadOptions, plan: &Plan, seeds: &SeedsArchive, prepared: &Pr
     }
 }
 
-/// Carry the plan out: the one seeds upload, then the secrets archives
-/// alongside the seeds copies, then the manifests, last, so a host that
-/// reads one finds its archives in place.
+/// Carry the plan out, each instance on its own: its secrets archive, its
+/// seeds (the one upload, or a server-side copy once that upload is in
+/// place), then its manifest, last, so a host that reads a manifest finds
+/// its archives in place.
 async fn send(
     aws: &Aws,
     opts: &UploadOptions,
@@ -390,55 +397,67 @@ async fn send(
     seeds: &SeedsArchive,
     bar: &indicatif::ProgressBar,
 ) -> Result<()> {
-    let (s3c, bucket, concurrency) = (aws.s3(), opts.bucket.as_str(), opts.concurrency.max(1));
-    if let (Some(k), Some(file)) = (&plan.seeds_upload, &seeds.file) {
-        s3::put(&s3c, bucket, k, Body::File(file), &seeds.info.sha256, "application/zstd").await?;
-        bar.inc(seeds.info.size);
-    }
-    let mut archive_jobs: Vec<futures::future::BoxFuture<'_, Result<()>>> = Vec::new();
-    for p in &plan.planned {
-        let prefix = &p.bundle.instance.bootstrap_prefix;
-        if p.secrets != Action::Unchanged {
-            let (s3c, bundle) = (s3c.clone(), p.bundle);
-            archive_jobs.push(Box::pin(async move {
-                let body = Body::Bytes(&bundle.bytes);
-                s3::put(&s3c, bucket, &key(prefix, SECRETS_ARCHIVE), body, &bundle.info.sha256, "application/zstd")
-                    .await?;
-                bar.inc(bundle.info.size);
-                Ok(())
-            }));
+    use futures::FutureExt;
+    let (s3c, bucket) = (aws.s3(), opts.bucket.as_str());
+    // Every copy waits for the one upload; its error reaches each of them.
+    let seeds_put = async {
+        if let (Some(k), Some(file)) = (&plan.seeds_upload, &seeds.file) {
+            s3::put(&s3c, bucket, k, Body::File(file), &seeds.info.sha256, "application/zstd")
+                .await
+                .map_err(|e| format!("{e:#}"))?;
+            bar.inc(seeds.info.size);
         }
-        let seeds_key = key(prefix, SEEDS_ARCHIVE);
-        if p.seeds != Action::Unchanged && plan.seeds_upload.as_deref() != Some(seeds_key.as_str()) {
-            let (s3c, source) =
-                (s3c.clone(), plan.seeds_source.clone().expect("a source exists when a copy is planned"));
-            archive_jobs.push(Box::pin(async move { s3::copy(&s3c, bucket, &source, &seeds_key).await }));
-        }
+        Ok::<(), String>(())
     }
-    futures::stream::iter(archive_jobs).buffer_unordered(concurrency).try_collect::<Vec<_>>().await?;
-    futures::stream::iter(plan.planned.iter().filter(|p| p.manifest != Action::Unchanged).map(|p| {
-        let s3c = s3c.clone();
+    .shared();
+    let instances = plan.planned.iter().map(|p| {
+        let (s3c, seeds_put) = (s3c.clone(), seeds_put.clone());
         async move {
-            let (k, sha) = (key(&p.bundle.instance.bootstrap_prefix, MANIFEST), archive::sha256_hex(&p.manifest_bytes));
-            s3::put(&s3c, bucket, &k, Body::Bytes(&p.manifest_bytes), &sha, "application/json").await?;
-            bar.inc(p.manifest_bytes.len() as u64);
+            let prefix = &p.bundle.instance.bootstrap_prefix;
+            let put_secrets = async {
+                if p.secrets != Action::Unchanged {
+                    let (body, sha) = (Body::Bytes(&p.bundle.bytes), &p.bundle.info.sha256);
+                    s3::put(&s3c, bucket, &key(prefix, SECRETS_ARCHIVE), body, sha, "application/zstd").await?;
+                    bar.inc(p.bundle.info.size);
+                }
+                anyhow::Ok(())
+            };
+            let place_seeds = async {
+                seeds_put.await.map_err(|e| anyhow::anyhow!(e))?;
+                let seeds_key = key(prefix, SEEDS_ARCHIVE);
+                if p.seeds != Action::Unchanged && plan.seeds_upload.as_deref() != Some(seeds_key.as_str()) {
+                    let source = plan.seeds_source.as_deref().expect("a source exists when a copy is planned");
+                    s3::copy(&s3c, bucket, source, &seeds_key).await?;
+                }
+                anyhow::Ok(())
+            };
+            tokio::try_join!(put_secrets, place_seeds)?;
+            if p.manifest != Action::Unchanged {
+                let (k, sha) = (key(prefix, MANIFEST), archive::sha256_hex(&p.manifest_bytes));
+                s3::put(&s3c, bucket, &k, Body::Bytes(&p.manifest_bytes), &sha, "application/json").await?;
+                bar.inc(p.manifest_bytes.len() as u64);
+            }
             anyhow::Ok(())
         }
-    }))
-    .buffer_unordered(concurrency)
-    .try_collect::<Vec<_>>()
-    .await?;
+    });
+    futures::stream::iter(instances).buffer_unordered(opts.concurrency.max(1)).try_collect::<Vec<_>>().await?;
     Ok(())
 }
 
 pub async fn upload(aws: &Aws, opts: &UploadOptions, out: &Output) -> Result<UploadReport> {
     let workdir = private_workdir()?;
-    let prepared = {
+    // The registry first (bad input fails before any AWS call); then the
+    // bundles are built while the bucket is read, which needs only prefixes.
+    let registry = Registry::load(&opts.sources.registry)?;
+    let prefixes: Vec<String> = registry.select(&opts.instances)?.iter().map(|i| i.bootstrap_prefix.clone()).collect();
+    let build = {
         let opts = opts.clone();
-        tokio::task::spawn_blocking(move || prepare(&opts)).await??
+        async move { tokio::task::spawn_blocking(move || prepare(&opts)).await? }
     };
-    let existing = look_up(aws, opts, &prepared.bundles).await?;
+    let (prepared, existing) = tokio::try_join!(build, look_up(aws, opts, &prefixes))?;
+    tracing::info!(bundles = prepared.bundles.len(), "bundles built, seeds fingerprinted, bucket looked up");
     let seeds = seeds_archive(opts, &prepared, &existing, workdir.path()).await?;
+    tracing::info!(built = seeds.file.is_some(), size = seeds.info.size, "seeds archive ready");
     let plan = plan(opts, &prepared, &seeds, &existing)?;
     let report = report(opts, &plan, &seeds, &prepared);
     if opts.dry_run {
@@ -446,6 +465,7 @@ pub async fn upload(aws: &Aws, opts: &UploadOptions, out: &Output) -> Result<Upl
     }
     let bar = out.progress(report.bytes_sent, "uploading");
     send(aws, opts, &plan, &seeds, &bar).await?;
+    tracing::info!(bytes = report.bytes_sent, "sent");
     bar.finish_and_clear();
     drop(workdir);
     Ok(report)
