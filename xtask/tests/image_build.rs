@@ -63,6 +63,7 @@ fn image_build_describes_what_nix_built() {
     assert!(manifest.store_path.ends_with("-nixos-amazon-image-25.05"));
     let (sha, _) = xtask::bootstrap::archive::sha256_file(&manifest.path).unwrap();
     assert_eq!(manifest.sha256, sha);
+    assert_eq!(manifest.block_sha256, Some(xtask::image::snapshot::block_digest(&manifest.path).unwrap()));
     let head = Command::new("git").args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "HEAD"]).output().unwrap();
     assert_eq!(manifest.source_revision.as_deref(), Some(String::from_utf8_lossy(&head.stdout).trim()));
 }

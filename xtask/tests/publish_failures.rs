@@ -76,21 +76,38 @@ async fn ebs_direct_takes_raw_images_only() {
 }
 
 /// The file changed after image-build (same size): EBS direct refuses to
-/// complete the snapshot and deletes it.
+/// complete the snapshot and deletes it, whether image.json records a block
+/// digest (checked without hashing holes) or only the file's SHA-256.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_changed_image_is_not_completed_ebs_direct() {
     let env = env().await;
-    let (image, json) = sample(&env, "img", 2);
-    let want = xtask::image::ImageManifest::load(&json).unwrap().sha256;
-    use std::os::unix::fs::FileExt;
-    std::fs::OpenOptions::new().write(true).open(&image).unwrap().write_all_at(b"tampered", 2 * BLOCK_SIZE).unwrap();
-    let got = xtask::bootstrap::archive::sha256_file(&image).unwrap().0;
-    let err = publish(&env, &opts(json)).await.unwrap_err();
-    let text = format!("{err:#}");
-    assert!(text.contains(&want) && text.contains(&got) && text.contains("rebuild"), "{text}");
-    assert!(text.contains("was deleted"), "{text}");
-    assert!(snapshots(&env).await.is_empty());
-    assert!(images(&env).await.is_empty());
+    for (n, with_block_digest) in [(2, true), (22, false)] {
+        let (image, json) = sample(&env, &format!("img{n}"), n);
+        let manifest = xtask::image::ImageManifest::load(&json).unwrap();
+        let mut value: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+        if !with_block_digest {
+            value.as_object_mut().unwrap().remove("blockSha256");
+            std::fs::write(&json, serde_json::to_vec(&value).unwrap()).unwrap();
+        }
+        use std::os::unix::fs::FileExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&image)
+            .unwrap()
+            .write_all_at(b"tampered", 2 * BLOCK_SIZE)
+            .unwrap();
+        let (want, got) = match with_block_digest {
+            true => (manifest.block_sha256.unwrap(), xtask::image::snapshot::block_digest(&image).unwrap()),
+            false => (manifest.sha256, xtask::bootstrap::archive::sha256_file(&image).unwrap().0),
+        };
+        let err = publish(&env, &opts(json)).await.unwrap_err();
+        let text = format!("{err:#}");
+        assert!(text.contains(&want) && text.contains(&got) && text.contains("rebuild"), "{text}");
+        assert!(text.contains(if with_block_digest { "block digest" } else { "SHA-256" }), "{text}");
+        assert!(text.contains("was deleted"), "{text}");
+        assert!(snapshots(&env).await.is_empty());
+        assert!(images(&env).await.is_empty());
+    }
 }
 
 /// The same on the S3 path: the multipart upload is aborted, never completed.

@@ -176,7 +176,10 @@ fn spawn_server(python: &Path, settings: &[(String, String)]) -> Result<(Child, 
     let mut command = Command::new(python);
     command
         .arg(&shim)
-        .env("MOTO_ENABLE_RECORDING", "True")
+        // The recorder stays off until a test starts it (start_recording):
+        // recording every body (each 512 KiB block, base64, under a lock)
+        // made the emulator the bottleneck of every upload.
+        .env_remove("MOTO_ENABLE_RECORDING")
         // No preloaded public AMIs and their ~1300 snapshots: an empty account, as a new one is.
         .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
         .env("MOTO_RECORDER_FILEPATH", scratch.join("recording"))

@@ -184,6 +184,7 @@ pub fn write_image_json(dir: &Path, image: &Path, label: &str) -> Result<PathBuf
         store_path: format!("/nix/store/00000000000000000000000000000000-{label}"),
         source_revision: crate::project::git_revision().map(|r| r.trim_end_matches("-dirty").to_string()),
         dirty: false,
+        block_sha256: Some(crate::image::snapshot::block_digest(image)?),
     };
     fs::create_dir_all(dir)?;
     let json = dir.join("image.json");

@@ -30,6 +30,12 @@ pub struct ImageManifest {
     pub store_path: String,
     pub source_revision: Option<String>,
     pub dirty: bool,
+    /// SHA-256 over the SHA-256 of each 512 KiB block, in order, the last
+    /// one zero-padded (EBS's linear aggregation, over every block). An all-
+    /// zero block's digest is a constant, so EBS direct verifies this one
+    /// without hashing the holes; without it, publish hashes the whole file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub block_sha256: Option<String>,
 }
 
 impl ImageManifest {
@@ -229,6 +235,7 @@ pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
         _ => size,
     };
     let (sha256, _) = archive::sha256_file(&file)?;
+    let block_sha256 = Some(super::snapshot::block_digest(&file)?);
     let revision = project::git_revision();
     let manifest = ImageManifest {
         path: file,
@@ -240,6 +247,7 @@ pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
         label: info.label.clone(),
         store_path,
         dirty: revision.as_deref().is_some_and(|r| r.ends_with("-dirty")),
+        block_sha256,
         source_revision: revision.map(|r| r.trim_end_matches("-dirty").to_string()),
     };
     // Written whole or not at all: publish must never read half a description.

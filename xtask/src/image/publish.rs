@@ -298,6 +298,7 @@ async fn upload(
                 tags: tags.clone(),
                 kms_key: opts.kms_key.clone(),
                 sha256: image.sha256.clone(),
+                block_sha256: image.block_sha256.clone(),
                 logical_bytes: image.logical_bytes,
             };
             let uploader = SnapshotUploader::new(aws, opts.workers);
