@@ -305,7 +305,9 @@ impl SnapshotUploader {
         let size = spec.logical_bytes;
         // The whole file is hashed only when there is no block digest to check.
         let hash_file = spec.block_sha256.is_none();
-        let (tx, rx) = mpsc::channel(self.workers * 2);
+        // Reading is far faster than sending: a short queue keeps the uploads
+        // fed without holding more blocks in memory than they do.
+        let (tx, rx) = mpsc::channel(self.workers.min(16));
         let started = std::time::Instant::now();
         let reader = tokio::task::spawn_blocking({
             let bar = bar.clone();
