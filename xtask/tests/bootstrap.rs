@@ -550,3 +550,34 @@ async fn unchanged_seeds_are_not_archived_again() {
     }
     assert_eq!(found, "# changed\n");
 }
+
+/// An upload that fails midway (every attempt of one seeds copy fails):
+/// the instance whose copy failed gets no manifest, so no host installs a
+/// half bundle; the re-run sends only what is missing and finishes.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_upload_that_fails_midway_then_a_rerun_finishes_it() {
+    let env = env().await;
+    let fleet = fleet(&env, 3).await;
+    env.emulator
+        .inject(serde_json::json!({"operation": "CopyObject", "match": "clawdinator-3/repo-seeds", "times": 3}))
+        .unwrap();
+    let err = bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap_err();
+    assert!(format!("{err:#}").contains("S3 CopyObject"), "{err:#}");
+    let keys = env.keys().await;
+    assert!(!keys.contains(&"bootstrap/clawdinator-3/manifest.json".to_string()), "{keys:?}");
+    assert!(!keys.contains(&"bootstrap/clawdinator-3/repo-seeds.tar.zst".to_string()), "{keys:?}");
+
+    let rerun = bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
+    let done: Vec<(&str, Action)> =
+        rerun.objects.iter().filter(|o| o.action != Action::Unchanged).map(|o| (o.key.as_str(), o.action)).collect();
+    let expected_missing = done.iter().all(|(k, _)| k.starts_with("bootstrap/clawdinator-3/"));
+    assert!(
+        expected_missing && done.contains(&("bootstrap/clawdinator-3/repo-seeds.tar.zst", Action::Copy)),
+        "{rerun}"
+    );
+    assert!(done.contains(&("bootstrap/clawdinator-3/manifest.json", Action::Create)), "{rerun}");
+    let again = bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
+    assert_eq!((again.bytes_sent, again.unchanged), (0, 9), "{again}");
+    let fetched = bootstrap::fetch(&env.aws, &fetch_opts(&env, 3)).await.unwrap();
+    assert_eq!(fetched.seeds, ["sample"]);
+}
