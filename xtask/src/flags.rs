@@ -237,18 +237,19 @@ pub struct BootstrapUploadArgs {
 
 #[derive(Debug, Args)]
 pub struct BootstrapFetchArgs {
+    /// The bucket holding the bundles.
     #[arg(long, env = "S3_BUCKET")]
     pub bucket: String,
     /// This host's bootstrap prefix (overridden by --prefix-file when present).
     #[arg(long)]
     pub prefix: String,
-    /// Where the `*.age` files go (owner-only).
+    /// Where the host reads its `*.age` files (0700): a link into the current generation.
     #[arg(long)]
     pub secrets_dir: PathBuf,
-    /// Where the repository seeds go.
+    /// Where the host reads its repository seeds: a link into the current generation.
     #[arg(long)]
     pub repo_seeds_dir: PathBuf,
-    /// Where the age identity is installed (mode 0400).
+    /// Where the host reads the age identity (0400): a link into the current generation.
     #[arg(long)]
     pub age_key_path: PathBuf,
     /// A file whose content, when present, is the prefix to use.
