@@ -40,6 +40,7 @@ pub fn run(ctx: &Ctx, args: flags::TestArgs) -> Result<()> {
     }
     let checks = [
         ("nix parse", nix_parse(&sh, &root)),
+        ("nix lib", nix_lib(&sh, &root)),
         ("opentofu hcl", not_built_yet(&root, ".tf", "infra/opentofu")),
         ("workflow lint", not_built_yet(&root, ".yml", ".github/workflows")),
         ("shellcheck", shellcheck(&sh, &root)),
@@ -145,6 +146,17 @@ fn nix_parse(sh: &Shell, root: &Path) -> Outcome {
         }
     }
     Outcome::Passed(format!("{} file(s) parse", files.len()))
+}
+
+/// nix/lib evaluated without nixpkgs agrees with the Rust parsers.
+fn nix_lib(sh: &Shell, root: &Path) -> Outcome {
+    if !have(sh, "nix-instantiate") {
+        return Outcome::Skipped("nix-instantiate is not installed (apt-get install nix-bin)".into());
+    }
+    match crate::dev::nix_lib::check(sh, root) {
+        Ok(summary) => Outcome::Passed(summary),
+        Err(err) => Outcome::Failed(format!("{err:#}")),
+    }
 }
 
 fn shellcheck(sh: &Shell, root: &Path) -> Outcome {

@@ -1,0 +1,7 @@
+# The fleet's pure logic, builtins only (evaluates without nixpkgs):
+# registry -> hosts, repos.tsv, the secrets list.
+{
+  registry = import ./registry.nix;
+  repos = import ./repos.nix;
+  secrets = import ./secrets.nix;
+}
