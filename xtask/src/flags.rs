@@ -64,6 +64,9 @@ pub enum Command {
     /// Mint a GitHub App installation token.
     #[command(name = "github-token")]
     GithubToken(GithubTokenArgs),
+    /// Host side: shared memory files, read and changed under a lock, replaced whole.
+    #[command(subcommand)]
+    Memory(MemoryCmd),
     /// Benchmarks against the old way on the same emulator (measures, never asserts).
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -405,6 +408,49 @@ pub struct GithubTokenArgs {
     /// Write GITHUB_TOKEN=… and GH_TOKEN=… here (mode 0600) instead of printing the token.
     #[arg(long)]
     pub env_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum MemoryCmd {
+    /// Print a memory file (under a shared lock; empty when it does not exist).
+    Read(MemoryFileArgs),
+    /// Replace a memory file with standard input.
+    Write(MemoryFileArgs),
+    /// Add standard input at the end of a memory file (daily notes).
+    Append(MemoryFileArgs),
+    /// Replace one exact occurrence of a text in a memory file.
+    Edit(MemoryEditArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MemoryFileArgs {
+    /// The file: relative to --root, or an absolute path under it.
+    pub path: PathBuf,
+    /// The shared memory directory; nothing outside it is touched.
+    #[arg(long, env = "CLAWDINATOR_MEMORY_DIR", default_value = "/memory")]
+    pub root: PathBuf,
+    /// Seconds to wait for the lock before giving up (0-3600).
+    #[arg(long, default_value_t = 5.0, value_parser = lock_wait)]
+    pub wait: f64,
+}
+
+fn lock_wait(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(secs) if (0.0..=3600.0).contains(&secs) => Ok(secs),
+        _ => Err(format!("{s} is not a number of seconds from 0 to 3600")),
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct MemoryEditArgs {
+    #[command(flatten)]
+    pub file: MemoryFileArgs,
+    /// The exact text to replace; it must appear once.
+    #[arg(long)]
+    pub replace: String,
+    /// What to put in its place.
+    #[arg(long)]
+    pub with: String,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,0 +1,169 @@
+//! Shared memory on a host (`/memory`, EFS shared by every instance):
+//! `memory read|write|append|edit`, the agents' replacements for the old
+//! `memory-*.sh` helpers. Several agents on several hosts write at once:
+//!
+//! - every change happens under an exclusive lock on a sidecar file
+//!   (`.<name>.lock` beside the file: locking the file itself would be lost
+//!   when it is replaced), readers take a shared lock; `flock` on NFSv4
+//!   (EFS) is carried to the server as a byte-range lock, so it holds
+//!   across hosts;
+//! - a file is replaced whole (temporary file, then rename): a reader sees
+//!   the old content or the new, never a part;
+//! - waiting for a lock is bounded (`--wait`, 5 s like the old helpers);
+//! - an edit is an exact text replacement, not a shell command;
+//! - only files under the memory root are touched.
+
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Component, Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+
+use crate::{flags, Ctx};
+
+/// The file `path` names inside `root`: relative to it or absolute under it,
+/// never outside (no `..`, no absolute path elsewhere, no link out).
+pub fn resolve(root: &Path, path: &Path) -> Result<PathBuf> {
+    let rel = match path.strip_prefix(root) {
+        Ok(rel) => rel,
+        Err(_) if path.is_absolute() => bail!("{} is outside the memory root {}", path.display(), root.display()),
+        Err(_) => path,
+    };
+    ensure!(
+        rel.components().all(|c| matches!(c, Component::Normal(_))) && rel.file_name().is_some(),
+        "{} is not a file under the memory root {}",
+        path.display(),
+        root.display()
+    );
+    let full = root.join(rel);
+    let canonical_root =
+        std::fs::canonicalize(root).with_context(|| format!("the memory root {} is missing", root.display()))?;
+    let mut parent = full.parent().expect("joined to a root").to_path_buf();
+    while !parent.exists() {
+        parent = parent.parent().expect("the root exists").to_path_buf();
+    }
+    ensure!(
+        std::fs::canonicalize(&parent)?.starts_with(&canonical_root),
+        "{} leads outside the memory root",
+        path.display()
+    );
+    ensure!(!full.is_symlink(), "{} is a link: refused", full.display());
+    Ok(full)
+}
+
+/// A held lock on a memory file; released when dropped (the descriptor closes).
+pub struct Lock {
+    _sidecar: File,
+}
+
+/// Lock `file` (shared or exclusive) through its sidecar, waiting at most `wait`.
+pub fn lock(file: &Path, exclusive: bool, wait: Duration) -> Result<Lock> {
+    let name = file.file_name().and_then(|n| n.to_str()).context("a memory file has a name")?;
+    let sidecar = file.with_file_name(format!(".{name}.lock"));
+    if let Some(dir) = sidecar.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    }
+    let handle = OpenOptions::new().create(true).truncate(false).write(true).open(&sidecar)?;
+    let operation = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
+    let deadline = Instant::now() + wait;
+    loop {
+        // SAFETY: flock on a descriptor we own; released when it is closed.
+        if unsafe { libc::flock(handle.as_raw_fd(), operation) } == 0 {
+            return Ok(Lock { _sidecar: handle });
+        }
+        let err = std::io::Error::last_os_error();
+        ensure!(err.raw_os_error() == Some(libc::EWOULDBLOCK), "cannot lock {}: {err}", sidecar.display());
+        if Instant::now() >= deadline {
+            bail!("lock timeout for {} after {wait:?}: another writer holds it", file.display());
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The file's content, or empty when it does not exist yet.
+fn current(file: &Path) -> Result<Vec<u8>> {
+    match std::fs::read(file) {
+        Ok(bytes) => Ok(bytes),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", file.display())),
+    }
+}
+
+/// Replace the file whole, keeping its mode (0664 for a new file: the
+/// agents of every host share it through their group).
+fn replace(file: &Path, contents: &[u8]) -> Result<()> {
+    let mode = std::fs::metadata(file).map(|m| m.permissions().mode() & 0o777).unwrap_or(0o664);
+    crate::atomic::write(file, contents, mode)
+}
+
+pub fn read(file: &Path, wait: Duration) -> Result<Vec<u8>> {
+    let _held = lock(file, false, wait)?;
+    current(file)
+}
+
+pub fn write(file: &Path, contents: &[u8], wait: Duration) -> Result<()> {
+    let _held = lock(file, true, wait)?;
+    replace(file, contents)
+}
+
+/// Add `text` at the end (a newline first when the file does not end in one).
+pub fn append(file: &Path, text: &[u8], wait: Duration) -> Result<()> {
+    let _held = lock(file, true, wait)?;
+    let mut contents = current(file)?;
+    if !contents.is_empty() && !contents.ends_with(b"\n") {
+        contents.push(b'\n');
+    }
+    contents.extend_from_slice(text);
+    replace(file, &contents)
+}
+
+/// Replace the one occurrence of `old` with `new`; refused when `old` is
+/// absent or appears more than once (say more of the text to pick one).
+pub fn edit(file: &Path, old: &str, new: &str, wait: Duration) -> Result<()> {
+    ensure!(!old.is_empty(), "the text to replace is empty");
+    let _held = lock(file, true, wait)?;
+    let bytes = current(file)?;
+    let text = String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", file.display()))?;
+    match text.matches(old).count() {
+        1 => replace(file, text.replacen(old, new, 1).as_bytes()),
+        0 => bail!("{}: the text to replace is not there; nothing changed", file.display()),
+        n => bail!("{}: the text to replace appears {n} times; give more of it so it appears once", file.display()),
+    }
+}
+
+fn stdin() -> Result<Vec<u8>> {
+    let mut input = Vec::new();
+    std::io::stdin().read_to_end(&mut input).context("cannot read standard input")?;
+    Ok(input)
+}
+
+/// The file and the lock wait a command names.
+fn target(args: &flags::MemoryFileArgs) -> Result<(PathBuf, Duration)> {
+    Ok((resolve(&args.root, &args.path)?, Duration::from_secs_f64(args.wait)))
+}
+
+pub fn run(_ctx: &Ctx, cmd: flags::MemoryCmd) -> Result<()> {
+    match cmd {
+        flags::MemoryCmd::Read(args) => {
+            let (file, wait) = target(&args)?;
+            let mut out = std::io::stdout().lock();
+            out.write_all(&read(&file, wait)?)?;
+            Ok(out.flush()?)
+        }
+        flags::MemoryCmd::Write(args) => {
+            let (file, wait) = target(&args)?;
+            write(&file, &stdin()?, wait)
+        }
+        flags::MemoryCmd::Append(args) => {
+            let (file, wait) = target(&args)?;
+            append(&file, &stdin()?, wait)
+        }
+        flags::MemoryCmd::Edit(args) => {
+            let (file, wait) = target(&args.file)?;
+            edit(&file, &args.replace, &args.with, wait)
+        }
+    }
+}
