@@ -41,6 +41,7 @@ pub fn run(ctx: &Ctx, args: flags::TestArgs) -> Result<()> {
     let checks = [
         ("nix parse", nix_parse(&sh, &root)),
         ("nix lib", nix_lib(&sh, &root)),
+        ("deadnix", deadnix(&sh, &root)),
         ("opentofu hcl", not_built_yet(&root, ".tf", "infra/opentofu")),
         ("workflow lint", not_built_yet(&root, ".yml", ".github/workflows")),
         ("shellcheck", shellcheck(&sh, &root)),
@@ -146,6 +147,37 @@ fn nix_parse(sh: &Shell, root: &Path) -> Outcome {
         }
     }
     Outcome::Passed(format!("{} file(s) parse", files.len()))
+}
+
+/// `deadnix --fail` over every `.nix` file; first on a file with an unused
+/// binding, which it must refuse, so a deadnix that passes everything fails
+/// the check. `.ci/run` installs deadnix into target/tools.
+fn deadnix(sh: &Shell, root: &Path) -> Outcome {
+    let files = project_files(root, ".nix");
+    if files.is_empty() {
+        return Outcome::Skipped("the repository has no .nix files yet".into());
+    }
+    let local = root.join("target/tools/bin/deadnix");
+    let deadnix = if local.exists() {
+        local.display().to_string()
+    } else if have(sh, "deadnix") {
+        "deadnix".into()
+    } else {
+        return Outcome::Skipped("deadnix is not installed (`cargo install --locked deadnix`; .ci/run does it)".into());
+    };
+    let Ok(dir) = tempfile::tempdir() else { return Outcome::Failed("cannot create a temporary directory".into()) };
+    let bad = dir.path().join("unused.nix");
+    if std::fs::write(&bad, "{ used, unused }: let dead = 1; in used\n").is_err() {
+        return Outcome::Failed("cannot write the negative sample".into());
+    }
+    if cmd!(sh, "{deadnix} --fail {bad}").quiet().ignore_stdout().ignore_stderr().run().is_ok() {
+        return Outcome::Failed(format!("{deadnix} accepted a file with unused bindings: it checks nothing"));
+    }
+    let count = files.len();
+    match cmd!(sh, "{deadnix} --fail {files...}").quiet().run() {
+        Ok(()) => Outcome::Passed(format!("{count} file(s), no unused bindings")),
+        Err(err) => Outcome::Failed(err.to_string()),
+    }
 }
 
 /// nix/lib evaluated without nixpkgs agrees with the Rust parsers.
