@@ -24,7 +24,25 @@ use anyhow::{Context, Result};
 
 pub use ctx::{Ctx, LOCAL_BUCKET};
 
-/// The single entry point of the CLI: one call from `main`.
+/// Both binaries' `main`: one program, two names (`cargo xtask` in a
+/// checkout, `clawdinator` on a host); help and usage say the name it was
+/// called by. Exits 1 on an error, 2 on a usage error.
+pub fn main() {
+    use clap::{CommandFactory, FromArgMatches};
+    let called = std::env::args_os().next().map(std::path::PathBuf::from);
+    let on_host = called.as_deref().and_then(|p| p.file_name()).is_some_and(|n| n == "clawdinator");
+    let mut command = flags::Xtask::command();
+    if on_host {
+        command = command.name("clawdinator").bin_name("clawdinator");
+    }
+    let cli = flags::Xtask::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
+    if let Err(err) = run(cli) {
+        eprintln!("error: {err:#}");
+        std::process::exit(output::exit_code(&err));
+    }
+}
+
+/// The single entry point of the CLI, after parsing.
 pub fn run(cli: flags::Xtask) -> Result<()> {
     output::init_tracing(cli.global.verbose);
     let runtime = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;

@@ -115,3 +115,20 @@ fn nothing_outside_the_root_is_touched() {
     let inside = root.path().join("notes.md");
     assert!(memory::resolve(root.path(), &inside).is_ok(), "an absolute path under the root is fine");
 }
+
+/// On a host the program is `clawdinator`: the same commands, its own name.
+#[test]
+fn the_host_binary_is_clawdinator() {
+    let out = Command::new(env!("CARGO_BIN_EXE_clawdinator")).arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success() && help.contains("Usage: clawdinator") && help.contains("memory"), "{help}");
+    let root = tempfile::tempdir().unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_clawdinator"))
+        .args(["memory", "read", "index.md", "--root"])
+        .arg(root.path())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let xtask = Command::new(env!("CARGO_BIN_EXE_xtask")).arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&xtask.stdout).contains("Usage: cargo xtask"));
+}
