@@ -240,12 +240,15 @@ pub struct BootstrapUploadArgs {
 
 #[derive(Debug, Args)]
 pub struct BootstrapFetchArgs {
-    /// The bucket holding the bundles.
+    /// The bucket holding the bundles (else the content of --bucket-file).
     #[arg(long, env = "S3_BUCKET")]
-    pub bucket: String,
-    /// This host's bootstrap prefix (overridden by --prefix-file when present).
+    pub bucket: Option<String>,
+    /// A file naming the bucket, written at boot by the instance's user data.
+    #[arg(long, default_value = "/etc/clawdinator/bucket")]
+    pub bucket_file: PathBuf,
+    /// This host's bootstrap prefix (--prefix-file, when present, wins).
     #[arg(long)]
-    pub prefix: String,
+    pub prefix: Option<String>,
     /// Where the host reads its `*.age` files (0700): a link into the current generation.
     #[arg(long)]
     pub secrets_dir: PathBuf,

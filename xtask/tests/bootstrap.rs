@@ -581,3 +581,45 @@ async fn an_upload_that_fails_midway_then_a_rerun_finishes_it() {
     let fetched = bootstrap::fetch(&env.aws, &fetch_opts(&env, 3)).await.unwrap();
     assert_eq!(fetched.seeds, ["sample"]);
 }
+
+/// A generic image: the host's bucket and prefix come from the files its
+/// user data wrote (here under a scratch etc), not from the command line.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_generic_host_learns_its_bucket_and_prefix_at_boot() {
+    let env = env().await;
+    let fleet = fleet(&env, 2).await;
+    bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
+    let opts = fetch_opts(&env, 2);
+    let etc = env.path("host/etc/clawdinator");
+    std::fs::create_dir_all(&etc).unwrap();
+    let run = |etc: &Path| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_clawdinator"))
+            .args(["bootstrap", "fetch", "--bucket-file"])
+            .arg(etc.join("bucket"))
+            .arg("--prefix-file")
+            .arg(etc.join("bootstrap-prefix"))
+            .arg("--secrets-dir")
+            .arg(&opts.secrets_dir)
+            .arg("--repo-seeds-dir")
+            .arg(&opts.seeds_dir)
+            .arg("--age-key-path")
+            .arg(&opts.age_key_path)
+            .arg("--state-dir")
+            .arg(&opts.state_dir)
+            .env_remove("S3_BUCKET")
+            .env("AWS_ENDPOINT_URL", env.emulator.endpoint())
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1")
+            .output()
+            .unwrap()
+    };
+    let out = run(&etc);
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no bucket"));
+    std::fs::write(etc.join("bucket"), format!("{}\n", env.bucket)).unwrap();
+    std::fs::write(etc.join("bootstrap-prefix"), "bootstrap/clawdinator-2\n").unwrap();
+    let out = run(&etc);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(opts.secrets_dir.join("clawdinator-discord-token-2.age").exists());
+}

@@ -89,6 +89,12 @@ pub(crate) fn key(prefix: &str, name: &str) -> String {
     format!("{prefix}/{name}")
 }
 
+/// A one-line setting file's content; None when absent or empty.
+fn setting(path: &std::path::Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(text.trim().to_string()).filter(|s| !s.is_empty())
+}
+
 pub async fn run(ctx: &Ctx, cmd: flags::BootstrapCmd) -> Result<()> {
     match cmd {
         flags::BootstrapCmd::Upload(args) => {
@@ -115,9 +121,18 @@ pub async fn run(ctx: &Ctx, cmd: flags::BootstrapCmd) -> Result<()> {
             ctx.out.emit(&report)
         }
         flags::BootstrapCmd::Fetch(args) => {
+            // A generic image learns who it is at boot: what the command line
+            // does not say, the files user data wrote under /etc/clawdinator do.
+            let usage = |what: String| crate::output::UsageError(what);
+            let bucket = args.bucket.clone().or_else(|| setting(&args.bucket_file)).ok_or_else(|| {
+                usage(format!("no bucket: pass --bucket, set S3_BUCKET, or write it to {}", args.bucket_file.display()))
+            })?;
+            let prefix = setting(&args.prefix_file).or_else(|| args.prefix.clone()).ok_or_else(|| {
+                usage(format!("no bootstrap prefix: pass --prefix or write it to {}", args.prefix_file.display()))
+            })?;
             let opts = FetchOptions {
-                bucket: args.bucket.clone(),
-                prefix: args.prefix.clone(),
+                bucket,
+                prefix,
                 prefix_file: Some(args.prefix_file.clone()),
                 secrets_dir: args.secrets_dir.clone(),
                 seeds_dir: args.repo_seeds_dir.clone(),
