@@ -243,7 +243,7 @@ async fn fetch_writes_the_instances_set_and_removes_only_its_own_leftovers() {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), canary_value(name), "{name}");
     }
     let mut all = want.clone();
-    all.extend([manager::STATE_FILE.to_string(), "someone-elses-secret".to_string()]);
+    all.extend([xtask::secrets::host::STATE_FILE.to_string(), "someone-elses-secret".to_string()]);
     all.sort();
     assert_eq!(listing(&dest), all);
 

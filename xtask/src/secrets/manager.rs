@@ -7,7 +7,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use aws_sdk_secretsmanager::primitives::Blob;
@@ -18,6 +18,7 @@ use zeroize::Zeroizing;
 use crate::aws::{self, Aws};
 use crate::fleet::Registry;
 use crate::secrets::files::{self, Sources};
+use crate::secrets::host::{self, FetchReport};
 use crate::{flags, Ctx};
 
 pub const PREFIX: &str = "clawdinator/";
@@ -313,70 +314,11 @@ pub struct FetchOptions {
     pub group: Option<String>,
 }
 
-#[derive(Debug, Clone, Serialize)]
-pub struct FetchReport {
-    pub dest: String,
-    pub written: Vec<String>,
-    pub removed: Vec<String>,
-}
-
-impl fmt::Display for FetchReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for name in &self.written {
-            writeln!(f, "wrote   {}/{name}", self.dest)?;
-        }
-        for name in &self.removed {
-            writeln!(f, "removed {}/{name}", self.dest)?;
-        }
-        writeln!(f, "secrets fetch: {} written, {} removed", self.written.len(), self.removed.len())
-    }
-}
-
-fn lookup_id(name: &str, user: bool) -> Result<u32> {
-    if let Ok(id) = name.parse::<u32>() {
-        return Ok(id);
-    }
-    let c = std::ffi::CString::new(name)?;
-    // SAFETY: getpwnam/getgrnam return a pointer to static storage or null;
-    // the field is read at once.
-    unsafe {
-        if user {
-            let pw = libc::getpwnam(c.as_ptr());
-            if pw.is_null() {
-                bail!("no such user {name}");
-            }
-            Ok((*pw).pw_uid)
-        } else {
-            let gr = libc::getgrnam(c.as_ptr());
-            if gr.is_null() {
-                bail!("no such group {name}");
-            }
-            Ok((*gr).gr_gid)
-        }
-    }
-}
-
-/// The file in `--dest` that lists what `secrets fetch` wrote there: the
-/// only files a later run may remove (other secrets live in /run/agenix too).
-pub const STATE_FILE: &str = ".clawdinator-secrets.json";
-
-fn written_before(dest: &Path) -> Result<BTreeSet<String>> {
-    match std::fs::read(dest.join(STATE_FILE)) {
-        Ok(bytes) => serde_json::from_slice(&bytes)
-            .with_context(|| format!("{} is not the list `secrets fetch` writes", dest.join(STATE_FILE).display())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
-        Err(e) => Err(e).with_context(|| format!("cannot read {}", dest.join(STATE_FILE).display())),
-    }
-}
-
 pub async fn fetch(aws: &Aws, opts: &FetchOptions) -> Result<FetchReport> {
     let registry = Registry::load(&opts.registry)?;
     let instance = registry.select(std::slice::from_ref(&opts.instance))?[0].clone();
     let spec = files::Spec::load(&opts.spec)?;
-    let owner = crate::atomic::Owner {
-        uid: opts.owner.as_deref().map(|o| lookup_id(o, true)).transpose()?,
-        gid: opts.group.as_deref().map(|g| lookup_id(g, false)).transpose()?,
-    };
+    let owner = host::owner(opts.owner.as_deref(), opts.group.as_deref())?;
 
     // File name on the host -> secret name in Secrets Manager.
     let mut wanted: BTreeMap<String, String> = spec.common.iter().map(|n| (n.clone(), common_name(n))).collect();
@@ -395,23 +337,7 @@ pub async fn fetch(aws: &Aws, opts: &FetchOptions) -> Result<FetchReport> {
         let value = value_of(&out).with_context(|| format!("{secret} has no value"))?;
         values.push((file.clone(), value));
     }
-    std::fs::create_dir_all(&opts.dest).with_context(|| format!("cannot create {}", opts.dest.display()))?;
-    let before = written_before(&opts.dest)?;
-    let mut report = FetchReport { dest: opts.dest.display().to_string(), written: vec![], removed: vec![] };
-    for (file, value) in &values {
-        crate::atomic::write_owned(&opts.dest.join(file), value, 0o400, owner)?;
-        report.written.push(file.clone());
-    }
-    let now: BTreeSet<String> = wanted.into_keys().collect();
-    crate::atomic::write(&opts.dest.join(STATE_FILE), &serde_json::to_vec(&now)?, 0o600)?;
-    for name in before.difference(&now) {
-        match std::fs::remove_file(opts.dest.join(name)) {
-            Ok(()) => report.removed.push(name.clone()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(e).with_context(|| format!("cannot remove {}/{name}", opts.dest.display())),
-        }
-    }
-    Ok(report)
+    host::write_set(&opts.dest, &values, owner)
 }
 
 pub async fn run_seed(ctx: &Ctx, args: flags::SecretsSeedArgs) -> Result<()> {

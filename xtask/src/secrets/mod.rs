@@ -4,6 +4,7 @@
 
 pub mod files;
 pub mod github_token;
+pub mod host;
 pub mod manager;
 
 pub use files::{

@@ -1,0 +1,100 @@
+//! What a host does with its secrets: write a set of them into a directory
+//! it shares with others (`/run/agenix`), each 0400 through a temporary file
+//! and a rename, and remove only what it wrote there before.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+use serde::Serialize;
+use zeroize::Zeroizing;
+
+use crate::atomic::{self, Owner};
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FetchReport {
+    pub dest: String,
+    pub written: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+impl fmt::Display for FetchReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for name in &self.written {
+            writeln!(f, "wrote   {}/{name}", self.dest)?;
+        }
+        for name in &self.removed {
+            writeln!(f, "removed {}/{name}", self.dest)?;
+        }
+        writeln!(f, "secrets fetch: {} written, {} removed", self.written.len(), self.removed.len())
+    }
+}
+
+fn lookup_id(name: &str, user: bool) -> Result<u32> {
+    if let Ok(id) = name.parse::<u32>() {
+        return Ok(id);
+    }
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: getpwnam/getgrnam return a pointer to static storage or null;
+    // the field is read at once.
+    unsafe {
+        if user {
+            let pw = libc::getpwnam(c.as_ptr());
+            if pw.is_null() {
+                bail!("no such user {name}");
+            }
+            Ok((*pw).pw_uid)
+        } else {
+            let gr = libc::getgrnam(c.as_ptr());
+            if gr.is_null() {
+                bail!("no such group {name}");
+            }
+            Ok((*gr).gr_gid)
+        }
+    }
+}
+
+/// The file in `--dest` that lists what `secrets fetch` wrote there: the
+/// only files a later run may remove (other secrets live in /run/agenix too).
+pub const STATE_FILE: &str = ".clawdinator-secrets.json";
+
+fn written_before(dest: &Path) -> Result<BTreeSet<String>> {
+    match std::fs::read(dest.join(STATE_FILE)) {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .with_context(|| format!("{} is not the list `secrets fetch` writes", dest.join(STATE_FILE).display())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
+        Err(e) => Err(e).with_context(|| format!("cannot read {}", dest.join(STATE_FILE).display())),
+    }
+}
+
+/// The files' owner from a user and a group, each a name or an id.
+pub fn owner(user: Option<&str>, group: Option<&str>) -> Result<Owner> {
+    Ok(Owner {
+        uid: user.map(|o| lookup_id(o, true)).transpose()?,
+        gid: group.map(|g| lookup_id(g, false)).transpose()?,
+    })
+}
+
+/// Write every (file name, value) into `dest` (0400, owned by `owner`),
+/// record the names, and remove those an earlier run wrote that are no
+/// longer in the set. Nothing else in `dest` is touched.
+pub fn write_set(dest: &Path, values: &[(String, Zeroizing<Vec<u8>>)], owner: Owner) -> Result<FetchReport> {
+    std::fs::create_dir_all(dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    let before = written_before(dest)?;
+    let mut report = FetchReport { dest: dest.display().to_string(), written: vec![], removed: vec![] };
+    for (file, value) in values {
+        atomic::write_owned(&dest.join(file), value, 0o400, owner)?;
+        report.written.push(file.clone());
+    }
+    let now: BTreeSet<String> = values.iter().map(|(name, _)| name.clone()).collect();
+    atomic::write(&dest.join(STATE_FILE), &serde_json::to_vec(&now)?, 0o600)?;
+    for name in before.difference(&now) {
+        match std::fs::remove_file(dest.join(name)) {
+            Ok(()) => report.removed.push(name.clone()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}/{name}", dest.display())),
+        }
+    }
+    Ok(report)
+}
