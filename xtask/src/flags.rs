@@ -151,6 +151,27 @@ pub enum SecretsCmd {
     Seed(SecretsSeedArgs),
     /// Host side: fetch this instance's secrets from Secrets Manager into DEST.
     Fetch(SecretsFetchArgs),
+    /// Host side: decrypt the bundle's age files into DEST (the bundle mode).
+    Install(SecretsInstallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SecretsInstallArgs {
+    /// The bundle's secrets directory (see `bootstrap fetch --secrets-dir`).
+    #[arg(long, default_value = "/var/lib/clawd/nix-secrets")]
+    pub from: PathBuf,
+    /// The fleet's age identity (see `bootstrap fetch --age-key-path`).
+    #[arg(long, default_value = "/etc/agenix/keys/clawdinator.agekey")]
+    pub identity: PathBuf,
+    /// Where the secrets go (one file each, mode 0400).
+    #[arg(long, default_value = "/run/agenix")]
+    pub dest: PathBuf,
+    /// Owner of the files (name or uid).
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Group of the files (name or gid).
+    #[arg(long)]
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -623,3 +623,55 @@ async fn a_generic_host_learns_its_bucket_and_prefix_at_boot() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(opts.secrets_dir.join("clawdinator-discord-token-2.age").exists());
 }
+
+/// Bundle mode on a host: fetch, then `clawdinator secrets install` puts
+/// exactly this instance's secrets, decrypted, 0400, into /run/agenix; no
+/// value reaches the output; a wrong identity changes nothing.
+#[tokio::test(flavor = "multi_thread")]
+async fn secrets_install_decrypts_the_bundle_into_run_agenix() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = env().await;
+    let fleet = fleet(&env, 2).await;
+    bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
+    let opts = fetch_opts(&env, 2);
+    bootstrap::fetch(&env.aws, &opts).await.unwrap();
+    let dest = env.path("host/run/agenix");
+    std::fs::create_dir_all(&dest).unwrap();
+    std::fs::write(dest.join("someone-elses"), "theirs").unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clawdinator"))
+        .args(["-vv", "secrets", "install", "--from"])
+        .arg(&opts.secrets_dir)
+        .arg("--identity")
+        .arg(&opts.age_key_path)
+        .arg("--dest")
+        .arg(&dest)
+        .env("RUST_LOG", "trace")
+        .output()
+        .unwrap();
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "{all}");
+    assert!(!all.contains(common::CANARY), "a secret value reached the output: {all}");
+    let spec = xtask::secrets::Spec::load(&fleet.sources.spec).unwrap();
+    let mut want: Vec<String> = spec.common.clone();
+    want.push("clawdinator-discord-token-2".into());
+    for name in &want {
+        let path = dest.join(name);
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), canary_value(name), "{name}");
+        assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o400, "{name}");
+    }
+    assert!(!dest.join("clawdinator-discord-token-1").exists());
+    assert_eq!(std::fs::read_to_string(dest.join("someone-elses")).unwrap(), "theirs");
+
+    let before = snapshot(&dest);
+    let wrong = env.path("wrong.agekey");
+    fixtures::write_identity(&wrong).unwrap();
+    let install = xtask::secrets::host::InstallOptions {
+        from: opts.secrets_dir.clone(),
+        identity: wrong.clone(),
+        dest: dest.clone(),
+        owner: Default::default(),
+    };
+    let err = xtask::secrets::host::install(&install).unwrap_err();
+    assert!(format!("{err:#}").contains(&wrong.display().to_string()), "{err:#}");
+    assert!(snapshot(&dest) == before, "a failed install changed /run/agenix");
+}

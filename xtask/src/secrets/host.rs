@@ -27,7 +27,7 @@ impl fmt::Display for FetchReport {
         for name in &self.removed {
             writeln!(f, "removed {}/{name}", self.dest)?;
         }
-        writeln!(f, "secrets fetch: {} written, {} removed", self.written.len(), self.removed.len())
+        writeln!(f, "secrets: {} written, {} removed in {}", self.written.len(), self.removed.len(), self.dest)
     }
 }
 
@@ -97,4 +97,40 @@ pub fn write_set(dest: &Path, values: &[(String, Zeroizing<Vec<u8>>)], owner: Ow
         }
     }
     Ok(report)
+}
+
+/// Bundle mode: the instance's age files (from its bootstrap bundle),
+/// decrypted with the fleet's identity, into `dest`.
+#[derive(Debug, Clone)]
+pub struct InstallOptions {
+    /// The bundle's secrets directory (`*.age`).
+    pub from: std::path::PathBuf,
+    /// The age identity (the bundle's `clawdinator.agekey`).
+    pub identity: std::path::PathBuf,
+    pub dest: std::path::PathBuf,
+    pub owner: Owner,
+}
+
+/// Decrypt every `*.age` in `from` (all of them before anything is written:
+/// one that fails leaves `dest` as it was) and write them as `write_set` does,
+/// each under its name without `.age`.
+pub fn install(opts: &InstallOptions) -> Result<FetchReport> {
+    let identities = crate::secrets::load_identities(&opts.identity)?;
+    let mut names: Vec<String> = std::fs::read_dir(&opts.from)
+        .with_context(|| format!("cannot read the bundle's secrets in {}", opts.from.display()))?
+        .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
+        .filter(|n| n.ends_with(".age"))
+        .collect();
+    names.sort();
+    if names.is_empty() {
+        bail!("{} holds no .age file: was `bootstrap fetch` run?", opts.from.display());
+    }
+    let mut values = Vec::new();
+    for name in names {
+        let path = opts.from.join(&name);
+        let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let value = crate::secrets::decrypt(&path, &bytes, &identities, &opts.identity)?;
+        values.push((name.trim_end_matches(".age").to_string(), value));
+    }
+    write_set(&opts.dest, &values, opts.owner)
 }

@@ -20,5 +20,14 @@ pub async fn run(ctx: &Ctx, cmd: flags::SecretsCmd) -> Result<()> {
         flags::SecretsCmd::Seed(args) => manager::run_seed(ctx, args).await,
         flags::SecretsCmd::Fetch(args) => manager::run_fetch(ctx, args).await,
         flags::SecretsCmd::Check(args) => files::run_check(ctx, args).await,
+        flags::SecretsCmd::Install(args) => {
+            let opts = host::InstallOptions {
+                from: args.from,
+                identity: args.identity,
+                dest: args.dest,
+                owner: host::owner(args.owner.as_deref(), args.group.as_deref())?,
+            };
+            ctx.out.emit(&host::install(&opts)?)
+        }
     }
 }
