@@ -213,6 +213,24 @@ pub struct SecretsFetchArgs {
 pub enum SeedsCmd {
     /// Shallow-clone (or update) every repository of the seeds list.
     Prepare(SeedsPrepareArgs),
+    /// Host side: copy each seed repository that is missing from DEST (never touches one that exists).
+    Install(SeedsInstallArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SeedsInstallArgs {
+    /// The fetched seeds (see `bootstrap fetch --repo-seeds-dir`).
+    #[arg(long, default_value = "/var/lib/clawd/repo-seeds")]
+    pub from: PathBuf,
+    /// The agents' working clones.
+    #[arg(long, default_value = "/var/lib/clawd/repos")]
+    pub dest: PathBuf,
+    /// Owner of the copies (name or uid).
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Group of the copies (name or gid).
+    #[arg(long)]
+    pub group: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -169,3 +169,47 @@ fn a_stalled_server_fails_the_repository_within_the_limit() {
     assert_eq!(report.failed[0].name, "stalled");
     assert!(report.failed[0].error.contains("stalled"), "{}", report.failed[0].error);
 }
+
+fn write_records(seeds: &Path, names: &[&str]) {
+    let records: Vec<serde_json::Value> = names
+        .iter()
+        .map(
+            |n| serde_json::json!({"name": n, "url": format!("file:///{n}"), "branch": null, "commit": "0".repeat(40)}),
+        )
+        .collect();
+    std::fs::write(seeds.join("SEEDS.json"), serde_json::to_vec(&records).unwrap()).unwrap();
+}
+
+/// Host side: missing clones are copied in; an agent's clone, edited since,
+/// is never touched; a clone the seeds no longer list stays.
+#[test]
+fn install_copies_only_missing_repositories() {
+    let dir = tempfile::tempdir().unwrap();
+    let seeds_dir = dir.path().join("repo-seeds");
+    for (name, file) in [("alpha", "README.md"), ("beta", "src/lib.rs"), ("gamma", "x")] {
+        std::fs::create_dir_all(seeds_dir.join(name).join(Path::new(file).parent().unwrap())).unwrap();
+        std::fs::write(seeds_dir.join(name).join(file), format!("{name} seed\n")).unwrap();
+    }
+    write_records(&seeds_dir, &["alpha"]);
+    let dest = dir.path().join("repos");
+    let owner = xtask::atomic::Owner::default();
+    let first = seeds::install(&seeds_dir, &dest, owner).unwrap();
+    assert_eq!((first.installed.as_slice(), first.kept.len()), (&["alpha".to_string()][..], 0));
+    assert_eq!(std::fs::read_to_string(dest.join("alpha/README.md")).unwrap(), "alpha seed\n");
+
+    // The agent works in its clone; a new seed appears; an interrupted run left debris.
+    std::fs::write(dest.join("alpha/README.md"), "work in progress\n").unwrap();
+    std::fs::create_dir_all(dest.join(".gamma.seeding/junk")).unwrap();
+    write_records(&seeds_dir, &["alpha", "beta", "gamma"]);
+    let second = seeds::install(&seeds_dir, &dest, owner).unwrap();
+    assert_eq!(second.installed, ["beta", "gamma"]);
+    assert_eq!(second.kept, ["alpha"]);
+    assert_eq!(std::fs::read_to_string(dest.join("alpha/README.md")).unwrap(), "work in progress\n");
+    assert_eq!(std::fs::read_to_string(dest.join("beta/src/lib.rs")).unwrap(), "beta seed\n");
+    assert!(!dest.join("gamma/junk").exists() && !dest.join(".gamma.seeding").exists());
+
+    write_records(&seeds_dir, &["beta"]);
+    let third = seeds::install(&seeds_dir, &dest, owner).unwrap();
+    assert!(third.installed.is_empty() && third.kept == ["beta"]);
+    assert!(dest.join("alpha/README.md").exists(), "an unlisted clone was removed");
+}

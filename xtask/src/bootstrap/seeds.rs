@@ -330,8 +330,82 @@ pub fn prepare(opts: &PrepareOptions, out: &crate::output::Output) -> Result<Pre
     Ok(report)
 }
 
+/// What `seeds install` did, repository by repository.
+#[derive(Debug, Clone, Serialize)]
+pub struct InstallReport {
+    pub dest: String,
+    /// Copied from the seeds: they were missing.
+    pub installed: Vec<String>,
+    /// Already there: the agents' working clones, left as they are.
+    pub kept: Vec<String>,
+}
+
+impl fmt::Display for InstallReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for name in &self.installed {
+            writeln!(f, "{name:<16} installed")?;
+        }
+        for name in &self.kept {
+            writeln!(f, "{name:<16} kept (already there)")?;
+        }
+        writeln!(f, "seeds install: {} installed, {} kept in {}", self.installed.len(), self.kept.len(), self.dest)
+    }
+}
+
+/// Copy a tree (directories and files, modes kept), owned by `owner`.
+fn copy_tree(from: &Path, to: &Path, owner: crate::atomic::Owner) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let meta = std::fs::symlink_metadata(from)?;
+    if meta.is_dir() {
+        std::fs::create_dir(to).with_context(|| format!("cannot create {}", to.display()))?;
+        for entry in std::fs::read_dir(from)? {
+            let entry = entry?;
+            copy_tree(&entry.path(), &to.join(entry.file_name()), owner)?;
+        }
+        std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.permissions().mode() & 0o777))?;
+    } else if meta.is_file() {
+        std::fs::copy(from, to).with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+    } else {
+        bail!("{} is neither a file nor a directory: refused", from.display());
+    }
+    if owner != crate::atomic::Owner::default() {
+        std::os::unix::fs::lchown(to, owner.uid, owner.gid)
+            .with_context(|| format!("cannot chown {}", to.display()))?;
+    }
+    Ok(())
+}
+
+/// Host side: every repository of the fetched seeds that `dest` lacks is
+/// copied in (beside its target, then renamed into place); one that exists
+/// is the agents' working clone and is never touched, nor is anything the
+/// seeds no longer list.
+pub fn install(from: &Path, dest: &Path, owner: crate::atomic::Owner) -> Result<InstallReport> {
+    let records = load_records(from)?;
+    std::fs::create_dir_all(dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    let mut report = InstallReport { dest: dest.display().to_string(), installed: vec![], kept: vec![] };
+    for record in records {
+        let target = dest.join(&record.name);
+        if std::fs::symlink_metadata(&target).is_ok() {
+            report.kept.push(record.name);
+            continue;
+        }
+        let staging = dest.join(format!(".{}.seeding", record.name));
+        if staging.exists() {
+            std::fs::remove_dir_all(&staging)?; // left by an interrupted run
+        }
+        copy_tree(&from.join(&record.name), &staging, owner)?;
+        std::fs::rename(&staging, &target).with_context(|| format!("cannot move {} into place", target.display()))?;
+        report.installed.push(record.name);
+    }
+    Ok(report)
+}
+
 pub fn run(ctx: &Ctx, cmd: flags::SeedsCmd) -> Result<()> {
     match cmd {
+        flags::SeedsCmd::Install(args) => {
+            let owner = crate::secrets::host::owner(args.owner.as_deref(), args.group.as_deref())?;
+            ctx.out.emit(&install(&args.from, &args.dest, owner)?)
+        }
         flags::SeedsCmd::Prepare(args) => {
             let opts = PrepareOptions {
                 list: args.list,
