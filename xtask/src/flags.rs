@@ -87,6 +87,17 @@ pub struct InstancesArg {
     pub path: PathBuf,
 }
 
+/// Who owns the files a host-side command writes (names or ids).
+#[derive(Debug, Clone, Args)]
+pub struct FileOwner {
+    /// Owner of the files written (name or uid).
+    #[arg(long)]
+    pub owner: Option<String>,
+    /// Group of the files written (name or gid).
+    #[arg(long)]
+    pub group: Option<String>,
+}
+
 /// Which instances a command that writes works on: named, or all of them
 /// said out loud (one of the two is required).
 #[derive(Debug, Clone, Args)]
@@ -166,12 +177,8 @@ pub struct SecretsInstallArgs {
     /// Where the secrets go (one file each, mode 0400).
     #[arg(long, default_value = "/run/agenix")]
     pub dest: PathBuf,
-    /// Owner of the files (name or uid).
-    #[arg(long)]
-    pub owner: Option<String>,
-    /// Group of the files (name or gid).
-    #[arg(long)]
-    pub group: Option<String>,
+    #[command(flatten)]
+    pub owner: FileOwner,
 }
 
 #[derive(Debug, Args)]
@@ -196,12 +203,8 @@ pub struct SecretsFetchArgs {
     /// Where the secrets go (one file each, mode 0400).
     #[arg(long, default_value = "/run/agenix")]
     pub dest: PathBuf,
-    /// Owner of the files (name or uid).
-    #[arg(long)]
-    pub owner: Option<String>,
-    /// Group of the files (name or gid).
-    #[arg(long)]
-    pub group: Option<String>,
+    #[command(flatten)]
+    pub owner: FileOwner,
     #[command(flatten)]
     pub instances: InstancesArg,
     /// The list of secrets every host needs.
@@ -225,12 +228,8 @@ pub struct SeedsInstallArgs {
     /// The agents' working clones.
     #[arg(long, default_value = "/var/lib/clawd/repos")]
     pub dest: PathBuf,
-    /// Owner of the copies (name or uid).
-    #[arg(long)]
-    pub owner: Option<String>,
-    /// Group of the copies (name or gid).
-    #[arg(long)]
-    pub group: Option<String>,
+    #[command(flatten)]
+    pub owner: FileOwner,
 }
 
 #[derive(Debug, Args)]

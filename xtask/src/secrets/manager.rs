@@ -357,8 +357,8 @@ pub async fn run_fetch(ctx: &Ctx, args: flags::SecretsFetchArgs) -> Result<()> {
         registry: args.instances.path,
         spec: args.spec,
         dest: args.dest,
-        owner: args.owner,
-        group: args.group,
+        owner: args.owner.owner,
+        group: args.owner.group,
     };
     let aws = ctx.aws().await?;
     ctx.out.emit(&fetch(&aws, &opts).await?)
