@@ -355,3 +355,23 @@ async fn sigterm_stops_the_cli_and_cleans_up() {
     assert!(stderr.contains("interrupted") && stderr.contains("was deleted"), "{stderr}");
     assert!(snapshots(&env).await.is_empty());
 }
+
+/// An AMI published before the key tag existed (no `clawdinator:kms-key`)
+/// is the default identity: republishing finds it instead of colliding
+/// with its name; a `--kms-key` publish still makes its own.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ami_without_the_key_tag_is_the_default_identity() {
+    let env = env().await;
+    let (_, json) = sample(&env, "img", 15);
+    let first = publish(&env, &opts(json.clone())).await.unwrap();
+    let ec2 = env.aws.ec2();
+    let tag = aws_sdk_ec2::types::Tag::builder().key(ami::TAG_KMS_KEY).build();
+    let snapshot = first.snapshot_id.clone().unwrap();
+    ec2.delete_tags().resources(&first.ami_id).resources(&snapshot).tags(tag).send().await.unwrap();
+    let again = publish(&env, &opts(json.clone())).await.unwrap();
+    assert!(again.already_published && again.ami_id == first.ami_id, "{again:?}");
+    let mut kms = opts(json);
+    kms.kms_key = Some("arn:aws:kms:us-east-1:123456789012:key/test".into());
+    let encrypted = publish(&env, &kms).await.unwrap();
+    assert!(!encrypted.already_published && encrypted.ami_id != first.ami_id);
+}

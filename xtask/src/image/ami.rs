@@ -35,9 +35,18 @@ impl Identity {
         self.kms_key.as_deref().unwrap_or(KMS_DEFAULT)
     }
 
-    /// DescribeImages/DescribeSnapshots filters that match exactly this identity.
+    /// DescribeImages/DescribeSnapshots filters for this image's digest;
+    /// [`Identity::matches`] then checks the key.
     pub fn filters(&self) -> Vec<Filter> {
-        vec![filter(&format!("tag:{TAG_SHA256}"), &self.sha256), filter(&format!("tag:{TAG_KMS_KEY}"), self.kms_tag())]
+        vec![filter(&format!("tag:{TAG_SHA256}"), &self.sha256)]
+    }
+
+    /// Is a resource with these tags (and this image's digest) of this
+    /// identity? One without the key tag was published before the tag
+    /// existed, without a chosen key: it is the default identity.
+    pub fn matches(&self, tags: &[Tag]) -> bool {
+        let kms = tags.iter().find(|t| t.key() == Some(TAG_KMS_KEY)).and_then(|t| t.value());
+        kms.unwrap_or(KMS_DEFAULT) == self.kms_tag()
     }
 }
 
@@ -117,8 +126,12 @@ pub async fn find(ec2: &aws_sdk_ec2::Client, identity: &Identity) -> Result<Opti
         .send()
         .await
         .map_err(|e| aws::error("EC2 DescribeImages", &identity.to_string(), e))?;
-    let mut images: Vec<Image> =
-        out.images().iter().filter(|i| matches!(state(i), "available" | "pending")).cloned().collect();
+    let mut images: Vec<Image> = out
+        .images()
+        .iter()
+        .filter(|i| matches!(state(i), "available" | "pending") && identity.matches(i.tags()))
+        .cloned()
+        .collect();
     sort_newest_first(&mut images);
     Ok(images.into_iter().next())
 }

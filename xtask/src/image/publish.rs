@@ -418,7 +418,7 @@ async fn reusable_snapshot(ec2: &aws_sdk_ec2::Client, identity: &Identity) -> Re
     Ok(out
         .snapshots()
         .iter()
-        .find(|s| s.state().map(|s| s.as_str()) == Some("completed"))
+        .find(|s| s.state().map(|s| s.as_str()) == Some("completed") && identity.matches(s.tags()))
         .and_then(|s| s.snapshot_id().map(str::to_string)))
 }
 
