@@ -66,6 +66,19 @@ fn each_emulator_is_fresh() {
     });
 }
 
+/// The child's output; killed (and the test failed) if it outlives `bound`.
+fn wait_bounded(mut child: std::process::Child, bound: Duration) -> std::process::Output {
+    let deadline = Instant::now() + bound;
+    while child.try_wait().unwrap().is_none() {
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("the command hung past {bound:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child.wait_with_output().unwrap()
+}
+
 /// A server that accepts connections and never answers.
 fn black_hole() -> (u16, std::thread::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
@@ -104,20 +117,20 @@ async fn a_silent_endpoint_fails_within_the_timeouts() {
         ..Settings::local(&format!("http://127.0.0.1:{port}"))
     };
     let aws = Aws::load(&settings).await.unwrap();
-    let started = Instant::now();
-    let err = aws.caller_arn().await.unwrap_err();
-    let elapsed = started.elapsed();
+    // Behaviour, not speed: it must give up (its own timeouts total 3 s)
+    // rather than hang; the 60 s bound only catches a hang.
+    let err = tokio::time::timeout(Duration::from_secs(60), aws.caller_arn())
+        .await
+        .expect("the call hung past its timeouts")
+        .unwrap_err();
     let text = format!("{err:#}");
     assert!(text.contains("STS GetCallerIdentity") && text.contains("timeout"), "{text}");
-    // Behaviour, not speed: it must give up rather than hang.
-    assert!(elapsed < Duration::from_secs(20), "took {elapsed:?}");
 }
 
 #[test]
 fn cli_against_a_silent_endpoint_reports_a_timeout() {
     let (port, _server) = black_hole();
-    let started = Instant::now();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args(["--json", "--region", "us-east-1", "doctor", "--age-key", "/nonexistent"])
         .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
         .env("AWS_ACCESS_KEY_ID", "testing")
@@ -125,9 +138,12 @@ fn cli_against_a_silent_endpoint_reports_a_timeout() {
         .env("CLAWDINATOR_READ_TIMEOUT", "1")
         .env("CLAWDINATOR_ATTEMPT_TIMEOUT", "1.5")
         .env("CLAWDINATOR_OPERATION_TIMEOUT", "2")
-        .output()
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
         .unwrap();
-    assert!(started.elapsed() < Duration::from_secs(40), "took {:?}", started.elapsed());
+    // Only a hang (the timeouts total a few seconds) reaches this bound.
+    let out = wait_bounded(child, Duration::from_secs(120));
     assert_eq!(out.status.code(), Some(0), "doctor reports, it does not fail");
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let creds = report["checks"].as_array().unwrap().iter().find(|c| c["name"] == "aws credentials").unwrap();
