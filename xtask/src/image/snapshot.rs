@@ -117,15 +117,31 @@ pub fn candidate_blocks(file: &File, size: u64, all: bool) -> Vec<bool> {
     candidates
 }
 
+/// Walk the image's blocks in order: `visit(index, Some(block))` for each
+/// block an upload sends (one holding data, or every one when `all`),
+/// `visit(index, None)` for the rest: holes (never read) and zero blocks.
+/// The uploader, its dry run and the block digest all walk this way.
+fn walk_blocks(
+    file: &File,
+    size: u64,
+    all: bool,
+    mut visit: impl FnMut(u64, Option<Vec<u8>>) -> Result<()>,
+) -> Result<()> {
+    for (index, candidate) in candidate_blocks(file, size, all).into_iter().enumerate() {
+        let index = index as u64;
+        let block = if candidate { Some(read_block(file, index, size)?) } else { None };
+        visit(index, block.filter(|b| all || !is_zero(b)))?;
+    }
+    Ok(())
+}
+
 /// The blocks an upload sends: those holding data, every one when encrypted.
-/// (A dry run counts with this; the uploader decides block by block the same way.)
 pub fn blocks_to_send(file: &File, size: u64, encrypted: bool) -> Result<u64> {
     let mut sent = 0;
-    for (index, candidate) in candidate_blocks(file, size, encrypted).into_iter().enumerate() {
-        if candidate && (encrypted || !is_zero(&read_block(file, index as u64, size)?)) {
-            sent += 1;
-        }
-    }
+    walk_blocks(file, size, encrypted, |_, block| {
+        sent += u64::from(block.is_some());
+        Ok(())
+    })?;
     Ok(sent)
 }
 
@@ -159,13 +175,13 @@ pub fn block_digest(path: &Path) -> Result<String> {
     let size = file.metadata()?.len();
     let zero = zero_block_digest();
     let mut aggregate = Sha256::new();
-    for (index, candidate) in candidate_blocks(&file, size, false).into_iter().enumerate() {
-        let block = if candidate { Some(read_block(&file, index as u64, size)?) } else { None };
-        match block.filter(|b| !is_zero(b)) {
+    walk_blocks(&file, size, false, |_, block| {
+        match block {
             Some(block) => aggregate.update(Sha256::digest(&block)),
             None => aggregate.update(zero),
         }
-    }
+        Ok(())
+    })?;
     Ok(hex::encode(aggregate.finalize()))
 }
 
@@ -196,26 +212,24 @@ fn read_blocks(
     bar: &ProgressBar,
 ) -> Result<Option<String>> {
     let mut hasher = hash.then(Sha256::new);
-    for (index, candidate) in candidate_blocks(file, size, encrypted).into_iter().enumerate() {
-        let index = index as u64;
+    walk_blocks(file, size, encrypted, |index, block| {
         let len = (size - index * BLOCK_SIZE).min(BLOCK_SIZE) as usize;
-        if !candidate {
+        let Some(block) = block else {
+            // A hole or a zero block: its bytes are zeros.
             if let Some(h) = hasher.as_mut() {
                 h.update(&ZERO_BLOCK[..len]);
             }
             bar.inc(BLOCK_SIZE);
-            continue;
-        }
-        let block = read_block(file, index, size)?;
+            return Ok(());
+        };
         if let Some(h) = hasher.as_mut() {
             h.update(&block[..len]);
         }
-        if !encrypted && is_zero(&block) {
-            bar.inc(BLOCK_SIZE);
-        } else if to_upload.blocking_send((index, block)).is_err() {
+        if to_upload.blocking_send((index, block)).is_err() {
             bail!("the upload stopped"); // the uploads failed; their error is the one reported
         }
-    }
+        Ok(())
+    })?;
     Ok(hasher.map(|h| hex::encode(h.finalize())))
 }
 
