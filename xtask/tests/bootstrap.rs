@@ -420,25 +420,28 @@ fn host_view(opts: &FetchOptions) -> Vec<Tree> {
     vec![snapshot(&opts.secrets_dir), snapshot(&opts.seeds_dir), [("key".to_string(), (0, key))].into()]
 }
 
+/// `program bootstrap fetch` against the emulator, installing where `opts` says.
+fn fetch_cli(env: &Env, program: &str, opts: &FetchOptions) -> std::process::Command {
+    let mut command = env.cli(program);
+    command.args(["bootstrap", "fetch"]);
+    for (flag, path) in [
+        ("--secrets-dir", &opts.secrets_dir),
+        ("--repo-seeds-dir", &opts.seeds_dir),
+        ("--age-key-path", &opts.age_key_path),
+        ("--state-dir", &opts.state_dir),
+    ] {
+        command.arg(flag).arg(path);
+    }
+    command
+}
+
 /// The CLI's bootstrap fetch against the emulator, killed (abort) after `step`.
 fn fetch_cli_killed_at(env: &Env, opts: &FetchOptions, step: &str) -> std::process::Output {
-    std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["bootstrap", "fetch", "--bucket", &env.bucket, "--prefix", &opts.prefix])
+    fetch_cli(env, env!("CARGO_BIN_EXE_xtask"), opts)
+        .args(["--bucket", &env.bucket, "--prefix", &opts.prefix])
         .arg("--prefix-file")
         .arg(opts.prefix_file.as_ref().unwrap())
-        .arg("--secrets-dir")
-        .arg(&opts.secrets_dir)
-        .arg("--repo-seeds-dir")
-        .arg(&opts.seeds_dir)
-        .arg("--age-key-path")
-        .arg(&opts.age_key_path)
-        .arg("--state-dir")
-        .arg(&opts.state_dir)
         .env("CLAWDINATOR_TEST_ABORT_AT", step)
-        .env("AWS_ENDPOINT_URL", env.emulator.endpoint())
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
         .output()
         .unwrap()
 }
@@ -593,24 +596,12 @@ async fn a_generic_host_learns_its_bucket_and_prefix_at_boot() {
     let etc = env.path("host/etc/clawdinator");
     std::fs::create_dir_all(&etc).unwrap();
     let run = |etc: &Path| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_clawdinator"))
-            .args(["bootstrap", "fetch", "--bucket-file"])
+        fetch_cli(&env, env!("CARGO_BIN_EXE_clawdinator"), &opts)
+            .arg("--bucket-file")
             .arg(etc.join("bucket"))
             .arg("--prefix-file")
             .arg(etc.join("bootstrap-prefix"))
-            .arg("--secrets-dir")
-            .arg(&opts.secrets_dir)
-            .arg("--repo-seeds-dir")
-            .arg(&opts.seeds_dir)
-            .arg("--age-key-path")
-            .arg(&opts.age_key_path)
-            .arg("--state-dir")
-            .arg(&opts.state_dir)
             .env_remove("S3_BUCKET")
-            .env("AWS_ENDPOINT_URL", env.emulator.endpoint())
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", "us-east-1")
             .output()
             .unwrap()
     };

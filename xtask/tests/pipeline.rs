@@ -35,14 +35,11 @@ fn pipeline_local_runs_every_stage_and_prints_the_ami() {
 #[tokio::test(flavor = "multi_thread")]
 async fn the_pipeline_stops_at_the_first_failed_stage_and_names_it() {
     let env = common::env().await;
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+    let out = env
+        .cli(env!("CARGO_BIN_EXE_xtask"))
         .args(["pipeline", "--bucket", &env.bucket, "--secrets-dir"])
         .current_dir(xtask::project::root())
         .arg(env.path("no-such-dir"))
-        .env("AWS_ENDPOINT_URL", env.emulator.endpoint())
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

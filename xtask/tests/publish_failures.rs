@@ -328,13 +328,10 @@ async fn sigterm_stops_the_cli_and_cleans_up() {
     let (_, json) = sample(&env, "img", 14);
     env.emulator.settings(json!({"snapshot_pending_polls": 1_000_000})).unwrap();
     env.emulator.inject(json!({"operation": "CompleteSnapshot", "after": 1_000_000})).unwrap();
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+    let child = env
+        .cli(env!("CARGO_BIN_EXE_xtask"))
         .args(["--json", "image", "publish", "--image"])
         .arg(&json)
-        .env("AWS_ENDPOINT_URL", env.emulator.endpoint())
-        .env("AWS_ACCESS_KEY_ID", "testing")
-        .env("AWS_SECRET_ACCESS_KEY", "testing")
-        .env("AWS_REGION", "us-east-1")
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -36,6 +36,18 @@ impl Env {
         self.dir.path().join(rel)
     }
 
+    /// `program` (one of this crate's binaries) pointed at this emulator,
+    /// with its dummy credentials.
+    pub fn cli(&self, program: &str) -> std::process::Command {
+        let mut command = std::process::Command::new(program);
+        command
+            .env("AWS_ENDPOINT_URL", self.emulator.endpoint())
+            .env("AWS_ACCESS_KEY_ID", "testing")
+            .env("AWS_SECRET_ACCESS_KEY", "testing")
+            .env("AWS_REGION", "us-east-1");
+        command
+    }
+
     pub async fn keys(&self) -> Vec<String> {
         let out = self.aws.s3().list_objects_v2().bucket(&self.bucket).send().await.unwrap();
         let mut keys: Vec<String> = out.contents().iter().filter_map(|o| o.key().map(str::to_string)).collect();
