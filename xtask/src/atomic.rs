@@ -7,13 +7,47 @@ use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 
 /// Who owns a file written for someone else (a service user), by id.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Owner {
     pub uid: Option<u32>,
     pub gid: Option<u32>,
+}
+
+impl Owner {
+    /// The owner from a user and a group, each a name or an id.
+    pub fn named(user: Option<&str>, group: Option<&str>) -> Result<Owner> {
+        Ok(Owner {
+            uid: user.map(|o| lookup_id(o, true)).transpose()?,
+            gid: group.map(|g| lookup_id(g, false)).transpose()?,
+        })
+    }
+}
+
+fn lookup_id(name: &str, user: bool) -> Result<u32> {
+    if let Ok(id) = name.parse::<u32>() {
+        return Ok(id);
+    }
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: getpwnam/getgrnam return a pointer to static storage or null;
+    // the field is read at once.
+    unsafe {
+        if user {
+            let pw = libc::getpwnam(c.as_ptr());
+            if pw.is_null() {
+                bail!("no such user {name}");
+            }
+            Ok((*pw).pw_uid)
+        } else {
+            let gr = libc::getgrnam(c.as_ptr());
+            if gr.is_null() {
+                bail!("no such group {name}");
+            }
+            Ok((*gr).gr_gid)
+        }
+    }
 }
 
 /// Replace `path` with `contents`, mode `mode`, owned as the process is.

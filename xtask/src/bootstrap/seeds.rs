@@ -403,7 +403,7 @@ pub fn install(from: &Path, dest: &Path, owner: crate::atomic::Owner) -> Result<
 pub fn run(ctx: &Ctx, cmd: flags::SeedsCmd) -> Result<()> {
     match cmd {
         flags::SeedsCmd::Install(args) => {
-            let owner = crate::secrets::host::owner(args.owner.owner.as_deref(), args.owner.group.as_deref())?;
+            let owner = crate::atomic::Owner::named(args.owner.owner.as_deref(), args.owner.group.as_deref())?;
             ctx.out.emit(&install(&args.from, &args.dest, owner)?)
         }
         flags::SeedsCmd::Prepare(args) => {

@@ -31,30 +31,6 @@ impl fmt::Display for FetchReport {
     }
 }
 
-fn lookup_id(name: &str, user: bool) -> Result<u32> {
-    if let Ok(id) = name.parse::<u32>() {
-        return Ok(id);
-    }
-    let c = std::ffi::CString::new(name)?;
-    // SAFETY: getpwnam/getgrnam return a pointer to static storage or null;
-    // the field is read at once.
-    unsafe {
-        if user {
-            let pw = libc::getpwnam(c.as_ptr());
-            if pw.is_null() {
-                bail!("no such user {name}");
-            }
-            Ok((*pw).pw_uid)
-        } else {
-            let gr = libc::getgrnam(c.as_ptr());
-            if gr.is_null() {
-                bail!("no such group {name}");
-            }
-            Ok((*gr).gr_gid)
-        }
-    }
-}
-
 /// The file in `--dest` that lists what `secrets fetch` wrote there: the
 /// only files a later run may remove (other secrets live in /run/agenix too).
 pub const STATE_FILE: &str = ".clawdinator-secrets.json";
@@ -66,14 +42,6 @@ fn written_before(dest: &Path) -> Result<BTreeSet<String>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(BTreeSet::new()),
         Err(e) => Err(e).with_context(|| format!("cannot read {}", dest.join(STATE_FILE).display())),
     }
-}
-
-/// The files' owner from a user and a group, each a name or an id.
-pub fn owner(user: Option<&str>, group: Option<&str>) -> Result<Owner> {
-    Ok(Owner {
-        uid: user.map(|o| lookup_id(o, true)).transpose()?,
-        gid: group.map(|g| lookup_id(g, false)).transpose()?,
-    })
 }
 
 /// Write every (file name, value) into `dest` (0400, owned by `owner`),

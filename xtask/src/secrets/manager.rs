@@ -318,7 +318,7 @@ pub async fn fetch(aws: &Aws, opts: &FetchOptions) -> Result<FetchReport> {
     let registry = Registry::load(&opts.registry)?;
     let instance = registry.select(std::slice::from_ref(&opts.instance))?[0].clone();
     let spec = files::Spec::load(&opts.spec)?;
-    let owner = host::owner(opts.owner.as_deref(), opts.group.as_deref())?;
+    let owner = crate::atomic::Owner::named(opts.owner.as_deref(), opts.group.as_deref())?;
 
     // File name on the host -> secret name in Secrets Manager.
     let mut wanted: BTreeMap<String, String> = spec.common.iter().map(|n| (n.clone(), common_name(n))).collect();

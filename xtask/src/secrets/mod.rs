@@ -25,7 +25,7 @@ pub async fn run(ctx: &Ctx, cmd: flags::SecretsCmd) -> Result<()> {
                 from: args.from,
                 identity: args.identity,
                 dest: args.dest,
-                owner: host::owner(args.owner.owner.as_deref(), args.owner.group.as_deref())?,
+                owner: crate::atomic::Owner::named(args.owner.owner.as_deref(), args.owner.group.as_deref())?,
             };
             ctx.out.emit(&host::install(&opts)?)
         }
