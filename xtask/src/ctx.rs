@@ -51,13 +51,19 @@ impl Ctx {
                 aws::Settings { timeouts: aws::Timeouts::from_env()?, ..aws::Settings::local(&emulator.endpoint()) }
             }
             None => aws::Settings {
-                region: self.global.region.clone(),
+                region: self.region(),
                 profile: self.global.profile.clone(),
                 timeouts: aws::Timeouts::from_env()?,
                 ..aws::Settings::default()
             },
         };
         aws::Aws::load(&settings).await
+    }
+
+    /// The region the flags say: `--region`/`AWS_REGION`, else the content of
+    /// `--region-file`; None leaves it to the SDK's chain (profile, then IMDS).
+    pub fn region(&self) -> Option<String> {
+        self.global.region.clone().or_else(|| self.global.region_file.as_deref().and_then(crate::project::host_setting))
     }
 
     /// The bucket to use when none was given: the emulator's under `--local`.

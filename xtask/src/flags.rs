@@ -20,6 +20,10 @@ pub struct Global {
     /// AWS region (otherwise AWS_REGION, then the profile's region).
     #[arg(long, global = true, env = "AWS_REGION")]
     pub region: Option<String>,
+    /// A file holding the region, read when --region and AWS_REGION are unset
+    /// (on a host: /etc/clawdinator/region, written by the instance's user data).
+    #[arg(long, global = true, env = "AWS_REGION_FILE")]
+    pub region_file: Option<PathBuf>,
     /// AWS shared-config profile to take credentials and region from.
     #[arg(long, global = true, env = "AWS_PROFILE")]
     pub profile: Option<String>,
@@ -67,6 +71,9 @@ pub enum Command {
     /// Host side: shared memory files, read and changed under a lock, replaced whole.
     #[command(subcommand)]
     Memory(MemoryCmd),
+    /// Host side: the jobs of a host's own units (workspace, EFS tunnel, first switch).
+    #[command(subcommand)]
+    Host(HostCmd),
     /// Benchmarks against the old way on the same emulator (measures, never asserts).
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -197,9 +204,12 @@ pub struct SecretsSeedArgs {
 
 #[derive(Debug, Args)]
 pub struct SecretsFetchArgs {
-    /// This host's instance name.
+    /// This host's instance name (else the content of --instance-file).
     #[arg(long)]
-    pub instance: String,
+    pub instance: Option<String>,
+    /// A file naming this host's instance, written at boot by its user data.
+    #[arg(long, default_value = "/etc/clawdinator/instance-name")]
+    pub instance_file: PathBuf,
     /// Where the secrets go (one file each, mode 0400).
     #[arg(long, default_value = "/run/agenix")]
     pub dest: PathBuf,
@@ -461,6 +471,83 @@ pub enum MemoryCmd {
     Append(MemoryFileArgs),
     /// Replace one exact occurrence of a text in a memory file.
     Edit(MemoryEditArgs),
+    /// Prepare the shared memory root: its directories, and each template it lacks.
+    Init(MemoryInitArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MemoryInitArgs {
+    /// The shared memory directory (the EFS mount).
+    #[arg(long, env = "CLAWDINATOR_MEMORY_DIR", default_value = "/memory")]
+    pub root: PathBuf,
+    /// The memory templates (this repository's memory/); a file the root already has is never replaced.
+    #[arg(long)]
+    pub templates: PathBuf,
+    #[command(flatten)]
+    pub owner: FileOwner,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum HostCmd {
+    /// Install the agent workspace templates; files the templates do not name are left alone.
+    WorkspaceSeed(WorkspaceSeedArgs),
+    /// Write the stunnel configuration that carries NFS to this host's EFS over TLS.
+    EfsStunnelConfig(EfsStunnelConfigArgs),
+    /// First boot: switch to this instance's configuration, unless a deployment is recorded.
+    FirstSwitch(FirstSwitchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WorkspaceSeedArgs {
+    /// The workspace templates (this repository's clawdinator/workspace).
+    #[arg(long)]
+    pub templates: PathBuf,
+    /// The agent's workspace.
+    #[arg(long, default_value = "/var/lib/clawd/workspace")]
+    pub dest: PathBuf,
+    /// A file added at the end of TOOLS.md (the toolchain list the module writes).
+    #[arg(long)]
+    pub tools_extra: Option<PathBuf>,
+    #[command(flatten)]
+    pub owner: FileOwner,
+}
+
+#[derive(Debug, Args)]
+pub struct EfsStunnelConfigArgs {
+    /// The EFS file system id (else the content of --file-system-id-file).
+    #[arg(long)]
+    pub file_system_id: Option<String>,
+    /// A file naming the EFS file system, written at boot by the instance's user data.
+    #[arg(long, default_value = "/etc/clawdinator/efs-id")]
+    pub file_system_id_file: PathBuf,
+    /// Where the configuration goes.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The CA bundle that verifies the EFS endpoint's certificate.
+    #[arg(long)]
+    pub ca_file: PathBuf,
+    /// The local address NFS connects to.
+    #[arg(long, default_value = "127.0.0.1:2049")]
+    pub accept: String,
+}
+
+#[derive(Debug, Args)]
+pub struct FirstSwitchArgs {
+    /// This host's instance name (else the content of --instance-file).
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// A file naming this host's instance, written at boot by its user data.
+    #[arg(long, default_value = "/etc/clawdinator/instance-name")]
+    pub instance_file: PathBuf,
+    /// The repository copy the host received in its bundle (a flake).
+    #[arg(long, default_value = "/var/lib/clawd/repos/clawdinators")]
+    pub flake: PathBuf,
+    /// The deployment record: when it exists, the host has been deployed and nothing is done.
+    #[arg(long, default_value = "/var/lib/clawd/deployment.json")]
+    pub record: PathBuf,
+    /// Show what would run; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

@@ -13,6 +13,7 @@ pub mod ctx;
 pub mod dev;
 pub mod flags;
 pub mod fleet;
+pub mod host;
 pub mod image;
 pub mod memory;
 pub mod output;
@@ -59,6 +60,7 @@ pub fn run(cli: flags::Xtask) -> Result<()> {
             flags::Command::Ami(cmd) => image::ami::run(&ctx, cmd).await,
             flags::Command::Pipeline(args) => pipeline::run(&ctx, args).await,
             flags::Command::Memory(cmd) => tokio::task::block_in_place(|| memory::run(&ctx, cmd)),
+            flags::Command::Host(cmd) => tokio::task::block_in_place(|| host::run(&ctx, cmd)),
             flags::Command::GithubToken(args) => secrets::github_token::run(&ctx, args).await,
             // Benchmarks drive child processes and block; keep them off the async workers.
             flags::Command::Bench(cmd) => tokio::task::block_in_place(|| dev::bench::run(&ctx, cmd)),

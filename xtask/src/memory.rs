@@ -21,8 +21,17 @@ use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use serde::Serialize;
 
+use crate::atomic::Owner;
 use crate::{flags, Ctx};
+
+/// The directories every host expects under the memory root: daily notes
+/// (`daily/YYYY-MM-DD.md`) and Discord snapshots (`discord/YYYY-MM-DD.md`).
+pub const DIRS: [&str; 2] = ["daily", "discord"];
+
+/// Group-shared and setgid: files made by any host's agent stay in the group.
+const DIR_MODE: u32 = 0o2770;
 
 /// The file `path` names inside `root`: relative to it or absolute under it,
 /// never outside (no `..`, no absolute path elsewhere, no link out).
@@ -134,6 +143,88 @@ pub fn edit(file: &Path, old: &str, new: &str, wait: Duration) -> Result<()> {
     }
 }
 
+/// What `memory init` did.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InitReport {
+    pub root: String,
+    pub created_dirs: Vec<String>,
+    pub installed: Vec<String>,
+    pub kept: Vec<String>,
+}
+
+impl std::fmt::Display for InitReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "memory root {}", self.root)?;
+        for dir in &self.created_dirs {
+            writeln!(f, "  created  {dir}/")?;
+        }
+        for name in &self.installed {
+            writeln!(f, "  template {name}")?;
+        }
+        writeln!(f, "  {} file(s) already there, left as the agents wrote them", self.kept.len())
+    }
+}
+
+/// Prepare the shared memory root: its directories (setgid, group-shared),
+/// and each template it lacks. A file that exists is the agents' and is
+/// never replaced; every host runs this at boot, so a template is added
+/// under the same lock writers take, once.
+pub fn init(root: &Path, templates: &Path, owner: Owner) -> Result<InitReport> {
+    ensure!(
+        root.is_dir(),
+        "the memory root {} is missing: is its mount up (clawdinator-efs-stunnel.service, then the NFS mount)?",
+        root.display()
+    );
+    let mut report =
+        InitReport { root: root.display().to_string(), created_dirs: vec![], installed: vec![], kept: vec![] };
+    for dir in std::iter::once(root.to_path_buf()).chain(DIRS.iter().map(|d| root.join(d))) {
+        if !dir.exists() {
+            std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            report.created_dirs.push(dir.file_name().unwrap_or_default().to_string_lossy().into_owned());
+        }
+        share(&dir, owner)?;
+    }
+    for name in template_names(templates)? {
+        let file = root.join(&name);
+        let _held = lock(&file, true, Duration::from_secs(30))?;
+        if std::fs::symlink_metadata(&file).is_ok() {
+            report.kept.push(name);
+            continue;
+        }
+        let text = std::fs::read(templates.join(&name))
+            .with_context(|| format!("cannot read the template {}", templates.join(&name).display()))?;
+        crate::atomic::write_owned(&file, &text, 0o664, owner)?;
+        report.installed.push(name);
+    }
+    Ok(report)
+}
+
+fn share(dir: &Path, owner: Owner) -> Result<()> {
+    if owner != Owner::default() {
+        std::os::unix::fs::chown(dir, owner.uid, owner.gid)
+            .with_context(|| format!("cannot chown {}", dir.display()))?;
+    }
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(DIR_MODE))
+        .with_context(|| format!("cannot set the mode of {}", dir.display()))
+}
+
+/// The `*.md` files of the templates directory, sorted.
+fn template_names(templates: &Path) -> Result<Vec<String>> {
+    let entries = std::fs::read_dir(templates)
+        .with_context(|| format!("cannot read the memory templates {}", templates.display()))?;
+    let mut names = Vec::new();
+    for entry in entries {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if entry.file_type()?.is_file() && name.ends_with(".md") {
+            names.push(name);
+        }
+    }
+    names.sort();
+    Ok(names)
+}
+
 fn stdin() -> Result<Vec<u8>> {
     let mut input = Vec::new();
     std::io::stdin().read_to_end(&mut input).context("cannot read standard input")?;
@@ -145,8 +236,12 @@ fn target(args: &flags::MemoryFileArgs) -> Result<(PathBuf, Duration)> {
     Ok((resolve(&args.root, &args.path)?, Duration::from_secs_f64(args.wait)))
 }
 
-pub fn run(_ctx: &Ctx, cmd: flags::MemoryCmd) -> Result<()> {
+pub fn run(ctx: &Ctx, cmd: flags::MemoryCmd) -> Result<()> {
     match cmd {
+        flags::MemoryCmd::Init(args) => {
+            let owner = Owner::named(args.owner.owner.as_deref(), args.owner.group.as_deref())?;
+            ctx.out.emit(&init(&args.root, &args.templates, owner)?)
+        }
         flags::MemoryCmd::Read(args) => {
             let (file, wait) = target(&args)?;
             let mut out = std::io::stdout().lock();

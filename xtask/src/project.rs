@@ -30,3 +30,19 @@ pub fn git_revision() -> Option<String> {
     let dirty = !xshell::cmd!(sh, "git status --porcelain").quiet().ignore_stderr().read().ok()?.trim().is_empty();
     Some(if dirty { format!("{rev}-dirty") } else { rev })
 }
+
+/// A one-line fact the instance's user data wrote under /etc/clawdinator
+/// (its name, bucket, prefix, region, EFS id): trimmed, None when the file
+/// is missing or empty.
+pub fn host_setting(path: &Path) -> Option<String> {
+    let text = std::fs::read_to_string(path).ok()?;
+    Some(text.trim().to_string()).filter(|s| !s.is_empty())
+}
+
+/// The instance a host-side command works for: the flag, else what user
+/// data wrote in `file`; neither is a usage error naming both.
+pub fn instance_name(flag: Option<String>, file: &Path) -> anyhow::Result<String> {
+    flag.or_else(|| host_setting(file)).ok_or_else(|| {
+        crate::output::UsageError(format!("no instance name: pass --instance or write it to {}", file.display())).into()
+    })
+}

@@ -438,7 +438,7 @@ fn fetch_cli(env: &Env, program: &str, opts: &FetchOptions) -> std::process::Com
 /// The CLI's bootstrap fetch against the emulator, killed (abort) after `step`.
 fn fetch_cli_killed_at(env: &Env, opts: &FetchOptions, step: &str) -> std::process::Output {
     fetch_cli(env, env!("CARGO_BIN_EXE_xtask"), opts)
-        .args(["--bucket", &env.bucket, "--prefix", &opts.prefix])
+        .args(["--bucket", &env.bucket])
         .arg("--prefix-file")
         .arg(opts.prefix_file.as_ref().unwrap())
         .env("CLAWDINATOR_TEST_ABORT_AT", step)

@@ -90,11 +90,6 @@ pub(crate) fn key(prefix: &str, name: &str) -> String {
 }
 
 /// A one-line setting file's content; None when absent or empty.
-fn setting(path: &std::path::Path) -> Option<String> {
-    let text = std::fs::read_to_string(path).ok()?;
-    Some(text.trim().to_string()).filter(|s| !s.is_empty())
-}
-
 pub async fn run(ctx: &Ctx, cmd: flags::BootstrapCmd) -> Result<()> {
     match cmd {
         flags::BootstrapCmd::Upload(args) => {
@@ -124,16 +119,27 @@ pub async fn run(ctx: &Ctx, cmd: flags::BootstrapCmd) -> Result<()> {
             // A generic image learns who it is at boot: what the command line
             // does not say, the files user data wrote under /etc/clawdinator do.
             let usage = |what: String| crate::output::UsageError(what);
-            let bucket = args.bucket.clone().or_else(|| setting(&args.bucket_file)).ok_or_else(|| {
+            let bucket = args.bucket.clone().or_else(|| project::host_setting(&args.bucket_file)).ok_or_else(|| {
                 usage(format!("no bucket: pass --bucket, set S3_BUCKET, or write it to {}", args.bucket_file.display()))
             })?;
-            let prefix = setting(&args.prefix_file).or_else(|| args.prefix.clone()).ok_or_else(|| {
-                usage(format!("no bootstrap prefix: pass --prefix or write it to {}", args.prefix_file.display()))
-            })?;
+            // A prefix on the command line is the configuration's word; the
+            // file is what user data says when the configuration is silent.
+            let (prefix, prefix_file) = match &args.prefix {
+                Some(prefix) => (prefix.clone(), None),
+                None => (
+                    project::host_setting(&args.prefix_file).ok_or_else(|| {
+                        usage(format!(
+                            "no bootstrap prefix: pass --prefix or write it to {}",
+                            args.prefix_file.display()
+                        ))
+                    })?,
+                    Some(args.prefix_file.clone()),
+                ),
+            };
             let opts = FetchOptions {
                 bucket,
                 prefix,
-                prefix_file: Some(args.prefix_file.clone()),
+                prefix_file,
                 secrets_dir: args.secrets_dir.clone(),
                 seeds_dir: args.repo_seeds_dir.clone(),
                 age_key_path: args.age_key_path.clone(),

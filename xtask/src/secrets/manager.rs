@@ -353,7 +353,7 @@ pub async fn run_seed(ctx: &Ctx, args: flags::SecretsSeedArgs) -> Result<()> {
 
 pub async fn run_fetch(ctx: &Ctx, args: flags::SecretsFetchArgs) -> Result<()> {
     let opts = FetchOptions {
-        instance: args.instance,
+        instance: crate::project::instance_name(args.instance, &args.instance_file)?,
         registry: args.instances.path,
         spec: args.spec,
         dest: args.dest,

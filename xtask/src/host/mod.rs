@@ -1,0 +1,45 @@
+//! The host's own jobs, run by the units the NixOS module defines: the agent
+//! workspace (`workspace`), the TLS tunnel to EFS (`efs`), and the first
+//! switch of a fresh instance to its own configuration (`deploy`).
+//! Each touches only files it owns.
+
+pub mod deploy;
+pub mod efs;
+pub mod workspace;
+
+use anyhow::Result;
+
+use crate::atomic::Owner;
+use crate::{flags, project, Ctx};
+
+pub fn run(ctx: &Ctx, cmd: flags::HostCmd) -> Result<()> {
+    match cmd {
+        flags::HostCmd::WorkspaceSeed(args) => {
+            let owner = Owner::named(args.owner.owner.as_deref(), args.owner.group.as_deref())?;
+            ctx.out.emit(&workspace::seed(&args.templates, &args.dest, args.tools_extra.as_deref(), owner)?)
+        }
+        flags::HostCmd::EfsStunnelConfig(args) => {
+            let file_system_id = args.file_system_id.or_else(|| project::host_setting(&args.file_system_id_file));
+            let file_system_id = file_system_id.ok_or_else(|| {
+                crate::output::UsageError(format!(
+                    "no EFS file system id: pass --file-system-id or write it to {}",
+                    args.file_system_id_file.display()
+                ))
+            })?;
+            let region = ctx.region().ok_or_else(|| {
+                crate::output::UsageError("no region: pass --region, set AWS_REGION, or pass --region-file".into())
+            })?;
+            let tunnel = efs::Tunnel { file_system_id, region, ca_file: args.ca_file, accept: args.accept };
+            ctx.out.emit(&efs::write_config(&tunnel, &args.out)?)
+        }
+        flags::HostCmd::FirstSwitch(args) => {
+            let opts = deploy::FirstSwitch {
+                instance: project::instance_name(args.instance, &args.instance_file)?,
+                flake: args.flake,
+                record: args.record,
+                dry_run: args.dry_run,
+            };
+            ctx.out.emit(&deploy::first_switch(&opts)?)
+        }
+    }
+}

@@ -1,0 +1,248 @@
+//! The host's own jobs: memory init, workspace seed, the EFS tunnel
+//! configuration and the first switch (with a stand-in `nixos-rebuild`).
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::Command;
+
+use xtask::atomic::Owner;
+use xtask::host::{deploy, workspace};
+use xtask::memory;
+
+fn write(path: &Path, text: &str) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, text).unwrap();
+}
+
+fn mode(path: &Path) -> u32 {
+    std::fs::metadata(path).unwrap().permissions().mode() & 0o7777
+}
+
+fn host_cli() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_clawdinator"));
+    command.env_remove("AWS_REGION").env_remove("AWS_REGION_FILE");
+    command
+}
+
+#[test]
+fn memory_init_adds_what_is_missing_and_keeps_what_agents_wrote() {
+    let dir = tempfile::tempdir().unwrap();
+    let (root, templates) = (dir.path().join("memory"), dir.path().join("templates"));
+    std::fs::create_dir(&root).unwrap();
+    write(&templates.join("index.md"), "# index\n");
+    write(&templates.join("ops.md"), "# ops\n");
+    write(&templates.join("notes.txt"), "not a template\n");
+    write(&root.join("ops.md"), "# ops, as the agents left it\n");
+
+    let report = memory::init(&root, &templates, Owner::default()).unwrap();
+    assert_eq!(report.created_dirs, ["daily", "discord"]);
+    assert_eq!(report.installed, ["index.md"]);
+    assert_eq!(report.kept, ["ops.md"]);
+    assert_eq!(std::fs::read_to_string(root.join("ops.md")).unwrap(), "# ops, as the agents left it\n");
+    assert!(!root.join("notes.txt").exists());
+    for d in [root.clone(), root.join("daily"), root.join("discord")] {
+        assert_eq!(mode(&d), 0o2770, "{}", d.display());
+    }
+
+    // Every host runs it at boot: the second run changes nothing.
+    std::fs::write(root.join("index.md"), "# index, edited\n").unwrap();
+    let again = memory::init(&root, &templates, Owner::default()).unwrap();
+    assert!(again.created_dirs.is_empty() && again.installed.is_empty(), "{again:?}");
+    assert_eq!(std::fs::read_to_string(root.join("index.md")).unwrap(), "# index, edited\n");
+}
+
+#[test]
+fn memory_init_without_the_mount_says_which_unit_to_look_at() {
+    let dir = tempfile::tempdir().unwrap();
+    let err = memory::init(&dir.path().join("memory"), dir.path(), Owner::default()).unwrap_err().to_string();
+    assert!(err.contains("memory root") && err.contains("clawdinator-efs-stunnel.service"), "{err}");
+}
+
+#[test]
+fn the_workspace_follows_the_templates_and_leaves_the_agents_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let (templates, dest) = (dir.path().join("templates"), dir.path().join("workspace"));
+    write(&templates.join("AGENTS.md"), "agents v1\n");
+    write(&templates.join("TOOLS.md"), "tools\n");
+    write(&templates.join("skills/fleet/SKILL.md"), "fleet v1\n");
+    write(&templates.join("OLD.md"), "retired soon\n");
+    let extra = dir.path().join("tools-extra.md");
+    write(&extra, "## Installed toolchain\n");
+    write(&dest.join("notes/today.md"), "the agent's own\n");
+
+    let report = workspace::seed(&templates, &dest, Some(&extra), Owner::default()).unwrap();
+    assert_eq!(report.written.len(), 4, "{report:?}");
+    assert_eq!(std::fs::read_to_string(dest.join("TOOLS.md")).unwrap(), "tools\n\n## Installed toolchain\n");
+    assert_eq!(std::fs::read_to_string(dest.join("skills/fleet/SKILL.md")).unwrap(), "fleet v1\n");
+
+    // No change: nothing written. An agent's edit to a template is undone,
+    // a retired template goes, the agent's own files stay.
+    let again = workspace::seed(&templates, &dest, Some(&extra), Owner::default()).unwrap();
+    assert!(again.written.is_empty() && again.removed.is_empty() && again.unchanged == 4, "{again:?}");
+    std::fs::write(dest.join("AGENTS.md"), "edited by the agent\n").unwrap();
+    std::fs::remove_file(templates.join("OLD.md")).unwrap();
+    let third = workspace::seed(&templates, &dest, Some(&extra), Owner::default()).unwrap();
+    assert_eq!(third.written, ["AGENTS.md"]);
+    assert_eq!(third.removed, ["OLD.md"]);
+    assert_eq!(std::fs::read_to_string(dest.join("AGENTS.md")).unwrap(), "agents v1\n");
+    assert!(!dest.join("OLD.md").exists());
+    assert_eq!(std::fs::read_to_string(dest.join("notes/today.md")).unwrap(), "the agent's own\n");
+}
+
+#[test]
+fn a_tampered_workspace_state_file_cannot_remove_files_outside() {
+    let dir = tempfile::tempdir().unwrap();
+    let (templates, dest) = (dir.path().join("templates"), dir.path().join("workspace"));
+    write(&templates.join("AGENTS.md"), "agents\n");
+    let outside = dir.path().join("precious.md");
+    write(&outside, "keep me\n");
+    write(&dest.join(workspace::STATE_FILE), r#"["../precious.md", "/etc/hostname"]"#);
+    workspace::seed(&templates, &dest, None, Owner::default()).unwrap();
+    assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep me\n");
+}
+
+#[test]
+fn the_efs_tunnel_learns_the_file_system_and_region_from_user_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let etc = dir.path().join("etc/clawdinator");
+    write(&etc.join("efs-id"), "fs-0123456789abcdef0\n");
+    write(&etc.join("region"), "eu-central-1\n");
+    let out = dir.path().join("run/stunnel-efs.conf");
+    let run = |etc: &Path| {
+        host_cli()
+            .args(["host", "efs-stunnel-config", "--ca-file", "/etc/ssl/certs/ca-bundle.crt"])
+            .arg("--out")
+            .arg(&out)
+            .arg("--file-system-id-file")
+            .arg(etc.join("efs-id"))
+            .arg("--region-file")
+            .arg(etc.join("region"))
+            .output()
+            .unwrap()
+    };
+    let done = run(&etc);
+    assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
+    let text = std::fs::read_to_string(&out).unwrap();
+    assert!(text.contains("connect = fs-0123456789abcdef0.efs.eu-central-1.amazonaws.com:2049"), "{text}");
+
+    // Before user data wrote the id: a usage error naming the file.
+    let missing = run(&dir.path().join("nowhere"));
+    assert_eq!(missing.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("no EFS file system id") && stderr.contains("nowhere/efs-id"), "{stderr}");
+}
+
+/// A repository copy as the bundle brings it, and a stand-in `nixos-rebuild`
+/// that records its arguments and fails when told to.
+struct Host {
+    dir: tempfile::TempDir,
+}
+
+impl Host {
+    fn new() -> Host {
+        let dir = tempfile::tempdir().unwrap();
+        let flake = dir.path().join("repos/clawdinators");
+        write(&flake.join("flake.nix"), "{ outputs = _: { }; }\n");
+        let registry = std::fs::read_to_string(xtask::project::root().join("nix/instances.json")).unwrap();
+        write(&flake.join("nix/instances.json"), &registry);
+        let sh = xshell::Shell::new().unwrap();
+        sh.change_dir(&flake);
+        xshell::cmd!(sh, "git init -q").run().unwrap();
+        xshell::cmd!(sh, "git add -A").run().unwrap();
+        xshell::cmd!(sh, "git -c user.name=t -c user.email=t@t commit -qm seed").run().unwrap();
+        let bin = dir.path().join("bin");
+        write(
+            &bin.join("nixos-rebuild"),
+            "#!/bin/sh\necho \"$@\" >> \"$REBUILD_LOG\"\n[ -z \"$REBUILD_FAIL\" ] || { echo 'error: build failed' >&2; exit 1; }\n",
+        );
+        std::fs::set_permissions(bin.join("nixos-rebuild"), std::fs::Permissions::from_mode(0o755)).unwrap();
+        write(&dir.path().join("etc/clawdinator/instance-name"), "clawdinator-2\n");
+        Host { dir }
+    }
+
+    fn path(&self, rel: &str) -> std::path::PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn first_switch(&self, fail: bool, extra: &[&str]) -> std::process::Output {
+        let path = format!("{}:{}", self.path("bin").display(), std::env::var("PATH").unwrap());
+        let mut command = host_cli();
+        command
+            .args(["host", "first-switch", "--flake"])
+            .arg(self.path("repos/clawdinators"))
+            .arg("--record")
+            .arg(self.path("state/deployment.json"))
+            .arg("--instance-file")
+            .arg(self.path("etc/clawdinator/instance-name"))
+            .args(extra)
+            .env("PATH", path)
+            .env("REBUILD_LOG", self.path("rebuild.log"));
+        if fail {
+            command.env("REBUILD_FAIL", "1");
+        }
+        command.output().unwrap()
+    }
+
+    fn rebuilds(&self) -> Vec<String> {
+        std::fs::read_to_string(self.path("rebuild.log")).unwrap_or_default().lines().map(str::to_string).collect()
+    }
+}
+
+#[test]
+fn the_first_switch_happens_once_and_is_recorded() {
+    let host = Host::new();
+    let out = host.first_switch(false, &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let flake = host.path("repos/clawdinators");
+    assert_eq!(host.rebuilds(), [format!("switch --flake {}#clawdinator-2", flake.display())]);
+    let record = deploy::read_record(&host.path("state/deployment.json")).unwrap().unwrap();
+    assert_eq!((record.instance.as_str(), record.source.as_str()), ("clawdinator-2", "first-boot"));
+    assert_eq!(record.revision.len(), 40, "{record:?}");
+
+    // A reboot, or user data run again: the recorded deployment stands.
+    let again = host.first_switch(false, &[]);
+    assert!(again.status.success());
+    assert!(String::from_utf8_lossy(&again.stdout).contains("already deployed"));
+    assert_eq!(host.rebuilds().len(), 1, "switched again");
+}
+
+#[test]
+fn a_failed_first_switch_records_nothing_and_can_be_retried() {
+    let host = Host::new();
+    let out = host.first_switch(true, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("first switch") && stderr.contains("stays on the image's configuration"), "{stderr}");
+    assert!(!host.path("state/deployment.json").exists());
+    assert!(host.first_switch(false, &[]).status.success());
+    assert_eq!(host.rebuilds().len(), 2);
+}
+
+#[test]
+fn the_first_switch_refuses_an_instance_the_registry_lacks() {
+    let host = Host::new();
+    std::fs::write(host.path("etc/clawdinator/instance-name"), "clawdinator-9").unwrap();
+    let out = host.first_switch(false, &[]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("clawdinator-9") && stderr.contains("nix/instances.json"), "{stderr}");
+    assert!(host.rebuilds().is_empty());
+
+    let dry = host.first_switch(false, &["--instance", "clawdinator-1", "--dry-run", "--json"]);
+    assert!(dry.status.success(), "{}", String::from_utf8_lossy(&dry.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
+    assert_eq!(report["outcome"], "would-switch");
+    assert!(host.rebuilds().is_empty() && !host.path("state/deployment.json").exists());
+}
+
+#[test]
+fn secrets_fetch_without_an_instance_name_is_a_usage_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = host_cli()
+        .args(["secrets", "fetch", "--instance-file"])
+        .arg(dir.path().join("instance-name"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no instance name"), "{out:?}");
+}
