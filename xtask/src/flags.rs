@@ -495,6 +495,18 @@ pub enum HostCmd {
     EfsStunnelConfig(EfsStunnelConfigArgs),
     /// First boot: switch to this instance's configuration, unless a deployment is recorded.
     FirstSwitch(FirstSwitchArgs),
+    /// Run a program (the gateway) with secrets from files in its environment, never on disk again.
+    Exec(HostExecArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HostExecArgs {
+    /// NAME=FILE: the variable NAME gets FILE's content (trailing newline dropped; repeatable).
+    #[arg(long = "secret-env", value_name = "NAME=FILE")]
+    pub secret_env: Vec<String>,
+    /// The program and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "PROGRAM")]
+    pub command: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -508,6 +520,12 @@ pub struct WorkspaceSeedArgs {
     /// A file added at the end of TOOLS.md (the toolchain list the module writes).
     #[arg(long)]
     pub tools_extra: Option<PathBuf>,
+    /// The fleet's cron jobs (clawdinator/cron-jobs.json), installed as the gateway's cron store.
+    #[arg(long, requires = "cron_store")]
+    pub cron_jobs: Option<PathBuf>,
+    /// The gateway's cron store (its config's cron.store).
+    #[arg(long, requires = "cron_jobs")]
+    pub cron_store: Option<PathBuf>,
     #[command(flatten)]
     pub owner: FileOwner,
 }

@@ -246,3 +246,69 @@ fn secrets_fetch_without_an_instance_name_is_a_usage_error() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("no instance name"), "{out:?}");
 }
+
+#[test]
+fn host_exec_hands_secrets_to_the_program_and_nowhere_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("clawdinator-discord-token-1");
+    write(&token, "CANARY-discord-token\n");
+    let seen = dir.path().join("seen");
+    let out = host_cli()
+        .args(["host", "exec", "--secret-env"])
+        .arg(format!("DISCORD_BOT_TOKEN={}", token.display()))
+        .args(["--", "sh", "-c", "printf %s \"$DISCORD_BOT_TOKEN\" > \"$0\""])
+        .arg(&seen)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read_to_string(&seen).unwrap(), "CANARY-discord-token");
+    assert!(
+        !String::from_utf8_lossy(&out.stdout).contains("CANARY")
+            && !String::from_utf8_lossy(&out.stderr).contains("CANARY")
+    );
+
+    // A missing token stops the start with the variable and the file named.
+    let missing = host_cli()
+        .args(["host", "exec", "--secret-env"])
+        .arg(format!("OPENAI_API_KEY={}", dir.path().join("absent").display()))
+        .args(["--", "true"])
+        .output()
+        .unwrap();
+    assert_eq!(missing.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&missing.stderr);
+    assert!(stderr.contains("OPENAI_API_KEY") && stderr.contains("absent"), "{stderr}");
+}
+
+#[test]
+fn the_cron_jobs_become_the_gateway_store_and_bad_json_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let (templates, dest) = (dir.path().join("templates"), dir.path().join("workspace"));
+    write(&templates.join("AGENTS.md"), "agents\n");
+    let jobs = xtask::project::root().join("clawdinator/cron-jobs.json");
+    let store = dir.path().join("state/cron-jobs.json");
+    let seed = |jobs: &Path| {
+        host_cli()
+            .args(["host", "workspace-seed", "--json", "--templates"])
+            .arg(&templates)
+            .arg("--dest")
+            .arg(&dest)
+            .arg("--cron-jobs")
+            .arg(jobs)
+            .arg("--cron-store")
+            .arg(&store)
+            .output()
+            .unwrap()
+    };
+    let out = seed(&jobs);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(&store).unwrap(), std::fs::read(&jobs).unwrap());
+    let report: serde_json::Value = serde_json::from_slice(&seed(&jobs).stdout).unwrap();
+    assert_eq!(report["cronStore"][1], "unchanged");
+
+    let bad = dir.path().join("bad.json");
+    write(&bad, "{ not json");
+    let out = seed(&bad);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("bad.json is not JSON"));
+    assert_eq!(std::fs::read(&store).unwrap(), std::fs::read(&jobs).unwrap(), "a bad file replaced the store");
+}

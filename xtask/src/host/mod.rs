@@ -5,6 +5,7 @@
 
 pub mod deploy;
 pub mod efs;
+pub mod exec;
 pub mod workspace;
 
 use anyhow::Result;
@@ -16,7 +17,15 @@ pub fn run(ctx: &Ctx, cmd: flags::HostCmd) -> Result<()> {
     match cmd {
         flags::HostCmd::WorkspaceSeed(args) => {
             let owner = Owner::named(args.owner.owner.as_deref(), args.owner.group.as_deref())?;
-            ctx.out.emit(&workspace::seed(&args.templates, &args.dest, args.tools_extra.as_deref(), owner)?)
+            let mut report = workspace::seed(&args.templates, &args.dest, args.tools_extra.as_deref(), owner)?;
+            if let (Some(jobs), Some(store)) = (&args.cron_jobs, &args.cron_store) {
+                report.cron_store = Some(workspace::install_cron_jobs(jobs, store, owner)?);
+            }
+            ctx.out.emit(&report)
+        }
+        flags::HostCmd::Exec(args) => {
+            let vars = args.secret_env.iter().map(|s| s.parse()).collect::<Result<Vec<exec::SecretEnv>>>()?;
+            exec::exec(&vars, &args.command)
         }
         flags::HostCmd::EfsStunnelConfig(args) => {
             let file_system_id = args.file_system_id.or_else(|| project::host_setting(&args.file_system_id_file));

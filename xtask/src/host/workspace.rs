@@ -29,6 +29,9 @@ pub struct SeedReport {
     pub written: Vec<String>,
     pub unchanged: usize,
     pub removed: Vec<String>,
+    /// The cron store, and whether it was written (`written`) or already right (`unchanged`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cron_store: Option<(String, &'static str)>,
 }
 
 impl std::fmt::Display for SeedReport {
@@ -40,7 +43,11 @@ impl std::fmt::Display for SeedReport {
         for name in &self.removed {
             writeln!(f, "  removed {name} (no longer a template)")?;
         }
-        writeln!(f, "  {} template(s) already up to date", self.unchanged)
+        writeln!(f, "  {} template(s) already up to date", self.unchanged)?;
+        if let Some((path, state)) = &self.cron_store {
+            writeln!(f, "cron jobs {path}: {state}")?;
+        }
+        Ok(())
     }
 }
 
@@ -50,7 +57,13 @@ pub fn seed(templates: &Path, dest: &Path, tools_extra: Option<&Path>, owner: Ow
     let extra =
         tools_extra.map(|p| std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))).transpose()?;
     std::fs::create_dir_all(dest).with_context(|| format!("cannot create the workspace {}", dest.display()))?;
-    let mut report = SeedReport { dest: dest.display().to_string(), written: vec![], unchanged: 0, removed: vec![] };
+    let mut report = SeedReport {
+        dest: dest.display().to_string(),
+        written: vec![],
+        unchanged: 0,
+        removed: vec![],
+        cron_store: None,
+    };
     for name in &names {
         let mut text = std::fs::read(templates.join(name))?;
         if let (Some(extra), true) = (&extra, name == Path::new(TOOLS)) {
@@ -75,6 +88,21 @@ pub fn seed(templates: &Path, dest: &Path, tools_extra: Option<&Path>, owner: Ow
     }
     atomic::write_owned(&state, &serde_json::to_vec_pretty(&names)?, 0o644, owner)?;
     Ok(report)
+}
+
+/// The fleet's cron jobs become the gateway's cron store, like a template:
+/// declared in the repository, written when they differ.
+pub fn install_cron_jobs(jobs: &Path, store: &Path, owner: Owner) -> Result<(String, &'static str)> {
+    let text = std::fs::read(jobs).with_context(|| format!("cannot read the cron jobs {}", jobs.display()))?;
+    serde_json::from_slice::<serde_json::Value>(&text)
+        .with_context(|| format!("{} is not JSON: the gateway would not start its cron", jobs.display()))?;
+    let state = if std::fs::read(store).is_ok_and(|old| old == text) {
+        "unchanged"
+    } else {
+        atomic::write_owned(store, &text, 0o644, owner)?;
+        "written"
+    };
+    Ok((store.display().to_string(), state))
 }
 
 /// The regular files under `templates`, relative to it.
