@@ -317,7 +317,7 @@ pub struct BootstrapFetchArgs {
 /// What image-build builds and where it writes (also the pipeline's).
 #[derive(Debug, Clone, Args)]
 pub struct BuildArgs {
-    /// The flake host whose image to build (default: the registry's first instance).
+    /// The flake configuration whose image to build (default: clawdinator-image, the fleet's generic image).
     #[arg(long)]
     pub host: Option<String>,
     /// Where image.json (and the nix out-link) go.
@@ -332,8 +332,6 @@ pub struct BuildArgs {
 pub struct ImageBuildArgs {
     #[command(flatten)]
     pub build: BuildArgs,
-    #[command(flatten)]
-    pub instances: InstancesArg,
 }
 
 #[derive(Debug, Subcommand)]
@@ -497,6 +495,8 @@ pub enum HostCmd {
     FirstSwitch(FirstSwitchArgs),
     /// Run a program (the gateway) with secrets from files in its environment, never on disk again.
     Exec(HostExecArgs),
+    /// selfUpdate: fast-forward the repository copy and switch when its revision changed.
+    SelfUpdate(FirstSwitchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -560,7 +560,7 @@ pub struct FirstSwitchArgs {
     /// The repository copy the host received in its bundle (a flake).
     #[arg(long, default_value = "/var/lib/clawd/repos/clawdinators")]
     pub flake: PathBuf,
-    /// The deployment record: when it exists, the host has been deployed and nothing is done.
+    /// The deployment record: what the host runs (a first switch does nothing once it exists).
     #[arg(long, default_value = "/var/lib/clawd/deployment.json")]
     pub record: PathBuf,
     /// Show what would run; change nothing.

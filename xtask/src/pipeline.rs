@@ -5,7 +5,7 @@
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{Context, Result};
+use anyhow::Result;
 use serde::Serialize;
 
 use crate::aws::Aws;
@@ -125,18 +125,7 @@ fn failed(stage: &'static str) -> impl Fn(anyhow::Error) -> anyhow::Error {
 }
 
 fn inputs(ctx: &Ctx, args: &flags::PipelineArgs, scratch: &Path) -> Result<Inputs> {
-    // --local always works from the shipped registry, wherever it runs from.
-    let registry = if ctx.is_local() {
-        project::root().join(crate::fleet::DEFAULT_PATH)
-    } else {
-        args.secrets.instances.path.clone()
-    };
-    let host = match &args.build.host {
-        Some(h) => h.clone(),
-        None => {
-            crate::fleet::Registry::load(&registry)?.instances.into_keys().next().context("the registry is empty")?
-        }
-    };
+    let host = args.build.host.clone().unwrap_or_else(|| build::IMAGE_HOST.to_string());
     let flake = project::resolve(&args.build.flake);
     if ctx.is_local() {
         return local_inputs(ctx, scratch, &host, &flake);

@@ -141,15 +141,18 @@ struct Host {
 impl Host {
     fn new() -> Host {
         let dir = tempfile::tempdir().unwrap();
-        let flake = dir.path().join("repos/clawdinators");
-        write(&flake.join("flake.nix"), "{ outputs = _: { }; }\n");
+        // The fleet's repository, and the host's copy of it.
+        let origin = dir.path().join("origin");
+        write(&origin.join("flake.nix"), "{ outputs = _: { }; }\n");
         let registry = std::fs::read_to_string(xtask::project::root().join("nix/instances.json")).unwrap();
-        write(&flake.join("nix/instances.json"), &registry);
+        write(&origin.join("nix/instances.json"), &registry);
         let sh = xshell::Shell::new().unwrap();
-        sh.change_dir(&flake);
+        sh.change_dir(&origin);
         xshell::cmd!(sh, "git init -q").run().unwrap();
         xshell::cmd!(sh, "git add -A").run().unwrap();
         xshell::cmd!(sh, "git -c user.name=t -c user.email=t@t commit -qm seed").run().unwrap();
+        let copy = dir.path().join("repos/clawdinators");
+        xshell::cmd!(sh, "git clone -q {origin} {copy}").run().unwrap();
         let bin = dir.path().join("bin");
         write(
             &bin.join("nixos-rebuild"),
@@ -165,10 +168,14 @@ impl Host {
     }
 
     fn first_switch(&self, fail: bool, extra: &[&str]) -> std::process::Output {
+        self.host("first-switch", fail, extra)
+    }
+
+    fn host(&self, job: &str, fail: bool, extra: &[&str]) -> std::process::Output {
         let path = format!("{}:{}", self.path("bin").display(), std::env::var("PATH").unwrap());
         let mut command = host_cli();
         command
-            .args(["host", "first-switch", "--flake"])
+            .args(["host", job, "--flake"])
             .arg(self.path("repos/clawdinators"))
             .arg("--record")
             .arg(self.path("state/deployment.json"))
@@ -204,6 +211,31 @@ fn the_first_switch_happens_once_and_is_recorded() {
     assert!(again.status.success());
     assert!(String::from_utf8_lossy(&again.stdout).contains("already deployed"));
     assert_eq!(host.rebuilds().len(), 1, "switched again");
+}
+
+#[test]
+fn self_update_switches_only_to_a_new_revision() {
+    let host = Host::new();
+    assert!(host.first_switch(false, &[]).status.success());
+    let update = |fail| {
+        let out = host.host("self-update", fail, &["--json"]);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        (out.status.code(), report["outcome"].as_str().unwrap_or_default().to_string())
+    };
+    assert_eq!(update(false), (Some(0), "up-to-date".into()));
+    assert_eq!(host.rebuilds().len(), 1);
+
+    let sh = xshell::Shell::new().unwrap();
+    sh.change_dir(host.path("origin"));
+    xshell::cmd!(sh, "git -c user.name=t -c user.email=t@t commit -q --allow-empty -m next").run().unwrap();
+    let next = xshell::cmd!(sh, "git rev-parse HEAD").read().unwrap();
+    // A failed switch records nothing: the next run tries again.
+    assert_eq!(update(true).0, Some(1));
+    assert_ne!(deploy::read_record(&host.path("state/deployment.json")).unwrap().unwrap().revision, next);
+    assert_eq!(update(false), (Some(0), "switched".into()));
+    let record = deploy::read_record(&host.path("state/deployment.json")).unwrap().unwrap();
+    assert_eq!((record.revision.as_str(), record.source.as_str()), (next.as_str(), "self-update"));
+    assert_eq!(host.rebuilds().len(), 3);
 }
 
 #[test]

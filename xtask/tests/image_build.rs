@@ -17,7 +17,7 @@ struct Run {
 
 fn image_build(dir: &Path, path: &str, features: &str, kvm: &Path) -> Run {
     let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["--json", "image-build", "--host", "clawdinator-1", "--out"])
+        .args(["--json", "image-build", "--out"])
         .arg(dir.join("dist"))
         .arg("--flake")
         .arg(dir.join("flake"))

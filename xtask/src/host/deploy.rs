@@ -21,7 +21,7 @@ pub struct Deployment {
     pub instance: String,
     /// The git revision of the flake the host switched to.
     pub revision: String,
-    /// `first-boot` or `switch`.
+    /// `first-boot`, `self-update` or `switch`.
     pub source: String,
     /// Seconds since the epoch.
     pub at: u64,
@@ -80,31 +80,125 @@ pub fn first_switch(opts: &FirstSwitch) -> Result<FirstSwitchReport> {
     if let Some(deployment) = read_record(&opts.record)? {
         return Ok(FirstSwitchReport { outcome: "already-deployed", deployment, command: vec![] });
     }
-    let registry_file = opts.flake.join("nix/instances.json");
-    ensure!(
-        opts.flake.join("flake.nix").is_file(),
-        "{} has no flake.nix: the repository copy did not arrive (see clawdinator-repo-seed.service)",
-        opts.flake.display()
-    );
-    let registry = Registry::load(&registry_file)?;
-    registry.select(std::slice::from_ref(&opts.instance))?;
     let sh = xshell::Shell::new()?;
-    let flake = &opts.flake;
-    let revision = xshell::cmd!(sh, "git -C {flake} rev-parse HEAD")
-        .quiet()
-        .read()
-        .with_context(|| format!("{} is not a git clone: cannot tell which revision it is", flake.display()))?;
-    let target = format!("{}#{}", flake.display(), opts.instance);
-    let command = vec!["nixos-rebuild".into(), "switch".into(), "--flake".into(), target.clone()];
-    let deployment = Deployment { instance: opts.instance.clone(), revision, source: "first-boot".into(), at: now() };
+    check_flake(&opts.flake, &opts.instance)?;
+    let deployment = Deployment {
+        instance: opts.instance.clone(),
+        revision: revision(&sh, &opts.flake)?,
+        source: "first-boot".into(),
+        at: now(),
+    };
+    let command = rebuild_command(&opts.flake, &opts.instance);
     if opts.dry_run {
         return Ok(FirstSwitchReport { outcome: "would-switch", deployment, command });
     }
-    xshell::cmd!(sh, "nixos-rebuild switch --flake {target}")
-        .run()
-        .with_context(|| format!("the first switch to {target} failed; the host stays on the image's configuration"))?;
+    switch(&sh, &opts.flake, &opts.instance)
+        .context("the first switch failed; the host stays on the image's configuration")?;
     write_record(&opts.record, &deployment)?;
     Ok(FirstSwitchReport { outcome: "switched", deployment, command })
+}
+
+/// The repository copy is a flake whose registry names the instance.
+fn check_flake(flake: &Path, instance: &str) -> Result<()> {
+    ensure!(
+        flake.join("flake.nix").is_file(),
+        "{} has no flake.nix: the repository copy did not arrive (see clawdinator-repo-seed.service)",
+        flake.display()
+    );
+    let registry = Registry::load(&flake.join("nix/instances.json"))?;
+    registry.select(&[instance.to_string()])?;
+    Ok(())
+}
+
+fn revision(sh: &xshell::Shell, flake: &Path) -> Result<String> {
+    xshell::cmd!(sh, "git -C {flake} rev-parse HEAD")
+        .quiet()
+        .read()
+        .with_context(|| format!("{} is not a git clone: cannot tell which revision it is", flake.display()))
+}
+
+fn rebuild_command(flake: &Path, instance: &str) -> Vec<String> {
+    ["nixos-rebuild", "switch", "--flake"]
+        .map(str::to_string)
+        .into_iter()
+        .chain([format!("{}#{instance}", flake.display())])
+        .collect()
+}
+
+/// `nixos-rebuild switch --flake <flake>#<instance>`.
+fn switch(sh: &xshell::Shell, flake: &Path, instance: &str) -> Result<()> {
+    let target = format!("{}#{instance}", flake.display());
+    run_on_stderr(xshell::cmd!(sh, "nixos-rebuild switch --flake {target}"))
+        .with_context(|| format!("switching to {target}"))
+}
+
+/// Run a tool with everything it prints on our stderr (the journal, under
+/// systemd), so that stdout holds only this command's report (`--json`).
+fn run_on_stderr(cmd: xshell::Cmd<'_>) -> Result<()> {
+    let shown = cmd.to_string();
+    let mut command = std::process::Command::from(cmd);
+    command.stdout(std::io::stderr());
+    eprintln!("$ {shown}");
+    let status = command.status().with_context(|| format!("cannot run {shown}"))?;
+    ensure!(status.success(), "{shown} failed ({status})");
+    Ok(())
+}
+
+pub struct SelfUpdate {
+    pub instance: String,
+    pub flake: PathBuf,
+    pub record: PathBuf,
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SelfUpdateReport {
+    /// `up-to-date`, `would-switch` or `switched`.
+    pub outcome: &'static str,
+    pub previous: Option<String>,
+    pub revision: String,
+}
+
+impl std::fmt::Display for SelfUpdateReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let previous = self.previous.as_deref().unwrap_or("none recorded");
+        match self.outcome {
+            "up-to-date" => writeln!(f, "already at {}: nothing to do", self.revision),
+            "would-switch" => writeln!(f, "would switch from {previous} to {}", self.revision),
+            _ => writeln!(f, "switched from {previous} to {} and recorded it", self.revision),
+        }
+    }
+}
+
+/// `selfUpdate`: fast-forward the repository copy, switch when the revision
+/// differs from the recorded one, record it. A failed switch records nothing.
+pub fn self_update(opts: &SelfUpdate) -> Result<SelfUpdateReport> {
+    let sh = xshell::Shell::new()?;
+    let flake = &opts.flake;
+    check_flake(flake, &opts.instance)?;
+    if !opts.dry_run {
+        run_on_stderr(xshell::cmd!(sh, "git -C {flake} pull --ff-only"))
+            .with_context(|| format!("cannot fast-forward {}; nothing was switched", flake.display()))?;
+    }
+    let previous = read_record(&opts.record)?.map(|d| d.revision);
+    let revision = revision(&sh, flake)?;
+    let outcome = if previous.as_deref() == Some(revision.as_str()) {
+        "up-to-date"
+    } else if opts.dry_run {
+        "would-switch"
+    } else {
+        switch(&sh, flake, &opts.instance).context("the update failed; the host stays as it was")?;
+        let deployment = Deployment {
+            instance: opts.instance.clone(),
+            revision: revision.clone(),
+            source: "self-update".into(),
+            at: now(),
+        };
+        write_record(&opts.record, &deployment)?;
+        "switched"
+    };
+    Ok(SelfUpdateReport { outcome, previous, revision })
 }
 
 fn now() -> u64 {

@@ -23,6 +23,15 @@ pub fn run(ctx: &Ctx, cmd: flags::HostCmd) -> Result<()> {
             }
             ctx.out.emit(&report)
         }
+        flags::HostCmd::SelfUpdate(args) => {
+            let opts = deploy::SelfUpdate {
+                instance: project::instance_name(args.instance, &args.instance_file)?,
+                flake: args.flake,
+                record: args.record,
+                dry_run: args.dry_run,
+            };
+            ctx.out.emit(&deploy::self_update(&opts)?)
+        }
         flags::HostCmd::Exec(args) => {
             let vars = args.secret_env.iter().map(|s| s.parse()).collect::<Result<Vec<exec::SecretEnv>>>()?;
             exec::exec(&vars, &args.command)

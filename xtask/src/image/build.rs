@@ -275,15 +275,12 @@ impl fmt::Display for ImageManifest {
     }
 }
 
+/// The flake's configuration of the fleet's one generic image: every
+/// instance boots it and learns who it is from its user data.
+pub const IMAGE_HOST: &str = "clawdinator-image";
+
 pub fn run(ctx: &Ctx, args: flags::ImageBuildArgs) -> Result<()> {
-    let host = match args.build.host {
-        Some(h) => h,
-        None => crate::fleet::Registry::load(&args.instances.path)?
-            .instances
-            .into_keys()
-            .next()
-            .context("the registry has no instance to build an image for")?,
-    };
+    let host = args.build.host.unwrap_or_else(|| IMAGE_HOST.to_string());
     // Where KVM is exposed under another name (and for tests on machines
     // with or without it), CLAWDINATOR_KVM_DEVICE names the device.
     let opts = BuildOptions {

@@ -106,7 +106,7 @@ case "$1" in
   config) echo "$FAKE_FEATURES" ;;
   build)
     echo "$@" > "$FAKE_STORE/args"
-    [ "$2" = ".#nixosConfigurations.clawdinator-1.config.system.build.images.amazon" ] || { echo "unexpected installable $2" >&2; exit 1; }
+    [ "$2" = ".#nixosConfigurations.clawdinator-image.config.system.build.images.amazon" ] || { echo "unexpected installable $2" >&2; exit 1; }
     out="$FAKE_STORE/0123456789abcdfghijklmnpqrsvwxyz-nixos-amazon-image-25.05"
     mkdir -p "$out/nix-support"
     img="$out/nixos-amazon-image-25.05.20250101.abcdef0-x86_64-linux.raw"
