@@ -13,6 +13,7 @@ pub mod ctx;
 pub mod dev;
 pub mod flags;
 pub mod fleet;
+pub mod github;
 pub mod host;
 pub mod image;
 pub mod memory;

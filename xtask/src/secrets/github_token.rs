@@ -2,15 +2,13 @@
 //! the app's private key (RS256 JWT) without openssl or curl.
 
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{bail, Context, Result};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::{aws, flags, Ctx};
+use crate::{aws, flags, github, Ctx};
 
 /// The claims GitHub expects: issued a minute ago (clock drift), expiring
 /// within GitHub's ten-minute limit.
@@ -47,26 +45,6 @@ impl std::fmt::Debug for InstallationToken {
     }
 }
 
-/// The app JWT and the token travel only over TLS, except to this machine
-/// (a GitHub stand-in in tests, a local proxy).
-fn check_transport(url: &str) -> Result<()> {
-    let Some(rest) = url.strip_prefix("http://") else {
-        anyhow::ensure!(url.starts_with("https://"), "the GitHub API URL {url} is neither https:// nor http://");
-        return Ok(());
-    };
-    let authority = rest.split('/').next().unwrap_or_default();
-    let host = match authority.strip_prefix('[') {
-        Some(v6) => v6.split(']').next().unwrap_or_default(),
-        None => authority.split(':').next().unwrap_or_default(),
-    };
-    let loopback = host == "localhost" || host.parse::<std::net::IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    anyhow::ensure!(
-        loopback,
-        "refusing to send the GitHub App JWT over plain HTTP to {host}: use https:// (plain http:// is allowed only to loopback)"
-    );
-    Ok(())
-}
-
 impl Drop for InstallationToken {
     fn drop(&mut self) {
         zeroize::Zeroize::zeroize(&mut self.token);
@@ -77,38 +55,9 @@ impl Drop for InstallationToken {
 /// GitHub's status and message, never the JWT or the key.
 pub async fn installation_token(api_url: &str, installation_id: &str, jwt: &str) -> Result<InstallationToken> {
     let url = format!("{}/app/installations/{installation_id}/access_tokens", api_url.trim_end_matches('/'));
-    check_transport(&url)?;
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_native_roots()
-        .context("cannot load the system's CA certificates")?
-        .https_or_http()
-        .enable_http1()
-        .build();
-    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
-    let request = hyper::Request::post(&url)
-        .header("Authorization", format!("Bearer {jwt}"))
-        .header("Accept", "application/vnd.github+json")
-        .header("X-GitHub-Api-Version", "2022-11-28")
-        .header("User-Agent", "clawdinators-xtask")
-        .body(Full::new(Bytes::new()))
-        .with_context(|| format!("bad GitHub API URL {url}"))?;
-    let exchange = async {
-        let response = client.request(request).await.map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
-        let status = response.status();
-        let body =
-            response.into_body().collect().await.map_err(|e| anyhow::anyhow!("reading the answer of {url}: {e}"))?;
-        anyhow::Ok((status, body.to_bytes()))
-    };
-    let (status, body) = tokio::time::timeout(Duration::from_secs(30), exchange)
-        .await
-        .map_err(|_| anyhow::anyhow!("timeout: {url} did not answer within 30 s"))??;
+    let (status, body) = github::call(hyper::Method::POST, &url, jwt).await?;
     if !status.is_success() {
-        let message = serde_json::from_slice::<serde_json::Value>(&body)
-            .ok()
-            .and_then(|v| v["message"].as_str().map(str::to_string))
-            .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
-        bail!("GitHub answered {status} for installation {installation_id}: {message}");
+        bail!("GitHub answered {status} for installation {installation_id}: {}", github::message(&body));
     }
     serde_json::from_slice(&body).context("GitHub's answer holds no token")
 }
@@ -234,16 +183,6 @@ mod tests {
             ..Default::default()
         };
         assert!(!format!("{settings:?}").contains("very-secret"));
-    }
-
-    #[test]
-    fn plain_http_only_to_loopback() {
-        for ok in ["https://api.github.com/x", "http://127.0.0.1:8080/x", "http://localhost/x", "http://[::1]:9/x"] {
-            assert!(check_transport(ok).is_ok(), "{ok}");
-        }
-        for bad in ["http://api.github.com/x", "http://10.0.0.1/x", "http://127.0.0.1.evil.example/x", "ftp://x"] {
-            assert!(check_transport(bad).is_err(), "{bad}");
-        }
     }
 
     #[tokio::test]
