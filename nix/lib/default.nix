@@ -2,6 +2,7 @@
 # registry -> hosts, repos.tsv, the secrets list.
 {
   registry = import ./registry.nix;
+  hosts = import ./hosts.nix;
   repos = import ./repos.nix;
   secrets = import ./secrets.nix;
 }

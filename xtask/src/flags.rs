@@ -71,6 +71,9 @@ pub enum Command {
     /// Host side: shared memory files, read and changed under a lock, replaced whole.
     #[command(subcommand)]
     Memory(MemoryCmd),
+    /// Host side: snapshot an organisation's open pull requests and issues into shared memory.
+    #[command(name = "github-sync")]
+    GithubSync(GithubSyncArgs),
     /// Host side: the jobs of a host's own units (workspace, EFS tunnel, first switch).
     #[command(subcommand)]
     Host(HostCmd),
@@ -141,8 +144,11 @@ pub struct TestArgs {
     /// Only run Rust tests whose name contains this (passed to `cargo test`).
     pub filter: Option<String>,
     /// Skip the non-Rust checks (Nix, HCL, workflow lint).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "checks_only")]
     pub rust_only: bool,
+    /// Only the non-Rust checks (quicker while editing Nix, HCL or workflows).
+    #[arg(long)]
+    pub checks_only: bool,
 }
 
 /// Where the secrets and the lists that name them are.
@@ -457,6 +463,19 @@ pub struct GithubTokenArgs {
     /// Write GITHUB_TOKEN=… and GH_TOKEN=… here (mode 0600) instead of printing the token.
     #[arg(long)]
     pub env_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct GithubSyncArgs {
+    /// The GitHub organisation.
+    #[arg(long)]
+    pub org: String,
+    /// The shared memory directory; the snapshot goes to github/prs.md and github/issues.md in it.
+    #[arg(long, env = "CLAWDINATOR_MEMORY_DIR", default_value = "/memory")]
+    pub root: PathBuf,
+    /// GitHub API base URL (GitHub Enterprise: https://HOST/api/v3).
+    #[arg(long, default_value = "https://api.github.com")]
+    pub api_url: String,
 }
 
 #[derive(Debug, Subcommand)]

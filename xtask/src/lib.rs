@@ -61,6 +61,14 @@ pub fn run(cli: flags::Xtask) -> Result<()> {
             flags::Command::Ami(cmd) => image::ami::run(&ctx, cmd).await,
             flags::Command::Pipeline(args) => pipeline::run(&ctx, args).await,
             flags::Command::Memory(cmd) => tokio::task::block_in_place(|| memory::run(&ctx, cmd)),
+            flags::Command::GithubSync(args) => {
+                let token = std::env::var("GITHUB_TOKEN").map_err(|_| {
+                    output::UsageError(
+                        "no GitHub token: set GITHUB_TOKEN (hosts load /run/clawd/github-app.env)".into(),
+                    )
+                })?;
+                ctx.out.emit(&host::github_sync::sync(&args.api_url, &args.org, &token, &args.root).await?)
+            }
             flags::Command::Host(cmd) => tokio::task::block_in_place(|| host::run(&ctx, cmd)),
             flags::Command::GithubToken(args) => secrets::github_token::run(&ctx, args).await,
             // Benchmarks drive child processes and block; keep them off the async workers.

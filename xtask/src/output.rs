@@ -129,3 +129,10 @@ pub fn init_tracing(verbose: u8) {
         .with_target(verbose >= 2)
         .try_init();
 }
+
+/// The current time as RFC 3339 UTC (`2026-11-21T22:02:12Z`).
+pub fn now_rfc3339() -> String {
+    aws_smithy_types::DateTime::from(std::time::SystemTime::now())
+        .fmt(aws_smithy_types::date_time::Format::DateTime)
+        .unwrap_or_default()
+}

@@ -344,3 +344,100 @@ fn the_cron_jobs_become_the_gateway_store_and_bad_json_is_refused() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("bad.json is not JSON"));
     assert_eq!(std::fs::read(&store).unwrap(), std::fs::read(&jobs).unwrap(), "a bad file replaced the store");
 }
+
+/// A GitHub stand-in on loopback: answers the list endpoints github-sync
+/// calls from `routes` (path and query -> status, JSON), records each
+/// request line and whether it carried the expected token.
+async fn github_stand_in(
+    routes: std::collections::HashMap<String, (u16, String)>,
+) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut stream, _)) = listener.accept().await else { return };
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 4096];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut chunk).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let request = String::from_utf8_lossy(&buf).into_owned();
+            let target = request.split_whitespace().nth(1).unwrap_or_default().to_string();
+            let authorised = request.lines().any(|l| l.eq_ignore_ascii_case("authorization: Bearer ghs_test"));
+            log.lock().unwrap().push(format!("{target} {}", if authorised { "token" } else { "NO-TOKEN" }));
+            let (status, body) = routes.get(&target).cloned().unwrap_or((404, r#"{"message":"Not Found"}"#.into()));
+            let response = format!(
+                "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+        }
+    });
+    (url, seen)
+}
+
+fn issue_json(n: u64, pr: bool) -> serde_json::Value {
+    let mut item = serde_json::json!({
+        "number": n, "title": format!("item {n}"), "html_url": format!("https://github.com/o/a/issues/{n}"),
+        "user": {"login": "alice"}, "updated_at": "2026-11-20T10:00:00Z", "labels": [{"name": "bug"}],
+    });
+    if pr {
+        item["pull_request"] = serde_json::json!({});
+        item["draft"] = serde_json::json!(n % 2 == 0);
+    }
+    item
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn github_sync_pages_through_the_org_and_replaces_the_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("memory");
+    std::fs::create_dir(&root).unwrap();
+    // 150 open items in o/a (two pages; every third a pull request), one
+    // issue in o/b, and an archived o/old that must not be read.
+    let items: Vec<_> = (1..=150).map(|n| issue_json(n, n % 3 == 0)).collect();
+    let ok = |v: serde_json::Value| (200u16, v.to_string());
+    let routes = std::collections::HashMap::from([
+        (
+            "/orgs/o/repos?type=all&sort=full_name&per_page=100&page=1".to_string(),
+            ok(
+                serde_json::json!([{"full_name": "o/a"}, {"full_name": "o/b"}, {"full_name": "o/old", "archived": true}]),
+            ),
+        ),
+        ("/repos/o/a/issues?state=open&per_page=100&page=1".into(), ok(serde_json::json!(items[..100]))),
+        ("/repos/o/a/issues?state=open&per_page=100&page=2".into(), ok(serde_json::json!(items[100..]))),
+        ("/repos/o/b/issues?state=open&per_page=100&page=1".into(), ok(serde_json::json!([issue_json(7, false)]))),
+    ]);
+    let (url, seen) = github_stand_in(routes).await;
+    let report = xtask::host::github_sync::sync(&url, "o", "ghs_test", &root).await.unwrap();
+    assert_eq!((report.repos, report.pull_requests, report.issues), (2, 50, 101), "{report:?}");
+    let prs = std::fs::read_to_string(root.join("github/prs.md")).unwrap();
+    assert_eq!(prs.matches("\n- **#").count(), 50);
+    assert!(prs.contains("## o/a\n") && !prs.contains("## o/b") && prs.contains("- **#3** [item 3]"), "{prs}");
+    let issues = std::fs::read_to_string(root.join("github/issues.md")).unwrap();
+    assert!(issues.contains("## o/b\n\n- **#7** [item 7]") && issues.contains("  - Labels: bug"));
+    let seen = seen.lock().unwrap().clone();
+    assert_eq!(seen.len(), 4, "{seen:?}");
+    assert!(seen.iter().all(|s| s.ends_with(" token")) && !seen.iter().any(|s| s.contains("/o/old/")), "{seen:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_refused_github_sync_leaves_the_last_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("memory");
+    write(&root.join("github/prs.md"), "the last snapshot\n");
+    let routes = std::collections::HashMap::from([(
+        "/orgs/o/repos?type=all&sort=full_name&per_page=100&page=1".to_string(),
+        (401u16, r#"{"message":"Bad credentials"}"#.to_string()),
+    )]);
+    let (url, _) = github_stand_in(routes).await;
+    let err = xtask::host::github_sync::sync(&url, "o", "ghs_test", &root).await.unwrap_err().to_string();
+    assert!(err.contains("401") && err.contains("Bad credentials") && !err.contains("ghs_test"), "{err}");
+    assert_eq!(std::fs::read_to_string(root.join("github/prs.md")).unwrap(), "the last snapshot\n");
+}

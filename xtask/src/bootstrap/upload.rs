@@ -183,12 +183,6 @@ fn prepare(opts: &UploadOptions) -> Result<Prepared> {
     Ok(Prepared { bundles, seed_records, seeds_fingerprint, skipped_links })
 }
 
-fn now_rfc3339() -> String {
-    aws_smithy_types::DateTime::from(std::time::SystemTime::now())
-        .fmt(aws_smithy_types::date_time::Format::DateTime)
-        .unwrap_or_default()
-}
-
 /// A private (0700) working directory, removed on every exit path
 /// (tempfile removes it on drop, including while unwinding).
 pub fn private_workdir() -> Result<tempfile::TempDir> {
@@ -330,7 +324,7 @@ fn plan<'a>(
     seeds: &SeedsArchive,
     existing: &[Existing],
 ) -> Result<Plan<'a>> {
-    let created = now_rfc3339();
+    let created = crate::output::now_rfc3339();
     let mut planned = Vec::new();
     for (bundle, there) in prepared.bundles.iter().zip(existing) {
         let (manifest, manifest_bytes) = manifest_for(opts, prepared, &seeds.info, bundle, there, &created)?;

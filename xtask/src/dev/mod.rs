@@ -5,4 +5,5 @@ pub mod bench;
 pub mod doctor;
 pub mod fixtures;
 pub mod nix_lib;
+pub mod nix_module;
 pub mod selftest;

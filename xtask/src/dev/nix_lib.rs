@@ -121,7 +121,34 @@ fn check_registries(sh: &Shell, root: &Path, dir: &Path) -> Result<usize> {
         Err(e) if e.contains("clawdinator-9") && e.contains(fleet::DEFAULT_PATH) => {}
         other => bail!("looking up a missing host must name it and the registry, got {other:?}"),
     }
+    check_host_files(sh, root, dir)?;
     Ok(valid.len() + invalid.len())
+}
+
+/// nix/hosts/<name>.nix is merged into its host; one for a name the
+/// registry lacks fails evaluation, naming it and the registry.
+fn check_host_files(sh: &Shell, root: &Path, dir: &Path) -> Result<()> {
+    let hosts = dir.join("hosts");
+    std::fs::create_dir_all(&hosts)?;
+    let registry = root.join(fleet::DEFAULT_PATH);
+    let expr = |hosts: &Path| {
+        format!(
+            "builtins.mapAttrs (_: h: map toString h.extraModules) (lib.hosts.fromRegistry {{ registryFile = path; hostsDir = {}; }})",
+            hosts.display()
+        )
+    };
+    std::fs::write(hosts.join("clawdinator-2.nix"), "{ }\n")?;
+    let merged = eval(sh, root, &expr(&hosts), &registry).map_err(|e| anyhow::anyhow!("{e}"))?;
+    anyhow::ensure!(
+        merged["clawdinator-2"][0].as_str().is_some_and(|p| p.ends_with("/hosts/clawdinator-2.nix"))
+            && merged["clawdinator-1"] == serde_json::json!([]),
+        "nix/hosts/clawdinator-2.nix is not merged into that host alone: {merged}"
+    );
+    std::fs::write(hosts.join("clawdinator-9.nix"), "{ }\n")?;
+    match eval(sh, root, &expr(&hosts), &registry) {
+        Err(e) if e.contains("clawdinator-9") && e.contains(fleet::DEFAULT_PATH) => Ok(()),
+        other => bail!("a host file for a name the registry lacks must fail naming both, got {other:?}"),
+    }
 }
 
 fn check_repos(sh: &Shell, root: &Path, dir: &Path) -> Result<usize> {

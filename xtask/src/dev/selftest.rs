@@ -21,18 +21,11 @@ pub fn run(ctx: &Ctx, args: flags::TestArgs) -> Result<()> {
     let root = project::root();
     let sh = Shell::new()?;
     sh.change_dir(&root);
-    // Provision once up front, so parallel tests do not all queue on the lock.
-    emulator::ensure_installed()?;
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let filter = args.filter.clone();
-    let mut tests = std::process::Command::from(cmd!(sh, "{cargo} test --workspace --locked {filter...}"));
-    if ctx.out.json {
-        // stdout carries one JSON document; cargo's own output goes to stderr.
-        use std::os::fd::AsFd;
-        tests.stdout(std::io::stderr().as_fd().try_clone_to_owned()?);
+    if args.checks_only {
+        ctx.out.note("skipped: the Rust tests (--checks-only)");
+    } else {
+        rust_tests(ctx, &sh, args.filter.clone())?;
     }
-    let status = tests.status()?;
-    anyhow::ensure!(status.success(), "cargo test failed ({status})");
 
     if args.rust_only {
         ctx.out.note("skipped: non-Rust checks (--rust-only)");
@@ -41,6 +34,7 @@ pub fn run(ctx: &Ctx, args: flags::TestArgs) -> Result<()> {
     let checks = [
         ("nix parse", nix_parse(&sh, &root)),
         ("nix lib", nix_lib(&sh, &root)),
+        ("nixos module", nix_module(&sh, &root)),
         ("deadnix", deadnix(&sh, &root)),
         ("opentofu hcl", not_built_yet(&root, ".tf", "infra/opentofu")),
         ("workflow lint", not_built_yet(&root, ".yml", ".github/workflows")),
@@ -73,6 +67,21 @@ pub fn run(ctx: &Ctx, args: flags::TestArgs) -> Result<()> {
         bail!("non-Rust checks failed: {}", failed.join(", "));
     }
     ctx.out.emit(&report)
+}
+
+fn rust_tests(ctx: &Ctx, sh: &Shell, filter: Option<String>) -> Result<()> {
+    // Provision once up front, so parallel tests do not all queue on the lock.
+    emulator::ensure_installed()?;
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut tests = std::process::Command::from(cmd!(sh, "{cargo} test --workspace --locked {filter...}"));
+    if ctx.out.json {
+        // stdout carries one JSON document; cargo's own output goes to stderr.
+        use std::os::fd::AsFd;
+        tests.stdout(std::io::stderr().as_fd().try_clone_to_owned()?);
+    }
+    let status = tests.status()?;
+    anyhow::ensure!(status.success(), "cargo test failed ({status})");
+    Ok(())
 }
 
 /// The non-Rust checks, for `--json` (the Rust tests passed if it is printed).
@@ -187,6 +196,20 @@ fn nix_lib(sh: &Shell, root: &Path) -> Outcome {
     }
     match crate::dev::nix_lib::check(sh, root) {
         Ok(summary) => Outcome::Passed(summary),
+        Err(err) => Outcome::Failed(format!("{err:#}")),
+    }
+}
+
+/// The module under nixpkgs' real lib.evalModules (NIXPKGS_LIB).
+fn nix_module(sh: &Shell, root: &Path) -> Outcome {
+    if !have(sh, "nix-instantiate") {
+        return Outcome::Skipped("nix-instantiate is not installed (apt-get install nix-bin)".into());
+    }
+    match crate::dev::nix_module::check(sh, root) {
+        Ok(Some(summary)) => Outcome::Passed(summary),
+        Ok(None) => Outcome::Skipped(
+            "NIXPKGS_LIB is not set: point it at a nixpkgs lib/ (a checkout of nix-community/nixpkgs.lib) to evaluate nix/modules/clawdinator.nix with lib.evalModules".into(),
+        ),
         Err(err) => Outcome::Failed(format!("{err:#}")),
     }
 }

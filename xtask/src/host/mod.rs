@@ -6,6 +6,7 @@
 pub mod deploy;
 pub mod efs;
 pub mod exec;
+pub mod github_sync;
 pub mod workspace;
 
 use anyhow::Result;

@@ -1,0 +1,95 @@
+{
+  description = "clawdinators: a NixOS flake to a self-bootstrapping fleet of EC2 hosts";
+
+  # flake.lock is created by the first `nix flake lock` on a machine with
+  # network and must then be committed (see README).
+  inputs = {
+    nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
+    nix-openclaw.url = "github:openclaw/nix-openclaw";
+    nix-openclaw.inputs.nixpkgs.follows = "nixpkgs";
+  };
+
+  outputs = { self, nixpkgs, nix-openclaw }:
+    let
+      inherit (nixpkgs) lib;
+      fleet = import ./nix/lib;
+      hostSystem = "x86_64-linux";
+      systems = [ "x86_64-linux" "aarch64-linux" ];
+      pkgsFor = system: import nixpkgs { inherit system; overlays = [ self.overlays.default ]; };
+      forAllSystems = f: lib.genAttrs systems (system: f (pkgsFor system));
+
+      # What every host gets, the image included: EC2 support, the gateway
+      # module, ours, and the fleet's shared settings.
+      common = [
+        ({ modulesPath, ... }: {
+          imports = [ "${modulesPath}/virtualisation/amazon-image.nix" ];
+          nixpkgs.overlays = [ self.overlays.default ];
+          system.configurationRevision = self.rev or self.dirtyRev or null;
+        })
+        nix-openclaw.nixosModules.openclaw-gateway
+        self.nixosModules.clawdinator
+        ./nix/modules/fleet.nix
+      ];
+      mkHost = modules: lib.nixosSystem { system = hostSystem; modules = common ++ modules; };
+
+      # One host per instance of the registry (nix/hosts/<name>.nix merged when present).
+      hosts = fleet.hosts.fromRegistry { registryFile = ./nix/instances.json; hostsDir = ./nix/hosts; };
+      image = "clawdinator-image";
+    in
+    {
+      lib = fleet;
+
+      overlays.default = lib.composeExtensions nix-openclaw.overlays.default (final: _prev: {
+        clawdinator = final.callPackage ./nix/package.nix { };
+      });
+
+      nixosModules.clawdinator = import ./nix/modules/clawdinator.nix;
+      nixosModules.default = self.nixosModules.clawdinator;
+
+      nixosConfigurations =
+        if hosts ? ${image} then throw "nix/instances.json: `${image}` is the image's configuration; name the instance otherwise"
+        else lib.mapAttrs (_name: host: mkHost ([ host.settings ] ++ host.extraModules)) hosts
+          // { ${image} = mkHost [ ./nix/modules/image.nix ]; };
+
+      packages = forAllSystems (pkgs: {
+        inherit (pkgs) clawdinator;
+        default = pkgs.clawdinator;
+      } // lib.optionalAttrs (pkgs.stdenv.hostPlatform.system == hostSystem) {
+        # The raw image `cargo xtask image-build` builds.
+        image = self.nixosConfigurations.${image}.config.system.build.images.amazon;
+      });
+
+      # `nix flake check`: every host's system evaluates and builds, and the crate builds.
+      checks.${hostSystem} =
+        lib.mapAttrs' (name: host: lib.nameValuePair "host-${name}" host.config.system.build.toplevel) self.nixosConfigurations
+        // { clawdinator = self.packages.${hostSystem}.clawdinator; };
+
+      # `nix develop`: everything the README's two commands and `cargo xtask test` use.
+      devShells = forAllSystems (pkgs: {
+        default = pkgs.mkShell {
+          packages = with pkgs; [
+            cargo
+            rustc
+            clippy
+            rustfmt
+            cmake
+            perl
+            opentofu
+            awscli2
+            age
+            zstd
+            git
+            python3
+            nix
+            shellcheck
+            deadnix
+            actionlint
+            zizmor
+            checkov
+            check-jsonschema
+          ];
+          RUST_SRC_PATH = "${pkgs.rustPlatform.rustLibSrc}";
+        };
+      });
+    };
+}

@@ -1,0 +1,46 @@
+# What every host of this fleet shares, the image included: the features
+# it runs and the gateway's settings. Per-instance facts come from the
+# registry (nix/lib/hosts.nix) or, at boot, from /etc/clawdinator/ (the
+# instance's user data): nothing here names a bucket, a file system or an
+# account.
+{
+  services.clawdinator = {
+    enable = true;
+    bootstrap.enable = true;
+    memoryEfs.enable = true;
+
+    anthropicApiKeyFile = "/run/agenix/clawdinator-anthropic-api-key";
+    openaiApiKeyFile = "/run/agenix/clawdinator-openai-api-key-peter-2";
+    telegramBotTokenFile = "/run/agenix/clawdinator-telegram-bot-token";
+    extraSecretEnv.CLAWDINATOR_TELEGRAM_ALLOW_FROM = "/run/agenix/clawdinator-telegram-allow-from";
+
+    # The openclaw GitHub App (ids are public; its key is the secret
+    # clawdinator-github-app.pem).
+    githubApp = {
+      enable = true;
+      appId = "2607181";
+      installationId = "102951645";
+    };
+    githubSync = {
+      enable = true;
+      org = "openclaw";
+    };
+
+    config = {
+      agents.defaults = {
+        maxConcurrent = 4;
+        skipBootstrap = true;
+      };
+      channels.discord = {
+        enabled = true;
+        dm.enabled = false;
+      };
+      messages.queue.mode = "interrupt";
+    };
+  };
+
+  # Hosts switch with `nixos-rebuild --flake` (first boot, fleet switch).
+  nix.settings.experimental-features = [ "nix-command" "flakes" ];
+  time.timeZone = "UTC";
+  system.stateVersion = "25.11";
+}

@@ -1,0 +1,255 @@
+# The NixOS module evaluated with nixpkgs' real lib.evalModules, without
+# nixpkgs itself: the NixOS options the module sets are declared here as
+# stubs (typed like NixOS's where merging matters: unit lists concatenate),
+# packages are stand-in derivations. Run by `cargo xtask test` with
+# NIXPKGS_LIB pointing at a nixpkgs `lib/`:
+#
+#   nix-instantiate --eval --strict --json --store dummy:// nix/tests/module.nix --arg nixpkgsLib "$NIXPKGS_LIB"
+#
+# The result: `failures` (every expectation that does not hold; empty when
+# all do), `cases` (how many configurations were evaluated), `commands`
+# (every ExecStart/ExecStartPre that runs the host binary; the Rust side
+# parses each against the CLI) and `flakeHosts` (the flake's
+# nixosConfigurations, from its real outputs function with stand-in inputs).
+{ nixpkgsLib }:
+
+let
+  lib = import nixpkgsLib;
+  inherit (lib) types mkOption;
+  fleetLib = import ../lib;
+
+  stubPackage = name: {
+    type = "derivation";
+    inherit name;
+    pname = name;
+    outPath = "/nix/store/00000000000000000000000000000000-${name}";
+  };
+  pkgs = lib.genAttrs [ "openclaw-gateway" "clawdinator" "git" "gh" "jq" "ripgrep" "curl" "stunnel" "cacert" "bashInteractive" ] stubPackage
+    // { writeText = name: _text: stubPackage name; };
+  bin = "${pkgs.clawdinator}/bin/clawdinator";
+
+  anything = types.attrsOf types.anything;
+  list = mkOption { type = types.listOf types.str; default = [ ]; };
+  attrs = mkOption { type = anything; default = { }; };
+  # A systemd unit as NixOS types the fields that merge.
+  unit = types.submodule {
+    freeformType = anything;
+    options = {
+      after = list;
+      before = list;
+      wants = list;
+      requires = list;
+      wantedBy = list;
+      serviceConfig = attrs;
+      unitConfig = attrs;
+      timerConfig = attrs;
+      path = mkOption { type = types.listOf (types.either types.package types.str); default = [ ]; };
+    };
+  };
+
+  # The NixOS (and nix-openclaw) options the module sets, as stubs.
+  stubs = {
+    options = {
+      assertions = mkOption { type = types.listOf types.unspecified; default = [ ]; };
+      warnings = list;
+      systemd.services = mkOption { type = types.attrsOf unit; default = { }; };
+      systemd.timers = mkOption { type = types.attrsOf unit; default = { }; };
+      systemd.tmpfiles.rules = list;
+      users.users = mkOption { type = types.attrsOf anything; default = { }; };
+      users.groups = mkOption { type = types.attrsOf anything; default = { }; };
+      fileSystems = mkOption { type = types.attrsOf anything; default = { }; };
+      environment.etc = mkOption { type = types.attrsOf anything; default = { }; };
+      environment.systemPackages = mkOption { type = types.listOf types.package; default = [ ]; };
+      services.amazon-ssm-agent = attrs;
+      services.openssh = attrs;
+      services.openclaw-gateway = attrs;
+      networking.hostName = mkOption { type = types.str; default = "nixos"; };
+      nix.settings = attrs;
+      time.timeZone = mkOption { type = types.str; default = "UTC"; };
+      system.stateVersion = mkOption { type = types.str; };
+      image.modules = attrs;
+    };
+    config._module.args.pkgs = pkgs;
+  };
+
+  evaluate = modules: (lib.evalModules {
+    modules = [ stubs { _module.check = true; } ../modules/clawdinator.nix ] ++ modules;
+  }).config;
+  failing = config: map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
+
+  registry = fleetLib.hosts.fromRegistry { registryFile = ../instances.json; hostsDir = ../hosts; };
+  host = name: evaluate ([ ../modules/fleet.nix registry.${name}.settings ] ++ registry.${name}.extraModules);
+  firstName = builtins.head (builtins.attrNames registry);
+
+  cases = {
+    host = host firstName;
+    image = evaluate [ ../modules/fleet.nix ../modules/image.nix ];
+    secretsManager = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { services.clawdinator.secretsSource = "secretsmanager"; } ];
+    minimal = evaluate [{ services.clawdinator = { enable = true; bootstrap.enable = true; discordTokenFile = "/run/agenix/t"; }; }];
+    selfUpdate = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { services.clawdinator.selfUpdate.enable = true; } ];
+    ssh = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { services.clawdinator.ssh = { enable = true; authorizedKeys = [ "ssh-ed25519 AAAA test" ]; }; } ];
+  };
+
+  # Configurations that must fail, with the words their message must hold.
+  negative = {
+    "gateway without a Discord token" = {
+      config = evaluate [{ services.clawdinator = { enable = true; bootstrap.enable = true; }; }];
+      says = [ "services.clawdinator.discordTokenFile" "gateway.enable = false" ];
+    };
+    "GitHub App without ids" = {
+      config = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { services.clawdinator.githubApp.appId = lib.mkForce ""; } ];
+      says = [ "githubApp.appId" "installationId" ];
+    };
+    "malformed EFS id" = {
+      config = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { services.clawdinator.memoryEfs.fileSystemId = "fs-NOPE"; } ];
+      says = [ "memoryEfs.fileSystemId" "fs-NOPE" "/etc/clawdinator/efs-id" ];
+    };
+    "bundle secrets without bootstrap" = {
+      config = evaluate [{ services.clawdinator = { enable = true; discordTokenFile = "/run/agenix/t"; }; }];
+      says = [ "secretsSource" "bootstrap.enable = true" ];
+    };
+    "first switch without bootstrap" = {
+      config = evaluate [{ services.clawdinator = { enable = true; gateway.enable = false; secretsSource = "secretsmanager"; firstSwitch.enable = true; }; }];
+      says = [ "firstSwitch.enable" "bootstrap.enable = true" ];
+    };
+    "SSH without keys" = {
+      config = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { services.clawdinator.ssh.enable = true; } ];
+      says = [ "ssh.enable" "authorizedKeys" ];
+    };
+  };
+
+  # --- expectations -------------------------------------------------------
+
+  expect = what: ok: if ok then [ ] else [ what ];
+  has = haystack: needle: lib.hasInfix needle haystack;
+  services = config: config.systemd.services;
+  svc = config: name: (services config).${name} or null;
+  exec = config: name: (svc config name).serviceConfig.ExecStart or "";
+  ordered = config: name: before: builtins.elem before (svc config name).after;
+  needs = config: name: dep: builtins.elem dep (svc config name).requires;
+
+  ourUnits = config: lib.filterAttrs (name: _: lib.hasPrefix "clawdinator" name) (services config);
+  # The two units that switch the whole system cannot be sandboxed (see the module).
+  sandboxExempt = [ "clawdinator-first-switch" "clawdinator-self-update" ];
+  hardened = name: unit:
+    let c = unit.serviceConfig; in
+    expect "${name}: not hardened (NoNewPrivileges, ProtectSystem=strict, PrivateTmp, ProtectHome, RestrictAddressFamilies, CapabilityBoundingSet)"
+      ((c.NoNewPrivileges or false) && (c.ProtectSystem or "") == "strict" && (c.PrivateTmp or false)
+        && (c.ProtectHome or false) && (c ? RestrictAddressFamilies) && (c ? CapabilityBoundingSet))
+    ++ expect "${name}: ProtectSystem=strict without ReadWritePaths it needs"
+      (!(c ? ReadWritePaths) || builtins.all (p: lib.hasPrefix "/" p) c.ReadWritePaths);
+
+  hostChecks = let c = cases.host; in
+    lib.concatLists [
+      (lib.concatLists (lib.mapAttrsToList hardened (removeAttrs (ourUnits c) sandboxExempt)))
+      (expect "clawdinator-bootstrap runs `bootstrap fetch` with this instance's prefix from the registry and the rest from /etc/clawdinator"
+        (let e = exec c "clawdinator-bootstrap"; in
+          has e "${bin} bootstrap fetch" && has e "--prefix bootstrap/${firstName}" && has e "--bucket-file /etc/clawdinator/bucket"
+          && has e "--region-file /etc/clawdinator/region" && has e "--state-dir /var/lib/clawd/bootstrap"))
+      (expect "clawdinator-bootstrap waits for the network and for user data (amazon-init)"
+        (ordered c "clawdinator-bootstrap" "network-online.target" && ordered c "clawdinator-bootstrap" "amazon-init.service"))
+      (expect "clawdinator-secrets (bundle) decrypts the bundle into /run/agenix for the service user, after and requiring bootstrap"
+        (let e = exec c "clawdinator-secrets"; in
+          has e "${bin} secrets install" && has e "--dest /run/agenix" && has e "--owner clawdinator"
+          && ordered c "clawdinator-secrets" "clawdinator-bootstrap.service" && needs c "clawdinator-secrets" "clawdinator-bootstrap.service"))
+      (expect "clawdinator-repo-seed installs seeds into /var/lib/clawd/repos after bootstrap"
+        (has (exec c "clawdinator-repo-seed") "seeds install --from /var/lib/clawd/repo-seeds --dest /var/lib/clawd/repos"
+          && needs c "clawdinator-repo-seed" "clawdinator-bootstrap.service"))
+      (expect "clawdinator-efs-stunnel writes its config from /etc/clawdinator/efs-id, then runs stunnel, as a dynamic user"
+        (let u = (svc c "clawdinator-efs-stunnel").serviceConfig; in
+          has u.ExecStartPre "host efs-stunnel-config" && has u.ExecStartPre "--file-system-id-file /etc/clawdinator/efs-id"
+          && has u.ExecStart "stunnel" && u.DynamicUser))
+      (expect "/memory is NFS 4.1 through the tunnel"
+        (c.fileSystems ? "/memory" && c.fileSystems."/memory".fsType == "nfs4"
+          && builtins.elem "x-systemd.requires=clawdinator-efs-stunnel.service" c.fileSystems."/memory".options))
+      (expect "clawdinator-memory-init fills /memory from the templates once it is mounted"
+        (has (exec c "clawdinator-memory-init") "memory init --root /memory --templates"
+          && (svc c "clawdinator-memory-init").unitConfig.RequiresMountsFor == [ "/memory" ]))
+      (expect "clawdinator-github-app-token writes /run/clawd/github-app.env as the service user, every 45 min"
+        (let e = exec c "clawdinator-github-app-token"; in
+          has e "github-token" && has e "--env-file /run/clawd/github-app.env" && has e "--app-id 2607181"
+          && (svc c "clawdinator-github-app-token").serviceConfig.User == "clawdinator"
+          && c.systemd.timers.clawdinator-github-app-token.timerConfig.OnUnitActiveSec == "45min"))
+      (expect "the gateway is nix-openclaw's unit named clawdinator, started through `host exec` with the tokens, workspace seeded first"
+        (let g = c.services.openclaw-gateway; in
+          g.enable && g.unitName == "clawdinator" && g.createUser == false
+          && has g.execStart "${bin} host exec" && has g.execStart "--secret-env 'DISCORD_BOT_TOKEN=/run/agenix/clawdinator-discord-token-1'"
+          && has g.execStart "/bin/openclaw gateway --port 18789"
+          && has (builtins.head g.execStartPre) "host workspace-seed" && has (builtins.head g.execStartPre) "--cron-store /var/lib/clawd/cron-jobs.json"))
+      (expect "the gateway starts after bootstrap, secrets, repo seed, memory and the token, and requires the secrets"
+        (builtins.all (ordered c "clawdinator") [ "clawdinator-bootstrap.service" "clawdinator-secrets.service" "clawdinator-repo-seed.service" "clawdinator-memory-init.service" "clawdinator-github-app-token.service" ]
+          && needs c "clawdinator" "clawdinator-secrets.service"))
+      (expect "the gateway may write only its state, memory and /run/clawd"
+        ((svc c "clawdinator").serviceConfig.ReadWritePaths == [ "/var/lib/clawd" "/memory" "/run/clawd" ]))
+      (expect "no self-update and no first switch on a deployed host by default"
+        (svc c "clawdinator-self-update" == null && svc c "clawdinator-first-switch" == null))
+      (expect "SSH is off and SSM is the way in" (!c.services.openssh.enable && c.services.amazon-ssm-agent.enable))
+      (expect "the host is named from the registry" (c.networking.hostName == firstName))
+      (expect "the memory commands are on every PATH" (builtins.elem pkgs.clawdinator c.environment.systemPackages))
+      (expect "a valid host configuration raises no assertion" (failing c == [ ]))
+    ];
+
+  otherChecks = lib.concatLists [
+    (let c = cases.image; in lib.concatLists [
+      (expect "image: clawdinator-first-switch runs once (never with a recorded deployment), after the repository copy arrived"
+        (let u = svc c "clawdinator-first-switch"; in
+          u != null && u.unitConfig.ConditionPathExists == "!/var/lib/clawd/deployment.json"
+          && has u.serviceConfig.ExecStart "host first-switch --flake /var/lib/clawd/repos/clawdinators"
+          && has u.serviceConfig.ExecStart "--instance-file /etc/clawdinator/instance-name"
+          && builtins.elem "clawdinator-repo-seed.service" u.requires))
+      (expect "image: no gateway, no GitHub token before the instance knows who it is"
+        (!(c.services.openclaw-gateway.enable or false) && svc c "clawdinator-github-app-token" == null))
+      (expect "image: a raw amazon image from nixpkgs' builder" (c.image.modules.amazon.amazonImage.format == "raw"))
+      (expect "image: valid" (failing c == [ ]))
+    ])
+    (expect "secretsmanager: `secrets fetch` for this instance with the registry and the secrets list"
+      (let e = exec cases.secretsManager "clawdinator-secrets"; in
+        has e "secrets fetch" && has e "--instance ${firstName}" && has e "-instances.json" && has e "-secrets.json"
+        && cases.secretsManager.systemd.services.clawdinator-secrets.requires == [ ]))
+    (expect "minimal: memory in the state directory, no EFS tunnel, no GitHub units"
+      (let c = cases.minimal; in
+        svc c "clawdinator-efs-stunnel" == null && !(c.fileSystems ? "/memory") && svc c "clawdinator-github-app-token" == null
+        && has (exec c "clawdinator-memory-init") "--root /var/lib/clawd/memory"
+        && has (exec c "clawdinator-bootstrap") "--prefix-file /etc/clawdinator/bootstrap-prefix"))
+    (expect "selfUpdate: a timer and `host self-update`"
+      (cases.selfUpdate.systemd.timers ? clawdinator-self-update && has (exec cases.selfUpdate "clawdinator-self-update") "host self-update"))
+    (expect "ssh: on with the keys given" (cases.ssh.services.openssh.enable && cases.ssh.users.users.root.openssh.authorizedKeys.keys == [ "ssh-ed25519 AAAA test" ]))
+  ];
+
+  negativeChecks = lib.concatLists (lib.mapAttrsToList
+    (what: { config, says }:
+      let messages = failing config; in
+      expect "${what}: expected an assertion saying ${builtins.toJSON says}, got ${builtins.toJSON messages}"
+        (builtins.any (m: builtins.all (has m) says) messages))
+    negative);
+
+  # Every command line of ours the units run, for the CLI parse on the Rust side.
+  commandsOf = config:
+    let
+      lines = lib.concatLists (lib.mapAttrsToList
+        (_: u: lib.toList (u.serviceConfig.ExecStartPre or [ ]) ++ lib.toList (u.serviceConfig.ExecStart or [ ]))
+        (services config));
+      gateway = config.services.openclaw-gateway;
+    in
+    lines ++ (gateway.execStartPre or [ ]) ++ lib.optional (gateway ? execStart) gateway.execStart;
+
+  # The flake's real outputs function with stand-in inputs: its hosts are
+  # the registry's plus the image, each built from the registry's settings.
+  flakeHosts =
+    let
+      flake = import ../../flake.nix;
+      inputs = {
+        nixpkgs.lib = lib // { nixosSystem = args: { inherit (args) modules; }; };
+        nix-openclaw = { nixosModules.openclaw-gateway = { }; overlays.default = _: _: { }; };
+      };
+      outputs = flake.outputs (inputs // { self = outputs // { rev = "0000000000000000000000000000000000000000"; }; });
+      nameIn = host: lib.findFirst (m: builtins.isAttrs m && m ? services.clawdinator.instanceName) null host.modules;
+    in
+    lib.mapAttrs (_: host: if nameIn host == null then null else (nameIn host).services.clawdinator.instanceName) outputs.nixosConfigurations;
+in
+{
+  failures = hostChecks ++ otherChecks ++ negativeChecks;
+  cases = builtins.length (builtins.attrNames cases) + builtins.length (builtins.attrNames negative);
+  commands = lib.unique (lib.filter (lib.hasPrefix bin) (lib.concatMap commandsOf (builtins.attrValues cases)));
+  inherit bin flakeHosts;
+}

@@ -1,0 +1,156 @@
+//! The NixOS module check of `cargo xtask test`: `nix/tests/module.nix`
+//! evaluates the module with nixpkgs' real `lib.evalModules` (from
+//! `NIXPKGS_LIB`, a nixpkgs `lib/`; nothing is fetched), checks units,
+//! ordering, hardening and assertions there, and hands back every command
+//! line the units run, which must parse against this CLI. Then the same
+//! harness runs on sabotaged copies of the module and must fail each time:
+//! a harness that passes everything checks nothing.
+
+use std::path::Path;
+
+use anyhow::{bail, ensure, Context, Result};
+use clap::Parser;
+use serde::Deserialize;
+use xshell::{cmd, Shell};
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Harness {
+    failures: Vec<String>,
+    cases: usize,
+    commands: Vec<String>,
+    bin: String,
+    flake_hosts: std::collections::BTreeMap<String, Option<String>>,
+}
+
+/// Changes to the module that the harness must catch, one at a time.
+const SABOTAGE: &[(&str, &str, &str)] = &[
+    ("a unit loses NoNewPrivileges", "NoNewPrivileges = true;", "NoNewPrivileges = false;"),
+    (
+        "the gateway no longer requires its secrets",
+        "requires = [ \"clawdinator-secrets.service\" ];",
+        "requires = [ ];",
+    ),
+    ("an assertion never fires", "assertion = !cfg.ssh.enable || cfg.ssh.authorizedKeys != [ ];", "assertion = true;"),
+];
+
+fn evaluate(sh: &Shell, root: &Path, nixpkgs_lib: &Path) -> Result<Harness> {
+    let harness = root.join("nix/tests/module.nix");
+    let out =
+        cmd!(sh, "nix-instantiate --eval --strict --json --store dummy:// {harness} --arg nixpkgsLib {nixpkgs_lib}")
+            .quiet()
+            .ignore_status()
+            .output()?;
+    ensure!(out.status.success(), "{} does not evaluate:\n{}", harness.display(), String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).context("the harness's result is not the JSON it should be")
+}
+
+/// Words of a systemd command line as `lib.escapeShellArg` quotes them.
+fn words(line: &str) -> Vec<String> {
+    let (mut words, mut word, mut quoted, mut started) = (Vec::new(), String::new(), false, false);
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        match c {
+            '\'' => (quoted, started) = (!quoted, true),
+            '\\' if !quoted => word.extend(chars.next()),
+            c if c.is_whitespace() && !quoted => {
+                if started || !word.is_empty() {
+                    words.push(std::mem::take(&mut word));
+                    started = false;
+                }
+            }
+            c => word.push(c),
+        }
+    }
+    if started || !word.is_empty() {
+        words.push(word);
+    }
+    words
+}
+
+/// Every host-binary command the units run parses against the CLI.
+fn check_commands(harness: &Harness) -> Result<()> {
+    ensure!(
+        harness.commands.len() >= 8,
+        "only {} command lines came back: the harness lost some",
+        harness.commands.len()
+    );
+    let mut wrong = Vec::new();
+    for line in &harness.commands {
+        let mut argv = words(line);
+        ensure!(argv.first() == Some(&harness.bin), "{line}: does not start with the host binary");
+        argv[0] = "clawdinator".into();
+        if let Err(err) = crate::flags::Xtask::try_parse_from(&argv) {
+            wrong.push(format!("{line}\n    {}", err.to_string().lines().next().unwrap_or_default()));
+        }
+    }
+    ensure!(wrong.is_empty(), "unit commands the CLI does not take:\n  {}", wrong.join("\n  "));
+    Ok(())
+}
+
+/// The flake makes one host per registry entry, named and configured from
+/// it, plus the image.
+fn check_flake_hosts(harness: &Harness, root: &Path) -> Result<()> {
+    let registry = crate::fleet::Registry::load(&root.join(crate::fleet::DEFAULT_PATH))?;
+    let mut expected: std::collections::BTreeMap<String, Option<String>> =
+        registry.instances.keys().map(|n| (n.clone(), Some(n.clone()))).collect();
+    expected.insert(crate::image::build::IMAGE_HOST.into(), None);
+    ensure!(
+        harness.flake_hosts == expected,
+        "flake.nix's nixosConfigurations are {:?}; the registry and the image make {expected:?}",
+        harness.flake_hosts
+    );
+    Ok(())
+}
+
+/// The harness fails on each sabotaged copy of the module.
+fn check_sabotage(sh: &Shell, root: &Path, nixpkgs_lib: &Path) -> Result<()> {
+    let module = std::fs::read_to_string(root.join("nix/modules/clawdinator.nix"))?;
+    for (what, from, to) in SABOTAGE {
+        ensure!(module.contains(from), "the sabotage \"{what}\" no longer applies: update SABOTAGE in nix_module.rs");
+        let copy = tempfile::tempdir()?;
+        let into = copy.path();
+        for part in ["nix", "clawdinator", "memory", "flake.nix"].map(|p| root.join(p)) {
+            cmd!(sh, "cp -r {part} {into}").quiet().run()?;
+        }
+        std::fs::write(copy.path().join("nix/modules/clawdinator.nix"), module.replacen(from, to, 1))?;
+        let harness = evaluate(sh, copy.path(), nixpkgs_lib)?;
+        if harness.failures.is_empty() {
+            bail!("the module harness passes a module where {what}: it does not check that");
+        }
+    }
+    Ok(())
+}
+
+/// Run the harness; Ok(None) when `NIXPKGS_LIB` is not set (the caller says SKIPPED).
+pub fn check(sh: &Shell, root: &Path) -> Result<Option<String>> {
+    let Some(nixpkgs_lib) = std::env::var_os("NIXPKGS_LIB") else { return Ok(None) };
+    let nixpkgs_lib = Path::new(&nixpkgs_lib);
+    ensure!(
+        nixpkgs_lib.join("default.nix").is_file() && nixpkgs_lib.join("modules.nix").is_file(),
+        "NIXPKGS_LIB={} is not a nixpkgs lib/ directory (it needs default.nix and modules.nix)",
+        nixpkgs_lib.display()
+    );
+    let harness = evaluate(sh, root, nixpkgs_lib)?;
+    ensure!(harness.failures.is_empty(), "the module does not do what it must:\n  {}", harness.failures.join("\n  "));
+    check_commands(&harness)?;
+    check_flake_hosts(&harness, root)?;
+    check_sabotage(sh, root, nixpkgs_lib)?;
+    Ok(Some(format!(
+        "{} configurations evaluated with lib.evalModules, {} unit commands parse, {} sabotaged modules caught",
+        harness.cases,
+        harness.commands.len(),
+        SABOTAGE.len()
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn systemd_words_as_escape_shell_arg_quotes_them() {
+        assert_eq!(
+            super::words("/bin/x host exec --secret-env 'A=/run/a b' -- '' it'\\''s"),
+            ["/bin/x", "host", "exec", "--secret-env", "A=/run/a b", "--", "", "it's"]
+        );
+    }
+}
