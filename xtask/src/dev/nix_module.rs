@@ -149,7 +149,7 @@ mod tests {
     #[test]
     fn systemd_words_as_escape_shell_arg_quotes_them() {
         assert_eq!(
-            super::words("/bin/x host exec --secret-env 'A=/run/a b' -- '' it'\\''s"),
+            super::words("/bin/x host exec --secret-env 'A=/run/a b' -- '' 'it'\\''s'"),
             ["/bin/x", "host", "exec", "--secret-env", "A=/run/a b", "--", "", "it's"]
         );
     }
