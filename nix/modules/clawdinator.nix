@@ -95,6 +95,22 @@ let
     ++ [ "clawdinator-secrets.service" "clawdinator-memory-init.service" ]
     ++ optional cfg.githubApp.enable "clawdinator-github-app-token.service";
 
+  # A unit that rebuilds and activates the whole system (like
+  # nixos-upgrade.service): it writes /nix, /boot and /etc and restarts
+  # units, so the sandbox of the other units cannot apply; it keeps a
+  # private /tmp.
+  systemSwitch = job: {
+    path = [ "/run/current-system/sw" ];
+    serviceConfig = {
+      Type = "oneshot";
+      PrivateTmp = true;
+      ExecStart = command (
+        [ "host" job "--flake" "${reposDir}/clawdinators" "--record" deploymentRecord ]
+        ++ given cfg.instanceName "--instance" "--instance-file" "instance-name"
+      );
+    };
+  };
+
   nullOrStr = description: mkOption { type = types.nullOr types.str; default = null; inherit description; };
   runTime = what: file: "${what}; null: read at run time from ${etc}/${file} (written by the instance's user data).";
 in
@@ -352,25 +368,13 @@ in
       };
     };
 
-    systemd.services.clawdinator-first-switch = mkIf cfg.firstSwitch.enable {
+    systemd.services.clawdinator-first-switch = mkIf cfg.firstSwitch.enable ({
       description = "clawdinator: switch a fresh instance to its own configuration, once";
       wantedBy = [ "multi-user.target" ];
       after = [ "clawdinator-repo-seed.service" "clawdinator-secrets.service" ];
       requires = [ "clawdinator-repo-seed.service" ];
       unitConfig.ConditionPathExists = "!${deploymentRecord}";
-      # It rebuilds and activates the whole system (like nixos-upgrade.service):
-      # it writes /nix, /boot and /etc and restarts units, so the sandbox of
-      # the other units cannot apply; it keeps a private /tmp.
-      path = [ "/run/current-system/sw" ];
-      serviceConfig = {
-        Type = "oneshot";
-        PrivateTmp = true;
-        ExecStart = command (
-          [ "host" "first-switch" "--flake" "${reposDir}/clawdinators" "--record" deploymentRecord ]
-          ++ given cfg.instanceName "--instance" "--instance-file" "instance-name"
-        );
-      };
-    };
+    } // systemSwitch "first-switch");
 
     systemd.services.clawdinator-efs-stunnel = mkIf cfg.memoryEfs.enable {
       description = "clawdinator: TLS tunnel carrying NFS to the fleet's EFS";
@@ -473,21 +477,11 @@ in
       };
     };
 
-    systemd.services.clawdinator-self-update = mkIf cfg.selfUpdate.enable {
+    systemd.services.clawdinator-self-update = mkIf cfg.selfUpdate.enable ({
       description = "clawdinator: pull the repository copy and switch to it";
       after = [ "network-online.target" ];
       wants = [ "network-online.target" ];
-      # Like the first switch it activates the whole system; see there.
-      path = [ "/run/current-system/sw" ];
-      serviceConfig = {
-        Type = "oneshot";
-        PrivateTmp = true;
-        ExecStart = command (
-          [ "host" "self-update" "--flake" "${reposDir}/clawdinators" "--record" deploymentRecord ]
-          ++ given cfg.instanceName "--instance" "--instance-file" "instance-name"
-        );
-      };
-    };
+    } // systemSwitch "self-update");
 
     systemd.timers.clawdinator-self-update = mkIf cfg.selfUpdate.enable {
       wantedBy = [ "timers.target" ];

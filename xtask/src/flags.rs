@@ -511,11 +511,11 @@ pub enum HostCmd {
     /// Write the stunnel configuration that carries NFS to this host's EFS over TLS.
     EfsStunnelConfig(EfsStunnelConfigArgs),
     /// First boot: switch to this instance's configuration, unless a deployment is recorded.
-    FirstSwitch(FirstSwitchArgs),
+    FirstSwitch(SwitchArgs),
     /// Run a program (the gateway) with secrets from files in its environment, never on disk again.
     Exec(HostExecArgs),
     /// selfUpdate: fast-forward the repository copy and switch when its revision changed.
-    SelfUpdate(FirstSwitchArgs),
+    SelfUpdate(SwitchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -569,7 +569,7 @@ pub struct EfsStunnelConfigArgs {
 }
 
 #[derive(Debug, Args)]
-pub struct FirstSwitchArgs {
+pub struct SwitchArgs {
     /// This host's instance name (else the content of --instance-file).
     #[arg(long)]
     pub instance: Option<String>,

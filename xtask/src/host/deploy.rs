@@ -43,7 +43,8 @@ pub fn write_record(path: &Path, deployment: &Deployment) -> Result<()> {
     crate::atomic::write(path, &serde_json::to_vec_pretty(deployment)?, 0o644)
 }
 
-pub struct FirstSwitch {
+/// What a switch on the host works with (first switch and self-update alike).
+pub struct SwitchOptions {
     pub instance: String,
     /// The repository copy (a flake with `nix/instances.json`).
     pub flake: PathBuf,
@@ -76,7 +77,7 @@ impl std::fmt::Display for FirstSwitchReport {
 }
 
 /// Switch once; see the module comment.
-pub fn first_switch(opts: &FirstSwitch) -> Result<FirstSwitchReport> {
+pub fn first_switch(opts: &SwitchOptions) -> Result<FirstSwitchReport> {
     if let Some(deployment) = read_record(&opts.record)? {
         return Ok(FirstSwitchReport { outcome: "already-deployed", deployment, command: vec![] });
     }
@@ -144,13 +145,6 @@ fn run_on_stderr(cmd: xshell::Cmd<'_>) -> Result<()> {
     Ok(())
 }
 
-pub struct SelfUpdate {
-    pub instance: String,
-    pub flake: PathBuf,
-    pub record: PathBuf,
-    pub dry_run: bool,
-}
-
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SelfUpdateReport {
@@ -173,7 +167,7 @@ impl std::fmt::Display for SelfUpdateReport {
 
 /// `selfUpdate`: fast-forward the repository copy, switch when the revision
 /// differs from the recorded one, record it. A failed switch records nothing.
-pub fn self_update(opts: &SelfUpdate) -> Result<SelfUpdateReport> {
+pub fn self_update(opts: &SwitchOptions) -> Result<SelfUpdateReport> {
     let sh = xshell::Shell::new()?;
     let flake = &opts.flake;
     check_flake(flake, &opts.instance)?;

@@ -24,15 +24,6 @@ pub fn run(ctx: &Ctx, cmd: flags::HostCmd) -> Result<()> {
             }
             ctx.out.emit(&report)
         }
-        flags::HostCmd::SelfUpdate(args) => {
-            let opts = deploy::SelfUpdate {
-                instance: project::instance_name(args.instance, &args.instance_file)?,
-                flake: args.flake,
-                record: args.record,
-                dry_run: args.dry_run,
-            };
-            ctx.out.emit(&deploy::self_update(&opts)?)
-        }
         flags::HostCmd::Exec(args) => {
             let vars = args.secret_env.iter().map(|s| s.parse()).collect::<Result<Vec<exec::SecretEnv>>>()?;
             exec::exec(&vars, &args.command)
@@ -51,14 +42,16 @@ pub fn run(ctx: &Ctx, cmd: flags::HostCmd) -> Result<()> {
             let tunnel = efs::Tunnel { file_system_id, region, ca_file: args.ca_file, accept: args.accept };
             ctx.out.emit(&efs::write_config(&tunnel, &args.out)?)
         }
-        flags::HostCmd::FirstSwitch(args) => {
-            let opts = deploy::FirstSwitch {
-                instance: project::instance_name(args.instance, &args.instance_file)?,
-                flake: args.flake,
-                record: args.record,
-                dry_run: args.dry_run,
-            };
-            ctx.out.emit(&deploy::first_switch(&opts)?)
-        }
+        flags::HostCmd::FirstSwitch(args) => ctx.out.emit(&deploy::first_switch(&switch_options(args)?)?),
+        flags::HostCmd::SelfUpdate(args) => ctx.out.emit(&deploy::self_update(&switch_options(args)?)?),
     }
+}
+
+fn switch_options(args: flags::SwitchArgs) -> Result<deploy::SwitchOptions> {
+    Ok(deploy::SwitchOptions {
+        instance: project::instance_name(args.instance, &args.instance_file)?,
+        flake: args.flake,
+        record: args.record,
+        dry_run: args.dry_run,
+    })
 }
