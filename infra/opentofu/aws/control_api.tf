@@ -1,0 +1,134 @@
+# The chat control API (off unless enable_control_api): a Lambda behind a
+# function URL with AWS_IAM auth. Only the instance roles (their policy in
+# iam.tf) and the operator group may invoke it; there is no resource
+# policy for "*".
+
+data "aws_iam_policy_document" "control_api_trust" {
+  statement {
+    actions = ["sts:AssumeRole"]
+
+    principals {
+      type        = "Service"
+      identifiers = ["lambda.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "control_api" {
+  count = var.enable_control_api ? 1 : 0
+
+  name               = "clawdinator-control-api"
+  assume_role_policy = data.aws_iam_policy_document.control_api_trust.json
+}
+
+data "aws_iam_policy_document" "control_api" {
+  statement {
+    sid       = "FleetStatus"
+    actions   = ["ec2:DescribeInstances", "ec2:DescribeImages", "ssm:DescribeInstanceInformation"]
+    resources = ["*"]
+  }
+
+  statement {
+    sid       = "GitHubAppKey"
+    actions   = ["secretsmanager:GetSecretValue"]
+    resources = ["arn:${local.partition}:secretsmanager:${var.aws_region}:${local.account}:secret:clawdinator/clawdinator-github-app.pem-??????"]
+  }
+
+  statement {
+    sid       = "Logs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = ["arn:${local.partition}:logs:${var.aws_region}:${local.account}:log-group:/aws/lambda/clawdinator-control-api:*"]
+  }
+
+  statement {
+    sid       = "Tracing"
+    actions   = ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]
+    resources = ["*"]
+  }
+}
+
+resource "aws_iam_role_policy" "control_api" {
+  count = var.enable_control_api ? 1 : 0
+
+  name   = "clawdinator-control-api"
+  role   = aws_iam_role.control_api[0].id
+  policy = data.aws_iam_policy_document.control_api.json
+}
+
+resource "aws_cloudwatch_log_group" "control_api" {
+  # checkov:skip=CKV_AWS_158:the log holds requests and decisions, no secret; the AWS-managed key suffices
+  count = var.enable_control_api ? 1 : 0
+
+  name              = "/aws/lambda/clawdinator-control-api"
+  retention_in_days = 365
+}
+
+resource "aws_lambda_function" "control_api" {
+  # checkov:skip=CKV_AWS_116:invoked synchronously through its URL; there is no event to dead-letter
+  # checkov:skip=CKV_AWS_117:it calls only public AWS and GitHub endpoints; a VPC would add a NAT and nothing else
+  # checkov:skip=CKV_AWS_173:its environment holds names and ARNs, no secret (the App key is read from Secrets Manager)
+  # checkov:skip=CKV_AWS_272:the zip is built by CI from this repository; code signing needs a signing profile the fleet does not have
+  count = var.enable_control_api ? 1 : 0
+
+  function_name                  = "clawdinator-control-api"
+  role                           = aws_iam_role.control_api[0].arn
+  runtime                        = "provided.al2023"
+  handler                        = "bootstrap"
+  architectures                  = ["x86_64"]
+  filename                       = var.control_api_zip
+  source_code_hash               = filebase64sha256(var.control_api_zip)
+  timeout                        = 30
+  reserved_concurrent_executions = 5
+
+  tracing_config {
+    mode = "Active"
+  }
+
+  environment {
+    variables = {
+      CLAWDINATOR_OPERATOR_GROUP = var.operator_group_name
+      GITHUB_REPOSITORY          = var.github_repository
+    }
+  }
+
+  depends_on = [aws_cloudwatch_log_group.control_api]
+}
+
+resource "aws_lambda_function_url" "control_api" {
+  count = var.enable_control_api ? 1 : 0
+
+  function_name      = aws_lambda_function.control_api[0].function_name
+  authorization_type = "AWS_IAM"
+}
+
+resource "aws_iam_group" "operators" {
+  count = var.enable_control_api ? 1 : 0
+
+  name = var.operator_group_name
+}
+
+data "aws_iam_policy_document" "operators" {
+  count = var.enable_control_api ? 1 : 0
+
+  statement {
+    actions   = ["lambda:InvokeFunctionUrl"]
+    resources = [aws_lambda_function.control_api[0].arn]
+  }
+}
+
+resource "aws_iam_group_policy" "operators" {
+  count = var.enable_control_api ? 1 : 0
+
+  name   = "clawdinator-control-api"
+  group  = aws_iam_group.operators[0].name
+  policy = data.aws_iam_policy_document.operators[0].json
+}
+
+resource "aws_ssm_parameter" "control_api_url" {
+  # checkov:skip=CKV2_AWS_34:the URL is not a secret; callers still need IAM to invoke it
+  count = var.enable_control_api ? 1 : 0
+
+  name  = "/clawdinator/control-api-url"
+  type  = "String"
+  value = aws_lambda_function_url.control_api[0].function_url
+}
