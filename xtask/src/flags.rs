@@ -82,6 +82,9 @@ pub enum Command {
     Bench(BenchCmd),
     /// Run the whole test suite: Rust tests against the emulator plus the non-Rust checks.
     Test(TestArgs),
+    /// Regenerate infra/opentofu/schema/aws-provider.json from the pinned npm provider package.
+    #[command(name = "opentofu-schema")]
+    OpentofuSchema,
 }
 
 #[derive(Debug, Subcommand)]

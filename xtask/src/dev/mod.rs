@@ -6,4 +6,6 @@ pub mod doctor;
 pub mod fixtures;
 pub mod nix_lib;
 pub mod nix_module;
+pub mod opentofu;
 pub mod selftest;
+pub mod tools;

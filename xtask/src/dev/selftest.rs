@@ -36,7 +36,7 @@ pub fn run(ctx: &Ctx, args: flags::TestArgs) -> Result<()> {
         ("nix lib", nix_lib(&sh, &root)),
         ("nixos module", nix_module(&sh, &root)),
         ("deadnix", deadnix(&sh, &root)),
-        ("opentofu hcl", not_built_yet(&root, ".tf", "infra/opentofu")),
+        ("opentofu", opentofu(&sh, &root)),
         ("workflow lint", not_built_yet(&root, ".yml", ".github/workflows")),
         ("shellcheck", shellcheck(&sh, &root)),
     ];
@@ -195,6 +195,18 @@ fn nix_lib(sh: &Shell, root: &Path) -> Outcome {
         return Outcome::Skipped("nix-instantiate is not installed (apt-get install nix-bin)".into());
     }
     match crate::dev::nix_lib::check(sh, root) {
+        Ok(summary) => Outcome::Passed(summary),
+        Err(err) => Outcome::Failed(format!("{err:#}")),
+    }
+}
+
+/// infra/opentofu/aws: HCL, provider schema, references, registry, user
+/// data, checkov; and the broken fixtures caught.
+fn opentofu(sh: &Shell, root: &Path) -> Outcome {
+    if !have(sh, "node") || !have(sh, "npm") {
+        return Outcome::Skipped("node and npm are not installed (apt-get install nodejs npm): HashiCorp's HCL parser runs as WebAssembly under node".into());
+    }
+    match crate::dev::opentofu::check(root) {
         Ok(summary) => Outcome::Passed(summary),
         Err(err) => Outcome::Failed(format!("{err:#}")),
     }

@@ -1,0 +1,323 @@
+//! A root module as hcl2json gives it, and the checks that need no
+//! provider: the provider schema (arguments, blocks, required ones),
+//! references (every `var.`, `local.`, resource and data reference
+//! resolves; every variable is used), and the project's own rules.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use super::schema::{Block, ProviderSchema};
+use super::Finding;
+
+/// Arguments every resource and data block may have (OpenTofu's meta-arguments).
+const META: &[&str] = &["count", "for_each", "depends_on", "provider", "lifecycle", "provisioner", "connection"];
+
+/// One `resource` or `data` block.
+pub struct Item<'a> {
+    pub file: &'a Path,
+    pub data: bool,
+    pub kind: String,
+    pub name: String,
+    pub body: &'a Value,
+}
+
+impl Item<'_> {
+    pub fn address(&self) -> String {
+        format!("{}{}.{}", if self.data { "data." } else { "" }, self.kind, self.name)
+    }
+}
+
+/// The declarations of a module, across its files.
+pub struct Module<'a> {
+    pub items: Vec<Item<'a>>,
+    pub variables: BTreeMap<String, &'a Value>,
+    pub locals: BTreeMap<String, &'a Value>,
+    pub outputs: BTreeMap<String, &'a Value>,
+    /// Everything outside `variable` blocks, for finding references.
+    pub rest: Vec<&'a Value>,
+}
+
+fn first(v: &Value) -> &Value {
+    v.as_array().and_then(|a| a.first()).unwrap_or(v)
+}
+
+impl<'a> Module<'a> {
+    pub fn new(files: &'a BTreeMap<PathBuf, Value>) -> Module<'a> {
+        let mut module = Module {
+            items: vec![],
+            variables: BTreeMap::new(),
+            locals: BTreeMap::new(),
+            outputs: BTreeMap::new(),
+            rest: vec![],
+        };
+        for (file, json) in files {
+            for (section, data) in [("resource", false), ("data", true)] {
+                for (kind, named) in json[section].as_object().into_iter().flatten() {
+                    for (name, body) in named.as_object().into_iter().flatten() {
+                        let body = first(body);
+                        module.items.push(Item { file, data, kind: kind.clone(), name: name.clone(), body });
+                        module.rest.push(body);
+                    }
+                }
+            }
+            for (name, body) in json["variable"].as_object().into_iter().flatten() {
+                module.variables.insert(name.clone(), first(body));
+            }
+            for block in json["locals"].as_array().into_iter().flatten() {
+                for (name, value) in block.as_object().into_iter().flatten() {
+                    module.locals.insert(name.clone(), value);
+                    module.rest.push(value);
+                }
+            }
+            for (name, body) in json["output"].as_object().into_iter().flatten() {
+                module.outputs.insert(name.clone(), first(body));
+                module.rest.push(first(body));
+            }
+            for section in ["provider", "terraform", "module"] {
+                if let Some(v) = json.get(section) {
+                    module.rest.push(v);
+                }
+            }
+        }
+        module
+    }
+
+    pub fn item(&self, kind: &str, name: &str) -> Option<&Item<'a>> {
+        self.items.iter().find(|i| !i.data && i.kind == kind && i.name == name)
+    }
+}
+
+// ------------------------------------------------------------- schema
+
+/// Every resource and data block against the provider's schema.
+pub fn check_schema(module: &Module, schema: &ProviderSchema, findings: &mut Vec<Finding>) {
+    for item in &module.items {
+        let at = format!("{}: {}", item.file.display(), item.address());
+        if !schema.knows(item.data, &item.kind) {
+            let what = if item.data { "data source" } else { "resource" };
+            findings
+                .push(Finding::new("schema", format!("{at}: unknown {what} type {} in the AWS provider", item.kind)));
+            continue;
+        }
+        match schema.block(item.data, &item.kind) {
+            Some(block) => check_block(&at, item.body, block, true, findings),
+            None => findings.push(Finding::new(
+                "schema",
+                format!(
+                    "{at}: {} is not in {} yet: regenerate it with `cargo xtask opentofu-schema`",
+                    item.kind,
+                    super::schema::EXTRACT
+                ),
+            )),
+        }
+    }
+}
+
+fn check_block(at: &str, body: &Value, block: &Block, top: bool, findings: &mut Vec<Finding>) {
+    let Some(fields) = body.as_object() else { return };
+    let mut present: BTreeSet<&str> = fields.keys().map(String::as_str).collect();
+    for (name, value) in fields {
+        if top && META.contains(&name.as_str()) {
+            continue;
+        }
+        if name == "dynamic" {
+            for (inner, generators) in value.as_object().into_iter().flatten() {
+                match block.blocks.get(inner) {
+                    Some(nested) => {
+                        present.insert(inner);
+                        for generator in generators.as_array().into_iter().flatten() {
+                            for content in generator["content"].as_array().into_iter().flatten() {
+                                check_block(&format!("{at}.{inner}"), content, nested, false, findings);
+                            }
+                        }
+                    }
+                    None => {
+                        findings.push(Finding::new("schema", format!("{at}: dynamic \"{inner}\" is not a block here")))
+                    }
+                }
+            }
+        } else if let Some(nested) = block.blocks.get(name) {
+            for instance in value.as_array().into_iter().flatten() {
+                check_block(&format!("{at}.{name}"), instance, nested, false, findings);
+            }
+        } else if !block.arguments.contains_key(name) {
+            findings.push(Finding::new("schema", format!("{at}: unknown argument or block \"{name}\"")));
+        }
+    }
+    let missing = block
+        .arguments
+        .iter()
+        .filter(|(_, required)| **required)
+        .map(|(n, _)| n)
+        .chain(block.blocks.iter().filter(|(_, b)| b.required).map(|(n, _)| n))
+        .filter(|n| !present.contains(n.as_str()));
+    for name in missing {
+        findings.push(Finding::new("schema", format!("{at}: required \"{name}\" is missing")));
+    }
+}
+
+// --------------------------------------------------------- references
+
+/// Every reference in an expression string: its dotted parts (index
+/// expressions skipped), e.g. `aws_iam_role.instance[each.key].arn` ->
+/// [aws_iam_role, instance, arn].
+pub fn traversals(text: &str) -> Vec<Vec<String>> {
+    let chars: Vec<char> = text.chars().collect();
+    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    let mut found = Vec::new();
+    let mut i = 0;
+    while i < chars.len() {
+        let starts = (chars[i].is_ascii_alphabetic() || chars[i] == '_')
+            && (i == 0 || !(ident(chars[i - 1]) || chars[i - 1] == '.'));
+        if !starts {
+            i += 1;
+            continue;
+        }
+        let mut parts = Vec::new();
+        // References inside an index are scanned after this one.
+        let mut first_index = None;
+        loop {
+            let begin = i;
+            while i < chars.len() && ident(chars[i]) {
+                i += 1;
+            }
+            parts.push(chars[begin..i].iter().collect::<String>());
+            while i < chars.len() && chars[i] == '[' {
+                first_index.get_or_insert(i + 1);
+                let mut depth = 0;
+                while i < chars.len() {
+                    depth += match chars[i] {
+                        '[' => 1,
+                        ']' => -1,
+                        _ => 0,
+                    };
+                    i += 1;
+                    if depth == 0 {
+                        break;
+                    }
+                }
+            }
+            if i + 1 < chars.len() && chars[i] == '.' && (chars[i + 1].is_ascii_alphabetic() || chars[i + 1] == '_') {
+                i += 1;
+            } else {
+                break;
+            }
+        }
+        if parts.len() >= 2 {
+            found.push(parts);
+        }
+        if let Some(inside) = first_index {
+            i = inside;
+        }
+    }
+    found
+}
+
+fn strings<'v>(value: &'v Value, out: &mut Vec<&'v str>) {
+    match value {
+        Value::String(s) => out.push(s),
+        Value::Array(a) => a.iter().for_each(|v| strings(v, out)),
+        Value::Object(o) => o.values().for_each(|v| strings(v, out)),
+        _ => {}
+    }
+}
+
+/// Every reference resolves; every declared variable is used.
+pub fn check_references(module: &Module, schema: &ProviderSchema, findings: &mut Vec<Finding>) {
+    let mut texts = Vec::new();
+    module.rest.iter().for_each(|v| strings(v, &mut texts));
+    let mut used_vars = BTreeSet::new();
+    let declared: BTreeSet<String> = module.items.iter().map(|i| i.address()).collect();
+    for parts in texts.iter().flat_map(|t| traversals(t)) {
+        let (root, second) = (parts[0].as_str(), parts[1].as_str());
+        match root {
+            "var" => {
+                used_vars.insert(second.to_string());
+                if !module.variables.contains_key(second) {
+                    findings.push(Finding::new(
+                        "references",
+                        format!("var.{second} is used but no variable \"{second}\" is declared"),
+                    ));
+                }
+            }
+            "local" if !module.locals.contains_key(second) => findings.push(Finding::new(
+                "references",
+                format!("local.{second} is used but no local \"{second}\" is defined"),
+            )),
+            "data" if parts.len() >= 3 => check_item_ref(module, schema, &declared, true, &parts[1..], findings),
+            kind if schema.knows(false, kind) => check_item_ref(module, schema, &declared, false, &parts, findings),
+            _ => {}
+        }
+    }
+    for name in module.variables.keys().filter(|n| !used_vars.contains(*n)) {
+        findings.push(Finding::new("references", format!("variable \"{name}\" is declared but never used")));
+    }
+}
+
+fn check_item_ref(
+    module: &Module,
+    schema: &ProviderSchema,
+    declared: &BTreeSet<String>,
+    data: bool,
+    parts: &[String],
+    findings: &mut Vec<Finding>,
+) {
+    let address = format!("{}{}.{}", if data { "data." } else { "" }, parts[0], parts[1]);
+    if !declared.contains(&address) {
+        findings.push(Finding::new("references", format!("{address} is referenced but not declared")));
+        return;
+    }
+    let (Some(attribute), Some(block)) = (parts.get(2), schema.block(data, &parts[0])) else { return };
+    let known = block.arguments.contains_key(attribute)
+        || block.blocks.contains_key(attribute)
+        || block.attributes.contains(attribute);
+    if !known && module.items.iter().any(|i| i.address() == address) {
+        findings.push(Finding::new(
+            "references",
+            format!("{address}.{attribute}: {} has no attribute \"{attribute}\"", parts[0]),
+        ));
+    }
+}
+
+// ---------------------------------------------------- the project's rules
+
+/// Every bucket is encrypted and private: each `aws_s3_bucket` has a
+/// server-side encryption configuration and a public access block naming it.
+pub fn check_buckets(module: &Module, findings: &mut Vec<Finding>) {
+    for bucket in module.items.iter().filter(|i| !i.data && i.kind == "aws_s3_bucket") {
+        let reference = format!("aws_s3_bucket.{}.", bucket.name);
+        for companion in ["aws_s3_bucket_server_side_encryption_configuration", "aws_s3_bucket_public_access_block"] {
+            let found = module
+                .items
+                .iter()
+                .any(|i| i.kind == companion && i.body["bucket"].as_str().is_some_and(|b| b.contains(&reference)));
+            if !found {
+                findings.push(Finding::new(
+                    "rules",
+                    format!(
+                        "{}: {} has no {companion}: every bucket is encrypted and private",
+                        bucket.file.display(),
+                        bucket.address()
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::traversals;
+
+    #[test]
+    fn references_are_found_with_indexes_skipped() {
+        let found = traversals(
+            "${aws_iam_role.instance[each.key].arn}/x ${var.a} arn:${local.partition}:s3 ${data.aws_x.y[0].z}",
+        );
+        let found: Vec<String> = found.iter().map(|p| p.join(".")).collect();
+        assert_eq!(found, ["aws_iam_role.instance.arn", "each.key", "var.a", "local.partition", "data.aws_x.y.z"]);
+        assert!(traversals("aws_region must be a region; s3:GetObject").is_empty());
+    }
+}

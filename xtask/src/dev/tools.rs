@@ -1,0 +1,62 @@
+//! Check tools the project installs for itself into `target/tools/` on
+//! first use, pinned: npm packages (`target/tools/npm`) and Python tools,
+//! each in its own virtualenv (`target/tools/<name>`). A fresh machine needs
+//! only node/npm and python3 with venv.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use xshell::{cmd, Shell};
+
+/// The directory of an npm package pinned at `version`, installed if needed.
+pub fn npm_package(root: &Path, name: &str, version: &str) -> Result<PathBuf> {
+    let prefix = root.join("target/tools/npm");
+    let dir = prefix.join("node_modules").join(name);
+    let installed = |dir: &Path| -> Option<String> {
+        let manifest: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join("package.json")).ok()?).ok()?;
+        manifest["version"].as_str().map(str::to_string)
+    };
+    if installed(&dir).as_deref() == Some(version) {
+        return Ok(dir);
+    }
+    eprintln!("tools: installing {name}@{version} from npm into target/tools/npm (once)");
+    std::fs::create_dir_all(&prefix)?;
+    let sh = Shell::new()?;
+    let spec = format!("{name}@{version}");
+    cmd!(sh, "npm install --prefix {prefix} --no-audit --no-fund --no-save --loglevel=error {spec}")
+        .quiet()
+        .run()
+        .with_context(|| format!("cannot install {spec} (npm needs node and the npm registry)"))?;
+    match installed(&dir) {
+        Some(v) if v == version => Ok(dir),
+        other => bail!("after installing, {} has version {other:?}, expected {version}", dir.display()),
+    }
+}
+
+/// The path of `bin` from the PyPI package `package==version`, installed
+/// into its own virtualenv `target/tools/<venv>` if needed.
+pub fn pip_tool(root: &Path, venv: &str, package: &str, version: &str, bin: &str) -> Result<PathBuf> {
+    let dir = root.join("target/tools").join(venv);
+    let python = dir.join("bin/python");
+    let stamp = dir.join(".installed");
+    let spec = format!("{package}=={version}");
+    if std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == spec) {
+        return Ok(dir.join("bin").join(bin));
+    }
+    eprintln!("tools: installing {spec} from PyPI into target/tools/{venv} (once)");
+    let sh = Shell::new()?;
+    if !python.exists() {
+        let system_python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
+        cmd!(sh, "{system_python} -m venv {dir}")
+            .quiet()
+            .run()
+            .with_context(|| format!("cannot create {} (on Debian: apt-get install python3-venv)", dir.display()))?;
+    }
+    cmd!(sh, "{python} -m pip install --quiet --disable-pip-version-check {spec}")
+        .quiet()
+        .run()
+        .with_context(|| format!("cannot install {spec} (pip needs to reach PyPI)"))?;
+    std::fs::write(&stamp, &spec)?;
+    Ok(dir.join("bin").join(bin))
+}
