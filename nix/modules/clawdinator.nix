@@ -293,6 +293,11 @@ in
       shell = pkgs.bashInteractive;
     };
 
+    # `host switch` checks the running system is the revision it deployed.
+    system.systemBuilderCommands = lib.optionalString (config.system.configurationRevision != null) ''
+      printf '%s' ${escapeShellArg config.system.configurationRevision} > $out/configurationRevision
+    '';
+
     # The host binary for operators and agents: `clawdinator memory …` and friends.
     environment.systemPackages = [ cfg.hostPackage ];
     environment.etc."clawd/tools.md".source = toolsMd;

@@ -67,6 +67,8 @@ let
       nix.settings = attrs;
       time.timeZone = mkOption { type = types.str; default = "UTC"; };
       system.stateVersion = mkOption { type = types.str; };
+      system.configurationRevision = mkOption { type = types.nullOr types.str; default = null; };
+      system.systemBuilderCommands = mkOption { type = types.lines; default = ""; };
       image.modules = attrs;
     };
     config._module.args.pkgs = pkgs;
@@ -88,6 +90,7 @@ let
     minimal = evaluate [{ services.clawdinator = { enable = true; bootstrap.enable = true; discordTokenFile = "/run/agenix/t"; }; }];
     selfUpdate = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { services.clawdinator.selfUpdate.enable = true; } ];
     ssh = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { services.clawdinator.ssh = { enable = true; authorizedKeys = [ "ssh-ed25519 AAAA test" ]; }; } ];
+    revision = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { system.configurationRevision = "0123456789abcdef0123456789abcdef01234567"; } ];
   };
 
   # Configurations that must fail, with the words their message must hold.
@@ -213,6 +216,10 @@ let
         && has (exec c "clawdinator-bootstrap") "--prefix-file /etc/clawdinator/bootstrap-prefix"))
     (expect "selfUpdate: a timer and `host self-update`"
       (cases.selfUpdate.systemd.timers ? clawdinator-self-update && has (exec cases.selfUpdate "clawdinator-self-update") "host self-update"))
+    (expect "the system records its revision in configurationRevision (host switch checks it)"
+      (has cases.revision.system.systemBuilderCommands "0123456789abcdef0123456789abcdef01234567"
+        && has cases.revision.system.systemBuilderCommands "> $out/configurationRevision"
+        && cases.host.system.systemBuilderCommands == ""))
     (expect "ssh: on with the keys given" (cases.ssh.services.openssh.enable && cases.ssh.users.users.root.openssh.authorizedKeys.keys == [ "ssh-ed25519 AAAA test" ]))
   ];
 

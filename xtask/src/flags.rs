@@ -519,6 +519,37 @@ pub enum HostCmd {
     Exec(HostExecArgs),
     /// selfUpdate: fast-forward the repository copy and switch when its revision changed.
     SelfUpdate(SwitchArgs),
+    /// The release lane on this host: build REV, activate, check health, make it the boot default; roll back on failure.
+    Switch(HostSwitchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HostSwitchArgs {
+    /// The full git revision (40 hex digits) to switch to.
+    pub rev: String,
+    /// This host's instance name (else the content of --instance-file).
+    #[arg(long)]
+    pub instance: Option<String>,
+    #[arg(long, default_value = "/etc/clawdinator/instance-name")]
+    pub instance_file: PathBuf,
+    /// The repository copy (a git clone of the fleet's flake).
+    #[arg(long, default_value = "/var/lib/clawd/repos/clawdinators")]
+    pub flake: PathBuf,
+    #[arg(long, default_value = "/var/lib/clawd/deployment.json")]
+    pub record: PathBuf,
+    #[arg(long, default_value = "/run/current-system")]
+    pub current_system: PathBuf,
+    #[arg(long, default_value = "/nix/var/nix/profiles/system")]
+    pub system_profile: PathBuf,
+    /// The unit that must be active and stable after the switch.
+    #[arg(long, default_value = "clawdinator")]
+    pub unit: String,
+    /// Seconds the unit must stay active without restarting (1-3600).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub settle: u64,
+    /// Say what would happen; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

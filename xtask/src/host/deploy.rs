@@ -135,7 +135,7 @@ fn switch(sh: &xshell::Shell, flake: &Path, instance: &str) -> Result<()> {
 
 /// Run a tool with everything it prints on our stderr (the journal, under
 /// systemd), so that stdout holds only this command's report (`--json`).
-fn run_on_stderr(cmd: xshell::Cmd<'_>) -> Result<()> {
+pub(crate) fn run_on_stderr(cmd: xshell::Cmd<'_>) -> Result<()> {
     let shown = cmd.to_string();
     let mut command = std::process::Command::from(cmd);
     command.stdout(std::io::stderr());
@@ -195,6 +195,6 @@ pub fn self_update(opts: &SwitchOptions) -> Result<SelfUpdateReport> {
     Ok(SelfUpdateReport { outcome, previous, revision })
 }
 
-fn now() -> u64 {
+pub(crate) fn now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

@@ -7,6 +7,7 @@ pub mod deploy;
 pub mod efs;
 pub mod exec;
 pub mod github_sync;
+pub mod switch;
 pub mod workspace;
 
 use anyhow::Result;
@@ -23,6 +24,20 @@ pub fn run(ctx: &Ctx, cmd: flags::HostCmd) -> Result<()> {
                 report.cron_store = Some(workspace::install_cron_jobs(jobs, store, owner)?);
             }
             ctx.out.emit(&report)
+        }
+        flags::HostCmd::Switch(args) => {
+            let opts = switch::SwitchOptions {
+                instance: project::instance_name(args.instance, &args.instance_file)?,
+                rev: args.rev,
+                flake: args.flake,
+                record: args.record,
+                current_system: args.current_system,
+                profile: args.system_profile,
+                unit: args.unit,
+                settle: std::time::Duration::from_secs(args.settle),
+                dry_run: args.dry_run,
+            };
+            ctx.out.emit(&switch::switch(&opts)?)
         }
         flags::HostCmd::Exec(args) => {
             let vars = args.secret_env.iter().map(|s| s.parse()).collect::<Result<Vec<exec::SecretEnv>>>()?;
