@@ -129,20 +129,8 @@ fn rebuild_command(flake: &Path, instance: &str) -> Vec<String> {
 /// `nixos-rebuild switch --flake <flake>#<instance>`.
 fn switch(sh: &xshell::Shell, flake: &Path, instance: &str) -> Result<()> {
     let target = format!("{}#{instance}", flake.display());
-    run_on_stderr(xshell::cmd!(sh, "nixos-rebuild switch --flake {target}"))
+    crate::output::run_on_stderr(xshell::cmd!(sh, "nixos-rebuild switch --flake {target}"))
         .with_context(|| format!("switching to {target}"))
-}
-
-/// Run a tool with everything it prints on our stderr (the journal, under
-/// systemd), so that stdout holds only this command's report (`--json`).
-pub(crate) fn run_on_stderr(cmd: xshell::Cmd<'_>) -> Result<()> {
-    let shown = cmd.to_string();
-    let mut command = std::process::Command::from(cmd);
-    command.stdout(std::io::stderr());
-    eprintln!("$ {shown}");
-    let status = command.status().with_context(|| format!("cannot run {shown}"))?;
-    ensure!(status.success(), "{shown} failed ({status})");
-    Ok(())
 }
 
 #[derive(Debug, Serialize)]
@@ -172,7 +160,7 @@ pub fn self_update(opts: &SwitchOptions) -> Result<SelfUpdateReport> {
     let flake = &opts.flake;
     check_flake(flake, &opts.instance)?;
     if !opts.dry_run {
-        run_on_stderr(xshell::cmd!(sh, "git -C {flake} pull --ff-only"))
+        crate::output::run_on_stderr(xshell::cmd!(sh, "git -C {flake} pull --ff-only"))
             .with_context(|| format!("cannot fast-forward {}; nothing was switched", flake.display()))?;
     }
     let previous = read_record(&opts.record)?.map(|d| d.revision);

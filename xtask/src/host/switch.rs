@@ -120,7 +120,7 @@ fn build(sh: &Shell, opts: &SwitchOptions) -> Result<PathBuf> {
     let (flake, rev) = (&opts.flake, &opts.rev);
     let commit = format!("{rev}^{{commit}}");
     if cmd!(sh, "git -C {flake} cat-file -e {commit}").quiet().ignore_stderr().run().is_err() {
-        deploy::run_on_stderr(cmd!(sh, "git -C {flake} fetch --quiet origin {rev}"))
+        crate::output::run_on_stderr(cmd!(sh, "git -C {flake} fetch --quiet origin {rev}"))
             .with_context(|| format!("cannot fetch {rev} into {}", flake.display()))?;
     }
     let installable = format!(
@@ -142,12 +142,12 @@ fn build(sh: &Shell, opts: &SwitchOptions) -> Result<PathBuf> {
 
 fn activate_and_check(sh: &Shell, opts: &SwitchOptions, new: &Path, boot_changed: &mut bool) -> Result<()> {
     let activate = new.join("bin/switch-to-configuration");
-    deploy::run_on_stderr(cmd!(sh, "{activate} test")).context("switch stopped at activation")?;
+    crate::output::run_on_stderr(cmd!(sh, "{activate} test")).context("switch stopped at activation")?;
     healthy(sh, opts).context("switch stopped at the health check")?;
     let profile = &opts.profile;
     *boot_changed = true;
-    deploy::run_on_stderr(cmd!(sh, "nix-env -p {profile} --set {new}"))
-        .and_then(|()| deploy::run_on_stderr(cmd!(sh, "{activate} boot")))
+    crate::output::run_on_stderr(cmd!(sh, "nix-env -p {profile} --set {new}"))
+        .and_then(|()| crate::output::run_on_stderr(cmd!(sh, "{activate} boot")))
         .context("switch stopped at making it the boot default")
 }
 
@@ -183,11 +183,11 @@ fn healthy(sh: &Shell, opts: &SwitchOptions) -> Result<()> {
 fn roll_back(sh: &Shell, opts: &SwitchOptions, previous: &Path, boot_changed: bool) -> Result<()> {
     let activate = previous.join("bin/switch-to-configuration");
     eprintln!("rolling back to {}", previous.display());
-    deploy::run_on_stderr(cmd!(sh, "{activate} test"))?;
+    crate::output::run_on_stderr(cmd!(sh, "{activate} test"))?;
     if boot_changed {
         let profile = &opts.profile;
-        deploy::run_on_stderr(cmd!(sh, "nix-env -p {profile} --set {previous}"))?;
-        deploy::run_on_stderr(cmd!(sh, "{activate} boot"))?;
+        crate::output::run_on_stderr(cmd!(sh, "nix-env -p {profile} --set {previous}"))?;
+        crate::output::run_on_stderr(cmd!(sh, "{activate} boot"))?;
     }
     Ok(())
 }
