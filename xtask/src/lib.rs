@@ -51,7 +51,7 @@ pub fn run(cli: flags::Xtask) -> Result<()> {
     runtime.block_on(async move {
         let ctx = Ctx::new(cli.global).await?;
         match cli.command {
-            flags::Command::Fleet(cmd) => fleet::run(&ctx, cmd),
+            flags::Command::Fleet(cmd) => fleet::run(&ctx, cmd).await,
             flags::Command::Doctor(args) => dev::doctor::run(&ctx, args).await,
             flags::Command::Secrets(cmd) => secrets::run(&ctx, cmd).await,
             flags::Command::Seeds(cmd) => bootstrap::seeds::run(&ctx, cmd),

@@ -21,10 +21,24 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
-/// The exit code for an error: 2 for usage errors, 1 for everything else.
+/// `fleet status` found drift: its report was printed; the CLI exits 3.
+#[derive(Debug)]
+pub struct DriftFound(pub usize);
+
+impl std::fmt::Display for DriftFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} drift finding(s) between the registry and EC2", self.0)
+    }
+}
+
+impl std::error::Error for DriftFound {}
+
+/// The exit code for an error: 2 for usage errors, 3 for drift, 1 for everything else.
 pub fn exit_code(err: &anyhow::Error) -> i32 {
     if err.chain().any(|e| e.is::<UsageError>()) {
         2
+    } else if err.chain().any(|e| e.is::<DriftFound>()) {
+        3
     } else {
         1
     }

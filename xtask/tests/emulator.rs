@@ -194,52 +194,131 @@ fn vmimport_trust_policy_is_understood() {
     assert!(!xtask::aws::iam::trusts_service(&doc.replace("vmie", "ec2"), "vmie.amazonaws.com"));
 }
 
-/// One SSM JSON-protocol call to the emulator. No SDK crate for SSM is
-/// compiled yet (no command uses SSM); this exercises the shim's patch the
-/// way an SDK would call it, signature header included.
-fn ssm_call(emulator: &Emulator, target: &str, body: serde_json::Value) -> serde_json::Value {
-    use std::io::Write;
-    let body = body.to_string();
-    let mut stream = std::net::TcpStream::connect(("127.0.0.1", emulator.port())).unwrap();
-    write!(
-        stream,
-        "POST / HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Type: application/x-amz-json-1.1\r\nX-Amz-Target: AmazonSSM.{target}\r\n\
-         Authorization: AWS4-HMAC-SHA256 Credential=testing/20261120/us-east-1/ssm/aws4_request, SignedHeaders=host, Signature=0\r\n\
-         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        emulator.port(),
-        body.len()
-    )
-    .unwrap();
-    let mut response = String::new();
-    stream.read_to_string(&mut response).unwrap();
-    let (head, payload) = response.split_once("\r\n\r\n").unwrap();
-    assert!(head.starts_with("HTTP/1.1 200"), "{head}\n{payload}");
-    serde_json::from_str(payload).unwrap()
+/// Two running instances named a and b, and an SDK client for the emulator.
+async fn two_instances(emulator: &Emulator) -> (Aws, Vec<String>) {
+    let aws = Aws::load(&Settings::local(&emulator.endpoint())).await.unwrap();
+    let mut ids = Vec::new();
+    for name in ["a", "b"] {
+        let tags = aws_sdk_ec2::types::TagSpecification::builder()
+            .resource_type(aws_sdk_ec2::types::ResourceType::Instance)
+            .tags(aws_sdk_ec2::types::Tag::builder().key("Name").value(name).build())
+            .build();
+        let out = aws
+            .ec2()
+            .run_instances()
+            .image_id("ami-12c6146b")
+            .min_count(1)
+            .max_count(1)
+            .tag_specifications(tags)
+            .send()
+            .await
+            .unwrap();
+        ids.push(out.instances()[0].instance_id().unwrap().to_string());
+    }
+    (aws, ids)
 }
 
-#[test]
-fn the_shim_adds_ssm_list_command_invocations() {
-    let emulator = Emulator::start().unwrap();
-    let sent = ssm_call(
-        &emulator,
-        "SendCommand",
-        serde_json::json!({"InstanceIds": ["i-0aaa", "i-0bbb"], "DocumentName": "AWS-RunShellScript", "Parameters": {"commands": ["nixos-rebuild switch"]}}),
-    );
-    let id = sent["Command"]["CommandId"].as_str().unwrap().to_string();
-    let all = ssm_call(&emulator, "ListCommandInvocations", serde_json::json!({"CommandId": id}));
-    let mut instances: Vec<&str> =
-        all["CommandInvocations"].as_array().unwrap().iter().map(|i| i["InstanceId"].as_str().unwrap()).collect();
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shim_adds_ssm_list_command_invocations() {
+    let emulator = tokio::task::spawn_blocking(Emulator::start).await.unwrap().unwrap();
+    let (aws, ids) = two_instances(&emulator).await;
+    let ssm = aws.ssm();
+    let sent = ssm
+        .send_command()
+        .set_instance_ids(Some(ids.clone()))
+        .document_name("AWS-RunShellScript")
+        .parameters("commands", vec!["true".into()])
+        .send()
+        .await
+        .unwrap();
+    let id = sent.command().unwrap().command_id().unwrap().to_string();
+    let all = ssm.list_command_invocations().command_id(&id).send().await.unwrap();
+    let mut instances: Vec<&str> = all.command_invocations().iter().filter_map(|i| i.instance_id()).collect();
     instances.sort();
-    assert_eq!(instances, ["i-0aaa", "i-0bbb"]);
-    let one = ssm_call(
-        &emulator,
-        "ListCommandInvocations",
-        serde_json::json!({"CommandId": id, "InstanceId": "i-0bbb", "Details": true}),
-    );
-    let invocations = one["CommandInvocations"].as_array().unwrap();
+    let mut expected: Vec<&str> = ids.iter().map(String::as_str).collect();
+    expected.sort();
+    assert_eq!(instances, expected);
+    let one = ssm.list_command_invocations().command_id(&id).instance_id(&ids[1]).details(true).send().await.unwrap();
+    let invocations = one.command_invocations();
     assert_eq!(invocations.len(), 1);
-    assert_eq!(invocations[0]["Status"], "Success");
-    assert_eq!(invocations[0]["CommandPlugins"][0]["Name"], "aws:runShellScript");
+    assert_eq!(invocations[0].status().map(|s| s.as_str()), Some("Success"));
+    assert_eq!(invocations[0].command_plugins()[0].name(), Some("aws:runShellScript"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shim_models_ssm_agents_and_chosen_invocation_outcomes() {
+    let emulator = tokio::task::spawn_blocking(Emulator::start).await.unwrap().unwrap();
+    let (aws, ids) = two_instances(&emulator).await;
+    let ssm = aws.ssm();
+    let online = |ids: Vec<String>| {
+        let ssm = ssm.clone();
+        async move {
+            let filter = aws_sdk_ssm::types::InstanceInformationStringFilter::builder()
+                .key("InstanceIds")
+                .set_values(Some(ids))
+                .build()
+                .unwrap();
+            let out = ssm.describe_instance_information().filters(filter).send().await.unwrap();
+            out.instance_information_list()
+                .iter()
+                .map(|i| (i.instance_id().unwrap().to_string(), i.ping_status().unwrap().as_str().to_string()))
+                .collect::<Vec<_>>()
+        }
+    };
+    assert!(online(ids.clone()).await.iter().all(|(_, p)| p == "Online"));
+    emulator.switch("ssm-agent", serde_json::json!({"name": "b", "online": false})).unwrap();
+    let pings = online(vec![ids[1].clone()]).await;
+    assert_eq!(pings, [(ids[1].clone(), "ConnectionLost".to_string())]);
+    // SendCommand refuses an instance whose agent is not connected, and one that does not exist.
+    for target in [ids[1].as_str(), "i-0123456789abcdef0"] {
+        let err = ssm
+            .send_command()
+            .instance_ids(target)
+            .document_name("AWS-RunShellScript")
+            .parameters("commands", vec!["true".into()])
+            .send()
+            .await
+            .unwrap_err();
+        assert_eq!(xtask::aws::error_code(&err), Some("InvalidInstanceId"), "{target}");
+    }
+    // A chosen outcome, InProgress for two polls first.
+    emulator
+        .switch(
+            "ssm-invocation",
+            serde_json::json!({"name": "a", "status": "Failed", "code": 1, "stderr": "boom", "pending_polls": 2}),
+        )
+        .unwrap();
+    let sent = ssm
+        .send_command()
+        .instance_ids(&ids[0])
+        .document_name("AWS-RunShellScript")
+        .parameters("commands", vec!["true".into()])
+        .send()
+        .await
+        .unwrap();
+    let command = sent.command().unwrap().command_id().unwrap();
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        let inv = ssm.get_command_invocation().command_id(command).instance_id(&ids[0]).send().await.unwrap();
+        seen.push(inv.status().unwrap().as_str().to_string());
+        if seen.last().unwrap() == "Failed" {
+            assert_eq!((inv.response_code(), inv.standard_error_content()), (1, Some("boom")));
+        }
+    }
+    assert_eq!(seen, ["InProgress", "InProgress", "Failed"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_shim_fails_status_checks_when_told() {
+    let emulator = tokio::task::spawn_blocking(Emulator::start).await.unwrap().unwrap();
+    let (aws, ids) = two_instances(&emulator).await;
+    emulator.switch("instance-health", serde_json::json!({"name": "a", "status": "impaired"})).unwrap();
+    let out = aws.ec2().describe_instance_status().set_instance_ids(Some(ids.clone())).send().await.unwrap();
+    let status = |id: &str| {
+        let s = out.instance_statuses().iter().find(|s| s.instance_id() == Some(id)).unwrap();
+        s.instance_status().unwrap().status().unwrap().as_str().to_string()
+    };
+    assert_eq!((status(&ids[0]), status(&ids[1])), ("impaired".to_string(), "ok".to_string()));
 }
 
 /// `--local` starts the emulator from a pooled thread; tokio retires idle

@@ -149,6 +149,13 @@ impl Emulator {
         Ok(())
     }
 
+    /// Test-only: one of the shim's named switches (`instance-health`,
+    /// `ssm-agent`, `ssm-invocation`; see the shim's docstring).
+    pub fn switch(&self, name: &str, body: serde_json::Value) -> Result<()> {
+        http_request_body(self.port, "POST", &format!("/_shim/{name}"), &body.to_string())?;
+        Ok(())
+    }
+
     /// Start recording requests from now on (clears earlier recordings).
     pub fn start_recording(&self) -> Result<()> {
         http_request(self.port, "POST", "/moto-api/recorder/reset-recording")?;

@@ -154,6 +154,10 @@ pub fn action_for(operation: &str) -> Option<&'static str> {
         "Secrets Manager TagResource" => "secretsmanager:TagResource",
         "Secrets Manager DeleteSecret" => "secretsmanager:DeleteSecret",
         "Secrets Manager ListSecrets" => "secretsmanager:ListSecrets",
+        "EC2 DescribeInstanceStatus" => "ec2:DescribeInstanceStatus",
+        "SSM DescribeInstanceInformation" => "ssm:DescribeInstanceInformation",
+        "SSM SendCommand" => "ssm:SendCommand",
+        "SSM GetCommandInvocation" => "ssm:GetCommandInvocation",
         _ => return None,
     })
 }

@@ -213,6 +213,10 @@ impl Aws {
         aws_sdk_secretsmanager::Client::new(&self.config)
     }
 
+    pub fn ssm(&self) -> aws_sdk_ssm::Client {
+        aws_sdk_ssm::Client::new(&self.config)
+    }
+
     /// The caller's ARN (STS GetCallerIdentity): proves credentials work.
     pub async fn caller_arn(&self) -> Result<String> {
         let out = self.sts().get_caller_identity().send().await.map_err(|e| error("STS GetCallerIdentity", "", e))?;

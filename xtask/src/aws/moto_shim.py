@@ -25,6 +25,18 @@ cannot produce by itself). All are JSON over HTTP on the emulator's port:
   conversion does.
 - `POST /_shim/image-state` `{"image_id": "ami-…", "state": "pending"}`:
   puts an AMI into a state AWS can report (pending, failed, …).
+- `POST /_shim/instance-health` `{"name": "clawdinator-2", "status":
+  "impaired"}`: the running instance(s) tagged Name=clawdinator-2 fail
+  their EC2 status checks (`"initializing"` for not passed yet; `"ok"`
+  resets).
+- `POST /_shim/ssm-agent` `{"name": "clawdinator-2", "online": false}`:
+  that instance's SSM agent is not connected (PingStatus ConnectionLost;
+  SendCommand refuses it).
+- `POST /_shim/ssm-invocation` `{"name": "clawdinator-2", "status":
+  "Failed", "code": 1, "stdout": "...", "stderr": "...", "pending_polls":
+  2}`: the outcome of the next commands run on that instance; the
+  invocation is InProgress for `pending_polls` GetCommandInvocation calls
+  first. Without one, an invocation succeeds (moto's behaviour).
 """
 
 import logging
@@ -503,6 +515,132 @@ def patch_ssm_list_command_invocations():
     SimpleSystemManagerResponse.list_command_invocations = list_command_invocations
 
 
+HEALTH = {}
+AGENTS = {}
+INVOCATIONS = {}
+
+
+def ec2_instances():
+    from moto.ec2.models import ec2_backends
+
+    for account in ec2_backends.values():
+        for backend in account.values():
+            for reservation in backend.reservations.values():
+                yield from reservation.instances
+
+
+def instance_name(instance_id):
+    """The Name tag of an EC2 instance (the fleet names instances by it)."""
+    for instance in ec2_instances():
+        if instance.id == instance_id:
+            return next((t["value"] for t in instance.get_tags() if t["key"] == "Name"), None)
+    return None
+
+
+def patch_instance_health():
+    """EC2 status checks: an instance a test marks fails them the way AWS
+    reports it (DescribeInstanceStatus: InstanceStatus `impaired` with the
+    `reachability` check `failed`, or `initializing` while checks run;
+    EC2 User Guide, "Status checks for Amazon EC2 instances")."""
+    from moto.ec2.models.instances import Instance
+
+    original = Instance.instance_status.fget
+
+    def instance_status(self):
+        rule = HEALTH.get(instance_name(self.id))
+        if rule is None or rule == "ok" or self.state_code != 16:
+            return original(self)
+        detail = "failed" if rule == "impaired" else "initializing"
+        return {"Details": [{"Name": "reachability", "Status": detail}], "Status": rule}
+
+    Instance.instance_status = property(instance_status)
+
+
+def patch_ssm_instances():
+    """ssm DescribeInstanceInformation, which moto lacks: the running EC2
+    instances whose agent is registered, each with PingStatus Online, or
+    ConnectionLost when a test says so (SSM API reference,
+    DescribeInstanceInformation; filter key InstanceIds). SendCommand
+    refuses an instance whose agent is not online with InvalidInstanceId
+    (SSM API reference, SendCommand errors). GetCommandInvocation reports
+    the outcome a test chose (see the module docstring)."""
+    from moto.core.exceptions import JsonRESTError
+    from moto.core.responses import ActionResult
+    from moto.ssm import models
+    from moto.ssm.responses import SimpleSystemManagerResponse
+
+    def online(instance):
+        return instance.state_code == 16 and AGENTS.get(instance_name(instance.id), True)
+
+    def describe_instance_information(self):
+        wanted = set()
+        for f in self._get_param("Filters", []) or []:
+            if f.get("Key") == "InstanceIds":
+                wanted.update(f.get("Values", []))
+        for f in self._get_param("InstanceInformationFilterList", []) or []:
+            if f.get("key") == "InstanceIds":
+                wanted.update(f.get("valueSet", []))
+        found = []
+        for instance in ec2_instances():
+            if instance.state_code != 16 or (wanted and instance.id not in wanted):
+                continue
+            found.append({
+                "InstanceId": instance.id,
+                "PingStatus": "Online" if online(instance) else "ConnectionLost",
+                "LastPingDateTime": time.time(),
+                "AgentVersion": "3.3.0.0",
+                "PlatformType": "Linux",
+                "PlatformName": "NixOS",
+                "ResourceType": "EC2Instance",
+                "IPAddress": instance.private_ip,
+                "ComputerName": instance_name(instance.id) or instance.id,
+            })
+        return ActionResult({"InstanceInformationList": found})
+
+    SimpleSystemManagerResponse.describe_instance_information = describe_instance_information
+
+    original_send = SimpleSystemManagerResponse.send_command
+
+    def send_command(self):
+        ids = self._get_param("InstanceIds", []) or []
+        by_id = {i.id: i for i in ec2_instances()}
+        bad = [i for i in ids if i not in by_id or not online(by_id[i])]
+        if bad:
+            raise JsonRESTError("InvalidInstanceId", f"Instances {bad} not in a valid state for account {self.current_account}")
+        return original_send(self)
+
+    SimpleSystemManagerResponse.send_command = send_command
+
+    original_response = models.Command.invocation_response
+
+    def invocation_response(self, instance_id, plugin_name):
+        invocation = original_response(self, instance_id, plugin_name)
+        rule = INVOCATIONS.get(instance_name(instance_id))
+        if rule:
+            invocation.update({
+                "Status": rule.get("status", "Success"),
+                "StatusDetails": rule.get("status", "Success"),
+                "ResponseCode": rule.get("code", 0),
+                "StandardOutputContent": rule.get("stdout", ""),
+                "StandardErrorContent": rule.get("stderr", ""),
+                "_pending": int(rule.get("pending_polls", 0)),
+            })
+        return invocation
+
+    models.Command.invocation_response = invocation_response
+
+    def get_command_invocation(self):
+        command = self.ssm_backend.get_command_by_id(self._get_param("CommandId"))
+        invocation = command.get_invocation(self._get_param("InstanceId"), self._get_param("PluginName"))
+        shown = {k: v for k, v in invocation.items() if not k.startswith("_")}
+        if invocation.get("_pending", 0) > 0:
+            invocation["_pending"] -= 1
+            shown.update({"Status": "InProgress", "StatusDetails": "InProgress", "ResponseCode": -1, "StandardOutputContent": ""})
+        return ActionResult(shown)
+
+    SimpleSystemManagerResponse.get_command_invocation = get_command_invocation
+
+
 SETTINGS = {}
 FAULTS = []
 FAULTS_LOCK = threading.Lock()
@@ -619,6 +757,15 @@ class Switches:
                         image.state = payload["state"]
                         return json_reply(start_response, {"ok": True})
             return json_reply(start_response, {"error": "no such image"}, "404 Not Found")
+        if path == "/_shim/instance-health" and method == "POST":
+            HEALTH[payload["name"]] = payload["status"]
+            return json_reply(start_response, HEALTH)
+        if path == "/_shim/ssm-agent" and method == "POST":
+            AGENTS[payload["name"]] = bool(payload["online"])
+            return json_reply(start_response, AGENTS)
+        if path == "/_shim/ssm-invocation" and method == "POST":
+            INVOCATIONS[payload["name"]] = payload
+            return json_reply(start_response, INVOCATIONS)
         return json_reply(start_response, {"error": f"unknown switch {method} {path}"}, "404 Not Found")
 
     def __call__(self, environ, start_response):
@@ -655,7 +802,7 @@ class Switches:
         return error_response(service, fire, start_response)
 
 
-PATCHES = [patch_recorder_lock, patch_ssm_list_command_invocations, patch_s3_list_parts, patch_ebs_direct, patch_register_image, patch_import_snapshot]
+PATCHES = [patch_recorder_lock, patch_ssm_list_command_invocations, patch_instance_health, patch_ssm_instances, patch_s3_list_parts, patch_ebs_direct, patch_register_image, patch_import_snapshot]
 
 
 def main():

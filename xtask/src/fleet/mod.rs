@@ -1,8 +1,107 @@
 //! The fleet stage: the registry (`nix/instances.json`), the single source of
 //! truth that the flake, OpenTofu and every command read.
 
+pub mod deploy;
 pub mod registry;
+pub mod status;
+pub mod switch;
 
-pub use registry::{
-    check, prefix_error, run, Instance, Problem, Problems, Registry, DEFAULT_PATH, TOKEN_SECRET_PREFIX,
-};
+pub use registry::{check, prefix_error, Instance, Problem, Problems, Registry, DEFAULT_PATH, TOKEN_SECRET_PREFIX};
+
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use anyhow::{bail, Result};
+
+use crate::output::{DriftFound, UsageError};
+use crate::{flags, project, Ctx};
+
+fn registry(args: &flags::InstancesArg) -> Result<Registry> {
+    Ok(Registry::load(&project::resolve(&args.path))?)
+}
+
+/// `fleet deploy all` replaces every instance: asked on a terminal, refused without one unless --yes.
+fn confirm_all(count: usize, yes: bool) -> Result<()> {
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!(UsageError(format!(
+            "`fleet deploy all` replaces all {count} instances: pass --yes (there is no terminal to ask on)"
+        )));
+    }
+    eprint!("Replace all {count} instances, one at a time, canary first? Type yes to go on: ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if answer.trim() != "yes" {
+        bail!("not confirmed; nothing was changed");
+    }
+    Ok(())
+}
+
+pub async fn run(ctx: &Ctx, cmd: flags::FleetCmd) -> Result<()> {
+    match cmd {
+        flags::FleetCmd::Check(args) => registry::run_check(ctx, args),
+        flags::FleetCmd::Status(args) => {
+            if let Some(rev) = &args.revision {
+                crate::host::switch::check_revision(rev).map_err(|e| UsageError(format!("--revision: {e}")))?;
+            }
+            let registry = registry(&args.instances)?;
+            let aws = ctx.aws().await?;
+            let report = status::status(&aws, &registry, args.revision).await?;
+            ctx.out.emit(&report)?;
+            if !report.drift.is_empty() {
+                bail!(DriftFound(report.drift.len()));
+            }
+            Ok(())
+        }
+        flags::FleetCmd::Deploy(args) => {
+            let registry = registry(&args.instances)?;
+            let names = deploy::targets(&registry, &args.targets, args.caller.as_deref())?;
+            if args.targets.iter().any(|t| t == "all") && !args.dry_run {
+                confirm_all(names.len(), args.yes)?;
+            }
+            let bucket = args.backend_bucket.clone().or_else(|| ctx.default_bucket().map(str::to_string));
+            let region = args
+                .backend_region
+                .clone()
+                .or_else(|| ctx.region())
+                .or_else(|| ctx.is_local().then(|| "us-east-1".into()));
+            let (Some(bucket), Some(region)) = (bucket, region) else {
+                bail!(UsageError("no state backend: pass --backend-bucket and --backend-region (or TF_BACKEND_BUCKET, TF_BACKEND_REGION)".into()));
+            };
+            let opts = deploy::DeployOptions {
+                targets: args.targets,
+                ami: args.ami,
+                caller: args.caller,
+                dry_run: args.dry_run,
+                chdir: args.chdir,
+                var_file: args.var_file,
+                backend: deploy::Backend { bucket, key: args.backend_key, region, lock_table: args.lock_table },
+                healthy_timeout: Duration::from_secs(args.healthy_timeout),
+                poll: poll_interval(),
+            };
+            let aws = ctx.aws().await?;
+            ctx.out.emit(&deploy::deploy(&aws, &registry, &opts, &ctx.cancel, &ctx.out).await?)
+        }
+        flags::FleetCmd::Switch(args) => {
+            let registry = registry(&args.instances)?;
+            let opts = switch::SwitchOptions {
+                rev: args.rev,
+                names: args.names,
+                parallel: args.parallel.into(),
+                dry_run: args.dry_run,
+                timeout: Duration::from_secs(args.timeout),
+                poll: poll_interval(),
+            };
+            let aws = ctx.aws().await?;
+            ctx.out.emit(&switch::switch(&aws, &registry, &opts, &ctx.cancel, &ctx.out).await?)
+        }
+    }
+}
+
+/// How often deploy and switch poll AWS (CLAWDINATOR_POLL_SECONDS; tests poll fast).
+fn poll_interval() -> Duration {
+    let secs = std::env::var("CLAWDINATOR_POLL_SECONDS").ok().and_then(|s| s.parse::<f64>().ok()).unwrap_or(5.0);
+    Duration::from_secs_f64(secs.clamp(0.05, 60.0))
+}

@@ -428,26 +428,19 @@ impl fmt::Display for CheckReport {
     }
 }
 
-pub fn run(ctx: &Ctx, cmd: flags::FleetCmd) -> Result<()> {
-    match cmd {
-        flags::FleetCmd::Check(args) => {
-            let path = project::resolve(&args.path);
-            let report = match Registry::load(&path) {
-                Ok(registry) => CheckReport {
-                    file: args.path.display().to_string(),
-                    ok: true,
-                    instances: registry.instances.into_keys().collect(),
-                    problems: vec![],
-                },
-                Err(Problems(problems)) => {
-                    CheckReport { file: args.path.display().to_string(), ok: false, instances: vec![], problems }
-                }
-            };
-            ctx.out.emit(&report)?;
-            if !report.ok {
-                bail!("the fleet registry {} is not valid", args.path.display());
-            }
-            Ok(())
+/// `fleet check`.
+pub fn run_check(ctx: &Ctx, args: flags::InstancesArg) -> Result<()> {
+    let path = project::resolve(&args.path);
+    let file = args.path.display().to_string();
+    let report = match Registry::load(&path) {
+        Ok(registry) => {
+            CheckReport { file, ok: true, instances: registry.instances.into_keys().collect(), problems: vec![] }
         }
+        Err(Problems(problems)) => CheckReport { file, ok: false, instances: vec![], problems },
+    };
+    ctx.out.emit(&report)?;
+    if !report.ok {
+        bail!("the fleet registry {} is not valid", args.path.display());
     }
+    Ok(())
 }

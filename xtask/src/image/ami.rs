@@ -113,7 +113,7 @@ pub fn sort_newest_first(images: &mut [Image]) {
     });
 }
 
-fn state(image: &Image) -> &str {
+pub fn state(image: &Image) -> &str {
     image.state().map(|s| s.as_str()).unwrap_or_default()
 }
 

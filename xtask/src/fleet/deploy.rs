@@ -1,0 +1,247 @@
+//! `fleet deploy <all|NAME>…`: replace instances from the latest fleet AMI
+//! (or a checked `--ami`), through OpenTofu, one at a time in registry
+//! order (canary first): replace, wait until the new instance runs, passes
+//! its EC2 status checks and has its SSM agent online, then the next. The
+//! first failure stops the roll, named; the rest stay as they were.
+//! Instances the registry has but EC2 lacks are created first.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use aws_sdk_ec2::types::Filter;
+use serde::Serialize;
+use xshell::{cmd, Shell};
+
+use crate::aws::{self, Aws};
+use crate::cancel::{Cancel, Poll, Wait};
+use crate::fleet::status::{self, LiveInstance};
+use crate::fleet::Registry;
+use crate::output::{Output, UsageError};
+
+/// OpenTofu's S3 backend settings (`tofu init -backend-config=…`).
+#[derive(Debug, Clone)]
+pub struct Backend {
+    pub bucket: String,
+    pub key: String,
+    pub region: String,
+    pub lock_table: String,
+}
+
+pub struct DeployOptions {
+    pub targets: Vec<String>,
+    pub ami: Option<String>,
+    pub caller: Option<String>,
+    pub dry_run: bool,
+    pub chdir: PathBuf,
+    pub var_file: Option<PathBuf>,
+    pub backend: Backend,
+    pub healthy_timeout: Duration,
+    pub poll: Duration,
+}
+
+/// The instance names a deploy works on, in registry order; refused when a
+/// target is unknown or the caller is among them (`all` includes it).
+pub fn targets(registry: &Registry, targets: &[String], caller: Option<&str>) -> Result<Vec<String>> {
+    let usage = |m: String| anyhow::Error::from(UsageError(m));
+    let all = targets.iter().any(|t| t == "all");
+    if all && targets.len() > 1 {
+        return Err(usage("`all` already means every instance: give `all` alone, or names".into()));
+    }
+    let names: Vec<String> = if all {
+        registry.instances.keys().cloned().collect()
+    } else {
+        registry.select(targets).map_err(|e| usage(format!("{e:#}")))?.iter().map(|i| i.host.clone()).collect()
+    };
+    if let Some(caller) = caller.filter(|c| names.iter().any(|n| n == c)) {
+        let how = if all { "`all` includes it" } else { "it is a target" };
+        return Err(usage(format!(
+            "refused: {caller} asked to deploy itself ({how}); an instance never replaces itself: another instance or a maintainer must ask"
+        )));
+    }
+    Ok(names)
+}
+
+/// One `tofu` invocation, as run and as shown.
+#[derive(Debug, Clone, Serialize)]
+pub struct Invocation {
+    pub args: Vec<String>,
+    /// The instances it creates or replaces.
+    pub instances: Vec<String>,
+    pub replace: bool,
+}
+
+impl Invocation {
+    pub fn shown(&self) -> String {
+        std::iter::once("tofu").chain(self.args.iter().map(String::as_str)).collect::<Vec<_>>().join(" ")
+    }
+}
+
+fn address(name: &str) -> String {
+    format!("aws_instance.clawdinator[\"{name}\"]")
+}
+
+/// The invocations a deploy runs, in order: init, one apply creating the
+/// missing targets, then one replacing apply per existing target.
+pub fn plan(opts: &DeployOptions, ami: &str, names: &[String], live: &[LiveInstance]) -> Vec<Invocation> {
+    let chdir = format!("-chdir={}", opts.chdir.display());
+    let b = &opts.backend;
+    let mut init = vec![chdir.clone(), "init".into(), "-input=false".into()];
+    init.extend(
+        [("bucket", &b.bucket), ("key", &b.key), ("region", &b.region), ("dynamodb_table", &b.lock_table)]
+            .map(|(k, v)| format!("-backend-config={k}={v}")),
+    );
+    let mut apply =
+        vec![chdir, "apply".into(), "-input=false".into(), "-auto-approve".into(), format!("-var=ami_id={ami}")];
+    if let Some(file) = &opts.var_file {
+        apply.push(format!("-var-file={}", file.display()));
+    }
+    let exists = |n: &String| live.iter().any(|i| i.name.as_ref() == Some(n));
+    let (existing, missing): (Vec<&String>, Vec<&String>) = names.iter().partition(|n| exists(n));
+    let mut plan = vec![Invocation { args: init, instances: vec![], replace: false }];
+    if !missing.is_empty() {
+        let mut args = apply.clone();
+        args.extend(missing.iter().map(|n| format!("-target={}", address(n))));
+        plan.push(Invocation { args, instances: missing.iter().map(|n| n.to_string()).collect(), replace: false });
+    }
+    for name in existing {
+        let mut args = apply.clone();
+        args.push(format!("-replace={}", address(name)));
+        plan.push(Invocation { args, instances: vec![name.clone()], replace: true });
+    }
+    plan
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeployReport {
+    pub ami: String,
+    pub dry_run: bool,
+    pub invocations: Vec<Invocation>,
+    /// Instance name -> the instance it runs now.
+    pub deployed: Vec<(String, String)>,
+}
+
+impl std::fmt::Display for DeployReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.dry_run {
+            writeln!(f, "would run, one at a time (ami_id = {}):", self.ami)?;
+            return self.invocations.iter().try_for_each(|i| writeln!(f, "  {}", i.shown()));
+        }
+        for (name, id) in &self.deployed {
+            writeln!(f, "{name}: {id} from {} is running, healthy and online in SSM", self.ami)?;
+        }
+        Ok(())
+    }
+}
+
+/// Wait until `name` runs as a new instance (not one of `old`) that passes
+/// its status checks and has its SSM agent online.
+async fn healthy(
+    aws: &Aws,
+    name: &str,
+    old: &[String],
+    opts: &DeployOptions,
+    cancel: &Cancel,
+    out: &Output,
+) -> Result<String> {
+    let wait = Wait {
+        what: format!("{name} to be healthy"),
+        every: opts.poll,
+        limit: opts.healthy_timeout,
+        raise: "raise it with --healthy-timeout",
+        cancel,
+        out,
+    };
+    wait.until(|| async {
+        let found = aws
+            .ec2()
+            .describe_instances()
+            .filters(Filter::builder().name("tag:Name").values(name).build())
+            .filters(Filter::builder().name("instance-state-name").values("pending").values("running").build())
+            .send()
+            .await
+            .map_err(|e| aws::error("EC2 DescribeInstances", name, e))?;
+        let Some(instance) = found
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .find(|i| i.instance_id().is_some_and(|id| !old.iter().any(|o| o == id)))
+        else {
+            return Ok(Poll::Pending("no new instance yet".into()));
+        };
+        let id = instance.instance_id().unwrap_or_default().to_string();
+        if instance.state().and_then(|s| s.name()).map(|n| n.as_str()) != Some("running") {
+            return Ok(Poll::Pending(format!("{id} pending")));
+        }
+        let statuses = aws
+            .ec2()
+            .describe_instance_status()
+            .instance_ids(&id)
+            .send()
+            .await
+            .map_err(|e| aws::error("EC2 DescribeInstanceStatus", &id, e))?;
+        let checks = statuses.instance_statuses().first().map(|s| {
+            let of = |x: Option<&aws_sdk_ec2::types::InstanceStatusSummary>| {
+                x.and_then(|s| s.status()).map(|s| s.as_str().to_string()).unwrap_or_default()
+            };
+            (of(s.instance_status()), of(s.system_status()))
+        });
+        match checks {
+            Some((i, s)) if i == "ok" && s == "ok" => {}
+            Some((i, s)) if i == "impaired" || s == "impaired" => {
+                anyhow::bail!("{name} ({id}) fails its EC2 status checks (instance {i}, system {s})")
+            }
+            other => return Ok(Poll::Pending(format!("{id} status checks {other:?}"))),
+        }
+        if status::ssm_online(aws, std::slice::from_ref(&id)).await?.contains(&id) {
+            Ok(Poll::Done(id))
+        } else {
+            Ok(Poll::Pending(format!("{id} SSM agent not online")))
+        }
+    })
+    .await
+}
+
+fn tofu(invocation: &Invocation) -> Result<()> {
+    let sh = Shell::new()?;
+    sh.set_var("TF_IN_AUTOMATION", "1");
+    let args = &invocation.args;
+    crate::output::run_on_stderr(cmd!(sh, "tofu {args...}"))
+}
+
+/// Run the plan; see the module comment.
+pub async fn deploy(
+    aws: &Aws,
+    registry: &Registry,
+    opts: &DeployOptions,
+    cancel: &Cancel,
+    out: &Output,
+) -> Result<DeployReport> {
+    let names = targets(registry, &opts.targets, opts.caller.as_deref())?;
+    let image = crate::image::ami::latest(&aws.ec2(), opts.ami.as_deref()).await?;
+    let ami = image.image_id().context("the AMI has no id")?.to_string();
+    let live = status::live_instances(aws).await?;
+    let plan = plan(opts, &ami, &names, &live);
+    let mut report = DeployReport { ami, dry_run: opts.dry_run, invocations: plan.clone(), deployed: vec![] };
+    if opts.dry_run {
+        return Ok(report);
+    }
+    for invocation in &plan {
+        let old: Vec<String> = live
+            .iter()
+            .filter(|i| i.name.as_ref().is_some_and(|n| invocation.instances.contains(n)))
+            .map(|i| i.id.clone())
+            .collect();
+        tokio::task::block_in_place(|| tofu(invocation)).with_context(|| {
+            format!("`{}` failed; the instances after it were left as they are", invocation.shown())
+        })?;
+        for name in &invocation.instances {
+            let id = healthy(aws, name, &old, opts, cancel, out).await.with_context(|| {
+                format!("{name} is not healthy after the deploy; the instances after it were left as they are")
+            })?;
+            report.deployed.push((name.clone(), id));
+        }
+    }
+    Ok(report)
+}

@@ -1,0 +1,261 @@
+//! `fleet switch REV [NAME]…`: the release lane. Each host, in registry
+//! order (the first alone, as the canary, then `--parallel` at a time),
+//! runs `clawdinator host switch REV` through SSM (`AWS-RunShellScript`):
+//! the host builds, activates, checks and rolls itself back on failure.
+//! The first failed host stops the lane; hosts not yet switched are left
+//! untouched. A switched instance is tagged with the revision.
+
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use aws_sdk_ec2::types::Filter;
+use serde::Serialize;
+
+use crate::aws::{self, Aws};
+use crate::cancel::{Cancel, Poll, Wait};
+use crate::fleet::status::TAG_DEPLOYED_REVISION;
+use crate::fleet::Registry;
+use crate::output::Output;
+
+/// The host-side command, from the system the module installed (the
+/// revision is checked to be 40 hex digits: nothing else reaches the shell).
+pub fn host_command(rev: &str) -> String {
+    format!("/run/current-system/sw/bin/clawdinator host switch {rev} --json")
+}
+
+pub struct SwitchOptions {
+    pub rev: String,
+    pub names: Vec<String>,
+    pub parallel: usize,
+    pub dry_run: bool,
+    pub timeout: Duration,
+    pub poll: Duration,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HostOutcome {
+    pub name: String,
+    pub instance_id: Option<String>,
+    /// `switched`, `failed`, `not-started`, `would-switch` or `would-fail`.
+    pub outcome: String,
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SwitchReport {
+    pub revision: String,
+    pub command: String,
+    pub waves: Vec<Vec<String>>,
+    pub hosts: Vec<HostOutcome>,
+}
+
+impl std::fmt::Display for SwitchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "switch to {} ({})", self.revision, self.command)?;
+        for (n, wave) in self.waves.iter().enumerate() {
+            writeln!(f, "  wave {}{}: {}", n + 1, if n == 0 { " (canary)" } else { "" }, wave.join(", "))?;
+        }
+        for h in &self.hosts {
+            let id = h.instance_id.as_deref().unwrap_or("-");
+            writeln!(
+                f,
+                "  {:<16} {:<20} {}{}",
+                h.name,
+                id,
+                h.outcome,
+                if h.detail.is_empty() { String::new() } else { format!(": {}", h.detail) }
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// The canary alone, then waves of `parallel`.
+pub fn waves(names: &[String], parallel: usize) -> Vec<Vec<String>> {
+    let Some((canary, rest)) = names.split_first() else { return vec![] };
+    std::iter::once(vec![canary.clone()]).chain(rest.chunks(parallel.max(1)).map(|c| c.to_vec())).collect()
+}
+
+/// The one running instance named `name`; zero or several is an error naming them.
+pub async fn running_instance(aws: &Aws, name: &str) -> Result<String> {
+    let out = aws
+        .ec2()
+        .describe_instances()
+        .filters(Filter::builder().name("tag:Name").values(name).build())
+        .filters(Filter::builder().name("tag:app").values("clawdinator").build())
+        .filters(Filter::builder().name("instance-state-name").values("running").build())
+        .send()
+        .await
+        .map_err(|e| aws::error("EC2 DescribeInstances", name, e))?;
+    let ids: Vec<String> = out
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter_map(|i| i.instance_id())
+        .map(String::from)
+        .collect();
+    match ids.as_slice() {
+        [one] => Ok(one.clone()),
+        [] => bail!("{name}: no running instance tagged Name={name}, app=clawdinator (fleet deploy {name} creates it)"),
+        many => bail!("{name}: {} running instances ({}); terminate the extra ones first", many.len(), many.join(", ")),
+    }
+}
+
+/// Run the host command on one instance and wait for its end.
+async fn switch_host(
+    aws: &Aws,
+    name: &str,
+    id: &str,
+    opts: &SwitchOptions,
+    cancel: &Cancel,
+    out: &Output,
+) -> Result<String> {
+    let ssm = aws.ssm();
+    let sent = ssm
+        .send_command()
+        .document_name("AWS-RunShellScript")
+        .instance_ids(id)
+        .comment(format!("clawdinator fleet switch {}", &opts.rev[..12]))
+        .parameters("commands", vec![host_command(&opts.rev)])
+        .timeout_seconds(600)
+        .send()
+        .await
+        .map_err(|e| aws::error("SSM SendCommand", id, e))?;
+    let command_id =
+        sent.command().and_then(|c| c.command_id()).context("SendCommand returned no command id")?.to_string();
+    let wait = Wait {
+        what: format!("{name} switching"),
+        every: opts.poll,
+        limit: opts.timeout,
+        raise: "raise it with --timeout",
+        cancel,
+        out,
+    };
+    let (status, output) = wait
+        .until(|| async {
+            let got = ssm.get_command_invocation().command_id(&command_id).instance_id(id).send().await;
+            let inv = match got {
+                Ok(inv) => inv,
+                // "InvocationDoesNotExist" right after SendCommand: not registered yet.
+                Err(e) if aws::error_code(&e) == Some("InvocationDoesNotExist") => {
+                    return Ok(Poll::Pending("queued".into()))
+                }
+                Err(e) => return Err(aws::error("SSM GetCommandInvocation", id, e)),
+            };
+            let status = inv.status().map(|s| s.as_str().to_string()).unwrap_or_default();
+            if matches!(status.as_str(), "Pending" | "InProgress" | "Delayed" | "Cancelling") {
+                return Ok(Poll::Pending(status));
+            }
+            let output = format!(
+                "{}{}",
+                inv.standard_output_content().unwrap_or_default(),
+                inv.standard_error_content().unwrap_or_default()
+            );
+            Ok(Poll::Done((status, output)))
+        })
+        .await?;
+    if status != "Success" {
+        bail!("{name} ({id}): the host switch ended {status}; its output:\n{}", output.trim_end());
+    }
+    aws.ec2()
+        .create_tags()
+        .resources(id)
+        .tags(aws_sdk_ec2::types::Tag::builder().key(TAG_DEPLOYED_REVISION).value(&opts.rev).build())
+        .send()
+        .await
+        .map_err(|e| aws::error("EC2 CreateTags", id, e))?;
+    Ok(output)
+}
+
+/// The whole lane; stops at the first failed host.
+pub async fn switch(
+    aws: &Aws,
+    registry: &Registry,
+    opts: &SwitchOptions,
+    cancel: &Cancel,
+    out: &Output,
+) -> Result<SwitchReport> {
+    crate::host::switch::check_revision(&opts.rev)?;
+    let names: Vec<String> = registry.select(&opts.names)?.iter().map(|i| i.host.clone()).collect();
+    let mut report = SwitchReport {
+        revision: opts.rev.clone(),
+        command: host_command(&opts.rev),
+        waves: waves(&names, opts.parallel),
+        hosts: vec![],
+    };
+    // Every host resolves to one instance before any is touched.
+    let mut resolved = Vec::new();
+    let mut unresolved = Vec::new();
+    for name in &names {
+        match running_instance(aws, name).await {
+            Ok(id) => resolved.push((name.clone(), id)),
+            Err(e) => unresolved.push((name.clone(), format!("{e:#}"))),
+        }
+    }
+    if opts.dry_run {
+        for (name, id) in &resolved {
+            report.hosts.push(HostOutcome {
+                name: name.clone(),
+                instance_id: Some(id.clone()),
+                outcome: "would-switch".into(),
+                detail: String::new(),
+            });
+        }
+        for (name, why) in unresolved {
+            report.hosts.push(HostOutcome { name, instance_id: None, outcome: "would-fail".into(), detail: why });
+        }
+        return Ok(report);
+    }
+    if let Some((_, why)) = unresolved.first() {
+        bail!("nothing was switched: {why}");
+    }
+    let id_of =
+        |name: &str| resolved.iter().find(|(n, _)| n == name).map(|(_, id)| id.clone()).expect("resolved above");
+    let mut failure = None;
+    for wave in report.waves.clone() {
+        if failure.is_some() {
+            report.hosts.extend(wave.iter().map(|n| HostOutcome {
+                name: n.clone(),
+                instance_id: Some(id_of(n)),
+                outcome: "not-started".into(),
+                detail: String::new(),
+            }));
+            continue;
+        }
+        let runs = wave.iter().map(|name| {
+            let id = id_of(name);
+            async move { (name.clone(), id.clone(), switch_host(aws, name, &id, opts, cancel, out).await) }
+        });
+        for (name, id, result) in futures::future::join_all(runs).await {
+            let (outcome, detail) = match result {
+                Ok(_) => ("switched", String::new()),
+                Err(e) => {
+                    failure.get_or_insert(format!("{e:#}"));
+                    ("failed", format!("{e:#}"))
+                }
+            };
+            report.hosts.push(HostOutcome { name, instance_id: Some(id), outcome: outcome.into(), detail });
+        }
+    }
+    if let Some(why) = failure {
+        out.emit(&report)?;
+        bail!("fleet switch stopped: {why}");
+    }
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_canary_goes_alone_then_waves_of_parallel() {
+        let names: Vec<String> = (1..=6).map(|n| format!("h{n}")).collect();
+        assert_eq!(waves(&names, 2), vec![vec!["h1"], vec!["h2", "h3"], vec!["h4", "h5"], vec!["h6"]]);
+        assert_eq!(waves(&names[..1], 4), vec![vec!["h1"]]);
+        assert_eq!(waves(&names[..3], 1).len(), 3);
+    }
+}

@@ -1,0 +1,548 @@
+//! fleet status, deploy and switch against the emulator: instances made
+//! with run-instances, a stand-in `tofu` that records its calls and
+//! creates or replaces instances the way the real apply would, and SSM
+//! invocations whose outcome the test chooses (shim switches).
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+use common::{env, Env};
+use serde_json::{json, Value};
+
+const REV: &str = "0123456789abcdef0123456789abcdef01234567";
+const OLD_REV: &str = "89abcdef0123456789abcdef0123456789abcdef";
+
+/// A registry of `n` instances, t3.large each.
+fn registry(env: &Env, n: usize) -> PathBuf {
+    let map: serde_json::Map<String, Value> =
+        (1..=n).map(|i| (format!("clawdinator-{i}"), xtask::dev::fixtures::instance_json(i))).collect();
+    let path = env.path("nix/instances.json");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, serde_json::to_string_pretty(&map).unwrap()).unwrap();
+    path
+}
+
+/// A fleet AMI (tag clawdinator=true), available.
+async fn fleet_ami(env: &Env, name: &str) -> String {
+    let ec2 = env.aws.ec2();
+    let volume = ec2.create_volume().availability_zone("us-east-1a").size(8).send().await.unwrap();
+    let snap = ec2.create_snapshot().volume_id(volume.volume_id().unwrap()).send().await.unwrap();
+    let image = ec2
+        .register_image()
+        .name(name)
+        .root_device_name("/dev/xvda")
+        .block_device_mappings(
+            aws_sdk_ec2::types::BlockDeviceMapping::builder()
+                .device_name("/dev/xvda")
+                .ebs(aws_sdk_ec2::types::EbsBlockDevice::builder().snapshot_id(snap.snapshot_id().unwrap()).build())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap()
+        .image_id
+        .unwrap();
+    ec2.create_tags()
+        .resources(&image)
+        .tags(Tag::builder().key("clawdinator").value("true").build())
+        .send()
+        .await
+        .unwrap();
+    image
+}
+
+/// A running fleet instance named `name`.
+async fn instance(env: &Env, name: &str, ami: &str, kind: &str, revision: Option<&str>) -> String {
+    let mut tags =
+        vec![Tag::builder().key("Name").value(name).build(), Tag::builder().key("app").value("clawdinator").build()];
+    if let Some(rev) = revision {
+        tags.push(Tag::builder().key("clawdinator:deployed-revision").value(rev).build());
+    }
+    let out = env
+        .aws
+        .ec2()
+        .run_instances()
+        .image_id(ami)
+        .instance_type(kind.into())
+        .min_count(1)
+        .max_count(1)
+        .tag_specifications(
+            TagSpecification::builder().resource_type(ResourceType::Instance).set_tags(Some(tags)).build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    out.instances()[0].instance_id().unwrap().to_string()
+}
+
+fn xtask(env: &Env, args: &[&str]) -> std::process::Output {
+    env.cli(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .env("CLAWDINATOR_POLL_SECONDS", "0.05")
+        .env_remove("CLAWDINATOR_CALLER")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn json_of(out: &std::process::Output) -> Value {
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!("{e}: {}\n{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr))
+    })
+}
+
+// ---------------------------------------------------------------- status
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_in_sync_exits_0() {
+    let env = env().await;
+    let reg = registry(&env, 2);
+    let ami = fleet_ami(&env, "fleet-1").await;
+    for n in ["clawdinator-1", "clawdinator-2"] {
+        instance(&env, n, &ami, "t3.large", Some(REV)).await;
+    }
+    let out = xtask(&env, &["--json", "fleet", "status", "--instances", reg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = json_of(&out);
+    assert_eq!(report["drift"], json!([]));
+    assert_eq!(report["latestAmi"], json!(ami));
+    assert_eq!(report["fleetRevision"], json!(REV));
+    let rows = report["instances"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    for key in ["id", "name", "state", "instanceType", "ami", "launchTime", "revision", "ssmOnline"] {
+        assert!(rows[0].get(key).is_some(), "no {key} in {}", rows[0]);
+    }
+    assert_eq!(rows[0]["ssmOnline"], json!(true));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_names_every_kind_of_drift_and_exits_3() {
+    let env = env().await;
+    let reg = registry(&env, 5);
+    let old = fleet_ami(&env, "fleet-old").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let ami = fleet_ami(&env, "fleet-new").await;
+    instance(&env, "clawdinator-1", &ami, "t3.large", Some(REV)).await; // in sync
+    instance(&env, "clawdinator-1", &ami, "t3.large", Some(REV)).await; // duplicate
+    instance(&env, "clawdinator-2", &old, "t3.large", Some(REV)).await; // stale AMI
+    instance(&env, "clawdinator-3", &ami, "t3.small", Some(REV)).await; // type
+    instance(&env, "clawdinator-4", &ami, "t3.large", Some(OLD_REV)).await; // revision
+    instance(&env, "stray", &ami, "t3.large", Some(REV)).await; // unknown; clawdinator-5 missing
+    env.emulator.switch("ssm-agent", json!({"name": "clawdinator-3", "online": false})).unwrap();
+    let out = xtask(&env, &["--json", "fleet", "status", "--instances", reg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = json_of(&out);
+    let kinds: Vec<&str> = report["drift"].as_array().unwrap().iter().map(|d| d["kind"].as_str().unwrap()).collect();
+    for kind in ["missing", "unknown", "duplicate", "stale-ami", "type-mismatch", "revision-mismatch"] {
+        assert!(kinds.contains(&kind), "no {kind} in {kinds:?}");
+    }
+    let missing: Vec<&Value> = report["drift"].as_array().unwrap().iter().filter(|d| d["kind"] == "missing").collect();
+    assert_eq!(missing.len(), 1);
+    assert_eq!(missing[0]["name"], "clawdinator-5");
+    let revision = report["drift"].as_array().unwrap().iter().find(|d| d["kind"] == "revision-mismatch").unwrap();
+    assert_eq!((revision["name"].as_str(), revision["fleet"].as_str()), (Some("clawdinator-4"), Some(REV)));
+    let offline = report["instances"].as_array().unwrap().iter().find(|i| i["name"] == "clawdinator-3").unwrap();
+    assert_eq!(offline["ssmOnline"], json!(false));
+
+    // The table says the same to a person.
+    let text = xtask(&env, &["fleet", "status", "--instances", reg.to_str().unwrap()]);
+    assert_eq!(text.status.code(), Some(3));
+    let stdout = String::from_utf8_lossy(&text.stdout);
+    assert!(
+        stdout.contains("NAME") && stdout.contains("missing: clawdinator-5") && stdout.contains("stale AMI"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn status_and_switch_dry_run_work_under_local() {
+    let run = |args: &[&str]| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .current_dir(xtask::project::root())
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let status = run(&["--local", "--json", "fleet", "status"]);
+    assert_eq!(status.status.code(), Some(3), "{}", String::from_utf8_lossy(&status.stderr));
+    assert_eq!(json_of(&status)["drift"].as_array().unwrap().len(), 2, "both shipped instances are missing");
+    let switch = run(&["--local", "--json", "fleet", "switch", REV, "--dry-run"]);
+    assert!(switch.status.success(), "{}", String::from_utf8_lossy(&switch.stderr));
+    let report = json_of(&switch);
+    assert_eq!(report["waves"], json!([["clawdinator-1"], ["clawdinator-2"]]));
+    assert_eq!(report["hosts"][0]["outcome"], "would-fail");
+}
+
+// ---------------------------------------------------------------- deploy
+
+/// A stand-in `tofu`: records each call (arguments and TF_/AWS_REGION
+/// environment) as a JSON line in $TOFU_LOG; `apply` creates the targeted
+/// missing instances, or terminates and recreates a `-replace`d one, from
+/// `-var=ami_id=`, with the registry's type and the fleet tags, as the real
+/// apply of infra/opentofu/aws would. $TOFU_FAIL makes an apply fail.
+fn stand_in_tofu(dir: &Path) -> PathBuf {
+    let python = xtask::aws::emulator::venv_python();
+    let script = format!(
+        r#"#!{python}
+import json, os, re, sys
+import boto3
+args = sys.argv[1:]
+with open(os.environ["TOFU_LOG"], "a") as log:
+    env = {{k: v for k, v in os.environ.items() if k.startswith("TF_")}}
+    log.write(json.dumps({{"args": args, "env": env}}) + "\n")
+chdir = next(a[len("-chdir="):] for a in args if a.startswith("-chdir="))
+command = next(a for a in args if not a.startswith("-"))
+if command != "apply":
+    sys.exit(0)
+if os.environ.get("TOFU_FAIL"):
+    print("Error: creating EC2 Instance: InsufficientInstanceCapacity", file=sys.stderr)
+    sys.exit(1)
+registry = json.load(open(os.path.join(chdir, "../../../nix/instances.json")))
+ami = next(a.split("=", 2)[2] for a in args if a.startswith("-var=ami_id="))
+ec2 = boto3.client("ec2", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1")
+def live(name):
+    out = ec2.describe_instances(Filters=[{{"Name": "tag:Name", "Values": [name]}}, {{"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}}])
+    return [i["InstanceId"] for r in out["Reservations"] for i in r["Instances"]]
+def create(name):
+    tags = [{{"Key": "Name", "Value": name}}, {{"Key": "app", "Value": "clawdinator"}}, {{"Key": "clawdinator:instance", "Value": name}}]
+    ec2.run_instances(ImageId=ami, InstanceType=registry[name]["instanceType"], MinCount=1, MaxCount=1,
+                      TagSpecifications=[{{"ResourceType": "instance", "Tags": tags}}])
+names = lambda flag: [m.group(1) for a in args for m in [re.match(flag + r'=aws_instance\.clawdinator\["(.+)"\]$', a)] if m]
+for name in names("-replace"):
+    old = live(name)
+    if old:
+        ec2.terminate_instances(InstanceIds=old)
+    create(name)
+targets = names("-target") or ([] if names("-replace") else list(registry))
+for name in targets:
+    if not live(name):
+        create(name)
+"#,
+        python = python.display()
+    );
+    let path = dir.join("bin/tofu");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir.join("bin")
+}
+
+/// A module directory whose ../../../nix/instances.json is the test's registry.
+fn module_dir(env: &Env) -> PathBuf {
+    let dir = env.path("infra/opentofu/aws");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn deploy(env: &Env, args: &[&str], extra_env: &[(&str, &str)]) -> (std::process::Output, Vec<Value>) {
+    let bin = stand_in_tofu(env.dir.path());
+    let log = env.path("tofu.log");
+    let _ = std::fs::remove_file(&log);
+    let reg = registry_path(env);
+    let chdir = module_dir(env);
+    let mut command = env.cli(env!("CARGO_BIN_EXE_xtask"));
+    command
+        .args(["--json", "fleet", "deploy"])
+        .args(args)
+        .args(["--instances", reg.to_str().unwrap(), "--chdir", chdir.to_str().unwrap()])
+        .args(["--backend-bucket", "state-bucket", "--backend-region", "us-east-1", "--healthy-timeout", "20"])
+        .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()))
+        .env("TOFU_LOG", &log)
+        .env("CLAWDINATOR_POLL_SECONDS", "0.05")
+        .env_remove("CLAWDINATOR_CALLER")
+        .stdin(std::process::Stdio::null());
+    for (k, v) in extra_env {
+        command.env(k, v);
+    }
+    let out = command.output().unwrap();
+    let calls =
+        std::fs::read_to_string(&log).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    (out, calls)
+}
+
+fn registry_path(env: &Env) -> PathBuf {
+    env.path("nix/instances.json")
+}
+
+fn args_of(call: &Value) -> Vec<String> {
+    call["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap().to_string()).collect()
+}
+
+async fn live_ids(env: &Env, name: &str) -> Vec<String> {
+    let out = env
+        .aws
+        .ec2()
+        .describe_instances()
+        .filters(aws_sdk_ec2::types::Filter::builder().name("tag:Name").values(name).build())
+        .filters(aws_sdk_ec2::types::Filter::builder().name("instance-state-name").values("running").build())
+        .send()
+        .await
+        .unwrap();
+    out.reservations().iter().flat_map(|r| r.instances()).map(|i| i.instance_id().unwrap().to_string()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn targets_are_checked_and_an_instance_never_deploys_itself() {
+    let env = env().await;
+    registry(&env, 2);
+    fleet_ami(&env, "fleet-1").await;
+    for (args, envs, says) in [
+        (vec!["clawdinator-9"], vec![], "clawdinator-9"),
+        (vec!["clawdinator-1", "--caller", "clawdinator-1"], vec![], "deploy itself"),
+        (vec!["all", "--caller", "clawdinator-2"], vec![], "`all` includes it"),
+        (vec!["clawdinator-2"], vec![("CLAWDINATOR_CALLER", "clawdinator-2")], "deploy itself"),
+        (vec!["all", "clawdinator-1"], vec![], "give `all` alone"),
+        (vec!["all"], vec![], "pass --yes"),
+    ] {
+        let (out, calls) = deploy(&env, &args, &envs);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains(says), "{args:?}: {stderr}");
+        assert!(calls.is_empty(), "{args:?}: tofu ran");
+    }
+    let out = xtask(&env, &["fleet", "deploy"]);
+    assert_eq!(out.status.code(), Some(2), "a target is required");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_target_is_replaced_with_the_exact_tofu_calls() {
+    let env = env().await;
+    registry(&env, 2);
+    let ami = fleet_ami(&env, "fleet-1").await;
+    let old1 = instance(&env, "clawdinator-1", &ami, "t3.large", None).await;
+    let old2 = instance(&env, "clawdinator-2", &ami, "t3.large", None).await;
+    let chdir = format!("-chdir={}", module_dir(&env).display());
+
+    let (dry, calls) = deploy(&env, &["clawdinator-2", "--dry-run"], &[]);
+    assert!(dry.status.success(), "{}", String::from_utf8_lossy(&dry.stderr));
+    assert!(calls.is_empty(), "--dry-run ran tofu");
+    let shown: Vec<String> = json_of(&dry)["invocations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["args"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect::<Vec<_>>().join(" "))
+        .collect();
+    assert_eq!(shown.len(), 2, "{shown:?}");
+
+    let (out, calls) = deploy(&env, &["clawdinator-2"], &[("TF_VAR_extra", "x")]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(calls.len(), 2, "{calls:?}");
+    assert_eq!(
+        args_of(&calls[0]),
+        [
+            chdir.as_str(),
+            "init",
+            "-input=false",
+            "-backend-config=bucket=state-bucket",
+            "-backend-config=key=tfstate/fleet.tfstate",
+            "-backend-config=region=us-east-1",
+            "-backend-config=dynamodb_table=clawdinator-terraform-locks",
+        ]
+    );
+    assert_eq!(
+        args_of(&calls[1]),
+        [
+            chdir.as_str(),
+            "apply",
+            "-input=false",
+            "-auto-approve",
+            &format!("-var=ami_id={ami}"),
+            "-replace=aws_instance.clawdinator[\"clawdinator-2\"]"
+        ]
+    );
+    assert_eq!(calls[1]["env"]["TF_IN_AUTOMATION"], "1");
+    assert_eq!(calls[1]["env"]["TF_VAR_extra"], "x");
+    assert_eq!(shown[1], args_of(&calls[1]).join(" "), "the dry run showed another call");
+    assert_eq!(live_ids(&env, "clawdinator-1").await, [old1], "the other instance was touched");
+    let now = live_ids(&env, "clawdinator-2").await;
+    assert!(now.len() == 1 && now[0] != old2, "{now:?}");
+    assert_eq!(json_of(&out)["deployed"], json!([["clawdinator-2", now[0]]]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn all_rolls_one_at_a_time_creating_missing_ones_first() {
+    let env = env().await;
+    registry(&env, 3);
+    let ami = fleet_ami(&env, "fleet-1").await;
+    instance(&env, "clawdinator-1", &ami, "t3.large", None).await;
+    instance(&env, "clawdinator-3", &ami, "t3.large", None).await;
+    let (out, calls) = deploy(&env, &["all", "--yes"], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let applies: Vec<String> = calls.iter().skip(1).map(|c| args_of(c).last().unwrap().clone()).collect();
+    assert_eq!(
+        applies,
+        [
+            "-target=aws_instance.clawdinator[\"clawdinator-2\"]",
+            "-replace=aws_instance.clawdinator[\"clawdinator-1\"]",
+            "-replace=aws_instance.clawdinator[\"clawdinator-3\"]",
+        ]
+    );
+    for n in 1..=3 {
+        assert_eq!(live_ids(&env, &format!("clawdinator-{n}")).await.len(), 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_roll_stops_at_the_first_unhealthy_instance() {
+    let env = env().await;
+    registry(&env, 2);
+    let ami = fleet_ami(&env, "fleet-1").await;
+    instance(&env, "clawdinator-1", &ami, "t3.large", None).await;
+    let second = instance(&env, "clawdinator-2", &ami, "t3.large", None).await;
+    env.emulator.switch("instance-health", json!({"name": "clawdinator-1", "status": "impaired"})).unwrap();
+    let (out, calls) = deploy(&env, &["all", "--yes"], &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("clawdinator-1") && stderr.contains("status checks") && stderr.contains("left as they are"),
+        "{stderr}"
+    );
+    assert_eq!(calls.len(), 2, "tofu went on after the canary failed: {calls:?}");
+    assert_eq!(live_ids(&env, "clawdinator-2").await, [second]);
+
+    // A failed apply stops the roll too, naming the call.
+    env.emulator.switch("instance-health", json!({"name": "clawdinator-1", "status": "ok"})).unwrap();
+    let (out, calls) = deploy(&env, &["all", "--yes"], &[("TOFU_FAIL", "1")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("-replace=aws_instance.clawdinator[\"clawdinator-1\"]"));
+    assert_eq!(calls.len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_ami_override_must_be_an_available_fleet_ami() {
+    let env = env().await;
+    registry(&env, 1);
+    fleet_ami(&env, "fleet-1").await;
+    let pending = fleet_ami(&env, "fleet-pending").await;
+    env.emulator.set_image_state(&pending, "pending").unwrap();
+    for (ami, says) in [("ami-0123456789abcdef0", "does not exist"), (pending.as_str(), "not available")] {
+        let (out, calls) = deploy(&env, &["clawdinator-1", "--ami", ami], &[]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{ami}: {stderr}");
+        assert!(stderr.contains(says), "{ami}: {stderr}");
+        assert!(calls.is_empty());
+    }
+}
+
+// ---------------------------------------------------------------- switch
+
+fn switch(env: &Env, args: &[&str]) -> std::process::Output {
+    let reg = registry_path(env);
+    xtask(env, &[&["--json", "fleet", "switch"], args, &["--instances", reg.to_str().unwrap()]].concat())
+}
+
+/// The SendCommand calls that went over the wire, in order: (instance ids, commands).
+async fn commands_sent(env: &Env) -> Vec<(String, Vec<String>)> {
+    let requests = env.emulator.recorded_requests().unwrap();
+    requests
+        .iter()
+        .filter_map(|r| serde_json::from_str::<Value>(r["body"].as_str()?).ok())
+        .filter(|b| b["DocumentName"] == "AWS-RunShellScript")
+        .map(|b| {
+            let ids: Vec<&str> = b["InstanceIds"].as_array().unwrap().iter().map(|i| i.as_str().unwrap()).collect();
+            let commands = b["Parameters"]["commands"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|c| c.as_str().unwrap().to_string())
+                .collect();
+            (ids.join(","), commands)
+        })
+        .collect()
+}
+
+async fn revision_tag(env: &Env, id: &str) -> Option<String> {
+    let out = env.aws.ec2().describe_instances().instance_ids(id).send().await.unwrap();
+    let instance = &out.reservations()[0].instances()[0];
+    instance
+        .tags()
+        .iter()
+        .find(|t| t.key() == Some("clawdinator:deployed-revision"))
+        .and_then(|t| t.value())
+        .map(String::from)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn switch_runs_the_host_command_canary_first_and_tags_each_host() {
+    let env = env().await;
+    registry(&env, 3);
+    let ami = fleet_ami(&env, "fleet-1").await;
+    let mut ids = Vec::new();
+    for n in 1..=3 {
+        ids.push(instance(&env, &format!("clawdinator-{n}"), &ami, "t3.large", Some(OLD_REV)).await);
+    }
+    env.emulator
+        .switch(
+            "ssm-invocation",
+            json!({"name": "clawdinator-1", "status": "Success", "pending_polls": 3, "stdout": "{}"}),
+        )
+        .unwrap();
+    env.emulator.start_recording().unwrap();
+    let out = switch(&env, &[REV, "--parallel", "2"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report = json_of(&out);
+    assert_eq!(report["waves"], json!([["clawdinator-1"], ["clawdinator-2", "clawdinator-3"]]));
+    let sent = commands_sent(&env).await;
+    assert_eq!(sent.len(), 3);
+    assert_eq!(sent[0].0, ids[0], "the canary went first");
+    assert_eq!(sent[0].1, [format!("/run/current-system/sw/bin/clawdinator host switch {REV} --json")]);
+    for id in &ids {
+        assert_eq!(revision_tag(&env, id).await.as_deref(), Some(REV));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn switch_stops_at_the_first_failed_host_and_leaves_the_rest() {
+    let env = env().await;
+    registry(&env, 4);
+    let ami = fleet_ami(&env, "fleet-1").await;
+    let mut ids = Vec::new();
+    for n in 1..=4 {
+        ids.push(instance(&env, &format!("clawdinator-{n}"), &ami, "t3.large", Some(OLD_REV)).await);
+    }
+    env.emulator
+        .switch("ssm-invocation", json!({"name": "clawdinator-2", "status": "Failed", "code": 1, "stderr": "switch stopped at the health check: clawdinator is failed; rolled back"}))
+        .unwrap();
+    env.emulator.start_recording().unwrap();
+    let out = switch(&env, &[REV]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("clawdinator-2") && stderr.contains("ended Failed") && stderr.contains("rolled back"),
+        "{stderr}"
+    );
+    let sent: Vec<String> = commands_sent(&env).await.into_iter().map(|c| c.0).collect();
+    assert_eq!(sent, [ids[0].clone(), ids[1].clone()], "hosts after the failure were touched");
+    assert_eq!(revision_tag(&env, &ids[0]).await.as_deref(), Some(REV));
+    for id in &ids[1..] {
+        assert_eq!(revision_tag(&env, id).await.as_deref(), Some(OLD_REV));
+    }
+    let report = json_of(&out);
+    let outcomes: Vec<&str> =
+        report["hosts"].as_array().unwrap().iter().map(|h| h["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["switched", "failed", "not-started", "not-started"]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_with_zero_or_two_instances_stops_the_switch_before_anything_runs() {
+    let env = env().await;
+    registry(&env, 2);
+    let ami = fleet_ami(&env, "fleet-1").await;
+    instance(&env, "clawdinator-1", &ami, "t3.large", None).await;
+    env.emulator.start_recording().unwrap();
+    let out = switch(&env, &[REV]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("clawdinator-2: no running instance"));
+    let a = instance(&env, "clawdinator-2", &ami, "t3.large", None).await;
+    let b = instance(&env, "clawdinator-2", &ami, "t3.large", None).await;
+    let out = switch(&env, &[REV]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("2 running instances") && stderr.contains(&a) && stderr.contains(&b), "{stderr}");
+    assert!(commands_sent(&env).await.is_empty(), "a command was sent");
+    let bad = switch(&env, &["main"]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("not a full git revision"));
+}
