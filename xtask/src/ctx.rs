@@ -17,13 +17,15 @@ pub struct Ctx {
     /// Ctrl-C or SIGTERM: one cancellation for the whole command.
     pub cancel: Cancel,
     local: Option<emulator::Emulator>,
+    /// Under `--local`: a throwaway directory (the audit log goes there).
+    scratch: Option<tempfile::TempDir>,
 }
 
 impl Ctx {
     /// With `--local`, starts the emulator first and says so before anything else.
     pub async fn new(global: flags::Global) -> Result<Ctx> {
         let out = output::Output::new(global.json);
-        let mut ctx = Ctx { global, out, cancel: Cancel::on_signals(), local: None };
+        let mut ctx = Ctx { global, out, cancel: Cancel::on_signals(), local: None, scratch: None };
         if ctx.global.local {
             let emulator = tokio::task::spawn_blocking(emulator::Emulator::start).await??;
             ctx.out.note(format!(
@@ -32,6 +34,7 @@ impl Ctx {
                 emulator.endpoint()
             ));
             ctx.local = Some(emulator);
+            ctx.scratch = Some(tempfile::tempdir()?);
             let aws = ctx.aws().await?;
             aws.s3()
                 .create_bucket()
@@ -69,6 +72,11 @@ impl Ctx {
     /// The bucket to use when none was given: the emulator's under `--local`.
     pub fn default_bucket(&self) -> Option<&'static str> {
         self.local.as_ref().map(|_| LOCAL_BUCKET)
+    }
+
+    /// The throwaway directory of a `--local` run.
+    pub fn local_dir(&self) -> Option<&std::path::Path> {
+        self.scratch.as_ref().map(|d| d.path())
     }
 
     pub fn is_local(&self) -> bool {

@@ -36,6 +36,12 @@ pub struct Global {
     /// Run against a throwaway local AWS emulator (moto) instead of AWS.
     #[arg(long, global = true)]
     pub local: bool,
+    /// Also write each audit record to this bucket (audit/…, never overwritten).
+    #[arg(long, global = true, env = "CLAWDINATOR_AUDIT_BUCKET")]
+    pub audit_bucket: Option<String>,
+    /// The local audit log (default .clawdinators/audit.jsonl; under --local a throwaway one).
+    #[arg(long, global = true, env = "CLAWDINATOR_AUDIT_LOG")]
+    pub audit_log: Option<PathBuf>,
 }
 
 #[derive(Debug, Subcommand)]
@@ -71,6 +77,9 @@ pub enum Command {
     /// Host side: shared memory files, read and changed under a lock, replaced whole.
     #[command(subcommand)]
     Memory(MemoryCmd),
+    /// The audit trail of AWS changes: verify its chain, or print it.
+    #[command(subcommand)]
+    Audit(AuditCmd),
     /// Host side: snapshot an organisation's open pull requests and issues into shared memory.
     #[command(name = "github-sync")]
     GithubSync(GithubSyncArgs),
@@ -542,6 +551,28 @@ pub struct GithubTokenArgs {
     /// Write GITHUB_TOKEN=… and GH_TOKEN=… here (mode 0600) instead of printing the token.
     #[arg(long)]
     pub env_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AuditCmd {
+    /// Check the chain of records (local, and S3 with --bucket) and name the first broken link.
+    Verify(AuditVerifyArgs),
+    /// Print the records.
+    Log(AuditLogArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditVerifyArgs {
+    /// Also check the S3 copies in this bucket (default --audit-bucket).
+    #[arg(long)]
+    pub bucket: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct AuditLogArgs {
+    /// Only records at or after this time (RFC 3339, or a date like 2026-11-21).
+    #[arg(long)]
+    pub since: Option<String>,
 }
 
 #[derive(Debug, Args)]

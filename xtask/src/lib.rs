@@ -6,6 +6,7 @@
 //! `dev` holds the developer commands (doctor, test, bench).
 
 pub mod atomic;
+pub mod audit;
 pub mod aws;
 pub mod bootstrap;
 pub mod cancel;
@@ -61,6 +62,7 @@ pub fn run(cli: flags::Xtask) -> Result<()> {
             flags::Command::Ami(cmd) => image::ami::run(&ctx, cmd).await,
             flags::Command::Pipeline(args) => pipeline::run(&ctx, args).await,
             flags::Command::Memory(cmd) => tokio::task::block_in_place(|| memory::run(&ctx, cmd)),
+            flags::Command::Audit(cmd) => audit::run(&ctx, cmd).await,
             flags::Command::GithubSync(args) => {
                 let token = std::env::var("GITHUB_TOKEN").map_err(|_| {
                     output::UsageError(

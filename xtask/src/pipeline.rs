@@ -219,23 +219,34 @@ pub async fn run(ctx: &Ctx, args: flags::PipelineArgs) -> Result<()> {
     let scratch = bootstrap::private_workdir()?;
     let inputs = inputs(ctx, &args, scratch.path())?;
     let aws = ctx.aws().await?;
+    let entry = crate::audit::Entry { command: "pipeline", targets: vec!["all".into()], dry_run: args.dry_run };
+    let report =
+        crate::audit::around(ctx, &aws, entry, stages(ctx, &aws, &inputs, args.dry_run), |r: &PipelineReport| {
+            vec![r.ami_id.clone()]
+        })
+        .await?;
+    drop(scratch);
+    ctx.out.emit(&report)
+}
+
+async fn stages(ctx: &Ctx, aws: &Aws, inputs: &Inputs, dry_run: bool) -> Result<PipelineReport> {
     let mut progress = Progress { ctx, stages: Vec::new() };
-    bundles(&aws, &inputs, args.dry_run, &mut progress).await?;
-    let (built, json) = image(&inputs, &mut progress).await?;
+    bundles(aws, inputs, dry_run, &mut progress).await?;
+    let (built, json) = image(inputs, &mut progress).await?;
 
     // Stage 5: publish exactly what stage 4 handed over.
     let mut publish_opts = PublishOptions::new(json);
     publish_opts.bucket = Some(inputs.bucket.clone());
-    publish_opts.dry_run = args.dry_run;
-    let published = publish::publish_image(&aws, &built, &publish_opts, &ctx.out, &ctx.cancel)
+    publish_opts.dry_run = dry_run;
+    let published = publish::publish_image(aws, &built, &publish_opts, &ctx.out, &ctx.cancel)
         .await
         .map_err(failed("image publish"))?;
     let ami_id = published.ami_id.clone();
-    if args.dry_run {
+    if dry_run {
         progress.done("image publish", published.to_string().trim().replace('\n', "; "));
         let latest = if ami_id.is_empty() { format!("would be the new {}", published.name) } else { ami_id.clone() };
         progress.done("ami latest", latest);
-        return ctx.out.emit(&PipelineReport { local: ctx.is_local(), stages: progress.stages, ami_id });
+        return Ok(PipelineReport { local: ctx.is_local(), stages: progress.stages, ami_id });
     }
     let summary = if published.already_published {
         format!("{ami_id} already published; nothing sent")
@@ -251,6 +262,5 @@ pub async fn run(ctx: &Ctx, args: flags::PipelineArgs) -> Result<()> {
     let note = if latest_id == ami_id { String::new() } else { format!("; a newer fleet AMI {latest_id} exists") };
     progress.done("ami latest", format!("{ami_id} ({}){note}", published.name));
     output::github_output("ami_id", &ami_id)?;
-    drop(scratch);
-    ctx.out.emit(&PipelineReport { local: ctx.is_local(), stages: progress.stages, ami_id })
+    Ok(PipelineReport { local: ctx.is_local(), stages: progress.stages, ami_id })
 }

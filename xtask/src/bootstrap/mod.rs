@@ -90,6 +90,15 @@ pub(crate) fn key(prefix: &str, name: &str) -> String {
 }
 
 /// A one-line setting file's content; None when absent or empty.
+/// The instances named, or `all` for every one (an empty selection).
+pub(crate) fn selection(names: &[String]) -> Vec<String> {
+    if names.is_empty() {
+        vec!["all".into()]
+    } else {
+        names.to_vec()
+    }
+}
+
 pub async fn run(ctx: &Ctx, cmd: flags::BootstrapCmd) -> Result<()> {
     match cmd {
         flags::BootstrapCmd::Upload(args) => {
@@ -108,11 +117,25 @@ pub async fn run(ctx: &Ctx, cmd: flags::BootstrapCmd) -> Result<()> {
                 source_revision: project::git_revision(),
             };
             let aws = ctx.aws().await?;
-            let report = ctx
-                .cancel
-                .guard("uploading bundles", upload(&aws, &opts, &ctx.out))
-                .await
-                .context("the temporary bundle directory was removed; re-run to finish (objects already sent are kept, nothing is sent twice)")?;
+            let entry = crate::audit::Entry {
+                command: "bootstrap upload",
+                targets: selection(&opts.instances),
+                dry_run: opts.dry_run,
+            };
+            let work = async {
+                ctx.cancel
+                    .guard("uploading bundles", upload(&aws, &opts, &ctx.out))
+                    .await
+                    .context("the temporary bundle directory was removed; re-run to finish (objects already sent are kept, nothing is sent twice)")
+            };
+            let report = crate::audit::around(ctx, &aws, entry, work, |r: &UploadReport| {
+                r.objects
+                    .iter()
+                    .filter(|o| o.action != Action::Unchanged)
+                    .map(|o| format!("s3://{}/{}", r.bucket, o.key))
+                    .collect()
+            })
+            .await?;
             ctx.out.emit(&report)
         }
         flags::BootstrapCmd::Fetch(args) => {

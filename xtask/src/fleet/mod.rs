@@ -82,7 +82,13 @@ pub async fn run(ctx: &Ctx, cmd: flags::FleetCmd) -> Result<()> {
                 poll: poll_interval(),
             };
             let aws = ctx.aws().await?;
-            ctx.out.emit(&deploy::deploy(&aws, &registry, &opts, &ctx.cancel, &ctx.out).await?)
+            let entry = crate::audit::Entry { command: "fleet deploy", targets: names, dry_run: opts.dry_run };
+            let work = deploy::deploy(&aws, &registry, &opts, &ctx.cancel, &ctx.out);
+            let report = crate::audit::around(ctx, &aws, entry, work, |r: &deploy::DeployReport| {
+                r.deployed.iter().map(|(name, id)| format!("{name}={id}")).collect()
+            })
+            .await?;
+            ctx.out.emit(&report)
         }
         flags::FleetCmd::Switch(args) => {
             let registry = registry(&args.instances)?;
@@ -95,7 +101,14 @@ pub async fn run(ctx: &Ctx, cmd: flags::FleetCmd) -> Result<()> {
                 poll: poll_interval(),
             };
             let aws = ctx.aws().await?;
-            ctx.out.emit(&switch::switch(&aws, &registry, &opts, &ctx.cancel, &ctx.out).await?)
+            let targets = if opts.names.is_empty() { vec!["all".into()] } else { opts.names.clone() };
+            let entry = crate::audit::Entry { command: "fleet switch", targets, dry_run: opts.dry_run };
+            let work = switch::switch(&aws, &registry, &opts, &ctx.cancel, &ctx.out);
+            let report = crate::audit::around(ctx, &aws, entry, work, |r: &switch::SwitchReport| {
+                r.hosts.iter().filter(|h| h.outcome == "switched").filter_map(|h| h.instance_id.clone()).collect()
+            })
+            .await?;
+            ctx.out.emit(&report)
         }
     }
 }

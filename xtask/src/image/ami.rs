@@ -476,7 +476,15 @@ pub async fn run(ctx: &Ctx, cmd: flags::AmiCmd) -> Result<()> {
                 orphans: args.orphans,
                 dry_run: args.dry_run,
             };
-            let report = prune(&ec2, &opts).await?;
+            let entry = crate::audit::Entry {
+                command: "ami prune",
+                targets: vec![format!("keep {}", opts.keep)],
+                dry_run: opts.dry_run,
+            };
+            let report = crate::audit::around(ctx, &aws, entry, prune(&ec2, &opts), |r: &PruneReport| {
+                r.removed.iter().flat_map(|a| std::iter::once(a.image_id.clone()).chain(a.snapshots.clone())).collect()
+            })
+            .await?;
             ctx.out.emit(&report)?;
             if !report.failures.is_empty() {
                 bail!(

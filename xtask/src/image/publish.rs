@@ -560,7 +560,21 @@ pub async fn run(ctx: &Ctx, args: flags::PublishArgs) -> Result<()> {
         ..PublishOptions::new(PathBuf::new())
     };
     let aws = ctx.aws().await?;
-    let report = publish(&aws, &opts, &ctx.out, &ctx.cancel).await?;
+    let entry = crate::audit::Entry {
+        command: "image publish",
+        targets: vec![opts.image_json.display().to_string()],
+        dry_run: opts.dry_run,
+    };
+    let report =
+        crate::audit::around(ctx, &aws, entry, publish(&aws, &opts, &ctx.out, &ctx.cancel), |r: &PublishReport| {
+            r.snapshot_id
+                .iter()
+                .chain(std::iter::once(&r.ami_id).filter(|a| !a.is_empty()))
+                .chain(r.copies.values())
+                .cloned()
+                .collect()
+        })
+        .await?;
     if !report.ami_id.is_empty() {
         output::github_output("ami_id", &report.ami_id)?;
     }

@@ -348,7 +348,21 @@ pub async fn run_seed(ctx: &Ctx, args: flags::SecretsSeedArgs) -> Result<()> {
         prune: args.prune,
     };
     let aws = ctx.aws().await?;
-    ctx.out.emit(&seed(&aws, &opts).await?)
+    let entry = crate::audit::Entry {
+        command: "secrets seed",
+        targets: crate::bootstrap::selection(&opts.instances),
+        dry_run: opts.dry_run,
+    };
+    let report = crate::audit::around(ctx, &aws, entry, seed(&aws, &opts), |r: &SeedReport| {
+        r.secrets
+            .iter()
+            .filter(|s| !matches!(s.action, SeedAction::Unchanged))
+            .map(|s| s.name.clone())
+            .chain(r.pruned.clone())
+            .collect()
+    })
+    .await?;
+    ctx.out.emit(&report)
 }
 
 pub async fn run_fetch(ctx: &Ctx, args: flags::SecretsFetchArgs) -> Result<()> {

@@ -44,7 +44,8 @@ impl Env {
             .env("AWS_ENDPOINT_URL", self.emulator.endpoint())
             .env("AWS_ACCESS_KEY_ID", "testing")
             .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", "us-east-1");
+            .env("AWS_REGION", "us-east-1")
+            .env("CLAWDINATOR_AUDIT_LOG", self.path("audit.jsonl"));
         command
     }
 

@@ -1,0 +1,320 @@
+//! The audit trail: every command that changes AWS appends records to
+//! `.clawdinators/audit.jsonl`, one JSON line each, each carrying the
+//! SHA-256 of the line before it: a `started` record before it changes
+//! anything (if that cannot be written, the command stops there) and a
+//! `finished` one with the result and the resources it made or removed.
+//! With `--audit-bucket` each record is also written to S3 under
+//! `audit/<yyyy>/<mm>/<dd>/<timestamp>-<hash>.json` with `If-None-Match: *`,
+//! so no record there is ever overwritten. `audit verify` walks the chain
+//! and names the first broken link.
+
+use std::fs::OpenOptions;
+use std::future::Future;
+use std::io::Write;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::aws::{self, Aws};
+use crate::{flags, Ctx};
+
+/// Where the records go, from the current directory.
+pub const DEFAULT_LOG: &str = ".clawdinators/audit.jsonl";
+/// The `prev` of the first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct Record {
+    pub time: String,
+    /// Who AWS says ran it (STS GetCallerIdentity).
+    pub caller: String,
+    pub command: String,
+    /// The command line after the program name (no secret is ever on it).
+    pub args: Vec<String>,
+    pub targets: Vec<String>,
+    /// `started` or `finished`.
+    pub phase: String,
+    /// `ok`, or `failed: …` (finished records only).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub resources: Vec<String>,
+    /// SHA-256 of the previous line.
+    pub prev: String,
+}
+
+pub fn hash(line: &str) -> String {
+    hex::encode(Sha256::digest(line.as_bytes()))
+}
+
+/// Where a command's records go.
+#[derive(Debug, Clone)]
+pub struct Trail {
+    pub log: PathBuf,
+    pub bucket: Option<String>,
+}
+
+impl Trail {
+    /// From the global flags; `--local` keeps its records in a throwaway place.
+    pub fn of(ctx: &Ctx) -> Trail {
+        let log = match (&ctx.global.audit_log, ctx.local_dir()) {
+            (Some(log), _) => log.clone(),
+            (None, Some(dir)) => dir.join("audit.jsonl"),
+            (None, None) => PathBuf::from(DEFAULT_LOG),
+        };
+        Trail { log, bucket: ctx.global.audit_bucket.clone() }
+    }
+
+    /// Append one record under an exclusive lock on the log, chained to the
+    /// last line; then copy it to S3 if a bucket is set. Returns its hash.
+    pub async fn append(&self, aws: &Aws, mut record: Record) -> Result<String> {
+        let line = tokio::task::block_in_place(|| -> Result<String> {
+            if let Some(dir) = self.log.parent().filter(|d| !d.as_os_str().is_empty()) {
+                std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+            }
+            let mut file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .read(true)
+                .open(&self.log)
+                .with_context(|| format!("cannot open the audit log {}", self.log.display()))?;
+            // SAFETY: flock on a descriptor we own; released when it closes.
+            ensure!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0, "cannot lock {}", self.log.display());
+            let text = std::fs::read_to_string(&self.log)?;
+            record.prev = text.lines().last().map(hash).unwrap_or_else(|| GENESIS.to_string());
+            let line = serde_json::to_string(&record)?;
+            writeln!(file, "{line}")?;
+            file.sync_all()?;
+            Ok(line)
+        })
+        .with_context(|| format!("cannot write the audit log {}", self.log.display()))?;
+        let digest = hash(&line);
+        if let Some(bucket) = &self.bucket {
+            let key = s3_key(&record.time, &digest);
+            aws.s3()
+                .put_object()
+                .bucket(bucket)
+                .key(&key)
+                .if_none_match("*")
+                .content_type("application/json")
+                .body(line.into_bytes().into())
+                .send()
+                .await
+                .map_err(|e| aws::error("S3 PutObject", &format!("s3://{bucket}/{key}"), e))?;
+        }
+        Ok(digest)
+    }
+}
+
+/// `audit/<yyyy>/<mm>/<dd>/<timestamp>-<hash>.json`: keys sort by time.
+pub fn s3_key(time: &str, digest: &str) -> String {
+    let compact: String = time.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '.').collect();
+    format!("audit/{}/{}/{}/{compact}-{digest}.json", &time[0..4], &time[5..7], &time[8..10])
+}
+
+fn now() -> String {
+    // Nanoseconds, so records a moment apart still sort.
+    let now = std::time::SystemTime::now();
+    let base = crate::output::now_rfc3339();
+    let nanos = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    format!("{}.{nanos:09}Z", base.trim_end_matches('Z'))
+}
+
+/// What a command records: its name, what it works on, and whether it is
+/// a dry run (which changes nothing and records nothing).
+pub struct Entry<'a> {
+    pub command: &'a str,
+    pub targets: Vec<String>,
+    pub dry_run: bool,
+}
+
+/// Record a command around `work`: `started` first (a failure to record
+/// stops the command before it changes anything), `finished` after, with
+/// the result and the resources `resources` names.
+pub async fn around<T, F>(
+    ctx: &Ctx,
+    aws: &Aws,
+    entry: Entry<'_>,
+    work: F,
+    resources: impl Fn(&T) -> Vec<String>,
+) -> Result<T>
+where
+    F: Future<Output = Result<T>>,
+{
+    if entry.dry_run {
+        return work.await;
+    }
+    let Entry { command, targets, .. } = entry;
+    let trail = Trail::of(ctx);
+    let caller =
+        aws.caller_arn().await.context("the audit trail needs the caller's identity (STS GetCallerIdentity)")?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let record = |phase: &str, result: Option<String>, resources: Vec<String>| Record {
+        time: now(),
+        caller: caller.clone(),
+        command: command.to_string(),
+        args: args.clone(),
+        targets: targets.clone(),
+        phase: phase.to_string(),
+        result,
+        resources,
+        prev: String::new(),
+    };
+    trail
+        .append(aws, record("started", None, vec![]))
+        .await
+        .context("cannot write the audit record; nothing was changed")?;
+    let outcome = work.await;
+    let (result, made) = match &outcome {
+        Ok(value) => ("ok".to_string(), resources(value)),
+        Err(err) => (format!("failed: {err:#}"), vec![]),
+    };
+    let finished = trail.append(aws, record("finished", Some(result), made)).await;
+    match (outcome, finished) {
+        (Ok(value), Ok(_)) => Ok(value),
+        (Ok(_), Err(err)) => Err(err.context("the command succeeded but its audit record could not be written")),
+        (Err(err), _) => Err(err),
+    }
+}
+
+// ---------------------------------------------------------------- verify
+
+/// The first broken link of a chain of lines, or how many records it holds.
+pub fn verify_lines(source: &str, lines: &[String]) -> Result<usize> {
+    let mut prev = GENESIS.to_string();
+    for (n, line) in lines.iter().enumerate() {
+        let record: Record = serde_json::from_str(line)
+            .with_context(|| format!("{source}: record {} is not an audit record: the chain is broken there", n + 1))?;
+        if record.prev != prev {
+            bail!(
+                "{source}: the chain breaks at record {} ({} {} at {}): it names a previous record that is not the one before it (edited, removed or reordered)",
+                n + 1,
+                record.command,
+                record.phase,
+                record.time
+            );
+        }
+        prev = hash(line);
+    }
+    Ok(lines.len())
+}
+
+/// The S3 copies, in key order (time order), each checked against the hash in its key.
+pub async fn bucket_lines(aws: &Aws, bucket: &str) -> Result<Vec<String>> {
+    let mut keys = Vec::new();
+    let mut pages = aws.s3().list_objects_v2().bucket(bucket).prefix("audit/").into_paginator().send();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| aws::error("S3 ListObjectsV2", bucket, e))?;
+        keys.extend(page.contents().iter().filter_map(|o| o.key()).map(String::from));
+    }
+    keys.sort();
+    let mut lines = Vec::new();
+    for key in keys {
+        let bytes = crate::aws::s3::get_bytes(&aws.s3(), bucket, &key, 1 << 20, std::time::Duration::from_secs(30))
+            .await?
+            .with_context(|| format!("s3://{bucket}/{key} vanished while reading"))?;
+        let line = String::from_utf8(bytes).with_context(|| format!("s3://{bucket}/{key} is not text"))?;
+        let named = key.rsplit('-').next().unwrap_or_default().trim_end_matches(".json");
+        ensure!(
+            hash(&line) == named,
+            "s3://{bucket}/{key}: its content does not hash to the name it was written under"
+        );
+        lines.push(line);
+    }
+    Ok(lines)
+}
+
+#[derive(Debug, Serialize)]
+pub struct VerifyReport {
+    pub local: Option<usize>,
+    pub bucket: Option<usize>,
+}
+
+impl std::fmt::Display for VerifyReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(n) = self.local {
+            writeln!(f, "local log: {n} record(s), the chain holds")?;
+        }
+        if let Some(n) = self.bucket {
+            writeln!(f, "S3 copies: {n} record(s), the chain holds, every one matches the local log")?;
+        }
+        Ok(())
+    }
+}
+
+fn read_lines(path: &Path) -> Result<Vec<String>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read the audit log {}", path.display()))?;
+    Ok(text.lines().map(String::from).collect())
+}
+
+pub async fn run(ctx: &Ctx, cmd: flags::AuditCmd) -> Result<()> {
+    let trail = Trail::of(ctx);
+    match cmd {
+        flags::AuditCmd::Verify(args) => {
+            let mut report = VerifyReport { local: None, bucket: None };
+            let local = if trail.log.exists() { Some(read_lines(&trail.log)?) } else { None };
+            if let Some(lines) = &local {
+                report.local = Some(verify_lines(&trail.log.display().to_string(), lines)?);
+            }
+            if let Some(bucket) = args.bucket.or(trail.bucket.clone()) {
+                let aws = ctx.aws().await?;
+                let copies = bucket_lines(&aws, &bucket).await?;
+                report.bucket = Some(verify_lines(&format!("s3://{bucket}/audit/"), &copies)?);
+                if let Some(lines) = &local {
+                    let missing = lines.iter().position(|l| !copies.contains(l));
+                    if let Some(n) = missing {
+                        bail!(
+                            "{}: record {} has no identical copy in s3://{bucket}/audit/ (edited after it was written)",
+                            trail.log.display(),
+                            n + 1
+                        );
+                    }
+                }
+            }
+            ensure!(
+                report.local.is_some() || report.bucket.is_some(),
+                "no audit log at {} and no --bucket to check",
+                trail.log.display()
+            );
+            ctx.out.emit(&report)
+        }
+        flags::AuditCmd::Log(args) => {
+            let records: Vec<Record> = read_lines(&trail.log)?
+                .iter()
+                .map(|l| serde_json::from_str(l))
+                .collect::<Result<_, _>>()
+                .context("the audit log holds a line that is not a record (audit verify says where)")?;
+            let shown: Vec<Record> =
+                records.into_iter().filter(|r| args.since.as_deref().is_none_or(|s| r.time.as_str() >= s)).collect();
+            ctx.out.emit(&LogReport(shown))
+        }
+    }
+}
+
+#[derive(Serialize)]
+#[serde(transparent)]
+pub struct LogReport(pub Vec<Record>);
+
+impl std::fmt::Display for LogReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for r in &self.0 {
+            writeln!(
+                f,
+                "{}  {:<8} {:<16} {:<28} {}{}",
+                r.time,
+                r.phase,
+                r.command,
+                r.targets.join(","),
+                r.result.as_deref().unwrap_or(""),
+                if r.resources.is_empty() { String::new() } else { format!(" [{}]", r.resources.join(", ")) }
+            )?;
+            writeln!(f, "    by {}", r.caller)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,265 @@
+//! The audit trail: every AWS-changing command records `started` and
+//! `finished`, chained by hash, locally and in S3 (never overwritten);
+//! `audit verify` catches an edited, removed or reordered record; a record
+//! that cannot be written stops the command before it changes anything.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{canary_value, env, Env};
+use serde_json::Value;
+use xtask::dev::fixtures::{self, SampleFleet};
+
+fn audit_bucket() -> &'static str {
+    "clawdinator-audit"
+}
+
+async fn setup() -> (Env, SampleFleet) {
+    let env = env().await;
+    env.aws.s3().create_bucket().bucket(audit_bucket()).send().await.unwrap();
+    let fleet = fixtures::sample_fleet(&env.path("src"), 2, canary_value).unwrap();
+    (env, fleet)
+}
+
+fn log(env: &Env) -> PathBuf {
+    env.path("trail/audit.jsonl")
+}
+
+fn run(env: &Env, args: &[&str]) -> std::process::Output {
+    env.cli(env!("CARGO_BIN_EXE_xtask"))
+        .args(args)
+        .env("CLAWDINATOR_AUDIT_LOG", log(env))
+        .env("CLAWDINATOR_AUDIT_BUCKET", audit_bucket())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap()
+}
+
+fn upload_args(env: &Env, fleet: &SampleFleet) -> Vec<String> {
+    let s = &fleet.sources;
+    let p = |p: &Path| p.display().to_string();
+    vec![
+        "bootstrap".into(),
+        "upload".into(),
+        "--all".into(),
+        "--bucket".into(),
+        env.bucket.clone(),
+        "--instances".into(),
+        p(&s.registry),
+        "--spec".into(),
+        p(&s.spec),
+        "--secrets-dir".into(),
+        p(&s.secrets_dir),
+        "--age-key".into(),
+        p(&s.age_key),
+        "--repo-seeds".into(),
+        p(&fleet.seeds_dir),
+    ]
+}
+
+fn records(env: &Env) -> Vec<Value> {
+    std::fs::read_to_string(log(env)).unwrap_or_default().lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+}
+
+fn lines(env: &Env) -> Vec<String> {
+    std::fs::read_to_string(log(env)).unwrap().lines().map(String::from).collect()
+}
+
+fn write_lines(env: &Env, lines: &[String]) {
+    std::fs::write(log(env), lines.iter().map(|l| format!("{l}\n")).collect::<String>()).unwrap();
+}
+
+async fn audit_keys(env: &Env) -> Vec<String> {
+    let out = env.aws.s3().list_objects_v2().bucket(audit_bucket()).prefix("audit/").send().await.unwrap();
+    out.contents().iter().filter_map(|o| o.key().map(String::from)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_mutating_command_is_recorded_twice_and_the_chain_verifies() {
+    let (env, fleet) = setup().await;
+    let upload: Vec<String> = upload_args(&env, &fleet);
+    let s = &fleet.sources;
+    let seed_args: Vec<String> = ["secrets", "seed", "--all", "--instances"]
+        .iter()
+        .map(|a| a.to_string())
+        .chain([s.registry.display().to_string(), "--spec".into(), s.spec.display().to_string()])
+        .chain([
+            "--secrets-dir".into(),
+            s.secrets_dir.display().to_string(),
+            "--age-key".into(),
+            s.age_key.display().to_string(),
+        ])
+        .collect();
+    let image_dir = env.path("img");
+    std::fs::create_dir_all(&image_dir).unwrap();
+    let raw = image_dir.join("nixos.raw");
+    fixtures::sample_raw_image(&raw, 2 << 20, &[(0, 4096)], 7).unwrap();
+    let image_json = fixtures::write_image_json(&image_dir, &raw, "25.05").unwrap();
+    let registry = s.registry.display().to_string();
+    let commands: Vec<(Vec<String>, &str, bool)> = vec![
+        (upload, "bootstrap upload", true),
+        (seed_args, "secrets seed", true),
+        (
+            vec!["image".into(), "publish".into(), "--image".into(), image_json.display().to_string()],
+            "image publish",
+            true,
+        ),
+        (vec!["ami".into(), "prune".into(), "--keep".into(), "1".into()], "ami prune", true),
+        // No instance to switch or deploy: each fails, and that is recorded too.
+        (
+            vec![
+                "fleet".into(),
+                "switch".into(),
+                "0123456789abcdef0123456789abcdef01234567".into(),
+                "--instances".into(),
+                registry.clone(),
+            ],
+            "fleet switch",
+            false,
+        ),
+        (
+            vec![
+                "fleet".into(),
+                "deploy".into(),
+                "clawdinator-1".into(),
+                "--ami".into(),
+                "ami-0123456789abcdef0".into(),
+                "--instances".into(),
+                registry,
+                "--backend-bucket".into(),
+                "b".into(),
+            ],
+            "fleet deploy",
+            false,
+        ),
+    ];
+    for (args, command, ok) in &commands {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let out = run(&env, &args);
+        assert_eq!(out.status.success(), *ok, "{command}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    let records = records(&env);
+    assert_eq!(records.len(), 2 * commands.len(), "{records:#?}");
+    for (pair, (_, command, ok)) in records.chunks(2).zip(&commands) {
+        assert_eq!((pair[0]["command"].as_str(), pair[0]["phase"].as_str()), (Some(*command), Some("started")));
+        assert_eq!((pair[1]["command"].as_str(), pair[1]["phase"].as_str()), (Some(*command), Some("finished")));
+        let result = pair[1]["result"].as_str().unwrap();
+        assert_eq!(result == "ok", *ok, "{command}: {result}");
+        assert!(pair[0]["caller"].as_str().unwrap().starts_with("arn:aws:"), "{}", pair[0]);
+    }
+    let text = std::fs::read_to_string(log(&env)).unwrap();
+    assert!(!text.contains(common::CANARY), "a secret value reached the audit log");
+    let published = &records[5];
+    assert!(
+        published["resources"].as_array().unwrap().iter().any(|r| r.as_str().unwrap().starts_with("ami-")),
+        "{published}"
+    );
+
+    // Verify: local and S3 agree, and the S3 copies are write-once.
+    let out = run(&env, &["--json", "audit", "verify"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((report["local"].as_u64(), report["bucket"].as_u64()), (Some(12), Some(12)));
+    let keys = audit_keys(&env).await;
+    assert_eq!(keys.len(), 12);
+    let again = env
+        .aws
+        .s3()
+        .put_object()
+        .bucket(audit_bucket())
+        .key(&keys[0])
+        .if_none_match("*")
+        .body(b"rewritten".to_vec().into())
+        .send()
+        .await;
+    assert!(again.is_err(), "an audit record in S3 was overwritten");
+
+    // The log prints, and filters by time.
+    let all = run(&env, &["--json", "audit", "log"]);
+    assert_eq!(serde_json::from_slice::<Value>(&all.stdout).unwrap().as_array().unwrap().len(), 12);
+    let none = run(&env, &["--json", "audit", "log", "--since", "2999-01-01"]);
+    assert_eq!(serde_json::from_slice::<Value>(&none.stdout).unwrap(), serde_json::json!([]));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_names_the_first_broken_link_after_an_edit_a_removal_or_a_reordering() {
+    let (env, fleet) = setup().await;
+    let upload = upload_args(&env, &fleet);
+    let upload: Vec<&str> = upload.iter().map(String::as_str).collect();
+    for _ in 0..3 {
+        assert!(run(&env, &upload).status.success());
+    }
+    let good = lines(&env);
+    assert_eq!(good.len(), 6);
+    let verify = |env: &Env| {
+        let out = env
+            .cli(env!("CARGO_BIN_EXE_xtask"))
+            .args(["audit", "verify"])
+            .env("CLAWDINATOR_AUDIT_LOG", log(env))
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    assert_eq!(verify(&env).0, Some(0));
+
+    let mut edited = good.clone();
+    edited[2] = edited[2].replace("bootstrap upload", "bootstrap uploaf");
+    write_lines(&env, &edited);
+    let (code, stderr) = verify(&env);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("breaks at record 4"), "{stderr}");
+
+    let mut removed = good.clone();
+    removed.remove(1);
+    write_lines(&env, &removed);
+    assert!(verify(&env).1.contains("breaks at record 2"));
+
+    let mut reordered = good.clone();
+    reordered.swap(3, 4);
+    write_lines(&env, &reordered);
+    assert!(verify(&env).1.contains("breaks at record 4"));
+
+    // The last record has no successor to give it away, but its S3 copy does.
+    let mut last = good.clone();
+    last[5] = last[5].replace("\"ok\"", "\"ok, trust me\"");
+    write_lines(&env, &last);
+    assert_eq!(verify(&env).0, Some(0), "the local chain alone cannot see this");
+    let out = run(&env, &["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("record 6 has no identical copy"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_that_cannot_be_written_stops_the_command_before_any_change() {
+    let (env, fleet) = setup().await;
+    let upload = upload_args(&env, &fleet);
+    let upload: Vec<&str> = upload.iter().map(String::as_str).collect();
+    // The log's directory is a file: no record can be written.
+    std::fs::write(env.path("trail"), "not a directory").unwrap();
+    let out = run(&env, &upload);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nothing was changed"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(env.keys().await.is_empty(), "the upload went ahead");
+
+    // The S3 copy cannot be written (no such bucket): the same.
+    std::fs::remove_file(env.path("trail")).unwrap();
+    let out = env
+        .cli(env!("CARGO_BIN_EXE_xtask"))
+        .args(&upload)
+        .env("CLAWDINATOR_AUDIT_LOG", log(&env))
+        .env("CLAWDINATOR_AUDIT_BUCKET", "no-such-audit-bucket")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-audit-bucket"));
+    assert!(env.keys().await.is_empty(), "the upload went ahead");
+}
