@@ -95,11 +95,13 @@ async fn no_secret_reaches_any_output() {
         s(&fleet.sources.age_key),
     ];
     let endpoint = env.emulator.endpoint();
+    let audit = env.path("audit.jsonl");
     let aws_env = [
         ("AWS_ENDPOINT_URL", endpoint.as_str()),
         ("AWS_ACCESS_KEY_ID", "testing"),
         ("AWS_SECRET_ACCESS_KEY", "testing"),
         ("AWS_REGION", "us-east-1"),
+        ("CLAWDINATOR_AUDIT_LOG", audit.to_str().unwrap()),
     ];
     let mut runs = Vec::new();
 

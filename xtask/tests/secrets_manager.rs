@@ -444,18 +444,9 @@ async fn no_secret_value_in_seed_or_fetch_output() {
     let base = ["--instances".to_string(), s(&fleet.sources.registry), "--spec".into(), s(&fleet.sources.spec)];
     let sources =
         ["--secrets-dir".to_string(), s(&fleet.sources.secrets_dir), "--age-key".into(), s(&fleet.sources.age_key)];
-    let endpoint = env.emulator.endpoint();
     let run = |args: Vec<String>| {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
-            .arg("-vv")
-            .args(&args)
-            .env("RUST_LOG", "trace")
-            .env("AWS_ENDPOINT_URL", &endpoint)
-            .env("AWS_ACCESS_KEY_ID", "testing")
-            .env("AWS_SECRET_ACCESS_KEY", "testing")
-            .env("AWS_REGION", "us-east-1")
-            .output()
-            .unwrap();
+        let out =
+            env.cli(env!("CARGO_BIN_EXE_xtask")).arg("-vv").args(&args).env("RUST_LOG", "trace").output().unwrap();
         (
             out.status.code().unwrap_or(-1),
             format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
