@@ -386,6 +386,27 @@ async fn all_rolls_one_at_a_time_creating_missing_ones_first() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_of_one_creates_the_registry_instances_ec2_lacks_first() {
+    let env = env().await;
+    registry(&env, 3);
+    let ami = fleet_ami(&env, "fleet-1").await;
+    instance(&env, "clawdinator-1", &ami, "t3.large", None).await;
+    let (out, calls) = deploy(&env, &["clawdinator-1"], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let applies: Vec<Vec<String>> = calls.iter().skip(1).map(|c| args_of(c)[5..].to_vec()).collect();
+    assert_eq!(
+        applies,
+        [
+            vec![
+                "-target=aws_instance.clawdinator[\"clawdinator-2\"]".to_string(),
+                "-target=aws_instance.clawdinator[\"clawdinator-3\"]".to_string()
+            ],
+            vec!["-replace=aws_instance.clawdinator[\"clawdinator-1\"]".to_string()],
+        ]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn the_roll_stops_at_the_first_unhealthy_instance() {
     let env = env().await;
     registry(&env, 2);

@@ -81,9 +81,16 @@ fn address(name: &str) -> String {
     format!("aws_instance.clawdinator[\"{name}\"]")
 }
 
-/// The invocations a deploy runs, in order: init, one apply creating the
-/// missing targets, then one replacing apply per existing target.
-pub fn plan(opts: &DeployOptions, ami: &str, names: &[String], live: &[LiveInstance]) -> Vec<Invocation> {
+/// The invocations a deploy runs, in order: init, one apply creating every
+/// registry instance EC2 lacks (`registry`, desired state, whatever the
+/// targets), then one replacing apply per existing target.
+pub fn plan(
+    opts: &DeployOptions,
+    ami: &str,
+    registry: &[String],
+    names: &[String],
+    live: &[LiveInstance],
+) -> Vec<Invocation> {
     let chdir = format!("-chdir={}", opts.chdir.display());
     let b = &opts.backend;
     let mut init = vec![chdir.clone(), "init".into(), "-input=false".into()];
@@ -97,7 +104,8 @@ pub fn plan(opts: &DeployOptions, ami: &str, names: &[String], live: &[LiveInsta
         apply.push(format!("-var-file={}", file.display()));
     }
     let exists = |n: &String| live.iter().any(|i| i.name.as_ref() == Some(n));
-    let (existing, missing): (Vec<&String>, Vec<&String>) = names.iter().partition(|n| exists(n));
+    let missing: Vec<&String> = registry.iter().filter(|n| !exists(n)).collect();
+    let existing: Vec<&String> = names.iter().filter(|n| exists(n)).collect();
     let mut plan = vec![Invocation { args: init, instances: vec![], replace: false }];
     if !missing.is_empty() {
         let mut args = apply.clone();
@@ -222,7 +230,8 @@ pub async fn deploy(
     let image = crate::image::ami::latest(&aws.ec2(), opts.ami.as_deref()).await?;
     let ami = image.image_id().context("the AMI has no id")?.to_string();
     let live = status::live_instances(aws).await?;
-    let plan = plan(opts, &ami, &names, &live);
+    let everyone: Vec<String> = registry.instances.keys().cloned().collect();
+    let plan = plan(opts, &ami, &everyone, &names, &live);
     let mut report = DeployReport { ami, dry_run: opts.dry_run, invocations: plan.clone(), deployed: vec![] };
     if opts.dry_run {
         return Ok(report);
