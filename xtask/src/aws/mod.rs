@@ -2,6 +2,7 @@
 //! `AWS_ENDPOINT_URL`, explicit timeouts and a single retry layer.
 
 pub mod emulator;
+pub mod github_oidc;
 pub mod iam;
 pub mod s3;
 
@@ -112,6 +113,8 @@ pub struct Aws {
     /// An endpoint override is in force: S3 must then use path-style URLs.
     custom_endpoint: bool,
     timeouts: Timeouts,
+    /// In GitHub Actions: the OIDC token the role is assumed with.
+    _oidc_token: Option<github_oidc::TokenFile>,
 }
 
 impl Aws {
@@ -148,9 +151,19 @@ impl Aws {
                 "clawdinator-static",
             ));
         }
-        let config = loader.load().await;
+        let mut config = loader.load().await;
+        let mut oidc_token = None;
+        if let (None, Some(request)) = (&settings.static_credentials, github_oidc::Request::from_env()?) {
+            let file = github_oidc::token_file(&request).await?;
+            let provider = github_oidc::provider(&request, &file, config.region().cloned());
+            config = config
+                .into_builder()
+                .credentials_provider(aws_sdk_sts::config::SharedCredentialsProvider::new(provider))
+                .build();
+            oidc_token = Some(file);
+        }
         let custom_endpoint = config.endpoint_url().is_some();
-        Ok(Aws { config, custom_endpoint, timeouts: settings.timeouts })
+        Ok(Aws { config, custom_endpoint, timeouts: settings.timeouts, _oidc_token: oidc_token })
     }
 
     /// The same configuration in another region (AMI copies).
@@ -158,6 +171,7 @@ impl Aws {
         Aws {
             config: self.config.to_builder().region(Region::new(region.to_string())).build(),
             custom_endpoint: self.custom_endpoint,
+            _oidc_token: self._oidc_token.clone(),
             timeouts: self.timeouts,
         }
     }
