@@ -9,3 +9,4 @@ pub mod nix_module;
 pub mod opentofu;
 pub mod selftest;
 pub mod tools;
+pub mod workflows;

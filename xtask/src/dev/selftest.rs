@@ -37,7 +37,7 @@ pub fn run(ctx: &Ctx, args: flags::TestArgs) -> Result<()> {
         ("nixos module", nix_module(&sh, &root)),
         ("deadnix", deadnix(&sh, &root)),
         ("opentofu", opentofu(&sh, &root)),
-        ("workflow lint", not_built_yet(&root, ".yml", ".github/workflows")),
+        ("workflows", workflow_lint(&root)),
         ("shellcheck", shellcheck(&sh, &root)),
     ];
     let mut report = TestReport { checks: Vec::new() };
@@ -126,18 +126,6 @@ pub fn project_files(root: &Path, ext: &str) -> Vec<PathBuf> {
     out
 }
 
-/// Checks that come with the hosts work: skipped, saying so, while there is
-/// nothing to check; failing, never silently passing, once files exist
-/// without the check that should read them.
-fn not_built_yet(root: &Path, ext: &str, under: &str) -> Outcome {
-    let files: Vec<_> = project_files(&root.join(under), ext);
-    if files.is_empty() {
-        Outcome::Skipped(format!("there are no {ext} files under {under}/ yet"))
-    } else {
-        Outcome::Failed(format!("{} {ext} file(s) under {under}/ but no check reads them yet", files.len()))
-    }
-}
-
 fn have(sh: &Shell, program: &str) -> bool {
     cmd!(sh, "sh -c 'command -v \"$0\"' {program}").quiet().ignore_stdout().ignore_stderr().run().is_ok()
 }
@@ -207,6 +195,14 @@ fn opentofu(sh: &Shell, root: &Path) -> Outcome {
         return Outcome::Skipped("node and npm are not installed (apt-get install nodejs npm): HashiCorp's HCL parser runs as WebAssembly under node".into());
     }
     match crate::dev::opentofu::check(root) {
+        Ok(summary) => Outcome::Passed(summary),
+        Err(err) => Outcome::Failed(format!("{err:#}")),
+    }
+}
+
+/// .github/workflows: actionlint, zizmor, check-jsonschema, and the cargo xtask lines.
+fn workflow_lint(root: &Path) -> Outcome {
+    match crate::dev::workflows::check(root) {
         Ok(summary) => Outcome::Passed(summary),
         Err(err) => Outcome::Failed(format!("{err:#}")),
     }
