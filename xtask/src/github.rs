@@ -31,6 +31,16 @@ pub fn check_transport(url: &str) -> Result<()> {
 /// One request with a bearer credential; the status and body, whatever the
 /// status. An error names the URL, never the credential.
 pub async fn call(method: hyper::Method, url: &str, bearer: &str) -> Result<(hyper::StatusCode, Bytes)> {
+    call_with_body(method, url, bearer, None).await
+}
+
+/// The same, with a JSON body.
+pub async fn call_with_body(
+    method: hyper::Method,
+    url: &str,
+    bearer: &str,
+    json: Option<&serde_json::Value>,
+) -> Result<(hyper::StatusCode, Bytes)> {
     check_transport(url)?;
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
         .with_native_roots()
@@ -47,7 +57,8 @@ pub async fn call(method: hyper::Method, url: &str, bearer: &str) -> Result<(hyp
         .header("Accept", "application/vnd.github+json")
         .header("X-GitHub-Api-Version", "2022-11-28")
         .header("User-Agent", "clawdinators-xtask")
-        .body(Full::new(Bytes::new()))
+        .header("Content-Type", "application/json")
+        .body(Full::new(json.map(|j| Bytes::from(j.to_string())).unwrap_or_default()))
         .with_context(|| format!("bad GitHub API URL {url}"))?;
     let exchange = async {
         let response = client.request(request).await.map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;

@@ -96,6 +96,28 @@ async fn load_pem(ctx: &Ctx, source: &PemSource) -> Result<Zeroizing<Vec<u8>>> {
     }
 }
 
+/// An installation token from the App key in Secrets Manager (the control API's way).
+pub async fn mint(
+    aws: &aws::Aws,
+    app_id: &str,
+    installation_id: &str,
+    pem_secret: &str,
+    api_url: &str,
+) -> Result<Zeroizing<String>> {
+    let out = aws
+        .secrets_manager()
+        .get_secret_value()
+        .secret_id(pem_secret)
+        .send()
+        .await
+        .map_err(|e| aws::error("Secrets Manager GetSecretValue", pem_secret, e))?;
+    let key = crate::secrets::manager::value_of(&out).with_context(|| format!("secret {pem_secret} has no value"))?;
+    let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
+    let jwt = app_jwt(app_id, &key, now)?;
+    let token = installation_token(api_url, installation_id, &jwt).await?;
+    Ok(Zeroizing::new(token.token.clone()))
+}
+
 /// `GITHUB_TOKEN=…` and `GH_TOKEN=…`, mode 0600, replaced atomically.
 pub fn write_env_file(path: &Path, token: &str) -> Result<()> {
     let content = Zeroizing::new(format!("GITHUB_TOKEN={token}\nGH_TOKEN={token}\n"));

@@ -1,0 +1,226 @@
+//! The chat control API: `status` and `deploy {target, ami?}` for the
+//! agents and the operators, behind a Lambda function URL with AWS_IAM
+//! auth. The caller is who IAM says signed the request (the request
+//! context's `userArn`), never what the request body claims:
+//!
+//! - an instance role `clawdinator-instance-<name>` is that instance: it may
+//!   deploy other named instances, never itself, never `all`;
+//! - an operator (a configured ARN, or a role whose sessions they use) may
+//!   deploy any target;
+//! - anyone else is refused (403); a missing or malformed context is 401;
+//!   an unknown target 400.
+//!
+//! A deploy dispatches the `fleet-deploy` workflow with the authenticated
+//! caller, using a GitHub App installation token minted in process.
+
+use anyhow::{Context, Result};
+use lambda_http::{Body, Request, RequestExt, Response};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use xtask::fleet::Registry;
+
+/// Who is calling, as IAM says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Caller {
+    Operator(String),
+    Instance(String),
+}
+
+/// A refusal: the HTTP status and the reason shown to the caller.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Refusal(pub u16, pub String);
+
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(tag = "action", rename_all = "lowercase")]
+pub enum Action {
+    Status,
+    Deploy { target: String, ami: Option<String> },
+}
+
+pub struct Config {
+    pub registry: Registry,
+    /// Operator principals: IAM user or role ARNs.
+    pub operators: Vec<String>,
+}
+
+/// The role name in an assumed-role session ARN
+/// (`arn:aws:sts::ACCOUNT:assumed-role/ROLE/SESSION`).
+fn assumed_role(arn: &str) -> Option<(&str, &str)> {
+    let rest = arn.strip_prefix("arn:aws:sts::")?;
+    let (account, path) = rest.split_once(":assumed-role/")?;
+    let (role, _session) = path.split_once('/')?;
+    Some((account, role))
+}
+
+/// The caller from the signed ARN.
+pub fn caller(arn: Option<&str>, config: &Config) -> Result<Caller, Refusal> {
+    let arn = arn.filter(|a| !a.is_empty()).ok_or_else(|| {
+        Refusal(401, "no IAM caller in the request context: call the function URL signed (AWS_IAM)".into())
+    })?;
+    if !arn.starts_with("arn:aws") || arn.split(':').count() < 6 {
+        return Err(Refusal(401, format!("\"{arn}\" is not an IAM principal ARN")));
+    }
+    if let Some((account, role)) = assumed_role(arn) {
+        if let Some(name) = role.strip_prefix("clawdinator-instance-") {
+            return if config.registry.instances.contains_key(name) {
+                Ok(Caller::Instance(name.to_string()))
+            } else {
+                Err(Refusal(403, format!("{name} is not an instance of the fleet registry")))
+            };
+        }
+        let role_arn = format!("arn:aws:iam::{account}:role/{role}");
+        if config.operators.contains(&role_arn) {
+            return Ok(Caller::Operator(arn.to_string()));
+        }
+    }
+    if config.operators.iter().any(|o| o == arn) {
+        return Ok(Caller::Operator(arn.to_string()));
+    }
+    Err(Refusal(403, format!("{arn} is neither a fleet instance nor an operator")))
+}
+
+/// May this caller do this?
+pub fn authorize(caller: &Caller, action: &Action, registry: &Registry) -> Result<(), Refusal> {
+    let Action::Deploy { target, .. } = action else { return Ok(()) };
+    if target != "all" && !registry.instances.contains_key(target) {
+        return Err(Refusal(
+            400,
+            format!(
+                "unknown target {target}: all, or one of {}",
+                registry.instances.keys().cloned().collect::<Vec<_>>().join(", ")
+            ),
+        ));
+    }
+    match caller {
+        Caller::Operator(_) => Ok(()),
+        Caller::Instance(me) if target == "all" => {
+            Err(Refusal(403, format!("{me} may not deploy all: that would replace itself; ask a maintainer")))
+        }
+        Caller::Instance(me) if target == me => {
+            Err(Refusal(403, format!("{me} may not deploy itself; another instance or a maintainer must ask")))
+        }
+        Caller::Instance(_) => Ok(()),
+    }
+}
+
+/// What the API does once a request is allowed.
+pub trait Fleet {
+    fn status(&self) -> impl std::future::Future<Output = Result<Value>> + Send;
+    fn dispatch(
+        &self,
+        target: &str,
+        ami: Option<&str>,
+        caller: &str,
+    ) -> impl std::future::Future<Output = Result<()>> + Send;
+}
+
+/// The `fleet-deploy` workflow on GitHub.
+pub struct Workflow {
+    pub api_url: String,
+    pub repo: String,
+    pub workflow: String,
+    pub git_ref: String,
+}
+
+impl Workflow {
+    /// `POST /repos/{repo}/actions/workflows/{workflow}/dispatches` with the inputs.
+    pub async fn dispatch(&self, token: &str, target: &str, ami: Option<&str>, caller: &str) -> Result<()> {
+        let url = format!(
+            "{}/repos/{}/actions/workflows/{}/dispatches",
+            self.api_url.trim_end_matches('/'),
+            self.repo,
+            self.workflow
+        );
+        let body = json!({"ref": self.git_ref, "inputs": {"target": target, "ami_override": ami.unwrap_or(""), "caller": caller}});
+        let (status, answer) = xtask::github::call_with_body(hyper::Method::POST, &url, token, Some(&body)).await?;
+        anyhow::ensure!(
+            status.as_u16() == 204 || status.is_success(),
+            "GitHub answered {status} to the dispatch: {}",
+            xtask::github::message(&answer)
+        );
+        Ok(())
+    }
+}
+
+fn reply(status: u16, body: Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Body::Text(body.to_string()))
+        .expect("a valid response")
+}
+
+/// The signed caller's ARN from a function URL request.
+pub fn caller_arn(request: &Request) -> Option<String> {
+    match request.request_context_ref()? {
+        lambda_http::request::RequestContext::ApiGatewayV2(ctx) => {
+            ctx.authorizer.as_ref()?.iam.as_ref()?.user_arn.clone()
+        }
+    }
+}
+
+/// One request, start to answer. Every decision is logged as one JSON line.
+pub async fn handle(config: &Config, fleet: &impl Fleet, request: Request) -> Response<Body> {
+    let arn = caller_arn(&request);
+    let decided = decide(config, arn.as_deref(), request.body());
+    let (status, body) = match decided {
+        Err(Refusal(status, reason)) => (status, json!({"error": reason})),
+        Ok((_, Action::Status)) => match fleet.status().await {
+            Ok(status) => (200, status),
+            Err(e) => (502, json!({"error": format!("fleet status failed: {e:#}")})),
+        },
+        Ok((caller, Action::Deploy { target, ami })) => {
+            let who = match &caller {
+                Caller::Instance(name) => name.clone(),
+                Caller::Operator(arn) => arn.clone(),
+            };
+            match fleet.dispatch(&target, ami.as_deref(), &who).await {
+                Ok(()) => (202, json!({"dispatched": "fleet-deploy", "target": target, "caller": who})),
+                Err(e) => (502, json!({"error": format!("the deploy could not be dispatched: {e:#}")})),
+            }
+        }
+    };
+    println!("{}", json!({"audit": "control-api", "caller": arn, "status": status, "answer": body}));
+    reply(status, body)
+}
+
+fn decide(config: &Config, arn: Option<&str>, body: &Body) -> Result<(Caller, Action), Refusal> {
+    let caller = caller(arn, config)?;
+    let bytes: &[u8] = body.as_ref();
+    let action: Action = serde_json::from_slice(bytes).map_err(|e| {
+        Refusal(400, format!("expected {{\"action\": \"status\"}} or {{\"action\": \"deploy\", \"target\": …}}: {e}"))
+    })?;
+    authorize(&caller, &action, &config.registry)?;
+    Ok((caller, action))
+}
+
+/// The live fleet: status from EC2 and SSM, deploys through GitHub with an
+/// installation token minted from the App key in Secrets Manager.
+pub struct Live {
+    pub aws: xtask::aws::Aws,
+    pub registry: Registry,
+    pub workflow: Workflow,
+    pub app_id: String,
+    pub installation_id: String,
+    pub pem_secret: String,
+}
+
+impl Fleet for Live {
+    async fn status(&self) -> Result<Value> {
+        let report = xtask::fleet::status::status(&self.aws, &self.registry, None).await?;
+        Ok(serde_json::to_value(&report)?)
+    }
+
+    async fn dispatch(&self, target: &str, ami: Option<&str>, caller: &str) -> Result<()> {
+        let token = xtask::secrets::github_token::mint(
+            &self.aws,
+            &self.app_id,
+            &self.installation_id,
+            &self.pem_secret,
+            &self.workflow.api_url,
+        )
+        .await
+        .context("cannot mint a GitHub App installation token")?;
+        self.workflow.dispatch(&token, target, ami, caller).await
+    }
+}

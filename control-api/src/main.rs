@@ -1,0 +1,44 @@
+//! The Lambda's `bootstrap`: configuration from the environment, then one
+//! handler per request (see the library).
+
+use anyhow::Context;
+use clawdinator_control_api::{handle, Config, Live, Workflow};
+
+fn env(name: &str) -> anyhow::Result<String> {
+    std::env::var(name).with_context(|| format!("the function's environment lacks {name}"))
+}
+
+#[tokio::main]
+async fn main() -> Result<(), lambda_http::Error> {
+    let registry = xtask::fleet::Registry::load(std::path::Path::new(
+        &std::env::var("CLAWDINATOR_REGISTRY").unwrap_or_else(|_| "instances.json".into()),
+    ))?;
+    let operators = env("CLAWDINATOR_OPERATORS")
+        .unwrap_or_default()
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
+    let aws = xtask::aws::Aws::load(&xtask::aws::Settings::default()).await?;
+    let live = Live {
+        aws,
+        registry: registry.clone(),
+        workflow: Workflow {
+            api_url: std::env::var("GITHUB_API_URL").unwrap_or_else(|_| "https://api.github.com".into()),
+            repo: env("GITHUB_REPOSITORY")?,
+            workflow: "fleet-deploy.yml".into(),
+            git_ref: std::env::var("CLAWDINATOR_DEPLOY_REF").unwrap_or_else(|_| "main".into()),
+        },
+        app_id: env("CLAWDINATOR_APP_ID")?,
+        installation_id: env("CLAWDINATOR_APP_INSTALLATION_ID")?,
+        pem_secret: std::env::var("CLAWDINATOR_APP_KEY_SECRET")
+            .unwrap_or_else(|_| "clawdinator/clawdinator-github-app.pem".into()),
+    };
+    let config = Config { registry, operators };
+    lambda_http::run(lambda_http::service_fn(|request| {
+        let (config, live) = (&config, &live);
+        async move { Ok::<_, std::convert::Infallible>(handle(config, live, request).await) }
+    }))
+    .await
+}
