@@ -11,8 +11,11 @@ use serde_json::{json, Value};
 
 const TOKEN: &str = "ghs_installation_token_for_test";
 
+/// What GitHub received: (path, authorization, JSON body) per request.
+type Dispatches = Arc<Mutex<Vec<(String, String, Value)>>>;
+
 /// GitHub: records each dispatch (path, authorization, body), answers 204.
-fn github() -> (String, Arc<Mutex<Vec<(String, String, Value)>>>) {
+fn github() -> (String, Dispatches) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     let seen = Arc::new(Mutex::new(Vec::new()));
