@@ -106,6 +106,34 @@ pub enum FleetCmd {
     Deploy(FleetDeployArgs),
     /// Switch running hosts to the flake at a git revision, canary first, rolling back a host that fails.
     Switch(FleetSwitchArgs),
+    /// Host side: ask the control API (SigV4-signed with the instance role) for status or a deploy.
+    Control(FleetControlArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FleetControlArgs {
+    #[command(subcommand)]
+    pub action: ControlAction,
+    /// The function URL (default: SSM parameter /clawdinator/control-api-url).
+    #[arg(long, global = true)]
+    pub url: Option<String>,
+    /// This host's instance name (a deploy of it, or of `all`, is refused here).
+    #[arg(long, global = true, default_value = "/etc/clawdinator/instance-name")]
+    pub instance_file: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ControlAction {
+    /// The fleet status, as the API sees it.
+    Status,
+    /// Ask for a deploy of another instance (the API decides by IAM identity).
+    Deploy {
+        /// An instance name of the registry.
+        target: String,
+        /// A fleet AMI to deploy instead of the latest (rollback).
+        #[arg(long)]
+        ami: Option<String>,
+    },
 }
 
 #[derive(Debug, Args)]

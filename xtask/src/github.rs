@@ -42,14 +42,6 @@ pub async fn call_with_body(
     json: Option<&serde_json::Value>,
 ) -> Result<(hyper::StatusCode, Bytes)> {
     check_transport(url)?;
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_native_roots()
-        .context("cannot load the system's CA certificates")?
-        .https_or_http()
-        .enable_http1()
-        .build();
-    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
     let request = hyper::Request::builder()
         .method(method)
         .uri(url)
@@ -60,6 +52,22 @@ pub async fn call_with_body(
         .header("Content-Type", "application/json")
         .body(Full::new(json.map(|j| Bytes::from(j.to_string())).unwrap_or_default()))
         .with_context(|| format!("bad GitHub API URL {url}"))?;
+    send(request).await
+}
+
+/// Send one HTTPS request (plain HTTP only to loopback), bounded to 30 s;
+/// the status and body, whatever the status.
+pub async fn send(request: hyper::Request<Full<Bytes>>) -> Result<(hyper::StatusCode, Bytes)> {
+    let url = request.uri().to_string();
+    check_transport(&url)?;
+    let connector = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_native_roots()
+        .context("cannot load the system's CA certificates")?
+        .https_or_http()
+        .enable_http1()
+        .build();
+    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
+        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
     let exchange = async {
         let response = client.request(request).await.map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
         let status = response.status();

@@ -86,8 +86,10 @@ resource "aws_lambda_function" "control_api" {
 
   environment {
     variables = {
-      CLAWDINATOR_OPERATOR_GROUP = var.operator_group_name
-      GITHUB_REPOSITORY          = var.github_repository
+      CLAWDINATOR_OPERATORS            = join(",", var.operator_arns)
+      CLAWDINATOR_APP_ID               = var.github_app_id
+      CLAWDINATOR_APP_INSTALLATION_ID  = var.github_app_installation_id
+      GITHUB_REPOSITORY                = var.github_repository
     }
   }
 

@@ -142,6 +142,29 @@ variable "operator_group_name" {
   }
 }
 
+variable "operator_arns" {
+  description = "IAM users or roles the control API treats as operators (they may deploy any target); put the same users in operator_group_name."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for a in var.operator_arns : can(regex("^arn:aws[a-z-]*:iam::[0-9]{12}:(user|role)/", a))])
+    error_message = "operator_arns must be IAM user or role ARNs."
+  }
+}
+
+variable "github_app_id" {
+  description = "The GitHub App the control API mints installation tokens for (its key: clawdinator/clawdinator-github-app.pem in Secrets Manager)."
+  type        = string
+  default     = ""
+}
+
+variable "github_app_installation_id" {
+  description = "The App's installation id on the repository."
+  type        = string
+  default     = ""
+}
+
 variable "tags" {
   description = "Extra tags on every resource."
   type        = map(string)

@@ -157,6 +157,7 @@ pub fn action_for(operation: &str) -> Option<&'static str> {
         "EC2 DescribeInstanceStatus" => "ec2:DescribeInstanceStatus",
         "SSM DescribeInstanceInformation" => "ssm:DescribeInstanceInformation",
         "SSM SendCommand" => "ssm:SendCommand",
+        "SSM GetParameter" => "ssm:GetParameter",
         "SSM GetCommandInvocation" => "ssm:GetCommandInvocation",
         _ => return None,
     })

@@ -1,6 +1,7 @@
 //! The fleet stage: the registry (`nix/instances.json`), the single source of
 //! truth that the flake, OpenTofu and every command read.
 
+pub mod control;
 pub mod deploy;
 pub mod registry;
 pub mod status;
@@ -90,6 +91,23 @@ pub async fn run(ctx: &Ctx, cmd: flags::FleetCmd) -> Result<()> {
             .await?;
             ctx.out.emit(&report)
         }
+        flags::FleetCmd::Control(args) => {
+            let me = project::host_setting(&args.instance_file);
+            let (action, target) = match &args.action {
+                flags::ControlAction::Status => ("status", None),
+                flags::ControlAction::Deploy { target, .. } => {
+                    control::refuse_self(me.as_deref(), target)?;
+                    ("deploy", Some(target.as_str()))
+                }
+            };
+            let ami = match &args.action {
+                flags::ControlAction::Deploy { ami, .. } => ami.as_deref(),
+                flags::ControlAction::Status => None,
+            };
+            let aws = ctx.aws().await?;
+            let answer = control::call(&aws, args.url.clone(), &control::body(action, target, ami)).await?;
+            ctx.out.emit(&ControlAnswer(answer))
+        }
         flags::FleetCmd::Switch(args) => {
             let registry = registry(&args.instances)?;
             let opts = switch::SwitchOptions {
@@ -117,4 +135,15 @@ pub async fn run(ctx: &Ctx, cmd: flags::FleetCmd) -> Result<()> {
 fn poll_interval() -> Duration {
     let secs = std::env::var("CLAWDINATOR_POLL_SECONDS").ok().and_then(|s| s.parse::<f64>().ok()).unwrap_or(5.0);
     Duration::from_secs_f64(secs.clamp(0.05, 60.0))
+}
+
+/// The control API's answer, printed as it came.
+#[derive(serde::Serialize)]
+#[serde(transparent)]
+struct ControlAnswer(serde_json::Value);
+
+impl std::fmt::Display for ControlAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{}", serde_json::to_string_pretty(&self.0).unwrap_or_default())
+    }
 }

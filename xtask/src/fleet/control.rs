@@ -1,0 +1,107 @@
+//! `clawdinator fleet control status|deploy`: the host side of chat deploys.
+//! The request to the control API's function URL is signed with SigV4 from
+//! the instance role's credentials (the standard chain), so the API knows
+//! which instance asks without any shared token. A self-deploy (or `all`)
+//! is refused here before calling; the API refuses it again.
+
+use std::time::SystemTime;
+
+use anyhow::{bail, Context, Result};
+use aws_credential_types::provider::ProvideCredentials;
+use aws_sigv4::http_request::{sign, SignableBody, SignableRequest, SigningSettings};
+use bytes::Bytes;
+use http_body_util::Full;
+use serde_json::{json, Value};
+
+use crate::aws::{self, Aws};
+use crate::output::UsageError;
+
+/// Where OpenTofu publishes the function URL.
+pub const URL_PARAMETER: &str = "/clawdinator/control-api-url";
+
+/// The request body for an action.
+pub fn body(action: &str, target: Option<&str>, ami: Option<&str>) -> Value {
+    match action {
+        "deploy" => json!({"action": "deploy", "target": target, "ami": ami}),
+        _ => json!({"action": "status"}),
+    }
+}
+
+/// An instance never asks to replace itself, nor the whole fleet.
+pub fn refuse_self(me: Option<&str>, target: &str) -> Result<()> {
+    match me {
+        Some(me) if target == me => {
+            bail!(UsageError(format!("{me} may not deploy itself: another instance or a maintainer must ask")))
+        }
+        Some(me) if target == "all" => {
+            bail!(UsageError(format!("{me} may not deploy all (it would replace itself): ask a maintainer")))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// A POST of `payload` to `url`, SigV4-signed for the `lambda` service.
+pub fn signed_request(
+    url: &str,
+    payload: &[u8],
+    credentials: aws_credential_types::Credentials,
+    region: &str,
+    time: SystemTime,
+) -> Result<hyper::Request<Full<Bytes>>> {
+    let host = url.split("://").nth(1).and_then(|r| r.split('/').next()).context("the control API URL has no host")?;
+    let headers = [("host", host.to_string()), ("content-type", "application/json".to_string())];
+    let identity = credentials.into();
+    let params = aws_sigv4::sign::v4::SigningParams::builder()
+        .identity(&identity)
+        .region(region)
+        .name("lambda")
+        .time(time)
+        .settings(SigningSettings::default())
+        .build()
+        .context("cannot set up SigV4")?
+        .into();
+    let signable =
+        SignableRequest::new("POST", url, headers.iter().map(|(k, v)| (*k, v.as_str())), SignableBody::Bytes(payload))
+            .context("cannot sign the request")?;
+    let (instructions, _) = sign(signable, &params).context("cannot sign the request")?.into_parts();
+    let mut request = hyper::Request::builder().method("POST").uri(url);
+    for (k, v) in &headers {
+        request = request.header(*k, v);
+    }
+    let mut request = request.body(Full::new(Bytes::copy_from_slice(payload)))?;
+    instructions.apply_to_request_http1x(&mut request);
+    Ok(request)
+}
+
+/// The function URL: given, or from SSM Parameter Store.
+async fn url(aws: &Aws, given: Option<String>) -> Result<String> {
+    if let Some(url) = given {
+        return Ok(url);
+    }
+    let out = aws
+        .ssm()
+        .get_parameter()
+        .name(URL_PARAMETER)
+        .send()
+        .await
+        .map_err(|e| aws::error("SSM GetParameter", URL_PARAMETER, e))?;
+    out.parameter().and_then(|p| p.value()).map(String::from).context("the control API URL parameter is empty")
+}
+
+/// Call the API; its JSON answer, or an error with its reason.
+pub async fn call(aws: &Aws, given_url: Option<String>, payload: &Value) -> Result<Value> {
+    let url = url(aws, given_url).await?;
+    let provider = aws.config.credentials_provider().context("no AWS credentials to sign with")?;
+    let credentials = provider.provide_credentials().await.context("cannot load the instance role's credentials")?;
+    let region =
+        aws.region().context("no region: the signature needs one (--region, or /etc/clawdinator/region)")?.to_string();
+    let bytes = serde_json::to_vec(payload)?;
+    let request = signed_request(&url, &bytes, credentials, &region, SystemTime::now())?;
+    let (status, answer) = crate::github::send(request).await?;
+    let answer: Value =
+        serde_json::from_slice(&answer).unwrap_or_else(|_| json!({"error": String::from_utf8_lossy(&answer)}));
+    if !status.is_success() {
+        bail!("the control API refused ({status}): {}", answer["error"].as_str().unwrap_or("no reason given"));
+    }
+    Ok(answer)
+}
