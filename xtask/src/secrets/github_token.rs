@@ -82,18 +82,20 @@ async fn load_pem(ctx: &Ctx, source: &PemSource) -> Result<Zeroizing<Vec<u8>>> {
         PemSource::File(path) => Ok(Zeroizing::new(
             std::fs::read(path).with_context(|| format!("cannot read the GitHub App key {}", path.display()))?,
         )),
-        PemSource::Secret(name) => {
-            let aws = ctx.aws().await?;
-            let out = aws
-                .secrets_manager()
-                .get_secret_value()
-                .secret_id(name)
-                .send()
-                .await
-                .map_err(|e| aws::error("Secrets Manager GetSecretValue", name, e))?;
-            crate::secrets::manager::value_of(&out).with_context(|| format!("secret {name} has no value"))
-        }
+        PemSource::Secret(name) => pem_from_secret(&ctx.aws().await?, name).await,
     }
+}
+
+/// The App key kept in Secrets Manager.
+async fn pem_from_secret(aws: &aws::Aws, name: &str) -> Result<Zeroizing<Vec<u8>>> {
+    let out = aws
+        .secrets_manager()
+        .get_secret_value()
+        .secret_id(name)
+        .send()
+        .await
+        .map_err(|e| aws::error("Secrets Manager GetSecretValue", name, e))?;
+    crate::secrets::manager::value_of(&out).with_context(|| format!("secret {name} has no value"))
 }
 
 /// An installation token from the App key in Secrets Manager (the control API's way).
@@ -104,14 +106,7 @@ pub async fn mint(
     pem_secret: &str,
     api_url: &str,
 ) -> Result<Zeroizing<String>> {
-    let out = aws
-        .secrets_manager()
-        .get_secret_value()
-        .secret_id(pem_secret)
-        .send()
-        .await
-        .map_err(|e| aws::error("Secrets Manager GetSecretValue", pem_secret, e))?;
-    let key = crate::secrets::manager::value_of(&out).with_context(|| format!("secret {pem_secret} has no value"))?;
+    let key = pem_from_secret(aws, pem_secret).await?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let jwt = app_jwt(app_id, &key, now)?;
     let token = installation_token(api_url, installation_id, &jwt).await?;
