@@ -79,8 +79,9 @@ pub fn waves(names: &[String], parallel: usize) -> Vec<Vec<String>> {
     std::iter::once(vec![canary.clone()]).chain(rest.chunks(parallel.max(1)).map(|c| c.to_vec())).collect()
 }
 
-/// The one running instance named `name`; zero or several is an error naming them.
-pub async fn running_instance(aws: &Aws, name: &str) -> Result<String> {
+/// The one running instance named `name` and the revision it was last
+/// switched to; zero or several is an error naming them.
+pub async fn running_instance(aws: &Aws, name: &str) -> Result<(String, Option<String>)> {
     let out = aws
         .ec2()
         .describe_instances()
@@ -90,17 +91,22 @@ pub async fn running_instance(aws: &Aws, name: &str) -> Result<String> {
         .send()
         .await
         .map_err(|e| aws::error("EC2 DescribeInstances", name, e))?;
-    let ids: Vec<String> = out
+    let found: Vec<(String, Option<String>)> = out
         .reservations()
         .iter()
         .flat_map(|r| r.instances())
-        .filter_map(|i| i.instance_id())
-        .map(String::from)
+        .filter_map(|i| {
+            let revision = i.tags().iter().find(|t| t.key() == Some(TAG_DEPLOYED_REVISION)).and_then(|t| t.value());
+            Some((i.instance_id()?.to_string(), revision.map(String::from)))
+        })
         .collect();
-    match ids.as_slice() {
+    match found.as_slice() {
         [one] => Ok(one.clone()),
         [] => bail!("{name}: no running instance tagged Name={name}, app=clawdinator (fleet deploy {name} creates it)"),
-        many => bail!("{name}: {} running instances ({}); terminate the extra ones first", many.len(), many.join(", ")),
+        many => {
+            let ids: Vec<&str> = many.iter().map(|(id, _)| id.as_str()).collect();
+            bail!("{name}: {} running instances ({}); terminate the extra ones first", ids.len(), ids.join(", "))
+        }
     }
 }
 
@@ -191,16 +197,18 @@ pub async fn switch(
     let mut unresolved = Vec::new();
     for name in &names {
         match running_instance(aws, name).await {
-            Ok(id) => resolved.push((name.clone(), id)),
+            Ok(found) => resolved.push((name.clone(), found)),
             Err(e) => unresolved.push((name.clone(), format!("{e:#}"))),
         }
     }
     if opts.dry_run {
-        for (name, id) in &resolved {
+        for (name, (id, revision)) in &resolved {
+            let outcome =
+                if revision.as_deref() == Some(opts.rev.as_str()) { "already-switched" } else { "would-switch" };
             report.hosts.push(HostOutcome {
                 name: name.clone(),
                 instance_id: Some(id.clone()),
-                outcome: "would-switch".into(),
+                outcome: outcome.into(),
                 detail: String::new(),
             });
         }
@@ -212,8 +220,8 @@ pub async fn switch(
     if let Some((_, why)) = unresolved.first() {
         bail!("nothing was switched: {why}");
     }
-    let id_of =
-        |name: &str| resolved.iter().find(|(n, _)| n == name).map(|(_, id)| id.clone()).expect("resolved above");
+    let found = |name: &str| resolved.iter().find(|(n, _)| n == name).map(|(_, f)| f.clone()).expect("resolved above");
+    let id_of = |name: &str| found(name).0;
     let mut failure = None;
     for wave in report.waves.clone() {
         if failure.is_some() {
@@ -225,13 +233,20 @@ pub async fn switch(
             }));
             continue;
         }
+        // A host already tagged with REV was switched by an earlier run: not again.
         let runs = wave.iter().map(|name| {
-            let id = id_of(name);
-            async move { (name.clone(), id.clone(), switch_host(aws, name, &id, opts, cancel, out).await) }
+            let (id, revision) = found(name);
+            let done = revision.as_deref() == Some(opts.rev.as_str());
+            async move {
+                let result =
+                    if done { Ok(None) } else { switch_host(aws, name, &id, opts, cancel, out).await.map(Some) };
+                (name.clone(), id.clone(), result)
+            }
         });
         for (name, id, result) in futures::future::join_all(runs).await {
             let (outcome, detail) = match result {
-                Ok(_) => ("switched", String::new()),
+                Ok(None) => ("already-switched", String::new()),
+                Ok(Some(_)) => ("switched", String::new()),
                 Err(e) => {
                     failure.get_or_insert(format!("{e:#}"));
                     ("failed", format!("{e:#}"))
