@@ -91,6 +91,9 @@ pub enum Command {
     Bench(BenchCmd),
     /// Run the whole test suite: Rust tests against the emulator plus the non-Rust checks.
     Test(TestArgs),
+    /// The chat control API's Lambda package.
+    #[command(name = "control-api", subcommand)]
+    ControlApi(ControlApiCmd),
     /// Regenerate infra/opentofu/schema/aws-provider.json from the pinned npm provider package.
     #[command(name = "opentofu-schema")]
     OpentofuSchema,
@@ -579,6 +582,16 @@ pub struct GithubTokenArgs {
     /// Write GITHUB_TOKEN=… and GH_TOKEN=… here (mode 0600) instead of printing the token.
     #[arg(long)]
     pub env_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ControlApiCmd {
+    /// Build `bootstrap` for provided.al2023 (glibc 2.34), check its glibc symbols, zip it with the registry.
+    Package {
+        /// Where the zip goes (OpenTofu's control_api_zip).
+        #[arg(long, default_value = "dist/control-api.zip")]
+        out: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]

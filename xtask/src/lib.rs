@@ -76,6 +76,11 @@ pub fn run(cli: flags::Xtask) -> Result<()> {
             // Benchmarks drive child processes and block; keep them off the async workers.
             flags::Command::Bench(cmd) => tokio::task::block_in_place(|| dev::bench::run(&ctx, cmd)),
             flags::Command::Test(args) => dev::selftest::run(&ctx, args),
+            flags::Command::ControlApi(flags::ControlApiCmd::Package { out }) => {
+                let root = project::root();
+                let report = tokio::task::block_in_place(|| dev::package::package(&root, &project::resolve(&out)))?;
+                ctx.out.emit(&report)
+            }
             flags::Command::OpentofuSchema => {
                 let summary = tokio::task::block_in_place(|| dev::opentofu::regenerate(&project::root()))?;
                 ctx.out.note(summary);

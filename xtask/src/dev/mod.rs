@@ -7,6 +7,7 @@ pub mod fixtures;
 pub mod nix_lib;
 pub mod nix_module;
 pub mod opentofu;
+pub mod package;
 pub mod selftest;
 pub mod tools;
 pub mod workflows;

@@ -1,0 +1,128 @@
+//! `cargo xtask control-api package`: the control API for Lambda's
+//! `provided.al2023` runtime. Built with cargo-zigbuild against glibc 2.34
+//! (the runtime's), checked so that no symbol needs a newer glibc, zipped
+//! with the registry the function reads. Tools install themselves into
+//! `target/tools`: zig from PyPI's `ziglang` wheel, cargo-zigbuild from
+//! crates.io.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use serde::Serialize;
+use xshell::{cmd, Shell};
+
+/// The newest glibc `provided.al2023` has.
+pub const GLIBC_LIMIT: (u32, u32) = (2, 34);
+const TARGET: &str = "x86_64-unknown-linux-gnu.2.34";
+const ZIGLANG: &str = "0.17.1";
+const ZIGBUILD: &str = "0.24.1";
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PackageReport {
+    pub zip: String,
+    pub binary: String,
+    pub newest_glibc: String,
+}
+
+impl std::fmt::Display for PackageReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{} (bootstrap needs glibc {} at most; provided.al2023 has 2.34)", self.zip, self.newest_glibc)
+    }
+}
+
+/// The GLIBC_x.y versions an ELF binary's dynamic symbols need (readelf).
+pub fn glibc_versions(binary: &Path) -> Result<Vec<(u32, u32)>> {
+    let sh = Shell::new()?;
+    let text = cmd!(sh, "readelf --dyn-syms --wide {binary}").quiet().read().context("readelf (binutils) is needed")?;
+    let mut versions: Vec<(u32, u32)> = text
+        .split("GLIBC_")
+        .skip(1)
+        .filter_map(|rest| {
+            let version: String = rest.chars().take_while(|c| c.is_ascii_digit() || *c == '.').collect();
+            let mut parts = version.split('.').map(|p| p.parse::<u32>().ok());
+            Some((parts.next()??, parts.next().flatten().unwrap_or(0)))
+        })
+        .collect();
+    versions.sort();
+    versions.dedup();
+    Ok(versions)
+}
+
+/// Refuse a binary that needs a glibc newer than `limit`.
+pub fn check_glibc(binary: &Path, limit: (u32, u32)) -> Result<(u32, u32)> {
+    let versions = glibc_versions(binary)?;
+    let newest = versions.last().copied().context("the binary names no GLIBC symbol version: not a glibc build?")?;
+    ensure!(
+        newest <= limit,
+        "{} needs GLIBC_{}.{}, newer than the runtime's {}.{}: it would not start on provided.al2023",
+        binary.display(),
+        newest.0,
+        newest.1,
+        limit.0,
+        limit.1
+    );
+    Ok(newest)
+}
+
+fn cargo_zigbuild(root: &Path) -> Result<PathBuf> {
+    let bin = root.join("target/tools/bin/cargo-zigbuild");
+    if !bin.exists() {
+        eprintln!("tools: installing cargo-zigbuild {ZIGBUILD} from crates.io into target/tools (once)");
+        let sh = Shell::new()?;
+        let tools = root.join("target/tools");
+        cmd!(sh, "cargo install --quiet --locked cargo-zigbuild --version {ZIGBUILD} --root {tools}").run()?;
+    }
+    Ok(bin)
+}
+
+/// Build, check and zip; returns where the zip is.
+pub fn package(root: &Path, out: &Path) -> Result<PackageReport> {
+    let python = crate::dev::tools::pip_tool(root, "ziglang", "ziglang", ZIGLANG, "python")?;
+    let zigbuild = cargo_zigbuild(root)?;
+    let sh = Shell::new()?;
+    sh.change_dir(root);
+    // cargo-zigbuild runs `python3 -m ziglang` when no zig is on PATH.
+    let path =
+        format!("{}:{}", python.parent().expect("a venv bin").display(), std::env::var("PATH").unwrap_or_default());
+    sh.set_var("PATH", path);
+    cmd!(sh, "{zigbuild} zigbuild --release --locked -p clawdinator-control-api --bin bootstrap --target {TARGET}")
+        .run()?;
+    let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
+    let binary = target_dir.join("x86_64-unknown-linux-gnu/release/bootstrap");
+    ensure!(binary.exists(), "the build left no {}", binary.display());
+    let newest = check_glibc(&binary, GLIBC_LIMIT)?;
+    let staging = tempfile::tempdir()?;
+    std::fs::copy(&binary, staging.path().join("bootstrap"))?;
+    std::fs::copy(root.join(crate::fleet::DEFAULT_PATH), staging.path().join("instances.json"))?;
+    if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir)?;
+    }
+    let partial = out.with_extension("zip.partial");
+    sh.change_dir(staging.path());
+    cmd!(sh, "{python} -m zipfile -c {partial} bootstrap instances.json").quiet().run()?;
+    std::fs::rename(&partial, out)?;
+    if !out.exists() {
+        bail!("no zip at {}", out.display());
+    }
+    Ok(PackageReport {
+        zip: out.display().to_string(),
+        binary: binary.display().to_string(),
+        newest_glibc: format!("{}.{}", newest.0, newest.1),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_binary_needing_a_newer_glibc_is_refused() {
+        // This very test binary was linked against the build machine's glibc.
+        let me = std::env::current_exe().unwrap();
+        let newest = *glibc_versions(&me).unwrap().last().unwrap();
+        assert!(check_glibc(&me, newest).is_ok());
+        let err = check_glibc(&me, (2, 0)).unwrap_err().to_string();
+        assert!(err.contains("newer than the runtime's 2.0"), "{err}");
+    }
+}
