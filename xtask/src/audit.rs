@@ -117,11 +117,21 @@ pub fn s3_key(time: &str, digest: &str) -> String {
 }
 
 fn now() -> String {
-    // Nanoseconds, so records a moment apart still sort.
+    // Nanoseconds, so records a moment apart still sort; seconds and
+    // nanoseconds from the same reading of the clock.
     let now = std::time::SystemTime::now();
-    let base = crate::output::now_rfc3339();
+    let seconds = crate::output::rfc3339(now);
     let nanos = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("{}.{nanos:09}Z", base.trim_end_matches('Z'))
+    format!("{}.{nanos:09}Z", seconds.trim_end_matches('Z'))
+}
+
+/// What a command works on for its record: the instances named, or `all`.
+pub fn targets(names: &[String]) -> Vec<String> {
+    if names.is_empty() {
+        vec!["all".into()]
+    } else {
+        names.to_vec()
+    }
 }
 
 /// What a command records: its name, what it works on, and whether it is

@@ -146,9 +146,12 @@ pub fn init_tracing(verbose: u8) {
 
 /// The current time as RFC 3339 UTC (`2026-11-21T22:02:12Z`).
 pub fn now_rfc3339() -> String {
-    aws_smithy_types::DateTime::from(std::time::SystemTime::now())
-        .fmt(aws_smithy_types::date_time::Format::DateTime)
-        .unwrap_or_default()
+    rfc3339(std::time::SystemTime::now())
+}
+
+/// A time as RFC 3339 UTC, to the second.
+pub fn rfc3339(time: std::time::SystemTime) -> String {
+    aws_smithy_types::DateTime::from(time).fmt(aws_smithy_types::date_time::Format::DateTime).unwrap_or_default()
 }
 
 /// Run a tool with everything it prints on our stderr (the journal, under

@@ -90,15 +90,6 @@ pub(crate) fn key(prefix: &str, name: &str) -> String {
 }
 
 /// A one-line setting file's content; None when absent or empty.
-/// The instances named, or `all` for every one (an empty selection).
-pub(crate) fn selection(names: &[String]) -> Vec<String> {
-    if names.is_empty() {
-        vec!["all".into()]
-    } else {
-        names.to_vec()
-    }
-}
-
 pub async fn run(ctx: &Ctx, cmd: flags::BootstrapCmd) -> Result<()> {
     match cmd {
         flags::BootstrapCmd::Upload(args) => {
@@ -119,7 +110,7 @@ pub async fn run(ctx: &Ctx, cmd: flags::BootstrapCmd) -> Result<()> {
             let aws = ctx.aws().await?;
             let entry = crate::audit::Entry {
                 command: "bootstrap upload",
-                targets: selection(&opts.instances),
+                targets: crate::audit::targets(&opts.instances),
                 dry_run: opts.dry_run,
             };
             let work = async {

@@ -119,8 +119,11 @@ pub async fn run(ctx: &Ctx, cmd: flags::FleetCmd) -> Result<()> {
                 poll: poll_interval(),
             };
             let aws = ctx.aws().await?;
-            let targets = if opts.names.is_empty() { vec!["all".into()] } else { opts.names.clone() };
-            let entry = crate::audit::Entry { command: "fleet switch", targets, dry_run: opts.dry_run };
+            let entry = crate::audit::Entry {
+                command: "fleet switch",
+                targets: crate::audit::targets(&opts.names),
+                dry_run: opts.dry_run,
+            };
             let work = switch::switch(&aws, &registry, &opts, &ctx.cancel, &ctx.out);
             let report = crate::audit::around(ctx, &aws, entry, work, |r: &switch::SwitchReport| {
                 r.hosts.iter().filter(|h| h.outcome == "switched").filter_map(|h| h.instance_id.clone()).collect()

@@ -350,7 +350,7 @@ pub async fn run_seed(ctx: &Ctx, args: flags::SecretsSeedArgs) -> Result<()> {
     let aws = ctx.aws().await?;
     let entry = crate::audit::Entry {
         command: "secrets seed",
-        targets: crate::bootstrap::selection(&opts.instances),
+        targets: crate::audit::targets(&opts.instances),
         dry_run: opts.dry_run,
     };
     let report = crate::audit::around(ctx, &aws, entry, seed(&aws, &opts), |r: &SeedReport| {
