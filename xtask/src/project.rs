@@ -39,10 +39,15 @@ pub fn host_setting(path: &Path) -> Option<String> {
     Some(text.trim().to_string()).filter(|s| !s.is_empty())
 }
 
-/// The instance a host-side command works for: the flag, else what user
-/// data wrote in `file`; neither is a usage error naming both.
+/// A fact the command line gives (`flag`), else what user data wrote in
+/// `file`; neither is a usage error saying what is missing (`what`), how to
+/// give it (`how`), and the file.
+pub fn given_or_written(flag: Option<String>, file: &Path, what: &str, how: &str) -> anyhow::Result<String> {
+    flag.or_else(|| host_setting(file))
+        .ok_or_else(|| crate::output::UsageError(format!("no {what}: {how} or write it to {}", file.display())).into())
+}
+
+/// The instance a host-side command works for.
 pub fn instance_name(flag: Option<String>, file: &Path) -> anyhow::Result<String> {
-    flag.or_else(|| host_setting(file)).ok_or_else(|| {
-        crate::output::UsageError(format!("no instance name: pass --instance or write it to {}", file.display())).into()
-    })
+    given_or_written(flag, file, "instance name", "pass --instance")
 }

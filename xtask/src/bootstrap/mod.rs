@@ -133,9 +133,12 @@ pub async fn run(ctx: &Ctx, cmd: flags::BootstrapCmd) -> Result<()> {
             // A generic image learns who it is at boot: what the command line
             // does not say, the files user data wrote under /etc/clawdinator do.
             let usage = |what: String| crate::output::UsageError(what);
-            let bucket = args.bucket.clone().or_else(|| project::host_setting(&args.bucket_file)).ok_or_else(|| {
-                usage(format!("no bucket: pass --bucket, set S3_BUCKET, or write it to {}", args.bucket_file.display()))
-            })?;
+            let bucket = project::given_or_written(
+                args.bucket.clone(),
+                &args.bucket_file,
+                "bucket",
+                "pass --bucket, set S3_BUCKET,",
+            )?;
             // A prefix on the command line is the configuration's word; the
             // file is what user data says when the configuration is silent.
             let (prefix, prefix_file) = match &args.prefix {

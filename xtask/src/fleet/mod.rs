@@ -93,16 +93,12 @@ pub async fn run(ctx: &Ctx, cmd: flags::FleetCmd) -> Result<()> {
         }
         flags::FleetCmd::Control(args) => {
             let me = project::host_setting(&args.instance_file);
-            let (action, target) = match &args.action {
-                flags::ControlAction::Status => ("status", None),
-                flags::ControlAction::Deploy { target, .. } => {
+            let (action, target, ami) = match &args.action {
+                flags::ControlAction::Status => ("status", None, None),
+                flags::ControlAction::Deploy { target, ami } => {
                     control::refuse_self(me.as_deref(), target)?;
-                    ("deploy", Some(target.as_str()))
+                    ("deploy", Some(target.as_str()), ami.as_deref())
                 }
-            };
-            let ami = match &args.action {
-                flags::ControlAction::Deploy { ami, .. } => ami.as_deref(),
-                flags::ControlAction::Status => None,
             };
             let aws = ctx.aws().await?;
             let answer = control::call(&aws, args.url.clone(), &control::body(action, target, ami)).await?;

@@ -44,13 +44,12 @@ pub fn run(ctx: &Ctx, cmd: flags::HostCmd) -> Result<()> {
             exec::exec(&vars, &args.command)
         }
         flags::HostCmd::EfsStunnelConfig(args) => {
-            let file_system_id = args.file_system_id.or_else(|| project::host_setting(&args.file_system_id_file));
-            let file_system_id = file_system_id.ok_or_else(|| {
-                crate::output::UsageError(format!(
-                    "no EFS file system id: pass --file-system-id or write it to {}",
-                    args.file_system_id_file.display()
-                ))
-            })?;
+            let file_system_id = project::given_or_written(
+                args.file_system_id,
+                &args.file_system_id_file,
+                "EFS file system id",
+                "pass --file-system-id",
+            )?;
             let region = ctx.region().ok_or_else(|| {
                 crate::output::UsageError("no region: pass --region, set AWS_REGION, or pass --region-file".into())
             })?;
