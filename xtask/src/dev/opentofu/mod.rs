@@ -220,6 +220,17 @@ fn checkov(root: &Path, dir: &Path) -> Result<Vec<Finding>> {
     Ok(findings)
 }
 
+/// The broken modules, one directory each, sorted.
+fn fixture_dirs(root: &Path) -> Result<Vec<PathBuf>> {
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir(root.join(FIXTURES))
+        .with_context(|| format!("cannot read {FIXTURES}"))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.is_dir())
+        .collect();
+    dirs.sort();
+    Ok(dirs)
+}
+
 /// What a fixture must fail: `check: words the message holds`.
 fn expectation(dir: &Path) -> Result<(String, String)> {
     let text =
@@ -237,11 +248,7 @@ pub fn check(root: &Path) -> Result<String> {
         let lines: Vec<String> = findings.iter().map(|f| f.to_string()).collect();
         bail!("{ROOT_MODULE}:\n  {}", lines.join("\n  "));
     }
-    let mut fixtures: Vec<PathBuf> = std::fs::read_dir(root.join(FIXTURES))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.is_dir())
-        .collect();
-    fixtures.sort();
+    let fixtures = fixture_dirs(root)?;
     for fixture in &fixtures {
         let (check, words) = expectation(fixture)?;
         let found = check_module(root, fixture, &schema, false)?;
@@ -273,9 +280,7 @@ pub fn regenerate(root: &Path) -> Result<String> {
     let jsii: serde_json::Value = serde_json::from_slice(&std::fs::read(scratch.path().join("package/.jsii"))?)?;
     let mut wanted = BTreeSet::new();
     let mut modules = vec![root.join(ROOT_MODULE)];
-    modules.extend(
-        std::fs::read_dir(root.join(FIXTURES))?.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.is_dir()),
-    );
+    modules.extend(fixture_dirs(root)?);
     for dir in modules {
         let parsed = hcl::parse(root, &hcl::tf_files(&dir)?)?;
         for item in Module::new(&parsed.files).items {
