@@ -7,6 +7,12 @@
 //! `audit/<yyyy>/<mm>/<dd>/<timestamp>-<hash>.json` with `If-None-Match: *`,
 //! so no record there is ever overwritten. `audit verify` walks the chain
 //! and names the first broken link.
+//!
+//! The bucket holds many chains: every operator's log, every CI runner's
+//! (each starts afresh) and every control API container ([`BucketChain`])
+//! begins its own at [`GENESIS`]. So the S3 copies are checked as a set of
+//! chains ([`verify_copies`]): every record's predecessor is there, and no
+//! record has two successors.
 
 use std::fs::OpenOptions;
 use std::future::Future;
@@ -92,31 +98,86 @@ impl Trail {
             Ok(line)
         })
         .with_context(|| format!("cannot write the audit log {}", self.log.display()))?;
-        let digest = hash(&line);
-        if let Some(bucket) = &self.bucket {
-            let key = s3_key(&record.time, &digest);
-            aws.s3()
-                .put_object()
-                .bucket(bucket)
-                .key(&key)
-                .if_none_match("*")
-                .content_type("application/json")
-                .body(line.into_bytes().into())
-                .send()
-                .await
-                .map_err(|e| aws::error("S3 PutObject", &format!("s3://{bucket}/{key}"), e))?;
+        match &self.bucket {
+            Some(bucket) => put_copy(aws, bucket, PREFIX, &record.time, line).await,
+            None => Ok(hash(&line)),
         }
-        Ok(digest)
     }
 }
 
-/// `audit/<yyyy>/<mm>/<dd>/<timestamp>-<hash>.json`: keys sort by time.
-pub fn s3_key(time: &str, digest: &str) -> String {
-    let compact: String = time.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '.').collect();
-    format!("audit/{}/{}/{}/{compact}-{digest}.json", &time[0..4], &time[5..7], &time[8..10])
+/// Write one record's line to S3, once: `If-None-Match: *` makes a second
+/// write of the same key fail, so nothing there is ever replaced.
+async fn put_copy(aws: &Aws, bucket: &str, prefix: &str, time: &str, line: String) -> Result<String> {
+    let digest = hash(&line);
+    let key = s3_key(prefix, time, &digest);
+    aws.s3()
+        .put_object()
+        .bucket(bucket)
+        .key(&key)
+        .if_none_match("*")
+        .content_type("application/json")
+        .body(line.into_bytes().into())
+        .send()
+        .await
+        .map_err(|e| aws::error("S3 PutObject", &format!("s3://{bucket}/{key}"), e))?;
+    Ok(digest)
 }
 
-fn now() -> String {
+/// A chain kept only in S3, for a writer with no log of its own (a control
+/// API container). Appends are serialized; a write whose outcome is unknown
+/// (it failed, but S3 may have stored it) ends the chain, and the next
+/// record starts a new one at [`GENESIS`], so no record ever gets two
+/// successors.
+pub struct BucketChain {
+    bucket: String,
+    prefix: String,
+    last: tokio::sync::Mutex<String>,
+}
+
+impl BucketChain {
+    /// A chain under `audit/<writer>/`, the one place the writer's role may write.
+    pub fn new(bucket: &str, writer: &str) -> BucketChain {
+        BucketChain {
+            bucket: bucket.to_string(),
+            prefix: format!("{PREFIX}{writer}/"),
+            last: tokio::sync::Mutex::new(GENESIS.to_string()),
+        }
+    }
+
+    pub fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    /// Chain `record` to the last one this writer wrote and store it; its hash.
+    pub async fn append(&self, aws: &Aws, mut record: Record) -> Result<String> {
+        let mut last = self.last.lock().await;
+        record.prev = last.clone();
+        let line = serde_json::to_string(&record)?;
+        match put_copy(aws, &self.bucket, &self.prefix, &record.time, line).await {
+            Ok(digest) => {
+                *last = digest.clone();
+                Ok(digest)
+            }
+            Err(err) => {
+                *last = GENESIS.to_string();
+                Err(err)
+            }
+        }
+    }
+}
+
+/// Where the S3 copies live; a writer with a role of its own (the control
+/// API) writes below it in a folder of its own.
+pub const PREFIX: &str = "audit/";
+
+/// `<prefix><yyyy>/<mm>/<dd>/<timestamp>-<hash>.json`: keys sort by time.
+pub fn s3_key(prefix: &str, time: &str, digest: &str) -> String {
+    let compact: String = time.chars().filter(|c| c.is_ascii_alphanumeric() || *c == '.').collect();
+    format!("{prefix}{}/{}/{}/{compact}-{digest}.json", &time[0..4], &time[5..7], &time[8..10])
+}
+
+/// A record's time: RFC 3339 in UTC with nanoseconds.
+pub fn now() -> String {
     // Nanoseconds, so records a moment apart still sort; seconds and
     // nanoseconds from the same reading of the clock.
     let now = std::time::SystemTime::now();
@@ -213,10 +274,57 @@ pub fn verify_lines(source: &str, lines: &[String]) -> Result<usize> {
     Ok(lines.len())
 }
 
-/// The S3 copies, in key order (time order), each checked against the hash in its key.
+/// How many records and chains a set of S3 copies holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Chains {
+    pub records: usize,
+    pub chains: usize,
+}
+
+/// Check lines from many writers as a set of chains: each parses, each
+/// names [`GENESIS`] or a record that is there, and no record is named by
+/// two (a fork means one was inserted or replaced). A removed record shows
+/// as its successor's missing predecessor; a removed or edited last record
+/// of a chain shows only against the writer's own log (`audit verify`
+/// compares them).
+pub fn verify_copies(source: &str, lines: &[String]) -> Result<Chains> {
+    let mut records = Vec::with_capacity(lines.len());
+    for (n, line) in lines.iter().enumerate() {
+        let record: Record =
+            serde_json::from_str(line).with_context(|| format!("{source}: copy {} is not an audit record", n + 1))?;
+        records.push((hash(line), record));
+    }
+    let present: std::collections::HashSet<&str> = records.iter().map(|(h, _)| h.as_str()).collect();
+    let mut successors: std::collections::HashMap<&str, &Record> = std::collections::HashMap::new();
+    let mut chains = 0;
+    for (_, record) in &records {
+        let at = || format!("{} {} at {} by {}", record.command, record.phase, record.time, record.caller);
+        if record.prev == GENESIS {
+            chains += 1;
+            continue;
+        }
+        ensure!(
+            present.contains(record.prev.as_str()),
+            "{source}: the record before {} is missing (removed or edited)",
+            at()
+        );
+        if let Some(other) = successors.insert(record.prev.as_str(), record) {
+            bail!(
+                "{source}: {} and {} {} at {} both follow the same record: one was inserted or replaced",
+                at(),
+                other.command,
+                other.phase,
+                other.time
+            );
+        }
+    }
+    Ok(Chains { records: records.len(), chains })
+}
+
+/// The S3 copies (every writer's), each checked against the hash in its key.
 pub async fn bucket_lines(aws: &Aws, bucket: &str) -> Result<Vec<String>> {
     let mut keys = Vec::new();
-    let mut pages = aws.s3().list_objects_v2().bucket(bucket).prefix("audit/").into_paginator().send();
+    let mut pages = aws.s3().list_objects_v2().bucket(bucket).prefix(PREFIX).into_paginator().send();
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| aws::error("S3 ListObjectsV2", bucket, e))?;
         keys.extend(page.contents().iter().filter_map(|o| o.key()).map(String::from));
@@ -242,6 +350,9 @@ pub async fn bucket_lines(aws: &Aws, bucket: &str) -> Result<Vec<String>> {
 pub struct VerifyReport {
     pub local: Option<usize>,
     pub bucket: Option<usize>,
+    /// How many chains the bucket holds (writers that started afresh).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chains: Option<usize>,
 }
 
 impl std::fmt::Display for VerifyReport {
@@ -249,8 +360,9 @@ impl std::fmt::Display for VerifyReport {
         if let Some(n) = self.local {
             writeln!(f, "local log: {n} record(s), the chain holds")?;
         }
-        if let Some(n) = self.bucket {
-            writeln!(f, "S3 copies: {n} record(s), the chain holds, every one matches the local log")?;
+        if let (Some(n), Some(chains)) = (self.bucket, self.chains) {
+            let matched = if self.local.is_some() { ", every local record has its copy" } else { "" };
+            writeln!(f, "S3 copies: {n} record(s) in {chains} chain(s), every link holds{matched}")?;
         }
         Ok(())
     }
@@ -266,7 +378,7 @@ pub async fn run(ctx: &Ctx, cmd: flags::AuditCmd) -> Result<()> {
     let trail = Trail::of(ctx);
     match cmd {
         flags::AuditCmd::Verify(args) => {
-            let mut report = VerifyReport { local: None, bucket: None };
+            let mut report = VerifyReport { local: None, bucket: None, chains: None };
             let local = if trail.log.exists() { Some(read_lines(&trail.log)?) } else { None };
             if let Some(lines) = &local {
                 report.local = Some(verify_lines(&trail.log.display().to_string(), lines)?);
@@ -274,7 +386,8 @@ pub async fn run(ctx: &Ctx, cmd: flags::AuditCmd) -> Result<()> {
             if let Some(bucket) = args.bucket.or(trail.bucket.clone()) {
                 let aws = ctx.aws().await?;
                 let copies = bucket_lines(&aws, &bucket).await?;
-                report.bucket = Some(verify_lines(&format!("s3://{bucket}/audit/"), &copies)?);
+                let found = verify_copies(&format!("s3://{bucket}/audit/"), &copies)?;
+                (report.bucket, report.chains) = (Some(found.records), Some(found.chains));
                 if let Some(lines) = &local {
                     let missing = lines.iter().position(|l| !copies.contains(l));
                     if let Some(n) = missing {
@@ -294,11 +407,16 @@ pub async fn run(ctx: &Ctx, cmd: flags::AuditCmd) -> Result<()> {
             ctx.out.emit(&report)
         }
         flags::AuditCmd::Log(args) => {
-            let records: Vec<Record> = read_lines(&trail.log)?
+            let lines = match args.bucket {
+                Some(bucket) => bucket_lines(&ctx.aws().await?, &bucket).await?,
+                None => read_lines(&trail.log)?,
+            };
+            let mut records: Vec<Record> = lines
                 .iter()
                 .map(|l| serde_json::from_str(l))
                 .collect::<Result<_, _>>()
                 .context("the audit log holds a line that is not a record (audit verify says where)")?;
+            records.sort_by(|a, b| a.time.cmp(&b.time));
             let shown: Vec<Record> =
                 records.into_iter().filter(|r| args.since.as_deref().is_none_or(|s| r.time.as_str() >= s)).collect();
             ctx.out.emit(&LogReport(shown))
@@ -326,5 +444,46 @@ impl std::fmt::Display for LogReport {
             writeln!(f, "    by {}", r.caller)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(command: &str, prev: &str) -> String {
+        let record = Record {
+            time: "2026-11-22T01:00:00.000000000Z".into(),
+            caller: "arn:aws:iam::123456789012:user/alice".into(),
+            command: command.into(),
+            args: vec![],
+            targets: vec![],
+            phase: "started".into(),
+            result: None,
+            resources: vec![],
+            prev: prev.into(),
+        };
+        serde_json::to_string(&record).unwrap()
+    }
+
+    #[test]
+    fn copies_from_many_writers_are_checked_as_chains() {
+        let a1 = line("a1", GENESIS);
+        let a2 = line("a2", &hash(&a1));
+        let b1 = line("b1", GENESIS);
+        let lines = vec![a1.clone(), b1.clone(), a2.clone()];
+        assert_eq!(verify_copies("s3", &lines).unwrap(), Chains { records: 3, chains: 2 });
+
+        // A record slipped in after a1 beside a2: a fork.
+        let forged = line("forged", &hash(&a1));
+        let err = verify_copies("s3", &[a1.clone(), a2.clone(), forged]).unwrap_err().to_string();
+        assert!(err.contains("both follow the same record"), "{err}");
+
+        // a1 removed: a2 names a predecessor that is not there.
+        let err = verify_copies("s3", &[b1, a2]).unwrap_err().to_string();
+        assert!(err.contains("the record before a2 started"), "{err}");
+
+        let err = verify_copies("s3", &["{not json".to_string()]).unwrap_err().to_string();
+        assert!(err.contains("copy 1 is not an audit record"), "{err}");
     }
 }

@@ -614,6 +614,10 @@ pub struct AuditLogArgs {
     /// Only records at or after this time (RFC 3339, or a date like 2026-11-21).
     #[arg(long)]
     pub since: Option<String>,
+    /// Print the S3 copies in this bucket instead of the local log: every
+    /// writer's records, the control API's and CI runners' among them.
+    #[arg(long)]
+    pub bucket: Option<String>,
 }
 
 #[derive(Debug, Args)]

@@ -263,3 +263,43 @@ async fn a_record_that_cannot_be_written_stops_the_command_before_any_change() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("no-such-audit-bucket"));
     assert!(env.keys().await.is_empty(), "the upload went ahead");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn runners_that_each_start_a_fresh_log_share_one_bucket_and_a_removed_copy_is_named() {
+    let (env, fleet) = setup().await;
+    let upload = upload_args(&env, &fleet);
+    let upload: Vec<&str> = upload.iter().map(String::as_str).collect();
+    // Two CI runners: each begins its own log, both write to one bucket.
+    let on_runner = |runner: &str, args: &[&str]| {
+        env.cli(env!("CARGO_BIN_EXE_xtask"))
+            .args(args)
+            .env("CLAWDINATOR_AUDIT_LOG", env.path(&format!("{runner}/audit.jsonl")))
+            .env("CLAWDINATOR_AUDIT_BUCKET", audit_bucket())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    for runner in ["runner-a", "runner-b", "runner-a"] {
+        assert!(on_runner(runner, &upload).status.success());
+    }
+    let out = on_runner("runner-b", &["--json", "audit", "verify"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!((report["local"].as_u64(), report["bucket"].as_u64()), (Some(2), Some(6)));
+    assert_eq!(report["chains"].as_u64(), Some(2));
+
+    // Every writer's records, from the bucket, in time order.
+    let out = on_runner("nowhere", &["--json", "audit", "log", "--bucket", audit_bucket()]);
+    let printed: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(printed.len(), 6);
+    assert!(printed.windows(2).all(|w| w[0]["time"].as_str() <= w[1]["time"].as_str()));
+
+    // A copy removed from the middle of runner a's chain: its successor names the gap.
+    let keys = audit_keys(&env).await;
+    env.aws.s3().delete_object().bucket(audit_bucket()).key(&keys[1]).send().await.unwrap();
+    let out = on_runner("runner-b", &["audit", "verify"]);
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("the record before bootstrap upload started at"), "{stderr}");
+    assert!(stderr.contains("is missing"), "{stderr}");
+}

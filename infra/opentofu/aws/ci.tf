@@ -63,6 +63,14 @@ data "aws_iam_policy_document" "ci" {
     ]
   }
 
+  # The audit trail: CI adds records (write-once, `If-None-Match: *`) and
+  # may read them; it can never delete or replace one.
+  statement {
+    sid       = "AuditTrail"
+    actions   = ["s3:PutObject", "s3:GetObject"]
+    resources = ["${aws_s3_bucket.fleet.arn}/audit/*"]
+  }
+
   statement {
     sid       = "ListImagesAndBundles"
     actions   = ["s3:ListBucket", "s3:ListBucketMultipartUploads"]
@@ -71,7 +79,7 @@ data "aws_iam_policy_document" "ci" {
     condition {
       test     = "StringLike"
       variable = "s3:prefix"
-      values   = ["images/*", "bootstrap/*"]
+      values   = ["images/*", "bootstrap/*", "audit/*"]
     }
   }
 
