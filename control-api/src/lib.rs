@@ -12,11 +12,18 @@
 //!
 //! A deploy dispatches the `fleet-deploy` workflow with the authenticated
 //! caller, using a GitHub App installation token minted in process.
+//!
+//! Every request goes to the fleet's audit trail in S3 twice: `started`
+//! (who asked for what) before anything is done, and `finished` with the
+//! answer. A request whose `started` record cannot be written is answered
+//! 503 and nothing is done. Each container keeps its own chain
+//! ([`xtask::audit::BucketChain`]); `audit verify --bucket` checks them all.
 
 use anyhow::{Context, Result};
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use xtask::audit::{BucketChain, Record};
 use xtask::fleet::Registry;
 
 /// Who is calling, as IAM says.
@@ -159,11 +166,70 @@ pub fn caller_arn(request: &Request) -> Option<String> {
     }
 }
 
-/// One request, start to answer. Every decision is logged as one JSON line.
-pub async fn handle(config: &Config, fleet: &impl Fleet, request: Request) -> Response<Body> {
+/// Where every request and decision is recorded: the fleet's audit bucket.
+pub struct Audit {
+    pub aws: xtask::aws::Aws,
+    pub chain: BucketChain,
+}
+
+impl Audit {
+    /// One record of a request: who signed it (as IAM says) and what it asked.
+    fn record(arn: Option<&str>, asked: Option<&Action>, phase: &str, result: Option<String>) -> Record {
+        let (args, targets) = match asked {
+            Some(Action::Status) => (vec!["status".to_string()], vec![]),
+            Some(Action::Deploy { target, ami }) => {
+                let mut args = vec!["deploy".to_string(), target.clone()];
+                args.extend(ami.iter().flat_map(|ami| ["--ami".to_string(), ami.clone()]));
+                (args, vec![target.clone()])
+            }
+            None => (vec!["(a body that is not an action)".to_string()], vec![]),
+        };
+        Record {
+            time: xtask::audit::now(),
+            caller: arn.unwrap_or("(unsigned)").to_string(),
+            command: "control-api".into(),
+            args,
+            targets,
+            phase: phase.into(),
+            result,
+            resources: vec![],
+            prev: String::new(),
+        }
+    }
+
+    async fn append(&self, record: Record) -> Result<String> {
+        self.chain.append(&self.aws, record).await
+    }
+}
+
+/// One request, start to answer: recorded before anything is done, then
+/// decided and done, then the answer recorded.
+pub async fn handle(config: &Config, fleet: &impl Fleet, audit: &Audit, request: Request) -> Response<Body> {
     let arn = caller_arn(&request);
-    let decided = decide(config, arn.as_deref(), request.body());
-    let (status, body) = match decided {
+    let asked: Option<Action> = serde_json::from_slice(request.body().as_ref()).ok();
+    let started = Audit::record(arn.as_deref(), asked.as_ref(), "started", None);
+    if let Err(err) = audit.append(started).await {
+        let reason = format!("the audit trail cannot be written, so nothing was done: {err:#}");
+        eprintln!("{}", json!({"audit": "control-api", "caller": arn, "status": 503, "error": reason}));
+        return reply(503, json!({ "error": reason }));
+    }
+    let (status, mut body) = answer(config, fleet, arn.as_deref(), request.body()).await;
+    let result = match body["error"].as_str() {
+        Some(reason) => format!("{status}: {reason}"),
+        None => format!("{status}: ok"),
+    };
+    let finished = Audit::record(arn.as_deref(), asked.as_ref(), "finished", Some(result));
+    if let Err(err) = audit.append(finished).await {
+        // What was done is done: the caller learns it, and that the record is missing.
+        body["auditWarning"] = json!(format!("the answer could not be recorded in the audit trail: {err:#}"));
+    }
+    println!("{}", json!({"audit": "control-api", "caller": arn, "status": status, "answer": body}));
+    reply(status, body)
+}
+
+/// Decide, and do what is allowed: the status and the JSON answer.
+async fn answer(config: &Config, fleet: &impl Fleet, arn: Option<&str>, body: &Body) -> (u16, Value) {
+    match decide(config, arn, body) {
         Err(Refusal(status, reason)) => (status, json!({"error": reason})),
         Ok((_, Action::Status)) => match fleet.status().await {
             Ok(status) => (200, status),
@@ -179,9 +245,7 @@ pub async fn handle(config: &Config, fleet: &impl Fleet, request: Request) -> Re
                 Err(e) => (502, json!({"error": format!("the deploy could not be dispatched: {e:#}")})),
             }
         }
-    };
-    println!("{}", json!({"audit": "control-api", "caller": arn, "status": status, "answer": body}));
-    reply(status, body)
+    }
 }
 
 fn decide(config: &Config, arn: Option<&str>, body: &Body) -> Result<(Caller, Action), Refusal> {

@@ -2,7 +2,7 @@
 //! handler per request (see the library).
 
 use anyhow::Context;
-use clawdinator_control_api::{handle, Config, Live, Workflow};
+use clawdinator_control_api::{handle, Audit, Config, Live, Workflow};
 
 fn env(name: &str) -> anyhow::Result<String> {
     std::env::var(name).with_context(|| format!("the function's environment lacks {name}"))
@@ -21,6 +21,10 @@ async fn main() -> Result<(), lambda_http::Error> {
         .map(String::from)
         .collect();
     let aws = xtask::aws::Aws::load(&xtask::aws::Settings::default()).await?;
+    let audit = Audit {
+        aws: aws.clone(),
+        chain: xtask::audit::BucketChain::new(&env("CLAWDINATOR_AUDIT_BUCKET")?, "control-api"),
+    };
     let live = Live {
         aws,
         registry: registry.clone(),
@@ -37,8 +41,8 @@ async fn main() -> Result<(), lambda_http::Error> {
     };
     let config = Config { registry, operators };
     lambda_http::run(lambda_http::service_fn(|request| {
-        let (config, live) = (&config, &live);
-        async move { Ok::<_, std::convert::Infallible>(handle(config, live, request).await) }
+        let (config, live, audit) = (&config, &live, &audit);
+        async move { Ok::<_, std::convert::Infallible>(handle(config, live, audit, request).await) }
     }))
     .await
 }

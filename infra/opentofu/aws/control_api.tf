@@ -34,6 +34,14 @@ data "aws_iam_policy_document" "control_api" {
     resources = ["arn:${local.partition}:secretsmanager:${var.aws_region}:${local.account}:secret:clawdinator/clawdinator-github-app.pem-??????"]
   }
 
+  # Every request and decision goes to the fleet's audit trail: records
+  # are added write-once; the function can neither read nor delete them.
+  statement {
+    sid       = "AuditTrail"
+    actions   = ["s3:PutObject"]
+    resources = ["${aws_s3_bucket.fleet.arn}/audit/control-api/*"]
+  }
+
   statement {
     sid       = "Logs"
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
@@ -86,6 +94,7 @@ resource "aws_lambda_function" "control_api" {
 
   environment {
     variables = {
+      CLAWDINATOR_AUDIT_BUCKET         = aws_s3_bucket.fleet.id
       CLAWDINATOR_OPERATORS            = join(",", var.operator_arns)
       CLAWDINATOR_APP_ID               = var.github_app_id
       CLAWDINATOR_APP_INSTALLATION_ID  = var.github_app_installation_id
