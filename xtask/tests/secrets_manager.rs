@@ -256,23 +256,6 @@ async fn fetch_writes_the_instances_set_and_removes_only_its_own_leftovers() {
 
 // ------------------------------------------------------------ GitHub tokens
 
-fn pem(label: &str, der: &[u8]) -> String {
-    use base64::Engine;
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap()).collect();
-    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
-}
-
-/// An app key pair: (private PEM, public PEM).
-fn app_key() -> (String, String) {
-    use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
-    use aws_lc_rs::signature::KeyPair;
-    let key = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048).unwrap();
-    let private: Pkcs8V1Der = key.as_der().unwrap();
-    let public: PublicKeyX509Der = key.public_key().as_der().unwrap();
-    (pem("PRIVATE KEY", private.as_ref()), pem("PUBLIC KEY", public.as_ref()))
-}
-
 /// A one-request-at-a-time HTTP server playing GitHub's access_tokens
 /// endpoint; it verifies the JWT with the app's public key.
 async fn fake_github(
@@ -361,7 +344,7 @@ fn github_token<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) 
 #[tokio::test(flavor = "multi_thread")]
 async fn github_token_is_minted_with_a_valid_jwt() {
     let dir = tempfile::tempdir().unwrap();
-    let (private, public) = app_key();
+    let (private, public) = xtask::dev::fixtures::github_app_key().unwrap();
     let pem_file = dir.path().join("app.pem");
     std::fs::write(&pem_file, &private).unwrap();
 
@@ -404,7 +387,7 @@ async fn github_token_is_minted_with_a_valid_jwt() {
 #[tokio::test(flavor = "multi_thread")]
 async fn github_errors_show_status_and_message_never_the_jwt_or_key() {
     let dir = tempfile::tempdir().unwrap();
-    let (private, public) = app_key();
+    let (private, public) = xtask::dev::fixtures::github_app_key().unwrap();
     let pem_file = dir.path().join("app.pem");
     std::fs::write(&pem_file, &private).unwrap();
     let (url, server) = fake_github(public, "12345", 401).await;

@@ -191,3 +191,22 @@ pub fn write_image_json(dir: &Path, image: &Path, label: &str) -> Result<PathBuf
     fs::write(&json, serde_json::to_vec_pretty(&manifest)?)?;
     Ok(json)
 }
+
+fn pem(label: &str, der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap_or_default()).collect();
+    format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+}
+
+/// A fresh GitHub App key pair for tests: (private PEM, public PEM).
+pub fn github_app_key() -> Result<(String, String)> {
+    use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der, PublicKeyX509Der};
+    use aws_lc_rs::signature::KeyPair;
+    let key = aws_lc_rs::rsa::KeyPair::generate(aws_lc_rs::rsa::KeySize::Rsa2048)
+        .map_err(|_| anyhow::anyhow!("cannot generate an RSA key"))?;
+    let private: Pkcs8V1Der = key.as_der().map_err(|_| anyhow::anyhow!("cannot encode the private key"))?;
+    let public: PublicKeyX509Der =
+        key.public_key().as_der().map_err(|_| anyhow::anyhow!("cannot encode the public key"))?;
+    Ok((pem("PRIVATE KEY", private.as_ref()), pem("PUBLIC KEY", public.as_ref())))
+}
