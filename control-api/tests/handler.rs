@@ -4,64 +4,14 @@
 //! Every request's records land in the emulator's S3, and the audit
 //! trail's own check must accept them.
 
-use std::io::{Read, Write};
-use std::sync::{Arc, Mutex};
+mod common;
 
 use anyhow::Result;
-use clawdinator_control_api::{handle, Audit, Config, Fleet, Workflow};
+use clawdinator_control_api::{handle, Audit, Fleet, Workflow};
+use common::{config, event, github, Dispatches};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "ghs_installation_token_for_test";
-
-/// What GitHub received: (path, authorization, JSON body) per request.
-type Dispatches = Arc<Mutex<Vec<(String, String, Value)>>>;
-
-/// GitHub: records each dispatch (path, authorization, body), answers 204.
-fn github() -> (String, Dispatches) {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let url = format!("http://{}", listener.local_addr().unwrap());
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let log = seen.clone();
-    std::thread::spawn(move || {
-        for stream in listener.incoming() {
-            let mut stream = stream.unwrap();
-            let mut data = Vec::new();
-            let mut buf = [0u8; 8192];
-            loop {
-                let n = stream.read(&mut buf).unwrap();
-                data.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&data).into_owned();
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let length = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length: ")
-                                .map(|v| v.trim().parse::<usize>().unwrap())
-                        })
-                        .unwrap_or(0);
-                    if body.len() >= length {
-                        let path = head.split_whitespace().nth(1).unwrap().to_string();
-                        let auth = head
-                            .lines()
-                            .find_map(|l| {
-                                l.strip_prefix("authorization: ").or_else(|| l.strip_prefix("Authorization: "))
-                            })
-                            .unwrap_or("")
-                            .to_string();
-                        log.lock().unwrap().push((path, auth, serde_json::from_str(body).unwrap_or(Value::Null)));
-                        break;
-                    }
-                }
-                if n == 0 {
-                    break;
-                }
-            }
-            stream.write_all(b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n").unwrap();
-        }
-    });
-    (url, seen)
-}
 
 struct TestFleet {
     workflow: Workflow,
@@ -74,38 +24,6 @@ impl Fleet for TestFleet {
     async fn dispatch(&self, target: &str, ami: Option<&str>, caller: &str) -> Result<()> {
         self.workflow.dispatch(TOKEN, target, ami, caller).await
     }
-}
-
-fn config() -> Config {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("instances.json");
-    xtask::dev::fixtures::write_registry(&path, 3).unwrap();
-    Config {
-        registry: xtask::fleet::Registry::load(&path).unwrap(),
-        operators: vec![
-            "arn:aws:iam::123456789012:user/alice".into(),
-            "arn:aws:iam::123456789012:role/fleet-operators".into(),
-        ],
-    }
-}
-
-/// A function URL (payload 2.0) event, signed by `arn` when given.
-fn event(arn: Option<&str>, body: Value) -> lambda_http::Request {
-    let mut context = json!({
-        "accountId": "123456789012", "apiId": "abc", "domainName": "abc.lambda-url.eu-central-1.on.aws",
-        "domainPrefix": "abc", "http": {"method": "POST", "path": "/", "protocol": "HTTP/1.1", "sourceIp": "10.0.0.1", "userAgent": "test"},
-        "requestId": "r", "routeKey": "$default", "stage": "$default", "time": "21/Nov/2026:22:00:00 +0000", "timeEpoch": 1795000000000u64
-    });
-    if let Some(arn) = arn {
-        context["authorizer"] = json!({"iam": {"accessKey": "ASIA", "accountId": "123456789012", "callerId": "AROA:x", "userArn": arn, "userId": "AROA:x"}});
-    }
-    let raw = json!({
-        "version": "2.0", "routeKey": "$default", "rawPath": "/", "rawQueryString": "",
-        "headers": {"content-type": "application/json", "host": "abc.lambda-url.eu-central-1.on.aws"},
-        "requestContext": context, "body": body.to_string(), "isBase64Encoded": false
-    });
-    let request: lambda_http::request::LambdaRequest = serde_json::from_value(raw).unwrap();
-    request.into()
 }
 
 const BOT1: &str = "arn:aws:sts::123456789012:assumed-role/clawdinator-instance-clawdinator-1/i-0123456789abcdef0";

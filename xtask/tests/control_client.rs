@@ -3,10 +3,8 @@
 //! and accepts only an exact match; a tampered body does not match.
 
 use std::io::{Read, Write};
-use std::time::SystemTime;
 
 use aws_credential_types::Credentials;
-use xtask::fleet::control::signed_request;
 
 const KEY_ID: &str = "AKIDEXAMPLE";
 const SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
@@ -15,25 +13,9 @@ fn creds() -> Credentials {
     Credentials::new(KEY_ID, SECRET, None, None, "test")
 }
 
-/// `20261121T233500Z` -> a SystemTime.
-fn amz_time(value: &str) -> SystemTime {
-    let rfc = format!(
-        "{}-{}-{}T{}:{}:{}Z",
-        &value[0..4],
-        &value[4..6],
-        &value[6..8],
-        &value[9..11],
-        &value[11..13],
-        &value[13..15]
-    );
-    let t = aws_smithy_types::DateTime::from_str(&rfc, aws_smithy_types::date_time::Format::DateTime).unwrap();
-    SystemTime::try_from(t).unwrap()
-}
-
 /// Recompute the Authorization header for what the server received.
 fn expected_authorization(url: &str, body: &[u8], date: &str) -> String {
-    let request = signed_request(url, body, creds(), "eu-central-1", amz_time(date)).unwrap();
-    request.headers()["authorization"].to_str().unwrap().to_string()
+    xtask::dev::fixtures::sigv4_authorization(url, body, date, creds(), "eu-central-1").unwrap()
 }
 
 /// Serves one request: 202 with {"ok": true} when its signature is exact, 403 otherwise.
@@ -123,11 +105,9 @@ fn the_api_accepts_exactly_the_signature_it_recomputes() {
 #[test]
 fn a_tampered_body_does_not_match_and_the_refusal_reason_is_printed() {
     let url = "https://abc.lambda-url.eu-central-1.on.aws/";
-    let time = amz_time("20261121T233500Z");
-    let signed = signed_request(url, br#"{"action":"status"}"#, creds(), "eu-central-1", time).unwrap();
-    let tampered =
-        signed_request(url, br#"{"action":"deploy","target":"all"}"#, creds(), "eu-central-1", time).unwrap();
-    assert_ne!(signed.headers()["authorization"], tampered.headers()["authorization"]);
+    let signed = expected_authorization(url, br#"{"action":"status"}"#, "20261121T233500Z");
+    let tampered = expected_authorization(url, br#"{"action":"deploy","target":"all"}"#, "20261121T233500Z");
+    assert_ne!(signed, tampered);
 
     // The server answers 403 with its reason; the client says it.
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

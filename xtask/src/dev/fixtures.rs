@@ -210,3 +210,22 @@ pub fn github_app_key() -> Result<(String, String)> {
         key.public_key().as_der().map_err(|_| anyhow::anyhow!("cannot encode the public key"))?;
     Ok((pem("PRIVATE KEY", private.as_ref()), pem("PUBLIC KEY", public.as_ref())))
 }
+
+/// The Authorization header a request to `url` with `body`, signed at
+/// `amz_date` (`20261121T233500Z`, its X-Amz-Date) with `credentials`, must
+/// carry: what a loopback function URL recomputes to check a signature.
+pub fn sigv4_authorization(
+    url: &str,
+    body: &[u8],
+    amz_date: &str,
+    credentials: aws_credential_types::Credentials,
+    region: &str,
+) -> Result<String> {
+    let d = amz_date;
+    anyhow::ensure!(d.len() == 16 && d.ends_with('Z'), "{d} is not an X-Amz-Date");
+    let rfc = format!("{}-{}-{}T{}:{}:{}Z", &d[0..4], &d[4..6], &d[6..8], &d[9..11], &d[11..13], &d[13..15]);
+    let time = aws_smithy_types::DateTime::from_str(&rfc, aws_smithy_types::date_time::Format::DateTime)?;
+    let time = std::time::SystemTime::try_from(time)?;
+    let request = crate::fleet::control::signed_request(url, body, credentials, region, time)?;
+    Ok(request.headers()["authorization"].to_str()?.to_string())
+}
