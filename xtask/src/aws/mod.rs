@@ -166,6 +166,20 @@ impl Aws {
         Ok(Aws { config, custom_endpoint, timeouts: settings.timeouts, _oidc_token: oidc_token })
     }
 
+    /// The same configuration with other credentials (an assumed role's).
+    pub fn with_credentials(&self, credentials: aws_credential_types::Credentials) -> Aws {
+        Aws {
+            config: self
+                .config
+                .to_builder()
+                .credentials_provider(aws_sdk_sts::config::SharedCredentialsProvider::new(credentials))
+                .build(),
+            custom_endpoint: self.custom_endpoint,
+            _oidc_token: self._oidc_token.clone(),
+            timeouts: self.timeouts,
+        }
+    }
+
     /// The same configuration in another region (AMI copies).
     pub fn with_region(&self, region: &str) -> Aws {
         Aws {

@@ -101,7 +101,16 @@ pub async fn call(aws: &Aws, given_url: Option<String>, payload: &Value) -> Resu
     let answer: Value =
         serde_json::from_slice(&answer).unwrap_or_else(|_| json!({"error": String::from_utf8_lossy(&answer)}));
     if !status.is_success() {
-        bail!("the control API refused ({status}): {}", answer["error"].as_str().unwrap_or("no reason given"));
+        // The API's own refusals carry `error`; the function URL's IAM
+        // check answers before the function runs, with only `Message`.
+        let reason = match (answer["error"].as_str(), answer["Message"].as_str()) {
+            (Some(reason), _) => reason.to_string(),
+            (None, Some(message)) => format!(
+                "{message} (the function URL's IAM check: the signer may lack lambda:InvokeFunctionUrl, or the signature does not match)"
+            ),
+            (None, None) => "no reason given".to_string(),
+        };
+        bail!("the control API refused ({status}): {reason}");
     }
     Ok(answer)
 }
