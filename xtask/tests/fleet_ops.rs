@@ -407,7 +407,7 @@ async fn a_deploy_of_one_creates_the_registry_instances_ec2_lacks_first() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_roll_stops_at_the_first_unhealthy_instance() {
+async fn the_roll_stops_at_the_first_unhealthy_instance_and_a_rerun_after_the_fix_completes_it() {
     let env = env().await;
     registry(&env, 2);
     let ami = fleet_ami(&env, "fleet-1").await;
@@ -422,7 +422,7 @@ async fn the_roll_stops_at_the_first_unhealthy_instance() {
         "{stderr}"
     );
     assert_eq!(calls.len(), 2, "tofu went on after the canary failed: {calls:?}");
-    assert_eq!(live_ids(&env, "clawdinator-2").await, [second]);
+    assert_eq!(live_ids(&env, "clawdinator-2").await, [second.clone()]);
 
     // A failed apply stops the roll too, naming the call.
     env.emulator.switch("instance-health", json!({"name": "clawdinator-1", "status": "ok"})).unwrap();
@@ -430,6 +430,21 @@ async fn the_roll_stops_at_the_first_unhealthy_instance() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("-replace=aws_instance.clawdinator[\"clawdinator-1\"]"));
     assert_eq!(calls.len(), 2);
+    // Once the cause is fixed, a re-run rolls the whole fleet: one running
+    // instance per name, the untouched one replaced this time.
+    let (out, calls) = deploy(&env, &["all", "--yes"], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let applies: Vec<String> = calls.iter().skip(1).map(|c| args_of(c).last().unwrap().clone()).collect();
+    assert_eq!(
+        applies,
+        [
+            "-replace=aws_instance.clawdinator[\"clawdinator-1\"]",
+            "-replace=aws_instance.clawdinator[\"clawdinator-2\"]"
+        ]
+    );
+    assert_eq!(live_ids(&env, "clawdinator-1").await.len(), 1);
+    let now = live_ids(&env, "clawdinator-2").await;
+    assert!(now.len() == 1 && now != [second], "{now:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
