@@ -263,43 +263,10 @@ pub fn installed_version() -> Option<String> {
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
-/// Create `.venv/` and install the pinned moto when it is not there yet.
-/// Serialised with a lock file, because parallel tests all get here at once.
+/// Create `.venv/` and install the pinned moto when it is not there yet
+/// (serialized: parallel tests all get here at once).
 pub fn ensure_installed() -> Result<PathBuf> {
-    let python = venv_python();
-    if installed_version().as_deref() == Some(MOTO_VERSION) {
-        return Ok(python);
-    }
-    let root = project::root();
-    let lock = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(root.join(".venv.lock"))
-        .context("cannot create .venv.lock at the repository root")?;
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock on a descriptor we own; released when `lock` is closed.
-    if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        bail!("cannot lock .venv.lock: {}", std::io::Error::last_os_error());
-    }
-    if installed_version().as_deref() == Some(MOTO_VERSION) {
-        return Ok(python);
-    }
-    eprintln!("emulator: installing moto[server]=={MOTO_VERSION} into .venv/ (once)");
-    let sh = xshell::Shell::new()?;
-    sh.change_dir(&root);
-    if !python.exists() {
-        let system_python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-        xshell::cmd!(sh, "{system_python} -m venv .venv")
-            .quiet()
-            .run()
-            .context("cannot create .venv with `python3 -m venv` (on Debian: apt-get install python3-venv)")?;
-    }
-    let spec = format!("moto[server]=={MOTO_VERSION}");
-    xshell::cmd!(sh, "{python} -m pip install --quiet --disable-pip-version-check {spec}")
-        .quiet()
-        .run()
-        .with_context(|| format!("cannot install {spec} into .venv (pip needs to reach PyPI)"))?;
+    let python = project::python_venv(&project::root().join(".venv"), &format!("moto[server]=={MOTO_VERSION}"))?;
     match installed_version() {
         Some(v) if v == MOTO_VERSION => Ok(python),
         other => bail!("after installing, .venv has moto {other:?}, expected {MOTO_VERSION}"),

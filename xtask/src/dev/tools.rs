@@ -38,25 +38,6 @@ pub fn npm_package(root: &Path, name: &str, version: &str) -> Result<PathBuf> {
 /// into its own virtualenv `target/tools/<venv>` if needed.
 pub fn pip_tool(root: &Path, venv: &str, package: &str, version: &str, bin: &str) -> Result<PathBuf> {
     let dir = root.join("target/tools").join(venv);
-    let python = dir.join("bin/python");
-    let stamp = dir.join(".installed");
-    let spec = format!("{package}=={version}");
-    if std::fs::read_to_string(&stamp).is_ok_and(|s| s.trim() == spec) {
-        return Ok(dir.join("bin").join(bin));
-    }
-    eprintln!("tools: installing {spec} from PyPI into target/tools/{venv} (once)");
-    let sh = Shell::new()?;
-    if !python.exists() {
-        let system_python = std::env::var("PYTHON").unwrap_or_else(|_| "python3".into());
-        cmd!(sh, "{system_python} -m venv {dir}")
-            .quiet()
-            .run()
-            .with_context(|| format!("cannot create {} (on Debian: apt-get install python3-venv)", dir.display()))?;
-    }
-    cmd!(sh, "{python} -m pip install --quiet --disable-pip-version-check {spec}")
-        .quiet()
-        .run()
-        .with_context(|| format!("cannot install {spec} (pip needs to reach PyPI)"))?;
-    std::fs::write(&stamp, &spec)?;
+    crate::project::python_venv(&dir, &format!("{package}=={version}"))?;
     Ok(dir.join("bin").join(bin))
 }
