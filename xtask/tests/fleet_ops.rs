@@ -422,7 +422,7 @@ async fn the_roll_stops_at_the_first_unhealthy_instance_and_a_rerun_after_the_fi
         "{stderr}"
     );
     assert_eq!(calls.len(), 2, "tofu went on after the canary failed: {calls:?}");
-    assert_eq!(live_ids(&env, "clawdinator-2").await, [second.clone()]);
+    assert_eq!(live_ids(&env, "clawdinator-2").await, std::slice::from_ref(&second));
 
     // A failed apply stops the roll too, naming the call.
     env.emulator.switch("instance-health", json!({"name": "clawdinator-1", "status": "ok"})).unwrap();
