@@ -467,6 +467,18 @@ mod tests {
     }
 
     #[test]
+    fn a_record_time_has_seconds_and_one_nine_digit_fraction() {
+        for _ in 0..100 {
+            let time = now();
+            let (seconds, fraction) = time.split_once('.').unwrap();
+            assert_eq!(seconds.len(), "2026-11-22T01:26:56".len(), "{time}");
+            assert!(!seconds.contains('Z'), "{time}");
+            let digits = fraction.strip_suffix('Z').unwrap();
+            assert!(digits.len() == 9 && digits.chars().all(|c| c.is_ascii_digit()), "{time}");
+        }
+    }
+
+    #[test]
     fn copies_from_many_writers_are_checked_as_chains() {
         let a1 = line("a1", GENESIS);
         let a2 = line("a2", &hash(&a1));

@@ -151,7 +151,11 @@ pub fn now_rfc3339() -> String {
 
 /// A time as RFC 3339 UTC, to the second.
 pub fn rfc3339(time: std::time::SystemTime) -> String {
-    aws_smithy_types::DateTime::from(time).fmt(aws_smithy_types::date_time::Format::DateTime).unwrap_or_default()
+    // Smithy's format adds a fraction when there is one: drop it first.
+    let seconds = time.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
+    aws_smithy_types::DateTime::from_secs(seconds as i64)
+        .fmt(aws_smithy_types::date_time::Format::DateTime)
+        .unwrap_or_default()
 }
 
 /// Run a tool with everything it prints on our stderr (the journal, under
