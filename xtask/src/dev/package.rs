@@ -13,6 +13,11 @@ use xshell::{cmd, Shell};
 
 /// The newest glibc `provided.al2023` has.
 pub const GLIBC_LIMIT: (u32, u32) = (2, 34);
+/// Lambda's quotas for a zip uploaded with the function (what OpenTofu's
+/// `filename` does): 50 MB zipped, 250 MB unzipped ("Lambda quotas",
+/// docs.aws.amazon.com/lambda/latest/dg/gettingstarted-limits.html).
+pub const ZIPPED_LIMIT: u64 = 50 * 1024 * 1024;
+pub const UNZIPPED_LIMIT: u64 = 250 * 1024 * 1024;
 const TARGET: &str = "x86_64-unknown-linux-gnu.2.34";
 const ZIGLANG: &str = "0.17.1";
 const ZIGBUILD: &str = "0.24.1";
@@ -23,11 +28,18 @@ pub struct PackageReport {
     pub zip: String,
     pub binary: String,
     pub newest_glibc: String,
+    pub zip_bytes: u64,
 }
 
 impl std::fmt::Display for PackageReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "{} (bootstrap needs glibc {} at most; provided.al2023 has 2.34)", self.zip, self.newest_glibc)
+        writeln!(
+            f,
+            "{} ({:.1} MB; bootstrap needs glibc {} at most; provided.al2023 has 2.34)",
+            self.zip,
+            self.zip_bytes as f64 / (1024.0 * 1024.0),
+            self.newest_glibc
+        )
     }
 }
 
@@ -65,6 +77,18 @@ pub fn check_glibc(binary: &Path, limit: (u32, u32)) -> Result<(u32, u32)> {
     Ok(newest)
 }
 
+/// Refuse a package Lambda would refuse, before anything is uploaded.
+pub fn check_size(zipped: u64, unzipped: u64) -> Result<()> {
+    let mb = |bytes: u64| bytes as f64 / (1024.0 * 1024.0);
+    ensure!(zipped <= ZIPPED_LIMIT, "the zip is {:.1} MB; Lambda takes at most 50 MB uploaded directly", mb(zipped));
+    ensure!(
+        unzipped <= UNZIPPED_LIMIT,
+        "the package unzips to {:.1} MB; Lambda takes at most 250 MB unzipped",
+        mb(unzipped)
+    );
+    Ok(())
+}
+
 fn cargo_zigbuild(root: &Path) -> Result<PathBuf> {
     let bin = root.join("target/tools/bin/cargo-zigbuild");
     if !bin.exists() {
@@ -93,7 +117,11 @@ pub fn package(root: &Path, out: &Path) -> Result<PackageReport> {
     ensure!(binary.exists(), "the build left no {}", binary.display());
     let newest = check_glibc(&binary, GLIBC_LIMIT)?;
     let staging = tempfile::tempdir()?;
-    std::fs::copy(&binary, staging.path().join("bootstrap"))?;
+    let bootstrap = staging.path().join("bootstrap");
+    std::fs::copy(&binary, &bootstrap)?;
+    // The release profile keeps line tables for backtraces; in the function
+    // they would only make the package too big for Lambda.
+    cmd!(sh, "strip --strip-all {bootstrap}").quiet().run().context("strip (binutils) is needed")?;
     std::fs::copy(root.join(crate::fleet::DEFAULT_PATH), staging.path().join("instances.json"))?;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
@@ -101,6 +129,12 @@ pub fn package(root: &Path, out: &Path) -> Result<PackageReport> {
     let partial = out.with_extension("zip.partial");
     sh.change_dir(staging.path());
     cmd!(sh, "{python} -m zipfile -c {partial} bootstrap instances.json").quiet().run()?;
+    let unzipped =
+        std::fs::metadata(&bootstrap)?.len() + std::fs::metadata(staging.path().join("instances.json"))?.len();
+    if let Err(err) = check_size(std::fs::metadata(&partial)?.len(), unzipped) {
+        let _ = std::fs::remove_file(&partial);
+        return Err(err);
+    }
     std::fs::rename(&partial, out)?;
     if !out.exists() {
         bail!("no zip at {}", out.display());
@@ -109,6 +143,7 @@ pub fn package(root: &Path, out: &Path) -> Result<PackageReport> {
         zip: out.display().to_string(),
         binary: binary.display().to_string(),
         newest_glibc: format!("{}.{}", newest.0, newest.1),
+        zip_bytes: std::fs::metadata(out)?.len(),
     })
 }
 
@@ -124,5 +159,15 @@ mod tests {
         assert!(check_glibc(&me, newest).is_ok());
         let err = check_glibc(&me, (2, 0)).unwrap_err().to_string();
         assert!(err.contains("newer than the runtime's 2.0"), "{err}");
+    }
+
+    #[test]
+    fn a_package_over_lambdas_quotas_is_refused() {
+        assert!(check_size(ZIPPED_LIMIT, UNZIPPED_LIMIT).is_ok());
+        // What the unstripped build came to: 65 MB zipped, 416 MB unzipped.
+        let err = check_size(65 << 20, 416 << 20).unwrap_err().to_string();
+        assert!(err.contains("at most 50 MB"), "{err}");
+        let err = check_size(40 << 20, 416 << 20).unwrap_err().to_string();
+        assert!(err.contains("at most 250 MB unzipped"), "{err}");
     }
 }
