@@ -1,7 +1,8 @@
 //! `cargo xtask control-api package`: the control API for Lambda's
 //! `provided.al2023` runtime. Built with cargo-zigbuild against glibc 2.34
 //! (the runtime's), checked so that no symbol needs a newer glibc, zipped
-//! with the registry the function reads. Tools install themselves into
+//! with the registry the function reads, and run once the way Lambda runs
+//! it (`lambda_smoke`) before the zip is written. Tools install themselves into
 //! `target/tools`: zig from PyPI's `ziglang` wheel, cargo-zigbuild from
 //! crates.io.
 
@@ -29,6 +30,7 @@ pub struct PackageReport {
     pub binary: String,
     pub newest_glibc: String,
     pub zip_bytes: u64,
+    pub smoke: crate::dev::lambda_smoke::Smoke,
 }
 
 impl std::fmt::Display for PackageReport {
@@ -39,6 +41,11 @@ impl std::fmt::Display for PackageReport {
             self.zip,
             self.zip_bytes as f64 / (1024.0 * 1024.0),
             self.newest_glibc
+        )?;
+        writeln!(
+            f,
+            "smoke: under a Lambda Runtime API, a status request answered {}, a self-deploy {}, {} audit records",
+            self.smoke.status, self.smoke.self_deploy, self.smoke.audit_records
         )
     }
 }
@@ -131,10 +138,17 @@ pub fn package(root: &Path, out: &Path) -> Result<PackageReport> {
     cmd!(sh, "{python} -m zipfile -c {partial} bootstrap instances.json").quiet().run()?;
     let unzipped =
         std::fs::metadata(&bootstrap)?.len() + std::fs::metadata(staging.path().join("instances.json"))?.len();
-    if let Err(err) = check_size(std::fs::metadata(&partial)?.len(), unzipped) {
-        let _ = std::fs::remove_file(&partial);
-        return Err(err);
-    }
+    let checked = check_size(std::fs::metadata(&partial)?.len(), unzipped).and_then(|()| {
+        eprintln!("smoke: running the packaged bootstrap under a loopback Lambda Runtime API and the local emulator");
+        tokio::runtime::Handle::current().block_on(crate::dev::lambda_smoke::smoke(staging.path()))
+    });
+    let smoke = match checked {
+        Ok(smoke) => smoke,
+        Err(err) => {
+            let _ = std::fs::remove_file(&partial);
+            return Err(err.context(format!("no zip was written to {}", out.display())));
+        }
+    };
     std::fs::rename(&partial, out)?;
     if !out.exists() {
         bail!("no zip at {}", out.display());
@@ -144,6 +158,7 @@ pub fn package(root: &Path, out: &Path) -> Result<PackageReport> {
         binary: binary.display().to_string(),
         newest_glibc: format!("{}.{}", newest.0, newest.1),
         zip_bytes: std::fs::metadata(out)?.len(),
+        smoke,
     })
 }
 
