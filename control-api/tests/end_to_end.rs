@@ -103,11 +103,7 @@ impl Fleet {
     }
 
     async fn audit(&self) -> Vec<Value> {
-        let lines = xtask::audit::bucket_lines(&self.aws, AUDIT_BUCKET).await.unwrap();
-        xtask::audit::verify_copies("test", &lines).unwrap();
-        let mut records: Vec<Value> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
-        records.sort_by(|a, b| a["time"].as_str().cmp(&b["time"].as_str()));
-        records
+        common::audit_records(&self.aws, AUDIT_BUCKET).await.0
     }
 }
 

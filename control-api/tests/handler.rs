@@ -69,11 +69,7 @@ impl Api {
 
     /// The audit records in S3, checked as the trail checks them.
     async fn records(&self) -> (Vec<Value>, xtask::audit::Chains) {
-        let lines = xtask::audit::bucket_lines(&self.aws, AUDIT_BUCKET).await.unwrap();
-        let chains = xtask::audit::verify_copies("test", &lines).unwrap();
-        let mut records: Vec<Value> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
-        records.sort_by(|a, b| a["time"].as_str().cmp(&b["time"].as_str()));
-        (records, chains)
+        common::audit_records(&self.aws, AUDIT_BUCKET).await
     }
 }
 

@@ -25,31 +25,9 @@ fn verifying_server() -> (String, std::thread::JoinHandle<(String, String)>) {
     let base = url.clone();
     let handle = std::thread::spawn(move || {
         let (mut stream, _) = listener.accept().unwrap();
-        let mut data = Vec::new();
-        let mut buf = [0u8; 8192];
-        let (head, body) = loop {
-            let n = stream.read(&mut buf).unwrap();
-            data.extend_from_slice(&buf[..n]);
-            let text = String::from_utf8_lossy(&data).into_owned();
-            if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                let length: usize = head
-                    .lines()
-                    .find_map(|l| {
-                        l.to_ascii_lowercase().strip_prefix("content-length: ").map(|v| v.trim().parse().unwrap())
-                    })
-                    .unwrap_or(0);
-                if body.len() >= length {
-                    break (head.to_string(), body.to_string());
-                }
-            }
-        };
-        let header = |name: &str| {
-            head.lines()
-                .find_map(|l| {
-                    l.split_once(": ").filter(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.to_string())
-                })
-                .unwrap_or_default()
-        };
+        let request = xtask::dev::loopback::read_http_request(&mut stream).unwrap();
+        let body = String::from_utf8(request.body.clone()).unwrap();
+        let header = |name: &str| request.header(name);
         let expected = expected_authorization(&base, body.as_bytes(), &header("x-amz-date"));
         let ok = header("authorization") == expected;
         let (status, answer) = if ok {

@@ -3,11 +3,11 @@
 
 #![allow(dead_code)]
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::sync::{Arc, Mutex};
 
 use clawdinator_control_api::Config;
-use serde_json::{json, Value};
+use serde_json::Value;
 
 /// The installation token the loopback GitHub hands out.
 pub const MINTED: &str = "ghs_minted_by_the_loopback_github";
@@ -25,38 +25,9 @@ pub fn github() -> (String, Dispatches) {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let mut stream = stream.unwrap();
-            let mut data = Vec::new();
-            let mut buf = [0u8; 8192];
-            loop {
-                let n = stream.read(&mut buf).unwrap();
-                data.extend_from_slice(&buf[..n]);
-                let text = String::from_utf8_lossy(&data).into_owned();
-                if let Some((head, body)) = text.split_once("\r\n\r\n") {
-                    let length = head
-                        .lines()
-                        .find_map(|l| {
-                            l.to_ascii_lowercase()
-                                .strip_prefix("content-length: ")
-                                .map(|v| v.trim().parse::<usize>().unwrap())
-                        })
-                        .unwrap_or(0);
-                    if body.len() >= length {
-                        let path = head.split_whitespace().nth(1).unwrap().to_string();
-                        let auth = head
-                            .lines()
-                            .find_map(|l| {
-                                l.strip_prefix("authorization: ").or_else(|| l.strip_prefix("Authorization: "))
-                            })
-                            .unwrap_or("")
-                            .to_string();
-                        log.lock().unwrap().push((path, auth, serde_json::from_str(body).unwrap_or(Value::Null)));
-                        break;
-                    }
-                }
-                if n == 0 {
-                    break;
-                }
-            }
+            let request = xtask::dev::loopback::read_http_request(&mut stream).unwrap();
+            let body = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
+            log.lock().unwrap().push((request.target().1.to_string(), request.header("authorization"), body));
             let minting = log.lock().unwrap().last().is_some_and(|(path, _, _)| path.ends_with("/access_tokens"));
             let answer = if minting {
                 let body = format!(r#"{{"token":"{MINTED}","expires_at":"2099-01-01T00:00:00Z"}}"#);
@@ -85,19 +56,16 @@ pub fn config() -> Config {
 
 /// A function URL (payload 2.0) event, signed by `arn` when given.
 pub fn event(arn: Option<&str>, body: Value) -> lambda_http::Request {
-    let mut context = json!({
-        "accountId": "123456789012", "apiId": "abc", "domainName": "abc.lambda-url.eu-central-1.on.aws",
-        "domainPrefix": "abc", "http": {"method": "POST", "path": "/", "protocol": "HTTP/1.1", "sourceIp": "10.0.0.1", "userAgent": "test"},
-        "requestId": "r", "routeKey": "$default", "stage": "$default", "time": "21/Nov/2026:22:00:00 +0000", "timeEpoch": 1795000000000u64
-    });
-    if let Some(arn) = arn {
-        context["authorizer"] = json!({"iam": {"accessKey": "ASIA", "accountId": "123456789012", "callerId": "AROA:x", "userArn": arn, "userId": "AROA:x"}});
-    }
-    let raw = json!({
-        "version": "2.0", "routeKey": "$default", "rawPath": "/", "rawQueryString": "",
-        "headers": {"content-type": "application/json", "host": "abc.lambda-url.eu-central-1.on.aws"},
-        "requestContext": context, "body": body.to_string(), "isBase64Encoded": false
-    });
+    let raw = xtask::dev::loopback::function_url_event(arn, &body);
     let request: lambda_http::request::LambdaRequest = serde_json::from_value(raw).unwrap();
     request.into()
+}
+
+/// The audit records in `bucket`, checked as `audit verify` checks them, in time order.
+pub async fn audit_records(aws: &xtask::aws::Aws, bucket: &str) -> (Vec<Value>, xtask::audit::Chains) {
+    let lines = xtask::audit::bucket_lines(aws, bucket).await.unwrap();
+    let chains = xtask::audit::verify_copies("test", &lines).unwrap();
+    let mut records: Vec<Value> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+    records.sort_by(|a, b| a["time"].as_str().cmp(&b["time"].as_str()));
+    (records, chains)
 }

@@ -5,8 +5,8 @@
 //! emulator is its AWS. A bot's status request must answer 200 and its
 //! self-deploy 403, and both must be in the audit trail.
 
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::Write;
+use std::net::TcpListener;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,6 +15,8 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::dev::loopback::{function_url_event, read_http_request};
+
 const AUDIT_BUCKET: &str = "clawdinator-smoke-audit";
 
 #[derive(Debug, Serialize)]
@@ -22,45 +24,6 @@ pub struct Smoke {
     pub status: u16,
     pub self_deploy: u16,
     pub audit_records: usize,
-}
-
-/// A function URL (payload 2.0) event signed by `arn`.
-fn event(arn: &str, body: Value) -> Value {
-    json!({
-        "version": "2.0", "routeKey": "$default", "rawPath": "/", "rawQueryString": "",
-        "headers": {"content-type": "application/json", "host": "smoke.lambda-url.us-east-1.on.aws"},
-        "requestContext": {
-            "accountId": "123456789012", "apiId": "smoke", "domainName": "smoke.lambda-url.us-east-1.on.aws",
-            "domainPrefix": "smoke", "requestId": "smoke", "routeKey": "$default", "stage": "$default",
-            "time": "22/Nov/2026:00:00:00 +0000", "timeEpoch": 1795000000000u64,
-            "http": {"method": "POST", "path": "/", "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1", "userAgent": "smoke"},
-            "authorizer": {"iam": {"accessKey": "ASIA", "accountId": "123456789012", "callerId": "smoke", "userArn": arn, "userId": "smoke"}}
-        },
-        "body": body.to_string(), "isBase64Encoded": false
-    })
-}
-
-/// One HTTP request from `stream`: its request line and body.
-fn read_request(stream: &mut TcpStream) -> Result<(String, Vec<u8>)> {
-    let mut data = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        let n = stream.read(&mut chunk)?;
-        data.extend_from_slice(&chunk[..n]);
-        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
-            let head = String::from_utf8_lossy(&data[..end]).into_owned();
-            let length: usize = head
-                .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse()))
-                .transpose()?
-                .unwrap_or(0);
-            if data.len() >= end + 4 + length {
-                let line = head.lines().next().unwrap_or_default().to_string();
-                return Ok((line, data[end + 4..end + 4 + length].to_vec()));
-            }
-        }
-        ensure!(n > 0, "the function closed the connection mid-request");
-    }
 }
 
 /// The Runtime API: hands out `events` one by one, collects the responses.
@@ -73,8 +36,8 @@ fn runtime_api(events: Vec<Value>) -> Result<(String, Arc<Mutex<Vec<Value>>>)> {
         let mut events = events.into_iter().enumerate();
         for stream in listener.incoming() {
             let Ok(mut stream) = stream else { return };
-            let Ok((line, body)) = read_request(&mut stream) else { continue };
-            let reply = if line.starts_with("GET /2018-06-01/runtime/invocation/next") {
+            let Ok(request) = read_http_request(&mut stream) else { continue };
+            let reply = if request.target() == ("GET", "/2018-06-01/runtime/invocation/next") {
                 let Some((n, event)) = events.next() else {
                     // Nothing more to do: the function waits here until it is killed.
                     std::thread::sleep(Duration::from_secs(60));
@@ -87,7 +50,8 @@ fn runtime_api(events: Vec<Value>) -> Result<(String, Arc<Mutex<Vec<Value>>>)> {
                     body.len()
                 )
             } else {
-                let answer = serde_json::from_slice(&body).unwrap_or_else(|_| json!({"unreadable": line}));
+                let answer =
+                    serde_json::from_slice(&request.body).unwrap_or_else(|_| json!({"unreadable": request.line}));
                 collected.lock().unwrap_or_else(|e| e.into_inner()).push(answer);
                 "HTTP/1.1 202 Accepted\r\nContent-Length: 0\r\n\r\n".to_string()
             };
@@ -105,8 +69,10 @@ pub async fn smoke(dir: &Path) -> Result<Smoke> {
     let aws = crate::aws::Aws::load(&crate::aws::Settings::local(&emulator.endpoint())).await?;
     aws.s3().create_bucket().bucket(AUDIT_BUCKET).send().await.context("smoke: cannot create its audit bucket")?;
     let arn = format!("arn:aws:sts::123456789012:assumed-role/clawdinator-instance-{bot}/i-0123456789abcdef0");
-    let events =
-        vec![event(&arn, json!({"action": "status"})), event(&arn, json!({"action": "deploy", "target": bot}))];
+    let events = vec![
+        function_url_event(Some(&arn), &json!({"action": "status"})),
+        function_url_event(Some(&arn), &json!({"action": "deploy", "target": bot})),
+    ];
     let (api, answers) = runtime_api(events)?;
     let mut function = std::process::Command::new(dir.join("bootstrap"))
         .current_dir(dir)

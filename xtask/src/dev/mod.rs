@@ -5,6 +5,7 @@ pub mod bench;
 pub mod doctor;
 pub mod fixtures;
 pub mod lambda_smoke;
+pub mod loopback;
 pub mod nix_lib;
 pub mod nix_module;
 pub mod opentofu;

@@ -1,0 +1,75 @@
+//! What the loopback stand-ins of the tests and the package's smoke run
+//! share: reading one HTTP/1.1 request off a socket, and a Lambda function
+//! URL event (payload format 2.0) as `AWS_IAM` auth hands it to a function.
+
+use std::io::Read;
+
+use anyhow::{ensure, Result};
+use serde_json::{json, Value};
+
+/// One HTTP request: its request line, its header block and its body.
+pub struct HttpRequest {
+    pub line: String,
+    pub head: String,
+    pub body: Vec<u8>,
+}
+
+impl HttpRequest {
+    /// Method and path, e.g. `("POST", "/")`.
+    pub fn target(&self) -> (&str, &str) {
+        let mut parts = self.line.split_whitespace();
+        (parts.next().unwrap_or_default(), parts.next().unwrap_or_default())
+    }
+
+    /// A header's value (names compare case-insensitively), or "".
+    pub fn header(&self, name: &str) -> String {
+        self.head
+            .lines()
+            .skip(1)
+            .find_map(|l| l.split_once(':').filter(|(k, _)| k.trim().eq_ignore_ascii_case(name)))
+            .map(|(_, v)| v.trim().to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// Read one request: up to the blank line, then `Content-Length` bytes.
+pub fn read_http_request(stream: &mut impl Read) -> Result<HttpRequest> {
+    let mut data = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        let n = stream.read(&mut chunk)?;
+        data.extend_from_slice(&chunk[..n]);
+        if let Some(end) = data.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&data[..end]).into_owned();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse()))
+                .transpose()?
+                .unwrap_or(0);
+            if data.len() >= end + 4 + length {
+                let line = head.lines().next().unwrap_or_default().to_string();
+                return Ok(HttpRequest { line, head, body: data[end + 4..end + 4 + length].to_vec() });
+            }
+        }
+        ensure!(n > 0, "the peer closed the connection mid-request");
+    }
+}
+
+/// A function URL event with `body`, signed by `arn` when given (the
+/// request context's `authorizer.iam`, which Lambda fills in for `AWS_IAM`).
+pub fn function_url_event(arn: Option<&str>, body: &Value) -> Value {
+    let mut context = json!({
+        "accountId": "123456789012", "apiId": "abc", "domainName": "abc.lambda-url.us-east-1.on.aws",
+        "domainPrefix": "abc", "requestId": "r", "routeKey": "$default", "stage": "$default",
+        "time": "22/Nov/2026:00:00:00 +0000", "timeEpoch": 1795000000000u64,
+        "http": {"method": "POST", "path": "/", "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1", "userAgent": "test"}
+    });
+    if let Some(arn) = arn {
+        context["authorizer"] = json!({"iam": {"accessKey": "ASIA", "accountId": "123456789012", "callerId": "AROA:x", "userArn": arn, "userId": "AROA:x"}});
+    }
+    json!({
+        "version": "2.0", "routeKey": "$default", "rawPath": "/", "rawQueryString": "",
+        "headers": {"content-type": "application/json", "host": "abc.lambda-url.us-east-1.on.aws"},
+        "requestContext": context, "body": body.to_string(), "isBase64Encoded": false
+    })
+}
