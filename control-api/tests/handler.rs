@@ -188,7 +188,7 @@ async fn every_request_and_decision_is_in_the_audit_trail() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_request_that_cannot_be_recorded_is_refused_and_nothing_is_dispatched() {
+async fn a_request_that_cannot_be_recorded_is_refused_nothing_is_dispatched_and_asking_again_works() {
     let api = Api::start().await;
     api.emulator
         .inject(json!([{"operation": "PutObject", "times": -1, "status": 503, "code": "SlowDown", "message": "Please reduce your request rate."}]))
@@ -201,6 +201,12 @@ async fn a_request_that_cannot_be_recorded_is_refused_and_nothing_is_dispatched(
     assert!(seen.is_empty(), "dispatched without a record");
     api.emulator.clear_faults().unwrap();
     assert_eq!(api.records().await.1.records, 0);
+
+    // Asked again once S3 takes writes: done once, recorded once.
+    let (status, body, seen) =
+        api.call(Some("arn:aws:iam::123456789012:user/alice"), json!({"action": "deploy", "target": "all"})).await;
+    assert_eq!((status, seen.len()), (202, 1), "{body}");
+    assert_eq!(api.records().await.1, xtask::audit::Chains { records: 2, chains: 1 });
 }
 
 #[tokio::test(flavor = "multi_thread")]
