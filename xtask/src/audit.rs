@@ -144,10 +144,6 @@ impl BucketChain {
         }
     }
 
-    pub fn bucket(&self) -> &str {
-        &self.bucket
-    }
-
     /// Chain `record` to the last one this writer wrote and store it; its hash.
     pub async fn append(&self, aws: &Aws, mut record: Record) -> Result<String> {
         let mut last = self.last.lock().await;
