@@ -206,19 +206,21 @@ impl Audit {
 /// decided and done, then the answer recorded.
 pub async fn handle(config: &Config, fleet: &impl Fleet, audit: &Audit, request: Request) -> Response<Body> {
     let arn = caller_arn(&request);
-    let asked: Option<Action> = serde_json::from_slice(request.body().as_ref()).ok();
-    let started = Audit::record(arn.as_deref(), asked.as_ref(), "started", None);
+    // Parsed once: the records say what was asked, the decision needs it too.
+    let parsed: Result<Action, serde_json::Error> = serde_json::from_slice(request.body().as_ref());
+    let asked = parsed.as_ref().ok();
+    let started = Audit::record(arn.as_deref(), asked, "started", None);
     if let Err(err) = audit.append(started).await {
         let reason = format!("the audit trail cannot be written, so nothing was done: {err:#}");
         eprintln!("{}", json!({"audit": "control-api", "caller": arn, "status": 503, "error": reason}));
         return reply(503, json!({ "error": reason }));
     }
-    let (status, mut body) = answer(config, fleet, arn.as_deref(), request.body()).await;
+    let (status, mut body) = answer(config, fleet, arn.as_deref(), &parsed).await;
     let result = match body["error"].as_str() {
         Some(reason) => format!("{status}: {reason}"),
         None => format!("{status}: ok"),
     };
-    let finished = Audit::record(arn.as_deref(), asked.as_ref(), "finished", Some(result));
+    let finished = Audit::record(arn.as_deref(), asked, "finished", Some(result));
     if let Err(err) = audit.append(finished).await {
         // What was done is done: the caller learns it, and that the record is missing.
         body["auditWarning"] = json!(format!("the answer could not be recorded in the audit trail: {err:#}"));
@@ -228,8 +230,13 @@ pub async fn handle(config: &Config, fleet: &impl Fleet, audit: &Audit, request:
 }
 
 /// Decide, and do what is allowed: the status and the JSON answer.
-async fn answer(config: &Config, fleet: &impl Fleet, arn: Option<&str>, body: &Body) -> (u16, Value) {
-    match decide(config, arn, body) {
+async fn answer(
+    config: &Config,
+    fleet: &impl Fleet,
+    arn: Option<&str>,
+    parsed: &Result<Action, serde_json::Error>,
+) -> (u16, Value) {
+    match decide(config, arn, parsed) {
         Err(Refusal(status, reason)) => (status, json!({"error": reason})),
         Ok((_, Action::Status)) => match fleet.status().await {
             Ok(status) => (200, status),
@@ -248,12 +255,17 @@ async fn answer(config: &Config, fleet: &impl Fleet, arn: Option<&str>, body: &B
     }
 }
 
-fn decide(config: &Config, arn: Option<&str>, body: &Body) -> Result<(Caller, Action), Refusal> {
+/// Who asks (401 or 403 first), then whether the body is an action (400), then whether it is allowed.
+fn decide(
+    config: &Config,
+    arn: Option<&str>,
+    parsed: &Result<Action, serde_json::Error>,
+) -> Result<(Caller, Action), Refusal> {
     let caller = caller(arn, config)?;
-    let bytes: &[u8] = body.as_ref();
-    let action: Action = serde_json::from_slice(bytes).map_err(|e| {
+    let action = parsed.as_ref().map_err(|e| {
         Refusal(400, format!("expected {{\"action\": \"status\"}} or {{\"action\": \"deploy\", \"target\": …}}: {e}"))
     })?;
+    let action = action.clone();
     authorize(&caller, &action, &config.registry)?;
     Ok((caller, action))
 }
