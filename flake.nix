@@ -43,7 +43,7 @@
         clawdinator = final.callPackage ./nix/package.nix { };
       });
 
-      nixosModules.clawdinator = import ./nix/modules/clawdinator.nix;
+      nixosModules.clawdinator = import ./nix/modules/clawdinator;
       nixosModules.default = self.nixosModules.clawdinator;
 
       nixosConfigurations =

@@ -1,15 +1,15 @@
-# This repository's crate, built from Cargo.lock with nixpkgs' Rust
-# tooling: what hosts run as `clawdinator` (the same program as
-# `cargo xtask` in a checkout).
+# The host binary `clawdinator` (the clawdinator crate: the stages' commands,
+# no dev harness), built from Cargo.lock with nixpkgs' Rust tooling. The
+# source holds every workspace member, since cargo loads the whole workspace.
 { lib, rustPlatform, cmake, perl }:
 
 rustPlatform.buildRustPackage {
   pname = "clawdinator";
-  inherit ((lib.importTOML ../xtask/Cargo.toml).package) version;
+  inherit ((lib.importTOML ../clawdinator/Cargo.toml).package) version;
 
   src = lib.fileset.toSource {
     root = ../.;
-    fileset = lib.fileset.unions [ ../Cargo.toml ../Cargo.lock ../xtask ../.cargo ];
+    fileset = lib.fileset.unions [ ../Cargo.toml ../Cargo.lock ../clawdinator ../control-api ../xtask ../.cargo ];
   };
   cargoLock.lockFile = ../Cargo.lock;
 
@@ -17,7 +17,7 @@ rustPlatform.buildRustPackage {
   nativeBuildInputs = [ cmake perl ];
   dontUseCmakeConfigure = true;
 
-  cargoBuildFlags = [ "--package" "xtask" "--bin" "clawdinator" ];
+  cargoBuildFlags = [ "--package" "clawdinator" "--bin" "clawdinator" ];
   # The tests need the AWS emulator (moto, from PyPI) and network; CI runs
   # them with `cargo xtask test`.
   doCheck = false;

@@ -10,7 +10,8 @@
 # all do), `cases` (how many configurations were evaluated), `commands`
 # (every ExecStart/ExecStartPre that runs the host binary; the Rust side
 # parses each against the CLI) and `flakeHosts` (the flake's
-# nixosConfigurations, from its real outputs function with stand-in inputs).
+# nixosConfigurations, from its real outputs function with stand-in inputs)
+# and `options` (the module's options, for docs/module-options.md).
 { nixpkgsLib }:
 
 let
@@ -75,7 +76,7 @@ let
   };
 
   evaluate = modules: (lib.evalModules {
-    modules = [ stubs { _module.check = true; } ../modules/clawdinator.nix ] ++ modules;
+    modules = [ stubs { _module.check = true; } ../modules/clawdinator ] ++ modules;
   }).config;
   failing = config: map (a: a.message) (lib.filter (a: !a.assertion) config.assertions);
 
@@ -156,7 +157,7 @@ let
           has e "${bin} secrets install" && has e "--dest /run/agenix" && has e "--owner clawdinator"
           && ordered c "clawdinator-secrets" "clawdinator-bootstrap.service" && needs c "clawdinator-secrets" "clawdinator-bootstrap.service"))
       (expect "clawdinator-repo-seed installs seeds into /var/lib/clawd/repos after bootstrap"
-        (has (exec c "clawdinator-repo-seed") "seeds install --from /var/lib/clawd/repo-seeds --dest /var/lib/clawd/repos"
+        (has (exec c "clawdinator-repo-seed") "bootstrap seeds install --from /var/lib/clawd/repo-seeds --dest /var/lib/clawd/repos"
           && needs c "clawdinator-repo-seed" "clawdinator-bootstrap.service"))
       (expect "clawdinator-efs-stunnel writes its config from /etc/clawdinator/efs-id, then runs stunnel, as a dynamic user"
         (let u = (svc c "clawdinator-efs-stunnel").serviceConfig; in
@@ -170,7 +171,7 @@ let
           && (svc c "clawdinator-memory-init").unitConfig.RequiresMountsFor == [ "/memory" ]))
       (expect "clawdinator-github-app-token writes /run/clawd/github-app.env as the service user, every 45 min"
         (let e = exec c "clawdinator-github-app-token"; in
-          has e "github-token" && has e "--env-file /run/clawd/github-app.env" && has e "--app-id 2607181"
+          has e "secrets github-token" && has e "--env-file /run/clawd/github-app.env" && has e "--app-id 2607181"
           && (svc c "clawdinator-github-app-token").serviceConfig.User == "clawdinator"
           && c.systemd.timers.clawdinator-github-app-token.timerConfig.OnUnitActiveSec == "45min"))
       (expect "the gateway is nix-openclaw's unit named clawdinator, started through `host exec` with the tokens, workspace seeded first"
@@ -259,4 +260,11 @@ in
   cases = builtins.length (builtins.attrNames cases) + builtins.length (builtins.attrNames negative);
   commands = lib.unique (lib.filter (lib.hasPrefix bin) (lib.concatMap commandsOf (builtins.attrValues cases)));
   inherit bin flakeHosts;
+  # The module's options as the NixOS manual lists them (docs/module-options.md).
+  options =
+    let
+      docs = lib.optionAttrSetToDocList (lib.evalModules { modules = [ stubs ../modules/clawdinator ]; }).options;
+      ours = lib.filter (o: lib.hasPrefix "services.clawdinator." o.name && o.visible && !o.internal) docs;
+    in
+    map (o: { inherit (o) name type; description = o.description or ""; default = o.default.text or null; }) ours;
 }

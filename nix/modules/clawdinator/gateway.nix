@@ -1,0 +1,135 @@
+# The gateway: nix-openclaw's unit, named `clawdinator`, started through
+# `clawdinator host exec` so that its tokens reach it only in memory; its
+# workspace and cron store installed before every start; the agents' tools.
+{ config, lib, pkgs, ... }:
+
+let
+  h = import ./lib.nix { inherit config lib; };
+  inherit (h) cfg command configPath harden runDir workspaceDir logDir;
+  inherit (lib) concatStringsSep literalExpression mkIf mkOption optional optionals types;
+  # The gateway's variables and the files that hold their values.
+  tokenEnv = lib.filterAttrs (_: file: file != null) {
+    DISCORD_BOT_TOKEN = cfg.discordTokenFile;
+    ANTHROPIC_API_KEY = cfg.anthropicApiKeyFile;
+    OPENAI_API_KEY = cfg.openaiApiKeyFile;
+    TELEGRAM_BOT_TOKEN = cfg.telegramBotTokenFile;
+  } // cfg.extraSecretEnv;
+
+  toolsMd = pkgs.writeText "clawdinator-tools.md" ''
+    ## Installed toolchain (from the NixOS module)
+
+    ${concatStringsSep "\n" (map (p: "- ${p.name}") cfg.toolPackages)}
+  '';
+
+  gatewayExec = command (
+    [ "host" "exec" ]
+    ++ lib.concatMap (name: [ "--secret-env" "${name}=${tokenEnv.${name}}" ]) (lib.attrNames tokenEnv)
+    ++ [ "--" "${cfg.package}/bin/openclaw" "gateway" "--port" (toString cfg.gatewayPort) ]
+  );
+
+  # Units the gateway starts after; `requires` those it cannot run without.
+  gatewayAfter =
+    optionals cfg.bootstrap.enable [ "clawdinator-bootstrap.service" "clawdinator-repo-seed.service" ]
+    ++ [ "clawdinator-secrets.service" "clawdinator-memory-init.service" ]
+    ++ optional cfg.githubApp.enable "clawdinator-github-app-token.service";
+in
+{
+  options.services.clawdinator = {
+    package = mkOption {
+      type = types.package;
+      default = pkgs.openclaw-gateway or pkgs.openclaw;
+      defaultText = literalExpression "pkgs.openclaw-gateway";
+      description = "The OpenClaw gateway (nix-openclaw's overlay provides it).";
+    };
+
+    gateway.enable = mkOption { type = types.bool; default = true; description = "Run the gateway (the image, which knows no instance, turns it off)."; };
+
+    gatewayPort = mkOption { type = types.port; default = 18789; description = "The gateway's port (loopback)."; };
+
+    config = mkOption {
+      type = types.attrsOf types.anything;
+      default = { };
+      description = "Free-form gateway configuration (OpenClaw JSON), merged with the module's defaults.";
+    };
+
+    workspaceTemplateDir = mkOption {
+      type = types.path;
+      default = ../../../clawdinator/workspace;
+      defaultText = literalExpression "./clawdinator/workspace";
+      description = "The agent workspace templates, installed before every gateway start.";
+    };
+
+    cronJobsFile = mkOption {
+      type = types.nullOr types.path;
+      default = ../../../clawdinator/cron-jobs.json;
+      defaultText = literalExpression "./clawdinator/cron-jobs.json";
+      description = "The gateway's cron jobs, installed as its cron store before every start.";
+    };
+
+    toolPackages = mkOption {
+      type = types.listOf types.package;
+      default = with pkgs; [ git gh jq ripgrep curl ];
+      defaultText = literalExpression "with pkgs; [ git gh jq ripgrep curl ]";
+      description = "The agents' tools, on the gateway's PATH and listed in TOOLS.md.";
+    };
+  };
+
+  config = mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = (pkgs ? openclaw-gateway) || (pkgs ? openclaw) || !cfg.gateway.enable;
+        message = "services.clawdinator.package: pkgs has no openclaw-gateway; add nix-openclaw's overlay (nix-openclaw.overlays.default) to nixpkgs.overlays, or set services.clawdinator.package.";
+      }
+      {
+        assertion = !cfg.gateway.enable || cfg.discordTokenFile != null;
+        message = "services.clawdinator.discordTokenFile is not set: the gateway needs this instance's Discord token (the fleet hosts set it from nix/instances.json's discordTokenSecret), or set services.clawdinator.gateway.enable = false.";
+      }
+    ];
+
+    environment.etc."clawd/tools.md".source = toolsMd;
+
+    # The gateway itself is nix-openclaw's unit, named `clawdinator`.
+    services.openclaw-gateway = mkIf cfg.gateway.enable {
+      enable = true;
+      unitName = "clawdinator";
+      package = cfg.package;
+      port = cfg.gatewayPort;
+      user = cfg.user;
+      group = cfg.group;
+      createUser = false;
+      stateDir = cfg.stateDir;
+      workingDirectory = cfg.stateDir;
+      inherit configPath;
+      logPath = "${logDir}/gateway.log";
+      config = lib.recursiveUpdate {
+        gateway = { mode = "local"; bind = "loopback"; port = cfg.gatewayPort; };
+        agents.defaults.workspace = workspaceDir;
+        cron = { enabled = cfg.cronJobsFile != null; store = "${cfg.stateDir}/cron-jobs.json"; };
+        logging.file = "${logDir}/openclaw.log";
+      } cfg.config;
+      environment = {
+        CLAWDINATOR_MEMORY_DIR = cfg.memoryDir;
+        OPENCLAW_WORKSPACE_DIR = workspaceDir;
+      };
+      servicePath = [ cfg.hostPackage ] ++ cfg.toolPackages;
+      execStartPre = [
+        (command (
+          [ "host" "workspace-seed" "--templates" "${cfg.workspaceTemplateDir}" "--dest" workspaceDir "--tools-extra" "/etc/clawd/tools.md" ]
+          ++ optionals (cfg.cronJobsFile != null) [ "--cron-jobs" "${cfg.cronJobsFile}" "--cron-store" "${cfg.stateDir}/cron-jobs.json" ]
+        ))
+      ];
+      execStart = gatewayExec;
+    };
+
+    systemd.services.clawdinator = mkIf cfg.gateway.enable {
+      after = gatewayAfter;
+      wants = gatewayAfter;
+      # No tokens, no gateway: it would only crash-loop.
+      requires = [ "clawdinator-secrets.service" ];
+      unitConfig.RequiresMountsFor = [ cfg.memoryDir ];
+      # The agents run git, gh and builds: no capabilities and a read-only
+      # system, but JIT and child processes stay allowed.
+      serviceConfig = harden { rw = [ cfg.stateDir cfg.memoryDir runDir ]; };
+    };
+  };
+}
