@@ -75,6 +75,14 @@ pub fn write_owned(path: &Path, contents: &[u8], mode: u32, owner: Owner) -> Res
     Ok(())
 }
 
+/// A private (0700) working directory, removed on every exit path
+/// (tempfile removes it on drop, including while unwinding).
+pub fn private_workdir() -> Result<tempfile::TempDir> {
+    let dir = tempfile::Builder::new().prefix("clawdinator-").tempdir()?;
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+    Ok(dir)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,5 +1,5 @@
-//! The program as hosts run it: the same commands as `cargo xtask`.
+//! The program hosts run as `clawdinator`: the stages' commands, no dev harness.
 
 fn main() {
-    xtask::main();
+    clawdinator::cli::main();
 }

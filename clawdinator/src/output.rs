@@ -1,5 +1,6 @@
 //! How commands talk to people and to CI: human text or one JSON document on
-//! stdout, notes on stderr, ids in `GITHUB_OUTPUT`, logs through tracing.
+//! stdout, notes and progress on stderr, ids in `GITHUB_OUTPUT`, logs
+//! through tracing.
 
 use std::fmt::Display;
 use std::io::Write;
@@ -7,42 +8,6 @@ use std::io::Write;
 use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
-
-/// A mistake in how the command was called, found after parsing: the CLI
-/// exits 2 for it, as clap does for its own.
-#[derive(Debug)]
-pub struct UsageError(pub String);
-
-impl std::fmt::Display for UsageError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for UsageError {}
-
-/// `fleet status` found drift: its report was printed; the CLI exits 3.
-#[derive(Debug)]
-pub struct DriftFound(pub usize);
-
-impl std::fmt::Display for DriftFound {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} drift finding(s) between the registry and EC2", self.0)
-    }
-}
-
-impl std::error::Error for DriftFound {}
-
-/// The exit code for an error: 2 for usage errors, 3 for drift, 1 for everything else.
-pub fn exit_code(err: &anyhow::Error) -> i32 {
-    if err.chain().any(|e| e.is::<UsageError>()) {
-        2
-    } else if err.chain().any(|e| e.is::<DriftFound>()) {
-        3
-    } else {
-        1
-    }
-}
 
 #[derive(Debug, Clone, Copy)]
 pub struct Output {
@@ -142,30 +107,4 @@ pub fn init_tracing(verbose: u8) {
         .with_writer(std::io::stderr)
         .with_target(verbose >= 2)
         .try_init();
-}
-
-/// The current time as RFC 3339 UTC (`2026-11-21T22:02:12Z`).
-pub fn now_rfc3339() -> String {
-    rfc3339(std::time::SystemTime::now())
-}
-
-/// A time as RFC 3339 UTC, to the second.
-pub fn rfc3339(time: std::time::SystemTime) -> String {
-    // Smithy's format adds a fraction when there is one: drop it first.
-    let seconds = time.duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    aws_smithy_types::DateTime::from_secs(seconds as i64)
-        .fmt(aws_smithy_types::date_time::Format::DateTime)
-        .unwrap_or_default()
-}
-
-/// Run a tool with everything it prints on our stderr (the journal, under
-/// systemd), so that stdout holds only this command's report (`--json`).
-pub fn run_on_stderr(cmd: xshell::Cmd<'_>) -> Result<()> {
-    let shown = cmd.to_string();
-    let mut command = std::process::Command::from(cmd);
-    command.stdout(std::io::stderr());
-    eprintln!("$ {shown}");
-    let status = command.status().with_context(|| format!("cannot run {shown}"))?;
-    anyhow::ensure!(status.success(), "{shown} failed ({status})");
-    Ok(())
 }

@@ -17,14 +17,14 @@
 //! (who asked for what) before anything is done, and `finished` with the
 //! answer. A request whose `started` record cannot be written is answered
 //! 503 and nothing is done. Each container keeps its own chain
-//! ([`xtask::audit::BucketChain`]); `audit verify --bucket` checks them all.
+//! ([`clawdinator::audit::BucketChain`]); `audit verify --bucket` checks them all.
 
 use anyhow::{Context, Result};
+use clawdinator::audit::{BucketChain, Record};
+use clawdinator::registry::Registry;
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
-use xtask::audit::{BucketChain, Record};
-use xtask::fleet::Registry;
 
 /// Who is calling, as IAM says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -139,11 +139,12 @@ impl Workflow {
             self.workflow
         );
         let body = json!({"ref": self.git_ref, "inputs": {"target": target, "ami_override": ami.unwrap_or(""), "caller": caller}});
-        let (status, answer) = xtask::github::call_with_body(hyper::Method::POST, &url, token, Some(&body)).await?;
+        let (status, answer) =
+            clawdinator::github::call_with_body(hyper::Method::POST, &url, token, Some(&body)).await?;
         anyhow::ensure!(
             status.as_u16() == 204 || status.is_success(),
             "GitHub answered {status} to the dispatch: {}",
-            xtask::github::message(&answer)
+            clawdinator::github::message(&answer)
         );
         Ok(())
     }
@@ -168,7 +169,7 @@ pub fn caller_arn(request: &Request) -> Option<String> {
 
 /// Where every request and decision is recorded: the fleet's audit bucket.
 pub struct Audit {
-    pub aws: xtask::aws::Aws,
+    pub aws: clawdinator::aws::Aws,
     pub chain: BucketChain,
 }
 
@@ -185,7 +186,7 @@ impl Audit {
             None => (vec!["(a body that is not an action)".to_string()], vec![]),
         };
         Record {
-            time: xtask::audit::now(),
+            time: clawdinator::clock::now_precise(),
             caller: arn.unwrap_or("(unsigned)").to_string(),
             command: "control-api".into(),
             args,
@@ -273,7 +274,7 @@ fn decide(
 /// The live fleet: status from EC2 and SSM, deploys through GitHub with an
 /// installation token minted from the App key in Secrets Manager.
 pub struct Live {
-    pub aws: xtask::aws::Aws,
+    pub aws: clawdinator::aws::Aws,
     pub registry: Registry,
     pub workflow: Workflow,
     pub app_id: String,
@@ -283,12 +284,12 @@ pub struct Live {
 
 impl Fleet for Live {
     async fn status(&self) -> Result<Value> {
-        let report = xtask::fleet::status::status(&self.aws, &self.registry, None).await?;
+        let report = clawdinator::fleet::status::status(&self.aws, &self.registry, None).await?;
         Ok(serde_json::to_value(&report)?)
     }
 
     async fn dispatch(&self, target: &str, ami: Option<&str>, caller: &str) -> Result<()> {
-        let token = xtask::secrets::github_token::mint(
+        let token = clawdinator::secrets::github_token::mint(
             &self.aws,
             &self.app_id,
             &self.installation_id,

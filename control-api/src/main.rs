@@ -10,7 +10,7 @@ fn env(name: &str) -> anyhow::Result<String> {
 
 #[tokio::main]
 async fn main() -> Result<(), lambda_http::Error> {
-    let registry = xtask::fleet::Registry::load(std::path::Path::new(
+    let registry = clawdinator::registry::Registry::load(std::path::Path::new(
         &std::env::var("CLAWDINATOR_REGISTRY").unwrap_or_else(|_| "instances.json".into()),
     ))?;
     let operators = env("CLAWDINATOR_OPERATORS")
@@ -20,10 +20,10 @@ async fn main() -> Result<(), lambda_http::Error> {
         .filter(|s| !s.is_empty())
         .map(String::from)
         .collect();
-    let aws = xtask::aws::Aws::load(&xtask::aws::Settings::default()).await?;
+    let aws = clawdinator::aws::Aws::load(&clawdinator::aws::Settings::default()).await?;
     let audit = Audit {
         aws: aws.clone(),
-        chain: xtask::audit::BucketChain::new(&env("CLAWDINATOR_AUDIT_BUCKET")?, "control-api"),
+        chain: clawdinator::audit::BucketChain::new(&env("CLAWDINATOR_AUDIT_BUCKET")?, "control-api"),
     };
     let live = Live {
         aws,

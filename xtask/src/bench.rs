@@ -10,9 +10,11 @@ use std::time::Instant;
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::aws::emulator::Emulator;
-use crate::dev::fixtures;
-use crate::{flags, project, Ctx};
+use clawdinator::ctx::Ctx;
+use testkit::emulator::Emulator;
+use testkit::fixtures;
+
+use crate::flags;
 
 const AWSCLI_VERSION: &str = "1.46.2";
 const COLDSNAP_VERSION: &str = "0.12.0";
@@ -63,7 +65,7 @@ pub fn measure(command: &mut Command) -> Result<Measured> {
 
 fn bench_dir(name: &str) -> Result<PathBuf> {
     let target =
-        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| project::root().join("target"));
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| testkit::repo_root().join("target"));
     let dir = target.join("bench").join(name);
     std::fs::create_dir_all(&dir)?;
     Ok(dir)
@@ -167,7 +169,7 @@ fn real_source_seeds(dest: &Path) -> Result<(usize, u64)> {
         std::fs::copy(path, &to)?;
     }
     let records = serde_json::json!([{"name": "sources", "url": "file:///bench/sources", "branch": null, "commit": "0000000000000000000000000000000000000000"}]);
-    std::fs::write(dest.join(crate::bootstrap::seeds::SEEDS_FILE), serde_json::to_vec_pretty(&records)?)?;
+    std::fs::write(dest.join(clawdinator::bootstrap::seeds::SEEDS_FILE), serde_json::to_vec_pretty(&records)?)?;
     Ok((COUNT, sum))
 }
 
@@ -182,7 +184,7 @@ fn old_bootstrap_upload(fleet: &fixtures::SampleFleet, bucket: &str, aws: &Path,
     {
         sh.set_var(k, v);
     }
-    let registry = crate::fleet::Registry::load(&fleet.sources.registry)?;
+    let registry = clawdinator::registry::Registry::load(&fleet.sources.registry)?;
     let seeds_parent = fleet.seeds_dir.parent().expect("seeds have a parent");
     let seeds_name = fleet.seeds_dir.file_name().expect("seeds have a name");
     let started = Instant::now();
@@ -212,7 +214,7 @@ fn old_bootstrap_upload(fleet: &fixtures::SampleFleet, bucket: &str, aws: &Path,
     Ok(started.elapsed().as_secs_f64())
 }
 
-fn run_bootstrap(ctx: &Ctx, args: &flags::BenchBootstrapArgs) -> Result<()> {
+fn run_bootstrap(ctx: &Ctx, args: &flags::BenchBootstrap) -> Result<()> {
     let dir = bench_dir("bootstrap")?;
     let fixture = dir.join(format!("fleet-{}", args.instances));
     if fixture.exists() {
@@ -226,13 +228,13 @@ fn run_bootstrap(ctx: &Ctx, args: &flags::BenchBootstrapArgs) -> Result<()> {
     let aws = aws_cli()?;
     let emulator = Emulator::start()?;
     tokio::runtime::Handle::current().block_on(async {
-        let s3 = crate::aws::Aws::load(&crate::aws::Settings::local(&emulator.endpoint())).await?.s3();
+        let s3 = clawdinator::aws::Aws::load(&clawdinator::aws::Settings::local(&emulator.endpoint())).await?.s3();
         for bucket in ["bench-new", "bench-old"] {
             s3.create_bucket()
                 .bucket(bucket)
                 .send()
                 .await
-                .map_err(|e| crate::aws::error("S3 CreateBucket", bucket, e))?;
+                .map_err(|e| clawdinator::aws::error("S3 CreateBucket", bucket, e))?;
         }
         anyhow::Ok(())
     })?;
@@ -306,12 +308,12 @@ fn scattered_image(path: &Path, size: u64, data: u64) -> Result<()> {
 fn fresh_emulator() -> Result<Emulator> {
     let emulator = Emulator::start()?;
     tokio::runtime::Handle::current().block_on(async {
-        let s3 = crate::aws::Aws::load(&crate::aws::Settings::local(&emulator.endpoint())).await?.s3();
+        let s3 = clawdinator::aws::Aws::load(&clawdinator::aws::Settings::local(&emulator.endpoint())).await?.s3();
         s3.create_bucket()
             .bucket("bench-old")
             .send()
             .await
-            .map_err(|e| crate::aws::error("S3 CreateBucket", "bench-old", e))?;
+            .map_err(|e| clawdinator::aws::error("S3 CreateBucket", "bench-old", e))?;
         anyhow::Ok(())
     })?;
     Ok(emulator)
@@ -340,14 +342,14 @@ fn coldsnap_upload(bin: &Path, image: &Path, wait: bool) -> Result<Measured> {
 /// Each run on a fresh emulator, so none finds another's work: ours and
 /// coldsnap's upload alone (both stop at CompleteSnapshot), then both with
 /// their waits (ours also registers the AMI), then the old `aws s3 cp`.
-fn run_image(ctx: &Ctx, args: &flags::BenchImageArgs) -> Result<()> {
+fn run_image(ctx: &Ctx, args: &flags::BenchImage) -> Result<()> {
     let dir = bench_dir("image")?;
     let image = dir.join("bench.raw");
     let size = args.size_gib * 1024 * MIB;
     let data = args.data_mib * MIB;
     scattered_image(&image, size, data)?;
     let json = fixtures::write_image_json(&dir, &image, "bench")?;
-    let data_blocks = crate::image::snapshot::blocks_to_send(&std::fs::File::open(&image)?, size, false)?;
+    let data_blocks = clawdinator::image::snapshot::blocks_to_send(&std::fs::File::open(&image)?, size, false)?;
     let aws = aws_cli()?;
     let coldsnap = if args.skip_coldsnap { None } else { Some(coldsnap()?) };
 
@@ -371,7 +373,7 @@ fn run_image(ctx: &Ctx, args: &flags::BenchImageArgs) -> Result<()> {
     let old = measure(&mut c)?;
 
     let bytes_sent = full_report["bytesSent"].as_u64().unwrap_or(0);
-    let limit = (data_blocks + 1) * crate::image::snapshot::BLOCK_SIZE;
+    let limit = (data_blocks + 1) * clawdinator::image::snapshot::BLOCK_SIZE;
     let vs_coldsnap = cold.as_ref().map(|(u, w)| (upload_only.secs / u.secs, full.secs / w.secs));
     let report = serde_json::json!({
         "imageBytes": size, "dataBytes": data, "dataBlocks": data_blocks,
@@ -435,12 +437,15 @@ impl std::fmt::Display for Report {
     }
 }
 
-pub fn run(ctx: &Ctx, cmd: flags::BenchCmd) -> Result<()> {
-    if cfg!(debug_assertions) {
-        ctx.out.note("bench: this is a debug build of xtask; for representative numbers run `cargo run --release -p xtask -- bench …`");
-    }
-    match cmd {
-        flags::BenchCmd::Bootstrap(args) => run_bootstrap(ctx, &args),
-        flags::BenchCmd::Image(args) => run_image(ctx, &args),
+impl flags::Bench {
+    pub fn run(self, ctx: &Ctx) -> Result<()> {
+        let cmd = self;
+        if cfg!(debug_assertions) {
+            ctx.out.note("bench: this is a debug build of xtask; for representative numbers run `cargo run --release -p xtask -- bench …`");
+        }
+        match cmd {
+            flags::Bench::Bootstrap(args) => run_bootstrap(ctx, &args),
+            flags::Bench::Image(args) => run_image(ctx, &args),
+        }
     }
 }

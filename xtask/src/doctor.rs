@@ -7,8 +7,11 @@ use std::path::Path;
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::aws::{self, emulator};
-use crate::{flags, Ctx};
+use clawdinator::aws;
+use clawdinator::ctx::Ctx;
+use testkit::emulator;
+
+use crate::flags;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -70,7 +73,7 @@ fn first_line(program: &str, args: &[&str]) -> Option<String> {
 }
 
 pub fn check_nix() -> Check {
-    let result = match crate::image::build::nix_features() {
+    let result = match clawdinator::image::build::nix_features() {
         None => Err(missing(
             "nix not found",
             "run `nix develop` from a Nix install (https://nixos.org/download), or on Debian `apt-get install nix-bin`",
@@ -84,7 +87,7 @@ pub fn check_nix() -> Check {
             "add `experimental-features = nix-command flakes` to ~/.config/nix/nix.conf".into(),
         )),
     };
-    check("nix", "image-build", result)
+    check("nix", "image build", result)
 }
 
 pub fn check_kvm() -> Check {
@@ -98,7 +101,7 @@ pub fn check_kvm() -> Check {
     } else {
         Ok("/dev/kvm usable".into())
     };
-    check("kvm", "image-build", result)
+    check("kvm", "image build", result)
 }
 
 pub fn check_tool(name: &'static str, args: &[&str], needed_by: &'static str, fix: &str) -> Check {
@@ -108,7 +111,7 @@ pub fn check_tool(name: &'static str, args: &[&str], needed_by: &'static str, fi
 
 pub fn check_age_identity(path: &Path) -> Check {
     use std::os::unix::fs::PermissionsExt;
-    let result = match crate::secrets::load_identities(path) {
+    let result = match clawdinator::secrets::load_identities(path) {
         Err(err) if !path.exists() => Err(missing(
             format!("{err:#}"),
             "write the fleet's age identity there (CI writes it from a secret), or pass --age-key / AGE_KEY_FILE",
@@ -172,7 +175,7 @@ pub async fn check_aws(aws: &aws::Aws) -> Vec<Check> {
     vec![region, credentials, check("vmimport role", "image publish --via s3-import", vmimport)]
 }
 
-pub async fn report(ctx: &Ctx, args: &flags::DoctorArgs) -> Result<Report> {
+pub async fn report(ctx: &Ctx, args: &flags::Doctor) -> Result<Report> {
     let local_checks = tokio::task::spawn_blocking({
         let age_key = args.age_key.clone();
         move || {
@@ -182,7 +185,7 @@ pub async fn report(ctx: &Ctx, args: &flags::DoctorArgs) -> Result<Report> {
                 check_tool(
                     "git",
                     &["--version"],
-                    "seeds prepare, image-build",
+                    "bootstrap seeds prepare, image build",
                     "apt-get install git, or `nix develop`",
                 ),
                 check_tool(
@@ -203,7 +206,10 @@ pub async fn report(ctx: &Ctx, args: &flags::DoctorArgs) -> Result<Report> {
     Ok(Report { checks })
 }
 
-pub async fn run(ctx: &Ctx, args: flags::DoctorArgs) -> Result<()> {
-    let report = report(ctx, &args).await?;
-    ctx.out.emit(&report)
+impl flags::Doctor {
+    pub async fn run(self, ctx: &Ctx) -> Result<()> {
+        let args = self;
+        let report = report(ctx, &args).await?;
+        ctx.out.emit(&report)
+    }
 }

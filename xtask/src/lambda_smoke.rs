@@ -15,7 +15,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 use serde_json::{json, Value};
 
-use crate::dev::loopback::{function_url_event, read_http_request};
+use testkit::loopback::{function_url_event, read_http_request};
 
 const AUDIT_BUCKET: &str = "clawdinator-smoke-audit";
 
@@ -63,10 +63,10 @@ fn runtime_api(events: Vec<Value>) -> Result<(String, Arc<Mutex<Vec<Value>>>)> {
 
 /// Run `dir/bootstrap` (with `dir/instances.json`) as Lambda would.
 pub async fn smoke(dir: &Path) -> Result<Smoke> {
-    let registry = crate::fleet::Registry::load(&dir.join("instances.json"))?;
+    let registry = clawdinator::registry::Registry::load(&dir.join("instances.json"))?;
     let bot = registry.instances.keys().next().context("the registry names no instance")?.clone();
-    let emulator = crate::aws::emulator::Emulator::start()?;
-    let aws = crate::aws::Aws::load(&crate::aws::Settings::local(&emulator.endpoint())).await?;
+    let emulator = testkit::emulator::Emulator::start()?;
+    let aws = clawdinator::aws::Aws::load(&clawdinator::aws::Settings::local(&emulator.endpoint())).await?;
     aws.s3().create_bucket().bucket(AUDIT_BUCKET).send().await.context("smoke: cannot create its audit bucket")?;
     let arn = format!("arn:aws:sts::123456789012:assumed-role/clawdinator-instance-{bot}/i-0123456789abcdef0");
     let events = vec![
@@ -122,8 +122,8 @@ pub async fn smoke(dir: &Path) -> Result<Smoke> {
         "smoke: a self-deploy was not refused: {}",
         got[1]
     );
-    let records = crate::audit::bucket_lines(&aws, AUDIT_BUCKET).await?;
-    crate::audit::verify_copies("smoke", &records)?;
+    let records = clawdinator::audit::bucket_lines(&aws, AUDIT_BUCKET).await?;
+    clawdinator::audit::verify_copies("smoke", &records)?;
     ensure!(records.len() == 4, "smoke: {} audit records for 2 requests, not 4", records.len());
     Ok(Smoke { status: status(0), self_deploy: status(1), audit_records: records.len() })
 }
@@ -136,7 +136,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread")]
     async fn a_bootstrap_that_never_answers_fails_the_smoke_with_what_it_said() {
         let dir = tempfile::tempdir().unwrap();
-        crate::dev::fixtures::write_registry(&dir.path().join("instances.json"), 2).unwrap();
+        testkit::fixtures::write_registry(&dir.path().join("instances.json"), 2).unwrap();
         let bootstrap = dir.path().join("bootstrap");
         std::fs::write(&bootstrap, "#!/bin/sh\necho 'the function environment lacks CLAWDINATOR_X' >&2\nexit 3\n")
             .unwrap();

@@ -9,9 +9,9 @@ use std::path::Path;
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::bootstrap::seeds;
-use crate::dev::fixtures;
-use crate::fleet;
+use clawdinator::bootstrap::seeds;
+use clawdinator::registry;
+use testkit::fixtures;
 
 /// Evaluate `expr` (a function of `root` and `file`) to JSON.
 fn eval(sh: &Shell, root: &Path, expr: &str, file: &Path) -> Result<serde_json::Value, String> {
@@ -35,7 +35,7 @@ struct Registries {
 }
 
 fn registries() -> Result<Registries> {
-    let mut valid = vec![std::fs::read_to_string(crate::project::root().join(fleet::DEFAULT_PATH))?];
+    let mut valid = vec![std::fs::read_to_string(testkit::repo_root().join(registry::DEFAULT_PATH))?];
     for count in [1, 3, 11, 30] {
         let map: serde_json::Map<String, serde_json::Value> =
             (1..=count).map(|n| (format!("clawdinator-{n}"), fixtures::instance_json(n))).collect();
@@ -79,7 +79,7 @@ const HOSTS: &str = "builtins.mapAttrs (name: h: { inherit (h) extraModules; hos
      (lib.hosts.fromRegistry { registryFile = path; hostsDir = /. + root + \"/nix/hosts\"; })";
 
 /// The same, from the Rust registry parser.
-fn expected_hosts(registry: fleet::Registry) -> serde_json::Value {
+fn expected_hosts(registry: registry::Registry) -> serde_json::Value {
     let hosts = registry.instances.into_iter().map(|(name, i)| {
         let host = serde_json::json!({
             "extraModules": [],
@@ -99,7 +99,7 @@ fn check_registries(sh: &Shell, root: &Path, dir: &Path) -> Result<usize> {
     let expr = HOSTS;
     for text in &valid {
         std::fs::write(&file, text)?;
-        let (rust, problems) = fleet::check(&file, text);
+        let (rust, problems) = registry::check(&file, text);
         anyhow::ensure!(problems.is_empty(), "the Rust parser refuses a registry meant to be valid: {problems:?}");
         let rust = expected_hosts(rust.context("a valid registry")?);
         let nix = eval(sh, root, expr, &file).map_err(|e| anyhow::anyhow!("nix/lib refuses a valid registry: {e}"))?;
@@ -107,7 +107,7 @@ fn check_registries(sh: &Shell, root: &Path, dir: &Path) -> Result<usize> {
     }
     for (what, text) in &invalid {
         std::fs::write(&file, text)?;
-        anyhow::ensure!(!fleet::check(&file, text).1.is_empty(), "the Rust parser accepts {what}");
+        anyhow::ensure!(!registry::check(&file, text).1.is_empty(), "the Rust parser accepts {what}");
         match eval(sh, root, expr, &file) {
             Ok(hosts) => bail!("nix/lib accepts {what} (hosts {hosts}) where the Rust parser refuses it"),
             Err(e) if !e.contains(&file.display().to_string()) => {
@@ -116,9 +116,9 @@ fn check_registries(sh: &Shell, root: &Path, dir: &Path) -> Result<usize> {
             Err(_) => {}
         }
     }
-    let missing = eval(sh, root, "lib.registry.hostFor path \"clawdinator-9\"", &root.join(fleet::DEFAULT_PATH));
+    let missing = eval(sh, root, "lib.registry.hostFor path \"clawdinator-9\"", &root.join(registry::DEFAULT_PATH));
     match missing {
-        Err(e) if e.contains("clawdinator-9") && e.contains(fleet::DEFAULT_PATH) => {}
+        Err(e) if e.contains("clawdinator-9") && e.contains(registry::DEFAULT_PATH) => {}
         other => bail!("looking up a missing host must name it and the registry, got {other:?}"),
     }
     check_host_files(sh, root, dir)?;
@@ -130,7 +130,7 @@ fn check_registries(sh: &Shell, root: &Path, dir: &Path) -> Result<usize> {
 fn check_host_files(sh: &Shell, root: &Path, dir: &Path) -> Result<()> {
     let hosts = dir.join("hosts");
     std::fs::create_dir_all(&hosts)?;
-    let registry = root.join(fleet::DEFAULT_PATH);
+    let registry = root.join(registry::DEFAULT_PATH);
     let expr = |hosts: &Path| {
         format!(
             "builtins.mapAttrs (_: h: map toString h.extraModules) (lib.hosts.fromRegistry {{ registryFile = path; hostsDir = {}; }})",
@@ -146,7 +146,7 @@ fn check_host_files(sh: &Shell, root: &Path, dir: &Path) -> Result<()> {
     );
     std::fs::write(hosts.join("clawdinator-9.nix"), "{ }\n")?;
     match eval(sh, root, &expr(&hosts), &registry) {
-        Err(e) if e.contains("clawdinator-9") && e.contains(fleet::DEFAULT_PATH) => Ok(()),
+        Err(e) if e.contains("clawdinator-9") && e.contains(registry::DEFAULT_PATH) => Ok(()),
         other => bail!("a host file for a name the registry lacks must fail naming both, got {other:?}"),
     }
 }
@@ -185,8 +185,8 @@ fn check_repos(sh: &Shell, root: &Path, dir: &Path) -> Result<usize> {
 }
 
 fn check_secrets(sh: &Shell, root: &Path) -> Result<()> {
-    let file = root.join(crate::secrets::DEFAULT_SPEC);
-    let rust = crate::secrets::Spec::load(&file)?;
+    let file = root.join(clawdinator::secrets::DEFAULT_SPEC);
+    let rust = clawdinator::secrets::Spec::load(&file)?;
     let nix = eval(sh, root, "(lib.secrets.load path).common", &file).map_err(|e| anyhow::anyhow!("{e}"))?;
     let nix: Vec<String> = serde_json::from_value(nix)?;
     anyhow::ensure!(nix == rust.common, "nix/lib reads common secrets {nix:?} where Rust reads {:?}", rust.common);

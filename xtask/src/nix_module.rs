@@ -6,10 +6,9 @@
 //! harness runs on sabotaged copies of the module and must fail each time:
 //! a harness that passes everything checks nothing.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
-use clap::Parser;
 use serde::Deserialize;
 use xshell::{cmd, Shell};
 
@@ -21,18 +20,39 @@ struct Harness {
     commands: Vec<String>,
     bin: String,
     flake_hosts: std::collections::BTreeMap<String, Option<String>>,
+    options: Vec<OptionDoc>,
 }
 
-/// Changes to the module that the harness must catch, one at a time.
-const SABOTAGE: &[(&str, &str, &str)] = &[
-    ("a unit loses NoNewPrivileges", "NoNewPrivileges = true;", "NoNewPrivileges = false;"),
+#[derive(Debug, serde::Deserialize)]
+/// One option of the module, as `lib.optionAttrSetToDocList` gives it.
+pub struct OptionDoc {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub kind: String,
+    pub description: String,
+    pub default: Option<String>,
+}
+
+/// Changes to the module that the harness must catch, one at a time: the
+/// module's file, the sabotage, and the text it replaces.
+const SABOTAGE: &[(&str, &str, &str, &str)] = &[
+    ("lib.nix", "a unit loses NoNewPrivileges", "NoNewPrivileges = true;", "NoNewPrivileges = false;"),
     (
+        "gateway.nix",
         "the gateway no longer requires its secrets",
         "requires = [ \"clawdinator-secrets.service\" ];",
         "requires = [ ];",
     ),
-    ("an assertion never fires", "assertion = !cfg.ssh.enable || cfg.ssh.authorizedKeys != [ ];", "assertion = true;"),
+    (
+        "base.nix",
+        "an assertion never fires",
+        "assertion = !cfg.ssh.enable || cfg.ssh.authorizedKeys != [ ];",
+        "assertion = true;",
+    ),
 ];
+
+/// The module's folder: one file per concern.
+const MODULE: &str = "nix/modules/clawdinator";
 
 fn evaluate(sh: &Shell, root: &Path, nixpkgs_lib: &Path) -> Result<Harness> {
     let harness = root.join("nix/tests/module.nix");
@@ -80,7 +100,7 @@ fn check_commands(harness: &Harness) -> Result<()> {
         let mut argv = words(line);
         ensure!(argv.first() == Some(&harness.bin), "{line}: does not start with the host binary");
         argv[0] = "clawdinator".into();
-        if let Err(err) = crate::flags::Xtask::try_parse_from(&argv) {
+        if let Err(err) = <clawdinator::cli::Clawdinator as clap::Parser>::try_parse_from(&argv) {
             wrong.push(format!("{line}\n    {}", err.to_string().lines().next().unwrap_or_default()));
         }
     }
@@ -91,10 +111,10 @@ fn check_commands(harness: &Harness) -> Result<()> {
 /// The flake makes one host per registry entry, named and configured from
 /// it, plus the image.
 fn check_flake_hosts(harness: &Harness, root: &Path) -> Result<()> {
-    let registry = crate::fleet::Registry::load(&root.join(crate::fleet::DEFAULT_PATH))?;
+    let registry = clawdinator::registry::Registry::load(&root.join(clawdinator::registry::DEFAULT_PATH))?;
     let mut expected: std::collections::BTreeMap<String, Option<String>> =
         registry.instances.keys().map(|n| (n.clone(), Some(n.clone()))).collect();
-    expected.insert(crate::image::build::IMAGE_HOST.into(), None);
+    expected.insert(clawdinator::image::build::IMAGE_HOST.into(), None);
     ensure!(
         harness.flake_hosts == expected,
         "flake.nix's nixosConfigurations are {:?}; the registry and the image make {expected:?}",
@@ -105,15 +125,19 @@ fn check_flake_hosts(harness: &Harness, root: &Path) -> Result<()> {
 
 /// The harness fails on each sabotaged copy of the module.
 fn check_sabotage(sh: &Shell, root: &Path, nixpkgs_lib: &Path) -> Result<()> {
-    let module = std::fs::read_to_string(root.join("nix/modules/clawdinator.nix"))?;
-    for (what, from, to) in SABOTAGE {
-        ensure!(module.contains(from), "the sabotage \"{what}\" no longer applies: update SABOTAGE in nix_module.rs");
+    for (file, what, from, to) in SABOTAGE {
+        let path = format!("{MODULE}/{file}");
+        let module = std::fs::read_to_string(root.join(&path)).with_context(|| format!("cannot read {path}"))?;
+        ensure!(
+            module.contains(from),
+            "the sabotage \"{what}\" no longer applies to {path}: update SABOTAGE in nix_module.rs"
+        );
         let copy = tempfile::tempdir()?;
         let into = copy.path();
         for part in ["nix", "clawdinator", "memory", "flake.nix"].map(|p| root.join(p)) {
             cmd!(sh, "cp -r {part} {into}").quiet().run()?;
         }
-        std::fs::write(copy.path().join("nix/modules/clawdinator.nix"), module.replacen(from, to, 1))?;
+        std::fs::write(copy.path().join(&path), module.replacen(from, to, 1))?;
         let harness = evaluate(sh, copy.path(), nixpkgs_lib)?;
         if harness.failures.is_empty() {
             bail!("the module harness passes a module where {what}: it does not check that");
@@ -122,15 +146,33 @@ fn check_sabotage(sh: &Shell, root: &Path, nixpkgs_lib: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Run the harness; Ok(None) when `NIXPKGS_LIB` is not set (the caller says SKIPPED).
-pub fn check(sh: &Shell, root: &Path) -> Result<Option<String>> {
-    let Some(nixpkgs_lib) = std::env::var_os("NIXPKGS_LIB") else { return Ok(None) };
-    let nixpkgs_lib = Path::new(&nixpkgs_lib);
+/// nixpkgs' `lib/`: `NIXPKGS_LIB`, else the copy provided beside the
+/// repository for machines without network (`../shared/vendor/nixpkgs-lib/lib`).
+pub fn nixpkgs_lib() -> Option<PathBuf> {
+    let beside = testkit::repo_root().join("../shared/vendor/nixpkgs-lib/lib");
+    std::env::var_os("NIXPKGS_LIB").map(PathBuf::from).or_else(|| beside.is_dir().then_some(beside))
+}
+
+fn checked_lib(nixpkgs_lib: &Path) -> Result<()> {
     ensure!(
         nixpkgs_lib.join("default.nix").is_file() && nixpkgs_lib.join("modules.nix").is_file(),
         "NIXPKGS_LIB={} is not a nixpkgs lib/ directory (it needs default.nix and modules.nix)",
         nixpkgs_lib.display()
     );
+    Ok(())
+}
+
+/// The module's options, for docs/module-options.md.
+pub fn options(sh: &Shell, root: &Path, nixpkgs_lib: &Path) -> Result<Vec<OptionDoc>> {
+    checked_lib(nixpkgs_lib)?;
+    Ok(evaluate(sh, root, nixpkgs_lib)?.options)
+}
+
+/// Run the harness; Ok(None) when there is no nixpkgs lib (the caller says SKIPPED).
+pub fn check(sh: &Shell, root: &Path) -> Result<Option<String>> {
+    let Some(nixpkgs_lib) = nixpkgs_lib() else { return Ok(None) };
+    let nixpkgs_lib = nixpkgs_lib.as_path();
+    checked_lib(nixpkgs_lib)?;
     let harness = evaluate(sh, root, nixpkgs_lib)?;
     ensure!(harness.failures.is_empty(), "the module does not do what it must:\n  {}", harness.failures.join("\n  "));
     check_commands(&harness)?;

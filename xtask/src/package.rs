@@ -9,8 +9,11 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
+use clawdinator::ctx::Ctx;
 use serde::Serialize;
 use xshell::{cmd, Shell};
+
+use crate::flags;
 
 /// The newest glibc `provided.al2023` has.
 pub const GLIBC_LIMIT: (u32, u32) = (2, 34);
@@ -30,7 +33,7 @@ pub struct PackageReport {
     pub binary: String,
     pub newest_glibc: String,
     pub zip_bytes: u64,
-    pub smoke: crate::dev::lambda_smoke::Smoke,
+    pub smoke: crate::lambda_smoke::Smoke,
 }
 
 impl std::fmt::Display for PackageReport {
@@ -109,7 +112,7 @@ fn cargo_zigbuild(root: &Path) -> Result<PathBuf> {
 
 /// Build, check and zip; returns where the zip is.
 pub fn package(root: &Path, out: &Path) -> Result<PackageReport> {
-    let python = crate::dev::tools::pip_tool(root, "ziglang", "ziglang", ZIGLANG, "python")?;
+    let python = crate::tools::pip_tool(root, "ziglang", "ziglang", ZIGLANG, "python")?;
     let zigbuild = cargo_zigbuild(root)?;
     let sh = Shell::new()?;
     sh.change_dir(root);
@@ -129,7 +132,7 @@ pub fn package(root: &Path, out: &Path) -> Result<PackageReport> {
     // The release profile keeps line tables for backtraces; in the function
     // they would only make the package too big for Lambda.
     cmd!(sh, "strip --strip-all {bootstrap}").quiet().run().context("strip (binutils) is needed")?;
-    std::fs::copy(root.join(crate::fleet::DEFAULT_PATH), staging.path().join("instances.json"))?;
+    std::fs::copy(root.join(clawdinator::registry::DEFAULT_PATH), staging.path().join("instances.json"))?;
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
@@ -140,7 +143,7 @@ pub fn package(root: &Path, out: &Path) -> Result<PackageReport> {
         std::fs::metadata(&bootstrap)?.len() + std::fs::metadata(staging.path().join("instances.json"))?.len();
     let checked = check_size(std::fs::metadata(&partial)?.len(), unzipped).and_then(|()| {
         eprintln!("smoke: running the packaged bootstrap under a loopback Lambda Runtime API and the local emulator");
-        tokio::runtime::Handle::current().block_on(crate::dev::lambda_smoke::smoke(staging.path()))
+        tokio::runtime::Handle::current().block_on(crate::lambda_smoke::smoke(staging.path()))
     });
     let smoke = match checked {
         Ok(smoke) => smoke,
@@ -160,6 +163,16 @@ pub fn package(root: &Path, out: &Path) -> Result<PackageReport> {
         zip_bytes: std::fs::metadata(out)?.len(),
         smoke,
     })
+}
+
+impl flags::ControlApi {
+    pub fn run(self, ctx: &Ctx) -> Result<()> {
+        match self {
+            flags::ControlApi::Package { out } => {
+                ctx.out.emit(&package(&testkit::repo_root(), &clawdinator::project::resolve(&out))?)
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,15 +8,19 @@ use std::path::{Path, PathBuf};
 use anyhow::Result;
 use serde::Serialize;
 
-use crate::aws::Aws;
-use crate::bootstrap::seeds::{self, PrepareOptions};
-use crate::bootstrap::{self, UploadOptions};
-use crate::dev::fixtures;
-use crate::image::build::{self, BuildOptions};
-use crate::image::publish::{self, PublishOptions};
-use crate::image::{ami, ImageManifest};
-use crate::secrets::{self, Sources};
-use crate::{flags, output, project, Ctx};
+use clawdinator::aws::Aws;
+use clawdinator::bootstrap::seeds::{self, PrepareOptions};
+use clawdinator::bootstrap::{self, UploadOptions};
+use clawdinator::ctx::Ctx;
+use clawdinator::image::build::{self, BuildOptions};
+use clawdinator::image::publish;
+use clawdinator::image::PublishOptions;
+use clawdinator::image::{ami, ImageManifest};
+use clawdinator::output;
+use clawdinator::secrets::{self, Sources};
+use testkit::fixtures;
+
+use crate::flags;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct StageResult {
@@ -65,7 +69,7 @@ fn why_no_nix_build(flake: &Path, kvm: &Path) -> Option<String> {
 /// secrets, two local git repositories as seeds, and an image (built by nix
 /// when it can be, a small sample disk otherwise).
 fn local_inputs(ctx: &Ctx, dir: &Path, host: &str, flake: &Path) -> Result<Inputs> {
-    let registry = project::root().join(crate::fleet::DEFAULT_PATH);
+    let registry = testkit::repo_root().join(clawdinator::registry::DEFAULT_PATH);
     let fleet = fixtures::sample_fleet_for(dir, &registry, |name| format!("local sample value of {name}"))?;
     let mut list = String::from("# throwaway seeds for `pipeline --local`\n");
     for (name, file) in [("clawdinators-sample", "README.md"), ("openclaw-sample", "src/index.ts")] {
@@ -101,7 +105,7 @@ fn local_inputs(ctx: &Ctx, dir: &Path, host: &str, flake: &Path) -> Result<Input
         sources: fleet.sources,
         seeds_list,
         seeds_dir: dir.join("repo-seeds"),
-        bucket: crate::LOCAL_BUCKET.into(),
+        bucket: clawdinator::ctx::LOCAL_BUCKET.into(),
         image,
     })
 }
@@ -124,14 +128,16 @@ fn failed(stage: &'static str) -> impl Fn(anyhow::Error) -> anyhow::Error {
     move |e| e.context(format!("pipeline stopped: stage `{stage}` failed"))
 }
 
-fn inputs(ctx: &Ctx, args: &flags::PipelineArgs, scratch: &Path) -> Result<Inputs> {
+fn inputs(ctx: &Ctx, args: &flags::Pipeline, scratch: &Path) -> Result<Inputs> {
     let host = args.build.host.clone().unwrap_or_else(|| build::IMAGE_HOST.to_string());
-    let flake = project::resolve(&args.build.flake);
+    let flake = clawdinator::project::resolve(&args.build.flake);
     if ctx.is_local() {
         return local_inputs(ctx, scratch, &host, &flake);
     }
-    let bucket =
-        args.bucket.clone().ok_or_else(|| output::UsageError("no bucket: pass --bucket or set S3_BUCKET".into()))?;
+    let bucket = args
+        .bucket
+        .clone()
+        .ok_or_else(|| clawdinator::exit::UsageError("no bucket: pass --bucket or set S3_BUCKET".into()))?;
     Ok(Inputs {
         sources: Sources::from_flags(&args.secrets),
         seeds_list: args.list.clone(),
@@ -140,13 +146,13 @@ fn inputs(ctx: &Ctx, args: &flags::PipelineArgs, scratch: &Path) -> Result<Input
         image: ImagePlan::Build(BuildOptions {
             host,
             flake,
-            out: project::resolve(&args.build.out),
+            out: clawdinator::project::resolve(&args.build.out),
             kvm_device: build::kvm_device(),
         }),
     })
 }
 
-/// Stages 1-3: secrets check, seeds prepare, bootstrap upload.
+/// Stages 1-3: secrets check, bootstrap seeds prepare, bootstrap upload.
 async fn bundles(aws: &Aws, inputs: &Inputs, dry_run: bool, progress: &mut Progress<'_>) -> Result<()> {
     let out = &progress.ctx.out;
     let (report, _) = secrets::check(&inputs.sources, true);
@@ -164,12 +170,12 @@ async fn bundles(aws: &Aws, inputs: &Inputs, dry_run: bool, progress: &mut Progr
         github_token: std::env::var("GITHUB_TOKEN").ok(),
         git_timeout: seeds::git_timeout_from_env()?,
     };
-    let prepared = seeds::prepare(&prepare, out).map_err(failed("seeds prepare"))?;
+    let prepared = seeds::prepare(&prepare, out).map_err(failed("bootstrap seeds prepare"))?;
     if !prepared.failed.is_empty() {
         let names: Vec<_> = prepared.failed.iter().map(|f| format!("{}: {}", f.name, f.error)).collect();
-        return Err(failed("seeds prepare")(anyhow::anyhow!("{}", names.join("; "))));
+        return Err(failed("bootstrap seeds prepare")(anyhow::anyhow!("{}", names.join("; "))));
     }
-    progress.done("seeds prepare", format!("{} repo(s) at their branch tips", prepared.repos.len()));
+    progress.done("bootstrap seeds prepare", format!("{} repo(s) at their branch tips", prepared.repos.len()));
 
     let upload = UploadOptions {
         sources: inputs.sources.clone(),
@@ -178,7 +184,7 @@ async fn bundles(aws: &Aws, inputs: &Inputs, dry_run: bool, progress: &mut Progr
         instances: vec![],
         dry_run,
         concurrency: 32,
-        source_revision: project::git_revision(),
+        source_revision: clawdinator::project::git_revision(),
     };
     let uploaded = bootstrap::upload(aws, &upload, out).await.map_err(failed("bootstrap upload"))?;
     let lead = if dry_run { "dry run, would be: " } else { "" };
@@ -203,30 +209,37 @@ async fn image(inputs: &Inputs, progress: &mut Progress<'_>) -> Result<(ImageMan
             let opts = opts.clone();
             let json = build::image_json(&opts.out);
             let built =
-                tokio::task::spawn_blocking(move || build::build(&opts)).await?.map_err(failed("image-build"))?;
-            progress.done("image-build", built.to_string().trim().to_string());
+                tokio::task::spawn_blocking(move || build::build(&opts)).await?.map_err(failed("image build"))?;
+            progress.done("image build", built.to_string().trim().to_string());
             Ok((built, json))
         }
         ImagePlan::Prepared(json) => {
-            let m = ImageManifest::load(json).map_err(failed("image-build"))?;
-            progress.done("image-build", format!("skipped, sample {}", m.to_string().trim()));
+            let m = ImageManifest::load(json).map_err(failed("image build"))?;
+            progress.done("image build", format!("skipped, sample {}", m.to_string().trim()));
             Ok((m, json.clone()))
         }
     }
 }
 
-pub async fn run(ctx: &Ctx, args: flags::PipelineArgs) -> Result<()> {
-    let scratch = bootstrap::private_workdir()?;
-    let inputs = inputs(ctx, &args, scratch.path())?;
-    let aws = ctx.aws().await?;
-    let entry = crate::audit::Entry { command: "pipeline", targets: vec!["all".into()], dry_run: args.dry_run };
-    let report =
-        crate::audit::around(ctx, &aws, entry, stages(ctx, &aws, &inputs, args.dry_run), |r: &PipelineReport| {
-            vec![r.ami_id.clone()]
-        })
+impl flags::Pipeline {
+    pub async fn run(self, ctx: &Ctx) -> Result<()> {
+        let args = self;
+        let scratch = clawdinator::atomic::private_workdir()?;
+        let inputs = inputs(ctx, &args, scratch.path())?;
+        let aws = ctx.aws().await?;
+        let entry =
+            clawdinator::audit::Entry { command: "pipeline", targets: vec!["all".into()], dry_run: args.dry_run };
+        let report = clawdinator::audit::around(
+            ctx,
+            &aws,
+            entry,
+            stages(ctx, &aws, &inputs, args.dry_run),
+            |r: &PipelineReport| vec![r.ami_id.clone()],
+        )
         .await?;
-    drop(scratch);
-    ctx.out.emit(&report)
+        drop(scratch);
+        ctx.out.emit(&report)
+    }
 }
 
 async fn stages(ctx: &Ctx, aws: &Aws, inputs: &Inputs, dry_run: bool) -> Result<PipelineReport> {
@@ -245,7 +258,7 @@ async fn stages(ctx: &Ctx, aws: &Aws, inputs: &Inputs, dry_run: bool) -> Result<
     if dry_run {
         progress.done("image publish", published.to_string().trim().replace('\n', "; "));
         let latest = if ami_id.is_empty() { format!("would be the new {}", published.name) } else { ami_id.clone() };
-        progress.done("ami latest", latest);
+        progress.done("image ami latest", latest);
         return Ok(PipelineReport { local: ctx.is_local(), stages: progress.stages, ami_id });
     }
     let summary = if published.already_published {
@@ -256,11 +269,11 @@ async fn stages(ctx: &Ctx, aws: &Aws, inputs: &Inputs, dry_run: bool) -> Result<
     };
     progress.done("image publish", summary);
 
-    // Stage 6: what `ami latest` now selects; the output is the AMI this run published.
-    let latest = ami::latest(&aws.ec2(), None).await.map_err(failed("ami latest"))?;
+    // Stage 6: what `image ami latest` now selects; the output is the AMI this run published.
+    let latest = ami::latest(&aws.ec2(), None).await.map_err(failed("image ami latest"))?;
     let latest_id = latest.image_id().unwrap_or_default();
     let note = if latest_id == ami_id { String::new() } else { format!("; a newer fleet AMI {latest_id} exists") };
-    progress.done("ami latest", format!("{ami_id} ({}){note}", published.name));
+    progress.done("image ami latest", format!("{ami_id} ({}){note}", published.name));
     output::github_output("ami_id", &ami_id)?;
     Ok(PipelineReport { local: ctx.is_local(), stages: progress.stages, ami_id })
 }

@@ -7,8 +7,10 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Result};
 use xshell::{cmd, Shell};
 
-use crate::aws::emulator;
-use crate::{flags, project, Ctx};
+use clawdinator::ctx::Ctx;
+use testkit::emulator;
+
+use crate::flags;
 
 #[derive(Debug)]
 pub enum Outcome {
@@ -17,56 +19,62 @@ pub enum Outcome {
     Failed(String),
 }
 
-pub fn run(ctx: &Ctx, args: flags::TestArgs) -> Result<()> {
-    let root = project::root();
-    let sh = Shell::new()?;
-    sh.change_dir(&root);
-    if args.checks_only {
-        ctx.out.note("skipped: the Rust tests (--checks-only)");
-    } else {
-        rust_tests(ctx, &sh, args.filter.clone())?;
-    }
+impl flags::Test {
+    pub fn run(self, ctx: &Ctx) -> Result<()> {
+        let args = self;
+        let root = testkit::repo_root();
+        let sh = Shell::new()?;
+        sh.change_dir(&root);
+        if args.checks_only {
+            ctx.out.note("skipped: the Rust tests (--checks-only)");
+        } else {
+            rust_tests(ctx, &sh, args.filter.clone())?;
+        }
 
-    if args.rust_only {
-        ctx.out.note("skipped: non-Rust checks (--rust-only)");
-        return ctx.out.emit(&TestReport { checks: vec![] });
+        if args.rust_only {
+            ctx.out.note("skipped: non-Rust checks (--rust-only)");
+            return ctx.out.emit(&TestReport { checks: vec![] });
+        }
+        let checks = [
+            ("module graph", outcome(crate::modgraph::check(&root))),
+            ("crate layout", outcome(crate::layout::check(&sh, &root))),
+            ("docs", docs(&sh, &root)),
+            ("nix parse", nix_parse(&sh, &root)),
+            ("nix lib", nix_lib(&sh, &root)),
+            ("nixos module", nix_module(&sh, &root)),
+            ("deadnix", deadnix(&sh, &root)),
+            ("opentofu", opentofu(&sh, &root)),
+            ("workflows", workflow_lint(&root)),
+            ("shellcheck", shellcheck(&sh, &root)),
+        ];
+        let mut report = TestReport { checks: Vec::new() };
+        for (name, outcome) in checks {
+            let (status, detail) = match outcome {
+                Outcome::Passed(what) => ("ok", what),
+                Outcome::Skipped(why) => ("skipped", why),
+                Outcome::Failed(why) => ("failed", why),
+            };
+            let line = match status {
+                "ok" => format!("check {name}: ok ({detail})"),
+                "skipped" => format!("check {name}: SKIPPED because {detail}"),
+                _ => format!("check {name}: FAILED: {detail}"),
+            };
+            ctx.out.note(line);
+            report.checks.push(CheckOutcome { name, status, detail });
+        }
+        let count = |s: &str| report.checks.iter().filter(|c| c.status == s).count();
+        ctx.out.note(format!(
+            "non-Rust checks: ok {}, skipped {}, failed {}",
+            count("ok"),
+            count("skipped"),
+            count("failed")
+        ));
+        let failed: Vec<&str> = report.checks.iter().filter(|c| c.status == "failed").map(|c| c.name).collect();
+        if !failed.is_empty() {
+            bail!("non-Rust checks failed: {}", failed.join(", "));
+        }
+        ctx.out.emit(&report)
     }
-    let checks = [
-        ("nix parse", nix_parse(&sh, &root)),
-        ("nix lib", nix_lib(&sh, &root)),
-        ("nixos module", nix_module(&sh, &root)),
-        ("deadnix", deadnix(&sh, &root)),
-        ("opentofu", opentofu(&sh, &root)),
-        ("workflows", workflow_lint(&root)),
-        ("shellcheck", shellcheck(&sh, &root)),
-    ];
-    let mut report = TestReport { checks: Vec::new() };
-    for (name, outcome) in checks {
-        let (status, detail) = match outcome {
-            Outcome::Passed(what) => ("ok", what),
-            Outcome::Skipped(why) => ("skipped", why),
-            Outcome::Failed(why) => ("failed", why),
-        };
-        let line = match status {
-            "ok" => format!("check {name}: ok ({detail})"),
-            "skipped" => format!("check {name}: SKIPPED because {detail}"),
-            _ => format!("check {name}: FAILED: {detail}"),
-        };
-        ctx.out.note(line);
-        report.checks.push(CheckOutcome { name, status, detail });
-    }
-    let count = |s: &str| report.checks.iter().filter(|c| c.status == s).count();
-    ctx.out.note(format!(
-        "non-Rust checks: ok {}, skipped {}, failed {}",
-        count("ok"),
-        count("skipped"),
-        count("failed")
-    ));
-    let failed: Vec<&str> = report.checks.iter().filter(|c| c.status == "failed").map(|c| c.name).collect();
-    if !failed.is_empty() {
-        bail!("non-Rust checks failed: {}", failed.join(", "));
-    }
-    ctx.out.emit(&report)
 }
 
 fn rust_tests(ctx: &Ctx, sh: &Shell, filter: Option<String>) -> Result<()> {
@@ -182,7 +190,7 @@ fn nix_lib(sh: &Shell, root: &Path) -> Outcome {
     if !have(sh, "nix-instantiate") {
         return Outcome::Skipped("nix-instantiate is not installed (apt-get install nix-bin)".into());
     }
-    match crate::dev::nix_lib::check(sh, root) {
+    match crate::nix_lib::check(sh, root) {
         Ok(summary) => Outcome::Passed(summary),
         Err(err) => Outcome::Failed(format!("{err:#}")),
     }
@@ -194,15 +202,48 @@ fn opentofu(sh: &Shell, root: &Path) -> Outcome {
     if !have(sh, "node") || !have(sh, "npm") {
         return Outcome::Skipped("node and npm are not installed (apt-get install nodejs npm): HashiCorp's HCL parser runs as WebAssembly under node".into());
     }
-    match crate::dev::opentofu::check(root) {
+    match crate::opentofu::check(root) {
         Ok(summary) => Outcome::Passed(summary),
+        Err(err) => Outcome::Failed(format!("{err:#}")),
+    }
+}
+
+fn outcome(result: Result<String>) -> Outcome {
+    match result {
+        Ok(summary) => Outcome::Passed(summary),
+        Err(err) => Outcome::Failed(format!("{err:#}")),
+    }
+}
+
+/// The generated references are current and no doc line is too long; the
+/// module options part needs nixpkgs' lib (and nix-instantiate).
+fn docs(sh: &Shell, root: &Path) -> Outcome {
+    use crate::docs;
+    if let Err(err) = docs::ensure_current(root, docs::COMMANDS, &docs::commands()) {
+        return Outcome::Failed(format!("{err:#}"));
+    }
+    let lines = match docs::check_line_lengths(root) {
+        Ok(files) => format!("{files} docs within {} characters a line", docs::MAX_LINE),
+        Err(err) => return Outcome::Failed(format!("{err:#}")),
+    };
+    let (Some(lib), true) = (crate::nix_module::nixpkgs_lib(), have(sh, "nix-instantiate")) else {
+        return Outcome::Skipped(format!(
+            "{} is current and {lines}, but {} was not compared: it needs nix-instantiate and NIXPKGS_LIB",
+            docs::COMMANDS,
+            docs::MODULE_OPTIONS
+        ));
+    };
+    let current =
+        docs::module_options(sh, root, &lib).and_then(|text| docs::ensure_current(root, docs::MODULE_OPTIONS, &text));
+    match current {
+        Ok(()) => Outcome::Passed(format!("{} and {} are current; {lines}", docs::COMMANDS, docs::MODULE_OPTIONS)),
         Err(err) => Outcome::Failed(format!("{err:#}")),
     }
 }
 
 /// .github/workflows: actionlint, zizmor, check-jsonschema, and the cargo xtask lines.
 fn workflow_lint(root: &Path) -> Outcome {
-    match crate::dev::workflows::check(root) {
+    match crate::workflows::check(root) {
         Ok(summary) => Outcome::Passed(summary),
         Err(err) => Outcome::Failed(format!("{err:#}")),
     }
@@ -213,10 +254,10 @@ fn nix_module(sh: &Shell, root: &Path) -> Outcome {
     if !have(sh, "nix-instantiate") {
         return Outcome::Skipped("nix-instantiate is not installed (apt-get install nix-bin)".into());
     }
-    match crate::dev::nix_module::check(sh, root) {
+    match crate::nix_module::check(sh, root) {
         Ok(Some(summary)) => Outcome::Passed(summary),
         Ok(None) => Outcome::Skipped(
-            "NIXPKGS_LIB is not set: point it at a nixpkgs lib/ (a checkout of nix-community/nixpkgs.lib) to evaluate nix/modules/clawdinator.nix with lib.evalModules".into(),
+            "no nixpkgs lib: set NIXPKGS_LIB to a nixpkgs lib/ (or provide ../shared/vendor/nixpkgs-lib/lib beside the repository) to evaluate the module with lib.evalModules".into(),
         ),
         Err(err) => Outcome::Failed(format!("{err:#}")),
     }

@@ -38,6 +38,6 @@ pub fn npm_package(root: &Path, name: &str, version: &str) -> Result<PathBuf> {
 /// into its own virtualenv `target/tools/<venv>` if needed.
 pub fn pip_tool(root: &Path, venv: &str, package: &str, version: &str, bin: &str) -> Result<PathBuf> {
     let dir = root.join("target/tools").join(venv);
-    crate::project::python_venv(&dir, &format!("{package}=={version}"))?;
+    testkit::venv::python_venv(&dir, &format!("{package}=={version}"))?;
     Ok(dir.join("bin").join(bin))
 }

@@ -16,7 +16,7 @@ use anyhow::{bail, ensure, Context, Result};
 use clap::Parser;
 use xshell::{cmd, Shell};
 
-use crate::dev::tools::pip_tool;
+use crate::tools::pip_tool;
 
 pub const DIR: &str = ".github/workflows";
 

@@ -1,18 +1,4 @@
-//! The audit trail: every command that changes AWS appends records to
-//! `.clawdinators/audit.jsonl`, one JSON line each, each carrying the
-//! SHA-256 of the line before it: a `started` record before it changes
-//! anything (if that cannot be written, the command stops there) and a
-//! `finished` one with the result and the resources it made or removed.
-//! With `--audit-bucket` each record is also written to S3 under
-//! `audit/<yyyy>/<mm>/<dd>/<timestamp>-<hash>.json` with `If-None-Match: *`,
-//! so no record there is ever overwritten. `audit verify` walks the chain
-//! and names the first broken link.
-//!
-//! The bucket holds many chains: every operator's log, every CI runner's
-//! (each starts afresh) and every control API container ([`BucketChain`])
-//! begins its own at [`GENESIS`]. So the S3 copies are checked as a set of
-//! chains ([`verify_copies`]): every record's predecessor is there, and no
-//! record has two successors.
+//! The trail itself: records, their chain, the local log and its S3 copies.
 
 use std::fs::OpenOptions;
 use std::future::Future;
@@ -25,7 +11,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::aws::{self, Aws};
-use crate::{flags, Ctx};
+use crate::ctx::Ctx;
 
 /// Where the records go, from the current directory.
 pub const DEFAULT_LOG: &str = ".clawdinators/audit.jsonl";
@@ -172,16 +158,6 @@ pub fn s3_key(prefix: &str, time: &str, digest: &str) -> String {
     format!("{prefix}{}/{}/{}/{compact}-{digest}.json", &time[0..4], &time[5..7], &time[8..10])
 }
 
-/// A record's time: RFC 3339 in UTC with nanoseconds.
-pub fn now() -> String {
-    // Nanoseconds, so records a moment apart still sort; seconds and
-    // nanoseconds from the same reading of the clock.
-    let now = std::time::SystemTime::now();
-    let seconds = crate::output::rfc3339(now);
-    let nanos = now.duration_since(std::time::UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
-    format!("{}.{nanos:09}Z", seconds.trim_end_matches('Z'))
-}
-
 /// What a command works on for its record: the instances named, or `all`.
 pub fn targets(names: &[String]) -> Vec<String> {
     if names.is_empty() {
@@ -221,7 +197,7 @@ where
         aws.caller_arn().await.context("the audit trail needs the caller's identity (STS GetCallerIdentity)")?;
     let args: Vec<String> = std::env::args().skip(1).collect();
     let record = |phase: &str, result: Option<String>, resources: Vec<String>| Record {
-        time: now(),
+        time: crate::clock::now_precise(),
         caller: caller.clone(),
         command: command.to_string(),
         args: args.clone(),
@@ -364,60 +340,10 @@ impl std::fmt::Display for VerifyReport {
     }
 }
 
-fn read_lines(path: &Path) -> Result<Vec<String>> {
+pub(crate) fn read_lines(path: &Path) -> Result<Vec<String>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read the audit log {}", path.display()))?;
     Ok(text.lines().map(String::from).collect())
-}
-
-pub async fn run(ctx: &Ctx, cmd: flags::AuditCmd) -> Result<()> {
-    let trail = Trail::of(ctx);
-    match cmd {
-        flags::AuditCmd::Verify(args) => {
-            let mut report = VerifyReport { local: None, bucket: None, chains: None };
-            let local = if trail.log.exists() { Some(read_lines(&trail.log)?) } else { None };
-            if let Some(lines) = &local {
-                report.local = Some(verify_lines(&trail.log.display().to_string(), lines)?);
-            }
-            if let Some(bucket) = args.bucket.or(trail.bucket.clone()) {
-                let aws = ctx.aws().await?;
-                let copies = bucket_lines(&aws, &bucket).await?;
-                let found = verify_copies(&format!("s3://{bucket}/audit/"), &copies)?;
-                (report.bucket, report.chains) = (Some(found.records), Some(found.chains));
-                if let Some(lines) = &local {
-                    let missing = lines.iter().position(|l| !copies.contains(l));
-                    if let Some(n) = missing {
-                        bail!(
-                            "{}: record {} has no identical copy in s3://{bucket}/audit/ (edited after it was written)",
-                            trail.log.display(),
-                            n + 1
-                        );
-                    }
-                }
-            }
-            ensure!(
-                report.local.is_some() || report.bucket.is_some(),
-                "no audit log at {} and no --bucket to check",
-                trail.log.display()
-            );
-            ctx.out.emit(&report)
-        }
-        flags::AuditCmd::Log(args) => {
-            let lines = match args.bucket {
-                Some(bucket) => bucket_lines(&ctx.aws().await?, &bucket).await?,
-                None => read_lines(&trail.log)?,
-            };
-            let mut records: Vec<Record> = lines
-                .iter()
-                .map(|l| serde_json::from_str(l))
-                .collect::<Result<_, _>>()
-                .context("the audit log holds a line that is not a record (audit verify says where)")?;
-            records.sort_by(|a, b| a.time.cmp(&b.time));
-            let shown: Vec<Record> =
-                records.into_iter().filter(|r| args.since.as_deref().is_none_or(|s| r.time.as_str() >= s)).collect();
-            ctx.out.emit(&LogReport(shown))
-        }
-    }
 }
 
 #[derive(Serialize)]
@@ -465,7 +391,7 @@ mod tests {
     #[test]
     fn a_record_time_has_seconds_and_one_nine_digit_fraction() {
         for _ in 0..100 {
-            let time = now();
+            let time = crate::clock::now_precise();
             let (seconds, fraction) = time.split_once('.').unwrap();
             assert_eq!(seconds.len(), "2026-11-22T01:26:56".len(), "{time}");
             assert!(!seconds.contains('Z'), "{time}");

@@ -56,7 +56,7 @@ pub async fn token_file(request: &Request) -> Result<TokenFile> {
     let answer: serde_json::Value = serde_json::from_slice(&body).context("GitHub's OIDC answer is not JSON")?;
     let token =
         zeroize::Zeroizing::new(answer["value"].as_str().context("GitHub's OIDC answer holds no token")?.to_string());
-    let dir = crate::bootstrap::private_workdir()?;
+    let dir = crate::atomic::private_workdir()?;
     let path = dir.path().join("github-oidc.jwt");
     crate::atomic::write(&path, token.as_bytes(), 0o600)?;
     Ok(TokenFile { path, _dir: Arc::new(dir) })

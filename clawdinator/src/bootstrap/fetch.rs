@@ -25,13 +25,13 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 
 use super::archive::{self, Limits};
-use super::{
-    key, seeds, ArchiveInfo, Manifest, MANIFEST, MANIFEST_LIMIT, PREFIX_MARKER, SECRETS_ARCHIVE, SEEDS_ARCHIVE,
-    SENTINEL,
+use super::manifest::{
+    key, ArchiveInfo, Manifest, MANIFEST, MANIFEST_LIMIT, PREFIX_MARKER, SECRETS_ARCHIVE, SEEDS_ARCHIVE, SENTINEL,
 };
+use super::seeds;
 use crate::aws::s3;
 use crate::aws::Aws;
-use crate::fleet;
+use crate::registry;
 use crate::secrets::AGE_KEY_NAME;
 
 const GENERATIONS: &str = "generations";
@@ -322,7 +322,7 @@ fn switch(opts: &FetchOptions, id: &str) -> Result<()> {
 
 pub async fn fetch(aws: &Aws, opts: &FetchOptions) -> Result<FetchReport> {
     let prefix = effective_prefix(opts)?;
-    if let Some(why) = fleet::prefix_error(&prefix) {
+    if let Some(why) = registry::prefix_error(&prefix) {
         bail!("bootstrap prefix {prefix:?} {why}");
     }
     let marker = read_marker(&opts.secrets_dir.join(PREFIX_MARKER));

@@ -1,5 +1,6 @@
-//! Per-instance bootstrap bundles: `bootstrap upload` (operator/CI side) and
-//! `bootstrap fetch` (host side, run by the NixOS bootstrap service).
+//! Per-instance bootstrap bundles: `bootstrap upload` (operator/CI side),
+//! `bootstrap fetch` (host side, run by the NixOS bootstrap service), and
+//! `bootstrap seeds` (the repository seeds the bundles carry).
 //!
 //! Under `s3://BUCKET/<bootstrapPrefix>/` each instance gets:
 //! - `secrets.tar.zst`: `clawdinator.agekey` and `secrets/*.age`, every
@@ -7,97 +8,39 @@
 //! - `repo-seeds.tar.zst`: the seeds directory, built once for the fleet and
 //!   placed under every prefix by server-side copy;
 //! - `manifest.json`: what the archives hold and their SHA-256, written last.
+//!
+//! Modules: [`flags`] (the command line), [`manifest`] (the wire format),
+//! [`archive`] (reproducible tar + zstd, guarded unpacking), [`upload`],
+//! [`fetch`], [`seeds`] (shallow clones: prepare on CI, install on a host).
 
 pub mod archive;
 pub mod fetch;
+pub mod flags;
+pub mod manifest;
 pub mod seeds;
 pub mod upload;
 
-use std::collections::BTreeMap;
-
 use anyhow::{Context, Result};
-use serde::{Deserialize, Serialize};
 
+use crate::ctx::Ctx;
+use crate::exit::UsageError;
 use crate::secrets::Sources;
-use crate::{flags, project, Ctx};
-use seeds::SeedRecord;
+use crate::settings::{given_or_written, host_setting};
+use flags::{BootstrapCmd, SeedsCmd};
 
 pub use fetch::{fetch, FetchOptions, FetchReport};
-pub use upload::{private_workdir, upload, Action, ObjectPlan, UploadOptions, UploadReport};
+pub use manifest::{ArchiveInfo, Manifest, MANIFEST, SECRETS_ARCHIVE, SEEDS_ARCHIVE};
+pub use upload::{upload, Action, ObjectPlan, UploadOptions, UploadReport};
 
-pub const SECRETS_ARCHIVE: &str = "secrets.tar.zst";
-pub const SEEDS_ARCHIVE: &str = "repo-seeds.tar.zst";
-pub const MANIFEST: &str = "manifest.json";
-pub const SENTINEL: &str = ".bootstrap-ok";
-pub const PREFIX_MARKER: &str = ".bootstrap-prefix";
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct ArchiveInfo {
-    pub sha256: String,
-    pub size: u64,
-    /// Entries in the archive: the host refuses one that holds more.
-    pub entries: u64,
-    /// Bytes of its files unpacked: the host refuses one that unpacks to more.
-    pub unpacked_bytes: u64,
-}
-
-impl From<archive::Summary> for ArchiveInfo {
-    fn from(s: archive::Summary) -> Self {
-        ArchiveInfo { sha256: s.sha256, size: s.size, entries: s.entries, unpacked_bytes: s.content_bytes }
-    }
-}
-
-/// A manifest is names and digests: anything larger than this is not one.
-pub const MANIFEST_LIMIT: u64 = 1 << 20;
-
-/// What a bundle holds. Never a secret value: names and digests only.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Manifest {
-    pub instance: String,
-    pub prefix: String,
-    pub archives: BTreeMap<String, ArchiveInfo>,
-    /// File names inside `secrets/` of the secrets archive.
-    pub secrets: Vec<String>,
-    pub seeds: Vec<SeedRecord>,
-    /// What identifies the seeds archive without building it (names, sizes,
-    /// modes, mtimes): an upload whose seeds have this fingerprint reuses the
-    /// archive recorded here instead of compressing the tree again.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub seeds_fingerprint: Option<String>,
-    /// The git revision of this repository that produced the bundle.
-    pub source_revision: Option<String>,
-    /// When this content was first uploaded (RFC 3339).
-    pub created: String,
-}
-
-impl Manifest {
-    /// Same bundle, whenever and from whichever revision it was produced:
-    /// an unchanged bundle keeps its manifest, so a re-run sends nothing.
-    pub fn same_content(&self, other: &Manifest) -> bool {
-        self.instance == other.instance
-            && self.prefix == other.prefix
-            && self.archives == other.archives
-            && self.secrets == other.secrets
-            && self.seeds == other.seeds
-            && self.seeds_fingerprint == other.seeds_fingerprint
-    }
-}
-
-pub(crate) fn key(prefix: &str, name: &str) -> String {
-    format!("{prefix}/{name}")
-}
-
-/// A one-line setting file's content; None when absent or empty.
-pub async fn run(ctx: &Ctx, cmd: flags::BootstrapCmd) -> Result<()> {
+/// Carry out one `bootstrap` command.
+pub async fn run(ctx: &Ctx, cmd: BootstrapCmd) -> Result<()> {
     match cmd {
-        flags::BootstrapCmd::Upload(args) => {
+        BootstrapCmd::Upload(args) => {
             let bucket = args
                 .bucket
                 .clone()
                 .or_else(|| ctx.default_bucket().map(str::to_string))
-                .ok_or_else(|| crate::output::UsageError("no bucket: pass --bucket or set S3_BUCKET".into()))?;
+                .ok_or_else(|| UsageError("no bucket: pass --bucket or set S3_BUCKET".into()))?;
             let opts = UploadOptions {
                 sources: Sources::from_flags(&args.secrets),
                 seeds_dir: args.repo_seeds.clone(),
@@ -105,7 +48,7 @@ pub async fn run(ctx: &Ctx, cmd: flags::BootstrapCmd) -> Result<()> {
                 instances: args.select.names(),
                 dry_run: args.dry_run,
                 concurrency: args.concurrency.into(),
-                source_revision: project::git_revision(),
+                source_revision: crate::project::git_revision(),
             };
             let aws = ctx.aws().await?;
             let entry = crate::audit::Entry {
@@ -129,22 +72,18 @@ pub async fn run(ctx: &Ctx, cmd: flags::BootstrapCmd) -> Result<()> {
             .await?;
             ctx.out.emit(&report)
         }
-        flags::BootstrapCmd::Fetch(args) => {
+        BootstrapCmd::Fetch(args) => {
             // A generic image learns who it is at boot: what the command line
             // does not say, the files user data wrote under /etc/clawdinator do.
-            let usage = |what: String| crate::output::UsageError(what);
-            let bucket = project::given_or_written(
-                args.bucket.clone(),
-                &args.bucket_file,
-                "bucket",
-                "pass --bucket, set S3_BUCKET,",
-            )?;
+            let usage = |what: String| UsageError(what);
+            let bucket =
+                given_or_written(args.bucket.clone(), &args.bucket_file, "bucket", "pass --bucket, set S3_BUCKET,")?;
             // A prefix on the command line is the configuration's word; the
             // file is what user data says when the configuration is silent.
             let (prefix, prefix_file) = match &args.prefix {
                 Some(prefix) => (prefix.clone(), None),
                 None => (
-                    project::host_setting(&args.prefix_file).ok_or_else(|| {
+                    host_setting(&args.prefix_file).ok_or_else(|| {
                         usage(format!(
                             "no bootstrap prefix: pass --prefix or write it to {}",
                             args.prefix_file.display()
@@ -165,6 +104,38 @@ pub async fn run(ctx: &Ctx, cmd: flags::BootstrapCmd) -> Result<()> {
             let aws = ctx.aws().await?;
             let report = fetch(&aws, &opts).await?;
             ctx.out.emit(&report)
+        }
+        BootstrapCmd::Seeds(cmd) => seeds(ctx, cmd),
+    }
+}
+
+/// `bootstrap seeds …`.
+fn seeds(ctx: &Ctx, cmd: SeedsCmd) -> Result<()> {
+    match cmd {
+        SeedsCmd::Install(args) => {
+            let owner = crate::atomic::Owner::named(args.owner.owner.as_deref(), args.owner.group.as_deref())?;
+            ctx.out.emit(&seeds::install(&args.from, &args.dest, owner)?)
+        }
+        SeedsCmd::Prepare(args) => {
+            let opts = seeds::PrepareOptions {
+                list: args.list,
+                dest: args.dest,
+                jobs: args.jobs.into(),
+                allow_partial: args.allow_partial,
+                github_token: std::env::var("GITHUB_TOKEN").ok(),
+                git_timeout: seeds::git_timeout_from_env()?,
+            };
+            let report = seeds::prepare(&opts, &ctx.out)?;
+            ctx.out.emit(&report)?;
+            if !report.failed.is_empty() && !opts.allow_partial {
+                let names: Vec<_> = report.failed.iter().map(|f| f.name.as_str()).collect();
+                anyhow::bail!(
+                    "{} repo(s) failed: {} (use --allow-partial to continue without them)",
+                    names.len(),
+                    names.join(", ")
+                );
+            }
+            Ok(())
         }
     }
 }

@@ -1,4 +1,4 @@
-//! `cargo xtask seeds prepare`: shallow clones of the repositories the agents
+//! `cargo xtask bootstrap seeds prepare`: shallow clones of the repositories the agents
 //! work on (`clawdinator/repos.tsv`), shipped to hosts inside the bundle.
 
 use std::collections::{BTreeSet, HashMap};
@@ -11,8 +11,6 @@ use anyhow::{bail, Context, Result};
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 use xshell::{cmd, Shell};
-
-use crate::{flags, Ctx};
 
 pub const SEEDS_FILE: &str = "SEEDS.json";
 pub const DEFAULT_LIST: &str = "clawdinator/repos.tsv";
@@ -85,7 +83,7 @@ pub fn load_list(path: &Path) -> Result<Vec<SeedRepo>> {
 pub fn load_records(dir: &Path) -> Result<Vec<SeedRecord>> {
     let path = dir.join(SEEDS_FILE);
     let text = std::fs::read_to_string(&path)
-        .with_context(|| format!("cannot read {} (run `cargo xtask seeds prepare` first)", path.display()))?;
+        .with_context(|| format!("cannot read {} (run `cargo xtask bootstrap seeds prepare` first)", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
 }
 
@@ -145,7 +143,7 @@ impl fmt::Display for PrepareReport {
         }
         writeln!(
             f,
-            "seeds prepare: {} repo(s) in {} ({} cloned, {} updated, {} failed)",
+            "bootstrap seeds prepare: {} repo(s) in {} ({} cloned, {} updated, {} failed)",
             self.repos.len(),
             self.dest,
             self.cloned,
@@ -398,34 +396,4 @@ pub fn install(from: &Path, dest: &Path, owner: crate::atomic::Owner) -> Result<
         report.installed.push(record.name);
     }
     Ok(report)
-}
-
-pub fn run(ctx: &Ctx, cmd: flags::SeedsCmd) -> Result<()> {
-    match cmd {
-        flags::SeedsCmd::Install(args) => {
-            let owner = crate::atomic::Owner::named(args.owner.owner.as_deref(), args.owner.group.as_deref())?;
-            ctx.out.emit(&install(&args.from, &args.dest, owner)?)
-        }
-        flags::SeedsCmd::Prepare(args) => {
-            let opts = PrepareOptions {
-                list: args.list,
-                dest: args.dest,
-                jobs: args.jobs.into(),
-                allow_partial: args.allow_partial,
-                github_token: std::env::var("GITHUB_TOKEN").ok(),
-                git_timeout: git_timeout_from_env()?,
-            };
-            let report = prepare(&opts, &ctx.out)?;
-            ctx.out.emit(&report)?;
-            if !report.failed.is_empty() && !opts.allow_partial {
-                let names: Vec<_> = report.failed.iter().map(|f| f.name.as_str()).collect();
-                bail!(
-                    "{} repo(s) failed: {} (use --allow-partial to continue without them)",
-                    names.len(),
-                    names.join(", ")
-                );
-            }
-            Ok(())
-        }
-    }
 }

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -13,12 +13,12 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use super::archive::{self, Writer};
+use super::manifest::{key, ArchiveInfo, Manifest, MANIFEST, MANIFEST_LIMIT, SECRETS_ARCHIVE, SEEDS_ARCHIVE};
 use super::seeds::{self, SeedRecord};
-use super::{key, ArchiveInfo, Manifest, MANIFEST, MANIFEST_LIMIT, SECRETS_ARCHIVE, SEEDS_ARCHIVE};
 use crate::aws::s3::{self, Body};
 use crate::aws::Aws;
-use crate::fleet::{Instance, Registry};
 use crate::output::Output;
+use crate::registry::{Instance, Registry};
 use crate::secrets::{self, Sources, AGE_KEY_NAME};
 
 #[derive(Debug, Clone)]
@@ -183,14 +183,6 @@ fn prepare(opts: &UploadOptions) -> Result<Prepared> {
     Ok(Prepared { bundles, seed_records, seeds_fingerprint, skipped_links })
 }
 
-/// A private (0700) working directory, removed on every exit path
-/// (tempfile removes it on drop, including while unwinding).
-pub fn private_workdir() -> Result<tempfile::TempDir> {
-    let dir = tempfile::Builder::new().prefix("clawdinator-").tempdir()?;
-    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o700))?;
-    Ok(dir)
-}
-
 /// What the bucket holds for one instance.
 struct Existing {
     secrets_sha: Option<String>,
@@ -324,7 +316,7 @@ fn plan<'a>(
     seeds: &SeedsArchive,
     existing: &[Existing],
 ) -> Result<Plan<'a>> {
-    let created = crate::output::now_rfc3339();
+    let created = crate::clock::now_rfc3339();
     let mut planned = Vec::new();
     for (bundle, there) in prepared.bundles.iter().zip(existing) {
         let (manifest, manifest_bytes) = manifest_for(opts, prepared, &seeds.info, bundle, there, &created)?;
@@ -427,7 +419,7 @@ async fn send(
             };
             tokio::try_join!(put_secrets, place_seeds)?;
             if p.manifest != Action::Unchanged {
-                let (k, sha) = (key(prefix, MANIFEST), archive::sha256_hex(&p.manifest_bytes));
+                let (k, sha) = (key(prefix, MANIFEST), crate::digest::sha256_hex(&p.manifest_bytes));
                 s3::put(&s3c, bucket, &k, Body::Bytes(&p.manifest_bytes), &sha, "application/json").await?;
                 bar.inc(p.manifest_bytes.len() as u64);
             }
@@ -439,7 +431,7 @@ async fn send(
 }
 
 pub async fn upload(aws: &Aws, opts: &UploadOptions, out: &Output) -> Result<UploadReport> {
-    let workdir = private_workdir()?;
+    let workdir = crate::atomic::private_workdir()?;
     // The registry first (bad input fails before any AWS call); then the
     // bundles are built while the bucket is read, which needs only prefixes.
     let registry = Registry::load(&opts.sources.registry)?;

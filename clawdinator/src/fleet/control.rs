@@ -14,7 +14,7 @@ use http_body_util::Full;
 use serde_json::{json, Value};
 
 use crate::aws::{self, Aws};
-use crate::output::UsageError;
+use crate::exit::UsageError;
 
 /// Where OpenTofu publishes the function URL.
 pub const URL_PARAMETER: &str = "/clawdinator/control-api-url";

@@ -13,11 +13,12 @@ use aws_sdk_ec2::types::Filter;
 use serde::Serialize;
 use xshell::{cmd, Shell};
 
+use super::status::{self, LiveInstance};
 use crate::aws::{self, Aws};
 use crate::cancel::{Cancel, Poll, Wait};
-use crate::fleet::status::{self, LiveInstance};
-use crate::fleet::Registry;
-use crate::output::{Output, UsageError};
+use crate::exit::UsageError;
+use crate::output::Output;
+use crate::registry::Registry;
 
 /// OpenTofu's S3 backend settings (`tofu init -backend-config=…`).
 #[derive(Debug, Clone)]
@@ -215,7 +216,7 @@ fn tofu(invocation: &Invocation) -> Result<()> {
     let sh = Shell::new()?;
     sh.set_var("TF_IN_AUTOMATION", "1");
     let args = &invocation.args;
-    crate::output::run_on_stderr(cmd!(sh, "tofu {args...}"))
+    crate::process::run_on_stderr(cmd!(sh, "tofu {args...}"))
 }
 
 /// Run the plan; see the module comment.

@@ -1,24 +1,29 @@
-//! The fleet stage: the registry (`nix/instances.json`), the single source of
-//! truth that the flake, OpenTofu and every command read.
+//! The fleet stage: the registry (`nix/instances.json`) against EC2.
+//!
+//! Modules: [`flags`] (the command line), [`status`] (drift between the
+//! registry and EC2), [`deploy`] (replace instances from a fleet AMI, canary
+//! first), [`switch`] (running hosts to a git revision through SSM) and
+//! [`control`] (the host's signed client for the control API).
 
 pub mod control;
 pub mod deploy;
-pub mod registry;
+pub mod flags;
 pub mod status;
 pub mod switch;
-
-pub use registry::{check, prefix_error, Instance, Problem, Problems, Registry, DEFAULT_PATH, TOKEN_SECRET_PREFIX};
 
 use std::io::IsTerminal;
 use std::time::Duration;
 
 use anyhow::{bail, Result};
 
-use crate::output::{DriftFound, UsageError};
-use crate::{flags, project, Ctx};
+use crate::ctx::Ctx;
+use crate::exit::{DriftFound, UsageError};
+use crate::flags::InstancesArg;
+use crate::registry::{self, Registry};
+use flags::{ControlAction, FleetCmd};
 
-fn registry(args: &flags::InstancesArg) -> Result<Registry> {
-    Ok(Registry::load(&project::resolve(&args.path))?)
+fn load(args: &InstancesArg) -> Result<Registry> {
+    Ok(Registry::load(&crate::project::resolve(&args.path))?)
 }
 
 /// `fleet deploy all` replaces every instance: asked on a terminal, refused without one unless --yes.
@@ -40,14 +45,22 @@ fn confirm_all(count: usize, yes: bool) -> Result<()> {
     Ok(())
 }
 
-pub async fn run(ctx: &Ctx, cmd: flags::FleetCmd) -> Result<()> {
+/// Carry out one `fleet` command.
+pub async fn run(ctx: &Ctx, cmd: FleetCmd) -> Result<()> {
     match cmd {
-        flags::FleetCmd::Check(args) => registry::run_check(ctx, args),
-        flags::FleetCmd::Status(args) => {
+        FleetCmd::Check(args) => {
+            let report = registry::check_file(&crate::project::resolve(&args.path), &args.path.display().to_string());
+            ctx.out.emit(&report)?;
+            if !report.ok {
+                bail!("the fleet registry {} is not valid", args.path.display());
+            }
+            Ok(())
+        }
+        FleetCmd::Status(args) => {
             if let Some(rev) = &args.revision {
                 crate::host::switch::check_revision(rev).map_err(|e| UsageError(format!("--revision: {e}")))?;
             }
-            let registry = registry(&args.instances)?;
+            let registry = load(&args.instances)?;
             let aws = ctx.aws().await?;
             let report = status::status(&aws, &registry, args.revision).await?;
             ctx.out.emit(&report)?;
@@ -56,8 +69,8 @@ pub async fn run(ctx: &Ctx, cmd: flags::FleetCmd) -> Result<()> {
             }
             Ok(())
         }
-        flags::FleetCmd::Deploy(args) => {
-            let registry = registry(&args.instances)?;
+        FleetCmd::Deploy(args) => {
+            let registry = load(&args.instances)?;
             let names = deploy::targets(&registry, &args.targets, args.caller.as_deref())?;
             if args.targets.iter().any(|t| t == "all") && !args.dry_run {
                 confirm_all(names.len(), args.yes)?;
@@ -91,11 +104,11 @@ pub async fn run(ctx: &Ctx, cmd: flags::FleetCmd) -> Result<()> {
             .await?;
             ctx.out.emit(&report)
         }
-        flags::FleetCmd::Control(args) => {
-            let me = project::host_setting(&args.instance_file);
+        FleetCmd::Control(args) => {
+            let me = crate::settings::host_setting(&args.instance_file);
             let (action, target, ami) = match &args.action {
-                flags::ControlAction::Status => ("status", None, None),
-                flags::ControlAction::Deploy { target, ami } => {
+                ControlAction::Status => ("status", None, None),
+                ControlAction::Deploy { target, ami } => {
                     control::refuse_self(me.as_deref(), target)?;
                     ("deploy", Some(target.as_str()), ami.as_deref())
                 }
@@ -104,8 +117,8 @@ pub async fn run(ctx: &Ctx, cmd: flags::FleetCmd) -> Result<()> {
             let answer = control::call(&aws, args.url.clone(), &control::body(action, target, ami)).await?;
             ctx.out.emit(&ControlAnswer(answer))
         }
-        flags::FleetCmd::Switch(args) => {
-            let registry = registry(&args.instances)?;
+        FleetCmd::Switch(args) => {
+            let registry = load(&args.instances)?;
             let opts = switch::SwitchOptions {
                 rev: args.rev,
                 names: args.names,
@@ -122,7 +135,11 @@ pub async fn run(ctx: &Ctx, cmd: flags::FleetCmd) -> Result<()> {
             };
             let work = switch::switch(&aws, &registry, &opts, &ctx.cancel, &ctx.out);
             let report = crate::audit::around(ctx, &aws, entry, work, |r: &switch::SwitchReport| {
-                r.hosts.iter().filter(|h| h.outcome == "switched").filter_map(|h| h.instance_id.clone()).collect()
+                r.hosts
+                    .iter()
+                    .filter(|h| h.outcome == switch::Outcome::Switched)
+                    .filter_map(|h| h.instance_id.clone())
+                    .collect()
             })
             .await?;
             ctx.out.emit(&report)

@@ -8,7 +8,7 @@ use aws_sdk_ec2::types::Filter;
 use serde::Serialize;
 
 use crate::aws::{self, Aws};
-use crate::fleet::Registry;
+use crate::registry::Registry;
 
 /// The tag `fleet switch` writes on an instance after switching it.
 pub const TAG_DEPLOYED_REVISION: &str = "clawdinator:deployed-revision";

@@ -11,11 +11,11 @@ use anyhow::{bail, Context, Result};
 use aws_sdk_ec2::types::Filter;
 use serde::Serialize;
 
+use super::status::TAG_DEPLOYED_REVISION;
 use crate::aws::{self, Aws};
 use crate::cancel::{Cancel, Poll, Wait};
-use crate::fleet::status::TAG_DEPLOYED_REVISION;
-use crate::fleet::Registry;
 use crate::output::Output;
+use crate::registry::Registry;
 
 /// The host-side command, from the system the module installed (the
 /// revision is checked to be 40 hex digits: nothing else reaches the shell).
@@ -32,13 +32,33 @@ pub struct SwitchOptions {
     pub poll: Duration,
 }
 
+/// What the roll did to one host.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Switched,
+    /// Tagged with the revision by an earlier run: not switched again.
+    AlreadySwitched,
+    Failed,
+    /// An earlier wave failed.
+    NotStarted,
+    WouldSwitch,
+    WouldFail,
+}
+
+impl std::fmt::Display for Outcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let word = serde_json::to_value(self).map_err(|_| std::fmt::Error)?;
+        f.pad(word.as_str().unwrap_or_default())
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct HostOutcome {
     pub name: String,
     pub instance_id: Option<String>,
-    /// `switched`, `failed`, `not-started`, `would-switch` or `would-fail`.
-    pub outcome: String,
+    pub outcome: Outcome,
     #[serde(skip_serializing_if = "String::is_empty")]
     pub detail: String,
 }
@@ -203,17 +223,20 @@ pub async fn switch(
     }
     if opts.dry_run {
         for (name, (id, revision)) in &resolved {
-            let outcome =
-                if revision.as_deref() == Some(opts.rev.as_str()) { "already-switched" } else { "would-switch" };
+            let outcome = if revision.as_deref() == Some(opts.rev.as_str()) {
+                Outcome::AlreadySwitched
+            } else {
+                Outcome::WouldSwitch
+            };
             report.hosts.push(HostOutcome {
                 name: name.clone(),
                 instance_id: Some(id.clone()),
-                outcome: outcome.into(),
+                outcome,
                 detail: String::new(),
             });
         }
         for (name, why) in unresolved {
-            report.hosts.push(HostOutcome { name, instance_id: None, outcome: "would-fail".into(), detail: why });
+            report.hosts.push(HostOutcome { name, instance_id: None, outcome: Outcome::WouldFail, detail: why });
         }
         return Ok(report);
     }
@@ -228,7 +251,7 @@ pub async fn switch(
             report.hosts.extend(wave.iter().map(|n| HostOutcome {
                 name: n.clone(),
                 instance_id: Some(id_of(n)),
-                outcome: "not-started".into(),
+                outcome: Outcome::NotStarted,
                 detail: String::new(),
             }));
             continue;
@@ -245,14 +268,14 @@ pub async fn switch(
         });
         for (name, id, result) in futures::future::join_all(runs).await {
             let (outcome, detail) = match result {
-                Ok(None) => ("already-switched", String::new()),
-                Ok(Some(_)) => ("switched", String::new()),
+                Ok(None) => (Outcome::AlreadySwitched, String::new()),
+                Ok(Some(_)) => (Outcome::Switched, String::new()),
                 Err(e) => {
                     failure.get_or_insert(format!("{e:#}"));
-                    ("failed", format!("{e:#}"))
+                    (Outcome::Failed, format!("{e:#}"))
                 }
             };
-            report.hosts.push(HostOutcome { name, instance_id: Some(id), outcome: outcome.into(), detail });
+            report.hosts.push(HostOutcome { name, instance_id: Some(id), outcome, detail });
         }
     }
     if let Some(why) = failure {

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 
-use crate::fleet::Registry;
+use crate::registry::Registry;
 
 /// What the host is running, as the last deployment left it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,11 +52,24 @@ pub struct SwitchOptions {
     pub dry_run: bool,
 }
 
+/// What a switch on this host did (first switch, self-update, host switch).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Switched,
+    WouldSwitch,
+    /// First switch: a deployment is recorded already.
+    AlreadyDeployed,
+    /// Self-update: the recorded revision is the repository's.
+    UpToDate,
+    /// Host switch: the host runs the revision already.
+    AlreadyRunning,
+}
+
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FirstSwitchReport {
-    /// `already-deployed`, `would-switch` or `switched`.
-    pub outcome: &'static str,
+    pub outcome: Outcome,
     pub deployment: Deployment,
     pub command: Vec<String>,
 }
@@ -65,12 +78,12 @@ impl std::fmt::Display for FirstSwitchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let d = &self.deployment;
         match self.outcome {
-            "already-deployed" => writeln!(
+            Outcome::AlreadyDeployed => writeln!(
                 f,
                 "{} is already deployed (revision {}, {}): first switch skipped",
                 d.instance, d.revision, d.source
             ),
-            "would-switch" => writeln!(f, "would run: {}", self.command.join(" ")),
+            Outcome::WouldSwitch => writeln!(f, "would run: {}", self.command.join(" ")),
             _ => writeln!(f, "{} switched to revision {} and recorded it", d.instance, d.revision),
         }
     }
@@ -79,7 +92,7 @@ impl std::fmt::Display for FirstSwitchReport {
 /// Switch once; see the module comment.
 pub fn first_switch(opts: &SwitchOptions) -> Result<FirstSwitchReport> {
     if let Some(deployment) = read_record(&opts.record)? {
-        return Ok(FirstSwitchReport { outcome: "already-deployed", deployment, command: vec![] });
+        return Ok(FirstSwitchReport { outcome: Outcome::AlreadyDeployed, deployment, command: vec![] });
     }
     let sh = xshell::Shell::new()?;
     check_flake(&opts.flake, &opts.instance)?;
@@ -87,16 +100,16 @@ pub fn first_switch(opts: &SwitchOptions) -> Result<FirstSwitchReport> {
         instance: opts.instance.clone(),
         revision: revision(&sh, &opts.flake)?,
         source: "first-boot".into(),
-        at: now(),
+        at: crate::clock::unix_seconds(),
     };
     let command = rebuild_command(&opts.flake, &opts.instance);
     if opts.dry_run {
-        return Ok(FirstSwitchReport { outcome: "would-switch", deployment, command });
+        return Ok(FirstSwitchReport { outcome: Outcome::WouldSwitch, deployment, command });
     }
     switch(&sh, &opts.flake, &opts.instance)
         .context("the first switch failed; the host stays on the image's configuration")?;
     write_record(&opts.record, &deployment)?;
-    Ok(FirstSwitchReport { outcome: "switched", deployment, command })
+    Ok(FirstSwitchReport { outcome: Outcome::Switched, deployment, command })
 }
 
 /// The repository copy is a flake whose registry names the instance.
@@ -129,15 +142,14 @@ fn rebuild_command(flake: &Path, instance: &str) -> Vec<String> {
 /// `nixos-rebuild switch --flake <flake>#<instance>`.
 fn switch(sh: &xshell::Shell, flake: &Path, instance: &str) -> Result<()> {
     let target = format!("{}#{instance}", flake.display());
-    crate::output::run_on_stderr(xshell::cmd!(sh, "nixos-rebuild switch --flake {target}"))
+    crate::process::run_on_stderr(xshell::cmd!(sh, "nixos-rebuild switch --flake {target}"))
         .with_context(|| format!("switching to {target}"))
 }
 
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SelfUpdateReport {
-    /// `up-to-date`, `would-switch` or `switched`.
-    pub outcome: &'static str,
+    pub outcome: Outcome,
     pub previous: Option<String>,
     pub revision: String,
 }
@@ -146,8 +158,8 @@ impl std::fmt::Display for SelfUpdateReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let previous = self.previous.as_deref().unwrap_or("none recorded");
         match self.outcome {
-            "up-to-date" => writeln!(f, "already at {}: nothing to do", self.revision),
-            "would-switch" => writeln!(f, "would switch from {previous} to {}", self.revision),
+            Outcome::UpToDate => writeln!(f, "already at {}: nothing to do", self.revision),
+            Outcome::WouldSwitch => writeln!(f, "would switch from {previous} to {}", self.revision),
             _ => writeln!(f, "switched from {previous} to {} and recorded it", self.revision),
         }
     }
@@ -160,29 +172,25 @@ pub fn self_update(opts: &SwitchOptions) -> Result<SelfUpdateReport> {
     let flake = &opts.flake;
     check_flake(flake, &opts.instance)?;
     if !opts.dry_run {
-        crate::output::run_on_stderr(xshell::cmd!(sh, "git -C {flake} pull --ff-only"))
+        crate::process::run_on_stderr(xshell::cmd!(sh, "git -C {flake} pull --ff-only"))
             .with_context(|| format!("cannot fast-forward {}; nothing was switched", flake.display()))?;
     }
     let previous = read_record(&opts.record)?.map(|d| d.revision);
     let revision = revision(&sh, flake)?;
     let outcome = if previous.as_deref() == Some(revision.as_str()) {
-        "up-to-date"
+        Outcome::UpToDate
     } else if opts.dry_run {
-        "would-switch"
+        Outcome::WouldSwitch
     } else {
         switch(&sh, flake, &opts.instance).context("the update failed; the host stays as it was")?;
         let deployment = Deployment {
             instance: opts.instance.clone(),
             revision: revision.clone(),
             source: "self-update".into(),
-            at: now(),
+            at: crate::clock::unix_seconds(),
         };
         write_record(&opts.record, &deployment)?;
-        "switched"
+        Outcome::Switched
     };
     Ok(SelfUpdateReport { outcome, previous, revision })
-}
-
-pub(crate) fn now() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }

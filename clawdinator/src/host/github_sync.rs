@@ -1,4 +1,4 @@
-//! `github-sync`: the organisation's open pull requests and issues, as
+//! `host github-sync`: the organisation's open pull requests and issues, as
 //! plain facts, into shared memory (`github/prs.md`, `github/issues.md`)
 //! for the agents to reason about. Read with the installation token the
 //! token unit refreshes (`GITHUB_TOKEN`), written through the memory lock,
@@ -104,7 +104,7 @@ fn entry(item: &Item, pr: bool) -> String {
 /// Snapshot `org` into `root/github/`.
 pub async fn sync(api: &str, org: &str, token: &str, root: &Path) -> Result<SyncReport> {
     let repos: Vec<Repo> = all(api, &format!("/orgs/{org}/repos?type=all&sort=full_name"), token).await?;
-    let stamp = format!("Last synced: {}\n\n", crate::output::now_rfc3339());
+    let stamp = format!("Last synced: {}\n\n", crate::clock::now_rfc3339());
     let mut prs = format!("# Open pull requests ({org})\n\n{stamp}");
     let mut issues = format!("# Open issues ({org})\n\n{stamp}");
     let mut report = SyncReport { org: org.into(), repos: 0, pull_requests: 0, issues: 0 };

@@ -1,11 +1,16 @@
-//! The host's own jobs, run by the units the NixOS module defines: the agent
-//! workspace (`workspace`), the TLS tunnel to EFS (`efs`), and the first
-//! switch of a fresh instance to its own configuration (`deploy`).
-//! Each touches only files it owns.
+//! The host's own jobs, run by the units the NixOS module defines. Each
+//! touches only files it owns.
+//!
+//! Modules: [`flags`] (the command line), [`workspace`] (the agent
+//! workspace and cron store), [`efs`] (the TLS tunnel to EFS), [`exec`]
+//! (the gateway with secrets in its environment), [`deploy`] (first switch
+//! and self-update), [`switch`] (the release lane on this host) and
+//! [`github_sync`] (open pull requests and issues into shared memory).
 
 pub mod deploy;
 pub mod efs;
 pub mod exec;
+pub mod flags;
 pub mod github_sync;
 pub mod switch;
 pub mod workspace;
@@ -13,11 +18,15 @@ pub mod workspace;
 use anyhow::Result;
 
 use crate::atomic::Owner;
-use crate::{flags, project, Ctx};
+use crate::ctx::Ctx;
+use crate::exit::UsageError;
+use crate::settings::{given_or_written, instance_name};
+use flags::{HostCmd, SwitchArgs};
 
-pub fn run(ctx: &Ctx, cmd: flags::HostCmd) -> Result<()> {
+/// Carry out one `host` command.
+pub fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
     match cmd {
-        flags::HostCmd::WorkspaceSeed(args) => {
+        HostCmd::WorkspaceSeed(args) => {
             let owner = Owner::named(args.owner.owner.as_deref(), args.owner.group.as_deref())?;
             let mut report = workspace::seed(&args.templates, &args.dest, args.tools_extra.as_deref(), owner)?;
             if let (Some(jobs), Some(store)) = (&args.cron_jobs, &args.cron_store) {
@@ -25,9 +34,9 @@ pub fn run(ctx: &Ctx, cmd: flags::HostCmd) -> Result<()> {
             }
             ctx.out.emit(&report)
         }
-        flags::HostCmd::Switch(args) => {
+        HostCmd::Switch(args) => {
             let opts = switch::SwitchOptions {
-                instance: project::instance_name(args.instance, &args.instance_file)?,
+                instance: instance_name(args.instance, &args.instance_file)?,
                 rev: args.rev,
                 flake: args.flake,
                 record: args.record,
@@ -39,31 +48,38 @@ pub fn run(ctx: &Ctx, cmd: flags::HostCmd) -> Result<()> {
             };
             ctx.out.emit(&switch::switch(&opts)?)
         }
-        flags::HostCmd::Exec(args) => {
+        HostCmd::Exec(args) => {
             let vars = args.secret_env.iter().map(|s| s.parse()).collect::<Result<Vec<exec::SecretEnv>>>()?;
             exec::exec(&vars, &args.command)
         }
-        flags::HostCmd::EfsStunnelConfig(args) => {
-            let file_system_id = project::given_or_written(
+        HostCmd::EfsStunnelConfig(args) => {
+            let file_system_id = given_or_written(
                 args.file_system_id,
                 &args.file_system_id_file,
                 "EFS file system id",
                 "pass --file-system-id",
             )?;
-            let region = ctx.region().ok_or_else(|| {
-                crate::output::UsageError("no region: pass --region, set AWS_REGION, or pass --region-file".into())
-            })?;
+            let region = ctx
+                .region()
+                .ok_or_else(|| UsageError("no region: pass --region, set AWS_REGION, or pass --region-file".into()))?;
             let tunnel = efs::Tunnel { file_system_id, region, ca_file: args.ca_file, accept: args.accept };
             ctx.out.emit(&efs::write_config(&tunnel, &args.out)?)
         }
-        flags::HostCmd::FirstSwitch(args) => ctx.out.emit(&deploy::first_switch(&switch_options(args)?)?),
-        flags::HostCmd::SelfUpdate(args) => ctx.out.emit(&deploy::self_update(&switch_options(args)?)?),
+        HostCmd::FirstSwitch(args) => ctx.out.emit(&deploy::first_switch(&switch_options(args)?)?),
+        HostCmd::SelfUpdate(args) => ctx.out.emit(&deploy::self_update(&switch_options(args)?)?),
+        HostCmd::GithubSync(args) => {
+            let token = std::env::var("GITHUB_TOKEN").map_err(|_| {
+                UsageError("no GitHub token: set GITHUB_TOKEN (hosts load /run/clawd/github-app.env)".into())
+            })?;
+            let sync = github_sync::sync(&args.api_url, &args.org, &token, &args.root);
+            ctx.out.emit(&tokio::runtime::Handle::current().block_on(sync)?)
+        }
     }
 }
 
-fn switch_options(args: flags::SwitchArgs) -> Result<deploy::SwitchOptions> {
+fn switch_options(args: SwitchArgs) -> Result<deploy::SwitchOptions> {
     Ok(deploy::SwitchOptions {
-        instance: project::instance_name(args.instance, &args.instance_file)?,
+        instance: instance_name(args.instance, &args.instance_file)?,
         flake: args.flake,
         record: args.record,
         dry_run: args.dry_run,

@@ -14,7 +14,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 use xshell::{cmd, Shell};
 
-use super::deploy::{self, Deployment};
+use super::deploy::{self, Deployment, Outcome};
 
 pub struct SwitchOptions {
     pub instance: String,
@@ -37,8 +37,7 @@ pub struct SwitchOptions {
 pub struct SwitchReport {
     pub instance: String,
     pub revision: String,
-    /// `switched`, `already-running` or `would-switch`.
-    pub outcome: &'static str,
+    pub outcome: Outcome,
     pub system: Option<String>,
     pub previous: String,
 }
@@ -46,8 +45,10 @@ pub struct SwitchReport {
 impl std::fmt::Display for SwitchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.outcome {
-            "already-running" => writeln!(f, "{} already runs {}", self.instance, self.revision),
-            "would-switch" => writeln!(f, "would build, activate, check and make {} the boot default", self.revision),
+            Outcome::AlreadyRunning => writeln!(f, "{} already runs {}", self.instance, self.revision),
+            Outcome::WouldSwitch => {
+                writeln!(f, "would build, activate, check and make {} the boot default", self.revision)
+            }
             _ => writeln!(
                 f,
                 "{} runs {} ({}), the boot default; the previous system was {}",
@@ -81,12 +82,12 @@ pub fn switch(opts: &SwitchOptions) -> Result<SwitchReport> {
     let mut report = SwitchReport {
         instance: opts.instance.clone(),
         revision: opts.rev.clone(),
-        outcome: "would-switch",
+        outcome: Outcome::WouldSwitch,
         system: None,
         previous: previous.display().to_string(),
     };
     if running_revision(&previous).as_deref() == Some(opts.rev.as_str()) {
-        report.outcome = "already-running";
+        report.outcome = Outcome::AlreadyRunning;
         return Ok(report);
     }
     if opts.dry_run {
@@ -107,10 +108,10 @@ pub fn switch(opts: &SwitchOptions) -> Result<SwitchReport> {
         instance: opts.instance.clone(),
         revision: opts.rev.clone(),
         source: "switch".into(),
-        at: deploy::now(),
+        at: crate::clock::unix_seconds(),
     };
     deploy::write_record(&opts.record, &deployment)?;
-    report.outcome = "switched";
+    report.outcome = Outcome::Switched;
     report.system = Some(new.display().to_string());
     Ok(report)
 }
@@ -120,7 +121,7 @@ fn build(sh: &Shell, opts: &SwitchOptions) -> Result<PathBuf> {
     let (flake, rev) = (&opts.flake, &opts.rev);
     let commit = format!("{rev}^{{commit}}");
     if cmd!(sh, "git -C {flake} cat-file -e {commit}").quiet().ignore_stderr().run().is_err() {
-        crate::output::run_on_stderr(cmd!(sh, "git -C {flake} fetch --quiet origin {rev}"))
+        crate::process::run_on_stderr(cmd!(sh, "git -C {flake} fetch --quiet origin {rev}"))
             .with_context(|| format!("cannot fetch {rev} into {}", flake.display()))?;
     }
     let installable = format!(
@@ -142,12 +143,12 @@ fn build(sh: &Shell, opts: &SwitchOptions) -> Result<PathBuf> {
 
 fn activate_and_check(sh: &Shell, opts: &SwitchOptions, new: &Path, boot_changed: &mut bool) -> Result<()> {
     let activate = new.join("bin/switch-to-configuration");
-    crate::output::run_on_stderr(cmd!(sh, "{activate} test")).context("switch stopped at activation")?;
+    crate::process::run_on_stderr(cmd!(sh, "{activate} test")).context("switch stopped at activation")?;
     healthy(sh, opts).context("switch stopped at the health check")?;
     let profile = &opts.profile;
     *boot_changed = true;
-    crate::output::run_on_stderr(cmd!(sh, "nix-env -p {profile} --set {new}"))
-        .and_then(|()| crate::output::run_on_stderr(cmd!(sh, "{activate} boot")))
+    crate::process::run_on_stderr(cmd!(sh, "nix-env -p {profile} --set {new}"))
+        .and_then(|()| crate::process::run_on_stderr(cmd!(sh, "{activate} boot")))
         .context("switch stopped at making it the boot default")
 }
 
@@ -183,11 +184,11 @@ fn healthy(sh: &Shell, opts: &SwitchOptions) -> Result<()> {
 fn roll_back(sh: &Shell, opts: &SwitchOptions, previous: &Path, boot_changed: bool) -> Result<()> {
     let activate = previous.join("bin/switch-to-configuration");
     eprintln!("rolling back to {}", previous.display());
-    crate::output::run_on_stderr(cmd!(sh, "{activate} test"))?;
+    crate::process::run_on_stderr(cmd!(sh, "{activate} test"))?;
     if boot_changed {
         let profile = &opts.profile;
-        crate::output::run_on_stderr(cmd!(sh, "nix-env -p {profile} --set {previous}"))?;
-        crate::output::run_on_stderr(cmd!(sh, "{activate} boot"))?;
+        crate::process::run_on_stderr(cmd!(sh, "nix-env -p {profile} --set {previous}"))?;
+        crate::process::run_on_stderr(cmd!(sh, "{activate} boot"))?;
     }
     Ok(())
 }

@@ -1,4 +1,4 @@
-//! Fleet AMIs: their tags, `ami latest`, `ami list` and `ami prune`.
+//! Fleet AMIs: their tags, `image ami latest`, `image ami list` and `image ami prune`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -7,8 +7,8 @@ use anyhow::{bail, Context, Result};
 use aws_sdk_ec2::types::{Filter, Image, Tag};
 use serde::Serialize;
 
-use crate::image::ImageManifest;
-use crate::{aws, flags, output, Ctx};
+use super::build::ImageManifest;
+use crate::aws;
 
 pub const TAG_FLEET: &str = "clawdinator";
 pub const TAG_APP: &str = "app";
@@ -63,7 +63,7 @@ pub fn fleet_tags(image: &ImageManifest, identity: &Identity) -> Vec<(String, St
         revision.push_str("-dirty");
     }
     vec![
-        ("Name".into(), image.ami_name_for(identity)),
+        ("Name".into(), image.ami_name_for(identity.kms_key.as_deref())),
         (TAG_FLEET.into(), "true".into()),
         (TAG_APP.into(), "clawdinator".into()),
         (TAG_SHA256.into(), image.sha256.clone()),
@@ -317,7 +317,7 @@ impl fmt::Display for PruneReport {
         }
         writeln!(
             f,
-            "ami prune: {} {verb}, {} kept, {} orphan snapshot(s), {} failure(s)",
+            "image ami prune: {} {verb}, {} kept, {} orphan snapshot(s), {} failure(s)",
             self.removed.len(),
             self.kept.len(),
             self.orphans.len(),
@@ -326,7 +326,7 @@ impl fmt::Display for PruneReport {
     }
 }
 
-/// What `ami prune` is asked to do.
+/// What `image ami prune` is asked to do.
 #[derive(Debug, Clone, Default)]
 pub struct PruneOptions {
     pub keep: usize,
@@ -440,59 +440,17 @@ async fn orphan_snapshots(ec2: &aws_sdk_ec2::Client, images: &[Image]) -> Result
     Ok(orphans)
 }
 
+/// What `image ami latest` prints.
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
-struct LatestReport {
-    image_id: String,
-    name: String,
-    creation_date: String,
+pub struct LatestReport {
+    pub image_id: String,
+    pub name: String,
+    pub creation_date: String,
 }
 
 impl fmt::Display for LatestReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{}", self.image_id)
-    }
-}
-
-pub async fn run(ctx: &Ctx, cmd: flags::AmiCmd) -> Result<()> {
-    let aws = ctx.aws().await?;
-    let ec2 = aws.ec2();
-    match cmd {
-        flags::AmiCmd::Latest(args) => {
-            let image = latest(&ec2, args.r#override.as_deref()).await?;
-            let report = LatestReport {
-                image_id: image.image_id().unwrap_or_default().into(),
-                name: image.name().unwrap_or_default().into(),
-                creation_date: image.creation_date().unwrap_or_default().into(),
-            };
-            output::github_output("ami_id", &report.image_id)?;
-            ctx.out.emit(&report)
-        }
-        flags::AmiCmd::List => ctx.out.emit(&list(&ec2).await?),
-        flags::AmiCmd::Prune(args) => {
-            let opts = PruneOptions {
-                keep: args.keep,
-                older_than_days: args.older_than,
-                orphans: args.orphans,
-                dry_run: args.dry_run,
-            };
-            let entry = crate::audit::Entry {
-                command: "ami prune",
-                targets: vec![format!("keep {}", opts.keep)],
-                dry_run: opts.dry_run,
-            };
-            let report = crate::audit::around(ctx, &aws, entry, prune(&ec2, &opts), |r: &PruneReport| {
-                r.removed.iter().flat_map(|a| std::iter::once(a.image_id.clone()).chain(a.snapshots.clone())).collect()
-            })
-            .await?;
-            ctx.out.emit(&report)?;
-            if !report.failures.is_empty() {
-                bail!(
-                    "ami prune could not remove {} resource(s) (listed above); the rest was removed",
-                    report.failures.len()
-                );
-            }
-            Ok(())
-        }
     }
 }

@@ -1,4 +1,4 @@
-//! `cargo xtask image-build`: the NixOS image as a raw disk, described in
+//! `cargo xtask image build`: the NixOS image as a raw disk, described in
 //! `dist/image.json` for `image publish`.
 
 use std::fmt;
@@ -8,8 +8,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use xshell::{cmd, Shell};
 
-use crate::bootstrap::archive;
-use crate::{flags, output, project, Ctx};
+use crate::digest;
 
 /// What `image publish` needs to know about a built image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -42,7 +41,7 @@ impl ImageManifest {
     /// Read and check `image.json` and the file it names, before any AWS call.
     pub fn load(path: &Path) -> Result<ImageManifest> {
         let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read {} (run `cargo xtask image-build` first)", path.display()))?;
+            .with_context(|| format!("cannot read {} (run `cargo xtask image build` first)", path.display()))?;
         let manifest: ImageManifest = serde_json::from_str(&text)
             .with_context(|| format!("{} is not a valid image description", path.display()))?;
         ensure!(
@@ -96,10 +95,10 @@ impl ImageManifest {
     /// The AMI name: `clawdinator-nixos-<label>-<first 12 hex of sha256>`,
     /// then `-kms<8 hex>` when encrypted with a chosen key (an image published
     /// with and without a key is two AMIs).
-    pub fn ami_name_for(&self, identity: &super::ami::Identity) -> String {
-        match &identity.kms_key {
+    pub fn ami_name_for(&self, kms_key: Option<&str>) -> String {
+        match kms_key {
             Some(key) => {
-                format!("{}-kms{}", self.ami_name(), &crate::bootstrap::archive::sha256_hex(key.as_bytes())[..8])
+                format!("{}-kms{}", self.ami_name(), &digest::sha256_hex(key.as_bytes())[..8])
             }
             None => self.ami_name(),
         }
@@ -234,9 +233,9 @@ pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
         Some(serde_json::Value::String(s)) => s.parse().unwrap_or(size),
         _ => size,
     };
-    let (sha256, _) = archive::sha256_file(&file)?;
+    let (sha256, _) = digest::sha256_file(&file)?;
     let block_sha256 = Some(super::snapshot::block_digest(&file)?);
-    let revision = project::git_revision();
+    let revision = crate::project::git_revision();
     let manifest = ImageManifest {
         path: file,
         format: format.into(),
@@ -278,18 +277,3 @@ impl fmt::Display for ImageManifest {
 /// The flake's configuration of the fleet's one generic image: every
 /// instance boots it and learns who it is from its user data.
 pub const IMAGE_HOST: &str = "clawdinator-image";
-
-pub fn run(ctx: &Ctx, args: flags::ImageBuildArgs) -> Result<()> {
-    let host = args.build.host.unwrap_or_else(|| IMAGE_HOST.to_string());
-    // Where KVM is exposed under another name (and for tests on machines
-    // with or without it), CLAWDINATOR_KVM_DEVICE names the device.
-    let opts = BuildOptions {
-        host,
-        flake: project::resolve(&args.build.flake),
-        out: project::resolve(&args.build.out),
-        kvm_device: kvm_device(),
-    };
-    let manifest = build(&opts)?;
-    output::github_output("image_sha256", &manifest.sha256)?;
-    ctx.out.emit(&manifest)
-}

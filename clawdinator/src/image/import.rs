@@ -17,9 +17,9 @@ use indicatif::ProgressBar;
 use sha2::{Digest, Sha256};
 
 use super::ami::{ec2_tags, fleet_tags, Identity};
-use super::publish::PublishOptions;
+use super::build::ImageManifest;
+use super::options::PublishOptions;
 use super::snapshot::client_token;
-use super::ImageManifest;
 use crate::aws::{self, iam, s3, Aws};
 use crate::cancel::{Cancel, Poll, Wait};
 use crate::output::Output;
@@ -229,7 +229,7 @@ pub async fn upload_image_object(
             Err(err) => format!("the multipart upload {upload_id} could NOT be aborted: {err:#}"),
         };
         bail!(
-            "{} read back with SHA-256 {digest}, but image.json says {}: it changed after image-build; rebuild it (`cargo xtask image-build`); {cleanup}",
+            "{} read back with SHA-256 {digest}, but image.json says {}: it changed after `image build`; rebuild it (`cargo xtask image build`); {cleanup}",
             path.display(),
             object.sha256
         );
@@ -256,7 +256,7 @@ async fn start_import(
     bucket: &str,
     key: &str,
 ) -> Result<String> {
-    let name = image.ami_name_for(identity);
+    let name = image.ami_name_for(identity.kms_key.as_deref());
     let mut request = aws
         .ec2()
         .import_snapshot()

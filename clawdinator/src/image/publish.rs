@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -17,66 +17,13 @@ use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 
 use super::ami::{self, ec2_tags, fleet_tags, Identity};
+use super::build::ImageManifest;
+use super::flags::Via;
+use super::options::PublishOptions;
 use super::snapshot::{self, client_token, SnapshotSpec, SnapshotUploader, SnapshotWaiter, BLOCK_SIZE};
-use super::ImageManifest;
 use crate::aws::{self, s3, Aws};
 use crate::cancel::{Cancel, Poll, Wait};
-use crate::output::{self, Output};
-use crate::{flags, Ctx};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum Via {
-    /// EBS direct APIs: blocks straight into a snapshot (raw only, no bucket).
-    EbsDirect,
-    /// Upload to S3, then VM Import's import-snapshot (needs the vmimport role).
-    S3Import,
-}
-
-#[derive(Debug, Clone)]
-pub struct PublishOptions {
-    pub image_json: PathBuf,
-    pub via: Via,
-    pub bucket: Option<String>,
-    pub copy_to_regions: Vec<String>,
-    pub kms_key: Option<String>,
-    pub workers: usize,
-    pub deprecate_after_days: Option<u64>,
-    /// Upper bound of the VM Import wait.
-    pub import_timeout: Duration,
-    pub import_poll: Duration,
-    /// Between two polls of a snapshot or AMI state.
-    pub poll: Duration,
-    /// Upper bound of each snapshot and AMI wait.
-    pub wait_limit: Duration,
-    pub keep_object: bool,
-    /// Say what would be uploaded, registered and copied; write nothing.
-    pub dry_run: bool,
-    /// Upload (or reuse) the snapshot and stop: no wait, no AMI, no copies
-    /// (what `coldsnap upload` does; a later publish registers it).
-    pub snapshot_only: bool,
-}
-
-impl PublishOptions {
-    pub fn new(image_json: PathBuf) -> Self {
-        PublishOptions {
-            image_json,
-            via: Via::EbsDirect,
-            bucket: None,
-            copy_to_regions: vec![],
-            kms_key: None,
-            workers: 64,
-            deprecate_after_days: None,
-            import_timeout: Duration::from_secs(120 * 60),
-            import_poll: Duration::from_secs(15),
-            poll: Duration::from_millis(500),
-            wait_limit: Duration::from_secs(3600),
-            keep_object: false,
-            dry_run: false,
-            snapshot_only: false,
-        }
-    }
-}
+use crate::output::Output;
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -178,7 +125,7 @@ pub async fn publish_image(
     let region = aws.region().unwrap_or("us-east-1").to_string();
     let mut report = PublishReport {
         ami_id: String::new(),
-        name: image.ami_name_for(&identity),
+        name: image.ami_name_for(identity.kms_key.as_deref()),
         region: region.clone(),
         snapshot_id: None,
         already_published: false,
@@ -235,7 +182,7 @@ fn check_inputs(opts: &PublishOptions, image: &ImageManifest) -> Result<()> {
         );
     }
     if opts.via == Via::S3Import && opts.bucket.is_none() {
-        bail!(crate::output::UsageError("--via s3-import needs a bucket: pass --bucket or set S3_BUCKET".into()));
+        bail!(crate::exit::UsageError("--via s3-import needs a bucket: pass --bucket or set S3_BUCKET".into()));
     }
     Ok(())
 }
@@ -429,7 +376,7 @@ async fn register(
     snapshot_id: &str,
     tags: &[(String, String)],
 ) -> Result<String> {
-    let name = image.ami_name_for(identity);
+    let name = image.ami_name_for(identity.kms_key.as_deref());
     let result = ec2
         .register_image()
         .name(&name)
@@ -519,7 +466,7 @@ async fn copy_to_region(
             .copy_image()
             .source_image_id(source_ami)
             .source_region(source_region)
-            .name(image.ami_name_for(identity))
+            .name(image.ami_name_for(identity.kms_key.as_deref()))
             .client_token(client_token())
             .send()
             .await
@@ -539,44 +486,4 @@ async fn copy_to_region(
         deprecate(&ec2, &id, days).await?;
     }
     Ok(id)
-}
-
-pub async fn run(ctx: &Ctx, args: flags::PublishArgs) -> Result<()> {
-    let opts = PublishOptions {
-        image_json: args.image,
-        via: match args.via {
-            flags::Via::EbsDirect => Via::EbsDirect,
-            flags::Via::S3Import => Via::S3Import,
-        },
-        bucket: args.bucket.or_else(|| ctx.default_bucket().map(str::to_string)),
-        copy_to_regions: args.copy_to_regions,
-        kms_key: args.kms_key,
-        workers: args.workers.into(),
-        deprecate_after_days: args.deprecate_after,
-        import_timeout: Duration::from_secs(args.timeout * 60),
-        keep_object: args.keep_object,
-        dry_run: args.dry_run,
-        snapshot_only: args.snapshot_only,
-        ..PublishOptions::new(PathBuf::new())
-    };
-    let aws = ctx.aws().await?;
-    let entry = crate::audit::Entry {
-        command: "image publish",
-        targets: vec![opts.image_json.display().to_string()],
-        dry_run: opts.dry_run,
-    };
-    let report =
-        crate::audit::around(ctx, &aws, entry, publish(&aws, &opts, &ctx.out, &ctx.cancel), |r: &PublishReport| {
-            r.snapshot_id
-                .iter()
-                .chain(std::iter::once(&r.ami_id).filter(|a| !a.is_empty()))
-                .chain(r.copies.values())
-                .cloned()
-                .collect()
-        })
-        .await?;
-    if !report.ami_id.is_empty() {
-        output::github_output("ami_id", &report.ami_id)?;
-    }
-    ctx.out.emit(&report)
 }

@@ -40,7 +40,7 @@ pub struct SnapshotSpec {
     /// Encrypt with this KMS key. Whether the snapshot is encrypted is what
     /// StartSnapshot answers (EBS encryption by default encrypts it anyway).
     pub kms_key: Option<String>,
-    /// The image's SHA-256 as `image-build` recorded it: the bytes read must
+    /// The image's SHA-256 as `image build` recorded it: the bytes read must
     /// hash to it, or the snapshot is not completed.
     pub sha256: String,
     /// The image's block digest ([`block_digest`]), when recorded: then it is
@@ -348,7 +348,7 @@ impl SnapshotUploader {
         };
         ensure!(
             got == *want,
-            "the image read back with {what} {got}, but image.json says {want}: it changed after image-build; rebuild it (`cargo xtask image-build`)"
+            "the image read back with {what} {got}, but image.json says {want}: it changed after `image build`; rebuild it (`cargo xtask image build`)"
         );
         self.complete(snapshot_id, &sent).await?;
         Ok((size.div_ceil(BLOCK_SIZE), sent.len() as u64))
@@ -505,7 +505,7 @@ mod tests {
         file.write_all_at(b"data", 2 * BLOCK_SIZE).unwrap();
         let (tx, mut rx) = mpsc::channel(8);
         let digest = read_blocks(&file, size, false, true, tx, &ProgressBar::hidden()).unwrap();
-        assert_eq!(digest.unwrap(), crate::bootstrap::archive::sha256_file(&path).unwrap().0);
+        assert_eq!(digest.unwrap(), crate::digest::sha256_file(&path).unwrap().0);
         assert_eq!(rx.try_recv().unwrap().0, 2);
         assert!(rx.try_recv().is_err());
     }

@@ -1,20 +1,7 @@
-//! Shared memory on a host (`/memory`, EFS shared by every instance):
-//! `memory read|write|append|edit`, the agents' replacements for the old
-//! `memory-*.sh` helpers. Several agents on several hosts write at once:
-//!
-//! - every change happens under an exclusive lock on a sidecar file
-//!   (`.<name>.lock` beside the file: locking the file itself would be lost
-//!   when it is replaced), readers take a shared lock; `flock` on NFSv4
-//!   (EFS) is carried to the server as a byte-range lock, so it holds
-//!   across hosts;
-//! - a file is replaced whole (temporary file, then rename): a reader sees
-//!   the old content or the new, never a part;
-//! - waiting for a lock is bounded (`--wait`, 5 s like the old helpers);
-//! - an edit is an exact text replacement, not a shell command;
-//! - only files under the memory root are touched.
+//! Memory files: resolved under the root, locked, replaced whole.
 
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Write};
+
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
@@ -24,7 +11,6 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 
 use crate::atomic::Owner;
-use crate::{flags, Ctx};
 
 /// The directories every host expects under the memory root: daily notes
 /// (`daily/YYYY-MM-DD.md`) and Discord snapshots (`discord/YYYY-MM-DD.md`).
@@ -223,42 +209,4 @@ fn template_names(templates: &Path) -> Result<Vec<String>> {
     }
     names.sort();
     Ok(names)
-}
-
-fn stdin() -> Result<Vec<u8>> {
-    let mut input = Vec::new();
-    std::io::stdin().read_to_end(&mut input).context("cannot read standard input")?;
-    Ok(input)
-}
-
-/// The file and the lock wait a command names.
-fn target(args: &flags::MemoryFileArgs) -> Result<(PathBuf, Duration)> {
-    Ok((resolve(&args.root, &args.path)?, Duration::from_secs_f64(args.wait)))
-}
-
-pub fn run(ctx: &Ctx, cmd: flags::MemoryCmd) -> Result<()> {
-    match cmd {
-        flags::MemoryCmd::Init(args) => {
-            let owner = Owner::named(args.owner.owner.as_deref(), args.owner.group.as_deref())?;
-            ctx.out.emit(&init(&args.root, &args.templates, owner)?)
-        }
-        flags::MemoryCmd::Read(args) => {
-            let (file, wait) = target(&args)?;
-            let mut out = std::io::stdout().lock();
-            out.write_all(&read(&file, wait)?)?;
-            Ok(out.flush()?)
-        }
-        flags::MemoryCmd::Write(args) => {
-            let (file, wait) = target(&args)?;
-            write(&file, &stdin()?, wait)
-        }
-        flags::MemoryCmd::Append(args) => {
-            let (file, wait) = target(&args)?;
-            append(&file, &stdin()?, wait)
-        }
-        flags::MemoryCmd::Edit(args) => {
-            let (file, wait) = target(&args.file)?;
-            edit(&file, &args.replace, &args.with, wait)
-        }
-    }
 }

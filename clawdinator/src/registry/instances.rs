@@ -1,5 +1,4 @@
-//! The fleet registry, `nix/instances.json`: the single source of truth that
-//! the flake, OpenTofu and every command read.
+//! The registry's entries, checked field by field and across entries.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -9,8 +8,6 @@ use anyhow::{bail, Result};
 use serde::de::{MapAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::Value;
-
-use crate::{flags, project, Ctx};
 
 pub const DEFAULT_PATH: &str = "nix/instances.json";
 pub const TOKEN_SECRET_PREFIX: &str = "clawdinator-discord-token-";
@@ -410,10 +407,11 @@ fn token_secret_error(s: &str) -> Option<&'static str> {
     }
 }
 
+/// A registry checked: its instances, or every problem found.
 #[derive(Debug, Serialize)]
-struct CheckReport {
+pub struct CheckReport {
     file: String,
-    ok: bool,
+    pub ok: bool,
     instances: Vec<String>,
     problems: Vec<Problem>,
 }
@@ -428,19 +426,13 @@ impl fmt::Display for CheckReport {
     }
 }
 
-/// `fleet check`.
-pub fn run_check(ctx: &Ctx, args: flags::InstancesArg) -> Result<()> {
-    let path = project::resolve(&args.path);
-    let file = args.path.display().to_string();
-    let report = match Registry::load(&path) {
+/// What `fleet check` reports for the registry at `path` (shown as `shown`).
+pub fn check_file(path: &Path, shown: &str) -> CheckReport {
+    let file = shown.to_string();
+    match Registry::load(path) {
         Ok(registry) => {
             CheckReport { file, ok: true, instances: registry.instances.into_keys().collect(), problems: vec![] }
         }
         Err(Problems(problems)) => CheckReport { file, ok: false, instances: vec![], problems },
-    };
-    ctx.out.emit(&report)?;
-    if !report.ok {
-        bail!("the fleet registry {} is not valid", args.path.display());
     }
-    Ok(())
 }

@@ -12,8 +12,8 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::fleet::{self, Registry};
-use crate::{flags, Ctx};
+use super::flags::SecretsArgs;
+use crate::registry::{self, Registry};
 
 pub const DEFAULT_SPEC: &str = "nix/secrets.json";
 pub const AGE_KEY_NAME: &str = "clawdinator.agekey";
@@ -36,12 +36,12 @@ impl Spec {
             .with_context(|| format!("cannot read the secrets list {}", path.display()))?;
         let spec: Spec =
             serde_json::from_str(&text).with_context(|| format!("{} is not a valid secrets list", path.display()))?;
-        if spec.instance_token_prefix != fleet::TOKEN_SECRET_PREFIX {
+        if spec.instance_token_prefix != registry::TOKEN_SECRET_PREFIX {
             bail!(
                 "{}: instanceTokenPrefix is {:?} but the fleet registry requires {:?}",
                 path.display(),
                 spec.instance_token_prefix,
-                fleet::TOKEN_SECRET_PREFIX
+                registry::TOKEN_SECRET_PREFIX
             );
         }
         for name in &spec.common {
@@ -56,7 +56,7 @@ impl Spec {
     }
 
     /// The file names one instance must receive: every common secret and its own token.
-    pub fn files_for(&self, instance: &fleet::Instance) -> Vec<String> {
+    pub fn files_for(&self, instance: &registry::Instance) -> Vec<String> {
         let mut files: Vec<String> = self.common.iter().map(|n| format!("{n}.age")).collect();
         files.push(instance.token_file());
         files.sort();
@@ -194,7 +194,7 @@ pub struct Sources {
 }
 
 impl Sources {
-    pub fn from_flags(args: &flags::SecretsArgs) -> Sources {
+    pub fn from_flags(args: &SecretsArgs) -> Sources {
         Sources {
             registry: args.instances.path.clone(),
             spec: args.spec.clone(),
@@ -334,14 +334,4 @@ pub fn check(sources: &Sources, require_identity: bool) -> (CheckReport, Option<
         _ => None,
     };
     (report, loaded)
-}
-
-pub async fn run_check(ctx: &Ctx, args: flags::SecretsArgs) -> Result<()> {
-    let sources = Sources::from_flags(&args);
-    let (report, _) = tokio::task::spawn_blocking(move || check(&sources, false)).await?;
-    ctx.out.emit(&report)?;
-    if !report.ok {
-        bail!("secrets check found errors (see above)");
-    }
-    Ok(())
 }

@@ -1,4 +1,4 @@
-//! `cargo xtask github-token`: a GitHub App installation token, minted from
+//! `clawdinator secrets github-token`: a GitHub App installation token, minted from
 //! the app's private key (RS256 JWT) without openssl or curl.
 
 use std::path::{Path, PathBuf};
@@ -8,7 +8,8 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::{aws, flags, github, Ctx};
+use crate::ctx::Ctx;
+use crate::{aws, github};
 
 /// The claims GitHub expects: issued a minute ago (clock drift), expiring
 /// within GitHub's ten-minute limit.
@@ -119,7 +120,7 @@ pub fn write_env_file(path: &Path, token: &str) -> Result<()> {
     crate::atomic::write(path, content.as_bytes(), 0o600)
 }
 
-/// What `github-token --json` prints: the token (it is the command's
+/// What `secrets github-token --json` prints: the token (it is the command's
 /// output) or, with --env-file, where it went.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -145,27 +146,8 @@ impl std::fmt::Display for TokenReport<'_> {
     }
 }
 
-fn usage(message: &str) -> crate::output::UsageError {
-    crate::output::UsageError(message.into())
-}
-
-pub async fn run(ctx: &Ctx, args: flags::GithubTokenArgs) -> Result<()> {
-    let pem = match (args.pem, args.pem_secret) {
-        (_, Some(secret)) => PemSource::Secret(secret),
-        (Some(file), None) => PemSource::File(file),
-        (None, None) => {
-            bail!(usage("no GitHub App key: pass --pem FILE (or GITHUB_APP_PEM_FILE) or --pem-secret NAME"))
-        }
-    };
-    let opts = TokenOptions {
-        app_id: args.app_id.ok_or_else(|| usage("no app id: pass --app-id or set GITHUB_APP_ID"))?,
-        installation_id: args
-            .installation_id
-            .ok_or_else(|| usage("no installation id: pass --installation-id or set GITHUB_APP_INSTALLATION_ID"))?,
-        pem,
-        api_url: args.api_url,
-        env_file: args.env_file,
-    };
+/// Mint a token as `opts` say, and print it or write it to the env file.
+pub async fn issue(ctx: &Ctx, opts: &TokenOptions) -> Result<()> {
     let key = load_pem(ctx, &opts.pem).await?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let jwt = app_jwt(&opts.app_id, &key, now)?;

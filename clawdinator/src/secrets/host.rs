@@ -83,7 +83,7 @@ pub struct InstallOptions {
 /// one that fails leaves `dest` as it was) and write them as `write_set` does,
 /// each under its name without `.age`.
 pub fn install(opts: &InstallOptions) -> Result<FetchReport> {
-    let identities = crate::secrets::load_identities(&opts.identity)?;
+    let identities = super::files::load_identities(&opts.identity)?;
     let mut names: Vec<String> = std::fs::read_dir(&opts.from)
         .with_context(|| format!("cannot read the bundle's secrets in {}", opts.from.display()))?
         .filter_map(|e| e.ok().map(|e| e.file_name().to_string_lossy().into_owned()))
@@ -97,7 +97,7 @@ pub fn install(opts: &InstallOptions) -> Result<FetchReport> {
     for name in names {
         let path = opts.from.join(&name);
         let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let value = crate::secrets::decrypt(&path, &bytes, &identities, &opts.identity)?;
+        let value = super::files::decrypt(&path, &bytes, &identities, &opts.identity)?;
         values.push((name.trim_end_matches(".age").to_string(), value));
     }
     write_set(&opts.dest, &values, opts.owner)

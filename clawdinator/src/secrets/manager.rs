@@ -15,11 +15,10 @@ use aws_sdk_secretsmanager::types::{Filter, FilterNameStringType, Tag};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
+use super::files::{self, Sources};
+use super::host::{self, FetchReport};
 use crate::aws::{self, Aws};
-use crate::fleet::Registry;
-use crate::secrets::files::{self, Sources};
-use crate::secrets::host::{self, FetchReport};
-use crate::{flags, Ctx};
+use crate::registry::Registry;
 
 pub const PREFIX: &str = "clawdinator/";
 pub const TAG_INSTANCE: &str = "clawdinator:instance";
@@ -338,42 +337,4 @@ pub async fn fetch(aws: &Aws, opts: &FetchOptions) -> Result<FetchReport> {
         values.push((file.clone(), value));
     }
     host::write_set(&opts.dest, &values, owner)
-}
-
-pub async fn run_seed(ctx: &Ctx, args: flags::SecretsSeedArgs) -> Result<()> {
-    let opts = SeedOptions {
-        sources: Sources::from_flags(&args.secrets),
-        instances: args.select.names(),
-        dry_run: args.dry_run,
-        prune: args.prune,
-    };
-    let aws = ctx.aws().await?;
-    let entry = crate::audit::Entry {
-        command: "secrets seed",
-        targets: crate::audit::targets(&opts.instances),
-        dry_run: opts.dry_run,
-    };
-    let report = crate::audit::around(ctx, &aws, entry, seed(&aws, &opts), |r: &SeedReport| {
-        r.secrets
-            .iter()
-            .filter(|s| !matches!(s.action, SeedAction::Unchanged))
-            .map(|s| s.name.clone())
-            .chain(r.pruned.clone())
-            .collect()
-    })
-    .await?;
-    ctx.out.emit(&report)
-}
-
-pub async fn run_fetch(ctx: &Ctx, args: flags::SecretsFetchArgs) -> Result<()> {
-    let opts = FetchOptions {
-        instance: crate::project::instance_name(args.instance, &args.instance_file)?,
-        registry: args.instances.path,
-        spec: args.spec,
-        dest: args.dest,
-        owner: args.owner.owner,
-        group: args.owner.group,
-    };
-    let aws = ctx.aws().await?;
-    ctx.out.emit(&fetch(&aws, &opts).await?)
 }

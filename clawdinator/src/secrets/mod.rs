@@ -1,8 +1,12 @@
-//! The secrets stage: the age files every host needs (`files`), AWS Secrets
-//! Manager seeding and host-side fetch (`manager`), and GitHub App tokens
-//! (`github_token`).
+//! The secrets stage.
+//!
+//! Modules: [`flags`] (the command line), [`files`] (the age files every
+//! host needs, and checking them), [`manager`] (AWS Secrets Manager:
+//! seeding, and a host's fetch), [`host`] (a host's secrets written whole,
+//! 0400) and [`github_token`] (GitHub App installation tokens).
 
 pub mod files;
+pub mod flags;
 pub mod github_token;
 pub mod host;
 pub mod manager;
@@ -11,16 +15,20 @@ pub use files::{
     check, decrypt, encrypt, load_identities, CheckReport, Finding, Severity, Sources, Spec, AGE_KEY_NAME, DEFAULT_SPEC,
 };
 
-use anyhow::Result;
+use anyhow::{bail, Result};
 
-use crate::{flags, Ctx};
+use crate::ctx::Ctx;
+use crate::exit::UsageError;
+use crate::settings::instance_name;
+use flags::{GithubTokenArgs, SecretsArgs, SecretsCmd, SecretsFetchArgs, SecretsSeedArgs};
 
-pub async fn run(ctx: &Ctx, cmd: flags::SecretsCmd) -> Result<()> {
+/// Carry out one `secrets` command.
+pub async fn run(ctx: &Ctx, cmd: SecretsCmd) -> Result<()> {
     match cmd {
-        flags::SecretsCmd::Seed(args) => manager::run_seed(ctx, args).await,
-        flags::SecretsCmd::Fetch(args) => manager::run_fetch(ctx, args).await,
-        flags::SecretsCmd::Check(args) => files::run_check(ctx, args).await,
-        flags::SecretsCmd::Install(args) => {
+        SecretsCmd::Seed(args) => seed_manager(ctx, args).await,
+        SecretsCmd::Fetch(args) => fetch_from_manager(ctx, args).await,
+        SecretsCmd::Check(args) => check_files(ctx, args).await,
+        SecretsCmd::Install(args) => {
             let opts = host::InstallOptions {
                 from: args.from,
                 identity: args.identity,
@@ -29,5 +37,78 @@ pub async fn run(ctx: &Ctx, cmd: flags::SecretsCmd) -> Result<()> {
             };
             ctx.out.emit(&host::install(&opts)?)
         }
+        SecretsCmd::GithubToken(args) => github_token(ctx, args).await,
     }
+}
+
+async fn check_files(ctx: &Ctx, args: SecretsArgs) -> Result<()> {
+    let sources = Sources::from_flags(&args);
+    let (report, _) = tokio::task::spawn_blocking(move || files::check(&sources, false)).await?;
+    ctx.out.emit(&report)?;
+    if !report.ok {
+        bail!("secrets check found errors (see above)");
+    }
+    Ok(())
+}
+
+async fn seed_manager(ctx: &Ctx, args: SecretsSeedArgs) -> Result<()> {
+    let opts = manager::SeedOptions {
+        sources: Sources::from_flags(&args.secrets),
+        instances: args.select.names(),
+        dry_run: args.dry_run,
+        prune: args.prune,
+    };
+    let aws = ctx.aws().await?;
+    let entry = crate::audit::Entry {
+        command: "secrets seed",
+        targets: crate::audit::targets(&opts.instances),
+        dry_run: opts.dry_run,
+    };
+    let report = crate::audit::around(ctx, &aws, entry, manager::seed(&aws, &opts), |r: &manager::SeedReport| {
+        r.secrets
+            .iter()
+            .filter(|s| !matches!(s.action, manager::SeedAction::Unchanged))
+            .map(|s| s.name.clone())
+            .chain(r.pruned.clone())
+            .collect()
+    })
+    .await?;
+    ctx.out.emit(&report)
+}
+
+async fn fetch_from_manager(ctx: &Ctx, args: SecretsFetchArgs) -> Result<()> {
+    let opts = manager::FetchOptions {
+        instance: instance_name(args.instance, &args.instance_file)?,
+        registry: args.instances.path,
+        spec: args.spec,
+        dest: args.dest,
+        owner: args.owner.owner,
+        group: args.owner.group,
+    };
+    let aws = ctx.aws().await?;
+    ctx.out.emit(&manager::fetch(&aws, &opts).await?)
+}
+
+async fn github_token(ctx: &Ctx, args: GithubTokenArgs) -> Result<()> {
+    let pem = match (args.pem, args.pem_secret) {
+        (_, Some(secret)) => github_token::PemSource::Secret(secret),
+        (Some(file), None) => github_token::PemSource::File(file),
+        (None, None) => {
+            bail!(usage("no GitHub App key: pass --pem FILE (or GITHUB_APP_PEM_FILE) or --pem-secret NAME"))
+        }
+    };
+    let opts = github_token::TokenOptions {
+        app_id: args.app_id.ok_or_else(|| usage("no app id: pass --app-id or set GITHUB_APP_ID"))?,
+        installation_id: args
+            .installation_id
+            .ok_or_else(|| usage("no installation id: pass --installation-id or set GITHUB_APP_INSTALLATION_ID"))?,
+        pem,
+        api_url: args.api_url,
+        env_file: args.env_file,
+    };
+    github_token::issue(ctx, &opts).await
+}
+
+fn usage(message: &str) -> UsageError {
+    UsageError(message.into())
 }

@@ -3,13 +3,11 @@
 //! `audit verify` catches an edited, removed or reordered record; a record
 //! that cannot be written stops the command before it changes anything.
 
-mod common;
-
 use std::path::{Path, PathBuf};
 
-use common::{canary_value, env, Env};
 use serde_json::Value;
-use xtask::dev::fixtures::{self, SampleFleet};
+use testkit::env::{canary_value, env, Env};
+use testkit::fixtures::{self, SampleFleet};
 
 fn audit_bucket() -> &'static str {
     "clawdinator-audit"
@@ -27,7 +25,7 @@ fn log(env: &Env) -> PathBuf {
 }
 
 fn run(env: &Env, args: &[&str]) -> std::process::Output {
-    env.cli(env!("CARGO_BIN_EXE_xtask"))
+    env.cli(env!("CARGO_BIN_EXE_clawdinator"))
         .args(args)
         .env("CLAWDINATOR_AUDIT_LOG", log(env))
         .env("CLAWDINATOR_AUDIT_BUCKET", audit_bucket())
@@ -105,7 +103,7 @@ async fn every_mutating_command_is_recorded_twice_and_the_chain_verifies() {
             "image publish",
             true,
         ),
-        (vec!["ami".into(), "prune".into(), "--keep".into(), "1".into()], "ami prune", true),
+        (vec!["image".into(), "ami".into(), "prune".into(), "--keep".into(), "1".into()], "image ami prune", true),
         // No instance to switch or deploy: each fails, and that is recorded too.
         (
             vec![
@@ -149,7 +147,7 @@ async fn every_mutating_command_is_recorded_twice_and_the_chain_verifies() {
         assert!(pair[0]["caller"].as_str().unwrap().starts_with("arn:aws:"), "{}", pair[0]);
     }
     let text = std::fs::read_to_string(log(&env)).unwrap();
-    assert!(!text.contains(common::CANARY), "a secret value reached the audit log");
+    assert!(!text.contains(testkit::env::CANARY), "a secret value reached the audit log");
     let published = &records[5];
     assert!(
         published["resources"].as_array().unwrap().iter().any(|r| r.as_str().unwrap().starts_with("ami-")),
@@ -194,7 +192,7 @@ async fn verify_names_the_first_broken_link_after_an_edit_a_removal_or_a_reorder
     assert_eq!(good.len(), 6);
     let verify = |env: &Env| {
         let out = env
-            .cli(env!("CARGO_BIN_EXE_xtask"))
+            .cli(env!("CARGO_BIN_EXE_clawdinator"))
             .args(["audit", "verify"])
             .env("CLAWDINATOR_AUDIT_LOG", log(env))
             .output()
@@ -253,7 +251,7 @@ async fn a_record_that_cannot_be_written_stops_the_command_before_any_change() {
     // The S3 copy cannot be written (no such bucket): the same.
     std::fs::remove_file(env.path("trail")).unwrap();
     let out = env
-        .cli(env!("CARGO_BIN_EXE_xtask"))
+        .cli(env!("CARGO_BIN_EXE_clawdinator"))
         .args(&upload)
         .env("CLAWDINATOR_AUDIT_LOG", log(&env))
         .env("CLAWDINATOR_AUDIT_BUCKET", "no-such-audit-bucket")
@@ -271,7 +269,7 @@ async fn runners_that_each_start_a_fresh_log_share_one_bucket_and_a_removed_copy
     let upload: Vec<&str> = upload.iter().map(String::as_str).collect();
     // Two CI runners: each begins its own log, both write to one bucket.
     let on_runner = |runner: &str, args: &[&str]| {
-        env.cli(env!("CARGO_BIN_EXE_xtask"))
+        env.cli(env!("CARGO_BIN_EXE_clawdinator"))
             .args(args)
             .env("CLAWDINATOR_AUDIT_LOG", env.path(&format!("{runner}/audit.jsonl")))
             .env("CLAWDINATOR_AUDIT_BUCKET", audit_bucket())

@@ -7,10 +7,10 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use xtask::memory;
+use clawdinator::memory;
 
 fn cli(root: &Path, args: &[&str], input: &str) -> (i32, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_xtask"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_clawdinator"))
         .arg("memory")
         .args(args)
         .arg("--root")
@@ -116,7 +116,8 @@ fn nothing_outside_the_root_is_touched() {
     assert!(memory::resolve(root.path(), &inside).is_ok(), "an absolute path under the root is fine");
 }
 
-/// On a host the program is `clawdinator`: the same commands, its own name.
+/// On a host the program is `clawdinator`: the stages' commands under its
+/// own name, and none of the developer commands or `--local`.
 #[test]
 fn the_host_binary_is_clawdinator() {
     let out = Command::new(env!("CARGO_BIN_EXE_clawdinator")).arg("--help").output().unwrap();
@@ -129,6 +130,9 @@ fn the_host_binary_is_clawdinator() {
         .output()
         .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let xtask = Command::new(env!("CARGO_BIN_EXE_xtask")).arg("--help").output().unwrap();
-    assert!(String::from_utf8_lossy(&xtask.stdout).contains("Usage: cargo xtask"));
+    for dev in ["pipeline", "bench", "--local"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_clawdinator")).arg(dev).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "the host binary takes `{dev}`");
+        assert!(!help.contains(dev), "the host binary's help offers `{dev}`: {help}");
+    }
 }

@@ -25,7 +25,7 @@ pub fn github() -> (String, Dispatches) {
     std::thread::spawn(move || {
         for stream in listener.incoming() {
             let mut stream = stream.unwrap();
-            let request = xtask::dev::loopback::read_http_request(&mut stream).unwrap();
+            let request = testkit::loopback::read_http_request(&mut stream).unwrap();
             let body = serde_json::from_slice(&request.body).unwrap_or(Value::Null);
             log.lock().unwrap().push((request.target().1.to_string(), request.header("authorization"), body));
             let minting = log.lock().unwrap().last().is_some_and(|(path, _, _)| path.ends_with("/access_tokens"));
@@ -44,9 +44,9 @@ pub fn github() -> (String, Dispatches) {
 pub fn config() -> Config {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("instances.json");
-    xtask::dev::fixtures::write_registry(&path, 3).unwrap();
+    testkit::fixtures::write_registry(&path, 3).unwrap();
     Config {
-        registry: xtask::fleet::Registry::load(&path).unwrap(),
+        registry: clawdinator::registry::Registry::load(&path).unwrap(),
         operators: vec![
             "arn:aws:iam::123456789012:user/alice".into(),
             "arn:aws:iam::123456789012:role/fleet-operators".into(),
@@ -56,15 +56,15 @@ pub fn config() -> Config {
 
 /// A function URL (payload 2.0) event, signed by `arn` when given.
 pub fn event(arn: Option<&str>, body: Value) -> lambda_http::Request {
-    let raw = xtask::dev::loopback::function_url_event(arn, &body);
+    let raw = testkit::loopback::function_url_event(arn, &body);
     let request: lambda_http::request::LambdaRequest = serde_json::from_value(raw).unwrap();
     request.into()
 }
 
 /// The audit records in `bucket`, checked as `audit verify` checks them, in time order.
-pub async fn audit_records(aws: &xtask::aws::Aws, bucket: &str) -> (Vec<Value>, xtask::audit::Chains) {
-    let lines = xtask::audit::bucket_lines(aws, bucket).await.unwrap();
-    let chains = xtask::audit::verify_copies("test", &lines).unwrap();
+pub async fn audit_records(aws: &clawdinator::aws::Aws, bucket: &str) -> (Vec<Value>, clawdinator::audit::Chains) {
+    let lines = clawdinator::audit::bucket_lines(aws, bucket).await.unwrap();
+    let chains = clawdinator::audit::verify_copies("test", &lines).unwrap();
     let mut records: Vec<Value> = lines.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
     records.sort_by(|a, b| a["time"].as_str().cmp(&b["time"].as_str()));
     (records, chains)

@@ -1,5 +1,5 @@
 //! Chat deploys end to end, in process: the host's client
-//! (`xtask::fleet::control::call`) signs with credentials the emulator's
+//! (`clawdinator::fleet::control::call`) signs with credentials the emulator's
 //! STS issued; a loopback function URL does what Lambda's `AWS_IAM` auth
 //! does (recomputes the SigV4 signature, asks STS who signed, puts that ARN
 //! in the request context) and runs the handler with the live fleet: fleet
@@ -7,17 +7,16 @@
 //! the App key in the emulator's Secrets Manager, the dispatch to a loopback
 //! GitHub, the records in the emulator's S3. Only IAM identity decides.
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+use crate::common::{config, event, github, Dispatches, MINTED};
 use aws_credential_types::Credentials;
+use clawdinator::aws::{Aws, Settings};
 use clawdinator_control_api::{handle, Audit, Config, Live, Workflow};
-use common::{config, event, github, Dispatches, MINTED};
 use serde_json::{json, Value};
+use testkit::emulator::Emulator;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use xtask::aws::{emulator::Emulator, Aws, Settings};
 
 const AUDIT_BUCKET: &str = "clawdinator-audit";
 const APP_KEY_SECRET: &str = "clawdinator/clawdinator-github-app.pem";
@@ -39,7 +38,7 @@ impl Fleet {
         let emulator = Emulator::start().unwrap();
         let aws = Aws::load(&Settings::local(&emulator.endpoint())).await.unwrap();
         aws.s3().create_bucket().bucket(AUDIT_BUCKET).send().await.unwrap();
-        let (private, public_key) = xtask::dev::fixtures::github_app_key().unwrap();
+        let (private, public_key) = testkit::fixtures::github_app_key().unwrap();
         aws.secrets_manager().create_secret().name(APP_KEY_SECRET).secret_string(private).send().await.unwrap();
         let (github_url, github) = github();
         let Config { registry, operators } = config();
@@ -56,7 +55,8 @@ impl Fleet {
             installation_id: "678".into(),
             pem_secret: APP_KEY_SECRET.into(),
         };
-        let audit = Audit { aws: aws.clone(), chain: xtask::audit::BucketChain::new(AUDIT_BUCKET, "control-api") };
+        let audit =
+            Audit { aws: aws.clone(), chain: clawdinator::audit::BucketChain::new(AUDIT_BUCKET, "control-api") };
         let api = Arc::new((Config { registry, operators }, live, audit));
         let signers: Signers = Arc::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -95,7 +95,8 @@ impl Fleet {
 
     /// The client, as a host runs it, signing with `credentials`.
     async fn ask(&self, credentials: Credentials, payload: Value) -> anyhow::Result<Value> {
-        xtask::fleet::control::call(&self.aws.with_credentials(credentials), Some(self.url.clone()), &payload).await
+        clawdinator::fleet::control::call(&self.aws.with_credentials(credentials), Some(self.url.clone()), &payload)
+            .await
     }
 
     fn github(&self) -> Vec<(String, String, Value)> {
@@ -103,7 +104,7 @@ impl Fleet {
     }
 
     async fn audit(&self) -> Vec<Value> {
-        common::audit_records(&self.aws, AUDIT_BUCKET).await.0
+        crate::common::audit_records(&self.aws, AUDIT_BUCKET).await.0
     }
 }
 
@@ -128,9 +129,9 @@ async fn serve(
     let authorization = header("authorization");
     let key_id = authorization.split("Credential=").nth(1).and_then(|c| c.split('/').next()).unwrap_or_default();
     let credentials = signers.lock().unwrap().get(key_id).cloned();
-    let expected = credentials.clone().map(|c| {
-        xtask::dev::fixtures::sigv4_authorization(base, &body, &header("x-amz-date"), c, "us-east-1").unwrap()
-    });
+    let expected = credentials
+        .clone()
+        .map(|c| testkit::fixtures::sigv4_authorization(base, &body, &header("x-amz-date"), c, "us-east-1").unwrap());
     let (status, answer) = match (credentials, expected) {
         (Some(credentials), Some(expected)) if expected == authorization => {
             let arn = aws.with_credentials(credentials).caller_arn().await.unwrap();

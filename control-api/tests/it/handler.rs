@@ -4,11 +4,9 @@
 //! Every request's records land in the emulator's S3, and the audit
 //! trail's own check must accept them.
 
-mod common;
-
+use crate::common::{config, event, github, Dispatches};
 use anyhow::Result;
 use clawdinator_control_api::{handle, Audit, Fleet, Workflow};
-use common::{config, event, github, Dispatches};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "ghs_installation_token_for_test";
@@ -32,8 +30,8 @@ const AUDIT_BUCKET: &str = "clawdinator-audit";
 
 /// The handler with its audit trail in the emulator's S3 and GitHub on loopback.
 struct Api {
-    emulator: xtask::aws::emulator::Emulator,
-    aws: xtask::aws::Aws,
+    emulator: testkit::emulator::Emulator,
+    aws: clawdinator::aws::Aws,
     audit: Audit,
     fleet: TestFleet,
     seen: Dispatches,
@@ -41,10 +39,11 @@ struct Api {
 
 impl Api {
     async fn start() -> Api {
-        let emulator = xtask::aws::emulator::Emulator::start().unwrap();
-        let aws = xtask::aws::Aws::load(&xtask::aws::Settings::local(&emulator.endpoint())).await.unwrap();
+        let emulator = testkit::emulator::Emulator::start().unwrap();
+        let aws = clawdinator::aws::Aws::load(&clawdinator::aws::Settings::local(&emulator.endpoint())).await.unwrap();
         aws.s3().create_bucket().bucket(AUDIT_BUCKET).send().await.unwrap();
-        let audit = Audit { aws: aws.clone(), chain: xtask::audit::BucketChain::new(AUDIT_BUCKET, "control-api") };
+        let audit =
+            Audit { aws: aws.clone(), chain: clawdinator::audit::BucketChain::new(AUDIT_BUCKET, "control-api") };
         let (url, seen) = github();
         let workflow = Workflow {
             api_url: url,
@@ -68,8 +67,8 @@ impl Api {
     }
 
     /// The audit records in S3, checked as the trail checks them.
-    async fn records(&self) -> (Vec<Value>, xtask::audit::Chains) {
-        common::audit_records(&self.aws, AUDIT_BUCKET).await
+    async fn records(&self) -> (Vec<Value>, clawdinator::audit::Chains) {
+        crate::common::audit_records(&self.aws, AUDIT_BUCKET).await
     }
 }
 
@@ -164,7 +163,7 @@ async fn every_request_and_decision_is_in_the_audit_trail() {
     assert_eq!(api.call(Some(BOT1), json!({"nonsense": true})).await.0, 400);
     let (records, chains) = api.records().await;
     // One container: one chain, two records per request, in order.
-    assert_eq!(chains, xtask::audit::Chains { records: 8, chains: 1 });
+    assert_eq!(chains, clawdinator::audit::Chains { records: 8, chains: 1 });
     let summary: Vec<(&str, &str, &str)> = records
         .iter()
         .map(|r| (r["caller"].as_str().unwrap(), r["phase"].as_str().unwrap(), r["result"].as_str().unwrap_or("")))
@@ -206,7 +205,7 @@ async fn a_request_that_cannot_be_recorded_is_refused_nothing_is_dispatched_and_
     let (status, body, seen) =
         api.call(Some("arn:aws:iam::123456789012:user/alice"), json!({"action": "deploy", "target": "all"})).await;
     assert_eq!((status, seen.len()), (202, 1), "{body}");
-    assert_eq!(api.records().await.1, xtask::audit::Chains { records: 2, chains: 1 });
+    assert_eq!(api.records().await.1, clawdinator::audit::Chains { records: 2, chains: 1 });
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -224,6 +223,6 @@ async fn a_lost_answer_record_is_reported_and_the_next_request_starts_a_new_chai
     // chain: the container starts a new one instead.
     assert_eq!(api.call(Some(alice), json!({"action": "status"})).await.0, 200);
     let (records, chains) = api.records().await;
-    assert_eq!(chains, xtask::audit::Chains { records: 3, chains: 2 });
-    assert_eq!(records[1]["prev"], xtask::audit::GENESIS);
+    assert_eq!(chains, clawdinator::audit::Chains { records: 3, chains: 2 });
+    assert_eq!(records[1]["prev"], clawdinator::audit::GENESIS);
 }

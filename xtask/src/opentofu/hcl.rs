@@ -46,7 +46,7 @@ pub struct Parsed {
 }
 
 pub fn parse(root: &Path, files: &[PathBuf]) -> Result<Parsed> {
-    let package = crate::dev::tools::npm_package(root, PACKAGE, PACKAGE_VERSION)?;
+    let package = crate::tools::npm_package(root, PACKAGE, PACKAGE_VERSION)?;
     let sh = Shell::new()?;
     let out = cmd!(sh, "node -e {PARSE} {package} {files...}").quiet().read().context("cannot run node")?;
     let results: BTreeMap<PathBuf, Value> = serde_json::from_str(&out).context("hcl2json's output is not JSON")?;

@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use xshell::{cmd, Shell};
 
+pub use module::Finding;
 use module::Module;
 use schema::ProviderSchema;
 
@@ -24,25 +25,6 @@ pub const ROOT_MODULE: &str = "infra/opentofu/aws";
 pub const FIXTURES: &str = "xtask/fixtures/opentofu";
 
 pub const CHECKOV_VERSION: &str = "3.3.30";
-
-/// One thing a check found, named by the check.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Finding {
-    pub check: &'static str,
-    pub message: String,
-}
-
-impl Finding {
-    pub fn new(check: &'static str, message: impl Into<String>) -> Finding {
-        Finding { check, message: message.into() }
-    }
-}
-
-impl std::fmt::Display for Finding {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "[{}] {}", self.check, self.message)
-    }
-}
 
 /// Every check on one root module; `fleet` adds the registry and user-data
 /// agreement (the fixtures are not the fleet).
@@ -90,7 +72,7 @@ fn check_registry(root: &Path, dir: &Path, module: &Module, findings: &mut Vec<F
         instances.strip_prefix("${jsondecode(file(\"${path.module}/").and_then(|rest| rest.strip_suffix("\"))}"));
     match read {
         Some(rel) => {
-            let registry = root.join(crate::fleet::DEFAULT_PATH);
+            let registry = root.join(clawdinator::registry::DEFAULT_PATH);
             let same = std::fs::canonicalize(dir.join(rel)).ok() == std::fs::canonicalize(&registry).ok();
             if !same {
                 fail(format!("local.instances reads {rel} from {}, not {}", dir.display(), registry.display()));
@@ -110,7 +92,7 @@ fn check_registry(root: &Path, dir: &Path, module: &Module, findings: &mut Vec<F
         }
     }
     // The same names as the Rust parser reads, so plans name the same instances.
-    crate::fleet::Registry::load(&root.join(crate::fleet::DEFAULT_PATH))
+    clawdinator::registry::Registry::load(&root.join(clawdinator::registry::DEFAULT_PATH))
         .map_err(|p| anyhow::anyhow!("the registry does not pass `fleet check`: {p}"))?;
     Ok(())
 }
@@ -157,7 +139,7 @@ fn check_user_data(root: &Path, dir: &Path, module: &Module, findings: &mut Vec<
         fail(format!("{path} uses {used:?} but aws_instance.clawdinator passes {passed:?}"));
         return Ok(());
     }
-    let registry = crate::fleet::Registry::load(&root.join(crate::fleet::DEFAULT_PATH))?;
+    let registry = clawdinator::registry::Registry::load(&root.join(clawdinator::registry::DEFAULT_PATH))?;
     let instance = registry.instances.values().next().context("an empty registry")?;
     let sample = [
         ("instance_name", instance.host.as_str()),
@@ -184,7 +166,7 @@ fn check_user_data(root: &Path, dir: &Path, module: &Module, findings: &mut Vec<
 /// checkov over the module, offline: every failed check is a finding, and
 /// so is any file it could not parse (it would exit 0 on those).
 fn checkov(root: &Path, dir: &Path) -> Result<Vec<Finding>> {
-    let checkov = crate::dev::tools::pip_tool(root, "checkov", "checkov", CHECKOV_VERSION, "checkov")?;
+    let checkov = crate::tools::pip_tool(root, "checkov", "checkov", CHECKOV_VERSION, "checkov")?;
     let sh = Shell::new()?;
     let out = cmd!(sh, "{checkov} -d {dir} --framework terraform --skip-download --quiet --compact -o json")
         .quiet()

@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use super::schema::{Block, ProviderSchema};
-use super::Finding;
 
 /// Arguments every resource and data block may have (OpenTofu's meta-arguments).
 const META: &[&str] = &["count", "for_each", "depends_on", "provider", "lifecycle", "provisioner", "connection"];
@@ -90,6 +89,25 @@ impl<'a> Module<'a> {
 }
 
 // ------------------------------------------------------------- schema
+
+/// One thing a check found, named by the check.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub check: &'static str,
+    pub message: String,
+}
+
+impl Finding {
+    pub fn new(check: &'static str, message: impl Into<String>) -> Finding {
+        Finding { check, message: message.into() }
+    }
+}
+
+impl std::fmt::Display for Finding {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "[{}] {}", self.check, self.message)
+    }
+}
 
 /// Every resource and data block against the provider's schema.
 pub fn check_schema(module: &Module, schema: &ProviderSchema, findings: &mut Vec<Finding>) {

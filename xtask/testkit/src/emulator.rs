@@ -1,5 +1,5 @@
-//! The project's own local AWS: moto server, provisioned into `.venv/` at the
-//! repository root, started on a free loopback port, always stopped.
+//! The project's own local AWS: moto server (with `moto_shim.py`, the
+//! project's shim), provisioned into `.venv/` at the repository root, started on a free loopback port, always stopped.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Context, Result};
 use base64::Engine;
 
-use crate::project;
+use crate::{repo_root, venv};
 
 /// moto is pinned: its behaviour is part of what the tests assert against.
 pub const MOTO_VERSION: &str = "5.2.5";
@@ -176,7 +176,7 @@ impl Drop for Emulator {
 /// Start moto with the shim and read the port it prints. Runs on the keeper
 /// thread, which therefore is the child's parent thread.
 fn spawn_server(python: &Path, settings: &[(String, String)]) -> Result<(Child, u16)> {
-    let shim = project::root().join("xtask/src/aws/moto_shim.py");
+    let shim = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/moto_shim.py");
     // Holds moto's request recording, which it otherwise writes to the cwd;
     // kept for the server's lifetime by leaking it into the child's scope.
     let scratch = tempfile::Builder::new().prefix("clawdinator-emulator-").tempdir()?.keep();
@@ -249,7 +249,7 @@ fn log_target() -> Result<Stdio> {
 
 /// The venv's python, with moto at the pinned version.
 pub fn venv_python() -> PathBuf {
-    project::root().join(".venv/bin/python")
+    repo_root().join(".venv/bin/python")
 }
 
 /// Installed moto version in the project venv, if any.
@@ -266,7 +266,7 @@ pub fn installed_version() -> Option<String> {
 /// Create `.venv/` and install the pinned moto when it is not there yet
 /// (serialized: parallel tests all get here at once).
 pub fn ensure_installed() -> Result<PathBuf> {
-    let python = project::python_venv(&project::root().join(".venv"), &format!("moto[server]=={MOTO_VERSION}"))?;
+    let python = venv::python_venv(&repo_root().join(".venv"), &format!("moto[server]=={MOTO_VERSION}"))?;
     match installed_version() {
         Some(v) if v == MOTO_VERSION => Ok(python),
         other => bail!("after installing, .venv has moto {other:?}, expected {MOTO_VERSION}"),

@@ -1,12 +1,14 @@
-//! Shared test scaffolding: a fresh emulator per test and file-tree snapshots.
-#![allow(dead_code)]
+//! What every test that touches AWS starts from: a fresh emulator with a
+//! bucket and a scratch directory, one way to run a CLI against it, and
+//! file-tree snapshots.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use xtask::aws::emulator::Emulator;
-use xtask::aws::{Aws, Settings};
+use clawdinator::aws::{Aws, Settings};
+
+use crate::emulator::Emulator;
 
 /// A secret value used by every fixture: it must never show up in any output.
 pub const CANARY: &str = "CANARY-5e3b9c1d-never-print-me";
@@ -36,8 +38,9 @@ impl Env {
         self.dir.path().join(rel)
     }
 
-    /// `program` (one of this crate's binaries) pointed at this emulator,
-    /// with its dummy credentials.
+    /// `program` (a binary of the workspace) pointed at this emulator, with
+    /// its dummy credentials and the audit log in the scratch directory:
+    /// the one way tests run a CLI against AWS.
     pub fn cli(&self, program: &str) -> std::process::Command {
         let mut command = std::process::Command::new(program);
         command
@@ -59,6 +62,36 @@ impl Env {
     pub async fn get(&self, key: &str) -> Vec<u8> {
         let out = self.aws.s3().get_object().bucket(&self.bucket).key(key).send().await.unwrap();
         out.body.collect().await.unwrap().into_bytes().to_vec()
+    }
+
+    /// The `vmimport` role VM Import assumes, allowed to read `bucket`
+    /// (another bucket's name makes VM Import fail as AWS does).
+    pub async fn vmimport_role(&self, bucket: &str) {
+        let iam = self.aws.iam();
+        let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"vmie.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+        iam.create_role().role_name("vmimport").assume_role_policy_document(trust).send().await.unwrap();
+        let policy = format!(
+            r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Action":["s3:GetBucketLocation","s3:GetObject","s3:ListBucket"],"Resource":["arn:aws:s3:::{bucket}","arn:aws:s3:::{bucket}/*"]}}]}}"#
+        );
+        iam.put_role_policy()
+            .role_name("vmimport")
+            .policy_name("vmimport")
+            .policy_document(policy)
+            .send()
+            .await
+            .unwrap();
+    }
+
+    /// An untagged AMI named `name` whose root (`device`) is `snapshot`: its id.
+    pub async fn register_ami(&self, name: &str, snapshot: &str, device: &str) -> String {
+        use aws_sdk_ec2::types::{BlockDeviceMapping, EbsBlockDevice};
+        let mapping = BlockDeviceMapping::builder()
+            .device_name(device)
+            .ebs(EbsBlockDevice::builder().snapshot_id(snapshot).build())
+            .build();
+        let ec2 = self.aws.ec2();
+        let image = ec2.register_image().name(name).root_device_name("/dev/xvda").block_device_mappings(mapping);
+        image.send().await.unwrap().image_id.unwrap()
     }
 
     pub async fn put(&self, key: &str, bytes: Vec<u8>) {

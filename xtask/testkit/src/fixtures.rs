@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use xshell::{cmd, Shell};
 
-use crate::secrets::{self, Sources};
+use clawdinator::secrets::{self, Sources};
 
 /// A complete set of sources in one directory.
 pub struct SampleFleet {
@@ -81,9 +81,9 @@ pub fn sample_fleet(root: &Path, count: usize, value: impl Fn(&str) -> String) -
 /// identity, every common secret and each instance's token, and a small
 /// prepared seeds directory.
 pub fn sample_fleet_for(root: &Path, registry: &Path, value: impl Fn(&str) -> String) -> Result<SampleFleet> {
-    let loaded = crate::fleet::Registry::load(registry)?;
+    let loaded = clawdinator::registry::Registry::load(registry)?;
     let spec_path = root.join("secrets.json");
-    fs::copy(crate::project::root().join(secrets::DEFAULT_SPEC), &spec_path)?;
+    fs::copy(crate::repo_root().join(secrets::DEFAULT_SPEC), &spec_path)?;
     let spec = secrets::Spec::load(&spec_path)?;
     let age_key = root.join("keys/clawdinator.agekey");
     let recipient = write_identity(&age_key)?;
@@ -101,7 +101,7 @@ pub fn sample_fleet_for(root: &Path, registry: &Path, value: impl Fn(&str) -> St
     fs::write(seeds_dir.join("sample/README.md"), "# sample seed\n")?;
     fs::write(seeds_dir.join("sample/src/main.rs"), "fn main() {}\n")?;
     let records = serde_json::json!([{"name": "sample", "url": "file:///dev/null/sample", "branch": null, "commit": "0000000000000000000000000000000000000000"}]);
-    fs::write(seeds_dir.join(crate::bootstrap::seeds::SEEDS_FILE), serde_json::to_vec_pretty(&records)?)?;
+    fs::write(seeds_dir.join(clawdinator::bootstrap::seeds::SEEDS_FILE), serde_json::to_vec_pretty(&records)?)?;
     Ok(SampleFleet {
         sources: Sources { registry: registry.to_path_buf(), spec: spec_path, secrets_dir, age_key },
         seeds_dir,
@@ -172,8 +172,8 @@ pub fn sample_raw_image(path: &Path, size: u64, data: &[(u64, u64)], seed: u64) 
 
 /// Describe an image file the way `image-build` does, in `dir/image.json`.
 pub fn write_image_json(dir: &Path, image: &Path, label: &str) -> Result<PathBuf> {
-    let (sha256, size) = crate::bootstrap::archive::sha256_file(image)?;
-    let manifest = crate::image::ImageManifest {
+    let (sha256, size) = clawdinator::digest::sha256_file(image)?;
+    let manifest = clawdinator::image::ImageManifest {
         path: image.to_path_buf(),
         format: "raw".into(),
         boot_mode: "legacy-bios".into(),
@@ -182,9 +182,9 @@ pub fn write_image_json(dir: &Path, image: &Path, label: &str) -> Result<PathBuf
         sha256,
         label: label.into(),
         store_path: format!("/nix/store/00000000000000000000000000000000-{label}"),
-        source_revision: crate::project::git_revision().map(|r| r.trim_end_matches("-dirty").to_string()),
+        source_revision: clawdinator::project::git_revision().map(|r| r.trim_end_matches("-dirty").to_string()),
         dirty: false,
-        block_sha256: Some(crate::image::snapshot::block_digest(image)?),
+        block_sha256: Some(clawdinator::image::snapshot::block_digest(image)?),
     };
     fs::create_dir_all(dir)?;
     let json = dir.join("image.json");
@@ -197,6 +197,16 @@ fn pem(label: &str, der: &[u8]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let lines: Vec<&str> = b64.as_bytes().chunks(64).map(|c| std::str::from_utf8(c).unwrap_or_default()).collect();
     format!("-----BEGIN {label}-----\n{}\n-----END {label}-----\n", lines.join("\n"))
+}
+
+/// A 6 MiB raw image under `dir` with random `data` ranges (offset, length)
+/// and holes elsewhere, and its image.json: (image, json).
+pub fn sample_image(dir: &Path, data: &[(u64, u64)], seed: u64) -> Result<(PathBuf, PathBuf)> {
+    fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let image = dir.join("nixos.raw");
+    sample_raw_image(&image, 6 << 20, data, seed)?;
+    let json = write_image_json(dir, &image, "25.05.20250101.abcdef0")?;
+    Ok((image, json))
 }
 
 /// A fresh GitHub App key pair for tests: (private PEM, public PEM).
@@ -226,6 +236,6 @@ pub fn sigv4_authorization(
     let rfc = format!("{}-{}-{}T{}:{}:{}Z", &d[0..4], &d[4..6], &d[6..8], &d[9..11], &d[11..13], &d[13..15]);
     let time = aws_smithy_types::DateTime::from_str(&rfc, aws_smithy_types::date_time::Format::DateTime)?;
     let time = std::time::SystemTime::try_from(time)?;
-    let request = crate::fleet::control::signed_request(url, body, credentials, region, time)?;
+    let request = clawdinator::fleet::control::signed_request(url, body, credentials, region, time)?;
     Ok(request.headers()["authorization"].to_str()?.to_string())
 }

@@ -5,9 +5,9 @@ use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use clawdinator::aws::{Aws, Settings, Timeouts};
 use sha2::{Digest, Sha256};
-use xtask::aws::emulator::Emulator;
-use xtask::aws::{Aws, Settings, Timeouts};
+use testkit::emulator::Emulator;
 
 fn alive(pid: u32) -> bool {
     // After the child is reaped its /proc entry is gone; a zombie would
@@ -190,8 +190,8 @@ fn doctor_json_shape_and_local_sts() {
 #[test]
 fn vmimport_trust_policy_is_understood() {
     let doc = "%7B%22Version%22%3A%222012-10-17%22%2C%22Statement%22%3A%5B%7B%22Effect%22%3A%22Allow%22%2C%22Principal%22%3A%7B%22Service%22%3A%22vmie.amazonaws.com%22%7D%2C%22Action%22%3A%22sts%3AAssumeRole%22%7D%5D%7D";
-    assert!(xtask::aws::iam::trusts_service(doc, "vmie.amazonaws.com"));
-    assert!(!xtask::aws::iam::trusts_service(&doc.replace("vmie", "ec2"), "vmie.amazonaws.com"));
+    assert!(clawdinator::aws::iam::trusts_service(doc, "vmie.amazonaws.com"));
+    assert!(!clawdinator::aws::iam::trusts_service(&doc.replace("vmie", "ec2"), "vmie.amazonaws.com"));
 }
 
 /// Two running instances named a and b, and an SDK client for the emulator.
@@ -279,7 +279,7 @@ async fn the_shim_models_ssm_agents_and_chosen_invocation_outcomes() {
             .send()
             .await
             .unwrap_err();
-        assert_eq!(xtask::aws::error_code(&err), Some("InvalidInstanceId"), "{target}");
+        assert_eq!(clawdinator::aws::error_code(&err), Some("InvalidInstanceId"), "{target}");
     }
     // A chosen outcome, InProgress for two polls first.
     emulator
@@ -321,27 +321,6 @@ async fn the_shim_fails_status_checks_when_told() {
     assert_eq!((status(&ids[0]), status(&ids[1])), ("impaired".to_string(), "ok".to_string()));
 }
 
-/// `--local` starts the emulator from a pooled thread; tokio retires idle
-/// blocking threads (here after 50 ms) and PR_SET_PDEATHSIG fires when the
-/// forking *thread* exits. The emulator must live as long as the context.
-#[test]
-fn a_local_context_outlives_the_blocking_pool() {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .thread_keep_alive(Duration::from_millis(50))
-        .build()
-        .unwrap();
-    runtime.block_on(async {
-        let global = xtask::flags::Global { local: true, json: true, ..Default::default() };
-        let ctx = xtask::Ctx::new(global).await.unwrap();
-        // Twenty times the pool's keep-alive: the starting thread is gone.
-        tokio::time::sleep(Duration::from_secs(1)).await;
-        let aws = ctx.aws().await.unwrap();
-        let buckets = aws.s3().list_buckets().send().await.expect("the --local emulator died with its starting thread");
-        assert_eq!(buckets.buckets().len(), 1);
-    });
-}
-
 /// A server that answers GetObject with headers and 10 of 1000 bytes, then
 /// goes silent with the connection open.
 fn half_answer() -> u16 {
@@ -381,7 +360,7 @@ async fn a_stalled_body_fails_within_the_read_timeout() {
     };
     let aws = Aws::load(&settings).await.unwrap();
     let s3 = aws.s3();
-    let read = xtask::aws::s3::get_bytes(&s3, "bucket", "key", 1 << 20, aws.timeouts().read);
+    let read = clawdinator::aws::s3::get_bytes(&s3, "bucket", "key", 1 << 20, aws.timeouts().read);
     let err = tokio::time::timeout(Duration::from_secs(60), read).await.expect("the stalled body hung").unwrap_err();
     assert!(format!("{err:#}").contains("stalled"), "{err:#}");
 }

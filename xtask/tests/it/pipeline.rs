@@ -1,7 +1,5 @@
 //! `pipeline --local`, the README's first command, end to end.
 
-mod common;
-
 use std::process::Command;
 
 #[test]
@@ -10,7 +8,7 @@ fn pipeline_local_runs_every_stage_and_prints_the_ami() {
     let github_output = dir.path().join("github-output");
     let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args(["--json", "--local", "pipeline"])
-        .current_dir(xtask::project::root())
+        .current_dir(testkit::repo_root())
         .env("GITHUB_OUTPUT", &github_output)
         .env_remove("AWS_ENDPOINT_URL")
         .output()
@@ -22,23 +20,30 @@ fn pipeline_local_runs_every_stage_and_prints_the_ami() {
     let stages: Vec<&str> = report["stages"].as_array().unwrap().iter().map(|s| s["stage"].as_str().unwrap()).collect();
     assert_eq!(
         stages,
-        ["secrets check", "seeds prepare", "bootstrap upload", "image-build", "image publish", "ami latest"]
+        [
+            "secrets check",
+            "bootstrap seeds prepare",
+            "bootstrap upload",
+            "image build",
+            "image publish",
+            "image ami latest"
+        ]
     );
     let ami = report["amiId"].as_str().unwrap();
     assert!(ami.starts_with("ami-"), "{ami}");
     assert_eq!(std::fs::read_to_string(&github_output).unwrap(), format!("ami_id={ami}\n"));
-    for line in ["[1/6] secrets check", "[3/6] bootstrap upload", "[6/6] ami latest"] {
+    for line in ["[1/6] secrets check", "[3/6] bootstrap upload", "[6/6] image ami latest"] {
         assert!(stderr.contains(line), "{line} missing from {stderr}");
     }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_pipeline_stops_at_the_first_failed_stage_and_names_it() {
-    let env = common::env().await;
+    let env = testkit::env::env().await;
     let out = env
         .cli(env!("CARGO_BIN_EXE_xtask"))
         .args(["pipeline", "--bucket", &env.bucket, "--secrets-dir"])
-        .current_dir(xtask::project::root())
+        .current_dir(testkit::repo_root())
         .arg(env.path("no-such-dir"))
         .output()
         .unwrap();
@@ -52,7 +57,7 @@ async fn the_pipeline_stops_at_the_first_failed_stage_and_names_it() {
 fn pipeline_local_dry_run_says_what_it_would_do() {
     let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args(["--json", "--local", "pipeline", "--dry-run"])
-        .current_dir(xtask::project::root())
+        .current_dir(testkit::repo_root())
         .env_remove("AWS_ENDPOINT_URL")
         .env_remove("GITHUB_OUTPUT")
         .output()
@@ -72,12 +77,12 @@ fn pipeline_local_dry_run_says_what_it_would_do() {
 #[test]
 fn pipeline_local_publishes_the_image_it_built() {
     let dir = tempfile::tempdir().unwrap();
-    let (path, kvm) = common::stand_in_nix(dir.path());
+    let (path, kvm) = testkit::env::stand_in_nix(dir.path());
     let github_output = dir.path().join("github-output");
     let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args(["--json", "--local", "pipeline", "--flake"])
         .arg(dir.path().join("flake"))
-        .current_dir(xtask::project::root())
+        .current_dir(testkit::repo_root())
         .env("PATH", path)
         .env("FAKE_STORE", dir.path().join("store"))
         .env("FAKE_FEATURES", "nix-command flakes")
@@ -94,7 +99,7 @@ fn pipeline_local_publishes_the_image_it_built() {
     // The stand-in's image: 3 MiB of zeros with "NixOS root" at 1 MiB.
     let mut image = vec![0u8; 3 << 20];
     image[1 << 20..(1 << 20) + 10].copy_from_slice(b"NixOS root");
-    let sha = xtask::bootstrap::archive::sha256_hex(&image);
+    let sha = clawdinator::digest::sha256_hex(&image);
     let built = stages[3]["summary"].as_str().unwrap();
     assert!(built.contains(&sha) && !built.starts_with("skipped"), "{stages:?}");
     let ami = report["amiId"].as_str().unwrap();

@@ -2,12 +2,10 @@
 //! writes the output tree nixpkgs' amazon image produces. The real build
 //! needs nix and KVM and is not run here.
 
-mod common;
-
 use std::path::Path;
 use std::process::Command;
 
-use common::stand_in_nix;
+use testkit::env::stand_in_nix;
 
 struct Run {
     code: i32,
@@ -16,8 +14,8 @@ struct Run {
 }
 
 fn image_build(dir: &Path, path: &str, features: &str, kvm: &Path) -> Run {
-    let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["--json", "image-build", "--out"])
+    let out = Command::new(env!("CARGO_BIN_EXE_clawdinator"))
+        .args(["--json", "image", "build", "--out"])
         .arg(dir.join("dist"))
         .arg("--flake")
         .arg(dir.join("flake"))
@@ -54,16 +52,16 @@ fn image_build_describes_what_nix_built() {
     let written: serde_json::Value =
         serde_json::from_slice(&std::fs::read(dir.path().join("dist/image.json")).unwrap()).unwrap();
     assert_eq!(report, written);
-    let manifest = xtask::image::ImageManifest::load(&dir.path().join("dist/image.json")).unwrap();
+    let manifest = clawdinator::image::ImageManifest::load(&dir.path().join("dist/image.json")).unwrap();
     assert_eq!(manifest.format, "raw");
     assert_eq!(manifest.boot_mode, "legacy-bios");
     assert_eq!(manifest.architecture, "x86_64");
     assert_eq!(manifest.logical_bytes, 3 * 1024 * 1024);
     assert_eq!(manifest.label, "25.05.20250101.abcdef0");
     assert!(manifest.store_path.ends_with("-nixos-amazon-image-25.05"));
-    let (sha, _) = xtask::bootstrap::archive::sha256_file(&manifest.path).unwrap();
+    let (sha, _) = clawdinator::digest::sha256_file(&manifest.path).unwrap();
     assert_eq!(manifest.sha256, sha);
-    assert_eq!(manifest.block_sha256, Some(xtask::image::snapshot::block_digest(&manifest.path).unwrap()));
+    assert_eq!(manifest.block_sha256, Some(clawdinator::image::snapshot::block_digest(&manifest.path).unwrap()));
     let head = Command::new("git").args(["-C", env!("CARGO_MANIFEST_DIR"), "rev-parse", "HEAD"]).output().unwrap();
     assert_eq!(manifest.source_revision.as_deref(), Some(String::from_utf8_lossy(&head.stdout).trim()));
 }

@@ -2,7 +2,7 @@
 
 use std::path::Path;
 
-use xtask::fleet::{check, Problem, Registry};
+use clawdinator::registry::{check, Problem, Registry};
 
 const VALID: &str = r#"{
   "clawdinator-1": {"host": "clawdinator-1", "instanceType": "t3.large", "bootstrapPrefix": "bootstrap/clawdinator-1", "discordTokenSecret": "clawdinator-discord-token-1"},
@@ -48,7 +48,7 @@ fn valid_registry_passes() {
 
 #[test]
 fn shipped_registry_is_valid() {
-    let path = xtask::project::root().join("nix/instances.json");
+    let path = testkit::repo_root().join("nix/instances.json");
     let registry = Registry::load(&path).unwrap_or_else(|p| panic!("{p}"));
     assert_eq!(registry.instances.keys().collect::<Vec<_>>(), ["clawdinator-1", "clawdinator-2"]);
     assert!(registry.instances.values().all(|i| i.instance_type == "t3.large"));
@@ -242,7 +242,7 @@ fn fleet_check_cli_exit_codes_and_json() {
     let bad = dir.path().join("bad.json");
     std::fs::write(&good, VALID).unwrap();
     std::fs::write(&bad, with_field("host", "other")).unwrap();
-    let xtask = env!("CARGO_BIN_EXE_xtask");
+    let xtask = env!("CARGO_BIN_EXE_clawdinator");
 
     let out = std::process::Command::new(xtask)
         .args(["--json", "fleet", "check", "--instances"])
@@ -283,7 +283,7 @@ fn nested_prefix() {
 }
 
 fn cli(args: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clawdinator"))
         .args(args)
         .env_remove("S3_BUCKET")
         .env_remove("GITHUB_APP_ID")
@@ -305,8 +305,8 @@ fn usage_errors_exit_2() {
         (&["image", "publish", "--workers", "1000"], "--workers"),
         (&["bootstrap", "upload", "--all", "--concurrency", "0"], "--concurrency"),
         (&["bootstrap", "upload", "--all"], "no bucket"),
-        (&["github-token", "--pem", "/nonexistent"], "no app id"),
-        (&["github-token", "--app-id", "1", "--installation-id", "2"], "no GitHub App key"),
+        (&["secrets", "github-token", "--pem", "/nonexistent"], "no app id"),
+        (&["secrets", "github-token", "--app-id", "1", "--installation-id", "2"], "no GitHub App key"),
     ] {
         let (code, stderr) = cli(args);
         assert_eq!(code, 2, "{args:?}: {stderr}");

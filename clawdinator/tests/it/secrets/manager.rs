@@ -1,13 +1,11 @@
 //! Secrets Manager seeding and the host-side fetch, against the emulator;
 //! GitHub App tokens against a local HTTP server playing GitHub.
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 
-use common::{canary_value, env, Env, CANARY};
-use xtask::dev::fixtures::{self, SampleFleet};
-use xtask::secrets::manager::{self, FetchOptions, SeedAction, SeedOptions};
+use clawdinator::secrets::manager::{self, FetchOptions, SeedAction, SeedOptions};
+use testkit::env::{canary_value, env, Env, CANARY};
+use testkit::fixtures::{self, SampleFleet};
 
 fn opts(fleet: &SampleFleet) -> SeedOptions {
     SeedOptions { sources: fleet.sources.clone(), instances: vec![], dry_run: false, prune: false }
@@ -173,22 +171,22 @@ async fn access_denied_names_the_secret_and_the_action() {
     // moto enforces IAM after the first three requests: a user allowed only
     // to list secrets, so the first read of a secret is denied.
     let emulator = tokio::task::spawn_blocking(|| {
-        xtask::aws::emulator::Emulator::start_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "3")])
+        testkit::emulator::Emulator::start_with(&[("INITIAL_NO_AUTH_ACTION_COUNT", "3")])
     })
     .await
     .unwrap()
     .unwrap();
-    let admin = xtask::aws::Aws::load(&xtask::aws::Settings::local(&emulator.endpoint())).await.unwrap();
+    let admin = clawdinator::aws::Aws::load(&clawdinator::aws::Settings::local(&emulator.endpoint())).await.unwrap();
     let iam = admin.iam();
     iam.create_user().user_name("ci").send().await.unwrap();
     let policy = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Action":["secretsmanager:ListSecrets"],"Resource":"*"}]}"#;
     iam.put_user_policy().user_name("ci").policy_name("read-only").policy_document(policy).send().await.unwrap();
     let key = iam.create_access_key().user_name("ci").send().await.unwrap().access_key.unwrap();
-    let settings = xtask::aws::Settings {
+    let settings = clawdinator::aws::Settings {
         static_credentials: Some((key.access_key_id().to_string(), key.secret_access_key().to_string())),
-        ..xtask::aws::Settings::local(&emulator.endpoint())
+        ..clawdinator::aws::Settings::local(&emulator.endpoint())
     };
-    let ci = xtask::aws::Aws::load(&settings).await.unwrap();
+    let ci = clawdinator::aws::Aws::load(&settings).await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let fleet = fixtures::sample_fleet(dir.path(), 1, canary_value).unwrap();
     let err = manager::seed(&ci, &opts(&fleet)).await.unwrap_err();
@@ -233,7 +231,7 @@ async fn fetch_writes_the_instances_set_and_removes_only_its_own_leftovers() {
     std::fs::write(dest.join("someone-elses-secret"), "theirs").unwrap();
     let report = manager::fetch(&env.aws, &fetch_opts(&fleet, "clawdinator-2", &dest)).await.unwrap();
     assert!(report.removed.is_empty(), "{:?}", report.removed);
-    let spec = xtask::secrets::Spec::load(&fleet.sources.spec).unwrap();
+    let spec = clawdinator::secrets::Spec::load(&fleet.sources.spec).unwrap();
     let mut want: Vec<String> = spec.common.clone();
     want.push("clawdinator-discord-token-2".into());
     want.sort();
@@ -243,7 +241,7 @@ async fn fetch_writes_the_instances_set_and_removes_only_its_own_leftovers() {
         assert_eq!(std::fs::read_to_string(&path).unwrap(), canary_value(name), "{name}");
     }
     let mut all = want.clone();
-    all.extend([xtask::secrets::host::STATE_FILE.to_string(), "someone-elses-secret".to_string()]);
+    all.extend([clawdinator::secrets::host::STATE_FILE.to_string(), "someone-elses-secret".to_string()]);
     all.sort();
     assert_eq!(listing(&dest), all);
 
@@ -291,7 +289,8 @@ async fn fake_github(
         let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
         validation.set_required_spec_claims(&["iat", "exp", "iss"]);
         validation.set_issuer(&[app_id]);
-        let verdict = match jsonwebtoken::decode::<xtask::secrets::github_token::Claims>(&jwt, &key, &validation) {
+        let verdict = match jsonwebtoken::decode::<clawdinator::secrets::github_token::Claims>(&jwt, &key, &validation)
+        {
             Ok(data) => {
                 let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
                 let c = data.claims;
@@ -328,8 +327,8 @@ fn app_args(pem: &std::path::Path, url: &str) -> Vec<String> {
 }
 
 fn github_token<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["-vv", "github-token"])
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clawdinator"))
+        .args(["-vv", "secrets", "github-token"])
         .args(args)
         .env("RUST_LOG", "trace")
         .output()
@@ -344,7 +343,7 @@ fn github_token<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) 
 #[tokio::test(flavor = "multi_thread")]
 async fn github_token_is_minted_with_a_valid_jwt() {
     let dir = tempfile::tempdir().unwrap();
-    let (private, public) = xtask::dev::fixtures::github_app_key().unwrap();
+    let (private, public) = testkit::fixtures::github_app_key().unwrap();
     let pem_file = dir.path().join("app.pem");
     std::fs::write(&pem_file, &private).unwrap();
 
@@ -387,7 +386,7 @@ async fn github_token_is_minted_with_a_valid_jwt() {
 #[tokio::test(flavor = "multi_thread")]
 async fn github_errors_show_status_and_message_never_the_jwt_or_key() {
     let dir = tempfile::tempdir().unwrap();
-    let (private, public) = xtask::dev::fixtures::github_app_key().unwrap();
+    let (private, public) = testkit::fixtures::github_app_key().unwrap();
     let pem_file = dir.path().join("app.pem");
     std::fs::write(&pem_file, &private).unwrap();
     let (url, server) = fake_github(public, "12345", 401).await;
@@ -428,8 +427,13 @@ async fn no_secret_value_in_seed_or_fetch_output() {
     let sources =
         ["--secrets-dir".to_string(), s(&fleet.sources.secrets_dir), "--age-key".into(), s(&fleet.sources.age_key)];
     let run = |args: Vec<String>| {
-        let out =
-            env.cli(env!("CARGO_BIN_EXE_xtask")).arg("-vv").args(&args).env("RUST_LOG", "trace").output().unwrap();
+        let out = env
+            .cli(env!("CARGO_BIN_EXE_clawdinator"))
+            .arg("-vv")
+            .args(&args)
+            .env("RUST_LOG", "trace")
+            .output()
+            .unwrap();
         (
             out.status.code().unwrap_or(-1),
             format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),

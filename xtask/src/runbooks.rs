@@ -1,12 +1,15 @@
 //! The agents' runbooks (`clawdinator/workspace`, `memory/`) are correct
 //! about this project's commands: every `clawdinator …` or `cargo xtask …`
-//! command they show parses against the CLI's own definition, so a renamed
-//! flag or command fails here before an agent trips on it.
+//! command they show parses against that binary's own definition (the host
+//! binary's for `clawdinator`, which is all a host has), so a renamed flag
+//! or command fails here before an agent trips on it. Unit tests only.
 
 use std::path::{Path, PathBuf};
 
 use clap::Parser;
-use xtask::flags::Xtask;
+use clawdinator::cli::Clawdinator;
+
+use crate::flags::Xtask;
 
 fn markdown_files(dir: &Path, found: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap() {
@@ -78,10 +81,13 @@ fn commands(text: &str) -> Vec<Shown> {
 fn parses(shown: &Shown) -> Result<(), clap::error::ErrorKind> {
     use clap::error::ErrorKind::*;
     let mut argv: Vec<String> = words(&shown.command).into_iter().filter(|w| w != "…").collect();
-    if argv[0] == "cargo" {
+    let parsed = if argv[0] == "cargo" {
         argv.remove(0);
-    }
-    match Xtask::try_parse_from(&argv) {
+        Xtask::try_parse_from(&argv).map(|_| ())
+    } else {
+        Clawdinator::try_parse_from(&argv).map(|_| ())
+    };
+    match parsed {
         Ok(_) => Ok(()),
         Err(e)
             if shown.mention
@@ -98,7 +104,7 @@ fn parses(shown: &Shown) -> Result<(), clap::error::ErrorKind> {
 
 #[test]
 fn every_command_the_runbooks_show_parses() {
-    let root = xtask::project::root();
+    let root = testkit::repo_root();
     let mut files = Vec::new();
     markdown_files(&root.join("clawdinator/workspace"), &mut files);
     markdown_files(&root.join("memory"), &mut files);

@@ -124,7 +124,7 @@ fn a_healthy_revision_becomes_the_boot_default_and_is_recorded() {
     let new = host.p(&format!("store/{}-nixos-system", host.rev));
     assert_eq!(host.link("current-system"), new);
     assert_eq!(host.link("system-profile"), new);
-    let record = xtask::host::deploy::read_record(&host.p("deployment.json")).unwrap().unwrap();
+    let record = clawdinator::host::deploy::read_record(&host.p("deployment.json")).unwrap().unwrap();
     assert_eq!((record.revision.as_str(), record.source.as_str()), (host.rev.as_str(), "switch"));
     let calls = std::fs::read_to_string(host.p("calls.log")).unwrap();
     let at =

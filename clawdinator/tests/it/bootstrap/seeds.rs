@@ -2,9 +2,9 @@
 
 use std::path::Path;
 
-use xtask::bootstrap::seeds::{self, PrepareOptions};
-use xtask::dev::fixtures::{commit_all, git_repo};
-use xtask::output::Output;
+use clawdinator::bootstrap::seeds::{self, PrepareOptions};
+use clawdinator::output::Output;
+use testkit::fixtures::{commit_all, git_repo};
 
 fn head(dir: &Path) -> String {
     let out = std::process::Command::new("git").arg("-C").arg(dir).args(["rev-parse", "HEAD"]).output().unwrap();
@@ -101,8 +101,8 @@ fn a_failed_repo_fails_the_command_unless_partial() {
     assert_eq!(report.failed[0].name, "bad");
     assert!(!o.dest.join("SEEDS.json").exists(), "SEEDS.json written despite a failure");
 
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["seeds", "prepare", "--list"])
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clawdinator"))
+        .args(["bootstrap", "seeds", "prepare", "--list"])
         .arg(&o.list)
         .arg("--dest")
         .arg(&o.dest)
@@ -140,7 +140,7 @@ fn malformed_lists_are_refused_with_line_numbers_before_cloning() {
 
 #[test]
 fn the_shipped_list_parses() {
-    let path = xtask::project::root().join("clawdinator/repos.tsv");
+    let path = testkit::repo_root().join("clawdinator/repos.tsv");
     let repos = seeds::load_list(&path).unwrap();
     let names: Vec<_> = repos.iter().map(|r| r.name.as_str()).collect();
     assert_eq!(names, ["openclaw", "nix-openclaw", "clawdinators", "clawhub"]);
@@ -192,7 +192,7 @@ fn install_copies_only_missing_repositories() {
     }
     write_records(&seeds_dir, &["alpha"]);
     let dest = dir.path().join("repos");
-    let owner = xtask::atomic::Owner::default();
+    let owner = clawdinator::atomic::Owner::default();
     let first = seeds::install(&seeds_dir, &dest, owner).unwrap();
     assert_eq!((first.installed.as_slice(), first.kept.len()), (&["alpha".to_string()][..], 0));
     assert_eq!(std::fs::read_to_string(dest.join("alpha/README.md")).unwrap(), "alpha seed\n");

@@ -1,14 +1,12 @@
 //! Bootstrap bundles against the emulator: upload, fetch, isolation,
 //! idempotence, and every refusal leaving the host's state untouched.
 
-mod common;
-
 use std::path::Path;
 
-use common::{archive_entries, canary_value, env, snapshot, Env};
-use xtask::bootstrap::{self, Action, FetchOptions, UploadOptions};
-use xtask::dev::fixtures::{self, SampleFleet};
-use xtask::output::Output;
+use clawdinator::bootstrap::{self, Action, FetchOptions, UploadOptions};
+use clawdinator::output::Output;
+use testkit::env::{archive_entries, canary_value, env, snapshot, Env};
+use testkit::fixtures::{self, SampleFleet};
 
 fn upload_opts(fleet: &SampleFleet, bucket: &str) -> UploadOptions {
     UploadOptions {
@@ -64,7 +62,7 @@ async fn round_trip_upload_then_fetch() {
 
     // Secrets: exactly the common ones and this instance's token, byte for byte, owner-only.
     let secrets = snapshot(&opts.secrets_dir);
-    let spec = xtask::secrets::Spec::load(&fleet.sources.spec).unwrap();
+    let spec = clawdinator::secrets::Spec::load(&fleet.sources.spec).unwrap();
     let mut want: Vec<String> = spec.common.iter().map(|n| format!("{n}.age")).collect();
     want.push("clawdinator-discord-token-2.age".into());
     want.extend([".bootstrap-ok".to_string(), ".bootstrap-prefix".to_string()]);
@@ -136,7 +134,7 @@ async fn each_bundle_holds_only_its_own_token() {
         let manifest: bootstrap::Manifest =
             serde_json::from_slice(&env.get(&format!("bootstrap/clawdinator-{n}/manifest.json")).await).unwrap();
         assert_eq!(manifest.secrets.iter().filter(|s| s.contains("discord-token")).count(), 1);
-        assert_eq!(manifest.archives["secrets.tar.zst"].sha256, xtask::bootstrap::archive::sha256_hex(&bytes));
+        assert_eq!(manifest.archives["secrets.tar.zst"].sha256, clawdinator::digest::sha256_hex(&bytes));
         assert_eq!(manifest.source_revision.as_deref(), Some("abc123"));
     }
     // The seeds archive was sent once and copied to the other prefixes.
@@ -298,7 +296,7 @@ async fn replace_secrets_archive(env: &Env, bytes: Vec<u8>) {
     let key = "bootstrap/clawdinator-2/manifest.json";
     let mut manifest: bootstrap::Manifest = serde_json::from_slice(&env.get(key).await).unwrap();
     let info = manifest.archives.get_mut("secrets.tar.zst").unwrap();
-    info.sha256 = xtask::bootstrap::archive::sha256_hex(&bytes);
+    info.sha256 = clawdinator::digest::sha256_hex(&bytes);
     info.size = bytes.len() as u64;
     env.put("bootstrap/clawdinator-2/secrets.tar.zst", bytes).await;
     env.put(key, serde_json::to_vec(&manifest).unwrap()).await;
@@ -367,7 +365,7 @@ async fn fails_before_upload(break_it: impl FnOnce(&SampleFleet), expect: &str) 
     let err = bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap_err();
     let text = format!("{err:#}");
     assert!(text.contains(expect), "{text}");
-    assert!(!text.contains(common::CANARY), "{text}");
+    assert!(!text.contains(testkit::env::CANARY), "{text}");
     assert!(env.keys().await.is_empty(), "something was uploaded");
 }
 
@@ -437,7 +435,7 @@ fn fetch_cli(env: &Env, program: &str, opts: &FetchOptions) -> std::process::Com
 
 /// The CLI's bootstrap fetch against the emulator, killed (abort) after `step`.
 fn fetch_cli_killed_at(env: &Env, opts: &FetchOptions, step: &str) -> std::process::Output {
-    fetch_cli(env, env!("CARGO_BIN_EXE_xtask"), opts)
+    fetch_cli(env, env!("CARGO_BIN_EXE_clawdinator"), opts)
         .args(["--bucket", &env.bucket])
         .arg("--prefix-file")
         .arg(opts.prefix_file.as_ref().unwrap())
@@ -641,8 +639,8 @@ async fn secrets_install_decrypts_the_bundle_into_run_agenix() {
         .unwrap();
     let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{all}");
-    assert!(!all.contains(common::CANARY), "a secret value reached the output: {all}");
-    let spec = xtask::secrets::Spec::load(&fleet.sources.spec).unwrap();
+    assert!(!all.contains(testkit::env::CANARY), "a secret value reached the output: {all}");
+    let spec = clawdinator::secrets::Spec::load(&fleet.sources.spec).unwrap();
     let mut want: Vec<String> = spec.common.clone();
     want.push("clawdinator-discord-token-2".into());
     for name in &want {
@@ -656,13 +654,13 @@ async fn secrets_install_decrypts_the_bundle_into_run_agenix() {
     let before = snapshot(&dest);
     let wrong = env.path("wrong.agekey");
     fixtures::write_identity(&wrong).unwrap();
-    let install = xtask::secrets::host::InstallOptions {
+    let install = clawdinator::secrets::host::InstallOptions {
         from: opts.secrets_dir.clone(),
         identity: wrong.clone(),
         dest: dest.clone(),
         owner: Default::default(),
     };
-    let err = xtask::secrets::host::install(&install).unwrap_err();
+    let err = clawdinator::secrets::host::install(&install).unwrap_err();
     assert!(format!("{err:#}").contains(&wrong.display().to_string()), "{err:#}");
     assert!(snapshot(&dest) == before, "a failed install changed /run/agenix");
 }

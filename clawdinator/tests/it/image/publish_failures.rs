@@ -3,29 +3,25 @@
 //! every wait, cleanup that says what it did, and the image's identity
 //! (format, digest, encryption).
 
-mod common;
-
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{env, Env};
+use clawdinator::cancel::Cancel;
+use clawdinator::image::ami::{self, PruneOptions};
+use clawdinator::image::publish;
+use clawdinator::image::snapshot::BLOCK_SIZE;
+use clawdinator::image::{PublishOptions, Via};
+use clawdinator::output::Output;
 use serde_json::json;
-use xtask::cancel::Cancel;
-use xtask::dev::fixtures::{sample_raw_image, write_image_json};
-use xtask::image::ami::{self, PruneOptions};
-use xtask::image::publish::{self, PublishOptions, Via};
-use xtask::image::snapshot::BLOCK_SIZE;
-use xtask::output::Output;
+use testkit::env::{env, Env};
+use testkit::fixtures::sample_image;
 
 const OUT: Output = Output { json: true };
 const MIB: u64 = 1 << 20;
 
+/// 6 MiB with data in blocks 2-3 only.
 fn sample(env: &Env, name: &str, seed: u64) -> (PathBuf, PathBuf) {
-    let dir = env.path(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let image = dir.join("nixos.raw");
-    sample_raw_image(&image, 6 * MIB, &[(2 * BLOCK_SIZE, 2 * BLOCK_SIZE)], seed).unwrap();
-    (image.clone(), write_image_json(&dir, &image, "25.05.20250101.abcdef0").unwrap())
+    sample_image(&env.path(name), &[(2 * BLOCK_SIZE, 2 * BLOCK_SIZE)], seed).unwrap()
 }
 
 fn opts(json: PathBuf) -> PublishOptions {
@@ -83,7 +79,7 @@ async fn a_changed_image_is_not_completed_ebs_direct() {
     let env = env().await;
     for (n, with_block_digest) in [(2, true), (22, false)] {
         let (image, json) = sample(&env, &format!("img{n}"), n);
-        let manifest = xtask::image::ImageManifest::load(&json).unwrap();
+        let manifest = clawdinator::image::ImageManifest::load(&json).unwrap();
         let mut value: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
         if !with_block_digest {
             value.as_object_mut().unwrap().remove("blockSha256");
@@ -97,8 +93,8 @@ async fn a_changed_image_is_not_completed_ebs_direct() {
             .write_all_at(b"tampered", 2 * BLOCK_SIZE)
             .unwrap();
         let (want, got) = match with_block_digest {
-            true => (manifest.block_sha256.unwrap(), xtask::image::snapshot::block_digest(&image).unwrap()),
-            false => (manifest.sha256, xtask::bootstrap::archive::sha256_file(&image).unwrap().0),
+            true => (manifest.block_sha256.unwrap(), clawdinator::image::snapshot::block_digest(&image).unwrap()),
+            false => (manifest.sha256, clawdinator::digest::sha256_file(&image).unwrap().0),
         };
         let err = publish(&env, &opts(json)).await.unwrap_err();
         let text = format!("{err:#}");
@@ -114,7 +110,7 @@ async fn a_changed_image_is_not_completed_ebs_direct() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_changed_image_is_not_completed_s3() {
     let env = env().await;
-    vmimport_role(&env).await;
+    env.vmimport_role(&env.bucket).await;
     let (image, json) = sample(&env, "img", 3);
     use std::os::unix::fs::FileExt;
     std::fs::OpenOptions::new().write(true).open(&image).unwrap().write_all_at(b"tampered", 5 * MIB).unwrap();
@@ -174,23 +170,12 @@ async fn a_block_that_fails_twice_is_retried_alone() {
     assert_eq!(env.emulator.faults().unwrap()[0]["fired"], 2);
 }
 
-async fn vmimport_role(env: &Env) {
-    let iam = env.aws.iam();
-    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"vmie.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
-    iam.create_role().role_name("vmimport").assume_role_policy_document(trust).send().await.unwrap();
-    let policy = format!(
-        r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Action":["s3:GetObject"],"Resource":["arn:aws:s3:::{0}/*"]}}]}}"#,
-        env.bucket
-    );
-    iam.put_role_policy().role_name("vmimport").policy_name("vmimport").policy_document(policy).send().await.unwrap();
-}
-
 /// VM Import fails a conversion; the re-run starts a new task (a reused
 /// client token would hand back the failed one) and publishes.
 #[tokio::test(flavor = "multi_thread")]
 async fn a_vm_import_failure_then_a_rerun_publishes() {
     let env = env().await;
-    vmimport_role(&env).await;
+    env.vmimport_role(&env.bucket).await;
     let (_, json) = sample(&env, "img", 7);
     let mut o = opts(json);
     (o.via, o.bucket) = (Via::S3Import, Some(env.bucket.clone()));
@@ -257,7 +242,7 @@ async fn cancelling_during_the_snapshot_wait_cleans_up() {
 #[tokio::test(flavor = "multi_thread")]
 async fn cancelling_during_vm_import_cancels_the_task() {
     let env = env().await;
-    vmimport_role(&env).await;
+    env.vmimport_role(&env.bucket).await;
     let (_, json) = sample(&env, "img", 11);
     let mut o = opts(json);
     (o.via, o.bucket, o.import_poll) = (Via::S3Import, Some(env.bucket.clone()), Duration::from_secs(3600));
@@ -329,7 +314,7 @@ async fn sigterm_stops_the_cli_and_cleans_up() {
     env.emulator.settings(json!({"snapshot_pending_polls": 1_000_000})).unwrap();
     env.emulator.inject(json!({"operation": "CompleteSnapshot", "after": 1_000_000})).unwrap();
     let child = env
-        .cli(env!("CARGO_BIN_EXE_xtask"))
+        .cli(env!("CARGO_BIN_EXE_clawdinator"))
         .args(["--json", "image", "publish", "--image"])
         .arg(&json)
         .stdout(std::process::Stdio::piped())

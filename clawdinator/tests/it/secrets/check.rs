@@ -1,10 +1,8 @@
 //! `secrets check`, and the promise that no secret value reaches any output.
 
-mod common;
-
-use common::{canary_value, env, CANARY};
-use xtask::dev::fixtures;
-use xtask::secrets::{check, Severity};
+use clawdinator::secrets::{check, Severity};
+use testkit::env::{canary_value, env, Env, CANARY};
+use testkit::fixtures;
 
 #[test]
 fn a_complete_set_checks_clean_and_orphans_are_reported() {
@@ -62,13 +60,11 @@ fn refs(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
-fn xtask(args: &[&str], envs: &[(&str, &str)]) -> (i32, String) {
-    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"));
-    cmd.args(["-vv"]).args(args).env("RUST_LOG", "trace");
-    for (k, v) in envs {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
+/// The host binary against the emulator, at the most verbose log level:
+/// its exit code and everything it printed.
+fn run(env: &Env, args: &[&str]) -> (i32, String) {
+    let out =
+        env.cli(env!("CARGO_BIN_EXE_clawdinator")).arg("-vv").args(args).env("RUST_LOG", "trace").output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)),
@@ -94,20 +90,11 @@ async fn no_secret_reaches_any_output() {
         "--age-key".into(),
         s(&fleet.sources.age_key),
     ];
-    let endpoint = env.emulator.endpoint();
-    let audit = env.path("audit.jsonl");
-    let aws_env = [
-        ("AWS_ENDPOINT_URL", endpoint.as_str()),
-        ("AWS_ACCESS_KEY_ID", "testing"),
-        ("AWS_SECRET_ACCESS_KEY", "testing"),
-        ("AWS_REGION", "us-east-1"),
-        ("CLAWDINATOR_AUDIT_LOG", audit.to_str().unwrap()),
-    ];
     let mut runs = Vec::new();
 
     let mut args = vec!["secrets".to_string(), "check".into()];
     args.extend(sources.iter().cloned());
-    runs.push(xtask(&refs(&args), &aws_env));
+    runs.push(run(&env, &refs(&args)));
     for extra in [vec!["--dry-run"], vec![], vec!["--json"]] {
         let mut args = vec![
             "bootstrap".to_string(),
@@ -120,7 +107,7 @@ async fn no_secret_reaches_any_output() {
         ];
         args.extend(sources.iter().cloned());
         args.extend(extra.iter().map(|e| e.to_string()));
-        runs.push(xtask(&refs(&args), &aws_env));
+        runs.push(run(&env, &refs(&args)));
     }
     let host = env.path("host");
     let fetch = [
@@ -139,7 +126,7 @@ async fn no_secret_reaches_any_output() {
         "--prefix-file",
         &s(&host.join("prefix")),
     ];
-    runs.push(xtask(&fetch, &aws_env));
+    runs.push(run(&env, &fetch));
     assert!(runs.iter().all(|(code, _)| *code == 0), "{runs:#?}");
 
     // Failure paths print errors too: an undecryptable file and a tampered archive.
@@ -148,7 +135,7 @@ async fn no_secret_reaches_any_output() {
         .unwrap();
     let mut args = vec!["secrets".to_string(), "check".into()];
     args.extend(sources.iter().cloned());
-    let failed = xtask(&refs(&args), &aws_env);
+    let failed = run(&env, &refs(&args));
     assert_eq!(failed.0, 1);
     runs.push(failed);
     env.put("bootstrap/clawdinator-2/secrets.tar.zst", b"tampered".to_vec()).await;
@@ -156,7 +143,7 @@ async fn no_secret_reaches_any_output() {
     fetch2[5] = "bootstrap/clawdinator-2";
     let p2 = s(&env.path("host2/p"));
     fetch2[13] = &p2;
-    let failed = xtask(&fetch2, &aws_env);
+    let failed = run(&env, &fetch2);
     assert_eq!(failed.0, 1, "{}", failed.1);
     runs.push(failed);
 

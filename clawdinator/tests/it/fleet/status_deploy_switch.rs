@@ -3,14 +3,12 @@
 //! creates or replaces instances the way the real apply would, and SSM
 //! invocations whose outcome the test chooses (shim switches).
 
-mod common;
-
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
-use common::{env, Env};
 use serde_json::{json, Value};
+use testkit::env::{env, Env};
 
 const REV: &str = "0123456789abcdef0123456789abcdef01234567";
 const OLD_REV: &str = "89abcdef0123456789abcdef0123456789abcdef";
@@ -18,7 +16,7 @@ const OLD_REV: &str = "89abcdef0123456789abcdef0123456789abcdef";
 /// A registry of `n` instances, t3.large each.
 fn registry(env: &Env, n: usize) -> PathBuf {
     let map: serde_json::Map<String, Value> =
-        (1..=n).map(|i| (format!("clawdinator-{i}"), xtask::dev::fixtures::instance_json(i))).collect();
+        (1..=n).map(|i| (format!("clawdinator-{i}"), testkit::fixtures::instance_json(i))).collect();
     let path = env.path("nix/instances.json");
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     std::fs::write(&path, serde_json::to_string_pretty(&map).unwrap()).unwrap();
@@ -30,21 +28,7 @@ async fn fleet_ami(env: &Env, name: &str) -> String {
     let ec2 = env.aws.ec2();
     let volume = ec2.create_volume().availability_zone("us-east-1a").size(8).send().await.unwrap();
     let snap = ec2.create_snapshot().volume_id(volume.volume_id().unwrap()).send().await.unwrap();
-    let image = ec2
-        .register_image()
-        .name(name)
-        .root_device_name("/dev/xvda")
-        .block_device_mappings(
-            aws_sdk_ec2::types::BlockDeviceMapping::builder()
-                .device_name("/dev/xvda")
-                .ebs(aws_sdk_ec2::types::EbsBlockDevice::builder().snapshot_id(snap.snapshot_id().unwrap()).build())
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap()
-        .image_id
-        .unwrap();
+    let image = env.register_ami(name, snap.snapshot_id().unwrap(), "/dev/xvda").await;
     ec2.create_tags()
         .resources(&image)
         .tags(Tag::builder().key("clawdinator").value("true").build())
@@ -79,7 +63,7 @@ async fn instance(env: &Env, name: &str, ami: &str, kind: &str, revision: Option
 }
 
 fn xtask(env: &Env, args: &[&str]) -> std::process::Output {
-    env.cli(env!("CARGO_BIN_EXE_xtask"))
+    env.cli(env!("CARGO_BIN_EXE_clawdinator"))
         .args(args)
         .env("CLAWDINATOR_POLL_SECONDS", "0.05")
         .env_remove("CLAWDINATOR_CALLER")
@@ -157,25 +141,6 @@ async fn status_names_every_kind_of_drift_and_exits_3() {
     );
 }
 
-#[test]
-fn status_and_switch_dry_run_work_under_local() {
-    let run = |args: &[&str]| {
-        std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
-            .current_dir(xtask::project::root())
-            .args(args)
-            .output()
-            .unwrap()
-    };
-    let status = run(&["--local", "--json", "fleet", "status"]);
-    assert_eq!(status.status.code(), Some(3), "{}", String::from_utf8_lossy(&status.stderr));
-    assert_eq!(json_of(&status)["drift"].as_array().unwrap().len(), 2, "both shipped instances are missing");
-    let switch = run(&["--local", "--json", "fleet", "switch", REV, "--dry-run"]);
-    assert!(switch.status.success(), "{}", String::from_utf8_lossy(&switch.stderr));
-    let report = json_of(&switch);
-    assert_eq!(report["waves"], json!([["clawdinator-1"], ["clawdinator-2"]]));
-    assert_eq!(report["hosts"][0]["outcome"], "would-fail");
-}
-
 // ---------------------------------------------------------------- deploy
 
 /// A stand-in `tofu`: records each call (arguments and TF_/AWS_REGION
@@ -184,7 +149,7 @@ fn status_and_switch_dry_run_work_under_local() {
 /// `-var=ami_id=`, with the registry's type and the fleet tags, as the real
 /// apply of infra/opentofu/aws would. $TOFU_FAIL makes an apply fail.
 fn stand_in_tofu(dir: &Path) -> PathBuf {
-    let python = xtask::aws::emulator::venv_python();
+    let python = testkit::emulator::venv_python();
     let script = format!(
         r#"#!{python}
 import json, os, re, sys
@@ -243,7 +208,7 @@ fn deploy(env: &Env, args: &[&str], extra_env: &[(&str, &str)]) -> (std::process
     let _ = std::fs::remove_file(&log);
     let reg = registry_path(env);
     let chdir = module_dir(env);
-    let mut command = env.cli(env!("CARGO_BIN_EXE_xtask"));
+    let mut command = env.cli(env!("CARGO_BIN_EXE_clawdinator"));
     command
         .args(["--json", "fleet", "deploy"])
         .args(args)

@@ -2,8 +2,6 @@
 //! job, a command fetches GitHub's OIDC token (a loopback server plays the
 //! token endpoint and checks the request) and assumes the role with it.
 
-mod common;
-
 use std::io::{Read, Write};
 
 /// GitHub's token endpoint: answers one request, returns the request line and headers.
@@ -24,18 +22,17 @@ fn token_endpoint() -> (String, std::thread::JoinHandle<String>) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_ci_job_assumes_the_ci_role_with_a_fresh_oidc_token() {
-    let env = common::env().await;
+    let env = testkit::env::env().await;
     let (url, endpoint) = token_endpoint();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["--json", "ami", "list"])
-        .env("AWS_ENDPOINT_URL", env.emulator.endpoint())
-        .env("AWS_REGION", "us-east-1")
+    // The emulator's endpoint, but no static keys: only the OIDC path can sign.
+    let out = env
+        .cli(env!("CARGO_BIN_EXE_clawdinator"))
+        .args(["--json", "image", "ami", "list"])
         .env_remove("AWS_ACCESS_KEY_ID")
         .env_remove("AWS_SECRET_ACCESS_KEY")
         .env("CLAWDINATOR_CI_ROLE_ARN", "arn:aws:iam::123456789012:role/clawdinator-ci")
         .env("ACTIONS_ID_TOKEN_REQUEST_URL", &url)
         .env("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "runner-bearer")
-        .env("CLAWDINATOR_AUDIT_LOG", env.path("audit.jsonl"))
         .output()
         .unwrap();
     let request = endpoint.join().unwrap();
@@ -49,8 +46,8 @@ async fn a_ci_job_assumes_the_ci_role_with_a_fresh_oidc_token() {
 
 #[test]
 fn without_id_token_permission_the_error_says_what_the_job_lacks() {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
-        .args(["ami", "list"])
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clawdinator"))
+        .args(["image", "ami", "list"])
         .env("CLAWDINATOR_CI_ROLE_ARN", "arn:aws:iam::123456789012:role/clawdinator-ci")
         .env_remove("ACTIONS_ID_TOKEN_REQUEST_URL")
         .env("AWS_REGION", "us-east-1")

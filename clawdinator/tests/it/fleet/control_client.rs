@@ -15,7 +15,7 @@ fn creds() -> Credentials {
 
 /// Recompute the Authorization header for what the server received.
 fn expected_authorization(url: &str, body: &[u8], date: &str) -> String {
-    xtask::dev::fixtures::sigv4_authorization(url, body, date, creds(), "eu-central-1").unwrap()
+    testkit::fixtures::sigv4_authorization(url, body, date, creds(), "eu-central-1").unwrap()
 }
 
 /// Serves one request: 202 with {"ok": true} when its signature is exact, 403 otherwise.
@@ -25,7 +25,7 @@ fn verifying_server() -> (String, std::thread::JoinHandle<(String, String)>) {
     let base = url.clone();
     let handle = std::thread::spawn(move || {
         let (mut stream, _) = listener.accept().unwrap();
-        let request = xtask::dev::loopback::read_http_request(&mut stream).unwrap();
+        let request = testkit::loopback::read_http_request(&mut stream).unwrap();
         let body = String::from_utf8(request.body.clone()).unwrap();
         let header = |name: &str| request.header(name);
         let expected = expected_authorization(&base, body.as_bytes(), &header("x-amz-date"));

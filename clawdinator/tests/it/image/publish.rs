@@ -2,19 +2,18 @@
 //! RegisterImage and VM Import behaviour): publish by both paths, content
 //! idempotence, cleanup, AMI selection and pruning.
 
-mod common;
-
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{env, Env};
-use xtask::cancel::Cancel;
-use xtask::dev::fixtures::{sample_raw_image, write_image_json};
-use xtask::image::ami::{self, Identity, PruneOptions};
-use xtask::image::publish::{self, PublishOptions, Via};
-use xtask::image::snapshot::BLOCK_SIZE;
-use xtask::output::Output;
+use clawdinator::cancel::Cancel;
+use clawdinator::image::ami::{self, Identity, PruneOptions};
+use clawdinator::image::publish;
+use clawdinator::image::snapshot::BLOCK_SIZE;
+use clawdinator::image::{PublishOptions, Via};
+use clawdinator::output::Output;
+use testkit::env::{env, Env};
+use testkit::fixtures::{sample_image, sample_raw_image, write_image_json};
 
 const OUT: Output = Output { json: true };
 const MIB: u64 = 1 << 20;
@@ -22,11 +21,8 @@ const MIB: u64 = 1 << 20;
 /// 6 MiB: data in blocks 0 (MBR), 2-3, 7 (partial), an explicitly written
 /// zero block 9 (data on disk, zero content), holes elsewhere.
 fn sample(env: &Env, name: &str, seed: u64) -> (PathBuf, PathBuf) {
-    let dir = env.path(name);
-    std::fs::create_dir_all(&dir).unwrap();
-    let image = dir.join("nixos.raw");
-    sample_raw_image(&image, 6 * MIB, &[(2 * BLOCK_SIZE, 2 * BLOCK_SIZE), (7 * BLOCK_SIZE + 1000, 5000)], seed)
-        .unwrap();
+    let data = [(2 * BLOCK_SIZE, 2 * BLOCK_SIZE), (7 * BLOCK_SIZE + 1000, 5000)];
+    let (image, json) = sample_image(&env.path(name), &data, seed).unwrap();
     use std::os::unix::fs::FileExt;
     std::fs::OpenOptions::new()
         .write(true)
@@ -34,7 +30,6 @@ fn sample(env: &Env, name: &str, seed: u64) -> (PathBuf, PathBuf) {
         .unwrap()
         .write_all_at(&vec![0u8; BLOCK_SIZE as usize], 9 * BLOCK_SIZE)
         .unwrap();
-    let json = write_image_json(&dir, &image, "25.05.20250101.abcdef0").unwrap();
     (image, json)
 }
 
@@ -42,7 +37,7 @@ fn never() -> Cancel {
     Cancel::new()
 }
 
-fn identity(manifest: &xtask::image::ImageManifest) -> Identity {
+fn identity(manifest: &clawdinator::image::ImageManifest) -> Identity {
     Identity { sha256: manifest.sha256.clone(), kms_key: None }
 }
 
@@ -93,11 +88,11 @@ async fn ebs_direct_sends_exactly_the_data_blocks_and_registers_the_ami() {
     read_back_and_compare(&env, &snapshot_id, &image, &BTreeSet::from([0, 2, 3, 7])).await;
 
     // Tags on the AMI and on its snapshot.
-    let manifest = xtask::image::ImageManifest::load(&json).unwrap();
+    let manifest = clawdinator::image::ImageManifest::load(&json).unwrap();
     let ec2 = env.aws.ec2();
     let images = ec2.describe_images().image_ids(&report.ami_id).send().await.unwrap();
     let ami_image = &images.images()[0];
-    let name = manifest.ami_name_for(&identity(&manifest));
+    let name = manifest.ami_name_for(identity(&manifest).kms_key.as_deref());
     assert_eq!(ami_image.name(), Some(name.as_str()));
     assert!(name.starts_with("clawdinator-nixos-25.05.20250101.abcdef0-"));
     for (k, v) in ami::fleet_tags(&manifest, &identity(&manifest)) {
@@ -199,16 +194,6 @@ async fn an_interrupted_ebs_upload_leaves_no_snapshot() {
     assert!(ec2.describe_images().owners("self").send().await.unwrap().images().is_empty());
 }
 
-async fn vmimport_role(env: &Env, bucket_resource: &str) {
-    let iam = env.aws.iam();
-    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"vmie.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
-    iam.create_role().role_name("vmimport").assume_role_policy_document(trust).send().await.unwrap();
-    let policy = format!(
-        r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Action":["s3:GetBucketLocation","s3:GetObject","s3:ListBucket"],"Resource":["arn:aws:s3:::{bucket_resource}","arn:aws:s3:::{bucket_resource}/*"]}}]}}"#
-    );
-    iam.put_role_policy().role_name("vmimport").policy_name("vmimport").policy_document(policy).send().await.unwrap();
-}
-
 fn s3_opts(json: PathBuf, bucket: &str) -> PublishOptions {
     let mut opts = PublishOptions::new(json);
     opts.via = Via::S3Import;
@@ -220,7 +205,7 @@ fn s3_opts(json: PathBuf, bucket: &str) -> PublishOptions {
 #[tokio::test(flavor = "multi_thread")]
 async fn s3_import_publishes_and_cleans_up() {
     let env = env().await;
-    vmimport_role(&env, &env.bucket).await;
+    env.vmimport_role(&env.bucket).await;
     let (_, json) = sample(&env, "img", 4);
     let report = publish::publish(&env.aws, &s3_opts(json.clone(), &env.bucket), &OUT, &never()).await.unwrap();
     assert_eq!(report.bytes_sent, 6 * MIB);
@@ -238,7 +223,7 @@ async fn s3_import_preflight_refuses_before_uploading() {
     let (_, json) = sample(&env, "img", 5);
     let err = publish::publish(&env.aws, &s3_opts(json.clone(), &env.bucket), &OUT, &never()).await.unwrap_err();
     assert!(format!("{err:#}").contains("vmimport service role is missing"), "{err:#}");
-    vmimport_role(&env, "some-other-bucket").await;
+    env.vmimport_role("some-other-bucket").await;
     let err = publish::publish(&env.aws, &s3_opts(json, &env.bucket), &OUT, &never()).await.unwrap_err();
     assert!(format!("{err:#}").contains("may not read s3://clawdinator-test/"), "{err:#}");
     assert!(env.keys().await.is_empty());
@@ -247,7 +232,7 @@ async fn s3_import_preflight_refuses_before_uploading() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_interrupted_s3_upload_resumes() {
     let env = env().await;
-    vmimport_role(&env, &env.bucket).await;
+    env.vmimport_role(&env.bucket).await;
     let dir = env.path("img");
     std::fs::create_dir_all(&dir).unwrap();
     let image = dir.join("nixos.raw");
@@ -294,7 +279,7 @@ async fn an_interrupted_s3_upload_resumes() {
 #[tokio::test(flavor = "multi_thread")]
 async fn an_import_failure_surfaces_the_status_message() {
     let env = env().await;
-    vmimport_role(&env, &env.bucket).await;
+    env.vmimport_role(&env.bucket).await;
     let dir = env.path("nombr");
     std::fs::create_dir_all(&dir).unwrap();
     let image = dir.join("disk.raw");
@@ -364,21 +349,7 @@ async fn latest_none_ties_and_overrides() {
         .snapshot_id()
         .unwrap()
         .to_string();
-    let stranger = ec2
-        .register_image()
-        .name("not-fleet")
-        .root_device_name("/dev/xvda")
-        .block_device_mappings(
-            aws_sdk_ec2::types::BlockDeviceMapping::builder()
-                .device_name("/dev/xvdb")
-                .ebs(aws_sdk_ec2::types::EbsBlockDevice::builder().snapshot_id(snap).build())
-                .build(),
-        )
-        .send()
-        .await
-        .unwrap()
-        .image_id
-        .unwrap();
+    let stranger = env.register_ami("not-fleet", &snap, "/dev/xvdb").await;
     let err = ami::latest(&ec2, Some(&stranger)).await.unwrap_err();
     assert!(format!("{err:#}").contains("not a fleet AMI"), "{err:#}");
 }

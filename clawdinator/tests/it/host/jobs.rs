@@ -5,9 +5,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
-use xtask::atomic::Owner;
-use xtask::host::{deploy, workspace};
-use xtask::memory;
+use clawdinator::atomic::Owner;
+use clawdinator::host::{deploy, workspace};
+use clawdinator::memory;
 
 fn write(path: &Path, text: &str) {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -144,7 +144,7 @@ impl Host {
         // The fleet's repository, and the host's copy of it.
         let origin = dir.path().join("origin");
         write(&origin.join("flake.nix"), "{ outputs = _: { }; }\n");
-        let registry = std::fs::read_to_string(xtask::project::root().join("nix/instances.json")).unwrap();
+        let registry = std::fs::read_to_string(testkit::repo_root().join("nix/instances.json")).unwrap();
         write(&origin.join("nix/instances.json"), &registry);
         let sh = xshell::Shell::new().unwrap();
         sh.change_dir(&origin);
@@ -316,7 +316,7 @@ fn the_cron_jobs_become_the_gateway_store_and_bad_json_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let (templates, dest) = (dir.path().join("templates"), dir.path().join("workspace"));
     write(&templates.join("AGENTS.md"), "agents\n");
-    let jobs = xtask::project::root().join("clawdinator/cron-jobs.json");
+    let jobs = testkit::repo_root().join("clawdinator/cron-jobs.json");
     let store = dir.path().join("state/cron-jobs.json");
     let seed = |jobs: &Path| {
         host_cli()
@@ -415,7 +415,7 @@ async fn github_sync_pages_through_the_org_and_replaces_the_snapshot() {
         ("/repos/o/b/issues?state=open&per_page=100&page=1".into(), ok(serde_json::json!([issue_json(7, false)]))),
     ]);
     let (url, seen) = github_stand_in(routes).await;
-    let report = xtask::host::github_sync::sync(&url, "o", "ghs_test", &root).await.unwrap();
+    let report = clawdinator::host::github_sync::sync(&url, "o", "ghs_test", &root).await.unwrap();
     assert_eq!((report.repos, report.pull_requests, report.issues), (2, 50, 101), "{report:?}");
     let prs = std::fs::read_to_string(root.join("github/prs.md")).unwrap();
     assert_eq!(prs.matches("\n- **#").count(), 50);
@@ -437,7 +437,7 @@ async fn a_refused_github_sync_leaves_the_last_snapshot() {
         (401u16, r#"{"message":"Bad credentials"}"#.to_string()),
     )]);
     let (url, _) = github_stand_in(routes).await;
-    let err = xtask::host::github_sync::sync(&url, "o", "ghs_test", &root).await.unwrap_err().to_string();
+    let err = clawdinator::host::github_sync::sync(&url, "o", "ghs_test", &root).await.unwrap_err().to_string();
     assert!(err.contains("401") && err.contains("Bad credentials") && !err.contains("ghs_test"), "{err}");
     assert_eq!(std::fs::read_to_string(root.join("github/prs.md")).unwrap(), "the last snapshot\n");
 }

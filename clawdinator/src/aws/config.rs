@@ -1,0 +1,249 @@
+//! The one AWS configuration: the standard credential chain (or GitHub
+//! OIDC in Actions), `AWS_ENDPOINT_URL`, explicit timeouts and a single
+//! retry layer; the clients are built from it.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+
+use super::error::error;
+use super::github_oidc;
+
+/// Explicit limits so that nothing waits forever on a stalled connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Timeouts {
+    pub connect: Duration,
+    /// Longest wait for the next bytes of a response.
+    pub read: Duration,
+    /// One HTTP attempt, start to end.
+    pub attempt: Duration,
+    /// One operation, all retries included.
+    pub operation: Duration,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        // Sized for the largest request we send (a 16 MiB multipart part over
+        // a slow uplink) while still failing a dead connection in seconds.
+        Timeouts {
+            connect: Duration::from_secs(5),
+            read: Duration::from_secs(30),
+            attempt: Duration::from_secs(120),
+            operation: Duration::from_secs(300),
+        }
+    }
+}
+
+impl Timeouts {
+    /// Defaults, each overridable in seconds by
+    /// `CLAWDINATOR_{CONNECT,READ,ATTEMPT,OPERATION}_TIMEOUT`.
+    pub fn from_env() -> Result<Timeouts> {
+        let mut t = Timeouts::default();
+        for (name, slot) in [
+            ("CLAWDINATOR_CONNECT_TIMEOUT", &mut t.connect),
+            ("CLAWDINATOR_READ_TIMEOUT", &mut t.read),
+            ("CLAWDINATOR_ATTEMPT_TIMEOUT", &mut t.attempt),
+            ("CLAWDINATOR_OPERATION_TIMEOUT", &mut t.operation),
+        ] {
+            if let Ok(value) = std::env::var(name) {
+                let secs: f64 = value
+                    .parse()
+                    .ok()
+                    .filter(|s: &f64| *s > 0.0)
+                    .with_context(|| format!("{name}={value} is not a positive number of seconds"))?;
+                *slot = Duration::from_secs_f64(secs);
+            }
+        }
+        Ok(t)
+    }
+}
+
+/// How to reach AWS (or the emulator).
+#[derive(Clone, Default)]
+pub struct Settings {
+    pub region: Option<String>,
+    pub profile: Option<String>,
+    /// Overrides `AWS_ENDPOINT_URL` (used for the local emulator).
+    pub endpoint_url: Option<String>,
+    /// Fixed credentials instead of the standard chain (the emulator's dummies).
+    pub static_credentials: Option<(String, String)>,
+    pub timeouts: Timeouts,
+    /// Attempts per operation, the first included; the one retry layer.
+    /// 0 means the default (3).
+    pub max_attempts: u32,
+}
+
+/// Written by hand: the secret access key never reaches a log or a panic.
+impl std::fmt::Debug for Settings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Settings")
+            .field("region", &self.region)
+            .field("profile", &self.profile)
+            .field("endpoint_url", &self.endpoint_url)
+            .field("static_credentials", &self.static_credentials.as_ref().map(|(id, _)| (id, "** redacted **")))
+            .field("timeouts", &self.timeouts)
+            .field("max_attempts", &self.max_attempts)
+            .finish()
+    }
+}
+
+impl Settings {
+    /// Settings for the local emulator at `endpoint`: dummy credentials.
+    pub fn local(endpoint: &str) -> Settings {
+        Settings {
+            region: Some("us-east-1".into()),
+            endpoint_url: Some(endpoint.to_string()),
+            static_credentials: Some(("testing".into(), "testing".into())),
+            ..Settings::default()
+        }
+    }
+}
+
+/// A loaded AWS configuration and the clients built from it.
+#[derive(Clone, Debug)]
+pub struct Aws {
+    pub config: SdkConfig,
+    /// An endpoint override is in force: S3 must then use path-style URLs.
+    custom_endpoint: bool,
+    timeouts: Timeouts,
+    /// In GitHub Actions: the OIDC token the role is assumed with.
+    _oidc_token: Option<github_oidc::TokenFile>,
+}
+
+impl Aws {
+    pub async fn load(settings: &Settings) -> Result<Aws> {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(settings.timeouts.connect)
+                    .read_timeout(settings.timeouts.read)
+                    .operation_attempt_timeout(settings.timeouts.attempt)
+                    .operation_timeout(settings.timeouts.operation)
+                    .build(),
+            )
+            .retry_config(RetryConfig::standard().with_max_attempts(if settings.max_attempts == 0 {
+                3
+            } else {
+                settings.max_attempts
+            }));
+        if let Some(region) = &settings.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(profile) = &settings.profile {
+            loader = loader.profile_name(profile);
+        }
+        if let Some(endpoint) = &settings.endpoint_url {
+            loader = loader.endpoint_url(endpoint);
+        }
+        if let Some((id, secret)) = &settings.static_credentials {
+            loader = loader.credentials_provider(aws_sdk_sts::config::Credentials::new(
+                id,
+                secret,
+                None,
+                None,
+                "clawdinator-static",
+            ));
+        }
+        let mut config = loader.load().await;
+        let mut oidc_token = None;
+        if let (None, Some(request)) = (&settings.static_credentials, github_oidc::Request::from_env()?) {
+            let file = github_oidc::token_file(&request).await?;
+            let provider = github_oidc::provider(&request, &file, config.region().cloned());
+            config = config
+                .into_builder()
+                .credentials_provider(aws_sdk_sts::config::SharedCredentialsProvider::new(provider))
+                .build();
+            oidc_token = Some(file);
+        }
+        let custom_endpoint = config.endpoint_url().is_some();
+        Ok(Aws { config, custom_endpoint, timeouts: settings.timeouts, _oidc_token: oidc_token })
+    }
+
+    /// The same configuration with other credentials (an assumed role's).
+    pub fn with_credentials(&self, credentials: aws_credential_types::Credentials) -> Aws {
+        Aws {
+            config: self
+                .config
+                .to_builder()
+                .credentials_provider(aws_sdk_sts::config::SharedCredentialsProvider::new(credentials))
+                .build(),
+            custom_endpoint: self.custom_endpoint,
+            _oidc_token: self._oidc_token.clone(),
+            timeouts: self.timeouts,
+        }
+    }
+
+    /// The same configuration in another region (AMI copies).
+    pub fn with_region(&self, region: &str) -> Aws {
+        Aws {
+            config: self.config.to_builder().region(Region::new(region.to_string())).build(),
+            custom_endpoint: self.custom_endpoint,
+            _oidc_token: self._oidc_token.clone(),
+            timeouts: self.timeouts,
+        }
+    }
+
+    pub fn timeouts(&self) -> Timeouts {
+        self.timeouts
+    }
+
+    pub fn region(&self) -> Option<&str> {
+        self.config.region().map(|r| r.as_ref())
+    }
+
+    pub fn endpoint_url(&self) -> Option<&str> {
+        self.config.endpoint_url()
+    }
+
+    pub fn s3(&self) -> aws_sdk_s3::Client {
+        let conf = aws_sdk_s3::config::Builder::from(&self.config).force_path_style(self.custom_endpoint).build();
+        aws_sdk_s3::Client::from_conf(conf)
+    }
+
+    pub fn sts(&self) -> aws_sdk_sts::Client {
+        aws_sdk_sts::Client::new(&self.config)
+    }
+
+    pub fn iam(&self) -> aws_sdk_iam::Client {
+        aws_sdk_iam::Client::new(&self.config)
+    }
+
+    pub fn ec2(&self) -> aws_sdk_ec2::Client {
+        aws_sdk_ec2::Client::new(&self.config)
+    }
+
+    /// EBS direct calls move one 512 KiB block each: a stalled one should
+    /// fail over in seconds, not minutes (coldsnap learned this from hung
+    /// uploads): read 12 s, attempt 20 s, unless configured tighter.
+    pub fn ebs(&self) -> aws_sdk_ebs::Client {
+        let t = self.timeouts;
+        let conf = aws_sdk_ebs::config::Builder::from(&self.config)
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(t.connect)
+                    .read_timeout(t.read.min(Duration::from_secs(12)))
+                    .operation_attempt_timeout(t.attempt.min(Duration::from_secs(20)))
+                    .operation_timeout(t.operation)
+                    .build(),
+            )
+            .build();
+        aws_sdk_ebs::Client::from_conf(conf)
+    }
+
+    pub fn secrets_manager(&self) -> aws_sdk_secretsmanager::Client {
+        aws_sdk_secretsmanager::Client::new(&self.config)
+    }
+
+    pub fn ssm(&self) -> aws_sdk_ssm::Client {
+        aws_sdk_ssm::Client::new(&self.config)
+    }
+
+    /// The caller's ARN (STS GetCallerIdentity): proves credentials work.
+    pub async fn caller_arn(&self) -> Result<String> {
+        let out = self.sts().get_caller_identity().send().await.map_err(|e| error("STS GetCallerIdentity", "", e))?;
+        Ok(out.arn.unwrap_or_default())
+    }
+}

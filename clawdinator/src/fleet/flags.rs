@@ -1,0 +1,117 @@
+//! `fleet …`: the registry against EC2, deploys, switches and the control API client.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use crate::flags::InstancesArg;
+
+#[derive(Debug, Subcommand)]
+pub enum FleetCmd {
+    /// Validate the registry and report every problem at once.
+    Check(InstancesArg),
+    /// The registry against EC2: instances, AMIs, revisions, SSM; drift by kind (exit 3 on drift).
+    Status(FleetStatusArgs),
+    /// Replace instances from the latest fleet AMI (or --ami), one at a time, canary first.
+    Deploy(FleetDeployArgs),
+    /// Switch running hosts to the flake at a git revision, canary first, rolling back a host that fails.
+    Switch(FleetSwitchArgs),
+    /// Host side: ask the control API (SigV4-signed with the instance role) for status or a deploy.
+    Control(FleetControlArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FleetControlArgs {
+    #[command(subcommand)]
+    pub action: ControlAction,
+    /// The function URL (default: SSM parameter /clawdinator/control-api-url).
+    #[arg(long, global = true)]
+    pub url: Option<String>,
+    /// This host's instance name (a deploy of it, or of `all`, is refused here).
+    #[arg(long, global = true, default_value = "/etc/clawdinator/instance-name")]
+    pub instance_file: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ControlAction {
+    /// The fleet status, as the API sees it.
+    Status,
+    /// Ask for a deploy of another instance (the API decides by IAM identity).
+    Deploy {
+        /// An instance name of the registry.
+        target: String,
+        /// A fleet AMI to deploy instead of the latest (rollback).
+        #[arg(long)]
+        ami: Option<String>,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct FleetStatusArgs {
+    #[command(flatten)]
+    pub instances: InstancesArg,
+    /// The revision the fleet should run (default: the one most instances run).
+    #[arg(long)]
+    pub revision: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct FleetDeployArgs {
+    /// `all`, or instance names of the registry.
+    #[arg(required = true, value_name = "all|NAME")]
+    pub targets: Vec<String>,
+    /// Deploy this AMI (checked: exists, available, a fleet AMI) instead of the latest.
+    #[arg(long, env = "AMI_OVERRIDE")]
+    pub ami: Option<String>,
+    /// Who asks (an instance name for a bot): an instance never deploys itself.
+    #[arg(long, env = "CLAWDINATOR_CALLER")]
+    pub caller: Option<String>,
+    /// Do not ask before deploying `all`.
+    #[arg(long)]
+    pub yes: bool,
+    /// Print each tofu invocation and the variables it sets; run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// The OpenTofu root module.
+    #[arg(long, default_value = "infra/opentofu/aws")]
+    pub chdir: PathBuf,
+    /// A .tfvars file with the fleet's variables (VPC, subnets, bucket, …).
+    #[arg(long, env = "TF_VAR_FILE")]
+    pub var_file: Option<PathBuf>,
+    /// The state bucket.
+    #[arg(long, env = "TF_BACKEND_BUCKET")]
+    pub backend_bucket: Option<String>,
+    /// The state object's key.
+    #[arg(long, env = "TF_BACKEND_KEY", default_value = "tfstate/fleet.tfstate")]
+    pub backend_key: String,
+    /// The state bucket's region.
+    #[arg(long, env = "TF_BACKEND_REGION")]
+    pub backend_region: Option<String>,
+    /// The state lock table.
+    #[arg(long, env = "TF_BACKEND_LOCK_TABLE", default_value = "clawdinator-terraform-locks")]
+    pub lock_table: String,
+    /// Seconds to wait for each new instance to be running, pass its status checks and have SSM online.
+    #[arg(long, default_value_t = 900)]
+    pub healthy_timeout: u64,
+    #[command(flatten)]
+    pub instances: InstancesArg,
+}
+
+#[derive(Debug, Args)]
+pub struct FleetSwitchArgs {
+    /// The full git revision to switch to.
+    pub rev: String,
+    /// Only these hosts (default: every instance of the registry).
+    pub names: Vec<String>,
+    /// Hosts switched at once after the canary (1-16).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
+    pub parallel: u16,
+    /// Show the waves and the command; switch nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Seconds one host may take (build, activation, health).
+    #[arg(long, default_value_t = 1800)]
+    pub timeout: u64,
+    #[command(flatten)]
+    pub instances: InstancesArg,
+}

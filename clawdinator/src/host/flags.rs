@@ -1,0 +1,137 @@
+//! `host …`: the jobs of a host's own units.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+
+use crate::flags::FileOwner;
+
+#[derive(Debug, Subcommand)]
+pub enum HostCmd {
+    /// Install the agent workspace templates; files the templates do not name are left alone.
+    WorkspaceSeed(WorkspaceSeedArgs),
+    /// Write the stunnel configuration that carries NFS to this host's EFS over TLS.
+    EfsStunnelConfig(EfsStunnelConfigArgs),
+    /// First boot: switch to this instance's configuration, unless a deployment is recorded.
+    FirstSwitch(SwitchArgs),
+    /// Run a program (the gateway) with secrets from files in its environment, never on disk again.
+    Exec(HostExecArgs),
+    /// selfUpdate: fast-forward the repository copy and switch when its revision changed.
+    SelfUpdate(SwitchArgs),
+    /// The release lane on this host: build REV, activate, check health, make it the boot default; roll back on failure.
+    Switch(HostSwitchArgs),
+    /// Snapshot an organisation's open pull requests and issues into shared memory.
+    #[command(name = "github-sync")]
+    GithubSync(GithubSyncArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct WorkspaceSeedArgs {
+    /// The workspace templates (this repository's clawdinator/workspace).
+    #[arg(long)]
+    pub templates: PathBuf,
+    /// The agent's workspace.
+    #[arg(long, default_value = "/var/lib/clawd/workspace")]
+    pub dest: PathBuf,
+    /// A file added at the end of TOOLS.md (the toolchain list the module writes).
+    #[arg(long)]
+    pub tools_extra: Option<PathBuf>,
+    /// The fleet's cron jobs (clawdinator/cron-jobs.json), installed as the gateway's cron store.
+    #[arg(long, requires = "cron_store")]
+    pub cron_jobs: Option<PathBuf>,
+    /// The gateway's cron store (its config's cron.store).
+    #[arg(long, requires = "cron_jobs")]
+    pub cron_store: Option<PathBuf>,
+    #[command(flatten)]
+    pub owner: FileOwner,
+}
+
+#[derive(Debug, Args)]
+pub struct EfsStunnelConfigArgs {
+    /// The EFS file system id (else the content of --file-system-id-file).
+    #[arg(long)]
+    pub file_system_id: Option<String>,
+    /// A file naming the EFS file system, written at boot by the instance's user data.
+    #[arg(long, default_value = "/etc/clawdinator/efs-id")]
+    pub file_system_id_file: PathBuf,
+    /// Where the configuration goes.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// The CA bundle that verifies the EFS endpoint's certificate.
+    #[arg(long)]
+    pub ca_file: PathBuf,
+    /// The local address NFS connects to.
+    #[arg(long, default_value = "127.0.0.1:2049")]
+    pub accept: String,
+}
+
+#[derive(Debug, Args)]
+pub struct SwitchArgs {
+    /// This host's instance name (else the content of --instance-file).
+    #[arg(long)]
+    pub instance: Option<String>,
+    /// A file naming this host's instance, written at boot by its user data.
+    #[arg(long, default_value = "/etc/clawdinator/instance-name")]
+    pub instance_file: PathBuf,
+    /// The repository copy the host received in its bundle (a flake).
+    #[arg(long, default_value = "/var/lib/clawd/repos/clawdinators")]
+    pub flake: PathBuf,
+    /// The deployment record: what the host runs (a first switch does nothing once it exists).
+    #[arg(long, default_value = "/var/lib/clawd/deployment.json")]
+    pub record: PathBuf,
+    /// Show what would run; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct HostExecArgs {
+    /// NAME=FILE: the variable NAME gets FILE's content (trailing newline dropped; repeatable).
+    #[arg(long = "secret-env", value_name = "NAME=FILE")]
+    pub secret_env: Vec<String>,
+    /// The program and its arguments, after `--`.
+    #[arg(last = true, required = true, value_name = "PROGRAM")]
+    pub command: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct HostSwitchArgs {
+    /// The full git revision (40 hex digits) to switch to.
+    pub rev: String,
+    /// This host's instance name (else the content of --instance-file).
+    #[arg(long)]
+    pub instance: Option<String>,
+    #[arg(long, default_value = "/etc/clawdinator/instance-name")]
+    pub instance_file: PathBuf,
+    /// The repository copy (a git clone of the fleet's flake).
+    #[arg(long, default_value = "/var/lib/clawd/repos/clawdinators")]
+    pub flake: PathBuf,
+    #[arg(long, default_value = "/var/lib/clawd/deployment.json")]
+    pub record: PathBuf,
+    #[arg(long, default_value = "/run/current-system")]
+    pub current_system: PathBuf,
+    #[arg(long, default_value = "/nix/var/nix/profiles/system")]
+    pub system_profile: PathBuf,
+    /// The unit that must be active and stable after the switch.
+    #[arg(long, default_value = "clawdinator")]
+    pub unit: String,
+    /// Seconds the unit must stay active without restarting (1-3600).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub settle: u64,
+    /// Say what would happen; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GithubSyncArgs {
+    /// The GitHub organisation.
+    #[arg(long)]
+    pub org: String,
+    /// The shared memory directory; the snapshot goes to github/prs.md and github/issues.md in it.
+    #[arg(long, env = "CLAWDINATOR_MEMORY_DIR", default_value = "/memory")]
+    pub root: PathBuf,
+    /// GitHub API base URL (GitHub Enterprise: https://HOST/api/v3).
+    #[arg(long, default_value = "https://api.github.com")]
+    pub api_url: String,
+}

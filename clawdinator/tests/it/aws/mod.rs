@@ -1,0 +1,3 @@
+//! AWS access: CI without static keys (GitHub OIDC).
+
+mod github_oidc;

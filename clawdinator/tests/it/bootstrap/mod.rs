@@ -1,0 +1,5 @@
+//! Bootstrap: the bundles (upload, fetch, isolation, refusals) and the
+//! repository seeds they carry.
+
+mod bundles;
+mod seeds;

@@ -1,0 +1,7 @@
+//! Images: `image build` with a stand-in nix, `image publish` by both paths
+//! and AMI selection (`publish`), and publish when things go wrong
+//! (`publish_failures`: injected faults, re-runs, cancellation).
+
+mod build;
+mod publish;
+mod publish_failures;

@@ -1,0 +1,6 @@
+//! The control API's integration tests: the handler alone, and the whole
+//! path from the host's client through a loopback function URL.
+
+mod common;
+mod end_to_end;
+mod handler;

@@ -1,0 +1,21 @@
+//! The tests' harness, a dev-dependency only (and `cargo xtask`'s, for
+//! `--local`, `bench` and `test`): nothing here ships to a host or Lambda.
+//!
+//! - [`emulator`]: the pinned moto server with the project's shim, on loopback;
+//! - [`env`]: a fresh emulator, bucket and scratch directory per test, and the CLI runner;
+//! - [`fixtures`]: registries, age keys and secrets, git repositories, raw images, GitHub App keys;
+//! - [`loopback`]: stand-ins' HTTP request reader and the Lambda function URL event;
+//! - [`venv`]: pinned PyPI tools in virtualenvs of the checkout.
+
+pub mod emulator;
+pub mod env;
+pub mod fixtures;
+pub mod loopback;
+pub mod venv;
+
+use std::path::{Path, PathBuf};
+
+/// The checkout's root: the test kit is only ever built from a checkout.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().expect("the test kit lives in xtask/testkit")
+}
