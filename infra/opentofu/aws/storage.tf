@@ -58,32 +58,9 @@ resource "aws_s3_bucket_lifecycle_configuration" "fleet" {
   }
 }
 
-data "aws_iam_policy_document" "fleet_bucket" {
-  statement {
-    sid     = "DenyWithoutTLS"
-    effect  = "Deny"
-    actions = ["s3:*"]
-    resources = [
-      aws_s3_bucket.fleet.arn,
-      "${aws_s3_bucket.fleet.arn}/*",
-    ]
-
-    principals {
-      type        = "*"
-      identifiers = ["*"]
-    }
-
-    condition {
-      test     = "Bool"
-      variable = "aws:SecureTransport"
-      values   = ["false"]
-    }
-  }
-}
-
 resource "aws_s3_bucket_policy" "fleet" {
   bucket = aws_s3_bucket.fleet.id
-  policy = data.aws_iam_policy_document.fleet_bucket.json
+  policy = data.aws_iam_policy_document.deny_without_tls["fleet_bucket"].json
 
   depends_on = [aws_s3_bucket_public_access_block.fleet]
 }

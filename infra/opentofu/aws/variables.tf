@@ -30,7 +30,7 @@ variable "lock_table_name" {
 }
 
 variable "ami_id" {
-  description = "The AMI new instances boot (cargo xtask ami latest). Changing it never replaces an existing instance: `cargo xtask fleet deploy` replaces instances one at a time."
+  description = "The AMI new instances boot (cargo xtask image ami latest). Changing it never replaces an existing instance: `cargo xtask fleet deploy` replaces instances one at a time."
   type        = string
 
   validation {
