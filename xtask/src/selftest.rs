@@ -50,26 +50,25 @@ impl flags::Test {
         let mut report = TestReport { checks: Vec::new() };
         for (name, outcome) in checks {
             let (status, detail) = match outcome {
-                Outcome::Passed(what) => ("ok", what),
-                Outcome::Skipped(why) => ("skipped", why),
-                Outcome::Failed(why) => ("failed", why),
+                Outcome::Passed(what) => (Status::Ok, what),
+                Outcome::Skipped(why) => (Status::Skipped, why),
+                Outcome::Failed(why) => (Status::Failed, why),
             };
-            let line = match status {
-                "ok" => format!("check {name}: ok ({detail})"),
-                "skipped" => format!("check {name}: SKIPPED because {detail}"),
-                _ => format!("check {name}: FAILED: {detail}"),
-            };
-            ctx.out.note(line);
+            ctx.out.note(match status {
+                Status::Ok => format!("check {name}: ok ({detail})"),
+                Status::Skipped => format!("check {name}: SKIPPED because {detail}"),
+                Status::Failed => format!("check {name}: FAILED: {detail}"),
+            });
             report.checks.push(CheckOutcome { name, status, detail });
         }
-        let count = |s: &str| report.checks.iter().filter(|c| c.status == s).count();
+        let with = |s: Status| report.checks.iter().filter(move |c| c.status == s);
         ctx.out.note(format!(
             "non-Rust checks: ok {}, skipped {}, failed {}",
-            count("ok"),
-            count("skipped"),
-            count("failed")
+            with(Status::Ok).count(),
+            with(Status::Skipped).count(),
+            with(Status::Failed).count()
         ));
-        let failed: Vec<&str> = report.checks.iter().filter(|c| c.status == "failed").map(|c| c.name).collect();
+        let failed: Vec<&str> = with(Status::Failed).map(|c| c.name).collect();
         if !failed.is_empty() {
             bail!("non-Rust checks failed: {}", failed.join(", "));
         }
@@ -101,8 +100,16 @@ struct TestReport {
 #[derive(serde::Serialize)]
 struct CheckOutcome {
     name: &'static str,
-    status: &'static str,
+    status: Status,
     detail: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+enum Status {
+    Ok,
+    Skipped,
+    Failed,
 }
 
 impl std::fmt::Display for TestReport {

@@ -65,8 +65,10 @@ pub struct EfsStunnelConfigArgs {
     pub accept: String,
 }
 
+/// What every switch on a host works with: who it is, its repository
+/// copy, and its deployment record.
 #[derive(Debug, Args)]
-pub struct SwitchArgs {
+pub struct Deployment {
     /// This host's instance name (else the content of --instance-file).
     #[arg(long)]
     pub instance: Option<String>,
@@ -79,6 +81,12 @@ pub struct SwitchArgs {
     /// The deployment record: what the host runs (a first switch does nothing once it exists).
     #[arg(long, default_value = "/var/lib/clawd/deployment.json")]
     pub record: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SwitchArgs {
+    #[command(flatten)]
+    pub deployment: Deployment,
     /// Show what would run; change nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -98,16 +106,8 @@ pub struct HostExecArgs {
 pub struct HostSwitchArgs {
     /// The full git revision (40 hex digits) to switch to.
     pub rev: String,
-    /// This host's instance name (else the content of --instance-file).
-    #[arg(long)]
-    pub instance: Option<String>,
-    #[arg(long, default_value = "/etc/clawdinator/instance-name")]
-    pub instance_file: PathBuf,
-    /// The repository copy (a git clone of the fleet's flake).
-    #[arg(long, default_value = "/var/lib/clawd/repos/clawdinators")]
-    pub flake: PathBuf,
-    #[arg(long, default_value = "/var/lib/clawd/deployment.json")]
-    pub record: PathBuf,
+    #[command(flatten)]
+    pub deployment: Deployment,
     #[arg(long, default_value = "/run/current-system")]
     pub current_system: PathBuf,
     #[arg(long, default_value = "/nix/var/nix/profiles/system")]

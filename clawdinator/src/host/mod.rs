@@ -35,11 +35,12 @@ pub fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
             ctx.out.emit(&report)
         }
         HostCmd::Switch(args) => {
+            let d = args.deployment;
             let opts = switch::SwitchOptions {
-                instance: instance_name(args.instance, &args.instance_file)?,
+                instance: instance_name(d.instance, &d.instance_file)?,
                 rev: args.rev,
-                flake: args.flake,
-                record: args.record,
+                flake: d.flake,
+                record: d.record,
                 current_system: args.current_system,
                 profile: args.system_profile,
                 unit: args.unit,
@@ -78,10 +79,11 @@ pub fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
 }
 
 fn switch_options(args: SwitchArgs) -> Result<deploy::SwitchOptions> {
+    let d = args.deployment;
     Ok(deploy::SwitchOptions {
-        instance: instance_name(args.instance, &args.instance_file)?,
-        flake: args.flake,
-        record: args.record,
+        instance: instance_name(d.instance, &d.instance_file)?,
+        flake: d.flake,
+        record: d.record,
         dry_run: args.dry_run,
     })
 }

@@ -242,20 +242,17 @@ fn fleet_check_cli_exit_codes_and_json() {
     let bad = dir.path().join("bad.json");
     std::fs::write(&good, VALID).unwrap();
     std::fs::write(&bad, with_field("host", "other")).unwrap();
-    let xtask = env!("CARGO_BIN_EXE_clawdinator");
+    let host = env!("CARGO_BIN_EXE_clawdinator");
 
-    let out = std::process::Command::new(xtask)
-        .args(["--json", "fleet", "check", "--instances"])
-        .arg(&good)
-        .output()
-        .unwrap();
+    let out =
+        std::process::Command::new(host).args(["--json", "fleet", "check", "--instances"]).arg(&good).output().unwrap();
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["ok"], true);
     assert_eq!(report["instances"], serde_json::json!(["clawdinator-1", "clawdinator-2"]));
 
     let out =
-        std::process::Command::new(xtask).args(["--json", "fleet", "check", "--instances"]).arg(&bad).output().unwrap();
+        std::process::Command::new(host).args(["--json", "fleet", "check", "--instances"]).arg(&bad).output().unwrap();
     assert_eq!(out.status.code(), Some(1));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(report["ok"], false);
@@ -263,7 +260,7 @@ fn fleet_check_cli_exit_codes_and_json() {
     assert_eq!(report["problems"][0]["field"], "host");
 
     // Usage errors exit 2.
-    let out = std::process::Command::new(xtask).args(["fleet", "chek"]).output().unwrap();
+    let out = std::process::Command::new(host).args(["fleet", "chek"]).output().unwrap();
     assert_eq!(out.status.code(), Some(2));
 }
 

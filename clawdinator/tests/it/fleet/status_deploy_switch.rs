@@ -62,7 +62,7 @@ async fn instance(env: &Env, name: &str, ami: &str, kind: &str, revision: Option
     out.instances()[0].instance_id().unwrap().to_string()
 }
 
-fn xtask(env: &Env, args: &[&str]) -> std::process::Output {
+fn run(env: &Env, args: &[&str]) -> std::process::Output {
     env.cli(env!("CARGO_BIN_EXE_clawdinator"))
         .args(args)
         .env("CLAWDINATOR_POLL_SECONDS", "0.05")
@@ -88,7 +88,7 @@ async fn status_in_sync_exits_0() {
     for n in ["clawdinator-1", "clawdinator-2"] {
         instance(&env, n, &ami, "t3.large", Some(REV)).await;
     }
-    let out = xtask(&env, &["--json", "fleet", "status", "--instances", reg.to_str().unwrap()]);
+    let out = run(&env, &["--json", "fleet", "status", "--instances", reg.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
     let report = json_of(&out);
     assert_eq!(report["drift"], json!([]));
@@ -116,7 +116,7 @@ async fn status_names_every_kind_of_drift_and_exits_3() {
     instance(&env, "clawdinator-4", &ami, "t3.large", Some(OLD_REV)).await; // revision
     instance(&env, "stray", &ami, "t3.large", Some(REV)).await; // unknown; clawdinator-5 missing
     env.emulator.switch("ssm-agent", json!({"name": "clawdinator-3", "online": false})).unwrap();
-    let out = xtask(&env, &["--json", "fleet", "status", "--instances", reg.to_str().unwrap()]);
+    let out = run(&env, &["--json", "fleet", "status", "--instances", reg.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
     let report = json_of(&out);
     let kinds: Vec<&str> = report["drift"].as_array().unwrap().iter().map(|d| d["kind"].as_str().unwrap()).collect();
@@ -132,7 +132,7 @@ async fn status_names_every_kind_of_drift_and_exits_3() {
     assert_eq!(offline["ssmOnline"], json!(false));
 
     // The table says the same to a person.
-    let text = xtask(&env, &["fleet", "status", "--instances", reg.to_str().unwrap()]);
+    let text = run(&env, &["fleet", "status", "--instances", reg.to_str().unwrap()]);
     assert_eq!(text.status.code(), Some(3));
     let stdout = String::from_utf8_lossy(&text.stdout);
     assert!(
@@ -268,7 +268,7 @@ async fn targets_are_checked_and_an_instance_never_deploys_itself() {
         assert!(stderr.contains(says), "{args:?}: {stderr}");
         assert!(calls.is_empty(), "{args:?}: tofu ran");
     }
-    let out = xtask(&env, &["fleet", "deploy"]);
+    let out = run(&env, &["fleet", "deploy"]);
     assert_eq!(out.status.code(), Some(2), "a target is required");
 }
 
@@ -432,7 +432,7 @@ async fn an_ami_override_must_be_an_available_fleet_ami() {
 
 fn switch(env: &Env, args: &[&str]) -> std::process::Output {
     let reg = registry_path(env);
-    xtask(env, &[&["--json", "fleet", "switch"], args, &["--instances", reg.to_str().unwrap()]].concat())
+    run(env, &[&["--json", "fleet", "switch"], args, &["--instances", reg.to_str().unwrap()]].concat())
 }
 
 /// The SendCommand calls that went over the wire, in order: (instance ids, commands).
