@@ -5,13 +5,13 @@
 //!
 //! - `config`: [`Settings`], [`Timeouts`] and [`Aws`], the loaded configuration and its clients;
 //! - `error`: [`error`] and [`error_code`], an SDK error as one line;
-//! - [`github_oidc`]: in GitHub Actions, the CI role assumed with a fresh OIDC token;
+//! - `github_oidc`: in GitHub Actions, the CI role assumed with a fresh OIDC token;
 //! - [`iam`]: IAM actions per operation, and trust policy checks;
 //! - [`s3`]: S3 helpers every stage shares (conditional writes, multipart).
 
 mod config;
 mod error;
-pub mod github_oidc;
+mod github_oidc;
 pub mod iam;
 pub mod s3;
 

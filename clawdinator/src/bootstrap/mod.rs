@@ -9,16 +9,16 @@
 //!   placed under every prefix by server-side copy;
 //! - `manifest.json`: what the archives hold and their SHA-256, written last.
 //!
-//! Modules: [`flags`] (the command line), [`manifest`] (the wire format),
-//! [`archive`] (reproducible tar + zstd, guarded unpacking), [`upload`],
-//! [`fetch`], [`seeds`] (shallow clones: prepare on CI, install on a host).
+//! Modules: [`flags`] (the command line), `manifest` (the wire format),
+//! `archive` (reproducible tar + zstd, guarded unpacking), `upload`,
+//! `fetch`, [`seeds`] (shallow clones: prepare on CI, install on a host).
 
-pub mod archive;
-pub mod fetch;
+mod archive;
+mod fetch;
 pub mod flags;
-pub mod manifest;
+mod manifest;
 pub mod seeds;
-pub mod upload;
+mod upload;
 
 use anyhow::{Context, Result};
 

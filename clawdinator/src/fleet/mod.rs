@@ -1,15 +1,15 @@
 //! The fleet stage: the registry (`nix/instances.json`) against EC2.
 //!
 //! Modules: [`flags`] (the command line), [`status`] (drift between the
-//! registry and EC2), [`deploy`] (replace instances from a fleet AMI, canary
-//! first), [`switch`] (running hosts to a git revision through SSM) and
+//! registry and EC2), `deploy` (replace instances from a fleet AMI, canary
+//! first), `switch` (running hosts to a git revision through SSM) and
 //! [`control`] (the host's signed client for the control API).
 
 pub mod control;
-pub mod deploy;
+mod deploy;
 pub mod flags;
 pub mod status;
-pub mod switch;
+mod switch;
 
 use std::io::IsTerminal;
 use std::time::Duration;

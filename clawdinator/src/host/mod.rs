@@ -2,17 +2,17 @@
 //! touches only files it owns.
 //!
 //! Modules: [`flags`] (the command line), [`workspace`] (the agent
-//! workspace and cron store), [`efs`] (the TLS tunnel to EFS), [`exec`]
+//! workspace and cron store), `efs` (the TLS tunnel to EFS), `exec`
 //! (the gateway with secrets in its environment), [`deploy`] (first switch
-//! and self-update), [`switch`] (the release lane on this host) and
+//! and self-update), `switch` (the release lane on this host) and
 //! [`github_sync`] (open pull requests and issues into shared memory).
 
 pub mod deploy;
-pub mod efs;
-pub mod exec;
+mod efs;
+mod exec;
 pub mod flags;
 pub mod github_sync;
-pub mod switch;
+pub(crate) mod switch;
 pub mod workspace;
 
 use anyhow::Result;

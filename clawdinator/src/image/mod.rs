@@ -3,16 +3,16 @@
 //!
 //! Modules: [`flags`] (the command line), [`build`] (the raw image and its
 //! description, `image.json`), [`snapshot`] (EBS direct: an uploader and a
-//! waiter, after coldsnap), [`import`] (S3 + VM Import), [`publish`]
-//! (snapshot to tagged AMI, idempotent by content; [`options`] says
+//! waiter, after coldsnap), `import` (S3 + VM Import), [`publish`]
+//! (snapshot to tagged AMI, idempotent by content; `options` says
 //! what it is asked) and [`ami`] (fleet AMIs:
 //! tags, the latest, the list, pruning).
 
 pub mod ami;
 pub mod build;
 pub mod flags;
-pub mod import;
-pub mod options;
+mod import;
+mod options;
 pub mod publish;
 pub mod snapshot;
 

@@ -1,11 +1,11 @@
 //! The secrets stage.
 //!
-//! Modules: [`flags`] (the command line), [`files`] (the age files every
+//! Modules: [`flags`] (the command line), `files` (the age files every
 //! host needs, and checking them), [`manager`] (AWS Secrets Manager:
 //! seeding, and a host's fetch), [`host`] (a host's secrets written whole,
 //! 0400) and [`github_token`] (GitHub App installation tokens).
 
-pub mod files;
+mod files;
 pub mod flags;
 pub mod github_token;
 pub mod host;
