@@ -219,6 +219,43 @@ data "aws_iam_policy_document" "ci" {
     ]
   }
 
+  # Tags RunInstances applies at launch (the instance, its root volume):
+  # EC2 authorises them as CreateTags with ec2:CreateAction = RunInstances.
+  statement {
+    sid     = "TagAtLaunch"
+    actions = ["ec2:CreateTags"]
+    resources = [
+      "arn:${local.partition}:ec2:${var.aws_region}:${local.account}:instance/*",
+      "arn:${local.partition}:ec2:${var.aws_region}:${local.account}:volume/*",
+    ]
+
+    condition {
+      test     = "StringEquals"
+      variable = "ec2:CreateAction"
+      values   = ["RunInstances"]
+    }
+  }
+
+  # `fleet switch` records on each fleet host the revision it switched to;
+  # that tag and no other.
+  statement {
+    sid       = "TagSwitchedHosts"
+    actions   = ["ec2:CreateTags"]
+    resources = ["arn:${local.partition}:ec2:${var.aws_region}:${local.account}:instance/*"]
+
+    condition {
+      test     = "StringEquals"
+      variable = "ec2:ResourceTag/app"
+      values   = ["clawdinator"]
+    }
+
+    condition {
+      test     = "ForAllValues:StringEquals"
+      variable = "aws:TagKeys"
+      values   = ["clawdinator:deployed-revision"]
+    }
+  }
+
   statement {
     sid       = "ReplaceFleetInstances"
     actions   = ["ec2:TerminateInstances", "ec2:ModifyInstanceAttribute", "ec2:MonitorInstances"]
