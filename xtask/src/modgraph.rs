@@ -4,6 +4,10 @@
 //! between two top-level modules (stages) of a crate, fails the check.
 //! Inline modules (`mod tests { … }`) are left out: a unit test may use
 //! what it likes. Cargo forbids circles between crates by itself.
+//!
+//! Flag definitions (`flags.rs` of a crate or a stage) depend on no code:
+//! the workflow and module checks parse command lines against them, so a
+//! flags module may use only other flags modules.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -29,11 +33,28 @@ pub fn check(root: &Path) -> Result<String> {
         for circle in circles(&top_level(&graph)) {
             problems.push(format!("{dir}: top-level modules {}", circle.join(" -> ")));
         }
+        problems.extend(flags_using_code(&graph).into_iter().map(|p| format!("{dir}: {p}")));
     }
     if !problems.is_empty() {
         bail!("import circles:\n  {}", problems.join("\n  "));
     }
-    Ok(format!("{} crates, {files} module files, no circle", CRATES.len()))
+    Ok(format!("{} crates, {files} module files, no circle, flags use only flags", CRATES.len()))
+}
+
+fn is_flags(module: &str) -> bool {
+    module == "flags" || module.ends_with("/flags")
+}
+
+/// Each flags module that uses a module other than flags, with what it uses.
+fn flags_using_code(graph: &Graph) -> Vec<String> {
+    let mut found = Vec::new();
+    for (module, uses) in graph.iter().filter(|(m, _)| is_flags(m)) {
+        let code: Vec<&str> = uses.iter().map(String::as_str).filter(|u| !is_flags(u)).collect();
+        if !code.is_empty() {
+            found.push(format!("{module} (flag definitions) uses {}: flags may use only flags", code.join(", ")));
+        }
+    }
+    found
 }
 
 /// The graph of the crate whose sources are under `src`.
@@ -493,6 +514,20 @@ mod tests {
         let graph = crate_graph(dir.path()).unwrap();
         assert_eq!(graph["b"], BTreeSet::new());
         assert!(circles(&graph).is_empty());
+    }
+
+    #[test]
+    fn flags_that_use_code_are_found() {
+        let dir = tree(&[
+            ("lib.rs", "pub mod flags;\npub mod image;\n"),
+            ("flags.rs", ""),
+            ("image/mod.rs", "pub mod flags;\npub mod build;\n"),
+            ("image/flags.rs", "use crate::flags::Global;\nuse super::build::IMAGE_HOST;\n"),
+            ("image/build.rs", ""),
+        ]);
+        let found = flags_using_code(&crate_graph(dir.path()).unwrap());
+        assert_eq!(found.len(), 1, "{found:?}");
+        assert!(found[0].starts_with("image/flags (flag definitions) uses image/build"), "{found:?}");
     }
 
     #[test]

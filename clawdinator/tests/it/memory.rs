@@ -10,7 +10,7 @@ use std::time::Duration;
 use clawdinator::memory;
 
 fn cli(root: &Path, args: &[&str], input: &str) -> (i32, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_clawdinator"))
+    let mut child = testkit::env::offline_cli(env!("CARGO_BIN_EXE_clawdinator"))
         .arg("memory")
         .args(args)
         .arg("--root")

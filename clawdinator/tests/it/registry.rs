@@ -280,14 +280,7 @@ fn nested_prefix() {
 }
 
 fn cli(args: &[&str]) -> (i32, String) {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_clawdinator"))
-        .args(args)
-        .env_remove("S3_BUCKET")
-        .env_remove("GITHUB_APP_ID")
-        .env_remove("GITHUB_APP_INSTALLATION_ID")
-        .env_remove("GITHUB_APP_PEM_FILE")
-        .output()
-        .unwrap();
+    let out = testkit::env::offline_cli(env!("CARGO_BIN_EXE_clawdinator")).args(args).output().unwrap();
     (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 

@@ -99,6 +99,32 @@ impl Env {
     }
 }
 
+/// Settings a command reads from the environment: a CLI run that touches no
+/// AWS starts without them, so that what the test machine happens to have
+/// set cannot change what it tests.
+const SETTINGS: [&str; 10] = [
+    "AWS_REGION",
+    "AWS_REGION_FILE",
+    "AWS_PROFILE",
+    "AWS_ENDPOINT_URL",
+    "S3_BUCKET",
+    "GITHUB_APP_ID",
+    "GITHUB_APP_INSTALLATION_ID",
+    "GITHUB_APP_PEM_FILE",
+    "CLAWDINATOR_AUDIT_BUCKET",
+    "CLAWDINATOR_CALLER",
+];
+
+/// `program` (a binary of the workspace) for a run that touches no AWS:
+/// the one runner for those, as [`Env::cli`] is for runs against the emulator.
+pub fn offline_cli(program: &str) -> std::process::Command {
+    let mut command = std::process::Command::new(program);
+    for name in SETTINGS {
+        command.env_remove(name);
+    }
+    command
+}
+
 /// Every entry below `root`: relative path -> (mode, content; None for
 /// dirs; `-> target` with mode 0 for links, which are not followed).
 pub fn snapshot(root: &Path) -> BTreeMap<String, (u32, Option<Vec<u8>>)> {

@@ -19,9 +19,7 @@ fn mode(path: &Path) -> u32 {
 }
 
 fn host_cli() -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_clawdinator"));
-    command.env_remove("AWS_REGION").env_remove("AWS_REGION_FILE");
-    command
+    testkit::env::offline_cli(env!("CARGO_BIN_EXE_clawdinator"))
 }
 
 #[test]
