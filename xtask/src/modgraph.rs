@@ -65,12 +65,11 @@ pub fn crate_graph(src: &Path) -> Result<Graph> {
     for (name, file) in &modules {
         let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
         let code = strip(&text);
-        let is_dir = matches!(file.file_name().and_then(|n| n.to_str()), Some("mod.rs" | "lib.rs" | "main.rs"));
         let module: Vec<&str> = if name.is_empty() { vec![] } else { name.split('/').collect() };
         let children = child_modules(&code);
         let mut uses = BTreeSet::new();
         for path in paths(&code, &children) {
-            if let Some(target) = resolve(&module, is_dir, &path, &modules) {
+            if let Some(target) = resolve(&module, &path, &modules) {
                 if &target != name {
                     uses.insert(target);
                 }
@@ -328,7 +327,7 @@ fn tokenize_paths(code: &str) -> Vec<Vec<String>> {
 }
 
 /// The module file a path names, the longest known prefix of it.
-fn resolve(module: &[&str], is_dir: bool, path: &[String], known: &BTreeMap<String, PathBuf>) -> Option<String> {
+fn resolve(module: &[&str], path: &[String], known: &BTreeMap<String, PathBuf>) -> Option<String> {
     // A file `a/b.rs` is module a::b; its `super` is `a`. A `mod.rs` is the
     // folder's module; its `super` is the folder's parent.
     let mut base: Vec<String> = module.iter().map(|s| s.to_string()).collect();
@@ -347,7 +346,6 @@ fn resolve(module: &[&str], is_dir: bool, path: &[String], known: &BTreeMap<Stri
         }
         _ => {}
     }
-    let _ = is_dir;
     let mut full = base;
     full.extend(rest.iter().cloned());
     (0..=full.len()).rev().map(|n| full[..n].join("/")).find(|name| known.contains_key(name))
