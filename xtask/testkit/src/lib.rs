@@ -5,12 +5,13 @@
 //! - [`env`]: a fresh emulator, bucket and scratch directory per test, and the CLI runner;
 //! - [`fixtures`]: registries, age keys and secrets, git repositories, raw images, GitHub App keys;
 //! - [`loopback`]: stand-ins' HTTP request reader and the Lambda function URL event;
-//! - [`venv`]: pinned PyPI tools in virtualenvs of the checkout.
+//! - [`npm`], [`venv`]: pinned npm packages and PyPI tools in the checkout.
 
 pub mod emulator;
 pub mod env;
 pub mod fixtures;
 pub mod loopback;
+pub mod npm;
 pub mod venv;
 
 use std::path::{Path, PathBuf};
