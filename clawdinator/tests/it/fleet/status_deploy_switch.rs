@@ -3,8 +3,7 @@
 //! creates or replaces instances the way the real apply would, and SSM
 //! invocations whose outcome the test chooses (shim switches).
 
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 use serde_json::{json, Value};
@@ -143,58 +142,6 @@ async fn status_names_every_kind_of_drift_and_exits_3() {
 
 // ---------------------------------------------------------------- deploy
 
-/// A stand-in `tofu`: records each call (arguments and TF_/AWS_REGION
-/// environment) as a JSON line in $TOFU_LOG; `apply` creates the targeted
-/// missing instances, or terminates and recreates a `-replace`d one, from
-/// `-var=ami_id=`, with the registry's type and the fleet tags, as the real
-/// apply of infra/opentofu/aws would. $TOFU_FAIL makes an apply fail.
-fn stand_in_tofu(dir: &Path) -> PathBuf {
-    let python = testkit::emulator::venv_python();
-    let script = format!(
-        r#"#!{python}
-import json, os, re, sys
-import boto3
-args = sys.argv[1:]
-with open(os.environ["TOFU_LOG"], "a") as log:
-    env = {{k: v for k, v in os.environ.items() if k.startswith("TF_")}}
-    log.write(json.dumps({{"args": args, "env": env}}) + "\n")
-chdir = next(a[len("-chdir="):] for a in args if a.startswith("-chdir="))
-command = next(a for a in args if not a.startswith("-"))
-if command != "apply":
-    sys.exit(0)
-if os.environ.get("TOFU_FAIL"):
-    print("Error: creating EC2 Instance: InsufficientInstanceCapacity", file=sys.stderr)
-    sys.exit(1)
-registry = json.load(open(os.path.join(chdir, "../../../nix/instances.json")))
-ami = next(a.split("=", 2)[2] for a in args if a.startswith("-var=ami_id="))
-ec2 = boto3.client("ec2", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1")
-def live(name):
-    out = ec2.describe_instances(Filters=[{{"Name": "tag:Name", "Values": [name]}}, {{"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}}])
-    return [i["InstanceId"] for r in out["Reservations"] for i in r["Instances"]]
-def create(name):
-    tags = [{{"Key": "Name", "Value": name}}, {{"Key": "app", "Value": "clawdinator"}}, {{"Key": "clawdinator:instance", "Value": name}}]
-    ec2.run_instances(ImageId=ami, InstanceType=registry[name]["instanceType"], MinCount=1, MaxCount=1,
-                      TagSpecifications=[{{"ResourceType": "instance", "Tags": tags}}])
-names = lambda flag: [m.group(1) for a in args for m in [re.match(flag + r'=aws_instance\.clawdinator\["(.+)"\]$', a)] if m]
-for name in names("-replace"):
-    old = live(name)
-    if old:
-        ec2.terminate_instances(InstanceIds=old)
-    create(name)
-targets = names("-target") or ([] if names("-replace") else list(registry))
-for name in targets:
-    if not live(name):
-        create(name)
-"#,
-        python = python.display()
-    );
-    let path = dir.join("bin/tofu");
-    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(&path, script).unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
-    dir.join("bin")
-}
-
 /// A module directory whose ../../../nix/instances.json is the test's registry.
 fn module_dir(env: &Env) -> PathBuf {
     let dir = env.path("infra/opentofu/aws");
@@ -203,7 +150,7 @@ fn module_dir(env: &Env) -> PathBuf {
 }
 
 fn deploy(env: &Env, args: &[&str], extra_env: &[(&str, &str)]) -> (std::process::Output, Vec<Value>) {
-    let bin = stand_in_tofu(env.dir.path());
+    let bin = testkit::env::stand_in_tofu(env.dir.path());
     let log = env.path("tofu.log");
     let _ = std::fs::remove_file(&log);
     let reg = registry_path(env);
