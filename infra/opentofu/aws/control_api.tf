@@ -3,56 +3,13 @@
 # iam.tf) and the operator group may invoke it; there is no resource
 # policy for "*".
 
-data "aws_iam_policy_document" "control_api_trust" {
-  statement {
-    actions = ["sts:AssumeRole"]
-
-    principals {
-      type        = "Service"
-      identifiers = ["lambda.amazonaws.com"]
-    }
-  }
-}
-
 resource "aws_iam_role" "control_api" {
   count = var.enable_control_api ? 1 : 0
 
   name               = "clawdinator-control-api"
-  assume_role_policy = data.aws_iam_policy_document.control_api_trust.json
-}
-
-data "aws_iam_policy_document" "control_api" {
-  statement {
-    sid       = "FleetStatus"
-    actions   = ["ec2:DescribeInstances", "ec2:DescribeImages", "ssm:DescribeInstanceInformation"]
-    resources = ["*"]
-  }
-
-  statement {
-    sid       = "GitHubAppKey"
-    actions   = ["secretsmanager:GetSecretValue"]
-    resources = ["arn:${local.partition}:secretsmanager:${var.aws_region}:${local.account}:secret:clawdinator/clawdinator-github-app.pem-??????"]
-  }
-
-  # Every request and decision goes to the fleet's audit trail: records
-  # are added write-once; the function can neither read nor delete them.
-  statement {
-    sid       = "AuditTrail"
-    actions   = ["s3:PutObject"]
-    resources = ["${aws_s3_bucket.fleet.arn}/audit/control-api/*"]
-  }
-
-  statement {
-    sid       = "Logs"
-    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
-    resources = ["arn:${local.partition}:logs:${var.aws_region}:${local.account}:log-group:/aws/lambda/clawdinator-control-api:*"]
-  }
-
-  statement {
-    sid       = "Tracing"
-    actions   = ["xray:PutTraceSegments", "xray:PutTelemetryRecords"]
-    resources = ["*"]
-  }
+  assume_role_policy = templatefile("${path.module}/policies/service-trust.json.tftpl", {
+    service = "lambda.amazonaws.com"
+  })
 }
 
 resource "aws_iam_role_policy" "control_api" {
@@ -60,7 +17,12 @@ resource "aws_iam_role_policy" "control_api" {
 
   name   = "clawdinator-control-api"
   role   = aws_iam_role.control_api[0].id
-  policy = data.aws_iam_policy_document.control_api.json
+  policy = templatefile("${path.module}/policies/control-api.json.tftpl", {
+    partition  = local.partition
+    account    = local.account
+    region     = var.aws_region
+    bucket_arn = aws_s3_bucket.fleet.arn
+  })
 }
 
 resource "aws_cloudwatch_log_group" "control_api" {
@@ -118,21 +80,14 @@ resource "aws_iam_group" "operators" {
   name = var.operator_group_name
 }
 
-data "aws_iam_policy_document" "operators" {
-  count = var.enable_control_api ? 1 : 0
-
-  statement {
-    actions   = ["lambda:InvokeFunctionUrl"]
-    resources = [aws_lambda_function.control_api[0].arn]
-  }
-}
-
 resource "aws_iam_group_policy" "operators" {
   count = var.enable_control_api ? 1 : 0
 
   name   = "clawdinator-control-api"
   group  = aws_iam_group.operators[0].name
-  policy = data.aws_iam_policy_document.operators[0].json
+  policy = templatefile("${path.module}/policies/operators.json.tftpl", {
+    control_api_arn = aws_lambda_function.control_api[0].arn
+  })
 }
 
 resource "aws_ssm_parameter" "control_api_url" {

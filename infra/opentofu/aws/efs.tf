@@ -34,7 +34,11 @@ resource "aws_efs_backup_policy" "memory" {
 
 resource "aws_efs_file_system_policy" "memory" {
   file_system_id = aws_efs_file_system.memory.id
-  policy         = data.aws_iam_policy_document.deny_without_tls["memory"].json
+  # Every request not made over TLS is refused.
+  policy = templatefile("${path.module}/policies/deny-without-tls.json.tftpl", {
+    actions   = jsonencode(["*"])
+    resources = jsonencode([aws_efs_file_system.memory.arn])
+  })
 }
 
 resource "aws_efs_mount_target" "memory" {

@@ -60,7 +60,11 @@ resource "aws_s3_bucket_lifecycle_configuration" "fleet" {
 
 resource "aws_s3_bucket_policy" "fleet" {
   bucket = aws_s3_bucket.fleet.id
-  policy = data.aws_iam_policy_document.deny_without_tls["fleet_bucket"].json
+  # Every request not made over TLS is refused.
+  policy = templatefile("${path.module}/policies/deny-without-tls.json.tftpl", {
+    actions   = jsonencode(["s3:*"])
+    resources = jsonencode([aws_s3_bucket.fleet.arn, "${aws_s3_bucket.fleet.arn}/*"])
+  })
 
   depends_on = [aws_s3_bucket_public_access_block.fleet]
 }

@@ -7,6 +7,7 @@
 
 pub mod hcl;
 pub mod module;
+pub mod policies;
 pub mod schema;
 
 use std::collections::BTreeSet;
@@ -18,6 +19,7 @@ use xshell::{cmd, Shell};
 pub use module::Finding;
 use module::Module;
 use schema::ProviderSchema;
+use testkit::policies::template_variables;
 
 /// The fleet's root module, from the repository root.
 pub const ROOT_MODULE: &str = "infra/opentofu/aws";
@@ -37,6 +39,7 @@ pub fn check_module(root: &Path, dir: &Path, schema: &ProviderSchema, fleet: boo
     module::check_schema(&module, schema, &mut findings);
     module::check_references(&module, schema, &mut findings);
     module::check_buckets(&module, &mut findings);
+    policies::check(dir, &files, &module, &mut findings)?;
     check_skip_reasons(&files, &mut findings)?;
     if fleet {
         check_registry(root, dir, &module, &mut findings)?;
@@ -95,20 +98,6 @@ fn check_registry(root: &Path, dir: &Path, module: &Module, findings: &mut Vec<F
     clawdinator::registry::Registry::load(&root.join(clawdinator::registry::DEFAULT_PATH))
         .map_err(|p| anyhow::anyhow!("the registry does not pass `fleet check`: {p}"))?;
     Ok(())
-}
-
-/// The names between `${` and `}` of a template (`$${` is a literal).
-pub fn template_variables(text: &str) -> BTreeSet<String> {
-    let mut found = BTreeSet::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("${") {
-        let escaped = at > 0 && rest.as_bytes()[at - 1] == b'$';
-        rest = &rest[at + 2..];
-        if let (false, Some(end)) = (escaped, rest.find('}')) {
-            found.insert(rest[..end].trim().to_string());
-        }
-    }
-    found
 }
 
 /// The keys of the object literal `templatefile` gets, and the template's path.
@@ -285,12 +274,6 @@ pub fn regenerate(root: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn template_variables_skip_escapes() {
-        let found = template_variables("a='${name}' b=$${HOME} c=\"${ region }\"");
-        assert_eq!(found, BTreeSet::from(["name".to_string(), "region".to_string()]));
-    }
 
     #[test]
     fn the_templatefile_call_gives_its_path_and_keys() {

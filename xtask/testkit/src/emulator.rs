@@ -156,6 +156,18 @@ impl Emulator {
         Ok(())
     }
 
+    /// Start the shim's call log (clears an earlier one): what IAM
+    /// authorises each request by, never a body of data.
+    pub fn start_call_log(&self) -> Result<()> {
+        http_request_body(self.port, "POST", "/_shim/calls", r#"{"on": true}"#)?;
+        Ok(())
+    }
+
+    /// The calls logged since [`Emulator::start_call_log`], in order.
+    pub fn calls(&self) -> Result<Vec<serde_json::Value>> {
+        Ok(serde_json::from_str(&http_request(self.port, "GET", "/_shim/calls")?)?)
+    }
+
     /// Start recording requests from now on (clears earlier recordings).
     pub fn start_recording(&self) -> Result<()> {
         http_request(self.port, "POST", "/moto-api/recorder/reset-recording")?;
@@ -189,6 +201,9 @@ fn spawn_server(python: &Path, settings: &[(String, String)]) -> Result<(Child, 
         .env_remove("MOTO_ENABLE_RECORDING")
         // No preloaded public AMIs and their ~1300 snapshots: an empty account, as a new one is.
         .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+        // AWS's managed policies exist in every account (instance roles attach
+        // AmazonSSMManagedInstanceCore).
+        .env("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
         .env("MOTO_RECORDER_FILEPATH", scratch.join("recording"))
         // The emulator must never pick up the caller's real AWS settings.
         .env_remove("AWS_ENDPOINT_URL")

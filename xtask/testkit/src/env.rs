@@ -203,7 +203,10 @@ pub fn stand_in_nix(dir: &Path) -> (String, PathBuf) {
 /// environment) as a JSON line in $TOFU_LOG; `apply` creates the targeted
 /// missing instances, or terminates and recreates a `-replace`d one, from
 /// `-var=ami_id=`, with the registry's type and the fleet tags, as the real
-/// apply of infra/opentofu/aws would. $TOFU_FAIL makes an apply fail.
+/// apply of infra/opentofu/aws would: a new instance first gets its role
+/// (within the instance boundary, $TOFU_BOUNDARY_ARN) and instance profile,
+/// and is launched in $TOFU_SECURITY_GROUP when set. $TOFU_FAIL makes an
+/// apply fail.
 pub fn stand_in_tofu(dir: &Path) -> PathBuf {
     let python = crate::emulator::venv_python();
     let script = format!(
@@ -227,9 +230,30 @@ ec2 = boto3.client("ec2", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_na
 def live(name):
     out = ec2.describe_instances(Filters=[{{"Name": "tag:Name", "Values": [name]}}, {{"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}}])
     return [i["InstanceId"] for r in out["Reservations"] for i in r["Instances"]]
+iam = boto3.client("iam", endpoint_url=os.environ["AWS_ENDPOINT_URL"], region_name="us-east-1")
+TRUST = json.dumps({{"Version": "2012-10-17", "Statement": [{{"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {{"Service": "ec2.amazonaws.com"}}}}]}})
+OWN_BUNDLE = json.dumps({{"Version": "2012-10-17", "Statement": [{{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::*/bootstrap/NAME/*"}}]}})
+BOUNDARY = os.environ.get("TOFU_BOUNDARY_ARN", "arn:aws:iam::123456789012:policy/clawdinator-instance-boundary")
+def role(name):
+    # aws_iam_role/_policy/_policy_attachment and aws_iam_instance_profile.instance[name]
+    role = f"clawdinator-instance-{{name}}"
+    try:
+        iam.get_role(RoleName=role)
+        return role
+    except iam.exceptions.NoSuchEntityException:
+        pass
+    iam.create_role(RoleName=role, AssumeRolePolicyDocument=TRUST, PermissionsBoundary=BOUNDARY,
+                    Tags=[{{"Key": "clawdinator:instance", "Value": name}}])
+    iam.put_role_policy(RoleName=role, PolicyName="clawdinator-instance", PolicyDocument=OWN_BUNDLE.replace("NAME", name))
+    iam.attach_role_policy(RoleName=role, PolicyArn="arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore")
+    iam.create_instance_profile(InstanceProfileName=role)
+    iam.add_role_to_instance_profile(InstanceProfileName=role, RoleName=role)
+    return role
 def create(name):
     tags = [{{"Key": "Name", "Value": name}}, {{"Key": "app", "Value": "clawdinator"}}, {{"Key": "clawdinator:instance", "Value": name}}]
+    extra = {{"SecurityGroupIds": [os.environ["TOFU_SECURITY_GROUP"]]}} if os.environ.get("TOFU_SECURITY_GROUP") else {{}}
     ec2.run_instances(ImageId=ami, InstanceType=registry[name]["instanceType"], MinCount=1, MaxCount=1,
+                      IamInstanceProfile={{"Name": role(name)}}, **extra,
                       TagSpecifications=[{{"ResourceType": "instance", "Tags": tags}}])
 names = lambda flag: [m.group(1) for a in args for m in [re.match(flag + r'=aws_instance\.clawdinator\["(.+)"\]$', a)] if m]
 for name in names("-replace"):

@@ -5,13 +5,17 @@
 //! - [`env`]: a fresh emulator, bucket and scratch directory per test, and the CLI runner;
 //! - [`fixtures`]: registries, age keys and secrets, git repositories, raw images, GitHub App keys;
 //! - [`loopback`]: stand-ins' HTTP request reader and the Lambda function URL event;
+//! - [`iam`]: the policy judge, the IAM simulator on every call the emulator logged;
+//! - [`policies`]: the fleet's IAM policies rendered from the templates OpenTofu applies;
 //! - [`npm`], [`venv`]: pinned npm packages and PyPI tools in the checkout.
 
 pub mod emulator;
 pub mod env;
 pub mod fixtures;
+pub mod iam;
 pub mod loopback;
 pub mod npm;
+pub mod policies;
 pub mod venv;
 
 use std::path::{Path, PathBuf};

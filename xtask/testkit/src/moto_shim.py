@@ -37,6 +37,12 @@ cannot produce by itself). All are JSON over HTTP on the emulator's port:
   2}`: the outcome of the next commands run on that instance; the
   invocation is InProgress for `pending_polls` GetCommandInvocation calls
   first. Without one, an invocation succeeds (moto's behaviour).
+- `POST /_shim/calls` `{"on": true}` clears and starts the call log;
+  `GET /_shim/calls` returns it: one entry per AWS request, in order, with
+  what IAM authorises it by (service, operation, path, query, the caller's
+  access key id, the conditional and tagging headers, and the parsed form
+  or JSON body of non-S3 calls). Unlike moto's recorder it never holds
+  object or block bodies, so the whole pipeline can run with it on.
 """
 
 import logging
@@ -642,6 +648,8 @@ def patch_ssm_instances():
 
 
 SETTINGS = {}
+CALLS = None
+CALLS_LOCK = threading.Lock()
 FAULTS = []
 FAULTS_LOCK = threading.Lock()
 
@@ -678,6 +686,8 @@ def s3_operation(method, path, query, environ):
             return "CopyObject"
         return "PutObject" if has_key else "CreateBucket"
     if method == "POST":
+        if "delete" in query:
+            return "DeleteObjects"
         return "CreateMultipartUpload" if "uploads" in query else "CompleteMultipartUpload"
     if method == "DELETE":
         return "AbortMultipartUpload" if "uploadId" in query else "DeleteObject"
@@ -696,6 +706,52 @@ def operation_of(environ, service, body):
         return s3_operation(method, path, query, environ)
     form = parse_qs(body.decode("utf-8", "replace")) if body else {}
     return (form.get("Action") or query.get("Action") or [""])[0]
+
+
+def small_body(environ, service):
+    """The request body of a non-S3, non-EBS call (forms and JSON, never
+    data), read and put back for the app."""
+    delete_objects = service == "s3" and environ["REQUEST_METHOD"] == "POST" and "delete" in parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+    if service == "ebs" or (service == "s3" and not delete_objects):
+        return b""
+    length = int(environ.get("CONTENT_LENGTH") or 0)
+    if not length or length > (1 << 20):
+        return b""
+    body = environ["wsgi.input"].read(length)
+    environ["wsgi.input"] = io.BytesIO(body)
+    return body
+
+
+ACCESS_KEY = re.compile(r"Credential=([^/]+)/")
+CALL_HEADERS = ("HTTP_IF_NONE_MATCH", "HTTP_IF_MATCH", "HTTP_X_AMZ_COPY_SOURCE", "HTTP_X_AMZ_TAGGING")
+
+
+def log_call(environ, service, operation, body):
+    key = ACCESS_KEY.search(environ.get("HTTP_AUTHORIZATION", ""))
+    entry = {
+        "service": service,
+        "operation": operation,
+        "method": environ["REQUEST_METHOD"],
+        "host": environ.get("HTTP_HOST", ""),
+        "path": environ.get("PATH_INFO", ""),
+        "query": environ.get("QUERY_STRING", ""),
+        "accessKey": key.group(1) if key else None,
+        "headers": {h[5:].lower().replace("_", "-"): environ[h] for h in CALL_HEADERS if h in environ},
+    }
+    if body:
+        text = body.decode("utf-8", "replace")
+        if service == "s3":
+            entry["keys"] = re.findall(r"<Key>([^<]*)</Key>", text)
+        elif "json" in environ.get("CONTENT_TYPE", ""):
+            try:
+                entry["json"] = json.loads(text)
+            except ValueError:
+                pass
+        else:
+            entry["form"] = {k: v[0] for k, v in parse_qs(text, keep_blank_values=True).items()}
+    with CALLS_LOCK:
+        if CALLS is not None:
+            CALLS.append(entry)
 
 
 def error_response(service, rule, start_response):
@@ -744,6 +800,12 @@ class Switches:
                 elif method == "DELETE":
                     FAULTS.clear()
                 return json_reply(start_response, FAULTS)
+        if path == "/_shim/calls":
+            global CALLS
+            with CALLS_LOCK:
+                if method == "POST":
+                    CALLS = [] if payload and payload.get("on") else None
+                return json_reply(start_response, CALLS or [])
         if path == "/_shim/settings" and method == "POST":
             SETTINGS.update(payload)
             return json_reply(start_response, SETTINGS)
@@ -772,15 +834,15 @@ class Switches:
         path = environ.get("PATH_INFO", "")
         if path.startswith("/_shim/"):
             return self.control(environ, start_response, path)
+        if not FAULTS and CALLS is None:
+            return self.app(environ, start_response)
+        service = service_of(environ)
+        body = small_body(environ, service)
+        operation = operation_of(environ, service, body)
+        if CALLS is not None:
+            log_call(environ, service, operation, body)
         if not FAULTS:
             return self.app(environ, start_response)
-        body = b""
-        if "x-www-form-urlencoded" in environ.get("CONTENT_TYPE", ""):
-            length = int(environ.get("CONTENT_LENGTH") or 0)
-            body = environ["wsgi.input"].read(length)
-            environ["wsgi.input"] = io.BytesIO(body)
-        service = service_of(environ)
-        operation = operation_of(environ, service, body)
         fire = None
         with FAULTS_LOCK:
             for rule in FAULTS:

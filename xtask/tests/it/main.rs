@@ -4,3 +4,4 @@
 mod emulator;
 mod local;
 mod pipeline;
+mod policies;

@@ -1,0 +1,211 @@
+//! The fleet's IAM policies as OpenTofu applies them: each is a template
+//! under `infra/opentofu/aws/policies/`, rendered there by `templatefile()`
+//! and here by [`render`] with the same keys (`cargo xtask test` checks that
+//! every HCL call passes exactly the keys its template uses). Only plain
+//! `${name}` substitutions are used, so the two renderings are the same
+//! text. Lists reach the templates already JSON-encoded (`jsonencode` in
+//! HCL, [`json_list`] here).
+//!
+//! [`World`] is the one place that fills in what OpenTofu knows only after
+//! apply (the account, ARNs and ids of resources it creates): for the
+//! emulator, its account and the test's bucket.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use serde_json::Value;
+
+use clawdinator::registry::Instance;
+
+/// Where the templates are, from the repository root.
+pub const DIR: &str = "infra/opentofu/aws/policies";
+
+/// The values OpenTofu fills from resources and data sources.
+#[derive(Debug, Clone)]
+pub struct World {
+    pub partition: String,
+    pub account: String,
+    pub region: String,
+    pub bucket: String,
+    pub lock_table: String,
+    pub memory_file_system: String,
+    pub instance_security_group: String,
+    pub control_api_function: String,
+}
+
+impl World {
+    /// The emulator's account (moto's default) and region, with the test's bucket.
+    pub fn emulator(bucket: &str) -> World {
+        World {
+            partition: "aws".into(),
+            account: "123456789012".into(),
+            region: "us-east-1".into(),
+            bucket: bucket.into(),
+            lock_table: "clawdinator-terraform-locks".into(),
+            memory_file_system: "fs-0123456789abcdef0".into(),
+            instance_security_group: "sg-0123456789abcdef0".into(),
+            control_api_function: "clawdinator-control-api".into(),
+        }
+    }
+
+    pub fn bucket_arn(&self) -> String {
+        format!("arn:{}:s3:::{}", self.partition, self.bucket)
+    }
+
+    pub fn role_arn(&self, name: &str) -> String {
+        format!("arn:{}:iam::{}:role/{name}", self.partition, self.account)
+    }
+
+    pub fn control_api_arn(&self) -> String {
+        format!("arn:{}:lambda:{}:{}:function:{}", self.partition, self.region, self.account, self.control_api_function)
+    }
+
+    pub fn instance_boundary_arn(&self) -> String {
+        format!("arn:{}:iam::{}:policy/clawdinator-instance-boundary", self.partition, self.account)
+    }
+
+    /// Every key a template may use, as the HCL computes it.
+    fn values(&self) -> BTreeMap<&'static str, String> {
+        let (p, r, a) = (&self.partition, &self.region, &self.account);
+        BTreeMap::from([
+            ("partition", p.clone()),
+            ("account", a.clone()),
+            ("region", r.clone()),
+            ("bucket_arn", self.bucket_arn()),
+            ("lock_table_arn", format!("arn:{p}:dynamodb:{r}:{a}:table/{}", self.lock_table)),
+            ("memory_arn", format!("arn:{p}:elasticfilesystem:{r}:{a}:file-system/{}", self.memory_file_system)),
+            ("instance_security_group_id", self.instance_security_group.clone()),
+            ("instance_boundary_arn", self.instance_boundary_arn()),
+            ("control_api_arn", self.control_api_arn()),
+        ])
+    }
+}
+
+/// The names between `${` and `}` of a template (`$${` is a literal).
+pub fn template_variables(text: &str) -> BTreeSet<String> {
+    let mut found = BTreeSet::new();
+    let mut rest = text;
+    while let Some(at) = rest.find("${") {
+        let escaped = at > 0 && rest.as_bytes()[at - 1] == b'$';
+        rest = &rest[at + 2..];
+        if let (false, Some(end)) = (escaped, rest.find('}')) {
+            found.insert(rest[..end].trim().to_string());
+        }
+    }
+    found
+}
+
+/// `items` as a JSON array, as `jsonencode` writes a list of strings.
+pub fn json_list<S: AsRef<str>>(items: &[S]) -> String {
+    Value::from(items.iter().map(|s| s.as_ref().to_string()).collect::<Vec<_>>()).to_string()
+}
+
+/// `template` with each `${name}` replaced by `values[name]` (`$${` is a
+/// literal `${`, as in `templatefile`); a name without a value is an error.
+pub fn render(template: &str, values: &BTreeMap<&str, String>) -> Result<String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(at) = rest.find("${") {
+        if at > 0 && rest.as_bytes()[at - 1] == b'$' {
+            out.push_str(&rest[..at - 1]);
+            out.push_str("${");
+            rest = &rest[at + 2..];
+            continue;
+        }
+        out.push_str(&rest[..at]);
+        let end = rest[at..].find('}').context("an unclosed ${ in a template")? + at;
+        let name = rest[at + 2..end].trim();
+        match values.get(name) {
+            Some(value) => out.push_str(value),
+            None => bail!("the template uses ${{{name}}}, which has no value"),
+        }
+        rest = &rest[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// The policy document `name` (`policies/<name>.json.tftpl`) rendered with
+/// the world's values plus `extra`.
+pub fn document(root: &Path, name: &str, world: &World, extra: &[(&'static str, String)]) -> Result<Value> {
+    let path = root.join(DIR).join(format!("{name}.json.tftpl"));
+    let template = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let mut values = world.values();
+    values.extend(extra.iter().cloned());
+    let text = render(&template, &values).with_context(|| path.display().to_string())?;
+    serde_json::from_str(&text).with_context(|| format!("{} does not render to JSON", path.display()))
+}
+
+/// Every template of the tree.
+pub fn templates(root: &Path) -> Result<Vec<PathBuf>> {
+    let dir = root.join(DIR);
+    let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .with_context(|| format!("cannot read {}", dir.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.to_string_lossy().ends_with(".json.tftpl"))
+        .collect();
+    found.sort();
+    Ok(found)
+}
+
+/// Who makes a call: its ARN, the identity policies OpenTofu attaches to
+/// it (name, document) and its permissions boundary.
+#[derive(Debug, Clone)]
+pub struct Principal {
+    pub name: String,
+    pub arn: String,
+    pub identity: Vec<(String, Value)>,
+    pub boundary: Option<Value>,
+}
+
+/// The CI role (`aws_iam_role_policy.ci`).
+pub fn ci(root: &Path, world: &World) -> Result<Principal> {
+    Ok(Principal {
+        name: "ci".into(),
+        arn: world.role_arn("clawdinator-ci"),
+        identity: vec![("clawdinator-ci".into(), document(root, "ci", world, &[])?)],
+        boundary: None,
+    })
+}
+
+/// An instance's role (`aws_iam_role_policy.instance[NAME]`, and the
+/// control API grant when it is enabled), within the instance boundary.
+pub fn instance(root: &Path, world: &World, instance: &Instance, control_api: bool) -> Result<Principal> {
+    let (p, r, a) = (&world.partition, &world.region, &world.account);
+    let secrets = clawdinator::secrets::Spec::load(&root.join(clawdinator::secrets::DEFAULT_SPEC))?;
+    let mut arns: Vec<String> = secrets
+        .common
+        .iter()
+        .map(|n| format!("arn:{p}:secretsmanager:{r}:{a}:secret:clawdinator/{n}-??????"))
+        .collect();
+    arns.push(format!("arn:{p}:secretsmanager:{r}:{a}:secret:clawdinator/{}/discord-token-??????", instance.host));
+    let extra = [("bootstrap_prefix", instance.bootstrap_prefix.clone()), ("secret_arns", json_list(&arns))];
+    let mut identity = vec![("clawdinator-instance".to_string(), document(root, "instance", world, &extra)?)];
+    if control_api {
+        identity.push(("clawdinator-instance-control-api".into(), document(root, "instance-control-api", world, &[])?));
+    }
+    Ok(Principal {
+        name: format!("instance {}", instance.host),
+        arn: world.role_arn(&format!("clawdinator-instance-{}", instance.host)),
+        identity,
+        boundary: Some(document(root, "instance-boundary", world, &[])?),
+    })
+}
+
+/// The control API's Lambda role (`aws_iam_role_policy.control_api`).
+pub fn control_api(root: &Path, world: &World) -> Result<Principal> {
+    Ok(Principal {
+        name: "control api".into(),
+        arn: world.role_arn("clawdinator-control-api"),
+        identity: vec![("clawdinator-control-api".into(), document(root, "control-api", world, &[])?)],
+        boundary: None,
+    })
+}
+
+/// The fleet bucket's resource policy (`aws_s3_bucket_policy.fleet`).
+pub fn bucket_policy(root: &Path, world: &World) -> Result<Value> {
+    let arn = world.bucket_arn();
+    let extra = [("actions", json_list(&["s3:*"])), ("resources", json_list(&[arn.clone(), format!("{arn}/*")]))];
+    document(root, "deny-without-tls", world, &extra)
+}

@@ -1,0 +1,319 @@
+//! Every IAM policy OpenTofu applies, judged against the calls the commands
+//! really make: each principal runs its commands in the emulator with its
+//! own access key, the shim logs every call, and the IAM simulator decides
+//! each call against that principal's policies rendered from
+//! `infra/opentofu/aws/policies/` (testkit::policies, testkit::iam).
+
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+use serde_json::Value;
+use testkit::env::{env, Env};
+use testkit::iam::{judge, requests_of, Decision, Facts};
+use testkit::policies::{self, Principal, World};
+
+const CI_KEY: &str = "AKIACLAWDINATORCI000";
+
+/// An instance's key (`AKIA` + 16 characters, as AWS's are).
+fn instance_key(n: usize) -> String {
+    format!("AKIACLAWDINATORHOST{n}")
+}
+
+/// `cargo xtask ARGS` against the emulator with `key` as its credentials.
+fn xtask_as(env: &Env, key: &str, args: &[&str], extra: &[(&str, &Path)]) -> Output {
+    let mut command = env.cli(env!("CARGO_BIN_EXE_xtask"));
+    command
+        .env("AWS_ACCESS_KEY_ID", key)
+        .env("CLAWDINATOR_POLL_SECONDS", "0.05")
+        .env_remove("CLAWDINATOR_CALLER")
+        .current_dir(testkit::repo_root())
+        .args(args)
+        .stdin(std::process::Stdio::null());
+    for (k, v) in extra {
+        command.env(k, v);
+    }
+    command.output().unwrap()
+}
+
+fn ok(what: &str, out: &Output) {
+    assert!(out.status.success(), "{what} failed:\n{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The registry of the test (`n` instances) at `<dir>/nix/instances.json`.
+fn registry(env: &Env, n: usize) -> PathBuf {
+    let map: serde_json::Map<String, Value> =
+        (1..=n).map(|i| (format!("clawdinator-{i}"), testkit::fixtures::instance_json(i))).collect();
+    let path = env.path("nix/instances.json");
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(&path, serde_json::to_string_pretty(&map).unwrap()).unwrap();
+    path
+}
+
+/// The decisions on every call made with `key`, as `principal`.
+async fn decisions(env: &Env, world: &World, key: &str, principal: &Principal) -> Vec<Decision> {
+    let calls = env.emulator.calls().unwrap();
+    let facts = Facts::gather(&env.aws, &calls).await;
+    let requests = requests_of(&calls, key, world, &facts).unwrap();
+    assert!(!requests.is_empty(), "no call was made with {key}");
+    let bucket_policy = policies::bucket_policy(&testkit::repo_root(), world).unwrap();
+    let pairs: Vec<(&Principal, _)> = requests.into_iter().map(|r| (principal, r)).collect();
+    judge(world, &bucket_policy, &pairs).unwrap()
+}
+
+fn denied(decisions: &[Decision]) -> Vec<String> {
+    decisions.iter().filter(|d| !d.allowed).map(|d| d.to_string()).collect()
+}
+
+/// The CI role's inputs: a sample fleet's secrets, one seed repository and
+/// the stand-in nix; returns the pipeline's arguments and environment.
+fn ci_inputs(env: &Env, reg: &Path) -> (Vec<String>, Vec<(&'static str, PathBuf)>) {
+    let dir = env.path("ci");
+    std::fs::create_dir_all(&dir).unwrap();
+    let fleet = testkit::fixtures::sample_fleet_for(&dir, reg, |n| format!("value of {n}")).unwrap();
+    let url = testkit::fixtures::git_repo(&dir.join("upstream/seed"), &[("README.md", "seed\n")], "main").unwrap();
+    std::fs::write(dir.join("repos.tsv"), format!("seed\t{url}\tmain\n")).unwrap();
+    let (path, kvm) = testkit::env::stand_in_nix(&dir);
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let args = [
+        "--bucket",
+        &env.bucket,
+        "--instances",
+        &s(reg),
+        "--spec",
+        &s(&fleet.sources.spec),
+        "--secrets-dir",
+        &s(&fleet.sources.secrets_dir),
+        "--age-key",
+        &s(&fleet.sources.age_key),
+        "--list",
+        &s(&dir.join("repos.tsv")),
+        "--repo-seeds",
+        &s(&dir.join("repo-seeds")),
+        "--flake",
+        &s(&dir.join("flake")),
+        "--out",
+        &s(&dir.join("dist")),
+    ]
+    .map(String::from)
+    .to_vec();
+    let vars = vec![
+        ("PATH", PathBuf::from(path)),
+        ("FAKE_STORE", dir.join("store")),
+        ("FAKE_FEATURES", PathBuf::from("nix-command flakes")),
+        ("CLAWDINATOR_KVM_DEVICE", kvm),
+    ];
+    (args, vars)
+}
+
+/// The CI role runs the whole image pipeline, publishes both ways, prunes,
+/// and deploys (creating each instance with its role and profile through
+/// the stand-in tofu), reads status and switches: every call is allowed.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ci_role_may_make_every_call_of_the_pipeline_and_the_fleet_commands() {
+    let env = env().await;
+    env.vmimport_role(&env.bucket).await;
+    let reg = registry(&env, 2);
+    let group = env.aws.ec2().create_security_group().group_name("clawdinator").description("hosts").send().await;
+    let world =
+        World { instance_security_group: group.unwrap().group_id().unwrap().into(), ..World::emulator(&env.bucket) };
+    env.emulator.start_call_log().unwrap();
+
+    let (args, vars) = ci_inputs(&env, &reg);
+    let vars: Vec<(&str, &Path)> = vars.iter().map(|(k, v)| (*k, v.as_path())).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let audit = ["--json", "--audit-bucket", &env.bucket];
+    let out = xtask_as(&env, CI_KEY, &[&audit[..], &["pipeline"], &args].concat(), &vars);
+    ok("pipeline", &out);
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let ami = report["amiId"].as_str().unwrap().to_string();
+    // A second image, published the other way; prune then has one to remove.
+    let raw = env.path("ci/second.raw");
+    testkit::fixtures::sample_raw_image(&raw, 4 << 20, &[(0, 1 << 20)], 7).unwrap();
+    let image = testkit::fixtures::write_image_json(&env.path("ci/second"), &raw, "second").unwrap();
+    let publish =
+        ["image", "publish", "--via", "s3-import", "--image", image.to_str().unwrap(), "--bucket", &env.bucket];
+    ok("image publish --via s3-import", &xtask_as(&env, CI_KEY, &[&audit[..], &publish].concat(), &[]));
+
+    let reg_s = reg.to_str().unwrap();
+    let module = env.path("infra/opentofu/aws");
+    std::fs::create_dir_all(&module).unwrap();
+    let bin = testkit::env::stand_in_tofu(env.dir.path());
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap());
+    let sg = PathBuf::from(&world.instance_security_group);
+    let log = env.path("tofu.log");
+    let deploy_env = [("PATH", Path::new(&path)), ("TOFU_LOG", log.as_path()), ("TOFU_SECURITY_GROUP", sg.as_path())];
+    let deploy = [
+        "fleet",
+        "deploy",
+        "all",
+        "--instances",
+        reg_s,
+        "--chdir",
+        module.to_str().unwrap(),
+        "--backend-bucket",
+        &env.bucket,
+        "--backend-region",
+        "us-east-1",
+        "--healthy-timeout",
+        "20",
+        "--ami",
+        &ami,
+        "--yes",
+    ];
+    ok("fleet deploy", &xtask_as(&env, CI_KEY, &[&audit[..], &deploy].concat(), &deploy_env));
+    // Again, for one: now a replacement (terminate, then launch).
+    let again: Vec<&str> = deploy.iter().map(|a| if *a == "all" { "clawdinator-2" } else { a }).collect();
+    ok("fleet deploy clawdinator-2", &xtask_as(&env, CI_KEY, &[&audit[..], &again].concat(), &deploy_env));
+    // Exit 3: the hosts run the first AMI, not the newest (drift, reported).
+    let status = xtask_as(&env, CI_KEY, &["--json", "fleet", "status", "--instances", reg_s], &[]);
+    assert_eq!(status.status.code(), Some(3), "{}", String::from_utf8_lossy(&status.stderr));
+    let rev = "0123456789abcdef0123456789abcdef01234567";
+    ok(
+        "fleet switch",
+        &xtask_as(&env, CI_KEY, &[&audit[..], &["fleet", "switch", rev, "--instances", reg_s]].concat(), &[]),
+    );
+    // A third image makes the second one prunable (the first runs the hosts).
+    let raw = env.path("ci/third.raw");
+    testkit::fixtures::sample_raw_image(&raw, 4 << 20, &[(0, 1 << 20)], 8).unwrap();
+    let image = testkit::fixtures::write_image_json(&env.path("ci/third"), &raw, "third").unwrap();
+    let publish = ["image", "publish", "--image", image.to_str().unwrap()];
+    ok("image publish", &xtask_as(&env, CI_KEY, &[&audit[..], &publish].concat(), &[]));
+    ok("image ami prune", &xtask_as(&env, CI_KEY, &["--json", "image", "ami", "prune", "--keep", "1"], &[]));
+
+    let ci = policies::ci(&testkit::repo_root(), &world).unwrap();
+    let decisions = decisions(&env, &world, CI_KEY, &ci).await;
+    let denied = denied(&decisions);
+    assert!(denied.is_empty(), "the CI role is denied calls its commands make:\n{}", denied.join("\n"));
+    let actions: std::collections::BTreeSet<&str> = decisions.iter().map(|d| d.request.action.as_str()).collect();
+    sabotage(&world, &ci, &decisions);
+    for needed in [
+        "ec2:DeregisterImage",
+        "ec2:ImportSnapshot",
+        "ebs:PutSnapshotBlock",
+        "ec2:RegisterImage",
+        "ec2:RunInstances",
+        "iam:CreateRole",
+        "iam:PassRole",
+        "ssm:SendCommand",
+        "s3:PutObject",
+    ] {
+        assert!(actions.contains(needed), "{needed} was never judged: {actions:?}");
+    }
+}
+
+/// Each statement of the principal's policies removed in turn: the calls
+/// that still pass must not all pass, for every statement some call needs.
+/// Proves the judge fails when a needed grant goes missing.
+fn sabotage(world: &World, principal: &Principal, decisions: &[Decision]) {
+    let bucket_policy = policies::bucket_policy(&testkit::repo_root(), world).unwrap();
+    let mut broken = Vec::new();
+    for (p, (name, policy)) in principal.identity.iter().enumerate() {
+        for (i, statement) in policy["Statement"].as_array().unwrap().iter().enumerate() {
+            let mut less = principal.clone();
+            less.identity[p].1["Statement"].as_array_mut().unwrap().remove(i);
+            let sid = statement["Sid"].as_str().unwrap_or("?").to_string();
+            broken.push((format!("{name}/{sid}"), less));
+        }
+    }
+    let mut pairs = Vec::new();
+    for (_, less) in &broken {
+        pairs.extend(decisions.iter().map(|d| (less, d.request.clone())));
+    }
+    let verdicts = judge(world, &bucket_policy, &pairs).unwrap();
+    let needed: Vec<&str> = broken
+        .iter()
+        .zip(verdicts.chunks(decisions.len()))
+        .filter(|(_, v)| v.iter().any(|d| !d.allowed))
+        .map(|((sid, _), _)| sid.as_str())
+        .collect();
+    let unused: Vec<&str> = broken.iter().map(|(sid, _)| sid.as_str()).filter(|s| !needed.contains(s)).collect();
+    eprintln!("{}: statements these calls need: {needed:?}; not exercised here: {unused:?}", principal.name);
+    for sid in
+        ["clawdinator-ci/EbsDirect", "clawdinator-ci/LaunchFleetInstances", "clawdinator-ci/PassOnlyInstanceRoles"]
+    {
+        if principal.name == "ci" {
+            assert!(needed.contains(&sid), "removing {sid} denied nothing: the judge cannot fail");
+        }
+    }
+    assert!(!needed.is_empty(), "no statement of {} was needed: the judge cannot fail", principal.name);
+}
+
+/// An instance's role reads its own bundle and its own secrets; the same
+/// commands aimed at another instance's prefix and token are denied.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_role_reads_its_own_bundle_and_secrets_and_nothing_of_another() {
+    let env = env().await;
+    let reg = registry(&env, 2);
+    let world = World::emulator(&env.bucket);
+    std::fs::create_dir_all(env.path("src")).unwrap();
+    let fleet = testkit::fixtures::sample_fleet_for(&env.path("src"), &reg, testkit::env::canary_value);
+    let fleet = fleet.unwrap();
+    let s = |p: &Path| p.to_str().unwrap().to_string();
+    let sources = [
+        "--instances".to_string(),
+        s(&reg),
+        "--spec".into(),
+        s(&fleet.sources.spec),
+        "--secrets-dir".into(),
+        s(&fleet.sources.secrets_dir),
+        "--age-key".into(),
+        s(&fleet.sources.age_key),
+    ];
+    let sources: Vec<&str> = sources.iter().map(String::as_str).collect();
+    let seeds = s(&fleet.seeds_dir);
+    let upload =
+        [&["bootstrap", "upload", "--all", "--bucket", &env.bucket, "--repo-seeds", &seeds][..], &sources].concat();
+    ok("bootstrap upload", &xtask_as(&env, "testing", &upload, &[]));
+    ok("secrets seed", &xtask_as(&env, "testing", &[&["secrets", "seed", "--all"], &sources[..]].concat(), &[]));
+
+    let root = testkit::repo_root();
+    let host1 = policies::instance(
+        &root,
+        &world,
+        &clawdinator::registry::Registry::load(&reg).unwrap().instances["clawdinator-1"],
+        false,
+    )
+    .unwrap();
+    let key = instance_key(1);
+    for (target, expect_allowed) in [(1, true), (2, false)] {
+        env.emulator.start_call_log().unwrap();
+        let host = env.path(&format!("host{target}"));
+        let fetch = [
+            "bootstrap",
+            "fetch",
+            "--bucket",
+            &env.bucket,
+            "--prefix",
+            &format!("bootstrap/clawdinator-{target}"),
+            "--secrets-dir",
+            &s(&host.join("secrets")),
+            "--repo-seeds-dir",
+            &s(&host.join("seeds")),
+            "--age-key-path",
+            &s(&host.join("agekey")),
+            "--state-dir",
+            &s(&host.join("state")),
+        ];
+        ok("bootstrap fetch", &xtask_as(&env, &key, &fetch, &[]));
+        let secrets =
+            ["secrets", "fetch", "--instance", &format!("clawdinator-{target}"), "--dest", &s(&host.join("run"))];
+        ok("secrets fetch", &xtask_as(&env, &key, &secrets, &[]));
+        let decisions = decisions(&env, &world, &key, &host1).await;
+        if expect_allowed {
+            let denied = denied(&decisions);
+            assert!(denied.is_empty(), "clawdinator-1 is denied its own:\n{}", denied.join("\n"));
+            sabotage(&world, &host1, &decisions);
+        } else {
+            let foreign: Vec<&Decision> = decisions
+                .iter()
+                .filter(|d| {
+                    d.request.resource.contains("clawdinator-2")
+                        || d.request.context.values().any(|v| v.to_string().contains("clawdinator-2"))
+                })
+                .collect();
+            assert!(foreign.len() >= 2, "the run touched too little of clawdinator-2: {decisions:?}");
+            let allowed: Vec<String> = foreign.iter().filter(|d| d.allowed).map(|d| d.to_string()).collect();
+            assert!(allowed.is_empty(), "clawdinator-1 may read clawdinator-2's:\n{}", allowed.join("\n"));
+        }
+    }
+}
