@@ -12,6 +12,10 @@ pub enum SecretsCmd {
     Check(SecretsArgs),
     /// Decrypt the age files and write them to AWS Secrets Manager (only what changed).
     Seed(SecretsSeedArgs),
+    /// Upload the age files that changed to s3://BUCKET/age-secrets/ (each checked to decrypt first).
+    Push(SecretsStoreArgs),
+    /// CI: download and verify every needed age file from s3://BUCKET/age-secrets/ into --secrets-dir.
+    Pull(SecretsStoreArgs),
     /// Host side: fetch this instance's secrets from Secrets Manager into DEST.
     Fetch(SecretsFetchArgs),
     /// Host side: decrypt the bundle's age files into DEST (the bundle mode).
@@ -35,6 +39,18 @@ pub struct SecretsArgs {
     /// The fleet's age identity (private key).
     #[arg(long, env = "AGE_KEY_FILE", default_value = "nix/keys/clawdinator.agekey")]
     pub age_key: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SecretsStoreArgs {
+    #[command(flatten)]
+    pub secrets: SecretsArgs,
+    /// The fleet bucket holding age-secrets/.
+    #[arg(long, env = "S3_BUCKET")]
+    pub bucket: String,
+    /// push: say which files would be uploaded; upload nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

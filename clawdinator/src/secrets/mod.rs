@@ -2,7 +2,8 @@
 //!
 //! Modules: [`flags`] (the command line), `files` (the age files every
 //! host needs, and checking them), [`manager`] (AWS Secrets Manager:
-//! seeding, and a host's fetch), [`host`] (a host's secrets written whole,
+//! seeding, and a host's fetch), `store` (the age files' copy in S3 that
+//! CI pulls), [`host`] (a host's secrets written whole,
 //! 0400) and [`github_token`] (GitHub App installation tokens).
 
 mod files;
@@ -10,6 +11,7 @@ pub mod flags;
 pub mod github_token;
 pub mod host;
 pub mod manager;
+mod store;
 
 pub use files::{
     check, decrypt, encrypt, load_identities, CheckReport, Finding, Severity, Sources, Spec, AGE_KEY_NAME, DEFAULT_SPEC,
@@ -20,12 +22,20 @@ use anyhow::{bail, Result};
 use crate::ctx::Ctx;
 use crate::exit::UsageError;
 use crate::settings::instance_name;
-use flags::{GithubTokenArgs, SecretsArgs, SecretsCmd, SecretsFetchArgs, SecretsSeedArgs};
+use flags::{GithubTokenArgs, SecretsArgs, SecretsCmd, SecretsFetchArgs, SecretsSeedArgs, SecretsStoreArgs};
 
 /// Carry out one `secrets` command.
 pub async fn run(ctx: &Ctx, cmd: SecretsCmd) -> Result<()> {
     match cmd {
         SecretsCmd::Seed(args) => seed_manager(ctx, args).await,
+        SecretsCmd::Push(args) => push(ctx, args).await,
+        SecretsCmd::Pull(args) => {
+            if args.dry_run {
+                return Err(UsageError("secrets pull writes only local files; --dry-run is for push".into()).into());
+            }
+            let aws = ctx.aws().await?;
+            ctx.out.emit(&store::pull(&aws, &Sources::from_flags(&args.secrets), &args.bucket).await?)
+        }
         SecretsCmd::Fetch(args) => fetch_from_manager(ctx, args).await,
         SecretsCmd::Check(args) => check_files(ctx, args).await,
         SecretsCmd::Install(args) => {
@@ -49,6 +59,19 @@ async fn check_files(ctx: &Ctx, args: SecretsArgs) -> Result<()> {
         bail!("secrets check found errors (see above)");
     }
     Ok(())
+}
+
+async fn push(ctx: &Ctx, args: SecretsStoreArgs) -> Result<()> {
+    let aws = ctx.aws().await?;
+    let sources = Sources::from_flags(&args.secrets);
+    let entry =
+        crate::audit::Entry { command: "secrets push", targets: vec!["age-secrets".into()], dry_run: args.dry_run };
+    let work = store::push(&aws, &sources, &args.bucket, args.dry_run);
+    let report = crate::audit::around(ctx, &aws, entry, work, |r: &store::StoreReport| {
+        r.files.iter().filter(|f| f.action == store::Action::Uploaded).map(|f| f.name.clone()).collect()
+    })
+    .await?;
+    ctx.out.emit(&report)
 }
 
 async fn seed_manager(ctx: &Ctx, args: SecretsSeedArgs) -> Result<()> {

@@ -119,6 +119,12 @@ async fn the_ci_role_may_make_every_call_of_the_pipeline_and_the_fleet_commands(
     env.emulator.start_call_log().unwrap();
 
     let (args, vars) = ci_inputs(&env, &reg);
+    // An operator pushed the age files; CI pulls them first.
+    let fleet_args: Vec<&str> = args[2..10].iter().map(String::as_str).collect();
+    let store =
+        |verb, key| xtask_as(&env, key, &[&["secrets", verb, "--bucket", &env.bucket][..], &fleet_args].concat(), &[]);
+    ok("secrets push", &store("push", "testing"));
+    ok("secrets pull", &store("pull", CI_KEY));
     let vars: Vec<(&str, &Path)> = vars.iter().map(|(k, v)| (*k, v.as_path())).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let audit = ["--json", "--audit-bucket", &env.bucket];

@@ -1,0 +1,114 @@
+//! `secrets push` and `secrets pull`: the age files' copy in
+//! s3://BUCKET/age-secrets/ that CI reads.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::Output;
+
+use testkit::env::{canary_value, env, Env, CANARY};
+use testkit::fixtures::{self, SampleFleet};
+
+fn run(env: &Env, verb: &str, fleet: &SampleFleet, secrets_dir: &std::path::Path, extra: &[&str]) -> Output {
+    let s = fleet.sources.clone();
+    let out = env
+        .cli(env!("CARGO_BIN_EXE_clawdinator"))
+        .args(["--json", "secrets", verb, "--bucket", &env.bucket, "--instances"])
+        .arg(&s.registry)
+        .arg("--spec")
+        .arg(&s.spec)
+        .arg("--age-key")
+        .arg(&s.age_key)
+        .arg("--secrets-dir")
+        .arg(secrets_dir)
+        .args(extra)
+        .output()
+        .unwrap();
+    let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!all.contains(CANARY), "a secret value reached the output of secrets {verb}");
+    out
+}
+
+fn actions(out: &Output) -> Vec<(String, String)> {
+    let report: serde_json::Value =
+        serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)));
+    let files = report["files"].as_array().unwrap();
+    files.iter().map(|f| (f["name"].as_str().unwrap().into(), f["action"].as_str().unwrap().into())).collect()
+}
+
+fn count(actions: &[(String, String)], action: &str) -> usize {
+    actions.iter().filter(|(_, a)| a == action).count()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_uploads_only_what_changed_and_pull_brings_back_the_same_files() {
+    let env = env().await;
+    let fleet = fixtures::sample_fleet(&env.path("src"), 2, canary_value).unwrap();
+    let dir = fleet.sources.secrets_dir.clone();
+
+    let dry = run(&env, "push", &fleet, &dir, &["--dry-run"]);
+    assert_eq!(count(&actions(&dry), "would-upload"), 10, "{}", String::from_utf8_lossy(&dry.stderr));
+    assert!(env.keys().await.is_empty(), "--dry-run uploaded");
+
+    let first = actions(&run(&env, "push", &fleet, &dir, &[]));
+    assert_eq!(count(&first, "uploaded"), 10, "8 common secrets and 2 tokens: {first:?}");
+    for key in env.keys().await {
+        assert!(key.starts_with("age-secrets/") && key.ends_with(".age"), "{key}");
+        assert!(env.get(&key).await.starts_with(b"age-encryption.org/v1"), "{key} is not ciphertext");
+    }
+    let again = actions(&run(&env, "push", &fleet, &dir, &[]));
+    assert_eq!(count(&again, "unchanged"), 10, "a re-run uploads nothing: {again:?}");
+
+    fixtures::write_secret(&dir, "clawdinator-control-token", b"rotated", &fleet.recipient).unwrap();
+    let rotated = actions(&run(&env, "push", &fleet, &dir, &[]));
+    assert_eq!(rotated.iter().filter(|(_, a)| a == "uploaded").collect::<Vec<_>>().len(), 1, "{rotated:?}");
+    assert!(rotated.contains(&("clawdinator-control-token.age".into(), "uploaded".into())));
+
+    let pulled_dir = env.path("ci/age-secrets");
+    let pulled = actions(&run(&env, "pull", &fleet, &pulled_dir, &[]));
+    assert_eq!(count(&pulled, "downloaded"), 10);
+    for (name, _) in &pulled {
+        assert_eq!(std::fs::read(pulled_dir.join(name)).unwrap(), std::fs::read(dir.join(name)).unwrap(), "{name}");
+        let mode = std::fs::metadata(pulled_dir.join(name)).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{name}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn push_refuses_a_file_that_does_not_decrypt_and_uploads_nothing() {
+    let env = env().await;
+    let fleet = fixtures::sample_fleet(&env.path("src"), 1, canary_value).unwrap();
+    let stranger = fixtures::write_identity(&env.path("stranger.key")).unwrap();
+    fixtures::write_secret(&fleet.sources.secrets_dir, "clawdinator-anthropic-api-key", b"x", &stranger).unwrap();
+    let out = run(&env, "push", &fleet, &fleet.sources.secrets_dir, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nothing uploaded") && stderr.contains("clawdinator-anthropic-api-key.age"), "{stderr}");
+    assert!(env.keys().await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn pull_writes_nothing_when_a_file_is_tampered_with_or_missing_and_names_each() {
+    let env = env().await;
+    let fleet = fixtures::sample_fleet(&env.path("src"), 2, canary_value).unwrap();
+    assert!(run(&env, "push", &fleet, &fleet.sources.secrets_dir, &[]).status.success());
+    // Replaced outside `secrets push` (another valid age file, no recorded digest).
+    let other = fixtures::write_identity(&env.path("other.key")).unwrap();
+    let forged = clawdinator::secrets::encrypt(b"forged", &[other]).unwrap();
+    env.put("age-secrets/clawdinator-control-token.age", forged).await;
+    env.aws
+        .s3()
+        .delete_object()
+        .bucket(&env.bucket)
+        .key("age-secrets/clawdinator-discord-token-2.age")
+        .send()
+        .await
+        .unwrap();
+
+    let dest = env.path("ci/age-secrets");
+    let out = run(&env, "pull", &fleet, &dest, &[]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("2 file(s) failed"), "{stderr}");
+    assert!(stderr.contains("age-secrets/clawdinator-control-token.age does not match the SHA-256"), "{stderr}");
+    assert!(stderr.contains("age-secrets/clawdinator-discord-token-2.age is missing"), "{stderr}");
+    assert!(!dest.exists() || std::fs::read_dir(&dest).unwrap().next().is_none(), "pull wrote files");
+}
