@@ -241,6 +241,27 @@ impl Aws {
         aws_sdk_ssm::Client::new(&self.config)
     }
 
+    /// The environment a child AWS tool (tofu) needs to act as this very
+    /// identity: the current credentials (fresh: an assumed role's are
+    /// refreshed by the provider) and the region. Values for a child's
+    /// environment only, never for argv or output.
+    pub async fn child_environment(&self) -> Result<Vec<(&'static str, String)>> {
+        use aws_credential_types::provider::ProvideCredentials;
+        let provider = self.config.credentials_provider().context("no AWS credentials are configured")?;
+        let credentials = provider.provide_credentials().await.context("cannot resolve AWS credentials for tofu")?;
+        let mut env = vec![
+            ("AWS_ACCESS_KEY_ID", credentials.access_key_id().to_string()),
+            ("AWS_SECRET_ACCESS_KEY", credentials.secret_access_key().to_string()),
+        ];
+        if let Some(token) = credentials.session_token() {
+            env.push(("AWS_SESSION_TOKEN", token.to_string()));
+        }
+        if let Some(region) = self.region() {
+            env.push(("AWS_REGION", region.to_string()));
+        }
+        Ok(env)
+    }
+
     /// The caller's ARN (STS GetCallerIdentity): proves credentials work.
     pub async fn caller_arn(&self) -> Result<String> {
         let out = self.sts().get_caller_identity().send().await.map_err(|e| error("STS GetCallerIdentity", "", e))?;

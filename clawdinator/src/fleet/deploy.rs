@@ -212,11 +212,15 @@ async fn healthy(
     .await
 }
 
-fn tofu(invocation: &Invocation) -> Result<()> {
+/// One tofu run as the caller's own identity: tofu gets the credentials
+/// this command resolved (in CI, the role it assumed through GitHub OIDC,
+/// which tofu could not assume itself) in its environment, and no profile.
+fn tofu(invocation: &Invocation, credentials: &[(&'static str, String)]) -> Result<()> {
     let sh = Shell::new()?;
     sh.set_var("TF_IN_AUTOMATION", "1");
     let args = &invocation.args;
-    crate::process::run_on_stderr(cmd!(sh, "tofu {args...}"))
+    let command = cmd!(sh, "tofu {args...}").env_remove("AWS_PROFILE").envs(credentials.iter().map(|(k, v)| (k, v)));
+    crate::process::run_on_stderr(command)
 }
 
 /// Run the plan; see the module comment.
@@ -243,7 +247,8 @@ pub async fn deploy(
             .filter(|i| i.name.as_ref().is_some_and(|n| invocation.instances.contains(n)))
             .map(|i| i.id.clone())
             .collect();
-        tokio::task::block_in_place(|| tofu(invocation)).with_context(|| {
+        let credentials = aws.child_environment().await?;
+        tokio::task::block_in_place(|| tofu(invocation, &credentials)).with_context(|| {
             format!("`{}` failed; the instances after it were left as they are", invocation.shown())
         })?;
         for name in &invocation.instances {

@@ -60,7 +60,8 @@ pub struct FleetDeployArgs {
     /// `all`, or instance names of the registry.
     #[arg(required = true, value_name = "all|NAME")]
     pub targets: Vec<String>,
-    /// Deploy this AMI (checked: exists, available, a fleet AMI) instead of the latest.
+    /// Deploy this AMI (checked: exists, available, a fleet AMI) instead of the latest; empty
+    /// means the latest (a workflow input left blank).
     #[arg(long, env = "AMI_OVERRIDE")]
     pub ami: Option<String>,
     /// Who asks (an instance name for a bot): an instance never deploys itself.

@@ -69,7 +69,10 @@ pub async fn run(ctx: &Ctx, cmd: FleetCmd) -> Result<()> {
             }
             Ok(())
         }
-        FleetCmd::Deploy(args) => {
+        FleetCmd::Deploy(mut args) => {
+            // Workflow inputs left blank arrive as empty variables: not given.
+            args.ami = args.ami.filter(|a| !a.trim().is_empty());
+            args.caller = args.caller.filter(|c| !c.trim().is_empty());
             let registry = load(&args.instances)?;
             let names = deploy::targets(&registry, &args.targets, args.caller.as_deref())?;
             if args.targets.iter().any(|t| t == "all") && !args.dry_run {
