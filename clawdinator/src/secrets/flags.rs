@@ -47,7 +47,7 @@ pub struct SecretsStoreArgs {
     pub secrets: SecretsArgs,
     /// The fleet bucket holding age-secrets/.
     #[arg(long, env = "S3_BUCKET")]
-    pub bucket: String,
+    pub bucket: Option<String>,
     /// push: say which files would be uploaded; upload nothing.
     #[arg(long)]
     pub dry_run: bool,
@@ -114,8 +114,8 @@ pub struct GithubTokenArgs {
     /// Read the private key from this Secrets Manager secret instead.
     #[arg(long)]
     pub pem_secret: Option<String>,
-    /// GitHub API base URL (GitHub Enterprise: https://HOST/api/v3).
-    #[arg(long, default_value = "https://api.github.com")]
+    /// GitHub API base URL (GitHub Enterprise: https://HOST/api/v3; Actions runners set GITHUB_API_URL).
+    #[arg(long, env = "GITHUB_API_URL", default_value = "https://api.github.com")]
     pub api_url: String,
     /// Write GITHUB_TOKEN=… and GH_TOKEN=… here (mode 0600) instead of printing the token.
     #[arg(long)]

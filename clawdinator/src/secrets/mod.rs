@@ -33,8 +33,9 @@ pub async fn run(ctx: &Ctx, cmd: SecretsCmd) -> Result<()> {
             if args.dry_run {
                 return Err(UsageError("secrets pull writes only local files; --dry-run is for push".into()).into());
             }
+            let bucket = store_bucket(&args)?;
             let aws = ctx.aws().await?;
-            ctx.out.emit(&store::pull(&aws, &Sources::from_flags(&args.secrets), &args.bucket).await?)
+            ctx.out.emit(&store::pull(&aws, &Sources::from_flags(&args.secrets), &bucket).await?)
         }
         SecretsCmd::Fetch(args) => fetch_from_manager(ctx, args).await,
         SecretsCmd::Check(args) => check_files(ctx, args).await,
@@ -61,12 +62,17 @@ async fn check_files(ctx: &Ctx, args: SecretsArgs) -> Result<()> {
     Ok(())
 }
 
+fn store_bucket(args: &SecretsStoreArgs) -> Result<String> {
+    args.bucket.clone().ok_or_else(|| UsageError("no bucket: pass --bucket or set S3_BUCKET".into()).into())
+}
+
 async fn push(ctx: &Ctx, args: SecretsStoreArgs) -> Result<()> {
+    let bucket = store_bucket(&args)?;
     let aws = ctx.aws().await?;
     let sources = Sources::from_flags(&args.secrets);
     let entry =
         crate::audit::Entry { command: "secrets push", targets: vec!["age-secrets".into()], dry_run: args.dry_run };
-    let work = store::push(&aws, &sources, &args.bucket, args.dry_run);
+    let work = store::push(&aws, &sources, &bucket, args.dry_run);
     let report = crate::audit::around(ctx, &aws, entry, work, |r: &store::StoreReport| {
         r.files.iter().filter(|f| f.action == store::Action::Uploaded).map(|f| f.name.clone()).collect()
     })
