@@ -1,5 +1,6 @@
 //! `cargo xtask doctor`: every prerequisite, which commands need it, and how
-//! to get it. Always exits 0: it reports, it does not judge.
+//! to get it. Exits 0: it reports, it does not judge; `--ci` (the settings
+//! the workflows need) exits 1 when one is missing, so a job stops first.
 
 use std::fmt;
 use std::path::Path;
@@ -175,6 +176,46 @@ pub async fn check_aws(aws: &aws::Aws) -> Vec<Check> {
     vec![region, credentials, check("vmimport role", "image publish --via s3-import", vmimport)]
 }
 
+/// `doctor --ci`: each setting in the current environment (as the
+/// workflows set it, or exported by an operator), the tfvars checked
+/// against the module's variables.
+pub fn ci_checks(root: &Path) -> Result<Vec<Check>> {
+    use crate::ci_settings::{required_tofu_variables, tfvars_problems, Kind, SETTINGS};
+    let required = required_tofu_variables(root)?;
+    let mut checks = Vec::new();
+    for setting in SETTINGS {
+        let kind = match setting.kind {
+            Kind::Variable => "repository variable",
+            Kind::Secret => "repository secret",
+        };
+        let fix = format!("set the {kind} {} ({}); export it here to check", setting.name, setting.what);
+        let (status, detail, fix) = match std::env::var(setting.name) {
+            Err(_) => (Status::Missing, format!("{} is not set", setting.name), fix),
+            Ok(v) if v.trim().is_empty() => (Status::Missing, format!("{} is empty", setting.name), fix),
+            Ok(v) if setting.name == "CLAWDINATOR_TFVARS" => match tfvars_problems(&v, &required) {
+                Ok(lacking) if lacking.is_empty() => {
+                    (Status::Ok, format!("sets all {} required variables", required.len()), String::new())
+                }
+                Ok(lacking) => (
+                    Status::Missing,
+                    format!("lacks {}", lacking.join(", ")),
+                    format!("add them to {} (see infra/opentofu/aws/variables.tf)", setting.name),
+                ),
+                Err(e) => (
+                    Status::Missing,
+                    format!("{e:#}"),
+                    format!("{} must be the tfvars as one JSON object", setting.name),
+                ),
+            },
+            // A secret's value is never shown.
+            Ok(_) if setting.kind == Kind::Secret => (Status::Ok, "set".into(), String::new()),
+            Ok(v) => (Status::Ok, v, String::new()),
+        };
+        checks.push(Check { name: setting.name, status, detail, needed_by: "CI workflows", fix });
+    }
+    Ok(checks)
+}
+
 pub async fn report(ctx: &Ctx, args: &flags::Doctor) -> Result<Report> {
     let local_checks = tokio::task::spawn_blocking({
         let age_key = args.age_key.clone();
@@ -209,6 +250,14 @@ pub async fn report(ctx: &Ctx, args: &flags::Doctor) -> Result<Report> {
 impl flags::Doctor {
     pub async fn run(self, ctx: &Ctx) -> Result<()> {
         let args = self;
+        if args.ci {
+            let report = Report { checks: ci_checks(&testkit::repo_root())? };
+            ctx.out.emit(&report)?;
+            let missing: Vec<&str> =
+                report.checks.iter().filter(|c| c.status == Status::Missing).map(|c| c.name).collect();
+            anyhow::ensure!(missing.is_empty(), "missing for CI: {}", missing.join(", "));
+            return Ok(());
+        }
         let report = report(ctx, &args).await?;
         ctx.out.emit(&report)
     }

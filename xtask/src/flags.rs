@@ -74,6 +74,10 @@ pub struct Doctor {
     /// The age identity used to encrypt and bundle secrets.
     #[arg(long, env = "AGE_KEY_FILE", default_value = "nix/keys/clawdinator.agekey")]
     pub age_key: PathBuf,
+    /// Check instead the repository variables and secrets the workflows need, in this
+    /// environment (exits 1 naming any that is missing).
+    #[arg(long)]
+    pub ci: bool,
 }
 
 #[derive(Debug, Args)]

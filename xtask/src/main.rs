@@ -9,6 +9,7 @@
 //! and `tools` (the pinned npm and PyPI check tools).
 
 mod bench;
+mod ci_settings;
 mod docs;
 mod doctor;
 mod flags;

@@ -110,10 +110,42 @@ pub fn check(root: &Path) -> Result<String> {
         }
     }
     ensure!(lines > 0, "no `cargo xtask` line found in the workflows: the scan is broken");
+    check_settings(root, &files)?;
     Ok(format!(
         "{} workflow(s) pass actionlint (with shellcheck), zizmor and check-jsonschema; {lines} cargo xtask line(s) parse",
         files.len()
     ))
+}
+
+/// The workflows read exactly the settings `ci_settings::SETTINGS` lists
+/// (what `doctor --ci` checks and docs/ci.md names); a job that runs tofu
+/// (`fleet deploy`) hands it the fleet's variables from CLAWDINATOR_TFVARS.
+fn check_settings(root: &Path, files: &[PathBuf]) -> Result<()> {
+    use crate::ci_settings::{referenced, SETTINGS};
+    use std::collections::BTreeSet;
+    let mut used = BTreeSet::new();
+    for file in files {
+        let text = std::fs::read_to_string(file)?;
+        used.extend(referenced(&text));
+        if text.contains("fleet deploy") {
+            ensure!(
+                text.contains("vars.CLAWDINATOR_TFVARS") && text.contains("TF_VAR_FILE="),
+                "{}: runs `fleet deploy` (tofu) without writing vars.CLAWDINATOR_TFVARS to a file for TF_VAR_FILE",
+                file.display()
+            );
+        }
+    }
+    let readme = std::fs::read_to_string(root.join("README.md"))?;
+    let unnamed: Vec<&str> = SETTINGS.iter().map(|s| s.name).filter(|n| !readme.contains(&format!("`{n}`"))).collect();
+    ensure!(unnamed.is_empty(), "README.md does not name the CI settings {unnamed:?}");
+    let listed: BTreeSet<_> = SETTINGS.iter().map(|s| (s.kind, s.name.to_string())).collect();
+    let unlisted: Vec<_> = used.difference(&listed).collect();
+    let unused: Vec<_> = listed.difference(&used).collect();
+    ensure!(
+        unlisted.is_empty() && unused.is_empty(),
+        "the workflows read {unlisted:?}, not in xtask/src/ci_settings.rs; listed there but unread: {unused:?}"
+    );
+    Ok(())
 }
 
 #[cfg(test)]
