@@ -73,3 +73,29 @@ pub fn function_url_event(arn: Option<&str>, body: &Value) -> Value {
         "requestContext": context, "body": body.to_string(), "isBase64Encoded": false
     })
 }
+
+/// A stand-in service on loopback that answers every request with `status`
+/// and the JSON `body` (GitHub's OIDC token endpoint, its access_tokens
+/// endpoint), for the life of the test process; its base URL, and the
+/// request lines it has seen.
+pub fn answer_every_request(status: u16, body: Value) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    use std::io::Write;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback port");
+    let url = format!("http://{}", listener.local_addr().expect("a bound listener"));
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let log = seen.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let Ok(request) = read_http_request(&mut stream) else { continue };
+            log.lock().expect("the log lock").push(request.line.clone());
+            let text = body.to_string();
+            let _ = write!(
+                stream,
+                "HTTP/1.1 {status} Stand-in\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{text}",
+                text.len()
+            );
+        }
+    });
+    (url, seen)
+}

@@ -5,3 +5,4 @@ mod emulator;
 mod local;
 mod pipeline;
 mod policies;
+mod workflows;

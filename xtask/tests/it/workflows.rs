@@ -1,0 +1,352 @@
+//! The workflows run as tests: each job's `run:` steps in order, as a
+//! GitHub runner runs them (bash -e, the workflow's, job's and step's
+//! `env:`, `$GITHUB_ENV`, `$GITHUB_OUTPUT`, `$RUNNER_TEMP`), with the
+//! repository variables and secrets of a fixture, against the emulator as
+//! the CI role: its OIDC token comes from a loopback token endpoint, and
+//! every call it makes is judged by the IAM simulator against the CI
+//! policy OpenTofu applies. `uses:` steps stand for what they set up:
+//! checkout is a copy of the repository's files (its seeds list pointing at
+//! local repositories), install-nix is a stand-in `nix` whose `develop
+//! --command` runs the command (`cargo xtask` is the built xtask) and whose
+//! `build` is the image stand-in; `tofu` is the stand-in tofu.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use serde_json::{json, Value};
+use testkit::env::{env, Env};
+use testkit::iam::{judge, requests, Facts};
+use testkit::policies::{self, World};
+
+const REVISION: &str = "0123456789abcdef0123456789abcdef01234567";
+
+/// A workflow file as JSON (PyYAML from the emulator's virtualenv).
+fn load(root: &Path, name: &str) -> Value {
+    let path = root.join(".github/workflows").join(name);
+    let script = "import json, sys, yaml; json.dump(yaml.safe_load(open(sys.argv[1])), sys.stdout)";
+    let out =
+        std::process::Command::new(testkit::emulator::venv_python()).args(["-c", script]).arg(&path).output().unwrap();
+    assert!(out.status.success(), "{}: {}", path.display(), String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// What `${{ … }}` can read.
+struct Context {
+    vars: BTreeMap<String, String>,
+    secrets: BTreeMap<String, String>,
+    inputs: BTreeMap<String, String>,
+    outputs: BTreeMap<String, String>,
+}
+
+impl Context {
+    fn value(&self, expr: &str) -> String {
+        let (scope, name) = expr.split_once('.').unwrap_or((expr, ""));
+        let from = |map: &BTreeMap<String, String>| map.get(name).cloned().unwrap_or_default();
+        match scope {
+            "vars" => from(&self.vars),
+            "secrets" => from(&self.secrets),
+            "inputs" => from(&self.inputs),
+            "github" if name == "sha" => REVISION.into(),
+            "steps" => self.outputs.get(name).cloned().unwrap_or_default(),
+            _ => panic!("the test runner does not know the expression `{expr}`"),
+        }
+    }
+
+    fn expand(&self, text: &str) -> String {
+        let mut out = String::new();
+        let mut rest = text;
+        while let Some(at) = rest.find("${{") {
+            let end = rest[at..].find("}}").expect("a closed expression") + at;
+            out.push_str(&rest[..at]);
+            out.push_str(&self.value(rest[at + 3..end].trim()));
+            rest = &rest[end + 2..];
+        }
+        out.push_str(rest);
+        out
+    }
+}
+
+/// `KEY=VALUE` lines (and `KEY<<DELIM` blocks) of a `$GITHUB_ENV` or `$GITHUB_OUTPUT` file.
+fn key_values(path: &Path) -> BTreeMap<String, String> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let mut found = BTreeMap::new();
+    let mut lines = text.lines();
+    while let Some(line) = lines.next() {
+        if let Some((key, delim)) = line.split_once("<<") {
+            let value: Vec<&str> = lines.by_ref().take_while(|l| *l != delim).collect();
+            found.insert(key.to_string(), value.join("\n"));
+        } else if let Some((key, value)) = line.split_once('=') {
+            found.insert(key.to_string(), value.to_string());
+        }
+    }
+    found
+}
+
+/// The runner's machine: the checkout, the tools on PATH, the environment
+/// every job starts from.
+struct Runner {
+    checkout: PathBuf,
+    temp: PathBuf,
+    base: BTreeMap<String, String>,
+}
+
+impl Runner {
+    /// Run one job; Err names the failed step with its output.
+    fn job(&self, workflow: &Value, job: &str, context: &mut Context) -> Result<Vec<String>, String> {
+        let spec = &workflow["jobs"][job];
+        let mut env = self.base.clone();
+        for scope in [&workflow["env"], &spec["env"]] {
+            for (k, v) in scope.as_object().into_iter().flatten() {
+                env.insert(k.clone(), context.expand(v.as_str().unwrap_or("")));
+            }
+        }
+        let mut ran = Vec::new();
+        for (n, step) in spec["steps"].as_array().unwrap().iter().enumerate() {
+            let Some(script) = step["run"].as_str() else { continue };
+            let name = step["name"].as_str().map(String::from).unwrap_or(format!("step {n}"));
+            let files = ["GITHUB_ENV", "GITHUB_OUTPUT", "GITHUB_STEP_SUMMARY"]
+                .map(|f| self.temp.join(format!("{job}-{n}-{f}")));
+            let mut command = std::process::Command::new("bash");
+            command.args(["--noprofile", "--norc", "-eo", "pipefail", "-c", &context.expand(script)]);
+            command.current_dir(&self.checkout).env_clear().envs(&env);
+            for (k, v) in step["env"].as_object().into_iter().flatten() {
+                command.env(k, context.expand(v.as_str().unwrap_or("")));
+            }
+            for (var, file) in ["GITHUB_ENV", "GITHUB_OUTPUT", "GITHUB_STEP_SUMMARY"].iter().zip(&files) {
+                command.env(var, file);
+            }
+            let out = command.output().unwrap();
+            if !out.status.success() {
+                let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+                return Err(format!("job {job}, step `{name}` failed:\n{text}"));
+            }
+            env.extend(key_values(&files[0]));
+            if let Some(id) = step["id"].as_str() {
+                for (k, v) in key_values(&files[1]) {
+                    context.outputs.insert(format!("{id}.outputs.{k}"), v);
+                }
+            }
+            ran.push(name);
+        }
+        Ok(ran)
+    }
+}
+
+fn write_script(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// The checkout: the repository's tracked files, its seeds list pointing at a local repository.
+fn check_out(root: &Path, dest: &Path) {
+    let files = std::process::Command::new("git").args(["ls-files", "-z"]).current_dir(root).output().unwrap();
+    for file in files.stdout.split(|b| *b == 0).filter(|f| !f.is_empty()) {
+        let rel = Path::new(std::str::from_utf8(file).unwrap());
+        let target = dest.join(rel);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(root.join(rel), target).unwrap();
+    }
+    let upstream = dest.join("../upstream/seed");
+    let url = testkit::fixtures::git_repo(&upstream, &[("README.md", "seed\n")], "main").unwrap();
+    std::fs::write(dest.join("clawdinator/repos.tsv"), format!("seed\t{url}\tmain\n")).unwrap();
+}
+
+/// Tools on PATH: the stand-in nix (develop --command, flake check, build),
+/// cargo (`cargo xtask` is the built binary) and tofu.
+fn tools(dir: &Path) -> (String, PathBuf) {
+    let (nix_path, kvm) = testkit::env::stand_in_nix(&dir.join("nix"));
+    let image_nix = dir.join("nix/bin/nix");
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    write_script(
+        &bin.join("nix"),
+        &format!(
+            "#!/bin/sh\nif [ \"$1\" = develop ]; then shift; [ \"$1\" = --command ] && shift; exec \"$@\"; fi\n\
+             if [ \"$1\" = flake ] && [ \"$2\" = check ]; then echo 'stand-in nix: flake check (cargo xtask test evaluates the flake)'; exit 0; fi\n\
+             exec {} \"$@\"\n",
+            image_nix.display()
+        ),
+    );
+    write_script(
+        &bin.join("cargo"),
+        &format!("#!/bin/sh\n[ \"$1\" = xtask ] || {{ echo \"stand-in cargo: only cargo xtask\" >&2; exit 2; }}\nshift\nexec {} \"$@\"\n", env!("CARGO_BIN_EXE_xtask")),
+    );
+    let tofu = testkit::env::stand_in_tofu(&dir.join("tofu"));
+    (format!("{}:{}:{nix_path}", bin.display(), tofu.display()), kvm)
+}
+
+/// The account as an operator leaves it before CI runs: the age files
+/// pushed, the GitHub App key in Secrets Manager, two running hosts.
+async fn operator_setup(env: &Env, checkout: &Path, scratch: &Path) -> String {
+    let registry = checkout.join("nix/instances.json");
+    std::fs::create_dir_all(scratch).unwrap();
+    let fleet = testkit::fixtures::sample_fleet_for(scratch, &registry, |n| format!("fixture value of {n}")).unwrap();
+    let (private_pem, _) = testkit::fixtures::github_app_key().unwrap();
+    let dir = &fleet.sources.secrets_dir;
+    testkit::fixtures::write_secret(dir, "clawdinator-github-app.pem", private_pem.as_bytes(), &fleet.recipient)
+        .unwrap();
+    let s = fleet.sources.clone();
+    let admin = |args: &[&str]| {
+        let out = env
+            .cli(env!("CARGO_BIN_EXE_xtask"))
+            .args(args)
+            .args(["--instances"])
+            .arg(&s.registry)
+            .arg("--spec")
+            .arg(&s.spec)
+            .arg("--secrets-dir")
+            .arg(&s.secrets_dir)
+            .arg("--age-key")
+            .arg(&s.age_key)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    admin(&["secrets", "push", "--bucket", &env.bucket]);
+    admin(&["secrets", "seed", "--all"]);
+    std::fs::read_to_string(&s.age_key).unwrap()
+}
+
+/// Two running fleet hosts of the checkout's registry, on a fleet AMI.
+async fn running_hosts(env: &Env, checkout: &Path) {
+    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+    let ec2 = env.aws.ec2();
+    let volume = ec2.create_volume().availability_zone("us-east-1a").size(8).send().await.unwrap();
+    let snap = ec2.create_snapshot().volume_id(volume.volume_id().unwrap()).send().await.unwrap();
+    let ami = env.register_ami("clawdinator-nixos-old", snap.snapshot_id().unwrap(), "/dev/xvda").await;
+    let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
+    ec2.create_tags().resources(&ami).tags(tag("clawdinator", "true")).send().await.unwrap();
+    let registry = clawdinator::registry::Registry::load(&checkout.join("nix/instances.json")).unwrap();
+    for name in registry.instances.keys() {
+        let tags = vec![tag("Name", name), tag("app", "clawdinator"), tag("clawdinator:instance", name)];
+        let spec = TagSpecification::builder().resource_type(ResourceType::Instance).set_tags(Some(tags)).build();
+        ec2.run_instances().image_id(&ami).min_count(1).max_count(1).tag_specifications(spec).send().await.unwrap();
+    }
+}
+
+/// image-build.yml, release.yml and fleet-deploy.yml each complete, in
+/// order, on one account; every call CI makes is allowed by its policy.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_image_release_and_deploy_workflows_complete_as_the_ci_role() {
+    let env = env().await;
+    let root = testkit::repo_root();
+    let checkout = env.path("work/clawdinators");
+    check_out(&root, &checkout);
+    let age_key = operator_setup(&env, &checkout, &env.path("operator")).await;
+    running_hosts(&env, &checkout).await;
+    let (path, kvm) = tools(&env.path("tools"));
+    let temp = env.path("runner-temp");
+    std::fs::create_dir_all(&temp).unwrap();
+    let (token_url, _) =
+        testkit::loopback::answer_every_request(200, json!({"value": "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyZXBvIn0.c2ln"}));
+    let (github_url, github_seen) = testkit::loopback::answer_every_request(
+        201,
+        json!({"token": "ghs_standin", "expires_at": "2099-01-01T00:00:00Z"}),
+    );
+    let tfvars = json!({
+        "aws_region": "us-east-1", "bucket_name": env.bucket, "vpc_id": "vpc-0123456789abcdef0",
+        "subnet_ids": ["subnet-0123456789abcdef0"], "github_repository": "openclaw/clawdinators",
+    });
+    let base: BTreeMap<String, String> = [
+        ("PATH", path.as_str()),
+        ("HOME", env.path("home").to_str().unwrap()),
+        ("RUNNER_TEMP", temp.to_str().unwrap()),
+        ("AWS_ENDPOINT_URL", &env.emulator.endpoint()),
+        ("ACTIONS_ID_TOKEN_REQUEST_URL", &format!("{token_url}/token?api-version=2.0")),
+        ("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "runner-bearer"),
+        ("GITHUB_API_URL", &github_url),
+        ("CLAWDINATOR_KVM_DEVICE", kvm.to_str().unwrap()),
+        ("FAKE_STORE", env.path("tools/nix/store").to_str().unwrap()),
+        ("FAKE_FEATURES", "nix-command flakes"),
+        ("TOFU_LOG", env.path("tofu.log").to_str().unwrap()),
+        ("CLAWDINATOR_POLL_SECONDS", "0.05"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    let runner = Runner { checkout: checkout.clone(), temp, base };
+    let vars: BTreeMap<String, String> = [
+        ("CLAWDINATOR_CI_ROLE_ARN", "arn:aws:iam::123456789012:role/clawdinator-ci".to_string()),
+        ("AWS_REGION", "us-east-1".into()),
+        ("S3_BUCKET", env.bucket.clone()),
+        ("CLAWDINATOR_APP_ID", "12345".into()),
+        ("CLAWDINATOR_APP_INSTALLATION_ID", "678".into()),
+        ("CLAWDINATOR_TFVARS", tfvars.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let mut context = Context {
+        vars,
+        secrets: [("CLAWDINATOR_AGE_KEY".to_string(), age_key.trim().to_string())].into(),
+        inputs: [("target", "clawdinator-2"), ("ami_override", ""), ("caller", "")]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect(),
+        outputs: BTreeMap::new(),
+    };
+    env.emulator.start_call_log().unwrap();
+    for (file, jobs) in
+        [("image-build.yml", &["image", "prune"][..]), ("release.yml", &["release"]), ("fleet-deploy.yml", &["deploy"])]
+    {
+        let workflow = load(&checkout, file);
+        for job in jobs {
+            if let Err(failure) = runner.job(&workflow, job, &mut context) {
+                panic!("{file}: {failure}");
+            }
+        }
+    }
+    assert!(!context.outputs.get("publish.outputs.ami_id").cloned().unwrap_or_default().is_empty(), "no AMI published");
+    assert!(github_seen.lock().unwrap().iter().any(|l| l.starts_with("POST /app/installations/678/access_tokens")));
+    assert!(!runner.temp.join("clawdinator.agekey").exists(), "the age identity outlived the job");
+    tofu_got_every_variable(&env, &context);
+
+    // Every call, but the test's own (key `testing`) and the unsigned token exchange, as the CI role.
+    let world = World::emulator(&env.bucket);
+    let calls: Vec<Value> = env.emulator.calls().unwrap();
+    let facts = Facts::gather(&env.aws, &calls).await;
+    let ci = policies::ci(&root, &world).unwrap();
+    let mut pairs = Vec::new();
+    for call in calls.iter().filter(|c| c["accessKey"] != "testing" && !c["accessKey"].is_null()) {
+        for request in requests(call, &world, &facts).unwrap() {
+            pairs.push((&ci, request));
+        }
+    }
+    assert!(pairs.len() > 20, "too few CI calls: {}", pairs.len());
+    let bucket_policy = policies::bucket_policy(&root, &world).unwrap();
+    let denied: Vec<String> =
+        judge(&world, &bucket_policy, &pairs).unwrap().iter().filter(|d| !d.allowed).map(|d| d.to_string()).collect();
+    assert!(denied.is_empty(), "the workflows make calls the CI role is denied:\n{}", denied.join("\n"));
+}
+
+/// The var file the deploy handed tofu sets every variable the module
+/// needs: `doctor --ci` (the same check an operator runs) accepts it.
+fn tofu_got_every_variable(env: &Env, context: &Context) {
+    let log = std::fs::read_to_string(env.path("tofu.log")).unwrap();
+    let applies: Vec<Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|c: &Value| c["args"].to_string().contains("\"apply\""))
+        .collect();
+    assert!(!applies.is_empty(), "fleet-deploy.yml ran no tofu apply");
+    for apply in applies {
+        let args: Vec<&str> = apply["args"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
+        let file = args.iter().find_map(|a| a.strip_prefix("-var-file=")).expect("tofu apply without -var-file");
+        let tfvars = std::fs::read_to_string(file).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(["doctor", "--ci"])
+            .current_dir(testkit::repo_root())
+            .envs(context.vars.iter())
+            .envs(context.secrets.iter())
+            .env("CLAWDINATOR_TFVARS", tfvars)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
