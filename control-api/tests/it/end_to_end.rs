@@ -20,12 +20,14 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const AUDIT_BUCKET: &str = "clawdinator-audit";
 const APP_KEY_SECRET: &str = "clawdinator/clawdinator-github-app.pem";
+/// The function's own access key: its calls are told apart from the test's.
+const FUNCTION_KEY: &str = "AKIACLAWDINATORAPI00";
 
 /// Who may sign: access key id -> credentials (AWS knows every secret).
 type Signers = Arc<Mutex<HashMap<String, Credentials>>>;
 
 struct Fleet {
-    _emulator: Emulator,
+    emulator: Emulator,
     aws: Aws,
     url: String,
     signers: Signers,
@@ -42,8 +44,13 @@ impl Fleet {
         aws.secrets_manager().create_secret().name(APP_KEY_SECRET).secret_string(private).send().await.unwrap();
         let (github_url, github) = github();
         let Config { registry, operators } = config();
+        let function = Settings {
+            static_credentials: Some((FUNCTION_KEY.into(), "testing".into())),
+            ..Settings::local(&emulator.endpoint())
+        };
+        let function = Aws::load(&function).await.unwrap();
         let live = Live {
-            aws: aws.clone(),
+            aws: function.clone(),
             registry: registry.clone(),
             workflow: Workflow {
                 api_url: github_url.clone(),
@@ -55,8 +62,7 @@ impl Fleet {
             installation_id: "678".into(),
             pem_secret: APP_KEY_SECRET.into(),
         };
-        let audit =
-            Audit { aws: aws.clone(), chain: clawdinator::audit::BucketChain::new(AUDIT_BUCKET, "control-api") };
+        let audit = Audit { aws: function, chain: clawdinator::audit::BucketChain::new(AUDIT_BUCKET, "control-api") };
         let api = Arc::new((Config { registry, operators }, live, audit));
         let signers: Signers = Arc::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -67,7 +73,7 @@ impl Fleet {
                 serve(stream, &base, &front_aws, &front_signers, &api).await;
             }
         });
-        Fleet { _emulator: emulator, aws, url, signers, github, public_key }
+        Fleet { emulator, aws, url, signers, github, public_key }
     }
 
     /// Credentials of `clawdinator-instance-<name>`, as the instance role gives them.
@@ -246,4 +252,30 @@ async fn an_operator_deploys_all_and_a_bot_reads_the_live_status() {
     let mallory = fleet.user("mallory").await;
     let err = format!("{:#}", fleet.ask(mallory, json!({"action": "status"})).await.unwrap_err());
     assert!(err.contains("neither a fleet instance nor an operator"), "{err}");
+}
+
+/// Every AWS call the function made while it answered a status and a
+/// deploy is allowed by the control API role's policy as OpenTofu applies
+/// it (judged by the IAM simulator), and the role needs each statement.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_control_api_role_may_make_every_call_the_function_makes() {
+    let fleet = Fleet::start().await;
+    let bot = fleet.instance("clawdinator-1").await;
+    fleet.emulator.start_call_log().unwrap();
+    fleet.ask(bot.clone(), json!({"action": "status"})).await.unwrap();
+    fleet.ask(bot, json!({"action": "deploy", "target": "clawdinator-2"})).await.unwrap();
+    let calls = fleet.emulator.calls().unwrap();
+    let world = testkit::policies::World::emulator(AUDIT_BUCKET);
+    let facts = testkit::iam::Facts::gather(&fleet.aws, &calls).await;
+    let requests = testkit::iam::requests_of(&calls, FUNCTION_KEY, &world, &facts).unwrap();
+    let actions: std::collections::BTreeSet<&str> = requests.iter().map(|r| r.action.as_str()).collect();
+    for needed in ["ec2:DescribeInstances", "secretsmanager:GetSecretValue", "s3:PutObject"] {
+        assert!(actions.contains(needed), "{needed} was never called: {actions:?}");
+    }
+    let role = testkit::policies::control_api(&testkit::repo_root(), &world).unwrap();
+    let bucket_policy = testkit::policies::bucket_policy(&testkit::repo_root(), &world).unwrap();
+    let pairs: Vec<_> = requests.into_iter().map(|r| (&role, r)).collect();
+    let decisions = testkit::iam::judge(&world, &bucket_policy, &pairs).unwrap();
+    let denied: Vec<String> = decisions.iter().filter(|d| !d.allowed).map(|d| d.to_string()).collect();
+    assert!(denied.is_empty(), "the control API is denied calls it makes:\n{}", denied.join("\n"));
 }

@@ -323,3 +323,295 @@ async fn an_instance_role_reads_its_own_bundle_and_secrets_and_nothing_of_anothe
         }
     }
 }
+
+/// One request the threat model speaks of, as AWS would judge it.
+fn ask(action: &str, resource: &str, context: Value, why: &'static str) -> (testkit::iam::Request, &'static str) {
+    let context = context.as_object().cloned().unwrap_or_default().into_iter().collect();
+    (testkit::iam::Request { action: action.into(), resource: resource.into(), context, call: why.into() }, why)
+}
+
+/// What the threat model forbids each principal (a compromised agent on an
+/// instance, a pushed branch with the CI role, the control API's code),
+/// each as the request AWS would judge: every one is denied by the policies
+/// OpenTofu applies, while the grants they need beside it are allowed.
+#[test]
+fn what_the_threat_model_forbids_is_denied_and_what_each_needs_is_not() {
+    use serde_json::json;
+    let root = testkit::repo_root();
+    let world = World::emulator("clawdinator-fleet");
+    let registry = clawdinator::registry::Registry::load(&root.join(clawdinator::registry::DEFAULT_PATH)).unwrap();
+    let ci = policies::ci(&root, &world).unwrap();
+    let host = policies::instance(&root, &world, &registry.instances["clawdinator-1"], true).unwrap();
+    let api = policies::control_api(&root, &world).unwrap();
+    let (b, a) = (world.bucket_arn(), &world.account);
+    let role = |n: &str| world.role_arn(n);
+    let instance = format!("arn:aws:ec2:us-east-1:{a}:instance/i-0123456789abcdef0");
+    let secret = |n: &str| format!("arn:aws:secretsmanager:us-east-1:{a}:secret:clawdinator/{n}-AbCdEf");
+    let boundary = json!({"iam:PermissionsBoundary": world.instance_boundary_arn()});
+    let forbidden = [
+        (
+            &ci,
+            ask(
+                "iam:CreateRole",
+                &role("clawdinator-instance-9"),
+                json!({}),
+                "CI creating an instance role without the boundary",
+            ),
+        ),
+        (
+            &ci,
+            ask(
+                "iam:CreateRole",
+                &role("clawdinator-admin"),
+                boundary.clone(),
+                "CI creating a role outside clawdinator-instance-*",
+            ),
+        ),
+        (&ci, ask("iam:PutRolePolicy", &role("clawdinator-ci"), json!({}), "CI widening its own policy")),
+        (
+            &ci,
+            ask(
+                "iam:DeleteRolePermissionsBoundary",
+                &role("clawdinator-instance-1"),
+                boundary.clone(),
+                "CI lifting an instance role's boundary",
+            ),
+        ),
+        (
+            &ci,
+            ask(
+                "iam:PassRole",
+                &role("clawdinator-ci"),
+                json!({"iam:PassedToService": "ec2.amazonaws.com"}),
+                "CI handing its own role to an instance",
+            ),
+        ),
+        (
+            &ci,
+            ask(
+                "iam:PassRole",
+                &role("clawdinator-instance-1"),
+                json!({"iam:PassedToService": "lambda.amazonaws.com"}),
+                "CI handing an instance role to another service",
+            ),
+        ),
+        (&ci, ask("s3:DeleteObject", &format!("{b}/audit/ci/0001.json"), json!({}), "CI deleting an audit record")),
+        (
+            &ci,
+            ask(
+                "s3:PutObject",
+                &format!("{b}/age-secrets/clawdinator-control-token.age"),
+                json!({}),
+                "CI replacing an age file it reads",
+            ),
+        ),
+        (
+            &ci,
+            ask(
+                "ec2:TerminateInstances",
+                &instance,
+                json!({"ec2:ResourceTag/app": "other"}),
+                "CI terminating an instance that is not the fleet's",
+            ),
+        ),
+        (
+            &ci,
+            ask(
+                "ssm:SendCommand",
+                &instance,
+                json!({"ssm:resourceTag/app": "other"}),
+                "CI running commands on another app's instance",
+            ),
+        ),
+        (
+            &ci,
+            ask(
+                "ec2:CreateTags",
+                &instance,
+                json!({"ec2:ResourceTag/app": "clawdinator", "aws:TagKeys": ["app"]}),
+                "CI retagging a host out of the fleet",
+            ),
+        ),
+        (
+            &host,
+            ask(
+                "s3:GetObject",
+                &format!("{b}/bootstrap/clawdinator-2/bundle.tar.zst"),
+                json!({}),
+                "an agent reading another instance's bundle",
+            ),
+        ),
+        (
+            &host,
+            ask(
+                "s3:GetObject",
+                &format!("{b}/bootstrap/clawdinator-10/bundle.tar.zst"),
+                json!({}),
+                "an agent reading a bundle whose prefix extends its own",
+            ),
+        ),
+        (
+            &host,
+            ask(
+                "s3:ListBucket",
+                &b,
+                json!({"s3:prefix": "bootstrap/clawdinator-2/"}),
+                "an agent listing another instance's bundle",
+            ),
+        ),
+        (
+            &host,
+            ask(
+                "s3:GetObject",
+                &format!("{b}/age-secrets/clawdinator-discord-token-2.age"),
+                json!({}),
+                "an agent reading the age files",
+            ),
+        ),
+        (
+            &host,
+            ask(
+                "secretsmanager:GetSecretValue",
+                &secret("clawdinator-2/discord-token"),
+                json!({}),
+                "an agent reading another instance's token",
+            ),
+        ),
+        (
+            &host,
+            ask("s3:PutObject", &format!("{b}/audit/host/0001.json"), json!({}), "an agent writing the audit trail"),
+        ),
+        (
+            &host,
+            ask("s3:DeleteObject", &format!("{b}/audit/ci/0001.json"), json!({}), "an agent deleting an audit record"),
+        ),
+        (
+            &host,
+            ask(
+                "ssm:SendCommand",
+                &instance,
+                json!({"ssm:resourceTag/app": "clawdinator"}),
+                "an agent running commands on other hosts",
+            ),
+        ),
+        (
+            &host,
+            ask(
+                "ec2:RunInstances",
+                &format!("arn:aws:ec2:us-east-1:{a}:instance/*"),
+                json!({}),
+                "an agent launching instances",
+            ),
+        ),
+        (
+            &host,
+            ask(
+                "iam:PassRole",
+                &role("clawdinator-instance-2"),
+                json!({"iam:PassedToService": "ec2.amazonaws.com"}),
+                "an agent passing a role",
+            ),
+        ),
+        (
+            &host,
+            ask(
+                "lambda:InvokeFunctionUrl",
+                &world.control_api_arn(),
+                json!({"lambda:FunctionUrlAuthType": "NONE"}),
+                "an agent calling the API through an unauthenticated URL",
+            ),
+        ),
+        (
+            &api,
+            ask(
+                "s3:GetObject",
+                &format!("{b}/audit/control-api/0001.json"),
+                json!({}),
+                "the control API reading the audit trail",
+            ),
+        ),
+        (
+            &api,
+            ask(
+                "s3:PutObject",
+                &format!("{b}/audit/ci/0001.json"),
+                json!({}),
+                "the control API writing another chain's records",
+            ),
+        ),
+        (
+            &api,
+            ask(
+                "secretsmanager:GetSecretValue",
+                &secret("clawdinator-anthropic-api-key"),
+                json!({}),
+                "the control API reading a bot's secret",
+            ),
+        ),
+        (
+            &api,
+            ask(
+                "ec2:TerminateInstances",
+                &instance,
+                json!({"ec2:ResourceTag/app": "clawdinator"}),
+                "the control API replacing hosts itself",
+            ),
+        ),
+        (
+            &api,
+            ask(
+                "ssm:SendCommand",
+                &instance,
+                json!({"ssm:resourceTag/app": "clawdinator"}),
+                "the control API running commands on hosts",
+            ),
+        ),
+    ];
+    let needed = [
+        (
+            &host,
+            ask(
+                "lambda:InvokeFunctionUrl",
+                &world.control_api_arn(),
+                json!({"lambda:FunctionUrlAuthType": "AWS_IAM"}),
+                "fleet control: the bot asks the API",
+            ),
+        ),
+        (
+            &host,
+            ask(
+                "s3:GetObject",
+                &format!("{b}/bootstrap/clawdinator-1/bundle.tar.zst"),
+                json!({}),
+                "bootstrap fetch of its own bundle",
+            ),
+        ),
+        (
+            &ci,
+            ask(
+                "iam:CreateRole",
+                &role("clawdinator-instance-9"),
+                boundary,
+                "fleet deploy creating a new instance's role",
+            ),
+        ),
+        (
+            &api,
+            ask(
+                "s3:PutObject",
+                &format!("{b}/audit/control-api/0001.json"),
+                json!({"s3:if-none-match": "*"}),
+                "the control API's audit record",
+            ),
+        ),
+    ];
+    let bucket_policy = policies::bucket_policy(&root, &world).unwrap();
+    let judged = |cases: &[(&Principal, (testkit::iam::Request, &str))]| {
+        let pairs: Vec<(&Principal, testkit::iam::Request)> = cases.iter().map(|(p, (r, _))| (*p, r.clone())).collect();
+        judge(&world, &bucket_policy, &pairs).unwrap()
+    };
+    let allowed: Vec<String> = judged(&forbidden).iter().filter(|d| d.allowed).map(|d| d.to_string()).collect();
+    assert!(allowed.is_empty(), "the policies allow what the threat model forbids:\n{}", allowed.join("\n"));
+    let denied: Vec<String> = judged(&needed).iter().filter(|d| !d.allowed).map(|d| d.to_string()).collect();
+    assert!(denied.is_empty(), "the policies deny what the fleet needs:\n{}", denied.join("\n"));
+}
