@@ -208,8 +208,8 @@ async fn operator_setup(env: &Env, checkout: &Path, scratch: &Path) -> String {
     std::fs::read_to_string(&s.age_key).unwrap()
 }
 
-/// Two running fleet hosts of the checkout's registry, on a fleet AMI.
-async fn running_hosts(env: &Env, checkout: &Path) {
+/// Two running fleet hosts of the checkout's registry, on a fleet AMI: its id.
+async fn running_hosts(env: &Env, checkout: &Path) -> String {
     use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
     let ec2 = env.aws.ec2();
     let volume = ec2.create_volume().availability_zone("us-east-1a").size(8).send().await.unwrap();
@@ -223,10 +223,27 @@ async fn running_hosts(env: &Env, checkout: &Path) {
         let spec = TagSpecification::builder().resource_type(ResourceType::Instance).set_tags(Some(tags)).build();
         ec2.run_instances().image_id(&ami).min_count(1).max_count(1).tag_specifications(spec).send().await.unwrap();
     }
+    ami
+}
+
+/// The AMI the running instance named `name` was launched from.
+async fn running_ami(env: &Env, name: &str) -> String {
+    use aws_sdk_ec2::types::Filter;
+    let filters = [
+        Filter::builder().name("tag:Name").values(name).build(),
+        Filter::builder().name("instance-state-name").values("running").build(),
+    ];
+    let out = env.aws.ec2().describe_instances().set_filters(Some(filters.to_vec())).send().await.unwrap();
+    let amis: Vec<String> =
+        out.reservations().iter().flat_map(|r| r.instances()).filter_map(|i| i.image_id().map(String::from)).collect();
+    assert_eq!(amis.len(), 1, "{name} runs as {amis:?}");
+    amis[0].clone()
 }
 
 /// image-build.yml, release.yml and fleet-deploy.yml each complete, in
-/// order, on one account; every call CI makes is allowed by its policy.
+/// order, on one account (the deploy moves an instance to the new AMI, a
+/// second one with `ami_override` rolls it back, as a chat rollback
+/// does); every call CI makes is allowed by its policy.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_image_release_and_deploy_workflows_complete_as_the_ci_role() {
     let env = env().await;
@@ -234,7 +251,7 @@ async fn the_image_release_and_deploy_workflows_complete_as_the_ci_role() {
     let checkout = env.path("work/clawdinators");
     check_out(&root, &checkout);
     let age_key = operator_setup(&env, &checkout, &env.path("operator")).await;
-    running_hosts(&env, &checkout).await;
+    let old_ami = running_hosts(&env, &checkout).await;
     let (path, kvm) = tools(&env.path("tools"));
     let temp = env.path("runner-temp");
     std::fs::create_dir_all(&temp).unwrap();
@@ -297,7 +314,19 @@ async fn the_image_release_and_deploy_workflows_complete_as_the_ci_role() {
             }
         }
     }
-    assert!(!context.outputs.get("publish.outputs.ami_id").cloned().unwrap_or_default().is_empty(), "no AMI published");
+    let new_ami = context.outputs.get("publish.outputs.ami_id").cloned().unwrap_or_default();
+    assert!(new_ami.starts_with("ami-"), "no AMI published");
+    assert_eq!(running_ami(&env, "clawdinator-2").await, new_ami, "the deploy did not move clawdinator-2 to the new AMI");
+
+    // Rolled back from chat: the control API dispatches fleet-deploy.yml with
+    // these inputs (control-api's end-to-end test checks the dispatch).
+    context.inputs.insert("ami_override".into(), old_ami.clone());
+    context.inputs.insert("caller".into(), "clawdinator-1".into());
+    let workflow = load(&checkout, "fleet-deploy.yml");
+    if let Err(failure) = runner.job(&workflow, "deploy", &mut context) {
+        panic!("fleet-deploy.yml (rollback): {failure}");
+    }
+    assert_eq!(running_ami(&env, "clawdinator-2").await, old_ami, "the rollback did not bring back the old AMI");
     assert!(github_seen.lock().unwrap().iter().any(|l| l.starts_with("POST /app/installations/678/access_tokens")));
     assert!(!runner.temp.join("clawdinator.agekey").exists(), "the age identity outlived the job");
     tofu_got_every_variable(&env, &context);
