@@ -31,6 +31,8 @@ pub struct Backend {
 
 pub struct DeployOptions {
     pub targets: Vec<String>,
+    /// Only create what the registry has and EC2 lacks.
+    pub missing: bool,
     pub ami: Option<String>,
     pub caller: Option<String>,
     pub dry_run: bool,
@@ -133,6 +135,9 @@ pub struct DeployReport {
 
 impl std::fmt::Display for DeployReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.invocations.is_empty() {
+            return writeln!(f, "nothing to create or replace: every registry instance exists in EC2");
+        }
         if self.dry_run {
             writeln!(f, "would run, one at a time (ami_id = {}):", self.ami)?;
             return self.invocations.iter().try_for_each(|i| writeln!(f, "  {}", i.shown()));
@@ -231,12 +236,19 @@ pub async fn deploy(
     cancel: &Cancel,
     out: &Output,
 ) -> Result<DeployReport> {
-    let names = targets(registry, &opts.targets, opts.caller.as_deref())?;
+    let names = match opts.missing {
+        true => vec![],
+        false => targets(registry, &opts.targets, opts.caller.as_deref())?,
+    };
     let image = crate::image::ami::latest(&aws.ec2(), opts.ami.as_deref()).await?;
     let ami = image.image_id().context("the AMI has no id")?.to_string();
     let live = status::live_instances(aws).await?;
     let everyone: Vec<String> = registry.instances.keys().cloned().collect();
-    let plan = plan(opts, &ami, &everyone, &names, &live);
+    let mut plan = plan(opts, &ami, &everyone, &names, &live);
+    if plan.len() == 1 {
+        // Only `tofu init`: nothing to create or replace.
+        plan.clear();
+    }
     let mut report = DeployReport { ami, dry_run: opts.dry_run, invocations: plan.clone(), deployed: vec![] };
     if opts.dry_run {
         return Ok(report);

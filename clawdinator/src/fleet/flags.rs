@@ -58,8 +58,12 @@ pub struct FleetStatusArgs {
 #[derive(Debug, Args)]
 pub struct FleetDeployArgs {
     /// `all`, or instance names of the registry.
-    #[arg(required = true, value_name = "all|NAME")]
+    #[arg(required_unless_present = "missing", value_name = "all|NAME")]
     pub targets: Vec<String>,
+    /// Only create the registry instances EC2 lacks (a new registry entry); replace none.
+    /// Runs no tofu at all when none is missing.
+    #[arg(long, conflicts_with = "targets")]
+    pub missing: bool,
     /// Deploy this AMI (checked: exists, available, a fleet AMI) instead of the latest; empty
     /// means the latest (a workflow input left blank).
     #[arg(long, env = "AMI_OVERRIDE")]

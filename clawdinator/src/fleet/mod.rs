@@ -74,7 +74,10 @@ pub async fn run(ctx: &Ctx, cmd: FleetCmd) -> Result<()> {
             args.ami = args.ami.filter(|a| !a.trim().is_empty());
             args.caller = args.caller.filter(|c| !c.trim().is_empty());
             let registry = load(&args.instances)?;
-            let names = deploy::targets(&registry, &args.targets, args.caller.as_deref())?;
+            let names = match args.missing {
+                true => vec![],
+                false => deploy::targets(&registry, &args.targets, args.caller.as_deref())?,
+            };
             if args.targets.iter().any(|t| t == "all") && !args.dry_run {
                 confirm_all(names.len(), args.yes)?;
             }
@@ -89,6 +92,7 @@ pub async fn run(ctx: &Ctx, cmd: FleetCmd) -> Result<()> {
             };
             let opts = deploy::DeployOptions {
                 targets: args.targets,
+                missing: args.missing,
                 ami: args.ami,
                 caller: args.caller,
                 dry_run: args.dry_run,
@@ -99,7 +103,8 @@ pub async fn run(ctx: &Ctx, cmd: FleetCmd) -> Result<()> {
                 poll: poll_interval(),
             };
             let aws = ctx.aws().await?;
-            let entry = crate::audit::Entry { command: "fleet deploy", targets: names, dry_run: opts.dry_run };
+            let targets = if args.missing { vec!["missing".to_string()] } else { names };
+            let entry = crate::audit::Entry { command: "fleet deploy", targets, dry_run: opts.dry_run };
             let work = deploy::deploy(&aws, &registry, &opts, &ctx.cancel, &ctx.out);
             let report = crate::audit::around(ctx, &aws, entry, work, |r: &deploy::DeployReport| {
                 r.deployed.iter().map(|(name, id)| format!("{name}={id}")).collect()

@@ -199,8 +199,8 @@ pub fn stand_in_nix(dir: &Path) -> (String, PathBuf) {
     (format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()), kvm)
 }
 
-/// A stand-in `tofu`: records each call (arguments and TF_/AWS_REGION
-/// environment) as a JSON line in $TOFU_LOG; `apply` creates the targeted
+/// A stand-in `tofu`: records each call (arguments, TF_ environment and
+/// the content of its -var-file) as a JSON line in $TOFU_LOG; `apply` creates the targeted
 /// missing instances, or terminates and recreates a `-replace`d one, from
 /// `-var=ami_id=`, with the registry's type and the fleet tags, as the real
 /// apply of infra/opentofu/aws would: a new instance first gets its role
@@ -216,7 +216,12 @@ import boto3
 args = sys.argv[1:]
 with open(os.environ["TOFU_LOG"], "a") as log:
     env = {{k: v for k, v in os.environ.items() if k.startswith("TF_")}}
-    log.write(json.dumps({{"args": args, "env": env}}) + "\n")
+    entry = {{"args": args, "env": env}}
+    var_file = next((a[len("-var-file="):] for a in args if a.startswith("-var-file=")), None)
+    if var_file:
+        # What tofu got, kept: the job removes the file when it ends.
+        entry["varFile"] = open(var_file).read()
+    log.write(json.dumps(entry) + "\n")
 chdir = next(a[len("-chdir="):] for a in args if a.startswith("-chdir="))
 command = next(a for a in args if not a.startswith("-"))
 if command != "apply":

@@ -178,7 +178,7 @@ fn tools(dir: &Path) -> (String, PathBuf) {
 
 /// The account as an operator leaves it before CI runs: the age files
 /// pushed, the GitHub App key in Secrets Manager, two running hosts.
-async fn operator_setup(env: &Env, checkout: &Path, scratch: &Path) -> String {
+async fn operator_setup(env: &Env, checkout: &Path, scratch: &Path) -> (String, testkit::fixtures::SampleFleet) {
     let registry = checkout.join("nix/instances.json");
     std::fs::create_dir_all(scratch).unwrap();
     let fleet = testkit::fixtures::sample_fleet_for(scratch, &registry, |n| format!("fixture value of {n}")).unwrap();
@@ -205,7 +205,33 @@ async fn operator_setup(env: &Env, checkout: &Path, scratch: &Path) -> String {
     };
     admin(&["secrets", "push", "--bucket", &env.bucket]);
     admin(&["secrets", "seed", "--all"]);
-    std::fs::read_to_string(&s.age_key).unwrap()
+    (std::fs::read_to_string(&s.age_key).unwrap(), fleet)
+}
+
+/// The operator's side of adding an instance: the registry entry (committed
+/// to the checkout) and its token's age file, pushed.
+fn add_instance(env: &Env, checkout: &Path, fleet: &testkit::fixtures::SampleFleet, n: usize) {
+    let path = checkout.join("nix/instances.json");
+    let mut registry: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    registry[format!("clawdinator-{n}")] = testkit::fixtures::instance_json(n);
+    std::fs::write(&path, serde_json::to_string_pretty(&registry).unwrap()).unwrap();
+    let token = format!("clawdinator-discord-token-{n}");
+    testkit::fixtures::write_secret(&fleet.sources.secrets_dir, &token, b"a new bot's token", &fleet.recipient)
+        .unwrap();
+    let s = &fleet.sources;
+    let out = env
+        .cli(env!("CARGO_BIN_EXE_xtask"))
+        .args(["secrets", "push", "--bucket", &env.bucket, "--instances"])
+        .arg(&path)
+        .arg("--spec")
+        .arg(&s.spec)
+        .arg("--secrets-dir")
+        .arg(&s.secrets_dir)
+        .arg("--age-key")
+        .arg(&s.age_key)
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "secrets push: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// Two running fleet hosts of the checkout's registry, on a fleet AMI: its id.
@@ -250,7 +276,7 @@ async fn the_image_release_and_deploy_workflows_complete_as_the_ci_role() {
     let root = testkit::repo_root();
     let checkout = env.path("work/clawdinators");
     check_out(&root, &checkout);
-    let age_key = operator_setup(&env, &checkout, &env.path("operator")).await;
+    let (age_key, fleet) = operator_setup(&env, &checkout, &env.path("operator")).await;
     let old_ami = running_hosts(&env, &checkout).await;
     let (path, kvm) = tools(&env.path("tools"));
     let temp = env.path("runner-temp");
@@ -316,7 +342,11 @@ async fn the_image_release_and_deploy_workflows_complete_as_the_ci_role() {
     }
     let new_ami = context.outputs.get("publish.outputs.ami_id").cloned().unwrap_or_default();
     assert!(new_ami.starts_with("ami-"), "no AMI published");
-    assert_eq!(running_ami(&env, "clawdinator-2").await, new_ami, "the deploy did not move clawdinator-2 to the new AMI");
+    assert_eq!(
+        running_ami(&env, "clawdinator-2").await,
+        new_ami,
+        "the deploy did not move clawdinator-2 to the new AMI"
+    );
 
     // Rolled back from chat: the control API dispatches fleet-deploy.yml with
     // these inputs (control-api's end-to-end test checks the dispatch).
@@ -327,6 +357,22 @@ async fn the_image_release_and_deploy_workflows_complete_as_the_ci_role() {
         panic!("fleet-deploy.yml (rollback): {failure}");
     }
     assert_eq!(running_ami(&env, "clawdinator-2").await, old_ami, "the rollback did not bring back the old AMI");
+
+    // Adding an instance: the operator's commit and push, then the release
+    // the push starts creates it (role, profile, instance) and switches it.
+    add_instance(&env, &checkout, &fleet, 3);
+    let workflow = load(&checkout, "release.yml");
+    if let Err(failure) = runner.job(&workflow, "release", &mut context) {
+        panic!("release.yml (a new instance): {failure}");
+    }
+    let role = env.aws.iam().get_role().role_name("clawdinator-instance-clawdinator-3").send().await.unwrap();
+    let boundary = role.role().and_then(|r| r.permissions_boundary()).and_then(|b| b.permissions_boundary_arn());
+    assert_eq!(boundary, Some(World::emulator(&env.bucket).instance_boundary_arn().as_str()));
+    assert_eq!(running_ami(&env, "clawdinator-3").await, new_ami);
+    assert!(
+        env.keys().await.iter().any(|k| k.starts_with("bootstrap/clawdinator-3/")),
+        "no bundle for the new instance"
+    );
     assert!(github_seen.lock().unwrap().iter().any(|l| l.starts_with("POST /app/installations/678/access_tokens")));
     assert!(!runner.temp.join("clawdinator.agekey").exists(), "the age identity outlived the job");
     tofu_got_every_variable(&env, &context);
@@ -358,11 +404,9 @@ fn tofu_got_every_variable(env: &Env, context: &Context) {
         .map(|l| serde_json::from_str(l).unwrap())
         .filter(|c: &Value| c["args"].to_string().contains("\"apply\""))
         .collect();
-    assert!(!applies.is_empty(), "fleet-deploy.yml ran no tofu apply");
+    assert!(!applies.is_empty(), "no workflow ran tofu apply");
     for apply in applies {
-        let args: Vec<&str> = apply["args"].as_array().unwrap().iter().filter_map(Value::as_str).collect();
-        let file = args.iter().find_map(|a| a.strip_prefix("-var-file=")).expect("tofu apply without -var-file");
-        let tfvars = std::fs::read_to_string(file).unwrap();
+        let tfvars = apply["varFile"].as_str().unwrap_or_else(|| panic!("tofu apply without -var-file: {apply}"));
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
             .args(["doctor", "--ci"])
             .current_dir(testkit::repo_root())
