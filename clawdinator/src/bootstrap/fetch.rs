@@ -7,6 +7,7 @@
 //! generations/<id>/secrets/*.age, .bootstrap-prefix, .bootstrap-ok   (0700, files 0400)
 //! generations/<id>/repo-seeds/…
 //! generations/<id>/clawdinator.agekey                                 (0400)
+//! generations/<id>/.bundle-fingerprint            (the archives' digests)
 //! current -> generations/<id>
 //! ```
 //!
@@ -15,6 +16,9 @@
 //! A new bundle is downloaded, checked and unpacked into a staging directory
 //! beside the generations; switching `current` is the one step that makes
 //! it visible. A fetch killed before that leaves the previous state whole.
+//! Every run reads the manifest: the same bundle is left as it is, a new
+//! one (a rotated secret) becomes the next generation; a bootstrapped host
+//! whose bucket is out of reach keeps the one in force.
 
 use std::fmt;
 use std::fs;
@@ -36,6 +40,8 @@ use crate::secrets::AGE_KEY_NAME;
 
 const GENERATIONS: &str = "generations";
 const CURRENT: &str = "current";
+/// In each generation: the fingerprint of the bundle it was unpacked from.
+const FINGERPRINT: &str = ".bundle-fingerprint";
 const SECRETS: &str = "secrets";
 const SEEDS: &str = "repo-seeds";
 
@@ -287,12 +293,14 @@ async fn stage(
         (archive_info(manifest, SECRETS_ARCHIVE)?.clone(), archive_info(manifest, SEEDS_ARCHIVE)?.clone());
     let gen = staging.path().to_path_buf();
     let prefix_owned = prefix.to_string();
+    let fingerprint = fingerprint(manifest)?;
     let (secrets, seeds) = tokio::task::spawn_blocking(move || -> Result<_> {
         let secrets = stage_secrets(&gen, &secrets_info, &prefix_owned)?;
         let seeds = stage_seeds(&gen, &seeds_info)?;
         for archive in [SECRETS_ARCHIVE, SEEDS_ARCHIVE] {
             fs::remove_file(gen.join(archive))?;
         }
+        fs::write(gen.join(FINGERPRINT), &fingerprint)?;
         fs::set_permissions(&gen, fs::Permissions::from_mode(0o755))?;
         Ok((secrets, seeds))
     })
@@ -320,23 +328,47 @@ fn switch(opts: &FetchOptions, id: &str) -> Result<()> {
     remove_other_generations(&state.join(GENERATIONS), Some(id))
 }
 
+/// What identifies a bundle's content: the digests of its archives.
+fn fingerprint(manifest: &Manifest) -> Result<String> {
+    Ok(crate::digest::sha256_hex(&serde_json::to_vec(&manifest.archives)?))
+}
+
+/// The fingerprint recorded in the generation in force (none before this was recorded).
+fn in_force_fingerprint(opts: &FetchOptions) -> Option<String> {
+    fs::read_to_string(opts.state_dir.join(CURRENT).join(FINGERPRINT)).ok().map(|s| s.trim().to_string())
+}
+
+fn already_done(opts: &FetchOptions, prefix: String) -> Result<FetchReport> {
+    // A fetch killed after its switch may have left the old generation.
+    let generations = opts.state_dir.join(GENERATIONS);
+    if let Some(current) = current_generation(&opts.state_dir).filter(|_| generations.is_dir()) {
+        remove_other_generations(&generations, Some(&current))?;
+    }
+    Ok(FetchReport { prefix, already_done: true, reinitialised: false, secrets: vec![], seeds: vec![] })
+}
+
 pub async fn fetch(aws: &Aws, opts: &FetchOptions) -> Result<FetchReport> {
     let prefix = effective_prefix(opts)?;
     if let Some(why) = registry::prefix_error(&prefix) {
         bail!("bootstrap prefix {prefix:?} {why}");
     }
     let marker = read_marker(&opts.secrets_dir.join(PREFIX_MARKER));
-    let done = opts.secrets_dir.join(SENTINEL).exists();
-    if done && marker.as_deref() == Some(prefix.as_str()) {
-        // A fetch killed after its switch may have left the old generation.
-        let generations = opts.state_dir.join(GENERATIONS);
-        if let Some(current) = current_generation(&opts.state_dir).filter(|_| generations.is_dir()) {
-            remove_other_generations(&generations, Some(&current))?;
+    let done = opts.secrets_dir.join(SENTINEL).exists() && marker.as_deref() == Some(prefix.as_str());
+    let manifest = match read_manifest(aws, &opts.bucket, &prefix).await {
+        Ok(manifest) => manifest,
+        // Bootstrapped already: a host whose bucket is out of reach boots with what it has.
+        Err(e) if done => {
+            tracing::warn!("keeping the bundle in force: {e:#}");
+            return already_done(opts, prefix);
         }
-        return Ok(FetchReport { prefix, already_done: true, reinitialised: false, secrets: vec![], seeds: vec![] });
+        Err(e) => return Err(e),
+    };
+    // The same bundle as the one in force: nothing to do. A new one (a
+    // rotated secret, new seeds) becomes a new generation.
+    if done && in_force_fingerprint(opts).as_deref() == Some(fingerprint(&manifest)?.as_str()) {
+        return already_done(opts, prefix);
     }
     let reinitialised = marker.is_some_and(|m| m != prefix);
-    let manifest = read_manifest(aws, &opts.bucket, &prefix).await?;
     let (id, secrets, seeds) = stage(aws, opts, &prefix, &manifest).await?;
     switch(opts, &id)?;
     Ok(FetchReport { prefix, already_done: false, reinitialised, secrets, seeds })

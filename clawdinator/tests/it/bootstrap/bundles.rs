@@ -664,3 +664,37 @@ async fn secrets_install_decrypts_the_bundle_into_run_agenix() {
     assert!(format!("{err:#}").contains(&wrong.display().to_string()), "{err:#}");
     assert!(snapshot(&dest) == before, "a failed install changed /run/agenix");
 }
+
+/// Every fetch reads the manifest: the same bundle is left in force, a new
+/// one becomes the next generation, and a bootstrapped host whose bucket is
+/// out of reach keeps what it has (it must still boot).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_bundle_replaces_the_one_in_force_and_an_unreachable_bucket_keeps_it() {
+    let env = env().await;
+    let fleet = fleet(&env, 1).await;
+    bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
+    let opts = fetch_opts(&env, 1);
+    assert!(!bootstrap::fetch(&env.aws, &opts).await.unwrap().already_done);
+    assert!(bootstrap::fetch(&env.aws, &opts).await.unwrap().already_done, "the same bundle fetched twice");
+
+    let name = "clawdinator-control-token.age";
+    fixtures::write_secret(&fleet.sources.secrets_dir, "clawdinator-control-token", b"rotated", &fleet.recipient)
+        .unwrap();
+    bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
+    let again = bootstrap::fetch(&env.aws, &opts).await.unwrap();
+    assert!(!again.already_done, "a new bundle was not fetched");
+    assert_eq!(
+        std::fs::read(opts.secrets_dir.join(name)).unwrap(),
+        std::fs::read(fleet.sources.secrets_dir.join(name)).unwrap()
+    );
+    let generations = std::fs::read_dir(opts.state_dir.join("generations")).unwrap().count();
+    assert_eq!(generations, 1, "the old generation was left behind");
+
+    env.emulator
+        .inject(serde_json::json!({"operation": "GetObject", "match": "manifest.json", "times": -1, "status": 503, "code": "SlowDown"}))
+        .unwrap();
+    let before = snapshot(&opts.state_dir);
+    let offline = bootstrap::fetch(&env.aws, &opts).await.unwrap();
+    assert!(offline.already_done);
+    assert_eq!(snapshot(&opts.state_dir), before);
+}
