@@ -16,8 +16,25 @@ pub enum FleetCmd {
     Deploy(FleetDeployArgs),
     /// Switch running hosts to the flake at a git revision, canary first, rolling back a host that fails.
     Switch(FleetSwitchArgs),
+    /// After a secret's rotation: running hosts fetch their bundle again, install the secrets and restart their readers.
+    #[command(name = "refresh-secrets")]
+    RefreshSecrets(FleetRefreshArgs),
     /// Host side: ask the control API (SigV4-signed with the instance role) for status or a deploy.
     Control(FleetControlArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FleetRefreshArgs {
+    /// Only these hosts (default: every instance of the registry).
+    pub names: Vec<String>,
+    /// Name the hosts and the command; run nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Seconds one host may take.
+    #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    #[command(flatten)]
+    pub instances: InstancesArg,
 }
 
 #[derive(Debug, Args)]

@@ -8,6 +8,7 @@
 pub mod control;
 mod deploy;
 pub mod flags;
+mod refresh;
 pub mod status;
 mod switch;
 
@@ -124,6 +125,28 @@ pub async fn run(ctx: &Ctx, cmd: FleetCmd) -> Result<()> {
             let aws = ctx.aws().await?;
             let answer = control::call(&aws, args.url.clone(), &control::body(action, target, ami)).await?;
             ctx.out.emit(&ControlAnswer(answer))
+        }
+        FleetCmd::RefreshSecrets(args) => {
+            let registry = load(&args.instances)?;
+            let opts = refresh::RefreshOptions {
+                names: args.names,
+                dry_run: args.dry_run,
+                timeout: Duration::from_secs(args.timeout),
+                poll: poll_interval(),
+            };
+            let aws = ctx.aws().await?;
+            let entry = crate::audit::Entry {
+                command: "fleet refresh-secrets",
+                targets: crate::audit::targets(&opts.names),
+                dry_run: opts.dry_run,
+            };
+            let work = refresh::refresh_secrets(&aws, &registry, &opts, &ctx.cancel, &ctx.out);
+            let report = crate::audit::around(ctx, &aws, entry, work, |r: &refresh::RefreshReport| {
+                let done = r.hosts.iter().filter(|h| h.outcome == refresh::Outcome::Refreshed);
+                done.map(|h| h.instance_id.clone()).collect()
+            })
+            .await?;
+            ctx.out.emit(&report)
         }
         FleetCmd::Switch(args) => {
             let registry = load(&args.instances)?;

@@ -130,22 +130,25 @@ pub async fn running_instance(aws: &Aws, name: &str) -> Result<(String, Option<S
     }
 }
 
-/// Run the host command on one instance and wait for its end.
-async fn switch_host(
-    aws: &Aws,
-    name: &str,
-    id: &str,
-    opts: &SwitchOptions,
-    cancel: &Cancel,
-    out: &Output,
-) -> Result<String> {
+/// One fixed host command through SSM: what it runs, how long it may take.
+pub struct HostRun<'a> {
+    pub command: String,
+    pub comment: String,
+    pub timeout: Duration,
+    pub poll: Duration,
+    pub cancel: &'a Cancel,
+    pub out: &'a Output,
+}
+
+/// Run a host command on one instance and wait for its end; its output on success.
+pub async fn run_on_host(aws: &Aws, name: &str, id: &str, run: &HostRun<'_>) -> Result<String> {
     let ssm = aws.ssm();
     let sent = ssm
         .send_command()
         .document_name("AWS-RunShellScript")
         .instance_ids(id)
-        .comment(format!("clawdinator fleet switch {}", &opts.rev[..12]))
-        .parameters("commands", vec![host_command(&opts.rev)])
+        .comment(&run.comment)
+        .parameters("commands", vec![run.command.clone()])
         .timeout_seconds(600)
         .send()
         .await
@@ -153,12 +156,12 @@ async fn switch_host(
     let command_id =
         sent.command().and_then(|c| c.command_id()).context("SendCommand returned no command id")?.to_string();
     let wait = Wait {
-        what: format!("{name} switching"),
-        every: opts.poll,
-        limit: opts.timeout,
+        what: format!("{name}: {}", run.comment),
+        every: run.poll,
+        limit: run.timeout,
         raise: "raise it with --timeout",
-        cancel,
-        out,
+        cancel: run.cancel,
+        out: run.out,
     };
     let (status, output) = wait
         .until(|| async {
@@ -184,8 +187,29 @@ async fn switch_host(
         })
         .await?;
     if status != "Success" {
-        bail!("{name} ({id}): the host switch ended {status}; its output:\n{}", output.trim_end());
+        bail!("{name} ({id}): `{}` ended {status}; its output:\n{}", run.command, output.trim_end());
     }
+    Ok(output)
+}
+
+/// Switch one host, then tag it with the revision.
+async fn switch_host(
+    aws: &Aws,
+    name: &str,
+    id: &str,
+    opts: &SwitchOptions,
+    cancel: &Cancel,
+    out: &Output,
+) -> Result<String> {
+    let run = HostRun {
+        command: host_command(&opts.rev),
+        comment: format!("clawdinator fleet switch {}", &opts.rev[..12]),
+        timeout: opts.timeout,
+        poll: opts.poll,
+        cancel,
+        out,
+    };
+    let output = run_on_host(aws, name, id, &run).await?;
     aws.ec2()
         .create_tags()
         .resources(id)

@@ -20,9 +20,19 @@ pub enum HostCmd {
     SelfUpdate(SwitchArgs),
     /// The release lane on this host: build REV, activate, check health, make it the boot default; roll back on failure.
     Switch(HostSwitchArgs),
+    /// After a secret's rotation (fleet refresh-secrets): fetch the bundle again, install the secrets, restart their readers.
+    #[command(name = "refresh-secrets")]
+    RefreshSecrets(RefreshSecretsArgs),
     /// Snapshot an organisation's open pull requests and issues into shared memory.
     #[command(name = "github-sync")]
     GithubSync(GithubSyncArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct RefreshSecretsArgs {
+    /// The units that read secrets, restarted if they run (repeatable).
+    #[arg(long = "reader", default_values = ["clawdinator.service", "clawdinator-github-app-token.service"])]
+    pub readers: Vec<String>,
 }
 
 #[derive(Debug, Args)]

@@ -4,7 +4,8 @@
 //! Modules: [`flags`] (the command line), [`workspace`] (the agent
 //! workspace and cron store), `efs` (the TLS tunnel to EFS), `exec`
 //! (the gateway with secrets in its environment), [`deploy`] (first switch
-//! and self-update), `switch` (the release lane on this host) and
+//! and self-update), `switch` (the release lane on this host), `refresh`
+//! (secrets again after a rotation) and
 //! [`github_sync`] (open pull requests and issues into shared memory).
 
 pub mod deploy;
@@ -12,6 +13,7 @@ mod efs;
 mod exec;
 pub mod flags;
 pub mod github_sync;
+mod refresh;
 pub(crate) mod switch;
 pub mod workspace;
 
@@ -66,6 +68,7 @@ pub fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
             let tunnel = efs::Tunnel { file_system_id, region, ca_file: args.ca_file, accept: args.accept };
             ctx.out.emit(&efs::write_config(&tunnel, &args.out)?)
         }
+        HostCmd::RefreshSecrets(args) => ctx.out.emit(&refresh::refresh_secrets(&args.readers)?),
         HostCmd::FirstSwitch(args) => ctx.out.emit(&deploy::first_switch(&switch_options(args)?)?),
         HostCmd::SelfUpdate(args) => ctx.out.emit(&deploy::self_update(&switch_options(args)?)?),
         HostCmd::GithubSync(args) => {

@@ -178,6 +178,8 @@ async fn the_ci_role_may_make_every_call_of_the_pipeline_and_the_fleet_commands(
         "fleet switch",
         &xtask_as(&env, CI_KEY, &[&audit[..], &["fleet", "switch", rev, "--instances", reg_s]].concat(), &[]),
     );
+    let refresh = ["fleet", "refresh-secrets", "--instances", reg_s];
+    ok("fleet refresh-secrets", &xtask_as(&env, CI_KEY, &[&audit[..], &refresh].concat(), &[]));
     // A third image makes the second one prunable (the first runs the hosts).
     let raw = env.path("ci/third.raw");
     testkit::fixtures::sample_raw_image(&raw, 4 << 20, &[(0, 1 << 20)], 8).unwrap();

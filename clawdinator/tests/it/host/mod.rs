@@ -2,4 +2,5 @@
 //! switch, self-update, GitHub snapshot) and the release lane's `host switch`.
 
 mod jobs;
+mod refresh;
 mod switch;
