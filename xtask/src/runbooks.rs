@@ -108,6 +108,8 @@ fn every_command_the_runbooks_show_parses() {
     let mut files = Vec::new();
     markdown_files(&root.join("clawdinator/workspace"), &mut files);
     markdown_files(&root.join("memory"), &mut files);
+    // The operators' runbooks too.
+    files.push(root.join("docs/journeys.md"));
     let mut checked = 0;
     let mut wrong = Vec::new();
     for file in &files {
