@@ -13,6 +13,7 @@
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 use testkit::env::{env, Env};
@@ -266,80 +267,104 @@ async fn running_ami(env: &Env, name: &str) -> String {
     amis[0].clone()
 }
 
-/// image-build.yml, release.yml and fleet-deploy.yml each complete, in
-/// order, on one account (the deploy moves an instance to the new AMI, a
-/// second one with `ami_override` rolls it back, as a chat rollback
-/// does); every call CI makes is allowed by its policy.
-#[tokio::test(flavor = "multi_thread")]
-async fn the_image_release_and_deploy_workflows_complete_as_the_ci_role() {
-    let env = env().await;
-    let root = testkit::repo_root();
-    let checkout = env.path("work/clawdinators");
-    check_out(&root, &checkout);
-    let (age_key, fleet) = operator_setup(&env, &checkout, &env.path("operator")).await;
-    let old_ami = running_hosts(&env, &checkout).await;
+/// The runner's environment: the stand-in tools on PATH, the emulator,
+/// GitHub's OIDC token endpoint and token API on loopback.
+fn runner_env(env: &Env, temp: &Path) -> (BTreeMap<String, String>, Arc<Mutex<Vec<String>>>) {
     let (path, kvm) = tools(&env.path("tools"));
-    let temp = env.path("runner-temp");
-    std::fs::create_dir_all(&temp).unwrap();
-    let (token_url, _) =
-        testkit::loopback::answer_every_request(200, json!({"value": "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyZXBvIn0.c2ln"}));
-    let (github_url, github_seen) = testkit::loopback::answer_every_request(
-        201,
-        json!({"token": "ghs_standin", "expires_at": "2099-01-01T00:00:00Z"}),
-    );
+    let token = json!({"value": "eyJhbGciOiJSUzI1NiJ9.eyJzdWIiOiJyZXBvIn0.c2ln"});
+    let (token_url, _) = testkit::loopback::answer_every_request(200, token);
+    let minted = json!({"token": "ghs_standin", "expires_at": "2099-01-01T00:00:00Z"});
+    let (github_url, github_seen) = testkit::loopback::answer_every_request(201, minted);
+    let base = [
+        ("PATH", path),
+        ("HOME", env.path("home").display().to_string()),
+        ("RUNNER_TEMP", temp.display().to_string()),
+        ("AWS_ENDPOINT_URL", env.emulator.endpoint()),
+        ("ACTIONS_ID_TOKEN_REQUEST_URL", format!("{token_url}/token?api-version=2.0")),
+        ("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "runner-bearer".into()),
+        ("GITHUB_API_URL", github_url),
+        ("CLAWDINATOR_KVM_DEVICE", kvm.display().to_string()),
+        ("FAKE_STORE", env.path("tools/nix/store").display().to_string()),
+        ("FAKE_FEATURES", "nix-command flakes".into()),
+        ("TOFU_LOG", env.path("tofu.log").display().to_string()),
+        ("CLAWDINATOR_POLL_SECONDS", "0.05".into()),
+    ];
+    (base.into_iter().map(|(k, v)| (k.to_string(), v)).collect(), github_seen)
+}
+
+/// The repository's variables, secrets and the deploy's inputs, as an operator set them.
+fn settings(env: &Env, age_key: &str) -> Context {
     let tfvars = json!({
         "aws_region": "us-east-1", "bucket_name": env.bucket, "vpc_id": "vpc-0123456789abcdef0",
         "subnet_ids": ["subnet-0123456789abcdef0"], "github_repository": "openclaw/clawdinators",
     });
-    let base: BTreeMap<String, String> = [
-        ("PATH", path.as_str()),
-        ("HOME", env.path("home").to_str().unwrap()),
-        ("RUNNER_TEMP", temp.to_str().unwrap()),
-        ("AWS_ENDPOINT_URL", &env.emulator.endpoint()),
-        ("ACTIONS_ID_TOKEN_REQUEST_URL", &format!("{token_url}/token?api-version=2.0")),
-        ("ACTIONS_ID_TOKEN_REQUEST_TOKEN", "runner-bearer"),
-        ("GITHUB_API_URL", &github_url),
-        ("CLAWDINATOR_KVM_DEVICE", kvm.to_str().unwrap()),
-        ("FAKE_STORE", env.path("tools/nix/store").to_str().unwrap()),
-        ("FAKE_FEATURES", "nix-command flakes"),
-        ("TOFU_LOG", env.path("tofu.log").to_str().unwrap()),
-        ("CLAWDINATOR_POLL_SECONDS", "0.05"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
-    let runner = Runner { checkout: checkout.clone(), temp, base };
-    let vars: BTreeMap<String, String> = [
-        ("CLAWDINATOR_CI_ROLE_ARN", "arn:aws:iam::123456789012:role/clawdinator-ci".to_string()),
-        ("AWS_REGION", "us-east-1".into()),
-        ("S3_BUCKET", env.bucket.clone()),
-        ("CLAWDINATOR_APP_ID", "12345".into()),
-        ("CLAWDINATOR_APP_INSTALLATION_ID", "678".into()),
-        ("CLAWDINATOR_TFVARS", tfvars.to_string()),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v))
-    .collect();
-    let mut context = Context {
-        vars,
-        secrets: [("CLAWDINATOR_AGE_KEY".to_string(), age_key.trim().to_string())].into(),
-        inputs: [("target", "clawdinator-2"), ("ami_override", ""), ("caller", "")]
-            .into_iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect(),
+    let strings = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+    Context {
+        vars: strings(&[
+            ("CLAWDINATOR_CI_ROLE_ARN", "arn:aws:iam::123456789012:role/clawdinator-ci"),
+            ("AWS_REGION", "us-east-1"),
+            ("S3_BUCKET", &env.bucket),
+            ("CLAWDINATOR_APP_ID", "12345"),
+            ("CLAWDINATOR_APP_INSTALLATION_ID", "678"),
+            ("CLAWDINATOR_TFVARS", &tfvars.to_string()),
+        ]),
+        secrets: strings(&[("CLAWDINATOR_AGE_KEY", age_key.trim())]),
+        inputs: strings(&[("target", "clawdinator-2"), ("ami_override", ""), ("caller", "")]),
         outputs: BTreeMap::new(),
-    };
-    env.emulator.start_call_log().unwrap();
-    for (file, jobs) in
-        [("image-build.yml", &["image", "prune"][..]), ("release.yml", &["release"]), ("fleet-deploy.yml", &["deploy"])]
-    {
-        let workflow = load(&checkout, file);
-        for job in jobs {
-            if let Err(failure) = runner.job(&workflow, job, &mut context) {
-                panic!("{file}: {failure}");
-            }
+    }
+}
+
+/// Run the jobs of one workflow file of the checkout; a failure names the step.
+fn run(runner: &Runner, context: &mut Context, file: &str, jobs: &[&str]) {
+    let workflow = load(&runner.checkout, file);
+    for job in jobs {
+        if let Err(failure) = runner.job(&workflow, job, context) {
+            panic!("{file}: {failure}");
         }
     }
+}
+
+/// Every call but the test's own (key `testing`) and the unsigned token
+/// exchange was made as the CI role: each must be allowed by its policy.
+async fn judge_ci_calls(env: &Env) {
+    let (root, world) = (testkit::repo_root(), World::emulator(&env.bucket));
+    let calls: Vec<Value> = env.emulator.calls().unwrap();
+    let facts = Facts::gather(&env.aws, &calls).await;
+    let ci = policies::ci(&root, &world).unwrap();
+    let mut pairs = Vec::new();
+    for call in calls.iter().filter(|c| c["accessKey"] != "testing" && !c["accessKey"].is_null()) {
+        pairs.extend(requests(call, &world, &facts).unwrap().into_iter().map(|r| (&ci, r)));
+    }
+    assert!(pairs.len() > 20, "too few CI calls: {}", pairs.len());
+    let bucket_policy = policies::bucket_policy(&root, &world).unwrap();
+    let decisions = judge(&world, &bucket_policy, &pairs).unwrap();
+    let denied: Vec<String> = decisions.iter().filter(|d| !d.allowed).map(|d| d.to_string()).collect();
+    assert!(denied.is_empty(), "the workflows make calls the CI role is denied:\n{}", denied.join("\n"));
+}
+
+/// image-build.yml, release.yml and fleet-deploy.yml each complete, in
+/// order, on one account; then the journeys through them: a chat rollback
+/// (fleet-deploy with `ami_override`) and adding an instance (a registry
+/// entry pushed, the release bringing it up). Every call CI makes is
+/// allowed by its policy, and tofu got every variable it needs.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_image_release_and_deploy_workflows_complete_as_the_ci_role() {
+    let env = env().await;
+    let checkout = env.path("work/clawdinators");
+    check_out(&testkit::repo_root(), &checkout);
+    let (age_key, fleet) = operator_setup(&env, &checkout, &env.path("operator")).await;
+    let old_ami = running_hosts(&env, &checkout).await;
+    env.tofu_backend(&env.bucket, "clawdinator-terraform-locks");
+    let temp = env.path("runner-temp");
+    std::fs::create_dir_all(&temp).unwrap();
+    let (base, github_seen) = runner_env(&env, &temp);
+    let runner = Runner { checkout: checkout.clone(), temp, base };
+    let mut context = settings(&env, &age_key);
+    env.emulator.start_call_log().unwrap();
+
+    run(&runner, &mut context, "image-build.yml", &["image", "prune"]);
+    run(&runner, &mut context, "release.yml", &["release"]);
+    run(&runner, &mut context, "fleet-deploy.yml", &["deploy"]);
     let new_ami = context.outputs.get("publish.outputs.ami_id").cloned().unwrap_or_default();
     assert!(new_ami.starts_with("ami-"), "no AMI published");
     assert_eq!(
@@ -347,24 +372,19 @@ async fn the_image_release_and_deploy_workflows_complete_as_the_ci_role() {
         new_ami,
         "the deploy did not move clawdinator-2 to the new AMI"
     );
+    assert!(github_seen.lock().unwrap().iter().any(|l| l.starts_with("POST /app/installations/678/access_tokens")));
 
     // Rolled back from chat: the control API dispatches fleet-deploy.yml with
     // these inputs (control-api's end-to-end test checks the dispatch).
     context.inputs.insert("ami_override".into(), old_ami.clone());
     context.inputs.insert("caller".into(), "clawdinator-1".into());
-    let workflow = load(&checkout, "fleet-deploy.yml");
-    if let Err(failure) = runner.job(&workflow, "deploy", &mut context) {
-        panic!("fleet-deploy.yml (rollback): {failure}");
-    }
+    run(&runner, &mut context, "fleet-deploy.yml", &["deploy"]);
     assert_eq!(running_ami(&env, "clawdinator-2").await, old_ami, "the rollback did not bring back the old AMI");
 
     // Adding an instance: the operator's commit and push, then the release
     // the push starts creates it (role, profile, instance) and switches it.
     add_instance(&env, &checkout, &fleet, 3);
-    let workflow = load(&checkout, "release.yml");
-    if let Err(failure) = runner.job(&workflow, "release", &mut context) {
-        panic!("release.yml (a new instance): {failure}");
-    }
+    run(&runner, &mut context, "release.yml", &["release"]);
     let role = env.aws.iam().get_role().role_name("clawdinator-instance-clawdinator-3").send().await.unwrap();
     let boundary = role.role().and_then(|r| r.permissions_boundary()).and_then(|b| b.permissions_boundary_arn());
     assert_eq!(boundary, Some(World::emulator(&env.bucket).instance_boundary_arn().as_str()));
@@ -373,26 +393,10 @@ async fn the_image_release_and_deploy_workflows_complete_as_the_ci_role() {
         env.keys().await.iter().any(|k| k.starts_with("bootstrap/clawdinator-3/")),
         "no bundle for the new instance"
     );
-    assert!(github_seen.lock().unwrap().iter().any(|l| l.starts_with("POST /app/installations/678/access_tokens")));
+
     assert!(!runner.temp.join("clawdinator.agekey").exists(), "the age identity outlived the job");
     tofu_got_every_variable(&env, &context);
-
-    // Every call, but the test's own (key `testing`) and the unsigned token exchange, as the CI role.
-    let world = World::emulator(&env.bucket);
-    let calls: Vec<Value> = env.emulator.calls().unwrap();
-    let facts = Facts::gather(&env.aws, &calls).await;
-    let ci = policies::ci(&root, &world).unwrap();
-    let mut pairs = Vec::new();
-    for call in calls.iter().filter(|c| c["accessKey"] != "testing" && !c["accessKey"].is_null()) {
-        for request in requests(call, &world, &facts).unwrap() {
-            pairs.push((&ci, request));
-        }
-    }
-    assert!(pairs.len() > 20, "too few CI calls: {}", pairs.len());
-    let bucket_policy = policies::bucket_policy(&root, &world).unwrap();
-    let denied: Vec<String> =
-        judge(&world, &bucket_policy, &pairs).unwrap().iter().filter(|d| !d.allowed).map(|d| d.to_string()).collect();
-    assert!(denied.is_empty(), "the workflows make calls the CI role is denied:\n{}", denied.join("\n"));
+    judge_ci_calls(&env).await;
 }
 
 /// The var file the deploy handed tofu sets every variable the module

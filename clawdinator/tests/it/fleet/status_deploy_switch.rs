@@ -151,6 +151,7 @@ fn module_dir(env: &Env) -> PathBuf {
 
 fn deploy(env: &Env, args: &[&str], extra_env: &[(&str, &str)]) -> (std::process::Output, Vec<Value>) {
     let bin = testkit::env::stand_in_tofu(env.dir.path());
+    env.tofu_backend("state-bucket", "clawdinator-terraform-locks");
     let log = env.path("tofu.log");
     let _ = std::fs::remove_file(&log);
     let reg = registry_path(env);
