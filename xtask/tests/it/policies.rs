@@ -112,6 +112,7 @@ fn ci_inputs(env: &Env, reg: &Path) -> (Vec<String>, Vec<(&'static str, PathBuf)
 async fn the_ci_role_may_make_every_call_of_the_pipeline_and_the_fleet_commands() {
     let env = env().await;
     env.vmimport_role(&env.bucket).await;
+    env.tofu_backend(&env.bucket, "clawdinator-terraform-locks");
     let reg = registry(&env, 2);
     let group = env.aws.ec2().create_security_group().group_name("clawdinator").description("hosts").send().await;
     let world =
