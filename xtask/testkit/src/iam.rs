@@ -480,6 +480,9 @@ process.stdin.on("end", async () => {
         }
       }
     }
+    if (!why.length && r.resultType === "wildcard" && !r.results.length) {
+      why.push("no statement grants this action on resources of this pattern");
+    }
     out.push({ result: r.overallResult, reason: why.length ? why.join(" / ") : r.overallResult });
   }
   process.stdout.write(JSON.stringify(out));
@@ -534,12 +537,37 @@ pub fn judge(world: &World, bucket_policy: &Value, requests: &[(&Principal, Requ
         .collect())
 }
 
-/// The distinct requests of `calls` made with `access_key` (the principal's own key).
-pub fn requests_of(calls: &[Value], access_key: &str, world: &World, facts: &Facts) -> Result<Vec<Request>> {
+/// Which command made each call: `(command, calls logged when it ended)`,
+/// in order, as a test marks them with [`Commands::ran`].
+#[derive(Debug, Default, Clone)]
+pub struct Commands(pub Vec<(String, usize)>);
+
+impl Commands {
+    /// `command` has ended; the log then held `logged` calls.
+    pub fn ran(&mut self, command: &str, logged: usize) {
+        self.0.push((command.to_string(), logged));
+    }
+
+    /// The command that made call number `index`.
+    pub fn of(&self, index: usize) -> &str {
+        self.0.iter().find(|(_, end)| index < *end).map(|(c, _)| c.as_str()).unwrap_or("an unmarked command")
+    }
+}
+
+/// The distinct requests of `calls` made with `access_key` (the principal's
+/// own key), each naming the command that made it.
+pub fn requests_of(
+    calls: &[Value],
+    access_key: &str,
+    commands: &Commands,
+    world: &World,
+    facts: &Facts,
+) -> Result<Vec<Request>> {
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
-    for call in calls.iter().filter(|c| c["accessKey"] == access_key) {
-        for request in requests(call, world, facts)? {
+    for (index, call) in calls.iter().enumerate().filter(|(_, c)| c["accessKey"] == access_key) {
+        for mut request in requests(call, world, facts)? {
+            request.call = format!("`{}`: {}", commands.of(index), request.call);
             let key = (request.action.clone(), request.resource.clone(), serde_json::to_string(&request.context)?);
             if seen.insert(key) {
                 out.push(request);

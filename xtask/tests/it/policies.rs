@@ -4,12 +4,13 @@
 //! each call against that principal's policies rendered from
 //! `infra/opentofu/aws/policies/` (testkit::policies, testkit::iam).
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use serde_json::Value;
 use testkit::env::{env, Env};
-use testkit::iam::{judge, requests_of, Decision, Facts};
+use testkit::iam::{judge, requests_of, Commands, Decision, Facts};
 use testkit::policies::{self, Principal, World};
 
 const CI_KEY: &str = "AKIACLAWDINATORCI000";
@@ -19,8 +20,46 @@ fn instance_key(n: usize) -> String {
     format!("AKIACLAWDINATORHOST{n}")
 }
 
-/// `cargo xtask ARGS` against the emulator with `key` as its credentials.
+/// Which command made which logged call, per emulator (its endpoint).
+static COMMANDS: std::sync::Mutex<BTreeMap<String, Commands>> = std::sync::Mutex::new(BTreeMap::new());
+
+/// The command's words, without flags and their values: `fleet deploy all`.
+fn label(args: &[&str]) -> String {
+    let mut words = Vec::new();
+    let mut skip = false;
+    for arg in args {
+        if std::mem::take(&mut skip) {
+            continue;
+        }
+        match arg.strip_prefix("--") {
+            Some(flag) => skip = !matches!(flag, "json" | "yes" | "dry-run" | "all"),
+            None => words.push(*arg),
+        }
+    }
+    words.join(" ")
+}
+
+/// `cargo xtask ARGS` against the emulator with `key` as its credentials;
+/// the calls it made are marked as its own.
 fn xtask_as(env: &Env, key: &str, args: &[&str], extra: &[(&str, &Path)]) -> Output {
+    let out = xtask_unmarked(env, key, args, extra);
+    let logged = env.emulator.calls().map(|c| c.len()).unwrap_or(0);
+    COMMANDS
+        .lock()
+        .unwrap()
+        .entry(env.emulator.endpoint())
+        .or_default()
+        .ran(&format!("cargo xtask {}", label(args)), logged);
+    out
+}
+
+/// A fresh call log, and no command marked yet.
+fn start_log(env: &Env) {
+    env.emulator.start_call_log().unwrap();
+    COMMANDS.lock().unwrap().remove(&env.emulator.endpoint());
+}
+
+fn xtask_unmarked(env: &Env, key: &str, args: &[&str], extra: &[(&str, &Path)]) -> Output {
     let mut command = env.cli(env!("CARGO_BIN_EXE_xtask"));
     command
         .env("AWS_ACCESS_KEY_ID", key)
@@ -53,7 +92,8 @@ fn registry(env: &Env, n: usize) -> PathBuf {
 async fn decisions(env: &Env, world: &World, key: &str, principal: &Principal) -> Vec<Decision> {
     let calls = env.emulator.calls().unwrap();
     let facts = Facts::gather(&env.aws, &calls).await;
-    let requests = requests_of(&calls, key, world, &facts).unwrap();
+    let commands = COMMANDS.lock().unwrap().get(&env.emulator.endpoint()).cloned().unwrap_or_default();
+    let requests = requests_of(&calls, key, &commands, world, &facts).unwrap();
     assert!(!requests.is_empty(), "no call was made with {key}");
     let bucket_policy = policies::bucket_policy(&testkit::repo_root(), world).unwrap();
     let pairs: Vec<(&Principal, _)> = requests.into_iter().map(|r| (principal, r)).collect();
@@ -117,7 +157,7 @@ async fn the_ci_role_may_make_every_call_of_the_pipeline_and_the_fleet_commands(
     let group = env.aws.ec2().create_security_group().group_name("clawdinator").description("hosts").send().await;
     let world =
         World { instance_security_group: group.unwrap().group_id().unwrap().into(), ..World::emulator(&env.bucket) };
-    env.emulator.start_call_log().unwrap();
+    start_log(&env);
 
     let (args, vars) = ci_inputs(&env, &reg);
     // An operator pushed the age files; CI pulls them first.
@@ -285,7 +325,7 @@ async fn an_instance_role_reads_its_own_bundle_and_secrets_and_nothing_of_anothe
     .unwrap();
     let key = instance_key(1);
     for (target, expect_allowed) in [(1, true), (2, false)] {
-        env.emulator.start_call_log().unwrap();
+        start_log(&env);
         let host = env.path(&format!("host{target}"));
         let fetch = [
             "bootstrap",

@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{json, Value};
 use testkit::env::{env, Env};
-use testkit::iam::{judge, requests, Facts};
+use testkit::iam::{judge, requests, Commands, Facts};
 use testkit::policies::{self, World};
 
 const REVISION: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -86,13 +86,16 @@ fn key_values(path: &Path) -> BTreeMap<String, String> {
 
 /// The runner's machine: the checkout, the tools on PATH, the environment
 /// every job starts from.
-struct Runner {
+struct Runner<'a> {
     checkout: PathBuf,
     temp: PathBuf,
     base: BTreeMap<String, String>,
+    /// Where the CI calls go; each step marks the calls it made.
+    emulator: &'a testkit::emulator::Emulator,
+    steps: std::cell::RefCell<Commands>,
 }
 
-impl Runner {
+impl Runner<'_> {
     /// Run one job; Err names the failed step with its output.
     fn job(&self, workflow: &Value, job: &str, context: &mut Context) -> Result<Vec<String>, String> {
         let spec = &workflow["jobs"][job];
@@ -122,6 +125,9 @@ impl Runner {
                 let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
                 return Err(format!("job {job}, step `{name}` failed:\n{text}"));
             }
+            let logged = self.emulator.calls().map(|c| c.len()).unwrap_or(0);
+            let workflow_name = workflow["name"].as_str().unwrap_or("?");
+            self.steps.borrow_mut().ran(&format!("{workflow_name} / {job} / {name}"), logged);
             env.extend(key_values(&files[0]));
             if let Some(id) = step["id"].as_str() {
                 for (k, v) in key_values(&files[1]) {
@@ -326,14 +332,19 @@ fn run(runner: &Runner, context: &mut Context, file: &str, jobs: &[&str]) {
 
 /// Every call but the test's own (key `testing`) and the unsigned token
 /// exchange was made as the CI role: each must be allowed by its policy.
-async fn judge_ci_calls(env: &Env) {
+async fn judge_ci_calls(env: &Env, steps: &Commands) {
     let (root, world) = (testkit::repo_root(), World::emulator(&env.bucket));
     let calls: Vec<Value> = env.emulator.calls().unwrap();
     let facts = Facts::gather(&env.aws, &calls).await;
     let ci = policies::ci(&root, &world).unwrap();
     let mut pairs = Vec::new();
-    for call in calls.iter().filter(|c| c["accessKey"] != "testing" && !c["accessKey"].is_null()) {
-        pairs.extend(requests(call, &world, &facts).unwrap().into_iter().map(|r| (&ci, r)));
+    for (index, call) in
+        calls.iter().enumerate().filter(|(_, c)| c["accessKey"] != "testing" && !c["accessKey"].is_null())
+    {
+        for mut request in requests(call, &world, &facts).unwrap() {
+            request.call = format!("step `{}`: {}", steps.of(index), request.call);
+            pairs.push((&ci, request));
+        }
     }
     assert!(pairs.len() > 20, "too few CI calls: {}", pairs.len());
     let bucket_policy = policies::bucket_policy(&root, &world).unwrap();
@@ -358,7 +369,7 @@ async fn the_image_release_and_deploy_workflows_complete_as_the_ci_role() {
     let temp = env.path("runner-temp");
     std::fs::create_dir_all(&temp).unwrap();
     let (base, github_seen) = runner_env(&env, &temp);
-    let runner = Runner { checkout: checkout.clone(), temp, base };
+    let runner = Runner { checkout: checkout.clone(), temp, base, emulator: &env.emulator, steps: Default::default() };
     let mut context = settings(&env, &age_key);
     env.emulator.start_call_log().unwrap();
 
@@ -396,7 +407,8 @@ async fn the_image_release_and_deploy_workflows_complete_as_the_ci_role() {
 
     assert!(!runner.temp.join("clawdinator.agekey").exists(), "the age identity outlived the job");
     tofu_got_every_variable(&env, &context);
-    judge_ci_calls(&env).await;
+    let steps = runner.steps.borrow().clone();
+    judge_ci_calls(&env, &steps).await;
 }
 
 /// The var file the deploy handed tofu sets every variable the module
