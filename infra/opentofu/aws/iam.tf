@@ -58,6 +58,9 @@ resource "aws_iam_role_policy" "instance_control_api" {
   name = "clawdinator-instance-control-api"
   role = aws_iam_role.instance[each.key].id
   policy = templatefile("${path.module}/policies/instance-control-api.json.tftpl", {
+    partition       = local.partition
+    account         = local.account
+    region          = var.aws_region
     control_api_arn = aws_lambda_function.control_api[0].arn
   })
 }

@@ -315,12 +315,15 @@ async fn an_instance_role_reads_its_own_bundle_and_secrets_and_nothing_of_anothe
     ok("bootstrap upload", &xtask_as(&env, "testing", &upload, &[]));
     ok("secrets seed", &xtask_as(&env, "testing", &[&["secrets", "seed", "--all"], &sources[..]].concat(), &[]));
 
+    let (api_url, _) = testkit::loopback::answer_every_request(200, serde_json::json!({"instances": []}));
+    let parameter = env.aws.ssm().put_parameter().name("/clawdinator/control-api-url").value(api_url);
+    parameter.r#type(aws_sdk_ssm::types::ParameterType::String).send().await.unwrap();
     let root = testkit::repo_root();
     let host1 = policies::instance(
         &root,
         &world,
         &clawdinator::registry::Registry::load(&reg).unwrap().instances["clawdinator-1"],
-        false,
+        true,
     )
     .unwrap();
     let key = instance_key(1);
@@ -347,6 +350,13 @@ async fn an_instance_role_reads_its_own_bundle_and_secrets_and_nothing_of_anothe
         let secrets =
             ["secrets", "fetch", "--instance", &format!("clawdinator-{target}"), "--dest", &s(&host.join("run"))];
         ok("secrets fetch", &xtask_as(&env, &key, &secrets, &[]));
+        if target == 1 {
+            // The bot asks the control API, found through its SSM parameter.
+            let instance_file = host.join("instance-name");
+            std::fs::write(&instance_file, "clawdinator-1\n").unwrap();
+            let control = ["fleet", "control", "status", "--instance-file", &s(&instance_file)];
+            ok("fleet control status", &xtask_as(&env, &key, &control, &[]));
+        }
         let decisions = decisions(&env, &world, &key, &host1).await;
         if expect_allowed {
             let denied = denied(&decisions);
