@@ -51,19 +51,34 @@ resource "aws_s3_bucket_lifecycle_configuration" "fleet" {
     abort_incomplete_multipart_upload {
       days_after_initiation = 2
     }
+  }
 
-    noncurrent_version_expiration {
-      noncurrent_days = 30
+  # Replaced images, bundles, age files and states go after 30 days; no
+  # rule ever expires anything under audit/.
+  dynamic "rule" {
+    for_each = toset(["images/", "bootstrap/", "age-secrets/", "tfstate/"])
+
+    content {
+      id     = "expire-replaced-${trimsuffix(rule.value, "/")}"
+      status = "Enabled"
+
+      filter {
+        prefix = rule.value
+      }
+
+      noncurrent_version_expiration {
+        noncurrent_days = 30
+      }
     }
   }
 }
 
 resource "aws_s3_bucket_policy" "fleet" {
   bucket = aws_s3_bucket.fleet.id
-  # Every request not made over TLS is refused.
-  policy = templatefile("${path.module}/policies/deny-without-tls.json.tftpl", {
-    actions   = jsonencode(["s3:*"])
-    resources = jsonencode([aws_s3_bucket.fleet.arn, "${aws_s3_bucket.fleet.arn}/*"])
+  # Every request not made over TLS is refused; audit records are written
+  # once (If-None-Match: *, whoever writes) and never deleted.
+  policy = templatefile("${path.module}/policies/bucket.json.tftpl", {
+    bucket_arn = aws_s3_bucket.fleet.arn
   })
 
   depends_on = [aws_s3_bucket_public_access_block.fleet]

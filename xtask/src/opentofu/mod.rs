@@ -39,6 +39,7 @@ pub fn check_module(root: &Path, dir: &Path, schema: &ProviderSchema, fleet: boo
     module::check_schema(&module, schema, &mut findings);
     module::check_references(&module, schema, &mut findings);
     module::check_buckets(&module, &mut findings);
+    module::check_audit_lifecycle(&module, &mut findings);
     policies::check(dir, &files, &module, &mut findings)?;
     check_skip_reasons(&files, &mut findings)?;
     if fleet {

@@ -325,6 +325,40 @@ pub fn check_buckets(module: &Module, findings: &mut Vec<Finding>) {
     }
 }
 
+/// No lifecycle rule expires anything under `audit/`: a rule that expires
+/// (current or old versions) names a prefix, literal, outside `audit/`.
+pub fn check_audit_lifecycle(module: &Module, findings: &mut Vec<Finding>) {
+    let expires =
+        |rule: &Value| rule.get("expiration").is_some() || rule.get("noncurrent_version_expiration").is_some();
+    let prefix_of = |rule: &Value| rule["filter"][0]["prefix"].as_str().map(str::to_string);
+    for item in module.items.iter().filter(|i| i.kind == "aws_s3_bucket_lifecycle_configuration") {
+        let mut fail = |what: String| {
+            findings.push(Finding::new(
+                "rules",
+                format!(
+                    "{}: {}: {what}: audit records' versions must never expire",
+                    item.file.display(),
+                    item.address()
+                ),
+            ))
+        };
+        for rule in item.body["rule"].as_array().into_iter().flatten().filter(|r| expires(r)) {
+            match prefix_of(rule) {
+                Some(p) if !p.is_empty() && !p.starts_with("audit") && !p.contains("${") => {}
+                other => fail(format!("rule {} expires with prefix {other:?}", rule["id"])),
+            }
+        }
+        for dynamic in item.body["dynamic"]["rule"].as_array().into_iter().flatten() {
+            let each = dynamic["for_each"].as_str().unwrap_or_default();
+            let content = &dynamic["content"][0];
+            let literal = each.contains("[\"") && !each.contains("var.") && !each.contains("local.");
+            if expires(content) && (!literal || each.contains("audit") || prefix_of(content).is_none()) {
+                fail(format!("a dynamic rule expires over {each}"));
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::traversals;

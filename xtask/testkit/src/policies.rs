@@ -205,7 +205,5 @@ pub fn control_api(root: &Path, world: &World) -> Result<Principal> {
 
 /// The fleet bucket's resource policy (`aws_s3_bucket_policy.fleet`).
 pub fn bucket_policy(root: &Path, world: &World) -> Result<Value> {
-    let arn = world.bucket_arn();
-    let extra = [("actions", json_list(&["s3:*"])), ("resources", json_list(&[arn.clone(), format!("{arn}/*")]))];
-    document(root, "deny-without-tls", world, &extra)
+    document(root, "bucket", world, &[])
 }

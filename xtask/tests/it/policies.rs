@@ -452,6 +452,33 @@ fn what_the_threat_model_forbids_is_denied_and_what_each_needs_is_not() {
         (
             &ci,
             ask(
+                "s3:DeleteObjectVersion",
+                &format!("{b}/audit/2026/12/02/x.json"),
+                json!({}),
+                "CI deleting an audit record's version",
+            ),
+        ),
+        (
+            &ci,
+            ask(
+                "s3:PutObject",
+                &format!("{b}/audit/2026/12/02/x.json"),
+                json!({}),
+                "CI overwriting an audit record (no If-None-Match)",
+            ),
+        ),
+        (
+            &ci,
+            ask(
+                "s3:PutObject",
+                &format!("{b}/audit/control-api/x.json"),
+                json!({"s3:if-none-match": "*"}),
+                "CI writing into the control API's chain",
+            ),
+        ),
+        (
+            &ci,
+            ask(
                 "s3:PutObject",
                 &format!("{b}/age-secrets/clawdinator-control-token.age"),
                 json!({}),
@@ -646,6 +673,15 @@ fn what_the_threat_model_forbids_is_denied_and_what_each_needs_is_not() {
                 &role("clawdinator-instance-9"),
                 boundary,
                 "fleet deploy creating a new instance's role",
+            ),
+        ),
+        (
+            &ci,
+            ask(
+                "s3:PutObject",
+                &format!("{b}/audit/2026/12/02/x.json"),
+                json!({"s3:if-none-match": "*"}),
+                "CI's audit record",
             ),
         ),
         (
