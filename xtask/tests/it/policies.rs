@@ -480,7 +480,7 @@ fn what_the_threat_model_forbids_is_denied_and_what_each_needs_is_not() {
             &ci,
             ask(
                 "s3:PutObject",
-                &format!("{b}/age-secrets/clawdinator-control-token.age"),
+                &format!("{b}/age-secrets/clawdinator-openai-api-key-peter-2.age"),
                 json!({}),
                 "CI replacing an age file it reads",
             ),

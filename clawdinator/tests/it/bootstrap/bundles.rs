@@ -130,7 +130,7 @@ async fn each_bundle_holds_only_its_own_token() {
         let tokens: Vec<_> = entries.iter().filter(|e| e.contains("discord-token")).cloned().collect();
         assert_eq!(tokens, [format!("secrets/clawdinator-discord-token-{n}.age")]);
         assert_eq!(entries[0], "clawdinator.agekey");
-        assert_eq!(entries.len(), 1 + 1 + 8 + 1, "{entries:?}");
+        assert_eq!(entries.len(), 1 + 1 + 5 + 1, "{entries:?}");
         let manifest: bootstrap::Manifest =
             serde_json::from_slice(&env.get(&format!("bootstrap/clawdinator-{n}/manifest.json")).await).unwrap();
         assert_eq!(manifest.secrets.iter().filter(|s| s.contains("discord-token")).count(), 1);
@@ -194,8 +194,13 @@ async fn changing_a_secret_reuploads_only_the_bundles_holding_it() {
     assert!(report.objects.iter().all(|o| o.action != Action::Create));
 
     // A common secret is in every bundle: every secrets archive and manifest, never the seeds.
-    fixtures::write_secret(&fleet.sources.secrets_dir, "clawdinator-control-token", b"rotated", &fleet.recipient)
-        .unwrap();
+    fixtures::write_secret(
+        &fleet.sources.secrets_dir,
+        "clawdinator-openai-api-key-peter-2",
+        b"rotated",
+        &fleet.recipient,
+    )
+    .unwrap();
     let report = bootstrap::upload(&env.aws, &opts, &QUIET).await.unwrap();
     assert_eq!((report.uploaded, report.copied, report.unchanged), (8, 0, 4), "{report}");
 }
@@ -399,7 +404,10 @@ async fn an_undecryptable_secret_fails_before_upload() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_malformed_secret_fails_before_upload() {
     fails_before_upload(
-        |f| std::fs::write(f.sources.secrets_dir.join("clawdinator-control-token.age"), "plain text, not age").unwrap(),
+        |f| {
+            std::fs::write(f.sources.secrets_dir.join("clawdinator-openai-api-key-peter-2.age"), "plain text, not age")
+                .unwrap()
+        },
         "not a well-formed age file",
     )
     .await;
@@ -677,9 +685,14 @@ async fn a_new_bundle_replaces_the_one_in_force_and_an_unreachable_bucket_keeps_
     assert!(!bootstrap::fetch(&env.aws, &opts).await.unwrap().already_done);
     assert!(bootstrap::fetch(&env.aws, &opts).await.unwrap().already_done, "the same bundle fetched twice");
 
-    let name = "clawdinator-control-token.age";
-    fixtures::write_secret(&fleet.sources.secrets_dir, "clawdinator-control-token", b"rotated", &fleet.recipient)
-        .unwrap();
+    let name = "clawdinator-openai-api-key-peter-2.age";
+    fixtures::write_secret(
+        &fleet.sources.secrets_dir,
+        "clawdinator-openai-api-key-peter-2",
+        b"rotated",
+        &fleet.recipient,
+    )
+    .unwrap();
     bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
     let again = bootstrap::fetch(&env.aws, &opts).await.unwrap();
     assert!(!again.already_done, "a new bundle was not fetched");

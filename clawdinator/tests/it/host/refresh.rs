@@ -87,12 +87,12 @@ async fn a_rotated_secret_reaches_a_running_host_and_the_old_value_is_gone() {
     upload(&env, &fleet).await;
     let path = stand_in_systemctl(&env);
     host_refresh(&env, &path);
-    let token = env.path("host/agenix/clawdinator-control-token");
-    assert_eq!(std::fs::read_to_string(&token).unwrap(), "old value of clawdinator-control-token");
+    let token = env.path("host/agenix/clawdinator-openai-api-key-peter-2");
+    assert_eq!(std::fs::read_to_string(&token).unwrap(), "old value of clawdinator-openai-api-key-peter-2");
 
     // The operator rotates: a new value, encrypted; the bundles that carry it are uploaded.
     let dir = &fleet.sources.secrets_dir;
-    fixtures::write_secret(dir, "clawdinator-control-token", b"new value", &fleet.recipient).unwrap();
+    fixtures::write_secret(dir, "clawdinator-openai-api-key-peter-2", b"new value", &fleet.recipient).unwrap();
     upload(&env, &fleet).await;
 
     // The fleet command: one fixed command per host, over SSM.
@@ -127,7 +127,7 @@ async fn a_rotated_secret_reaches_a_running_host_and_the_old_value_is_gone() {
     let report = host_refresh(&env, &path);
     assert_eq!(report["reran"], serde_json::json!(["clawdinator-bootstrap.service", "clawdinator-secrets.service"]));
     assert_eq!(std::fs::read_to_string(&token).unwrap(), "new value");
-    let old = b"old value of clawdinator-control-token";
+    let old = b"old value of clawdinator-openai-api-key-peter-2";
     for (name, bytes) in contents(&env.path("host/agenix")) {
         assert!(!bytes.windows(old.len()).any(|w| w == old), "{name} still holds the old value");
         let mode = std::fs::metadata(env.path("host/agenix").join(&name)).unwrap().permissions().mode() & 0o777;

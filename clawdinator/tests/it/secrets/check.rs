@@ -10,7 +10,7 @@ fn a_complete_set_checks_clean_and_orphans_are_reported() {
     let fleet = fixtures::sample_fleet(tmp.path(), 3, canary_value).unwrap();
     let (report, loaded) = check(&fleet.sources, true);
     assert!(report.ok, "{report}");
-    assert_eq!((report.checked, report.decrypted), (11, 11));
+    assert_eq!((report.checked, report.decrypted), (8, 8));
     assert!(loaded.is_some());
 
     fixtures::write_secret(&fleet.sources.secrets_dir, "clawdinator-discord-token-9", b"x", &fleet.recipient).unwrap();
@@ -27,7 +27,7 @@ fn every_problem_is_reported_at_once() {
     let dir = &fleet.sources.secrets_dir;
     std::fs::remove_file(dir.join("clawdinator-telegram-bot-token.age")).unwrap();
     std::fs::remove_file(dir.join("clawdinator-discord-token-1.age")).unwrap();
-    std::fs::write(dir.join("clawdinator-control-token.age"), "garbage").unwrap();
+    std::fs::write(dir.join("clawdinator-openai-api-key-peter-2.age"), "garbage").unwrap();
     let stranger = fixtures::write_identity(&tmp.path().join("stranger.key")).unwrap();
     fixtures::write_secret(dir, "clawdinator-anthropic-api-key", b"x", &stranger).unwrap();
     let (report, loaded) = check(&fleet.sources, true);
@@ -41,7 +41,7 @@ fn every_problem_is_reported_at_once() {
         all.contains("clawdinator-discord-token-1.age: missing: the Discord token of instance `clawdinator-1`"),
         "{all}"
     );
-    assert!(all.contains("clawdinator-control-token.age: not a well-formed age file"), "{all}");
+    assert!(all.contains("clawdinator-openai-api-key-peter-2.age: not a well-formed age file"), "{all}");
     assert!(all.contains("cannot decrypt") && all.contains("clawdinator-anthropic-api-key.age"), "{all}");
 }
 
@@ -131,8 +131,13 @@ async fn no_secret_reaches_any_output() {
 
     // Failure paths print errors too: an undecryptable file and a tampered archive.
     let stranger = fixtures::write_identity(&env.path("stranger.key")).unwrap();
-    fixtures::write_secret(&fleet.sources.secrets_dir, "clawdinator-control-token", CANARY.as_bytes(), &stranger)
-        .unwrap();
+    fixtures::write_secret(
+        &fleet.sources.secrets_dir,
+        "clawdinator-openai-api-key-peter-2",
+        CANARY.as_bytes(),
+        &stranger,
+    )
+    .unwrap();
     let mut args = vec!["secrets".to_string(), "check".into()];
     args.extend(sources.iter().cloned());
     let failed = run(&env, &refs(&args));

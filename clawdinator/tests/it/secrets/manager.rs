@@ -45,7 +45,7 @@ async fn seed_creates_then_reseeding_changes_nothing() {
     let env = env().await;
     let fleet = fixtures::sample_fleet(&env.path("src"), 2, canary_value).unwrap();
     let report = manager::seed(&env.aws, &opts(&fleet)).await.unwrap();
-    assert_eq!(report.secrets.len(), 10);
+    assert_eq!(report.secrets.len(), 7);
     assert!(report.secrets.iter().all(|r| r.action == SeedAction::Create), "{report}");
     assert_eq!(
         value(&env, "clawdinator/clawdinator-anthropic-api-key").await,
@@ -64,7 +64,7 @@ async fn seed_creates_then_reseeding_changes_nothing() {
         tags.contains(&("app", "clawdinator")) && tags.contains(&("clawdinator:instance", "clawdinator-2")),
         "{tags:?}"
     );
-    let common = sm.describe_secret().secret_id("clawdinator/clawdinator-control-token").send().await.unwrap();
+    let common = sm.describe_secret().secret_id("clawdinator/clawdinator-openai-api-key-peter-2").send().await.unwrap();
     assert!(common.tags().iter().all(|t| t.key() != Some("clawdinator:instance")));
 
     let again = manager::seed(&env.aws, &opts(&fleet)).await.unwrap();
@@ -110,16 +110,19 @@ async fn a_secret_pending_deletion_is_restored() {
     manager::seed(&env.aws, &opts(&fleet)).await.unwrap();
     let sm = env.aws.secrets_manager();
     sm.delete_secret()
-        .secret_id("clawdinator/clawdinator-control-token")
+        .secret_id("clawdinator/clawdinator-openai-api-key-peter-2")
         .recovery_window_in_days(7)
         .send()
         .await
         .unwrap();
     let report = manager::seed(&env.aws, &opts(&fleet)).await.unwrap();
-    let row = report.secrets.iter().find(|r| r.name == "clawdinator/clawdinator-control-token").unwrap();
+    let row = report.secrets.iter().find(|r| r.name == "clawdinator/clawdinator-openai-api-key-peter-2").unwrap();
     assert_eq!(row.action, SeedAction::Restore);
-    assert!(!pending_deletion(&env, "clawdinator/clawdinator-control-token").await);
-    assert_eq!(value(&env, "clawdinator/clawdinator-control-token").await, canary_value("clawdinator-control-token"));
+    assert!(!pending_deletion(&env, "clawdinator/clawdinator-openai-api-key-peter-2").await);
+    assert_eq!(
+        value(&env, "clawdinator/clawdinator-openai-api-key-peter-2").await,
+        canary_value("clawdinator-openai-api-key-peter-2")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -460,8 +463,13 @@ async fn no_secret_value_in_seed_or_fetch_output() {
     assert!(outputs.iter().all(|(c, _)| *c == 0), "{outputs:#?}");
     // Failures: a wrong identity, and a fetch for a secret that is gone.
     let stranger = fixtures::write_identity(&env.path("stranger.key")).unwrap();
-    fixtures::write_secret(&fleet.sources.secrets_dir, "clawdinator-control-token", CANARY.as_bytes(), &stranger)
-        .unwrap();
+    fixtures::write_secret(
+        &fleet.sources.secrets_dir,
+        "clawdinator-openai-api-key-peter-2",
+        CANARY.as_bytes(),
+        &stranger,
+    )
+    .unwrap();
     let failed = run(seed(&[]));
     assert_eq!(failed.0, 1);
     outputs.push(failed);

@@ -45,26 +45,26 @@ async fn push_uploads_only_what_changed_and_pull_brings_back_the_same_files() {
     let dir = fleet.sources.secrets_dir.clone();
 
     let dry = run(&env, "push", &fleet, &dir, &["--dry-run"]);
-    assert_eq!(count(&actions(&dry), "would-upload"), 10, "{}", String::from_utf8_lossy(&dry.stderr));
+    assert_eq!(count(&actions(&dry), "would-upload"), 7, "{}", String::from_utf8_lossy(&dry.stderr));
     assert!(env.keys().await.is_empty(), "--dry-run uploaded");
 
     let first = actions(&run(&env, "push", &fleet, &dir, &[]));
-    assert_eq!(count(&first, "uploaded"), 10, "8 common secrets and 2 tokens: {first:?}");
+    assert_eq!(count(&first, "uploaded"), 7, "5 common secrets and 2 tokens: {first:?}");
     for key in env.keys().await {
         assert!(key.starts_with("age-secrets/") && key.ends_with(".age"), "{key}");
         assert!(env.get(&key).await.starts_with(b"age-encryption.org/v1"), "{key} is not ciphertext");
     }
     let again = actions(&run(&env, "push", &fleet, &dir, &[]));
-    assert_eq!(count(&again, "unchanged"), 10, "a re-run uploads nothing: {again:?}");
+    assert_eq!(count(&again, "unchanged"), 7, "a re-run uploads nothing: {again:?}");
 
-    fixtures::write_secret(&dir, "clawdinator-control-token", b"rotated", &fleet.recipient).unwrap();
+    fixtures::write_secret(&dir, "clawdinator-openai-api-key-peter-2", b"rotated", &fleet.recipient).unwrap();
     let rotated = actions(&run(&env, "push", &fleet, &dir, &[]));
     assert_eq!(rotated.iter().filter(|(_, a)| a == "uploaded").collect::<Vec<_>>().len(), 1, "{rotated:?}");
-    assert!(rotated.contains(&("clawdinator-control-token.age".into(), "uploaded".into())));
+    assert!(rotated.contains(&("clawdinator-openai-api-key-peter-2.age".into(), "uploaded".into())));
 
     let pulled_dir = env.path("ci/age-secrets");
     let pulled = actions(&run(&env, "pull", &fleet, &pulled_dir, &[]));
-    assert_eq!(count(&pulled, "downloaded"), 10);
+    assert_eq!(count(&pulled, "downloaded"), 7);
     for (name, _) in &pulled {
         assert_eq!(std::fs::read(pulled_dir.join(name)).unwrap(), std::fs::read(dir.join(name)).unwrap(), "{name}");
         let mode = std::fs::metadata(pulled_dir.join(name)).unwrap().permissions().mode() & 0o777;
@@ -93,7 +93,7 @@ async fn pull_writes_nothing_when_a_file_is_tampered_with_or_missing_and_names_e
     // Replaced outside `secrets push` (another valid age file, no recorded digest).
     let other = fixtures::write_identity(&env.path("other.key")).unwrap();
     let forged = clawdinator::secrets::encrypt(b"forged", &[other]).unwrap();
-    env.put("age-secrets/clawdinator-control-token.age", forged).await;
+    env.put("age-secrets/clawdinator-openai-api-key-peter-2.age", forged).await;
     env.aws
         .s3()
         .delete_object()
@@ -108,7 +108,10 @@ async fn pull_writes_nothing_when_a_file_is_tampered_with_or_missing_and_names_e
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("2 file(s) failed"), "{stderr}");
-    assert!(stderr.contains("age-secrets/clawdinator-control-token.age does not match the SHA-256"), "{stderr}");
+    assert!(
+        stderr.contains("age-secrets/clawdinator-openai-api-key-peter-2.age does not match the SHA-256"),
+        "{stderr}"
+    );
     assert!(stderr.contains("age-secrets/clawdinator-discord-token-2.age is missing"), "{stderr}");
     assert!(!dest.exists() || std::fs::read_dir(&dest).unwrap().next().is_none(), "pull wrote files");
 }
