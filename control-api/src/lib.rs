@@ -48,6 +48,8 @@ pub struct Config {
     pub registry: Registry,
     /// Operator principals: IAM user or role ARNs.
     pub operators: Vec<String>,
+    /// The fleet's account: an instance role of any other account is a stranger.
+    pub account: String,
 }
 
 /// The role name in an assumed-role session ARN
@@ -69,7 +71,9 @@ pub fn caller(arn: Option<&str>, config: &Config) -> Result<Caller, Refusal> {
     }
     if let Some((account, role)) = assumed_role(arn) {
         if let Some(name) = role.strip_prefix("clawdinator-instance-") {
-            return if config.registry.instances.contains_key(name) {
+            return if account != config.account {
+                Err(Refusal(403, format!("{arn}: an instance role of account {account}, not of the fleet's")))
+            } else if config.registry.instances.contains_key(name) {
                 Ok(Caller::Instance(name.to_string()))
             } else {
                 Err(Refusal(403, format!("{name} is not an instance of the fleet registry")))

@@ -92,6 +92,7 @@ pub async fn smoke(dir: &Path) -> Result<Smoke> {
             ("CLAWDINATOR_APP_ID", "1"),
             ("CLAWDINATOR_APP_INSTALLATION_ID", "1"),
             ("CLAWDINATOR_OPERATORS", ""),
+            ("CLAWDINATOR_ACCOUNT_ID", "123456789012"),
         ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())

@@ -51,6 +51,7 @@ pub fn config() -> Config {
             "arn:aws:iam::123456789012:user/alice".into(),
             "arn:aws:iam::123456789012:role/fleet-operators".into(),
         ],
+        account: "123456789012".into(),
     }
 }
 

@@ -43,7 +43,7 @@ impl Fleet {
         let (private, public_key) = testkit::fixtures::github_app_key().unwrap();
         aws.secrets_manager().create_secret().name(APP_KEY_SECRET).secret_string(private).send().await.unwrap();
         let (github_url, github) = github();
-        let Config { registry, operators } = config();
+        let Config { registry, operators, account } = config();
         let function = Settings {
             static_credentials: Some((FUNCTION_KEY.into(), "testing".into())),
             ..Settings::local(&emulator.endpoint())
@@ -63,7 +63,7 @@ impl Fleet {
             pem_secret: APP_KEY_SECRET.into(),
         };
         let audit = Audit { aws: function, chain: clawdinator::audit::BucketChain::new(AUDIT_BUCKET, "control-api") };
-        let api = Arc::new((Config { registry, operators }, live, audit));
+        let api = Arc::new((Config { registry, operators, account }, live, audit));
         let signers: Signers = Arc::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());

@@ -138,6 +138,13 @@ async fn refusals_say_why_and_dispatch_nothing() {
             403,
             "not an instance",
         ),
+        (
+            // The same role name in another account: not one of this fleet's instances.
+            Some("arn:aws:sts::999999999999:assumed-role/clawdinator-instance-clawdinator-1/i-1"),
+            json!({"action": "deploy", "target": "clawdinator-2"}),
+            403,
+            "not of the fleet's",
+        ),
         (Some(BOT1), json!({"action": "reboot"}), 400, "expected"),
     ] {
         let (status, body, seen) = api.call(arn, body).await;
