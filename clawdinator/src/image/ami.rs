@@ -144,6 +144,12 @@ pub async fn latest(ec2: &aws_sdk_ec2::Client, override_id: Option<&str>) -> Res
         let out =
             ec2.describe_images().image_ids(id).send().await.map_err(|e| aws::error("EC2 DescribeImages", id, e))?;
         let image = out.images().first().cloned().with_context(|| format!("AMI {id} does not exist in this region"))?;
+        // A public or shared AMI of another account can carry any tag.
+        let own = ec2.describe_images().image_ids(id).owners("self").send().await;
+        if !own.is_ok_and(|o| !o.images().is_empty()) {
+            let owner = image.owner_id().unwrap_or("?");
+            bail!("AMI {id} belongs to account {owner}, not this one: refusing to deploy it (fleet AMIs are this account's own)");
+        }
         if tag(&image, TAG_FLEET) != Some("true") {
             bail!("AMI {id} is not a fleet AMI (it lacks the tag {TAG_FLEET}=true): refusing to deploy it");
         }

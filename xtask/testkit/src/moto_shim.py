@@ -445,6 +445,35 @@ def patch_import_snapshot():
     EC2Response.cancel_import_task = cancel_import_task
 
 
+def patch_shared_images():
+    """A public AMI, or one whose launch permissions name an account, is
+    visible to that account by id (DescribeImages; "Share an AMI with
+    specific AWS accounts", https://docs.aws.amazon.com/AWSEC2/latest/UserGuide/sharingamis-explicit.html).
+    moto keeps each account's images apart; this shows the shared ones by
+    id, never under an Owners filter that does not name their owner."""
+    from moto.ec2.models import amis, ec2_backends
+
+    original = amis.AmiBackend.describe_images
+
+    def visible_to(ami, account):
+        return ami.is_public or any(lp.get("UserId") == account for lp in ami.launch_permissions)
+
+    def describe_images(self, ami_ids=None, filters=None, exec_users=None, owners=None):
+        shared = []
+        for account, regions in list(ec2_backends.items()) if ami_ids else []:
+            if account == self.account_id or self.region_name not in regions:
+                continue
+            shared += [a for a in regions[self.region_name].amis.values() if a.id in ami_ids and visible_to(a, self.account_id)]
+        if owners:
+            shared = [a for a in shared if a.owner_id in owners]
+        own = [i for i in ami_ids or [] if i not in {a.id for a in shared}]
+        if ami_ids and not own:
+            return shared
+        return original(self, own or ami_ids, filters, exec_users, owners) + shared
+
+    amis.AmiBackend.describe_images = describe_images
+
+
 def patch_recorder_lock():
     # moto's request recorder appends JSON lines from every server thread at
     # once; without a lock, concurrent requests interleave in the file.
@@ -864,7 +893,7 @@ class Switches:
         return error_response(service, fire, start_response)
 
 
-PATCHES = [patch_recorder_lock, patch_ssm_list_command_invocations, patch_instance_health, patch_ssm_instances, patch_s3_list_parts, patch_ebs_direct, patch_register_image, patch_import_snapshot]
+PATCHES = [patch_shared_images, patch_recorder_lock, patch_ssm_list_command_invocations, patch_instance_health, patch_ssm_instances, patch_s3_list_parts, patch_ebs_direct, patch_register_image, patch_import_snapshot]
 
 
 def main():

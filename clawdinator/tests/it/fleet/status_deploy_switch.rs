@@ -37,6 +37,39 @@ async fn fleet_ami(env: &Env, name: &str) -> String {
     image
 }
 
+/// An attacker's AMI: another account's, tagged as a fleet AMI and public.
+async fn foreign_fleet_ami(env: &Env) -> String {
+    let sts = env.aws.sts();
+    let role = sts.assume_role().role_arn("arn:aws:iam::111111111111:role/attacker").role_session_name("attacker");
+    let c = role.send().await.unwrap().credentials.unwrap();
+    let creds = aws_credential_types::Credentials::new(
+        c.access_key_id,
+        c.secret_access_key,
+        Some(c.session_token),
+        None,
+        "attacker",
+    );
+    let ec2 = env.aws.with_credentials(creds).ec2();
+    let volume = ec2.create_volume().availability_zone("us-east-1a").size(8).send().await.unwrap();
+    let snap = ec2.create_snapshot().volume_id(volume.volume_id().unwrap()).send().await.unwrap();
+    let mapping = aws_sdk_ec2::types::BlockDeviceMapping::builder()
+        .device_name("/dev/xvda")
+        .ebs(aws_sdk_ec2::types::EbsBlockDevice::builder().snapshot_id(snap.snapshot_id().unwrap()).build())
+        .build();
+    let image = ec2.register_image().name("clawdinator-nixos-evil").root_device_name("/dev/xvda");
+    let image = image.block_device_mappings(mapping).send().await.unwrap().image_id.unwrap();
+    let tag = Tag::builder().key("clawdinator").value("true").build();
+    ec2.create_tags().resources(&image).tags(tag).send().await.unwrap();
+    let public =
+        aws_sdk_ec2::types::LaunchPermission::builder().group(aws_sdk_ec2::types::PermissionGroup::All).build();
+    let permissions = aws_sdk_ec2::types::LaunchPermissionModifications::builder().add(public).build();
+    ec2.modify_image_attribute().image_id(&image).launch_permission(permissions).send().await.unwrap();
+    // Our account sees it by id, as AWS shows a public AMI.
+    let seen = env.aws.ec2().describe_images().image_ids(&image).send().await.unwrap();
+    assert_eq!(seen.images().len(), 1, "the shim does not share public AMIs");
+    image
+}
+
 /// A running fleet instance named `name`.
 async fn instance(env: &Env, name: &str, ami: &str, kind: &str, revision: Option<&str>) -> String {
     let mut tags =
@@ -367,7 +400,12 @@ async fn an_ami_override_must_be_an_available_fleet_ami() {
     fleet_ami(&env, "fleet-1").await;
     let pending = fleet_ami(&env, "fleet-pending").await;
     env.emulator.set_image_state(&pending, "pending").unwrap();
-    for (ami, says) in [("ami-0123456789abcdef0", "does not exist"), (pending.as_str(), "not available")] {
+    let foreign = foreign_fleet_ami(&env).await;
+    for (ami, says) in [
+        ("ami-0123456789abcdef0", "does not exist"),
+        (pending.as_str(), "not available"),
+        (foreign.as_str(), "belongs to account 111111111111, not this one"),
+    ] {
         let (out, calls) = deploy(&env, &["clawdinator-1", "--ami", ami], &[]);
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(1), "{ami}: {stderr}");
