@@ -37,7 +37,9 @@ resource "aws_iam_role" "instance" {
 }
 
 # The trailing slash of the prefix: clawdinator-1 must not reach
-# clawdinator-10's bundle.
+# clawdinator-10's bundle. The SSM agent's actions are listed in the policy
+# rather than attached as AmazonSSMManagedInstanceCore, which would let
+# every bot read every SSM parameter of the account.
 resource "aws_iam_role_policy" "instance" {
   for_each = local.instances
 
@@ -63,13 +65,6 @@ resource "aws_iam_role_policy" "instance_control_api" {
     region          = var.aws_region
     control_api_arn = aws_lambda_function.control_api[0].arn
   })
-}
-
-resource "aws_iam_role_policy_attachment" "instance_ssm" {
-  for_each = local.instances
-
-  role       = aws_iam_role.instance[each.key].name
-  policy_arn = "arn:${local.partition}:iam::aws:policy/AmazonSSMManagedInstanceCore"
 }
 
 resource "aws_iam_instance_profile" "instance" {

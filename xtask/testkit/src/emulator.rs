@@ -201,9 +201,6 @@ fn spawn_server(python: &Path, settings: &[(String, String)]) -> Result<(Child, 
         .env_remove("MOTO_ENABLE_RECORDING")
         // No preloaded public AMIs and their ~1300 snapshots: an empty account, as a new one is.
         .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
-        // AWS's managed policies exist in every account (instance roles attach
-        // AmazonSSMManagedInstanceCore).
-        .env("MOTO_IAM_LOAD_MANAGED_POLICIES", "true")
         .env("MOTO_RECORDER_FILEPATH", scratch.join("recording"))
         // The emulator must never pick up the caller's real AWS settings.
         .env_remove("AWS_ENDPOINT_URL")

@@ -274,7 +274,6 @@ def apply():
         iam.create_role(RoleName=role, AssumeRolePolicyDocument=TRUST, PermissionsBoundary=BOUNDARY,
                         Tags=[{{"Key": "clawdinator:instance", "Value": name}}])
         iam.put_role_policy(RoleName=role, PolicyName="clawdinator-instance", PolicyDocument=OWN_BUNDLE.replace("NAME", name))
-        iam.attach_role_policy(RoleName=role, PolicyArn="arn:aws:iam::aws:policy/AmazonSSMManagedInstanceCore")
         iam.create_instance_profile(InstanceProfileName=role)
         iam.add_role_to_instance_profile(InstanceProfileName=role, RoleName=role)
         return role

@@ -452,6 +452,24 @@ fn what_the_threat_model_forbids_is_denied_and_what_each_needs_is_not() {
         (
             &ci,
             ask(
+                "iam:AttachRolePolicy",
+                &role("clawdinator-instance-1"),
+                json!({"iam:PolicyARN": "arn:aws:iam::aws:policy/AdministratorAccess", "iam:PermissionsBoundary": world.instance_boundary_arn()}),
+                "CI attaching a managed policy to an instance role",
+            ),
+        ),
+        (
+            &host,
+            ask(
+                "ssm:GetParameter",
+                &format!("arn:aws:ssm:us-east-1:{a}:parameter/other-app/db-password"),
+                json!({}),
+                "an agent reading the account's other SSM parameters",
+            ),
+        ),
+        (
+            &ci,
+            ask(
                 "s3:DeleteObjectVersion",
                 &format!("{b}/audit/2026/12/02/x.json"),
                 json!({}),
