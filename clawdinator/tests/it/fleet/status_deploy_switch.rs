@@ -14,11 +14,9 @@ const OLD_REV: &str = "89abcdef0123456789abcdef0123456789abcdef";
 
 /// A registry of `n` instances, t3.large each.
 fn registry(env: &Env, n: usize) -> PathBuf {
-    let map: serde_json::Map<String, Value> =
-        (1..=n).map(|i| (format!("clawdinator-{i}"), testkit::fixtures::instance_json(i))).collect();
     let path = env.path("nix/instances.json");
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
-    std::fs::write(&path, serde_json::to_string_pretty(&map).unwrap()).unwrap();
+    testkit::fixtures::write_registry(&path, n).unwrap();
     path
 }
 
