@@ -1,12 +1,12 @@
 {
   description = "clawdinators: a NixOS flake to a self-bootstrapping fleet of EC2 hosts";
 
-  # flake.lock is created by the first `nix flake lock` on a machine with
-  # network and must then be committed (see README).
+  # The gateway's flake brings nixpkgs; flake.lock pins both (and what
+  # nix-openclaw brings), and every build and switch uses the lock as it is
+  # (--no-update-lock-file). Updating the pins: README.
   inputs = {
-    nixpkgs.url = "github:NixOS/nixpkgs/nixos-26.05";
     nix-openclaw.url = "github:openclaw/nix-openclaw";
-    nix-openclaw.inputs.nixpkgs.follows = "nixpkgs";
+    nixpkgs.follows = "nix-openclaw/nixpkgs";
   };
 
   outputs = { self, nixpkgs, nix-openclaw }:

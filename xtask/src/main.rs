@@ -13,6 +13,7 @@ mod ci_settings;
 mod docs;
 mod doctor;
 mod flags;
+mod flake_lock;
 mod lambda_smoke;
 mod layout;
 mod modgraph;

@@ -40,6 +40,7 @@ impl flags::Test {
             ("crate layout", outcome(crate::layout::check(&sh, &root))),
             ("docs", docs(&sh, &root)),
             ("nix parse", nix_parse(&sh, &root)),
+            ("flake lock", flake_lock(&sh, &root)),
             ("nix lib", nix_lib(&sh, &root)),
             ("nixos module", nix_module(&sh, &root)),
             ("deadnix", deadnix(&sh, &root)),
@@ -159,6 +160,14 @@ fn nix_parse(sh: &Shell, root: &Path) -> Outcome {
         }
     }
     Outcome::Passed(format!("{} file(s) parse", files.len()))
+}
+
+/// flake.lock pins every input of flake.nix, and the workflows keep it.
+fn flake_lock(sh: &Shell, root: &Path) -> Outcome {
+    if !have(sh, "nix-instantiate") {
+        return Outcome::Skipped("nix-instantiate is not installed (apt-get install nix-bin)".into());
+    }
+    outcome(crate::flake_lock::check(sh, root))
 }
 
 /// `deadnix --fail` over every `.nix` file; first on a file with an unused

@@ -203,9 +203,10 @@ pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
     let attr = format!(".#nixosConfigurations.{}.config.system.build.images.amazon", opts.host);
     let out_link = opts.out.join("result");
     // -L streams the build log; stdout is the store path.
-    let store_path = cmd!(sh, "nix build {attr} --print-out-paths --print-build-logs --out-link {out_link}")
-        .read()
-        .with_context(|| format!("nix build {attr} failed (see its output above)"))?;
+    let store_path =
+        cmd!(sh, "nix build {attr} --print-out-paths --print-build-logs --no-update-lock-file --out-link {out_link}")
+            .read()
+            .with_context(|| format!("nix build {attr} failed (see its output above)"))?;
     let store_path = store_path.lines().last().unwrap_or_default().trim().to_string();
     ensure!(!store_path.is_empty(), "nix build printed no output path");
     let info_path = Path::new(&store_path).join("nix-support/image-info.json");

@@ -169,7 +169,7 @@ fn tools(dir: &Path) -> (String, PathBuf) {
     write_script(
         &bin.join("nix"),
         &format!(
-            "#!/bin/sh\nif [ \"$1\" = develop ]; then shift; [ \"$1\" = --command ] && shift; exec \"$@\"; fi\n\
+            "#!/bin/sh\nif [ \"$1\" = develop ]; then while [ \"$1\" != --command ]; do shift; done; shift; exec \"$@\"; fi\n\
              if [ \"$1\" = flake ] && [ \"$2\" = check ]; then echo 'stand-in nix: flake check (cargo xtask test evaluates the flake)'; exit 0; fi\n\
              exec {} \"$@\"\n",
             image_nix.display()
