@@ -92,9 +92,9 @@ variable "github_repository" {
 }
 
 variable "github_refs" {
-  description = "Git refs whose workflows may assume the CI role."
+  description = "Git refs whose workflows may assume the CI role. None by default: a ref subject matches any job on that ref, even one a pushed workflow file adds; only the protected environment may."
   type        = list(string)
-  default     = ["refs/heads/main"]
+  default     = []
 
   validation {
     condition     = alltrue([for r in var.github_refs : startswith(r, "refs/")])
@@ -103,9 +103,9 @@ variable "github_refs" {
 }
 
 variable "github_environments" {
-  description = "GitHub environments whose jobs may assume the CI role."
+  description = "GitHub environments whose jobs may assume the CI role: `fleet`, protected (deployments from the default branch only, reviewers as you wish), holding the CLAWDINATOR_AGE_KEY secret."
   type        = list(string)
-  default     = []
+  default     = ["fleet"]
 }
 
 variable "create_github_oidc_provider" {

@@ -439,3 +439,45 @@ fn tofu_got_every_variable(env: &Env, context: &Context) {
         );
     }
 }
+
+/// The protected environment is the only way to the CI role and the age
+/// key: every job that can get an OIDC token or reads a secret runs in it,
+/// and the CI role's trust, rendered with OpenTofu's defaults, names only
+/// environment subjects (a ref subject matches a job a pushed branch adds).
+#[test]
+fn only_jobs_in_the_protected_environment_reach_the_ci_role_or_the_age_key() {
+    let root = testkit::repo_root();
+    let variables = std::fs::read_to_string(root.join("infra/opentofu/aws/variables.tf")).unwrap();
+    let default_of = |name: &str| {
+        let block = variables.split(&format!("variable \"{name}\"")).nth(1).unwrap();
+        let line = block.lines().find(|l| l.trim_start().starts_with("default")).unwrap();
+        serde_json::from_str::<Vec<String>>(line.split_once('=').unwrap().1.trim()).unwrap()
+    };
+    let (refs, environments) = (default_of("github_refs"), default_of("github_environments"));
+    assert!(refs.is_empty(), "the CI role trusts refs by default: {refs:?}");
+    assert_eq!(environments, ["fleet"]);
+    let subjects: Vec<String> =
+        environments.iter().map(|e| format!("repo:openclaw/clawdinators:environment:{e}")).collect();
+    let world = World::emulator("clawdinator-fleet");
+    let oidc = "arn:aws:iam::123456789012:oidc-provider/token.actions.githubusercontent.com".to_string();
+    let extra = [("github_oidc_arn", oidc), ("github_subjects", policies::json_list(&subjects))];
+    let trust = policies::document(&root, "ci-trust", &world, &extra).unwrap();
+    let allowed = &trust["Statement"][0]["Condition"]["StringEquals"]["token.actions.githubusercontent.com:sub"];
+    assert!(allowed.as_array().unwrap().iter().all(|s| s.as_str().unwrap().contains(":environment:")), "{allowed}");
+
+    let mut jobs = 0;
+    for entry in std::fs::read_dir(root.join(".github/workflows")).unwrap() {
+        let file = entry.unwrap().file_name().to_string_lossy().into_owned();
+        let workflow = load(&root, &file);
+        for (name, job) in workflow["jobs"].as_object().unwrap() {
+            let oidc = job["permissions"]["id-token"] == "write";
+            let secrets = job.to_string().contains("secrets.");
+            if oidc || secrets {
+                jobs += 1;
+                let environment = job["environment"].as_str().or(job["environment"]["name"].as_str());
+                assert_eq!(environment, Some("fleet"), "{file}: job {name} reaches AWS or a secret outside `fleet`");
+            }
+        }
+    }
+    assert!(jobs >= 4, "only {jobs} jobs reach AWS: the scan is broken");
+}
