@@ -19,6 +19,8 @@ use crate::registry::Registry;
 /// The host-side command, from the system the module installed; nothing
 /// but this fixed text reaches the host's shell.
 pub const HOST_COMMAND: &str = "/run/current-system/sw/bin/clawdinator host refresh-secrets --json";
+/// The SSM document that runs it (infra/opentofu/aws/ssm/refresh-secrets.json).
+pub const DOCUMENT: &str = "clawdinator-refresh-secrets";
 
 pub struct RefreshOptions {
     pub names: Vec<String>,
@@ -84,6 +86,8 @@ pub async fn refresh_secrets(
     }
     for host in &mut report.hosts {
         let run = HostRun {
+            document: DOCUMENT,
+            parameters: vec![],
             command: HOST_COMMAND.into(),
             comment: "clawdinator fleet refresh-secrets".into(),
             timeout: opts.timeout,

@@ -1,6 +1,6 @@
 //! `fleet switch REV [NAME]…`: the release lane. Each host, in registry
 //! order (the first alone, as the canary, then `--parallel` at a time),
-//! runs `clawdinator host switch REV` through SSM (`AWS-RunShellScript`):
+//! runs `clawdinator host switch REV` through SSM (the `clawdinator-switch` document):
 //! the host builds, activates, checks and rolls itself back on failure.
 //! The first failed host stops the lane; hosts not yet switched are left
 //! untouched. A switched instance is tagged with the revision.
@@ -17,11 +17,15 @@ use crate::cancel::{Cancel, Poll, Wait};
 use crate::output::Output;
 use crate::registry::Registry;
 
-/// The host-side command, from the system the module installed (the
-/// revision is checked to be 40 hex digits: nothing else reaches the shell).
+/// The host-side command, as the SSM document `clawdinator-switch`
+/// (infra/opentofu/aws/ssm/switch.json) runs it: SSM itself refuses a
+/// revision that is not 40 hex digits, so nothing else reaches the shell.
 pub fn host_command(rev: &str) -> String {
     format!("/run/current-system/sw/bin/clawdinator host switch {rev} --json")
 }
+
+/// The SSM document of the switch and its one parameter.
+pub const SWITCH_DOCUMENT: &str = "clawdinator-switch";
 
 pub struct SwitchOptions {
     pub rev: String,
@@ -130,8 +134,12 @@ pub async fn running_instance(aws: &Aws, name: &str) -> Result<(String, Option<S
     }
 }
 
-/// One fixed host command through SSM: what it runs, how long it may take.
+/// One fleet command on a host through its SSM document (fixed command,
+/// checked parameters): which, with what, how long it may take.
 pub struct HostRun<'a> {
+    pub document: &'static str,
+    pub parameters: Vec<(&'static str, String)>,
+    /// What the document runs, for messages.
     pub command: String,
     pub comment: String,
     pub timeout: Duration,
@@ -143,16 +151,11 @@ pub struct HostRun<'a> {
 /// Run a host command on one instance and wait for its end; its output on success.
 pub async fn run_on_host(aws: &Aws, name: &str, id: &str, run: &HostRun<'_>) -> Result<String> {
     let ssm = aws.ssm();
-    let sent = ssm
-        .send_command()
-        .document_name("AWS-RunShellScript")
-        .instance_ids(id)
-        .comment(&run.comment)
-        .parameters("commands", vec![run.command.clone()])
-        .timeout_seconds(600)
-        .send()
-        .await
-        .map_err(|e| aws::error("SSM SendCommand", id, e))?;
+    let mut send = ssm.send_command().document_name(run.document).instance_ids(id).comment(&run.comment);
+    for (name, value) in &run.parameters {
+        send = send.parameters(*name, vec![value.clone()]);
+    }
+    let sent = send.timeout_seconds(600).send().await.map_err(|e| aws::error("SSM SendCommand", id, e))?;
     let command_id =
         sent.command().and_then(|c| c.command_id()).context("SendCommand returned no command id")?.to_string();
     let wait = Wait {
@@ -202,6 +205,8 @@ async fn switch_host(
     out: &Output,
 ) -> Result<String> {
     let run = HostRun {
+        document: SWITCH_DOCUMENT,
+        parameters: vec![("revision", opts.rev.clone())],
         command: host_command(&opts.rev),
         comment: format!("clawdinator fleet switch {}", &opts.rev[..12]),
         timeout: opts.timeout,

@@ -24,13 +24,15 @@ pub struct Env {
     pub dir: tempfile::TempDir,
 }
 
-/// A fresh emulator with one bucket, and a scratch directory.
+/// A fresh emulator with one bucket and the fleet's SSM documents, and a scratch directory.
 pub async fn env() -> Env {
     let emulator = tokio::task::spawn_blocking(Emulator::start).await.unwrap().unwrap();
     let aws = Aws::load(&Settings::local(&emulator.endpoint())).await.unwrap();
     let bucket = "clawdinator-test".to_string();
     aws.s3().create_bucket().bucket(&bucket).send().await.unwrap();
-    Env { emulator, aws, bucket, dir: tempfile::tempdir().unwrap() }
+    let env = Env { emulator, aws, bucket, dir: tempfile::tempdir().unwrap() };
+    env.host_command_documents().await;
+    env
 }
 
 impl Env {
@@ -109,6 +111,20 @@ impl Env {
             .output()
             .expect("the emulator's python");
         assert!(out.status.success(), "the tofu backend: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// The fleet's SSM documents as OpenTofu creates them (ssm.tf): each
+    /// file `infra/opentofu/aws/ssm/NAME.json` as `clawdinator-NAME`.
+    pub async fn host_command_documents(&self) {
+        let dir = crate::repo_root().join("infra/opentofu/aws/ssm");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            let name = format!("clawdinator-{}", path.file_stem().unwrap().to_string_lossy());
+            let content = std::fs::read_to_string(&path).unwrap();
+            let document = self.aws.ssm().create_document().name(name).content(content);
+            let document = document.document_type(aws_sdk_ssm::types::DocumentType::Command);
+            document.document_format(aws_sdk_ssm::types::DocumentFormat::Json).send().await.unwrap();
+        }
     }
 
     pub async fn put(&self, key: &str, bytes: Vec<u8>) {

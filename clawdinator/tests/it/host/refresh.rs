@@ -114,14 +114,12 @@ async fn a_rotated_secret_reaches_a_running_host_and_the_old_value_is_gone() {
         .unwrap()
         .iter()
         .filter_map(|r| serde_json::from_str::<Value>(r["body"].as_str()?).ok())
-        .filter(|b| b["DocumentName"] == "AWS-RunShellScript")
+        .filter(|b| b["DocumentName"] == "clawdinator-refresh-secrets")
         .collect();
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0]["InstanceIds"], serde_json::json!([id]));
-    assert_eq!(
-        sent[0]["Parameters"]["commands"],
-        serde_json::json!(["/run/current-system/sw/bin/clawdinator host refresh-secrets --json"])
-    );
+    // The document takes no parameter: its one command is fixed (ssm/refresh-secrets.json).
+    assert!(sent[0]["Parameters"].as_object().is_none_or(|p| p.is_empty()), "{}", sent[0]);
 
     // What that command does on the host.
     let report = host_refresh(&env, &path);
