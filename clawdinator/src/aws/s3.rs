@@ -154,17 +154,30 @@ pub async fn get_bytes(
     max: u64,
     stall: Duration,
 ) -> Result<Option<Vec<u8>>> {
+    Ok(get_bytes_recorded(s3, bucket, key, max, stall).await?.map(|(bytes, _)| bytes))
+}
+
+/// [`get_bytes`], with the SHA-256 recorded on the object ("" when none):
+/// both from the one GET, so they describe the same version.
+pub async fn get_bytes_recorded(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    max: u64,
+    stall: Duration,
+) -> Result<Option<(Vec<u8>, String)>> {
     let u = url(bucket, key);
     let Some(out) = get_at_most(s3, bucket, key, max).await.map_err(|e| aws::error("S3 GetObject", &u, e))? else {
         return Ok(None);
     };
+    let recorded = out.metadata().and_then(|m| m.get(SHA256_META)).cloned().unwrap_or_default();
     let mut bytes = Vec::new();
     read_body(out.body, max, stall, &u, |chunk| {
         bytes.extend_from_slice(chunk);
         Ok(())
     })
     .await?;
-    Ok(Some(bytes))
+    Ok(Some((bytes, recorded)))
 }
 
 /// Stream an object of at most `max` bytes into a new file (0600); returns

@@ -102,11 +102,11 @@ pub async fn pull(aws: &Aws, sources: &Sources, bucket: &str) -> Result<StoreRep
     for name in needed(&registry, &spec) {
         let key = format!("{PREFIX}{name}");
         let url = s3::url(bucket, &key);
-        let Some(bytes) = s3::get_bytes(&s3, bucket, &key, MAX_FILE, Duration::from_secs(30)).await? else {
+        let got = s3::get_bytes_recorded(&s3, bucket, &key, MAX_FILE, Duration::from_secs(30)).await?;
+        let Some((bytes, stored)) = got else {
             problems.push(format!("{url} is missing (run `cargo xtask secrets push` where the age files are)"));
             continue;
         };
-        let stored = s3::head_sha256(&s3, bucket, &key).await?.unwrap_or_default();
         let sha = crate::digest::sha256_hex(&bytes);
         let file = sources.secrets_dir.join(&name);
         let check = if stored != sha {
