@@ -86,7 +86,8 @@ fn address(name: &str) -> String {
 
 /// The invocations a deploy runs, in order: init, one apply creating every
 /// registry instance EC2 lacks (`registry`, desired state, whatever the
-/// targets), then one replacing apply per existing target.
+/// targets), then one replacing apply per existing target; none at all
+/// when there is nothing to create or replace.
 pub fn plan(
     opts: &DeployOptions,
     ami: &str,
@@ -109,18 +110,22 @@ pub fn plan(
     let exists = |n: &String| live.iter().any(|i| i.name.as_ref() == Some(n));
     let missing: Vec<&String> = registry.iter().filter(|n| !exists(n)).collect();
     let existing: Vec<&String> = names.iter().filter(|n| exists(n)).collect();
-    let mut plan = vec![Invocation { args: init, instances: vec![], replace: false }];
+    let mut applies = Vec::new();
     if !missing.is_empty() {
         let mut args = apply.clone();
         args.extend(missing.iter().map(|n| format!("-target={}", address(n))));
-        plan.push(Invocation { args, instances: missing.iter().map(|n| n.to_string()).collect(), replace: false });
+        applies.push(Invocation { args, instances: missing.iter().map(|n| n.to_string()).collect(), replace: false });
     }
     for name in existing {
         let mut args = apply.clone();
         args.push(format!("-replace={}", address(name)));
-        plan.push(Invocation { args, instances: vec![name.clone()], replace: true });
+        applies.push(Invocation { args, instances: vec![name.clone()], replace: true });
     }
-    plan
+    // Nothing to create or replace: no tofu at all, not even init.
+    if applies.is_empty() {
+        return applies;
+    }
+    std::iter::once(Invocation { args: init, instances: vec![], replace: false }).chain(applies).collect()
 }
 
 #[derive(Debug, Serialize)]
@@ -244,11 +249,7 @@ pub async fn deploy(
     let ami = image.image_id().context("the AMI has no id")?.to_string();
     let live = status::live_instances(aws).await?;
     let everyone: Vec<String> = registry.instances.keys().cloned().collect();
-    let mut plan = plan(opts, &ami, &everyone, &names, &live);
-    if plan.len() == 1 {
-        // Only `tofu init`: nothing to create or replace.
-        plan.clear();
-    }
+    let plan = plan(opts, &ami, &everyone, &names, &live);
     let mut report = DeployReport { ami, dry_run: opts.dry_run, invocations: plan.clone(), deployed: vec![] };
     if opts.dry_run {
         return Ok(report);

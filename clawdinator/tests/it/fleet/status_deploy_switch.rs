@@ -350,6 +350,25 @@ async fn a_deploy_of_one_creates_the_registry_instances_ec2_lacks_first() {
     );
 }
 
+/// `--missing` creates only what EC2 lacks, replaces nothing, and once
+/// every instance exists runs no tofu at all (a re-run does nothing).
+#[tokio::test(flavor = "multi_thread")]
+async fn missing_creates_only_what_ec2_lacks_and_then_runs_nothing() {
+    let env = env().await;
+    registry(&env, 2);
+    let ami = fleet_ami(&env, "fleet-1").await;
+    let first = instance(&env, "clawdinator-1", &ami, "t3.large", None).await;
+    let (out, calls) = deploy(&env, &["--missing"], &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let applies: Vec<Vec<String>> = calls.iter().skip(1).map(|c| args_of(c)[5..].to_vec()).collect();
+    assert_eq!(applies, [vec!["-target=aws_instance.clawdinator[\"clawdinator-2\"]".to_string()]]);
+    assert_eq!(live_ids(&env, "clawdinator-1").await, [first], "--missing replaced an instance");
+    let (again, calls) = deploy(&env, &["--missing"], &[]);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert!(calls.is_empty(), "tofu ran with nothing to create: {calls:?}");
+    assert_eq!(json_of(&again)["invocations"], json!([]));
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_roll_stops_at_the_first_unhealthy_instance_and_a_rerun_after_the_fix_completes_it() {
     let env = env().await;
