@@ -77,6 +77,21 @@ pub fn sample_fleet(root: &Path, count: usize, value: impl Fn(&str) -> String) -
     sample_fleet_for(root, &registry, value)
 }
 
+/// The command-line flags that name `sources` (`--instances`, `--spec`,
+/// `--secrets-dir`, `--age-key`), the inverse of `Sources::from_flags`.
+pub fn source_args(sources: &Sources) -> Vec<String> {
+    let s = |p: &Path| p.display().to_string();
+    [
+        ("--instances", &sources.registry),
+        ("--spec", &sources.spec),
+        ("--secrets-dir", &sources.secrets_dir),
+        ("--age-key", &sources.age_key),
+    ]
+    .into_iter()
+    .flat_map(|(flag, path)| [flag.to_string(), s(path)])
+    .collect()
+}
+
 /// Throwaway secrets for the instances of an existing registry: a new
 /// identity, every common secret and each instance's token, and a small
 /// prepared seeds directory.

@@ -11,7 +11,7 @@
 //! emulator, its account and the test's bucket.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
@@ -135,18 +135,6 @@ pub fn document(root: &Path, name: &str, world: &World, extra: &[(&'static str, 
     values.extend(extra.iter().cloned());
     let text = render(&template, &values).with_context(|| path.display().to_string())?;
     serde_json::from_str(&text).with_context(|| format!("{} does not render to JSON", path.display()))
-}
-
-/// Every template of the tree.
-pub fn templates(root: &Path) -> Result<Vec<PathBuf>> {
-    let dir = root.join(DIR);
-    let mut found: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| format!("cannot read {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.to_string_lossy().ends_with(".json.tftpl"))
-        .collect();
-    found.sort();
-    Ok(found)
 }
 
 /// Who makes a call: its ARN, the identity policies OpenTofu attaches to

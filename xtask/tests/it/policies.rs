@@ -103,8 +103,11 @@ fn denied(decisions: &[Decision]) -> Vec<String> {
 }
 
 /// The CI role's inputs: a sample fleet's secrets, one seed repository and
-/// the stand-in nix; returns the pipeline's arguments and environment.
-fn ci_inputs(env: &Env, reg: &Path) -> (Vec<String>, Vec<(&'static str, PathBuf)>) {
+/// the stand-in nix; returns the pipeline's arguments, the flags naming the
+/// fleet's sources (which begin them) and the environment.
+type CiInputs = (Vec<String>, Vec<String>, Vec<(&'static str, PathBuf)>);
+
+fn ci_inputs(env: &Env, reg: &Path) -> CiInputs {
     let dir = env.path("ci");
     std::fs::create_dir_all(&dir).unwrap();
     let fleet = testkit::fixtures::sample_fleet_for(&dir, reg, |n| format!("value of {n}")).unwrap();
@@ -112,35 +115,30 @@ fn ci_inputs(env: &Env, reg: &Path) -> (Vec<String>, Vec<(&'static str, PathBuf)
     std::fs::write(dir.join("repos.tsv"), format!("seed\t{url}\tmain\n")).unwrap();
     let (path, kvm) = testkit::env::stand_in_nix(&dir);
     let s = |p: &Path| p.to_str().unwrap().to_string();
-    let args = [
-        "--bucket",
-        &env.bucket,
-        "--instances",
-        &s(reg),
-        "--spec",
-        &s(&fleet.sources.spec),
-        "--secrets-dir",
-        &s(&fleet.sources.secrets_dir),
-        "--age-key",
-        &s(&fleet.sources.age_key),
-        "--list",
-        &s(&dir.join("repos.tsv")),
-        "--repo-seeds",
-        &s(&dir.join("repo-seeds")),
-        "--flake",
-        &s(&dir.join("flake")),
-        "--out",
-        &s(&dir.join("dist")),
-    ]
-    .map(String::from)
-    .to_vec();
+    let sources = testkit::fixtures::source_args(&fleet.sources);
+    let mut args = sources.clone();
+    args.extend(
+        [
+            "--bucket",
+            &env.bucket,
+            "--list",
+            &s(&dir.join("repos.tsv")),
+            "--repo-seeds",
+            &s(&dir.join("repo-seeds")),
+            "--flake",
+            &s(&dir.join("flake")),
+            "--out",
+            &s(&dir.join("dist")),
+        ]
+        .map(String::from),
+    );
     let vars = vec![
         ("PATH", PathBuf::from(path)),
         ("FAKE_STORE", dir.join("store")),
         ("FAKE_FEATURES", PathBuf::from("nix-command flakes")),
         ("CLAWDINATOR_KVM_DEVICE", kvm),
     ];
-    (args, vars)
+    (args, sources, vars)
 }
 
 /// The CI role runs the whole image pipeline, publishes both ways, prunes,
@@ -157,9 +155,9 @@ async fn the_ci_role_may_make_every_call_of_the_pipeline_and_the_fleet_commands(
         World { instance_security_group: group.unwrap().group_id().unwrap().into(), ..World::emulator(&env.bucket) };
     start_log(&env);
 
-    let (args, vars) = ci_inputs(&env, &reg);
+    let (args, sources, vars) = ci_inputs(&env, &reg);
     // An operator pushed the age files; CI pulls them first.
-    let fleet_args: Vec<&str> = args[2..10].iter().map(String::as_str).collect();
+    let fleet_args: Vec<&str> = sources.iter().map(String::as_str).collect();
     let store =
         |verb, key| xtask_as(&env, key, &[&["secrets", verb, "--bucket", &env.bucket][..], &fleet_args].concat(), &[]);
     ok("secrets push", &store("push", "testing"));
@@ -296,16 +294,7 @@ async fn an_instance_role_reads_its_own_bundle_and_secrets_and_nothing_of_anothe
     let fleet = testkit::fixtures::sample_fleet_for(&env.path("src"), &reg, testkit::env::canary_value);
     let fleet = fleet.unwrap();
     let s = |p: &Path| p.to_str().unwrap().to_string();
-    let sources = [
-        "--instances".to_string(),
-        s(&reg),
-        "--spec".into(),
-        s(&fleet.sources.spec),
-        "--secrets-dir".into(),
-        s(&fleet.sources.secrets_dir),
-        "--age-key".into(),
-        s(&fleet.sources.age_key),
-    ];
+    let sources = testkit::fixtures::source_args(&fleet.sources);
     let sources: Vec<&str> = sources.iter().map(String::as_str).collect();
     let seeds = s(&fleet.seeds_dir);
     let upload =

@@ -193,26 +193,16 @@ async fn operator_setup(env: &Env, checkout: &Path, scratch: &Path) -> (String, 
     let dir = &fleet.sources.secrets_dir;
     testkit::fixtures::write_secret(dir, "clawdinator-github-app.pem", private_pem.as_bytes(), &fleet.recipient)
         .unwrap();
-    let s = fleet.sources.clone();
-    let admin = |args: &[&str]| {
-        let out = env
-            .cli(env!("CARGO_BIN_EXE_xtask"))
-            .args(args)
-            .args(["--instances"])
-            .arg(&s.registry)
-            .arg("--spec")
-            .arg(&s.spec)
-            .arg("--secrets-dir")
-            .arg(&s.secrets_dir)
-            .arg("--age-key")
-            .arg(&s.age_key)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    };
-    admin(&["secrets", "push", "--bucket", &env.bucket]);
-    admin(&["secrets", "seed", "--all"]);
-    (std::fs::read_to_string(&s.age_key).unwrap(), fleet)
+    operator(env, &fleet, &["secrets", "push", "--bucket", &env.bucket]);
+    operator(env, &fleet, &["secrets", "seed", "--all"]);
+    (std::fs::read_to_string(&fleet.sources.age_key).unwrap(), fleet)
+}
+
+/// `cargo xtask ARGS` as the operator (the test's own key), on the fleet's sources.
+fn operator(env: &Env, fleet: &testkit::fixtures::SampleFleet, args: &[&str]) {
+    let sources = testkit::fixtures::source_args(&fleet.sources);
+    let out = env.cli(env!("CARGO_BIN_EXE_xtask")).args(args).args(&sources).output().unwrap();
+    assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 /// The operator's side of adding an instance: the registry entry (committed
@@ -225,20 +215,9 @@ fn add_instance(env: &Env, checkout: &Path, fleet: &testkit::fixtures::SampleFle
     let token = format!("clawdinator-discord-token-{n}");
     testkit::fixtures::write_secret(&fleet.sources.secrets_dir, &token, b"a new bot's token", &fleet.recipient)
         .unwrap();
-    let s = &fleet.sources;
-    let out = env
-        .cli(env!("CARGO_BIN_EXE_xtask"))
-        .args(["secrets", "push", "--bucket", &env.bucket, "--instances"])
-        .arg(&path)
-        .arg("--spec")
-        .arg(&s.spec)
-        .arg("--secrets-dir")
-        .arg(&s.secrets_dir)
-        .arg("--age-key")
-        .arg(&s.age_key)
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "secrets push: {}", String::from_utf8_lossy(&out.stderr));
+    // The fleet's sources name this very registry (the checkout's).
+    assert_eq!(fleet.sources.registry, path);
+    operator(env, fleet, &["secrets", "push", "--bucket", &env.bucket]);
 }
 
 /// Two running fleet hosts of the checkout's registry, on a fleet AMI: its id.

@@ -80,16 +80,7 @@ async fn no_secret_reaches_any_output() {
     let key_text = std::fs::read_to_string(&fleet.sources.age_key).unwrap();
     let key_line = key_text.lines().find(|l| l.starts_with("AGE-SECRET-KEY-")).unwrap().to_string();
     let s = |p: &std::path::Path| p.to_str().unwrap().to_string();
-    let sources = [
-        "--instances".to_string(),
-        s(&fleet.sources.registry),
-        "--spec".into(),
-        s(&fleet.sources.spec),
-        "--secrets-dir".into(),
-        s(&fleet.sources.secrets_dir),
-        "--age-key".into(),
-        s(&fleet.sources.age_key),
-    ];
+    let sources = fixtures::source_args(&fleet.sources);
     let mut runs = Vec::new();
 
     let mut args = vec!["secrets".to_string(), "check".into()];
