@@ -3,7 +3,7 @@
 //! (blocks as lists of objects, expressions as `${…}` strings); a syntax
 //! error comes back with the file, line and column.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -60,4 +60,62 @@ pub fn parse(root: &Path, files: &[PathBuf]) -> Result<Parsed> {
         }
     }
     Ok(parsed)
+}
+
+/// The object literal after `start` (which is at a `{`): its text between the braces.
+fn object_at(text: &str, start: usize) -> Option<&str> {
+    let mut depth = 0usize;
+    for (i, b) in text.bytes().enumerate().skip(start) {
+        match b {
+            b'{' => depth += 1,
+            b'}' => {
+                depth -= 1;
+                if depth == 0 {
+                    return Some(&text[start + 1..i]);
+                }
+            }
+            _ => {}
+        }
+    }
+    None
+}
+
+/// The top-level keys of an object literal's body (`key = value` lines at depth 0).
+fn object_keys(body: &str) -> BTreeSet<String> {
+    let mut keys = BTreeSet::new();
+    let mut depth = 0i32;
+    for line in body.lines() {
+        if depth == 0 {
+            if let Some((key, _)) = line.split_once('=') {
+                let key = key.trim();
+                if !key.is_empty() && key.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+                    keys.insert(key.to_string());
+                }
+            }
+        }
+        for b in line.bytes() {
+            match b {
+                b'{' | b'[' | b'(' => depth += 1,
+                b'}' | b']' | b')' => depth -= 1,
+                _ => {}
+            }
+        }
+    }
+    keys
+}
+
+/// Each `templatefile("${path.module}/…", {…})` in `text`, in order: the
+/// template's path (below the module) and the keys of the object it is passed.
+pub fn templatefile_calls(text: &str) -> Vec<(String, BTreeSet<String>)> {
+    const CALL: &str = "templatefile(\"${path.module}/";
+    let mut calls = Vec::new();
+    for (at, _) in text.match_indices(CALL) {
+        let rest = &text[at + CALL.len()..];
+        let Some((path, after)) = rest.split_once('"') else { continue };
+        let offset = at + CALL.len() + path.len() + 1;
+        let Some(brace) = after.find('{') else { continue };
+        let keys = object_at(text, offset + brace).map(object_keys).unwrap_or_default();
+        calls.push((path.to_string(), keys));
+    }
+    calls
 }

@@ -101,25 +101,12 @@ fn check_registry(root: &Path, dir: &Path, module: &Module, findings: &mut Vec<F
     Ok(())
 }
 
-/// The keys of the object literal `templatefile` gets, and the template's path.
-fn templatefile_call(user_data: &str) -> Option<(String, BTreeSet<String>)> {
-    let call = user_data.split_once("templatefile(\"${path.module}/")?.1;
-    let (path, rest) = call.split_once('"')?;
-    let object = rest.split_once('{')?.1.rsplit_once('}')?.0;
-    let keys = object
-        .lines()
-        .filter_map(|l| l.split_once('=').map(|(k, _)| k.trim().to_string()))
-        .filter(|k| !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'))
-        .collect();
-    Some((path.to_string(), keys))
-}
-
 /// The template's variables are what main passes; rendered for the
 /// registry's first instance, it passes shellcheck.
 fn check_user_data(root: &Path, dir: &Path, module: &Module, findings: &mut Vec<Finding>) -> Result<()> {
     let mut fail = |m: String| findings.push(Finding::new("user data", m));
     let user_data = module.item("aws_instance", "clawdinator").and_then(|i| i.body["user_data"].as_str()).unwrap_or("");
-    let Some((path, passed)) = templatefile_call(user_data) else {
+    let Some((path, passed)) = hcl::templatefile_calls(user_data).into_iter().next() else {
         fail("aws_instance.clawdinator.user_data must be templatefile(\"${path.module}/…\", { … })".into());
         return Ok(());
     };
@@ -275,17 +262,6 @@ pub fn regenerate(root: &Path) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_templatefile_call_gives_its_path_and_keys() {
-        let (path, keys) = templatefile_call(
-            "${templatefile(\"${path.module}/user-data.sh.tftpl\", {\n    instance_name = each.key\n    bucket        = aws_s3_bucket.fleet.id\n  })}",
-        )
-        .unwrap();
-        assert_eq!(path, "user-data.sh.tftpl");
-        assert_eq!(keys, BTreeSet::from(["instance_name".to_string(), "bucket".to_string()]));
-        assert!(templatefile_call("${file(\"x\")}").is_none());
-    }
 
     #[test]
     fn a_skip_without_a_reason_is_a_finding() {
