@@ -211,13 +211,13 @@ fn ec2_arn(world: &World, id: &str) -> Result<String> {
     })
 }
 
-/// The tags of a form's `Tag.N.Key`/`Tag.N.Value` (CreateTags) or of one
-/// `TagSpecification.N.Tag.M…` group.
-fn form_tags(form: &Value, prefix: &str) -> Vec<(String, String)> {
+/// The tags of a query-protocol form, numbered below `list`: `Tag.` (EC2
+/// CreateTags), `TagSpecification.N.Tag.` (one launch group), `Tags.member.` (IAM).
+fn form_tags(form: &Value, list: &str) -> Vec<(String, String)> {
     (1..)
         .map_while(|n| {
-            let key = form[format!("{prefix}Tag.{n}.Key")].as_str()?;
-            Some((key.to_string(), form[format!("{prefix}Tag.{n}.Value")].as_str().unwrap_or("").to_string()))
+            let key = form[format!("{list}{n}.Key")].as_str()?;
+            Some((key.to_string(), form[format!("{list}{n}.Value")].as_str().unwrap_or("").to_string()))
         })
         .collect()
 }
@@ -250,7 +250,7 @@ fn ec2(call: &Value, operation: &str, world: &World, facts: &Facts) -> Result<Ve
         ],
         "CancelImportTask" => vec![(action, ec2_arn(world, &get("ImportTaskId"))?, none())],
         "CreateTags" => {
-            let tags = tag_context(&form_tags(form, ""));
+            let tags = tag_context(&form_tags(form, "Tag."));
             members(form, "ResourceId")
                 .iter()
                 .map(|id| {
@@ -292,7 +292,7 @@ fn run_instances(form: &Value, world: &World, facts: &Facts) -> Result<Vec<Piece
     }
     for n in (1..).take_while(|n| form[format!("TagSpecification.{n}.ResourceType")].is_string()) {
         let kind = get(&format!("TagSpecification.{n}.ResourceType"));
-        let mut context = tag_context(&form_tags(form, &format!("TagSpecification.{n}.")));
+        let mut context = tag_context(&form_tags(form, &format!("TagSpecification.{n}.Tag.")));
         context.insert("ec2:CreateAction".into(), json!("RunInstances"));
         pieces.push(("ec2:CreateTags".into(), format!("arn:{p}:ec2:{r}:{a}:{kind}/*"), context));
     }
@@ -373,12 +373,7 @@ fn iam(call: &Value, operation: &str, world: &World, facts: &Facts) -> Result<Ve
         let known = facts.role_boundaries.get(role).filter(|b| !b.is_empty());
         known.map(|b| BTreeMap::from([("iam:PermissionsBoundary".to_string(), json!(b))])).unwrap_or_default()
     };
-    let tags: Vec<(String, String)> = (1..)
-        .map_while(|n| {
-            let key = form[format!("Tags.member.{n}.Key")].as_str()?;
-            Some((key.to_string(), form[format!("Tags.member.{n}.Value")].as_str().unwrap_or("").to_string()))
-        })
-        .collect();
+    let tags = form_tags(form, "Tags.member.");
     Ok(match operation {
         "CreateRole" => {
             let mut context = tag_context(&tags);
