@@ -1,10 +1,11 @@
 //! Files replaced whole: written to a temporary file beside the target with
 //! the mode (and owner) set before any byte, synced, then renamed over it.
 //! A reader sees the old file or the new one, never a part; plaintext never
-//! sits in a file readable by others, even for a moment.
+//! sits in a file readable by others, even for a moment. And what root
+//! acts on lies where only root (or the user running this) can change it.
 
 use std::io::Write;
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
@@ -81,6 +82,37 @@ pub fn private_workdir() -> Result<tempfile::TempDir> {
     let dir = tempfile::Builder::new().prefix("clawdinator-").tempdir()?;
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
     Ok(dir)
+}
+
+/// `path` and every directory above it belong to root or to us and are
+/// writable by no one else (sticky directories above `path` excepted).
+/// A path that does not exist yet is judged by the directory it would be made in.
+pub fn check_owned(path: &Path) -> Result<()> {
+    let existing = path.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
+    let real = std::fs::canonicalize(existing).with_context(|| format!("cannot resolve {}", existing.display()))?;
+    let me = unsafe { libc::geteuid() };
+    for (depth, dir) in real.ancestors().enumerate() {
+        let meta = std::fs::metadata(dir).with_context(|| format!("cannot stat {}", dir.display()))?;
+        let mode = meta.permissions().mode();
+        let sticky_above = depth > 0 && mode & 0o1000 != 0;
+        if meta.uid() != 0 && meta.uid() != me {
+            bail!(
+                "{} belongs to uid {}: root only runs what root owns (refused {})",
+                dir.display(),
+                meta.uid(),
+                path.display()
+            );
+        }
+        if mode & 0o022 != 0 && !sticky_above {
+            bail!(
+                "{} is writable by others (mode {:o}): root only runs what root owns (refused {})",
+                dir.display(),
+                mode & 0o7777,
+                path.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -116,6 +116,14 @@ let
       config = evaluate [{ services.clawdinator = { enable = true; gateway.enable = false; secretsSource = "secretsmanager"; firstSwitch.enable = true; }; }];
       says = [ "firstSwitch.enable" "bootstrap.enable = true" ];
     };
+    "agents' state containing root's" = {
+      config = evaluate [{ services.clawdinator = { enable = true; bootstrap.enable = true; discordTokenFile = "/run/agenix/t"; stateDir = "/var/lib"; }; }];
+      says = [ "stateDir" "/var/lib/clawdinator" ];
+    };
+    "bundle links in the agents' state" = {
+      config = evaluate [{ services.clawdinator = { enable = true; bootstrap.enable = true; discordTokenFile = "/run/agenix/t"; bootstrap.ageKeyPath = "/var/lib/clawd/key"; }; }];
+      says = [ "ageKeyPath" "/var/lib/clawdinator" ];
+    };
     "SSH without keys" = {
       config = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { services.clawdinator.ssh.enable = true; } ];
       says = [ "ssh.enable" "authorizedKeys" ];
@@ -128,7 +136,7 @@ let
   has = haystack: needle: lib.hasInfix needle haystack;
   services = config: config.systemd.services;
   svc = config: name: (services config).${name} or null;
-  exec = config: name: (svc config name).serviceConfig.ExecStart or "";
+  exec = config: name: lib.concatStringsSep "\n" (lib.toList ((svc config name).serviceConfig.ExecStart or ""));
   ordered = config: name: before: builtins.elem before (svc config name).after;
   needs = config: name: dep: builtins.elem dep (svc config name).requires;
 
@@ -149,15 +157,21 @@ let
       (expect "clawdinator-bootstrap runs `bootstrap fetch` with this instance's prefix from the registry and the rest from /etc/clawdinator"
         (let e = exec c "clawdinator-bootstrap"; in
           has e "${bin} bootstrap fetch" && has e "--prefix bootstrap/${firstName}" && has e "--bucket-file /etc/clawdinator/bucket"
-          && has e "--region-file /etc/clawdinator/region" && has e "--state-dir /var/lib/clawd/bootstrap"))
+          && has e "--region-file /etc/clawdinator/region" && has e "--state-dir /var/lib/clawdinator/bootstrap"
+          && has e "--secrets-dir /var/lib/clawdinator/nix-secrets" && has e "--age-key-path /var/lib/clawdinator/clawdinator.agekey"))
+      (expect "what root acts on is in /var/lib/clawdinator, 0700 root, outside every directory the agents write"
+        (builtins.elem "d /var/lib/clawdinator 0700 root root - -" c.systemd.tmpfiles.rules
+          && builtins.elem "d /var/lib/clawdinator/deploy 0700 root root - -" c.systemd.tmpfiles.rules
+          && !(lib.hasPrefix "/var/lib/clawdinator/" c.services.clawdinator.stateDir)))
       (expect "clawdinator-bootstrap waits for the network and for user data (amazon-init)"
         (ordered c "clawdinator-bootstrap" "network-online.target" && ordered c "clawdinator-bootstrap" "amazon-init.service"))
       (expect "clawdinator-secrets (bundle) decrypts the bundle into /run/agenix for the service user, after and requiring bootstrap"
         (let e = exec c "clawdinator-secrets"; in
           has e "${bin} secrets install" && has e "--dest /run/agenix" && has e "--owner clawdinator"
           && ordered c "clawdinator-secrets" "clawdinator-bootstrap.service" && needs c "clawdinator-secrets" "clawdinator-bootstrap.service"))
-      (expect "clawdinator-repo-seed installs seeds into /var/lib/clawd/repos after bootstrap"
-        (has (exec c "clawdinator-repo-seed") "bootstrap seeds install --from /var/lib/clawd/repo-seeds --dest /var/lib/clawd/repos"
+      (expect "clawdinator-repo-seed installs seeds into /var/lib/clawd/repos for the agents and root's own deploy copy, after bootstrap"
+        (has (exec c "clawdinator-repo-seed") "bootstrap seeds install --from /var/lib/clawdinator/repo-seeds --dest /var/lib/clawd/repos"
+          && has (exec c "clawdinator-repo-seed") "bootstrap seeds install --from /var/lib/clawdinator/repo-seeds --dest /var/lib/clawdinator/deploy --only clawdinators"
           && needs c "clawdinator-repo-seed" "clawdinator-bootstrap.service"))
       (expect "clawdinator-efs-stunnel writes its config from /etc/clawdinator/efs-id, then runs stunnel, as a dynamic user"
         (let u = (svc c "clawdinator-efs-stunnel").serviceConfig; in
@@ -197,8 +211,8 @@ let
     (let c = cases.image; in lib.concatLists [
       (expect "image: clawdinator-first-switch runs once (never with a recorded deployment), after the repository copy arrived"
         (let u = svc c "clawdinator-first-switch"; in
-          u != null && u.unitConfig.ConditionPathExists == "!/var/lib/clawd/deployment.json"
-          && has u.serviceConfig.ExecStart "host first-switch --flake /var/lib/clawd/repos/clawdinators"
+          u != null && u.unitConfig.ConditionPathExists == "!/var/lib/clawdinator/deployment.json"
+          && has u.serviceConfig.ExecStart "host first-switch --flake /var/lib/clawdinator/deploy/clawdinators --record /var/lib/clawdinator/deployment.json"
           && has u.serviceConfig.ExecStart "--instance-file /etc/clawdinator/instance-name"
           && builtins.elem "clawdinator-repo-seed.service" u.requires))
       (expect "image: no gateway, no GitHub token before the instance knows who it is"

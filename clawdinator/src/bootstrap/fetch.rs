@@ -348,6 +348,10 @@ fn already_done(opts: &FetchOptions, prefix: String) -> Result<FetchReport> {
 }
 
 pub async fn fetch(aws: &Aws, opts: &FetchOptions) -> Result<FetchReport> {
+    // Root follows these links later: no one else may be able to swap them.
+    for place in [&opts.state_dir, &opts.secrets_dir, &opts.seeds_dir, &opts.age_key_path] {
+        crate::atomic::check_owned(place.parent().unwrap_or(place))?;
+    }
     let prefix = effective_prefix(opts)?;
     if let Some(why) = registry::prefix_error(&prefix) {
         bail!("bootstrap prefix {prefix:?} {why}");

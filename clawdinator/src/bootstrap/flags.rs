@@ -62,7 +62,7 @@ pub struct BootstrapFetchArgs {
     #[arg(long, default_value = "/etc/clawdinator/bootstrap-prefix")]
     pub prefix_file: PathBuf,
     /// Where the bundle's generations live; the three paths above become links into it.
-    #[arg(long, default_value = "/var/lib/clawd/bootstrap")]
+    #[arg(long, default_value = "/var/lib/clawdinator/bootstrap")]
     pub state_dir: PathBuf,
 }
 
@@ -77,11 +77,14 @@ pub enum SeedsCmd {
 #[derive(Debug, Args)]
 pub struct SeedsInstallArgs {
     /// The fetched seeds (see `bootstrap fetch --repo-seeds-dir`).
-    #[arg(long, default_value = "/var/lib/clawd/repo-seeds")]
+    #[arg(long, default_value = "/var/lib/clawdinator/repo-seeds")]
     pub from: PathBuf,
     /// The agents' working clones.
     #[arg(long, default_value = "/var/lib/clawd/repos")]
     pub dest: PathBuf,
+    /// Install only this seed (repeatable; default: every seed).
+    #[arg(long, value_name = "NAME")]
+    pub only: Vec<String>,
     #[command(flatten)]
     pub owner: FileOwner,
 }

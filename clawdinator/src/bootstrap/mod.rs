@@ -114,7 +114,7 @@ fn seeds(ctx: &Ctx, cmd: SeedsCmd) -> Result<()> {
     match cmd {
         SeedsCmd::Install(args) => {
             let owner = crate::atomic::Owner::named(args.owner.owner.as_deref(), args.owner.group.as_deref())?;
-            ctx.out.emit(&seeds::install(&args.from, &args.dest, owner)?)
+            ctx.out.emit(&seeds::install(&args.from, &args.dest, &args.only, owner)?)
         }
         SeedsCmd::Prepare(args) => {
             let opts = seeds::PrepareOptions {

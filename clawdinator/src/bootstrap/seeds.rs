@@ -376,9 +376,17 @@ fn copy_tree(from: &Path, to: &Path, owner: crate::atomic::Owner) -> Result<()> 
 /// Host side: every repository of the fetched seeds that `dest` lacks is
 /// copied in (beside its target, then renamed into place); one that exists
 /// is the agents' working clone and is never touched, nor is anything the
-/// seeds no longer list.
-pub fn install(from: &Path, dest: &Path, owner: crate::atomic::Owner) -> Result<InstallReport> {
-    let records = load_records(from)?;
+/// seeds no longer list. `only`, when not empty, names the seeds wanted
+/// (root's deploy copy takes just the fleet's own repository).
+pub fn install(from: &Path, dest: &Path, only: &[String], owner: crate::atomic::Owner) -> Result<InstallReport> {
+    let mut records = load_records(from)?;
+    if let Some(missing) = only.iter().find(|name| !records.iter().any(|r| &&r.name == name)) {
+        bail!(
+            "{} lists no seed {missing:?}: add it to clawdinator/repos.tsv and upload the bundles again",
+            from.display()
+        );
+    }
+    records.retain(|r| only.is_empty() || only.contains(&r.name));
     std::fs::create_dir_all(dest).with_context(|| format!("cannot create {}", dest.display()))?;
     let mut report = InstallReport { dest: dest.display().to_string(), installed: vec![], kept: vec![] };
     for record in records {

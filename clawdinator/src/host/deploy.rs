@@ -9,9 +9,10 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
+use super::repo::DeployCopy;
 use crate::registry::Registry;
 
 /// What the host is running, as the last deployment left it.
@@ -46,10 +47,21 @@ pub fn write_record(path: &Path, deployment: &Deployment) -> Result<()> {
 /// What a switch on the host works with (first switch and self-update alike).
 pub struct SwitchOptions {
     pub instance: String,
-    /// The repository copy (a flake with `nix/instances.json`).
+    /// The deploy copy: root's clone of the fleet's flake (see [`super::repo`]).
     pub flake: PathBuf,
+    /// The only URL the copy fetches, and its branch.
+    pub url: String,
+    pub branch: String,
     pub record: PathBuf,
     pub dry_run: bool,
+}
+
+impl SwitchOptions {
+    /// The deploy copy, once it and the record's place are root's alone.
+    pub fn open(&self) -> Result<DeployCopy> {
+        crate::atomic::check_owned(&self.record)?;
+        DeployCopy::open(&self.flake, &self.url, &self.branch)
+    }
 }
 
 /// What a switch on this host did (first switch, self-update, host switch).
@@ -95,55 +107,48 @@ pub fn first_switch(opts: &SwitchOptions) -> Result<FirstSwitchReport> {
         return Ok(FirstSwitchReport { outcome: Outcome::AlreadyDeployed, deployment, command: vec![] });
     }
     let sh = xshell::Shell::new()?;
-    check_flake(&opts.flake, &opts.instance)?;
+    let copy = opts.open()?;
+    let revision = copy.head(&sh)?;
+    check_flake(&sh, &copy, &revision, &opts.instance)?;
+    let command = rebuild_command(&copy, &revision, &opts.instance);
     let deployment = Deployment {
         instance: opts.instance.clone(),
-        revision: revision(&sh, &opts.flake)?,
+        revision,
         source: "first-boot".into(),
         at: crate::clock::unix_seconds(),
     };
-    let command = rebuild_command(&opts.flake, &opts.instance);
     if opts.dry_run {
         return Ok(FirstSwitchReport { outcome: Outcome::WouldSwitch, deployment, command });
     }
-    switch(&sh, &opts.flake, &opts.instance)
-        .context("the first switch failed; the host stays on the image's configuration")?;
+    switch(&sh, &command).context("the first switch failed; the host stays on the image's configuration")?;
     write_record(&opts.record, &deployment)?;
     Ok(FirstSwitchReport { outcome: Outcome::Switched, deployment, command })
 }
 
-/// The repository copy is a flake whose registry names the instance.
-fn check_flake(flake: &Path, instance: &str) -> Result<()> {
-    ensure!(
-        flake.join("flake.nix").is_file(),
-        "{} has no flake.nix: the repository copy did not arrive (see clawdinator-repo-seed.service)",
-        flake.display()
-    );
-    let registry = Registry::load(&flake.join("nix/instances.json"))?;
+/// The revision is a flake whose registry names the instance.
+fn check_flake(sh: &xshell::Shell, copy: &DeployCopy, rev: &str, instance: &str) -> Result<()> {
+    copy.read_at(sh, rev, "flake.nix").with_context(|| {
+        format!(
+            "{} has no flake at {rev}: the repository copy did not arrive (see clawdinator-repo-seed.service)",
+            copy.dir.display()
+        )
+    })?;
+    let registry =
+        Registry::parse(&copy.read_at(sh, rev, "nix/instances.json")?, &format!("{rev}:nix/instances.json"))?;
     registry.select(&[instance.to_string()])?;
     Ok(())
 }
 
-fn revision(sh: &xshell::Shell, flake: &Path) -> Result<String> {
-    xshell::cmd!(sh, "git -C {flake} rev-parse HEAD")
-        .quiet()
-        .read()
-        .with_context(|| format!("{} is not a git clone: cannot tell which revision it is", flake.display()))
+/// `nixos-rebuild switch` of the instance at exactly REV of the deploy copy,
+/// with the committed lock (never an input's newer branch head).
+fn rebuild_command(copy: &DeployCopy, rev: &str, instance: &str) -> Vec<String> {
+    let target = format!("git+file://{}?rev={rev}#{instance}", copy.dir.display());
+    ["nixos-rebuild", "switch", "--no-update-lock-file", "--flake", &target].map(str::to_string).to_vec()
 }
 
-fn rebuild_command(flake: &Path, instance: &str) -> Vec<String> {
-    ["nixos-rebuild", "switch", "--flake"]
-        .map(str::to_string)
-        .into_iter()
-        .chain([format!("{}#{instance}", flake.display())])
-        .collect()
-}
-
-/// `nixos-rebuild switch --flake <flake>#<instance>`.
-fn switch(sh: &xshell::Shell, flake: &Path, instance: &str) -> Result<()> {
-    let target = format!("{}#{instance}", flake.display());
-    crate::process::run_on_stderr(xshell::cmd!(sh, "nixos-rebuild switch --flake {target}"))
-        .with_context(|| format!("switching to {target}"))
+fn switch(sh: &xshell::Shell, command: &[String]) -> Result<()> {
+    let (program, args) = command.split_first().context("an empty command")?;
+    crate::process::run_on_stderr(xshell::cmd!(sh, "{program} {args...}"))
 }
 
 #[derive(Debug, Serialize)]
@@ -169,20 +174,20 @@ impl std::fmt::Display for SelfUpdateReport {
 /// differs from the recorded one, record it. A failed switch records nothing.
 pub fn self_update(opts: &SwitchOptions) -> Result<SelfUpdateReport> {
     let sh = xshell::Shell::new()?;
-    let flake = &opts.flake;
-    check_flake(flake, &opts.instance)?;
+    let copy = opts.open()?;
     if !opts.dry_run {
-        crate::process::run_on_stderr(xshell::cmd!(sh, "git -C {flake} pull --ff-only"))
-            .with_context(|| format!("cannot fast-forward {}; nothing was switched", flake.display()))?;
+        copy.fetch(&sh).context("nothing was switched")?;
     }
+    let revision = copy.published_tip(&sh)?;
+    check_flake(&sh, &copy, &revision, &opts.instance)?;
     let previous = read_record(&opts.record)?.map(|d| d.revision);
-    let revision = revision(&sh, flake)?;
     let outcome = if previous.as_deref() == Some(revision.as_str()) {
         Outcome::UpToDate
     } else if opts.dry_run {
         Outcome::WouldSwitch
     } else {
-        switch(&sh, flake, &opts.instance).context("the update failed; the host stays as it was")?;
+        switch(&sh, &rebuild_command(&copy, &revision, &opts.instance))
+            .context("the update failed; the host stays as it was")?;
         let deployment = Deployment {
             instance: opts.instance.clone(),
             revision: revision.clone(),

@@ -85,11 +85,17 @@ pub struct Deployment {
     /// A file naming this host's instance, written at boot by its user data.
     #[arg(long, default_value = "/etc/clawdinator/instance-name")]
     pub instance_file: PathBuf,
-    /// The repository copy the host received in its bundle (a flake).
-    #[arg(long, default_value = "/var/lib/clawd/repos/clawdinators")]
+    /// The deploy copy: root's clone of the fleet's flake (seeded from the bundle), owned by root alone.
+    #[arg(long, default_value = "/var/lib/clawdinator/deploy/clawdinators")]
     pub flake: PathBuf,
+    /// The only URL the deploy copy fetches from (never a remote its config names).
+    #[arg(long, default_value = "https://github.com/openclaw/clawdinators")]
+    pub url: String,
+    /// The published branch: only revisions reachable from it are deployed.
+    #[arg(long, default_value = "main")]
+    pub branch: String,
     /// The deployment record: what the host runs (a first switch does nothing once it exists).
-    #[arg(long, default_value = "/var/lib/clawd/deployment.json")]
+    #[arg(long, default_value = "/var/lib/clawdinator/deployment.json")]
     pub record: PathBuf,
 }
 

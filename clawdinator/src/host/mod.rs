@@ -4,9 +4,9 @@
 //! Modules: [`flags`] (the command line), [`workspace`] (the agent
 //! workspace and cron store), `efs` (the TLS tunnel to EFS), `exec`
 //! (the gateway with secrets in its environment), [`deploy`] (first switch
-//! and self-update), `switch` (the release lane on this host), `refresh`
-//! (secrets again after a rotation) and
-//! [`github_sync`] (open pull requests and issues into shared memory).
+//! and self-update), `repo` (the deploy copy root builds from), `switch`
+//! (the release lane on this host), `refresh` (secrets again after a
+//! rotation) and [`github_sync`] (open pull requests and issues into shared memory).
 
 pub mod deploy;
 mod efs;
@@ -14,6 +14,7 @@ mod exec;
 pub mod flags;
 pub mod github_sync;
 mod refresh;
+mod repo;
 pub(crate) mod switch;
 pub mod workspace;
 
@@ -42,6 +43,8 @@ pub fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
                 instance: instance_name(d.instance, &d.instance_file)?,
                 rev: args.rev,
                 flake: d.flake,
+                url: d.url,
+                branch: d.branch,
                 record: d.record,
                 current_system: args.current_system,
                 profile: args.system_profile,
@@ -86,6 +89,8 @@ fn switch_options(args: SwitchArgs) -> Result<deploy::SwitchOptions> {
     Ok(deploy::SwitchOptions {
         instance: instance_name(d.instance, &d.instance_file)?,
         flake: d.flake,
+        url: d.url,
+        branch: d.branch,
         record: d.record,
         dry_run: args.dry_run,
     })

@@ -15,12 +15,15 @@ use serde::Serialize;
 use xshell::{cmd, Shell};
 
 use super::deploy::{self, Deployment, Outcome};
+use super::repo::DeployCopy;
 
 pub struct SwitchOptions {
     pub instance: String,
     pub rev: String,
-    /// The repository copy (a git clone of the fleet's flake).
+    /// The deploy copy (root's clone of the fleet's flake), its only URL and branch.
     pub flake: PathBuf,
+    pub url: String,
+    pub branch: String,
     pub record: PathBuf,
     /// `/run/current-system`.
     pub current_system: PathBuf,
@@ -90,11 +93,14 @@ pub fn switch(opts: &SwitchOptions) -> Result<SwitchReport> {
         report.outcome = Outcome::AlreadyRunning;
         return Ok(report);
     }
+    let sh = Shell::new()?;
+    let copy = DeployCopy::open(&opts.flake, &opts.url, &opts.branch)?;
+    crate::atomic::check_owned(&opts.record)?;
     if opts.dry_run {
         return Ok(report);
     }
-    let sh = Shell::new()?;
-    let new = build(&sh, opts).context("switch stopped at build; nothing was activated")?;
+    published(&sh, &copy, &opts.rev)?;
+    let new = build(&sh, &copy, opts).context("switch stopped at build; nothing was activated")?;
     let mut boot_changed = false;
     let result = activate_and_check(&sh, opts, &new, &mut boot_changed);
     if let Err(err) = result {
@@ -116,20 +122,24 @@ pub fn switch(opts: &SwitchOptions) -> Result<SwitchReport> {
     Ok(report)
 }
 
-/// Fetch REV into the repository copy and build this host's system from it.
-fn build(sh: &Shell, opts: &SwitchOptions) -> Result<PathBuf> {
-    let (flake, rev) = (&opts.flake, &opts.rev);
-    let commit = format!("{rev}^{{commit}}");
-    if cmd!(sh, "git -C {flake} cat-file -e {commit}").quiet().ignore_stderr().run().is_err() {
-        crate::process::run_on_stderr(cmd!(sh, "git -C {flake} fetch --quiet origin {rev}"))
-            .with_context(|| format!("cannot fetch {rev} into {}", flake.display()))?;
+/// REV is on the published branch: fetched now if the copy lacks it, a
+/// local commit refused either way.
+fn published(sh: &Shell, copy: &DeployCopy, rev: &str) -> Result<()> {
+    if copy.require_published(sh, rev).is_err() {
+        copy.fetch(sh).context("switch stopped before build; nothing changed")?;
     }
+    copy.require_published(sh, rev).context("switch refused; nothing changed")
+}
+
+/// Build this host's system at REV of the deploy copy, with the committed lock.
+fn build(sh: &Shell, copy: &DeployCopy, opts: &SwitchOptions) -> Result<PathBuf> {
     let installable = format!(
-        "git+file://{}?rev={rev}#nixosConfigurations.{}.config.system.build.toplevel",
-        flake.display(),
+        "git+file://{}?rev={}#nixosConfigurations.{}.config.system.build.toplevel",
+        copy.dir.display(),
+        opts.rev,
         opts.instance
     );
-    let out = cmd!(sh, "nix build --no-link --print-out-paths {installable}")
+    let out = cmd!(sh, "nix build --no-link --no-update-lock-file --print-out-paths {installable}")
         .read()
         .with_context(|| format!("nix build {installable}"))?;
     let path = PathBuf::from(out.lines().last().unwrap_or_default().trim());

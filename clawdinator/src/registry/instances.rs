@@ -54,7 +54,12 @@ impl Registry {
                 )]))
             }
         };
-        let (registry, problems) = check(path, &text);
+        Registry::parse(&text, &shown)
+    }
+
+    /// Validate registry text read from elsewhere (`shown` names where, e.g. `REV:nix/instances.json`).
+    pub fn parse(text: &str, shown: &str) -> Result<Registry, Problems> {
+        let (registry, problems) = check(Path::new(shown), text);
         match registry {
             Some(registry) if problems.is_empty() => Ok(registry),
             _ => Err(Problems(problems)),

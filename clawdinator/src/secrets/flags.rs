@@ -56,10 +56,10 @@ pub struct SecretsStoreArgs {
 #[derive(Debug, Args)]
 pub struct SecretsInstallArgs {
     /// The bundle's secrets directory (see `bootstrap fetch --secrets-dir`).
-    #[arg(long, default_value = "/var/lib/clawd/nix-secrets")]
+    #[arg(long, default_value = "/var/lib/clawdinator/nix-secrets")]
     pub from: PathBuf,
     /// The fleet's age identity (see `bootstrap fetch --age-key-path`).
-    #[arg(long, default_value = "/etc/agenix/keys/clawdinator.agekey")]
+    #[arg(long, default_value = "/var/lib/clawdinator/clawdinator.agekey")]
     pub identity: PathBuf,
     /// Where the secrets go (one file each, mode 0400).
     #[arg(long, default_value = "/run/agenix")]

@@ -5,7 +5,7 @@
 
 let
   h = import ./lib.nix { inherit config lib; };
-  inherit (h) cfg agenix runDir reposDir logDir nullOrStr runTime;
+  inherit (h) cfg agenix runDir reposDir logDir rootDir nullOrStr runTime;
   inherit (lib) escapeShellArg literalExpression mkEnableOption mkIf mkOption types;
 in
 {
@@ -24,7 +24,7 @@ in
       description = "This project's host binary, `clawdinator`: every unit's command (this flake's overlay provides it).";
     };
 
-    stateDir = mkOption { type = types.str; default = "/var/lib/clawd"; description = "The gateway's home: workspace, repositories, logs, bootstrap state."; };
+    stateDir = mkOption { type = types.str; default = "/var/lib/clawd"; description = "The gateway's home (the agents' own): workspace, repositories, logs. What root acts on is in ${rootDir}, never here."; };
 
     ssh = {
       enable = mkEnableOption "SSH (off: SSM Session Manager is the way in)";
@@ -37,6 +37,11 @@ in
       {
         assertion = !cfg.ssh.enable || cfg.ssh.authorizedKeys != [ ];
         message = "services.clawdinator.ssh.enable without ssh.authorizedKeys lets nobody in: add a key, or leave SSH off and use SSM Session Manager.";
+      }
+      {
+        # The agents' directories must not contain root's, nor be it.
+        assertion = lib.all (d: d != rootDir && !lib.hasPrefix "${d}/" rootDir && !lib.hasPrefix "${rootDir}/" d) [ cfg.stateDir cfg.memoryDir ];
+        message = "services.clawdinator.stateDir and memoryDir are the agents' to write: neither may be, contain or lie in ${rootDir} (root's alone).";
       }
     ];
 
@@ -70,8 +75,8 @@ in
       "d ${logDir} 0750 ${cfg.user} ${cfg.group} - -"
       "d ${runDir} 0750 ${cfg.user} ${cfg.group} - -"
       "d ${agenix} 0711 root root - -"
-      "d ${cfg.stateDir}/bootstrap 0700 root root - -"
-      "d ${builtins.dirOf cfg.bootstrap.ageKeyPath} 0700 root root - -"
+      "d ${rootDir} 0700 root root - -"
+      "d ${rootDir}/deploy 0700 root root - -"
     ];
   };
 }

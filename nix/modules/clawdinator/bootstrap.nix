@@ -5,8 +5,8 @@
 
 let
   h = import ./lib.nix { inherit config lib; };
-  inherit (h) cfg agenix command given regionWords ownerWords harden oneshot nullOrStr runTime reposDir;
-  inherit (lib) literalExpression mkEnableOption mkIf mkOption optional types;
+  inherit (h) cfg agenix command given regionWords ownerWords harden oneshot nullOrStr runTime reposDir rootDir deployCopy;
+  inherit (lib) mkEnableOption mkIf mkOption optional types;
   secretsWords =
     if cfg.secretsSource == "bundle" then
       [ "secrets" "install" "--from" cfg.bootstrap.secretsDir "--identity" cfg.bootstrap.ageKeyPath "--dest" agenix ] ++ ownerWords
@@ -22,9 +22,9 @@ in
       s3Bucket = nullOrStr (runTime "The bucket holding the bundles" "bucket");
       s3Prefix = nullOrStr (runTime "This instance's bundle prefix (bootstrap/<name>)" "bootstrap-prefix");
       region = nullOrStr (runTime "The bucket's region" "region");
-      secretsDir = mkOption { type = types.str; default = "${cfg.stateDir}/nix-secrets"; defaultText = literalExpression ''"''${stateDir}/nix-secrets"''; description = "The bundle's age files (a link into the bundle's current generation)."; };
-      repoSeedsDir = mkOption { type = types.str; default = "${cfg.stateDir}/repo-seeds"; defaultText = literalExpression ''"''${stateDir}/repo-seeds"''; description = "The bundle's repository seeds (a link into the current generation)."; };
-      ageKeyPath = mkOption { type = types.str; default = "/etc/agenix/keys/clawdinator.agekey"; description = "The fleet's age identity from the bundle (a link into the current generation)."; };
+      secretsDir = mkOption { type = types.str; default = "${rootDir}/nix-secrets"; description = "The bundle's age files (a link into the bundle's current generation); under ${rootDir}, root's alone."; };
+      repoSeedsDir = mkOption { type = types.str; default = "${rootDir}/repo-seeds"; description = "The bundle's repository seeds (a link into the current generation); under ${rootDir}, root's alone."; };
+      ageKeyPath = mkOption { type = types.str; default = "${rootDir}/clawdinator.agekey"; description = "The bundle's age identity (a link into the current generation); under ${rootDir}, root's alone."; };
     };
 
     secretsSource = mkOption {
@@ -55,6 +55,10 @@ in
         assertion = cfg.secretsSource != "bundle" || cfg.bootstrap.enable;
         message = "services.clawdinator.secretsSource = \"bundle\" decrypts the bootstrap bundle's age files: set services.clawdinator.bootstrap.enable = true, or secretsSource = \"secretsmanager\".";
       }
+      {
+        assertion = lib.all (p: lib.hasPrefix "${rootDir}/" p) [ cfg.bootstrap.secretsDir cfg.bootstrap.repoSeedsDir cfg.bootstrap.ageKeyPath ];
+        message = "services.clawdinator.bootstrap.secretsDir, repoSeedsDir and ageKeyPath are links root follows: keep them under ${rootDir} (root's alone), never in a directory an agent can write.";
+      }
     ];
 
     systemd.services.clawdinator-bootstrap = mkIf cfg.bootstrap.enable {
@@ -64,9 +68,7 @@ in
       # amazon-init runs user data, which writes ${etc}/ on first boot.
       after = [ "network-online.target" "amazon-init.service" ];
       serviceConfig = oneshot // harden {
-        # Root writing links into the service user's state directory.
-        caps = [ "CAP_DAC_OVERRIDE" ];
-        rw = lib.unique [ cfg.stateDir (builtins.dirOf cfg.bootstrap.secretsDir) (builtins.dirOf cfg.bootstrap.repoSeedsDir) (builtins.dirOf cfg.bootstrap.ageKeyPath) ];
+        rw = lib.unique [ rootDir (builtins.dirOf cfg.bootstrap.secretsDir) (builtins.dirOf cfg.bootstrap.repoSeedsDir) (builtins.dirOf cfg.bootstrap.ageKeyPath) ];
       } // {
         ExecStart = command (
           [ "bootstrap" "fetch" ]
@@ -76,7 +78,7 @@ in
             "--secrets-dir" cfg.bootstrap.secretsDir
             "--repo-seeds-dir" cfg.bootstrap.repoSeedsDir
             "--age-key-path" cfg.bootstrap.ageKeyPath
-            "--state-dir" "${cfg.stateDir}/bootstrap"
+            "--state-dir" "${rootDir}/bootstrap"
           ]
           ++ regionWords cfg.bootstrap.region
         );
@@ -99,15 +101,19 @@ in
     };
 
     systemd.services.clawdinator-repo-seed = mkIf cfg.bootstrap.enable {
-      description = "clawdinator: copy each repository the host lacks from the bundle's seeds into ${reposDir}";
+      description = "clawdinator: copy each repository the host lacks from the bundle's seeds into ${reposDir}, and root's deploy copy";
       wantedBy = [ "multi-user.target" ];
       after = [ "clawdinator-bootstrap.service" ];
       requires = [ "clawdinator-bootstrap.service" ];
       serviceConfig = oneshot // harden {
         caps = [ "CAP_CHOWN" "CAP_DAC_OVERRIDE" "CAP_FOWNER" ];
-        rw = [ reposDir ];
+        rw = [ reposDir (builtins.dirOf deployCopy) ];
       } // {
-        ExecStart = command ([ "bootstrap" "seeds" "install" "--from" cfg.bootstrap.repoSeedsDir "--dest" reposDir ] ++ ownerWords);
+        ExecStart = [
+          (command ([ "bootstrap" "seeds" "install" "--from" cfg.bootstrap.repoSeedsDir "--dest" reposDir ] ++ ownerWords))
+          # Root's own copy of the fleet's flake, never the agents' clone.
+          (command [ "bootstrap" "seeds" "install" "--from" cfg.bootstrap.repoSeedsDir "--dest" (builtins.dirOf deployCopy) "--only" (baseNameOf deployCopy) ])
+        ];
       };
     };
   };

@@ -16,7 +16,13 @@ rec {
   workspaceDir = "${cfg.stateDir}/workspace";
   reposDir = "${cfg.stateDir}/repos";
   logDir = "${cfg.stateDir}/logs";
-  deploymentRecord = "${cfg.stateDir}/deployment.json";
+  # What root acts on (the deploy copy, the deployment record, the bundle's
+  # generations and the links into them) lives here, 0700 root, in no
+  # directory an agent can write; the host binary's defaults name the same
+  # paths, so the SSM documents' fixed command lines find them.
+  rootDir = "/var/lib/clawdinator";
+  deployCopy = "${rootDir}/deploy/clawdinators";
+  deploymentRecord = "${rootDir}/deployment.json";
   configPath = "/etc/clawd/openclaw.json";
 
   # An ExecStart line from words, each quoted on its own: no value can split it.

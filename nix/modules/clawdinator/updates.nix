@@ -4,7 +4,7 @@
 
 let
   h = import ./lib.nix { inherit config lib; };
-  inherit (h) cfg command given reposDir deploymentRecord;
+  inherit (h) cfg command given deployCopy deploymentRecord;
   inherit (lib) mkEnableOption mkIf mkOption types;
   # A unit that rebuilds and activates the whole system (like
   # nixos-upgrade.service): it writes /nix, /boot and /etc and restarts
@@ -16,7 +16,7 @@ let
       Type = "oneshot";
       PrivateTmp = true;
       ExecStart = command (
-        [ "host" job "--flake" "${reposDir}/clawdinators" "--record" deploymentRecord ]
+        [ "host" job "--flake" deployCopy "--record" deploymentRecord ]
         ++ given cfg.instanceName "--instance" "--instance-file" "instance-name"
       );
     };
@@ -25,7 +25,7 @@ in
 {
   options.services.clawdinator = {
     selfUpdate = {
-      enable = mkEnableOption "pulling the repository copy and switching on a timer (off: deploys are pinned revisions)";
+      enable = mkEnableOption "fetching the published branch into root's deploy copy and switching to its tip on a timer (off: deploys are pinned revisions)";
       schedule = mkOption { type = types.str; default = "daily"; description = "When to update (systemd OnCalendar)."; };
     };
 

@@ -245,6 +245,22 @@ async fn refused_with_state_untouched(sabotage: impl AsyncFnOnce(&Env), expect: 
     assert!(!env.dir.path().join("evil").exists() && !Path::new("/tmp/clawdinator-evil").exists());
 }
 
+/// Attack: the agent owns a directory above the bootstrap state (it could
+/// rename it and plant links root then follows).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_state_under_a_directory_others_can_write_is_refused() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = env().await;
+    let fleet = fleet(&env, 1).await;
+    bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
+    let lib = env.path("host/var/lib/clawd");
+    std::fs::create_dir_all(&lib).unwrap();
+    std::fs::set_permissions(&lib, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let err = bootstrap::fetch(&env.aws, &fetch_opts(&env, 1)).await.unwrap_err();
+    assert!(format!("{err:#}").contains("root only runs what root owns"), "{err:#}");
+    assert_eq!(std::fs::read_dir(&lib).unwrap().count(), 0, "the fetch wrote under a directory others can write");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tampered_archive_is_refused() {
     refused_with_state_untouched(

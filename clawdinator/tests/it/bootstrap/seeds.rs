@@ -193,7 +193,7 @@ fn install_copies_only_missing_repositories() {
     write_records(&seeds_dir, &["alpha"]);
     let dest = dir.path().join("repos");
     let owner = clawdinator::atomic::Owner::default();
-    let first = seeds::install(&seeds_dir, &dest, owner).unwrap();
+    let first = seeds::install(&seeds_dir, &dest, &[], owner).unwrap();
     assert_eq!((first.installed.as_slice(), first.kept.len()), (&["alpha".to_string()][..], 0));
     assert_eq!(std::fs::read_to_string(dest.join("alpha/README.md")).unwrap(), "alpha seed\n");
 
@@ -201,7 +201,7 @@ fn install_copies_only_missing_repositories() {
     std::fs::write(dest.join("alpha/README.md"), "work in progress\n").unwrap();
     std::fs::create_dir_all(dest.join(".gamma.seeding/junk")).unwrap();
     write_records(&seeds_dir, &["alpha", "beta", "gamma"]);
-    let second = seeds::install(&seeds_dir, &dest, owner).unwrap();
+    let second = seeds::install(&seeds_dir, &dest, &[], owner).unwrap();
     assert_eq!(second.installed, ["beta", "gamma"]);
     assert_eq!(second.kept, ["alpha"]);
     assert_eq!(std::fs::read_to_string(dest.join("alpha/README.md")).unwrap(), "work in progress\n");
@@ -209,7 +209,15 @@ fn install_copies_only_missing_repositories() {
     assert!(!dest.join("gamma/junk").exists() && !dest.join(".gamma.seeding").exists());
 
     write_records(&seeds_dir, &["beta"]);
-    let third = seeds::install(&seeds_dir, &dest, owner).unwrap();
+    let third = seeds::install(&seeds_dir, &dest, &[], owner).unwrap();
     assert!(third.installed.is_empty() && third.kept == ["beta"]);
     assert!(dest.join("alpha/README.md").exists(), "an unlisted clone was removed");
+
+    // Root's deploy copy takes one seed; one the bundle lacks is an error that says so.
+    let deploy = dir.path().join("deploy");
+    let only = seeds::install(&seeds_dir, &deploy, &["beta".into()], owner).unwrap();
+    assert_eq!(only.installed, ["beta"]);
+    assert_eq!(std::fs::read_dir(&deploy).unwrap().count(), 1);
+    let err = seeds::install(&seeds_dir, &deploy, &["clawdinators".into()], owner).unwrap_err();
+    assert!(format!("{err}").contains("no seed \"clawdinators\""), "{err}");
 }

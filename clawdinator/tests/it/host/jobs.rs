@@ -146,7 +146,7 @@ impl Host {
         write(&origin.join("nix/instances.json"), &registry);
         let sh = xshell::Shell::new().unwrap();
         sh.change_dir(&origin);
-        xshell::cmd!(sh, "git init -q").run().unwrap();
+        xshell::cmd!(sh, "git init -q -b main").run().unwrap();
         xshell::cmd!(sh, "git add -A").run().unwrap();
         xshell::cmd!(sh, "git -c user.name=t -c user.email=t@t commit -qm seed").run().unwrap();
         let copy = dir.path().join("repos/clawdinators");
@@ -175,6 +175,8 @@ impl Host {
         command
             .args(["host", job, "--flake"])
             .arg(self.path("repos/clawdinators"))
+            .arg("--url")
+            .arg(self.path("origin"))
             .arg("--record")
             .arg(self.path("state/deployment.json"))
             .arg("--instance-file")
@@ -199,8 +201,9 @@ fn the_first_switch_happens_once_and_is_recorded() {
     let out = host.first_switch(false, &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let flake = host.path("repos/clawdinators");
-    assert_eq!(host.rebuilds(), [format!("switch --flake {}#clawdinator-2", flake.display())]);
     let record = deploy::read_record(&host.path("state/deployment.json")).unwrap().unwrap();
+    let target = format!("git+file://{}?rev={}#clawdinator-2", flake.display(), record.revision);
+    assert_eq!(host.rebuilds(), [format!("switch --no-update-lock-file --flake {target}")]);
     assert_eq!((record.instance.as_str(), record.source.as_str()), ("clawdinator-2", "first-boot"));
     assert_eq!(record.revision.len(), 40, "{record:?}");
 
@@ -438,4 +441,25 @@ async fn a_refused_github_sync_leaves_the_last_snapshot() {
     let err = clawdinator::host::github_sync::sync(&url, "o", "ghs_test", &root).await.unwrap_err().to_string();
     assert!(err.contains("401") && err.contains("Bad credentials") && !err.contains("ghs_test"), "{err}");
     assert_eq!(std::fs::read_to_string(root.join("github/prs.md")).unwrap(), "the last snapshot\n");
+}
+
+/// Attack: the agent commits in the copy; self-update deploys the
+/// published branch's tip, never the copy's HEAD.
+#[test]
+fn self_update_deploys_the_published_tip_not_a_local_commit() {
+    let host = Host::new();
+    assert!(host.first_switch(false, &[]).status.success());
+    let published = deploy::read_record(&host.path("state/deployment.json")).unwrap().unwrap().revision;
+    let sh = xshell::Shell::new().unwrap();
+    sh.change_dir(host.path("repos/clawdinators"));
+    xshell::cmd!(sh, "git -c user.name=a -c user.email=a@a commit -q --allow-empty -m mine").run().unwrap();
+    let local = xshell::cmd!(sh, "git rev-parse HEAD").read().unwrap();
+    let out = host.host("self-update", false, &["--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (report["outcome"].as_str(), report["revision"].as_str()),
+        (Some("up-to-date"), Some(published.as_str()))
+    );
+    assert!(host.rebuilds().iter().all(|r| !r.contains(&local)), "{:?}", host.rebuilds());
 }

@@ -31,10 +31,10 @@ fn make_system(dir: &Path, rev: &str) {
 }
 
 const NIX: &str = r#"#!/bin/sh
-# nix build --no-link --print-out-paths git+file://FLAKE?rev=REV#nixosConfigurations.NAME.config.system.build.toplevel
+# nix build --no-link --no-update-lock-file --print-out-paths git+file://FLAKE?rev=REV#nixosConfigurations.NAME.config.system.build.toplevel
 echo "nix $*" >> "$LOG"
 [ "$FAIL_AT" = build ] && { echo 'error: builder failed' >&2; exit 1; }
-rev=$(echo "$4" | sed 's/.*rev=\([0-9a-f]*\)#.*/\1/')
+rev=$(echo "$5" | sed 's/.*rev=\([0-9a-f]*\)#.*/\1/')
 out="$STORE/$rev-nixos-system"
 mkdir -p "$out/bin"
 if [ "$FAIL_AT" = revision ]; then printf 'somethingelse' > "$out/configurationRevision"; else printf '%s' "$rev" > "$out/configurationRevision"; fi
@@ -71,7 +71,7 @@ impl Host {
         let origin = p("origin");
         std::fs::create_dir_all(&origin).unwrap();
         sh.change_dir(&origin);
-        xshell::cmd!(sh, "git init -q").run().unwrap();
+        xshell::cmd!(sh, "git init -q -b main").run().unwrap();
         xshell::cmd!(sh, "git -c user.name=t -c user.email=t@t commit -q --allow-empty -m seed").run().unwrap();
         let copy = p("repos/clawdinators");
         xshell::cmd!(sh, "git clone -q {origin} {copy}").run().unwrap();
@@ -95,6 +95,8 @@ impl Host {
         std::process::Command::new(env!("CARGO_BIN_EXE_clawdinator"))
             .args(["host", "switch", rev, "--instance", "clawdinator-1", "--settle", "1", "--json", "--flake"])
             .arg(self.p("repos/clawdinators"))
+            .arg("--url")
+            .arg(self.p("origin"))
             .arg("--record")
             .arg(self.p("deployment.json"))
             .arg("--current-system")
@@ -179,4 +181,76 @@ fn a_revision_that_is_not_a_full_hash_is_refused_before_anything_runs() {
         assert!(String::from_utf8_lossy(&out.stderr).contains("not a full git revision"), "{bad}");
     }
     assert!(!host.p("calls.log").exists(), "something ran");
+}
+
+fn commit_on_the_host(host: &Host) -> String {
+    let sh = xshell::Shell::new().unwrap();
+    sh.change_dir(host.p("repos/clawdinators"));
+    xshell::cmd!(sh, "git -c user.name=agent -c user.email=a@a commit -q --allow-empty -m mine").run().unwrap();
+    xshell::cmd!(sh, "git rev-parse HEAD").read().unwrap()
+}
+
+/// Attack: the agent commits in the copy and asks for its own revision.
+#[test]
+fn a_commit_made_on_the_host_is_refused() {
+    let host = Host::new();
+    let local = commit_on_the_host(&host);
+    let out = host.switch("", &local);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("not reachable from") && stderr.contains("only published revisions"), "{stderr}");
+    let calls = std::fs::read_to_string(host.p("calls.log")).unwrap_or_default();
+    assert!(!calls.contains("nix build"), "built a local commit: {calls}");
+    assert!(!host.p("deployment.json").exists());
+    // The published revision still deploys from the same copy.
+    assert!(host.switch("", &host.rev).status.success());
+}
+
+/// Attack: configuration in the copy that makes git run a command as root
+/// (fsmonitor, a URL rewrite to `ext::`, an include); and an `ext::` origin.
+#[test]
+fn git_config_in_the_copy_runs_nothing() {
+    for (key, value, refused) in [
+        ("core.fsmonitor", "touch MARKER", true),
+        ("url.ext::sh -c touch% MARKER #.insteadOf", "ORIGIN", true),
+        ("include.path", "../../evil.config", true),
+        ("remote.origin.url", "ext::sh -c touch% MARKER", false),
+    ] {
+        let host = Host::new();
+        let marker = host.p("marker");
+        let value = value.replace("MARKER", &marker.display().to_string());
+        let value = value.replace("ORIGIN", &host.p("origin").display().to_string());
+        let key = key.replace("MARKER", &marker.display().to_string());
+        let config = host.p("repos/clawdinators/.git/config");
+        let sh = xshell::Shell::new().unwrap();
+        xshell::cmd!(sh, "git config --file {config} {key} {value}").run().unwrap();
+        std::fs::write(host.p("repos/evil.config"), format!("[core]\n\tfsmonitor = touch {}\n", marker.display()))
+            .unwrap();
+        let out = host.switch("", &host.rev);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!marker.exists(), "{key}: git ran the copy's command ({stderr})");
+        if refused {
+            assert_eq!(out.status.code(), Some(1), "{key}: {stderr}");
+            assert!(stderr.contains(&key.to_ascii_lowercase()[..8]) && stderr.contains("refused"), "{key}: {stderr}");
+        } else {
+            // The configured URL is fetched, never the remote the copy names.
+            assert!(out.status.success(), "{key}: {stderr}");
+        }
+    }
+}
+
+/// Attack: a directory above the copy or the record is the agent's (it
+/// could rename it and put its own copy or record in its place).
+#[test]
+fn a_copy_or_record_under_a_directory_others_can_write_is_refused() {
+    for dir in ["repos", ""] {
+        let host = Host::new();
+        let writable = host.p(dir);
+        std::fs::set_permissions(&writable, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let out = host.switch("", &host.rev);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{dir}: {stderr}");
+        assert!(stderr.contains("writable by others") && stderr.contains("root only runs what root owns"), "{stderr}");
+        assert!(!host.p("calls.log").exists(), "{dir}: something ran");
+    }
 }
