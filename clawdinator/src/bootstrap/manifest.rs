@@ -43,6 +43,12 @@ pub struct Manifest {
     pub archives: BTreeMap<String, ArchiveInfo>,
     /// File names inside `secrets/` of the secrets archive.
     pub secrets: Vec<String>,
+    /// What identifies the secrets without a value: the digests of their
+    /// source age files. An upload whose sources have this fingerprint keeps
+    /// the archive (each build re-encrypts to a fresh identity, so its bytes
+    /// differ every time).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secrets_fingerprint: Option<String>,
     pub seeds: Vec<SeedRecord>,
     /// What identifies the seeds archive without building it (names, sizes,
     /// modes, mtimes): an upload whose seeds have this fingerprint reuses the
@@ -63,6 +69,7 @@ impl Manifest {
             && self.prefix == other.prefix
             && self.archives == other.archives
             && self.secrets == other.secrets
+            && self.secrets_fingerprint == other.secrets_fingerprint
             && self.seeds == other.seeds
             && self.seeds_fingerprint == other.seeds_fingerprint
     }

@@ -7,7 +7,7 @@ use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use zeroize::Zeroizing;
@@ -94,28 +94,66 @@ impl fmt::Display for UploadReport {
     }
 }
 
-/// One instance's bundle, built in memory (it holds the age identity).
+/// One instance's secrets archive: built in memory (it holds the
+/// instance's own age identity), or the one the bucket holds already.
 struct SecretsBundle {
     instance: Instance,
+    /// Empty when the bucket's archive is kept.
     bytes: Zeroizing<Vec<u8>>,
     info: ArchiveInfo,
     secrets: Vec<String>,
+    fingerprint: String,
 }
 
-/// Build the secrets archive of one instance: every common secret and its own token.
+/// What identifies an instance's secrets without decrypting them: the
+/// digests of the source age files it gets (public ciphertext, no value).
+fn secrets_fingerprint(files: &[String], sources: &Sources) -> Result<String> {
+    let mut lines = String::from("clawdinator instance secrets v1\n");
+    for file in files {
+        let path = sources.secrets_dir.join(file);
+        let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        lines.push_str(&format!("{file} {}\n", crate::digest::sha256_hex(&bytes)));
+    }
+    Ok(crate::digest::sha256_hex(lines.as_bytes()))
+}
+
+/// The bucket's archive still holds exactly these secrets: keep it.
+fn kept_bundle(instance: &Instance, files: &[String], fingerprint: &str, there: &Existing) -> Option<SecretsBundle> {
+    let manifest = there.manifest.as_ref().filter(|m| m.secrets_fingerprint.as_deref() == Some(fingerprint))?;
+    let info = manifest.archives.get(SECRETS_ARCHIVE)?;
+    (there.secrets_sha.as_deref() == Some(info.sha256.as_str()) && manifest.secrets == files).then(|| SecretsBundle {
+        instance: instance.clone(),
+        bytes: Zeroizing::new(Vec::new()),
+        info: info.clone(),
+        secrets: files.to_vec(),
+        fingerprint: fingerprint.to_string(),
+    })
+}
+
+/// Build the secrets archive of one instance: a fresh age identity of its
+/// own, and every common secret and its own token re-encrypted to it, in
+/// memory. The fleet's identity never leaves this machine, so one bundle
+/// opens nothing but its own instance's secrets.
 fn build_secrets_bundle(
     instance: &Instance,
     spec: &secrets::Spec,
     sources: &Sources,
-    age_key: &[u8],
+    fleet_identities: &[age::x25519::Identity],
+    fingerprint: String,
 ) -> Result<SecretsBundle> {
+    use age::secrecy::ExposeSecret;
     let files = spec.files_for(instance);
+    let identity = age::x25519::Identity::generate();
+    let recipient = [identity.to_public()];
+    let key_text = Zeroizing::new(format!("{}\n", identity.to_string().expose_secret()));
     let mut writer = Writer::new(Vec::new())?;
-    writer.file(AGE_KEY_NAME, 0o400, age_key.len() as u64, age_key)?;
+    writer.file(AGE_KEY_NAME, 0o400, key_text.len() as u64, key_text.as_bytes())?;
     writer.dir("secrets", 0o700)?;
     for file in &files {
         let path = sources.secrets_dir.join(file);
-        let bytes = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let sealed = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        let plain = secrets::decrypt(&path, &sealed, fleet_identities, &sources.age_key)?;
+        let bytes = secrets::encrypt(&plain, &recipient)?;
         writer.file(&format!("secrets/{file}"), 0o400, bytes.len() as u64, bytes.as_slice())?;
     }
     let (bytes, summary) = writer.finish()?;
@@ -124,12 +162,16 @@ fn build_secrets_bundle(
         bytes: Zeroizing::new(bytes),
         info: ArchiveInfo::from(summary),
         secrets: files,
+        fingerprint,
     })
 }
 
 /// Read back what a built secrets archive holds and refuse unless its tokens
 /// are exactly the instance's own (checked on the bytes about to be sent).
 fn verify_isolation(bundle: &SecretsBundle, spec: &secrets::Spec) -> Result<()> {
+    if bundle.bytes.is_empty() {
+        return Ok(()); // kept: checked when it was built
+    }
     let mut tar = tar::Archive::new(zstd::Decoder::new(bundle.bytes.as_slice())?);
     let mut tokens = Vec::new();
     for entry in tar.entries()? {
@@ -159,24 +201,36 @@ struct Prepared {
     skipped_links: Vec<String>,
 }
 
-fn prepare(opts: &UploadOptions) -> Result<Prepared> {
+/// The registry and the secrets list, once every secret checks out.
+fn ready(opts: &UploadOptions) -> Result<(Registry, secrets::Spec)> {
     let (report, loaded) = secrets::check(&opts.sources, true);
-    let Some((registry, spec)) = loaded else {
+    loaded.ok_or_else(|| {
         let lines: Vec<String> =
             report.findings.iter().filter(|f| f.severity == secrets::Severity::Error).map(|f| f.to_string()).collect();
-        bail!("nothing uploaded: the secrets are not ready:\n  {}", lines.join("\n  "));
-    };
+        anyhow::anyhow!("nothing uploaded: the secrets are not ready:\n  {}", lines.join("\n  "))
+    })
+}
+
+/// Build the secrets archives the bucket lacks (`existing` is in the
+/// registry's order of the selected instances) and fingerprint the seeds.
+fn prepare(opts: &UploadOptions, registry: &Registry, spec: &secrets::Spec, existing: &[Existing]) -> Result<Prepared> {
     let instances = registry.select(&opts.instances)?;
     let seed_records = seeds::load_records(&opts.seeds_dir)?;
-    let age_key = Zeroizing::new(
-        fs::read(&opts.sources.age_key).with_context(|| format!("cannot read {}", opts.sources.age_key.display()))?,
-    );
+    let fleet_identities = secrets::load_identities(&opts.sources.age_key)?;
     let bundles = instances
         .iter()
-        .map(|instance| build_secrets_bundle(instance, &spec, &opts.sources, &age_key))
+        .zip(existing)
+        .map(|(instance, there)| {
+            let files = spec.files_for(instance);
+            let fingerprint = secrets_fingerprint(&files, &opts.sources)?;
+            match kept_bundle(instance, &files, &fingerprint, there) {
+                Some(kept) => Ok(kept),
+                None => build_secrets_bundle(instance, spec, &opts.sources, &fleet_identities, fingerprint),
+            }
+        })
         .collect::<Result<Vec<_>>>()?;
     for bundle in &bundles {
-        verify_isolation(bundle, &spec)?;
+        verify_isolation(bundle, spec)?;
     }
     let (seeds_fingerprint, skipped_links) = archive::fingerprint_tree(&opts.seeds_dir, "repo-seeds")
         .with_context(|| format!("cannot read the seeds in {}", opts.seeds_dir.display()))?;
@@ -184,6 +238,7 @@ fn prepare(opts: &UploadOptions) -> Result<Prepared> {
 }
 
 /// What the bucket holds for one instance.
+#[derive(Clone)]
 struct Existing {
     secrets_sha: Option<String>,
     seeds_sha: Option<String>,
@@ -289,6 +344,7 @@ fn manifest_for(
             (SEEDS_ARCHIVE.to_string(), seeds.clone()),
         ]),
         secrets: bundle.secrets.clone(),
+        secrets_fingerprint: Some(bundle.fingerprint.clone()),
         seeds: prepared.seed_records.clone(),
         seeds_fingerprint: Some(prepared.seeds_fingerprint.clone()),
         source_revision: opts.source_revision.clone(),
@@ -432,15 +488,15 @@ async fn send(
 
 pub async fn upload(aws: &Aws, opts: &UploadOptions, out: &Output) -> Result<UploadReport> {
     let workdir = crate::atomic::private_workdir()?;
-    // The registry first (bad input fails before any AWS call); then the
-    // bundles are built while the bucket is read, which needs only prefixes.
-    let registry = Registry::load(&opts.sources.registry)?;
+    // The registry and the secrets first (bad input fails before any AWS
+    // call); then the bucket, which says which bundles need building.
+    let (registry, spec) = ready(opts)?;
     let prefixes: Vec<String> = registry.select(&opts.instances)?.iter().map(|i| i.bootstrap_prefix.clone()).collect();
-    let build = {
-        let opts = opts.clone();
-        async move { tokio::task::spawn_blocking(move || prepare(&opts)).await? }
+    let existing = look_up(aws, opts, &prefixes).await?;
+    let prepared = {
+        let (opts, existing) = (opts.clone(), existing.clone());
+        tokio::task::spawn_blocking(move || prepare(&opts, &registry, &spec, &existing)).await??
     };
-    let (prepared, existing) = tokio::try_join!(build, look_up(aws, opts, &prefixes))?;
     tracing::info!(bundles = prepared.bundles.len(), "bundles built, seeds fingerprinted, bucket looked up");
     let seeds = seeds_archive(opts, &prepared, &existing, workdir.path()).await?;
     tracing::info!(built = seeds.file.is_some(), size = seeds.info.size, "seeds archive ready");

@@ -34,6 +34,13 @@ fn fetch_opts(env: &Env, n: usize) -> FetchOptions {
 
 const QUIET: Output = Output { json: true };
 
+/// A secret's value, opened with the identity in `identity_file`.
+fn open_with(identity_file: &Path, sealed: &Path) -> anyhow::Result<Vec<u8>> {
+    let identities = clawdinator::secrets::load_identities(identity_file)?;
+    let bytes = std::fs::read(sealed)?;
+    Ok(clawdinator::secrets::decrypt(sealed, &bytes, &identities, identity_file)?.to_vec())
+}
+
 async fn fleet(env: &Env, count: usize) -> SampleFleet {
     fixtures::sample_fleet(&env.path("src"), count, canary_value).unwrap()
 }
@@ -60,7 +67,8 @@ async fn round_trip_upload_then_fetch() {
     let fetched = bootstrap::fetch(&env.aws, &opts).await.unwrap();
     assert!(!fetched.already_done && !fetched.reinitialised);
 
-    // Secrets: exactly the common ones and this instance's token, byte for byte, owner-only.
+    // Secrets: exactly the common ones and this instance's token, owner-only,
+    // re-encrypted to the bundle's own identity: the same values, other bytes.
     let secrets = snapshot(&opts.secrets_dir);
     let spec = clawdinator::secrets::Spec::load(&fleet.sources.spec).unwrap();
     let mut want: Vec<String> = spec.common.iter().map(|n| format!("{n}.age")).collect();
@@ -71,11 +79,10 @@ async fn round_trip_upload_then_fetch() {
     for (name, (mode, content)) in &secrets {
         if name.ends_with(".age") {
             assert_eq!(*mode, 0o400, "{name}");
-            assert_eq!(
-                content.as_deref().unwrap(),
-                std::fs::read(fleet.sources.secrets_dir.join(name)).unwrap(),
-                "{name}"
-            );
+            let source = fleet.sources.secrets_dir.join(name);
+            assert_ne!(content.as_deref().unwrap(), std::fs::read(&source).unwrap(), "{name}: the fleet's ciphertext");
+            let value = open_with(&opts.age_key_path, &opts.secrets_dir.join(name)).unwrap();
+            assert_eq!(value, open_with(&fleet.sources.age_key, &source).unwrap(), "{name}");
         }
     }
     assert_eq!(
@@ -92,8 +99,8 @@ async fn round_trip_upload_then_fetch() {
     }
     assert_eq!(std::fs::read_dir(opts.state_dir.join("generations")).unwrap().count(), 1);
 
-    // The identity, mode 0400.
-    assert_eq!(std::fs::read(&opts.age_key_path).unwrap(), std::fs::read(&fleet.sources.age_key).unwrap());
+    // The instance's own identity, mode 0400; never the fleet's.
+    assert_ne!(std::fs::read(&opts.age_key_path).unwrap(), std::fs::read(&fleet.sources.age_key).unwrap());
     assert_eq!(mode(&opts.age_key_path), 0o400);
 
     // Seeds: the same tree, modes normalised.
@@ -117,6 +124,38 @@ async fn round_trip_upload_then_fetch() {
     // A second fetch does nothing.
     let again = bootstrap::fetch(&env.aws, &opts).await.unwrap();
     assert!(again.already_done);
+}
+
+/// Attack: a compromised host has its own bundle (and the instance role
+/// that fetched it). Its identity opens its own secrets and nothing of
+/// another instance's bundle, not even the secrets both share.
+#[tokio::test(flavor = "multi_thread")]
+async fn one_bundle_opens_nothing_of_another() {
+    let env = env().await;
+    let fleet = fleet(&env, 2).await;
+    bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
+    let (a, b) = (fetch_opts(&env, 1), {
+        let mut b = fetch_opts(&env, 2);
+        for p in [&mut b.secrets_dir, &mut b.seeds_dir, &mut b.age_key_path, &mut b.state_dir] {
+            *p = env.path("other").join(p.file_name().unwrap());
+        }
+        b.prefix_file = None;
+        b
+    });
+    bootstrap::fetch(&env.aws, &a).await.unwrap();
+    bootstrap::fetch(&env.aws, &b).await.unwrap();
+    assert_ne!(std::fs::read(&a.age_key_path).unwrap(), std::fs::read(&b.age_key_path).unwrap());
+    let mut shared = 0;
+    for entry in std::fs::read_dir(&b.secrets_dir).unwrap() {
+        let sealed = entry.unwrap().path();
+        if sealed.extension().is_some_and(|e| e == "age") {
+            let err = open_with(&a.age_key_path, &sealed).unwrap_err();
+            assert!(format!("{err:#}").contains("cannot decrypt"), "{err:#}");
+            assert!(open_with(&b.age_key_path, &sealed).is_ok());
+            shared += usize::from(a.secrets_dir.join(sealed.file_name().unwrap()).exists());
+        }
+    }
+    assert_eq!(shared, 5, "the common secrets were not in both bundles");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -712,10 +751,7 @@ async fn a_new_bundle_replaces_the_one_in_force_and_an_unreachable_bucket_keeps_
     bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
     let again = bootstrap::fetch(&env.aws, &opts).await.unwrap();
     assert!(!again.already_done, "a new bundle was not fetched");
-    assert_eq!(
-        std::fs::read(opts.secrets_dir.join(name)).unwrap(),
-        std::fs::read(fleet.sources.secrets_dir.join(name)).unwrap()
-    );
+    assert_eq!(open_with(&opts.age_key_path, &opts.secrets_dir.join(name)).unwrap(), b"rotated");
     let generations = std::fs::read_dir(opts.state_dir.join("generations")).unwrap().count();
     assert_eq!(generations, 1, "the old generation was left behind");
 
