@@ -65,6 +65,10 @@ let
       services.openssh = attrs;
       services.openclaw-gateway = attrs;
       networking.hostName = mkOption { type = types.str; default = "nixos"; };
+      networking.firewall.enable = mkOption { type = types.bool; default = true; };
+      networking.firewall.extraCommands = mkOption { type = types.lines; default = ""; };
+      networking.firewall.extraStopCommands = mkOption { type = types.lines; default = ""; };
+      networking.nftables.enable = mkOption { type = types.bool; default = false; };
       nix.settings = attrs;
       time.timeZone = mkOption { type = types.str; default = "UTC"; };
       system.stateVersion = mkOption { type = types.str; };
@@ -123,6 +127,10 @@ let
     "bundle links in the agents' state" = {
       config = evaluate [{ services.clawdinator = { enable = true; bootstrap.enable = true; discordTokenFile = "/run/agenix/t"; bootstrap.ageKeyPath = "/var/lib/clawd/key"; }; }];
       says = [ "ageKeyPath" "/var/lib/clawdinator" ];
+    };
+    "nftables instead of the iptables firewall" = {
+      config = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { networking.nftables.enable = true; } ];
+      says = [ "metadata service" "networking.nftables.enable = false" ];
     };
     "SSH without keys" = {
       config = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { services.clawdinator.ssh.enable = true; } ];
@@ -201,6 +209,21 @@ let
         ((svc c "clawdinator").serviceConfig.ReadWritePaths == [ "/var/lib/clawd" "/memory" "/run/clawd" ]))
       (expect "no self-update and no first switch on a deployed host by default"
         (svc c "clawdinator-self-update" == null && svc c "clawdinator-first-switch" == null))
+      (expect "no unit that runs as the agents' user, nor the gateway, reaches the metadata service"
+        (let agentUnits = lib.filterAttrs (n: u: (u.serviceConfig.User or "root") == "clawdinator" || n == "clawdinator") (services c); in
+          agentUnits != { } && lib.all (u: u.serviceConfig.IPAddressDeny or [ ] == [ "169.254.169.254" "fd00:ec2::254" ]) (lib.attrValues agentUnits)))
+      (expect "the firewall refuses the metadata service to the agents' user, by owner, IPv4 and IPv6, in a chain of its own"
+        (let x = c.networking.firewall.extraCommands; in
+          has x "iptables -w -A clawdinator-metadata -d 169.254.169.254 -m owner --uid-owner clawdinator -j REJECT"
+          && has x "ip6tables -w -A clawdinator-metadata -d fd00:ec2::254 -m owner --uid-owner clawdinator -j REJECT"
+          && has x "iptables -w -F clawdinator-metadata" && has c.networking.firewall.extraStopCommands "iptables -w -X clawdinator-metadata"))
+      (expect "the control helper runs as root with the agents' group on /run/clawdinator-control, and the gateway knows its socket"
+        (let u = svc c "clawdinator-control-helper"; in
+          u != null && !(u.serviceConfig ? User) && u.serviceConfig.Group == "clawdinator"
+          && u.serviceConfig.RuntimeDirectory == "clawdinator-control" && u.serviceConfig.RuntimeDirectoryMode == "0750"
+          && has (exec c "clawdinator-control-helper") "fleet control-helper --socket /run/clawdinator-control/control.sock"
+          && !(u.serviceConfig ? IPAddressDeny)
+          && c.services.openclaw-gateway.environment.CLAWDINATOR_CONTROL_SOCKET == "/run/clawdinator-control/control.sock"))
       (expect "SSH is off and SSM is the way in" (!c.services.openssh.enable && c.services.amazon-ssm-agent.enable))
       (expect "the host is named from the registry" (c.networking.hostName == firstName))
       (expect "the memory commands are on every PATH" (builtins.elem pkgs.clawdinator c.environment.systemPackages))

@@ -19,6 +19,9 @@ pub enum FleetCmd {
     /// After a secret's rotation: running hosts fetch their bundle again, install the secrets and restart their readers.
     #[command(name = "refresh-secrets")]
     RefreshSecrets(FleetRefreshArgs),
+    /// Host side, root: the control helper, the agents' only way to the control API (a Unix socket; see `fleet control --socket`).
+    #[command(name = "control-helper")]
+    ControlHelper(FleetControlHelperArgs),
     /// Host side: ask the control API (SigV4-signed with the instance role) for status or a deploy.
     Control(FleetControlArgs),
 }
@@ -46,6 +49,22 @@ pub struct FleetControlArgs {
     pub url: Option<String>,
     /// This host's instance name (a deploy of it, or of `all`, is refused here).
     #[arg(long, global = true, default_value = "/etc/clawdinator/instance-name")]
+    pub instance_file: PathBuf,
+    /// Ask through the control helper's socket instead of signing here (agents hold no AWS credentials).
+    #[arg(long, global = true, env = "CLAWDINATOR_CONTROL_SOCKET", conflicts_with = "url")]
+    pub socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct FleetControlHelperArgs {
+    /// The socket to listen on (made 0660; its directory's group may connect).
+    #[arg(long, default_value = "/run/clawdinator-control/control.sock")]
+    pub socket: PathBuf,
+    /// The function URL (default: SSM parameter /clawdinator/control-api-url).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// This host's instance name (a deploy of it, or of `all`, is refused).
+    #[arg(long, default_value = "/etc/clawdinator/instance-name")]
     pub instance_file: PathBuf,
 }
 

@@ -3,11 +3,13 @@
 //! Modules: [`flags`] (the command line), [`status`] (drift between the
 //! registry and EC2), `deploy` (replace instances from a fleet AMI, canary
 //! first), `switch` (running hosts to a git revision through SSM) and
-//! [`control`] (the host's signed client for the control API).
+//! [`control`] (the host's signed client for the control API) and
+//! [`helper`] (the root service through which agents reach it).
 
 pub mod control;
 mod deploy;
 pub mod flags;
+pub mod helper;
 mod refresh;
 pub mod status;
 mod switch;
@@ -122,9 +124,20 @@ pub async fn run(ctx: &Ctx, cmd: FleetCmd) -> Result<()> {
                     ("deploy", Some(target.as_str()), ami.as_deref())
                 }
             };
-            let aws = ctx.aws().await?;
-            let answer = control::call(&aws, args.url.clone(), &control::body(action, target, ami)).await?;
+            let body = control::body(action, target, ami);
+            let answer = match &args.socket {
+                Some(socket) => helper::ask(socket, &body).await?,
+                None => control::call(&ctx.aws().await?, args.url.clone(), &body).await?,
+            };
             ctx.out.emit(&ControlAnswer(answer))
+        }
+        FleetCmd::ControlHelper(args) => {
+            let opts = helper::HelperOptions {
+                socket: args.socket,
+                url: args.url,
+                instance: crate::settings::host_setting(&args.instance_file),
+            };
+            helper::serve(&ctx.aws().await?, &opts).await
         }
         FleetCmd::RefreshSecrets(args) => {
             let registry = load(&args.instances)?;

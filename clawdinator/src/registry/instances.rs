@@ -360,7 +360,8 @@ fn check_shared(report: &Reporter, checked: &[(&str, Fields)], problems: &mut Ve
     }
 }
 
-fn host_name_error(host: &str) -> Option<&'static str> {
+/// Why `host` is not an instance (and host) name, if it is not.
+pub fn host_name_error(host: &str) -> Option<&'static str> {
     if host.is_empty() || host.len() > 63 {
         Some("must be 1 to 63 characters long")
     } else if !host.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {

@@ -7,6 +7,6 @@
 mod instances;
 
 pub use instances::{
-    check, check_file, prefix_error, CheckReport, Instance, Problem, Problems, Registry, DEFAULT_PATH,
+    check, check_file, host_name_error, prefix_error, CheckReport, Instance, Problem, Problems, Registry, DEFAULT_PATH,
     TOKEN_SECRET_PREFIX,
 };

@@ -18,5 +18,6 @@
     ./github.nix
     ./gateway.nix
     ./updates.nix
+    ./instance-role.nix
   ];
 }

@@ -5,7 +5,7 @@
 
 let
   h = import ./lib.nix { inherit config lib; };
-  inherit (h) cfg command configPath harden runDir workspaceDir logDir;
+  inherit (h) cfg command configPath harden noMetadata controlSocket runDir workspaceDir logDir;
   inherit (lib) concatStringsSep literalExpression mkIf mkOption optional optionals types;
   # The gateway's variables and the files that hold their values.
   tokenEnv = lib.filterAttrs (_: file: file != null) {
@@ -110,6 +110,9 @@ in
       environment = {
         CLAWDINATOR_MEMORY_DIR = cfg.memoryDir;
         OPENCLAW_WORKSPACE_DIR = workspaceDir;
+      } // lib.optionalAttrs cfg.controlHelper.enable {
+        # `clawdinator fleet control` asks the helper: the agents hold no credentials.
+        CLAWDINATOR_CONTROL_SOCKET = controlSocket;
       };
       servicePath = [ cfg.hostPackage ] ++ cfg.toolPackages;
       execStartPre = [
@@ -128,8 +131,8 @@ in
       requires = [ "clawdinator-secrets.service" ];
       unitConfig.RequiresMountsFor = [ cfg.memoryDir ];
       # The agents run git, gh and builds: no capabilities and a read-only
-      # system, but JIT and child processes stay allowed.
-      serviceConfig = harden { rw = [ cfg.stateDir cfg.memoryDir runDir ]; };
+      # system, but JIT and child processes stay allowed; never the metadata service.
+      serviceConfig = harden { rw = [ cfg.stateDir cfg.memoryDir runDir ]; } // noMetadata;
     };
   };
 }

@@ -5,7 +5,7 @@
 
 let
   h = import ./lib.nix { inherit config lib; };
-  inherit (h) cfg agenix githubEnvFile command harden runDir;
+  inherit (h) cfg agenix githubEnvFile command harden noMetadata runDir;
   inherit (lib) mkEnableOption mkIf mkOption optional types;
 in
 {
@@ -39,7 +39,7 @@ in
       wants = [ "network-online.target" ];
       after = [ "network-online.target" "clawdinator-secrets.service" ];
       before = optional cfg.gateway.enable "clawdinator.service";
-      serviceConfig = harden { rw = [ runDir ]; } // {
+      serviceConfig = harden { rw = [ runDir ]; } // noMetadata // {
         Type = "oneshot";
         User = cfg.user;
         Group = cfg.group;
@@ -68,7 +68,7 @@ in
       wants = [ "network-online.target" ];
       after = [ "network-online.target" "clawdinator-memory-init.service" ] ++ optional cfg.githubApp.enable "clawdinator-github-app-token.service";
       unitConfig.RequiresMountsFor = [ cfg.memoryDir ];
-      serviceConfig = harden { rw = [ cfg.memoryDir ]; } // {
+      serviceConfig = harden { rw = [ cfg.memoryDir ]; } // noMetadata // {
         Type = "oneshot";
         User = cfg.user;
         Group = cfg.group;

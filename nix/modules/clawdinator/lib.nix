@@ -56,6 +56,13 @@ rec {
     CapabilityBoundingSet = if caps == [ ] then [ "" ] else caps;
   };
 
+  # The instance metadata service (IPv4 and IPv6): the instance role's
+  # credentials. Units that run agent code (or as the agents' user) are
+  # denied it; the firewall also refuses the user, for what escapes a unit.
+  metadataAddresses = [ "169.254.169.254" "fd00:ec2::254" ];
+  noMetadata = { IPAddressDeny = metadataAddresses; };
+  controlSocket = "/run/clawdinator-control/control.sock";
+
   oneshot = {
     Type = "oneshot";
     RemainAfterExit = true;

@@ -6,8 +6,8 @@ use std::io::{Read, Write};
 
 use aws_credential_types::Credentials;
 
-const KEY_ID: &str = "AKIDEXAMPLE";
-const SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
+pub(super) const KEY_ID: &str = "AKIDEXAMPLE";
+pub(super) const SECRET: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
 
 fn creds() -> Credentials {
     Credentials::new(KEY_ID, SECRET, None, None, "test")
@@ -19,7 +19,7 @@ fn expected_authorization(url: &str, body: &[u8], date: &str) -> String {
 }
 
 /// Serves one request: 202 with {"ok": true} when its signature is exact, 403 otherwise.
-fn verifying_server() -> (String, std::thread::JoinHandle<(String, String)>) {
+pub(super) fn verifying_server() -> (String, std::thread::JoinHandle<(String, String)>) {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/", listener.local_addr().unwrap());
     let base = url.clone();

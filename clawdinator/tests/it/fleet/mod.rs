@@ -1,5 +1,7 @@
 //! The fleet against EC2: status, deploy and switch (`status_deploy_switch`),
-//! and the host's signed client for the control API (`control_client`).
+//! the host's signed client for the control API (`control_client`) and the
+//! root helper through which agents reach it (`control_helper`).
 
 mod control_client;
+mod control_helper;
 mod status_deploy_switch;
