@@ -134,6 +134,15 @@ pub struct Workflow {
 }
 
 impl Workflow {
+    /// The deploy App's token: dispatching workflows of this one repository, nothing else.
+    pub fn dispatch_scope(&self) -> clawdinator::secrets::github_token::Scope {
+        let name = self.repo.rsplit('/').next().unwrap_or(&self.repo);
+        clawdinator::secrets::github_token::Scope {
+            repositories: vec![name.to_string()],
+            permissions: [("actions".to_string(), "write".to_string())].into(),
+        }
+    }
+
     /// `POST /repos/{repo}/actions/workflows/{workflow}/dispatches` with the inputs.
     pub async fn dispatch(&self, token: &str, target: &str, ami: Option<&str>, caller: &str) -> Result<()> {
         let url = format!(
@@ -299,6 +308,7 @@ impl Fleet for Live {
             &self.installation_id,
             &self.pem_secret,
             &self.workflow.api_url,
+            &self.workflow.dispatch_scope(),
         )
         .await
         .context("cannot mint a GitHub App installation token")?;

@@ -36,8 +36,7 @@ async fn main() -> Result<(), lambda_http::Error> {
         },
         app_id: env("CLAWDINATOR_APP_ID")?,
         installation_id: env("CLAWDINATOR_APP_INSTALLATION_ID")?,
-        pem_secret: std::env::var("CLAWDINATOR_APP_KEY_SECRET")
-            .unwrap_or_else(|_| "clawdinator/clawdinator-github-app.pem".into()),
+        pem_secret: std::env::var("CLAWDINATOR_APP_KEY_SECRET").unwrap_or_else(|_| "clawdinator/deploy-app.pem".into()),
     };
     let account = env("CLAWDINATOR_ACCOUNT_ID")?;
     let config = Config { registry, operators, account };

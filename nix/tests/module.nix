@@ -132,6 +132,14 @@ let
       config = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { networking.nftables.enable = true; } ];
       says = [ "metadata service" "networking.nftables.enable = false" ];
     };
+    "a bot token that can dispatch workflows" = {
+      config = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { services.clawdinator.githubApp.permissions.actions = "write"; } ];
+      says = [ "githubApp.permissions" "actions or workflows" ];
+    };
+    "a bot token that can write the fleet's own repository" = {
+      config = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { services.clawdinator.githubApp.repositories = [ "openclaw" "clawdinators" ]; } ];
+      says = [ "contents = write" "clawdinators" ];
+    };
     "SSH without keys" = {
       config = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { services.clawdinator.ssh.enable = true; } ];
       says = [ "ssh.enable" "authorizedKeys" ];
@@ -191,11 +199,15 @@ let
       (expect "clawdinator-memory-init fills /memory from the templates once it is mounted"
         (has (exec c "clawdinator-memory-init") "memory init --root /memory --templates"
           && (svc c "clawdinator-memory-init").unitConfig.RequiresMountsFor == [ "/memory" ]))
-      (expect "clawdinator-github-app-token writes /run/clawd/github-app.env as the service user, every 45 min"
+      (expect "clawdinator-github-app-token mints as root, narrowed to the agents' repositories and permissions, and hands /run/clawd/github-app.env to the service user, every 45 min"
         (let e = exec c "clawdinator-github-app-token"; in
           has e "secrets github-token" && has e "--env-file /run/clawd/github-app.env" && has e "--app-id 2607181"
-          && (svc c "clawdinator-github-app-token").serviceConfig.User == "clawdinator"
+          && has e "--repository openclaw" && !(has e "--repository clawdinators") && has e "--permission 'contents=write'"
+          && !(has e "actions=") && !(has e "workflows=") && has e "--owner clawdinator"
+          && !((svc c "clawdinator-github-app-token").serviceConfig ? User)
           && c.systemd.timers.clawdinator-github-app-token.timerConfig.OnUnitActiveSec == "45min"))
+      (expect "the bots' App key is installed for root alone"
+        (has (exec c "clawdinator-secrets") "--root-only clawdinator-github-app.pem"))
       (expect "the gateway is nix-openclaw's unit named clawdinator, started through `host exec` with the tokens, workspace seeded first"
         (let g = c.services.openclaw-gateway; in
           g.enable && g.unitName == "clawdinator" && g.createUser == false

@@ -28,8 +28,22 @@ pub const SETTINGS: &[Setting] = &[
     },
     Setting { name: "AWS_REGION", kind: Kind::Variable, what: "the fleet's region" },
     Setting { name: "S3_BUCKET", kind: Kind::Variable, what: "the fleet bucket (OpenTofu output bucket)" },
-    Setting { name: "CLAWDINATOR_APP_ID", kind: Kind::Variable, what: "the GitHub App's id" },
-    Setting { name: "CLAWDINATOR_APP_INSTALLATION_ID", kind: Kind::Variable, what: "the GitHub App's installation id" },
+    Setting { name: "CLAWDINATOR_APP_ID", kind: Kind::Variable, what: "the bots' GitHub App's id (reads the seeds)" },
+    Setting {
+        name: "CLAWDINATOR_APP_INSTALLATION_ID",
+        kind: Kind::Variable,
+        what: "the bots' GitHub App's installation id",
+    },
+    Setting {
+        name: "CLAWDINATOR_DEPLOY_APP_LOGIN",
+        kind: Kind::Variable,
+        what: "the deploy App's bot login (e.g. clawdinator-deploy[bot]): the control API's dispatches come as it",
+    },
+    Setting {
+        name: "CLAWDINATOR_OPERATORS",
+        kind: Kind::Variable,
+        what: "the GitHub logins, space-separated, that may start fleet-deploy by hand",
+    },
     Setting {
         name: "CLAWDINATOR_TFVARS",
         kind: Kind::Variable,

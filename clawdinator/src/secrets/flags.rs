@@ -66,6 +66,9 @@ pub struct SecretsInstallArgs {
     pub dest: PathBuf,
     #[command(flatten)]
     pub owner: FileOwner,
+    /// This secret's file stays root's, not the owner's (repeatable; the bots' App key).
+    #[arg(long = "root-only", value_name = "FILE")]
+    pub root_only: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -95,6 +98,9 @@ pub struct SecretsFetchArgs {
     pub dest: PathBuf,
     #[command(flatten)]
     pub owner: FileOwner,
+    /// This secret's file stays root's, not the owner's (repeatable; the bots' App key).
+    #[arg(long = "root-only", value_name = "FILE")]
+    pub root_only: Vec<String>,
     #[command(flatten)]
     pub instances: InstancesArg,
     /// The list of secrets every host needs.
@@ -120,4 +126,15 @@ pub struct GithubTokenArgs {
     /// Write GITHUB_TOKEN=… and GH_TOKEN=… here (mode 0600) instead of printing the token.
     #[arg(long)]
     pub env_file: Option<PathBuf>,
+    /// The token covers only this repository of the installation (repeatable; none: every repository).
+    #[arg(long = "repository", value_name = "NAME")]
+    pub repositories: Vec<String>,
+    /// NAME=LEVEL: a permission the token gets (repeatable, at least one; never actions or workflows).
+    #[arg(long = "permission", value_name = "NAME=LEVEL", required = true)]
+    pub permissions: Vec<String>,
+    /// This fleet's own repository: a token never gets contents=write on it.
+    #[arg(long, default_value = "clawdinators")]
+    pub fleet_repository: String,
+    #[command(flatten)]
+    pub owner: crate::flags::FileOwner,
 }

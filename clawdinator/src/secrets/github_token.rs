@@ -1,10 +1,11 @@
 //! `clawdinator secrets github-token`: a GitHub App installation token, minted from
 //! the app's private key (RS256 JWT) without openssl or curl.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -52,11 +53,61 @@ impl Drop for InstallationToken {
     }
 }
 
-/// `POST {api}/app/installations/{id}/access_tokens`. An error carries
-/// GitHub's status and message, never the JWT or the key.
-pub async fn installation_token(api_url: &str, installation_id: &str, jwt: &str) -> Result<InstallationToken> {
+/// What a token may do: GitHub narrows the installation's grant to these
+/// repositories and permissions in the token request itself.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Scope {
+    /// Repository names of the installation; empty: all of them.
+    pub repositories: Vec<String>,
+    pub permissions: BTreeMap<String, String>,
+}
+
+/// Permissions no host or CI token ever gets: they run or change workflows,
+/// which is deploying.
+const NEVER: &[&str] = &["actions", "workflows"];
+
+impl Scope {
+    /// Parse `NAME=LEVEL` permissions and check the scope a host or CI may ask for.
+    pub fn parse(repositories: &[String], permissions: &[String], fleet_repository: &str) -> Result<Scope> {
+        let mut scope = Scope { repositories: repositories.to_vec(), permissions: BTreeMap::new() };
+        for p in permissions {
+            let (name, level) = p.split_once('=').with_context(|| format!("--permission {p}: expected NAME=LEVEL"))?;
+            ensure!(matches!(level, "read" | "write"), "--permission {p}: the level is read or write");
+            ensure!(
+                !NEVER.contains(&name),
+                "--permission {p}: a token that can run or change workflows can deploy; never {name}"
+            );
+            scope.permissions.insert(name.to_string(), level.to_string());
+        }
+        ensure!(!scope.permissions.is_empty(), "name the permissions the token needs (--permission contents=read …)");
+        let writes_contents = scope.permissions.get("contents").is_some_and(|l| l == "write");
+        ensure!(
+            !writes_contents || (!scope.repositories.is_empty() && !scope.repositories.iter().any(|r| r == fleet_repository)),
+            "contents=write on {fleet_repository} (this fleet's own repository) is never granted: list the --repository names the token may write, without it"
+        );
+        Ok(scope)
+    }
+
+    /// The token request's body.
+    pub fn body(&self) -> serde_json::Value {
+        let mut body = serde_json::json!({"permissions": self.permissions});
+        if !self.repositories.is_empty() {
+            body["repositories"] = serde_json::json!(self.repositories);
+        }
+        body
+    }
+}
+
+/// `POST {api}/app/installations/{id}/access_tokens` with the scope as its
+/// body. An error carries GitHub's status and message, never the JWT or the key.
+pub async fn installation_token(
+    api_url: &str,
+    installation_id: &str,
+    jwt: &str,
+    scope: &Scope,
+) -> Result<InstallationToken> {
     let url = format!("{}/app/installations/{installation_id}/access_tokens", api_url.trim_end_matches('/'));
-    let (status, body) = github::call(hyper::Method::POST, &url, jwt).await?;
+    let (status, body) = github::call_with_body(hyper::Method::POST, &url, jwt, Some(&scope.body())).await?;
     if !status.is_success() {
         bail!("GitHub answered {status} for installation {installation_id}: {}", github::message(&body));
     }
@@ -70,6 +121,9 @@ pub struct TokenOptions {
     pub pem: PemSource,
     pub api_url: String,
     pub env_file: Option<PathBuf>,
+    pub scope: Scope,
+    /// Who gets the env file (the agents' user, when root mints).
+    pub owner: crate::atomic::Owner,
 }
 
 #[derive(Debug, Clone)]
@@ -106,18 +160,19 @@ pub async fn mint(
     installation_id: &str,
     pem_secret: &str,
     api_url: &str,
+    scope: &Scope,
 ) -> Result<Zeroizing<String>> {
     let key = pem_from_secret(aws, pem_secret).await?;
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let jwt = app_jwt(app_id, &key, now)?;
-    let token = installation_token(api_url, installation_id, &jwt).await?;
+    let token = installation_token(api_url, installation_id, &jwt, scope).await?;
     Ok(Zeroizing::new(token.token.clone()))
 }
 
-/// `GITHUB_TOKEN=…` and `GH_TOKEN=…`, mode 0600, replaced atomically.
-pub fn write_env_file(path: &Path, token: &str) -> Result<()> {
+/// `GITHUB_TOKEN=…` and `GH_TOKEN=…`, mode 0600 for `owner`, replaced atomically.
+pub fn write_env_file(path: &Path, token: &str, owner: crate::atomic::Owner) -> Result<()> {
     let content = Zeroizing::new(format!("GITHUB_TOKEN={token}\nGH_TOKEN={token}\n"));
-    crate::atomic::write(path, content.as_bytes(), 0o600)
+    crate::atomic::write_owned(path, content.as_bytes(), 0o600, owner)
 }
 
 /// What `secrets github-token --json` prints: the token (it is the command's
@@ -152,9 +207,9 @@ pub async fn issue(ctx: &Ctx, opts: &TokenOptions) -> Result<()> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
     let jwt = app_jwt(&opts.app_id, &key, now)?;
     drop(key);
-    let token = installation_token(&opts.api_url, &opts.installation_id, &jwt).await?;
+    let token = installation_token(&opts.api_url, &opts.installation_id, &jwt, &opts.scope).await?;
     if let Some(path) = &opts.env_file {
-        write_env_file(path, &token.token)?;
+        write_env_file(path, &token.token, opts.owner)?;
     }
     // Without --env-file the token itself is this command's output.
     let report = TokenReport {
@@ -186,7 +241,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_jwt_is_not_sent_over_plain_http_elsewhere() {
-        let err = installation_token("http://github.example.com", "1", "jwt").await.unwrap_err();
+        let err = installation_token("http://github.example.com", "1", "jwt", &Scope::default()).await.unwrap_err();
         assert!(format!("{err:#}").contains("plain HTTP"), "{err:#}");
     }
 }

@@ -13,10 +13,32 @@ use zeroize::Zeroizing;
 use crate::atomic::{self, Owner};
 
 #[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "camelCase")]
 pub struct FetchReport {
     pub dest: String,
     pub written: Vec<String>,
+    /// Written for root alone, not for the service user.
+    pub root_only: Vec<String>,
     pub removed: Vec<String>,
+}
+
+/// Who owns each secret written: the service user, except the files root
+/// keeps to itself (the bots' App key: only root's token unit reads it, so
+/// an agent never holds a key that mints tokens).
+#[derive(Debug, Clone, Default)]
+pub struct Owners {
+    pub owner: Owner,
+    pub root_only: Vec<String>,
+}
+
+impl Owners {
+    fn of(&self, file: &str) -> Owner {
+        if self.root_only.iter().any(|n| n == file) {
+            Owner::default()
+        } else {
+            self.owner
+        }
+    }
 }
 
 impl fmt::Display for FetchReport {
@@ -44,16 +66,20 @@ fn written_before(dest: &Path) -> Result<BTreeSet<String>> {
     }
 }
 
-/// Write every (file name, value) into `dest` (0400, owned by `owner`),
-/// record the names, and remove those an earlier run wrote that are no
-/// longer in the set. Nothing else in `dest` is touched.
-pub fn write_set(dest: &Path, values: &[(String, Zeroizing<Vec<u8>>)], owner: Owner) -> Result<FetchReport> {
+/// Write every (file name, value) into `dest` (0400, owned as `owners`
+/// say), record the names, and remove those an earlier run wrote that are
+/// no longer in the set. Nothing else in `dest` is touched.
+pub fn write_set(dest: &Path, values: &[(String, Zeroizing<Vec<u8>>)], owners: &Owners) -> Result<FetchReport> {
     std::fs::create_dir_all(dest).with_context(|| format!("cannot create {}", dest.display()))?;
     let before = written_before(dest)?;
-    let mut report = FetchReport { dest: dest.display().to_string(), written: vec![], removed: vec![] };
+    let mut report =
+        FetchReport { dest: dest.display().to_string(), written: vec![], root_only: vec![], removed: vec![] };
     for (file, value) in values {
-        atomic::write_owned(&dest.join(file), value, 0o400, owner)?;
+        atomic::write_owned(&dest.join(file), value, 0o400, owners.of(file))?;
         report.written.push(file.clone());
+        if owners.root_only.contains(file) {
+            report.root_only.push(file.clone());
+        }
     }
     let now: BTreeSet<String> = values.iter().map(|(name, _)| name.clone()).collect();
     atomic::write(&dest.join(STATE_FILE), &serde_json::to_vec(&now)?, 0o600)?;
@@ -76,7 +102,7 @@ pub struct InstallOptions {
     /// The age identity (the bundle's `clawdinator.agekey`).
     pub identity: std::path::PathBuf,
     pub dest: std::path::PathBuf,
-    pub owner: Owner,
+    pub owners: Owners,
 }
 
 /// Decrypt every `*.age` in `from` (all of them before anything is written:
@@ -100,5 +126,5 @@ pub fn install(opts: &InstallOptions) -> Result<FetchReport> {
         let value = super::files::decrypt(&path, &bytes, &identities, &opts.identity)?;
         values.push((name.trim_end_matches(".age").to_string(), value));
     }
-    write_set(&opts.dest, &values, opts.owner)
+    write_set(&opts.dest, &values, &opts.owners)
 }

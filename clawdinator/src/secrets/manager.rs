@@ -311,13 +311,18 @@ pub struct FetchOptions {
     pub dest: PathBuf,
     pub owner: Option<String>,
     pub group: Option<String>,
+    /// Files written for root alone (see [`host::Owners`]).
+    pub root_only: Vec<String>,
 }
 
 pub async fn fetch(aws: &Aws, opts: &FetchOptions) -> Result<FetchReport> {
     let registry = Registry::load(&opts.registry)?;
     let instance = registry.select(std::slice::from_ref(&opts.instance))?[0].clone();
     let spec = files::Spec::load(&opts.spec)?;
-    let owner = crate::atomic::Owner::named(opts.owner.as_deref(), opts.group.as_deref())?;
+    let owners = host::Owners {
+        owner: crate::atomic::Owner::named(opts.owner.as_deref(), opts.group.as_deref())?,
+        root_only: opts.root_only.clone(),
+    };
 
     // File name on the host -> secret name in Secrets Manager.
     let mut wanted: BTreeMap<String, String> = spec.common.iter().map(|n| (n.clone(), common_name(n))).collect();
@@ -336,5 +341,5 @@ pub async fn fetch(aws: &Aws, opts: &FetchOptions) -> Result<FetchReport> {
         let value = value_of(&out).with_context(|| format!("{secret} has no value"))?;
         values.push((file.clone(), value));
     }
-    host::write_set(&opts.dest, &values, owner)
+    host::write_set(&opts.dest, &values, &owners)
 }

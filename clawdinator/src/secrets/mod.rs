@@ -44,7 +44,10 @@ pub async fn run(ctx: &Ctx, cmd: SecretsCmd) -> Result<()> {
                 from: args.from,
                 identity: args.identity,
                 dest: args.dest,
-                owner: crate::atomic::Owner::named(args.owner.owner.as_deref(), args.owner.group.as_deref())?,
+                owners: host::Owners {
+                    owner: crate::atomic::Owner::named(args.owner.owner.as_deref(), args.owner.group.as_deref())?,
+                    root_only: args.root_only,
+                },
             };
             ctx.out.emit(&host::install(&opts)?)
         }
@@ -113,6 +116,7 @@ async fn fetch_from_manager(ctx: &Ctx, args: SecretsFetchArgs) -> Result<()> {
         dest: args.dest,
         owner: args.owner.owner,
         group: args.owner.group,
+        root_only: args.root_only,
     };
     let aws = ctx.aws().await?;
     ctx.out.emit(&manager::fetch(&aws, &opts).await?)
@@ -134,6 +138,9 @@ async fn github_token(ctx: &Ctx, args: GithubTokenArgs) -> Result<()> {
         pem,
         api_url: args.api_url,
         env_file: args.env_file,
+        scope: github_token::Scope::parse(&args.repositories, &args.permissions, &args.fleet_repository)
+            .map_err(|e| usage(&format!("{e:#}")))?,
+        owner: crate::atomic::Owner::named(args.owner.owner.as_deref(), args.owner.group.as_deref())?,
     };
     github_token::issue(ctx, &opts).await
 }

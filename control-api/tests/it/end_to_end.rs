@@ -19,7 +19,7 @@ use testkit::emulator::Emulator;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const AUDIT_BUCKET: &str = "clawdinator-audit";
-const APP_KEY_SECRET: &str = "clawdinator/clawdinator-github-app.pem";
+const APP_KEY_SECRET: &str = "clawdinator/deploy-app.pem";
 /// The function's own access key: its calls are told apart from the test's.
 const FUNCTION_KEY: &str = "AKIACLAWDINATORAPI00";
 
@@ -197,6 +197,8 @@ async fn an_instance_asks_for_another_instance_and_the_deploy_is_dispatched_as_i
     let github = fleet.github();
     assert_eq!(github.len(), 2, "{github:?}");
     assert_eq!(github[0].0, "/app/installations/678/access_tokens");
+    // The deploy App's token may dispatch workflows of this repository, nothing more.
+    assert_eq!(github[0].2, json!({"repositories": ["clawdinators"], "permissions": {"actions": "write"}}));
     let jwt = github[0].1.strip_prefix("Bearer ").unwrap();
     let key = jsonwebtoken::DecodingKey::from_rsa_pem(fleet.public_key.as_bytes()).unwrap();
     let mut validation = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);

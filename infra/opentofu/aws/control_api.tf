@@ -59,8 +59,9 @@ resource "aws_lambda_function" "control_api" {
       CLAWDINATOR_AUDIT_BUCKET         = aws_s3_bucket.fleet.id
       CLAWDINATOR_ACCOUNT_ID           = local.account
       CLAWDINATOR_OPERATORS            = join(",", var.operator_arns)
-      CLAWDINATOR_APP_ID               = var.github_app_id
-      CLAWDINATOR_APP_INSTALLATION_ID  = var.github_app_installation_id
+      CLAWDINATOR_APP_ID               = var.deploy_app_id
+      CLAWDINATOR_APP_INSTALLATION_ID  = var.deploy_app_installation_id
+      CLAWDINATOR_APP_KEY_SECRET       = "clawdinator/deploy-app.pem"
       GITHUB_REPOSITORY                = var.github_repository
     }
   }

@@ -153,14 +153,14 @@ variable "operator_arns" {
   }
 }
 
-variable "github_app_id" {
-  description = "The GitHub App the control API mints installation tokens for (its key: clawdinator/clawdinator-github-app.pem in Secrets Manager)."
+variable "deploy_app_id" {
+  description = "The deploy App: the only GitHub App that may dispatch fleet-deploy.yml (actions: write on this repository alone). The control API mints its tokens; its key is clawdinator/deploy-app.pem in Secrets Manager, which only the control API's role may read. Never the bots' App."
   type        = string
   default     = ""
 }
 
-variable "github_app_installation_id" {
-  description = "The App's installation id on the repository."
+variable "deploy_app_installation_id" {
+  description = "The deploy App's installation id on this repository."
   type        = string
   default     = ""
 }

@@ -7,13 +7,15 @@ let
   h = import ./lib.nix { inherit config lib; };
   inherit (h) cfg agenix command given regionWords ownerWords harden oneshot nullOrStr runTime reposDir rootDir deployCopy;
   inherit (lib) mkEnableOption mkIf mkOption optional types;
+  # The bots' App key stays root's: only root's token unit reads it.
+  rootOnly = lib.optionals (lib.hasPrefix "${agenix}/" cfg.githubApp.privateKeyFile) [ "--root-only" (baseNameOf cfg.githubApp.privateKeyFile) ];
   secretsWords =
     if cfg.secretsSource == "bundle" then
-      [ "secrets" "install" "--from" cfg.bootstrap.secretsDir "--identity" cfg.bootstrap.ageKeyPath "--dest" agenix ] ++ ownerWords
+      [ "secrets" "install" "--from" cfg.bootstrap.secretsDir "--identity" cfg.bootstrap.ageKeyPath "--dest" agenix ] ++ ownerWords ++ rootOnly
     else
       [ "secrets" "fetch" "--dest" agenix "--instances" "${../../instances.json}" "--spec" "${../../secrets.json}" ]
       ++ given cfg.instanceName "--instance" "--instance-file" "instance-name"
-      ++ ownerWords ++ regionWords cfg.bootstrap.region;
+      ++ ownerWords ++ rootOnly ++ regionWords cfg.bootstrap.region;
 in
 {
   options.services.clawdinator = {

@@ -1,11 +1,16 @@
-# GitHub: App installation tokens refreshed on a timer into an env file
-# the gateway and the sync read, and the snapshot of the organisation's
-# open pull requests and issues into shared memory.
+# GitHub: the bots' App installation tokens, minted on a timer by root
+# (the App key is root's alone in /run/agenix) with the repositories and
+# permissions the agents need named in the request, into an env file the
+# agents' user reads; and the snapshot of the organisation's open pull
+# requests and issues into shared memory. The bots' App is never the one
+# that dispatches deploys (that App's key is only in Secrets Manager, for
+# the control API): a bot's token can neither run nor change workflows,
+# nor write this fleet's own repository.
 { config, lib, ... }:
 
 let
   h = import ./lib.nix { inherit config lib; };
-  inherit (h) cfg agenix githubEnvFile command harden noMetadata runDir;
+  inherit (h) cfg agenix githubEnvFile command harden noMetadata ownerWords runDir;
   inherit (lib) mkEnableOption mkIf mkOption optional types;
 in
 {
@@ -14,7 +19,18 @@ in
       enable = mkEnableOption "GitHub App installation tokens in ${githubEnvFile} (clawdinator-github-app-token)";
       appId = mkOption { type = types.str; default = ""; description = "The GitHub App's id."; };
       installationId = mkOption { type = types.str; default = ""; description = "The App's installation id for the organisation."; };
-      privateKeyFile = mkOption { type = types.str; default = "${agenix}/clawdinator-github-app.pem"; description = "The App's private key (PEM)."; };
+      privateKeyFile = mkOption { type = types.str; default = "${agenix}/clawdinator-github-app.pem"; description = "The App's private key (PEM), root's alone (the secrets unit installs it with --root-only)."; };
+      repositories = mkOption {
+        type = types.listOf types.str;
+        default = [ "openclaw" "nix-openclaw" "clawhub" ];
+        description = "The only repositories of the installation a token covers (never ${cfg.githubApp.fleetRepository} while contents is write).";
+      };
+      permissions = mkOption {
+        type = types.attrsOf (types.enum [ "read" "write" ]);
+        default = { contents = "write"; issues = "write"; pull_requests = "write"; };
+        description = "The permissions a token gets (GitHub narrows the App's grant to these); never actions or workflows.";
+      };
+      fleetRepository = mkOption { type = types.str; default = "clawdinators"; description = "This fleet's own repository: no bot token may write it."; };
       schedule = mkOption { type = types.str; default = "45min"; description = "Time between refreshes (a systemd time span); tokens live an hour."; };
     };
 
@@ -31,6 +47,15 @@ in
         assertion = !cfg.githubApp.enable || (cfg.githubApp.appId != "" && cfg.githubApp.installationId != "");
         message = "services.clawdinator.githubApp.enable needs githubApp.appId and githubApp.installationId (the App's settings page and its installation URL show both).";
       }
+      {
+        assertion = !(cfg.githubApp.permissions ? actions) && !(cfg.githubApp.permissions ? workflows);
+        message = "services.clawdinator.githubApp.permissions: a bot token never gets actions or workflows (either can deploy); drop them.";
+      }
+      {
+        assertion = (cfg.githubApp.permissions.contents or "") != "write"
+          || (cfg.githubApp.repositories != [ ] && !(builtins.elem cfg.githubApp.fleetRepository cfg.githubApp.repositories));
+        message = "services.clawdinator.githubApp: contents = write needs githubApp.repositories listed, without ${cfg.githubApp.fleetRepository} (this fleet's own repository).";
+      }
     ];
 
     systemd.services.clawdinator-github-app-token = mkIf cfg.githubApp.enable {
@@ -39,18 +64,21 @@ in
       wants = [ "network-online.target" ];
       after = [ "network-online.target" "clawdinator-secrets.service" ];
       before = optional cfg.gateway.enable "clawdinator.service";
-      serviceConfig = harden { rw = [ runDir ]; } // noMetadata // {
+      # Root reads the key; the agents' user gets only the token file.
+      serviceConfig = harden { caps = [ "CAP_CHOWN" ]; rw = [ runDir ]; } // noMetadata // {
         Type = "oneshot";
-        User = cfg.user;
-        Group = cfg.group;
-        ExecStart = command [
+        ExecStart = command ([
           "secrets"
           "github-token"
           "--app-id" cfg.githubApp.appId
           "--installation-id" cfg.githubApp.installationId
           "--pem" cfg.githubApp.privateKeyFile
           "--env-file" githubEnvFile
-        ];
+          "--fleet-repository" cfg.githubApp.fleetRepository
+        ]
+        ++ lib.concatMap (r: [ "--repository" r ]) cfg.githubApp.repositories
+        ++ lib.concatLists (lib.mapAttrsToList (name: level: [ "--permission" "${name}=${level}" ]) cfg.githubApp.permissions)
+        ++ ownerWords);
       };
     };
 

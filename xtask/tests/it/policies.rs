@@ -411,6 +411,24 @@ fn what_the_threat_model_forbids_is_denied_and_what_each_needs_is_not() {
         (
             &ci,
             ask(
+                "secretsmanager:GetSecretValue",
+                &secret("deploy-app.pem"),
+                json!({}),
+                "CI reading the deploy App's key",
+            ),
+        ),
+        (
+            &host,
+            ask(
+                "secretsmanager:GetSecretValue",
+                &secret("deploy-app.pem"),
+                json!({}),
+                "an agent reading the deploy App's key",
+            ),
+        ),
+        (
+            &ci,
+            ask(
                 "iam:DeleteRolePermissionsBoundary",
                 &role("clawdinator-instance-1"),
                 boundary.clone(),

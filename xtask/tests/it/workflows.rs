@@ -21,6 +21,8 @@ use testkit::iam::{judge, requests, Commands, Facts};
 use testkit::policies::{self, World};
 
 const REVISION: &str = "0123456789abcdef0123456789abcdef01234567";
+/// The control API's deploy App, as GitHub names the actor of its dispatches.
+const DEPLOY_APP: &str = "clawdinator-deploy[bot]";
 
 /// A workflow file as JSON (PyYAML from the emulator's virtualenv).
 fn load(root: &Path, name: &str) -> Value {
@@ -38,6 +40,8 @@ struct Context {
     secrets: BTreeMap<String, String>,
     inputs: BTreeMap<String, String>,
     outputs: BTreeMap<String, String>,
+    /// Who started the run (`github.triggering_actor`).
+    actor: String,
 }
 
 impl Context {
@@ -49,6 +53,7 @@ impl Context {
             "secrets" => from(&self.secrets),
             "inputs" => from(&self.inputs),
             "github" if name == "sha" => REVISION.into(),
+            "github" if name == "triggering_actor" => self.actor.clone(),
             "steps" => self.outputs.get(name).cloned().unwrap_or_default(),
             _ => panic!("the test runner does not know the expression `{expr}`"),
         }
@@ -292,10 +297,13 @@ fn settings(env: &Env, age_key: &str) -> Context {
             ("CLAWDINATOR_APP_ID", "12345"),
             ("CLAWDINATOR_APP_INSTALLATION_ID", "678"),
             ("CLAWDINATOR_TFVARS", &tfvars.to_string()),
+            ("CLAWDINATOR_DEPLOY_APP_LOGIN", DEPLOY_APP),
+            ("CLAWDINATOR_OPERATORS", "alice bob"),
         ]),
         secrets: strings(&[("CLAWDINATOR_AGE_KEY", age_key.trim())]),
         inputs: strings(&[("target", "clawdinator-2"), ("ami_override", ""), ("caller", "")]),
         outputs: BTreeMap::new(),
+        actor: DEPLOY_APP.into(),
     }
 }
 
@@ -364,12 +372,13 @@ async fn the_image_release_and_deploy_workflows_complete_as_the_ci_role() {
     );
     assert!(github_seen.lock().unwrap().iter().any(|l| l.starts_with("POST /app/installations/678/access_tokens")));
 
-    // Rolled back from chat: the control API dispatches fleet-deploy.yml with
-    // these inputs (control-api's end-to-end test checks the dispatch).
+    // Rolled back by an operator, by hand, with the old AMI.
     context.inputs.insert("ami_override".into(), old_ami.clone());
-    context.inputs.insert("caller".into(), "clawdinator-1".into());
+    context.inputs.insert("caller".into(), "alice".into());
+    context.actor = "alice".into();
     run(&runner, &mut context, "fleet-deploy.yml", &["deploy"]);
     assert_eq!(running_ami(&env, "clawdinator-2").await, old_ami, "the rollback did not bring back the old AMI");
+    context.actor = DEPLOY_APP.into();
 
     // Adding an instance: the operator's commit and push, then the release
     // the push starts creates it (role, profile, instance) and switches it.
@@ -388,6 +397,33 @@ async fn the_image_release_and_deploy_workflows_complete_as_the_ci_role() {
     tofu_got_every_variable(&env, &context);
     let steps = runner.steps.borrow().clone();
     judge_ci_calls(&env, &steps).await;
+}
+
+/// Attack: someone with write access (or a bot's leaked token, if it could
+/// dispatch) starts fleet-deploy by hand. The run stops at its first step,
+/// before checkout, credentials or any AWS call.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deploy_started_by_anyone_else_stops_before_touching_anything() {
+    let env = env().await;
+    let checkout = env.path("work/clawdinators");
+    check_out(&testkit::repo_root(), &checkout);
+    let temp = env.path("runner-temp");
+    std::fs::create_dir_all(&temp).unwrap();
+    let (base, github_seen) = runner_env(&env, &temp);
+    let runner = Runner { checkout, temp, base, emulator: &env.emulator, steps: Default::default() };
+    env.emulator.start_call_log().unwrap();
+    for actor in ["mallory", "clawdinator-bot[bot]", "alice bob", "*"] {
+        let mut context = settings(&env, "AGE-SECRET-KEY-1UNUSED");
+        context.actor = actor.into();
+        let workflow = load(&runner.checkout, "fleet-deploy.yml");
+        let failure = runner.job(&workflow, "deploy", &mut context).unwrap_err();
+        assert!(
+            failure.contains("Only the deploy App or an operator") && failure.contains("may not deploy"),
+            "{failure}"
+        );
+    }
+    assert!(env.emulator.calls().unwrap().is_empty(), "a refused run called AWS");
+    assert!(github_seen.lock().unwrap().is_empty(), "a refused run called GitHub");
 }
 
 /// The var file the deploy handed tofu sets every variable the module

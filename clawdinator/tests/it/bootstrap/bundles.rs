@@ -677,11 +677,18 @@ async fn a_generic_host_learns_its_bucket_and_prefix_at_boot() {
 }
 
 /// Bundle mode on a host: fetch, then `clawdinator secrets install` puts
-/// exactly this instance's secrets, decrypted, 0400, into /run/agenix; no
-/// value reaches the output; a wrong identity changes nothing.
+/// exactly this instance's secrets, decrypted, 0400, into /run/agenix, for
+/// the service user except the bots' App key, which stays root's; no value
+/// reaches the output; a wrong identity changes nothing.
 #[tokio::test(flavor = "multi_thread")]
 async fn secrets_install_decrypts_the_bundle_into_run_agenix() {
-    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    // Handing files to another user takes root (CI runs as root).
+    let as_root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+    let owner: &[&str] = if as_root { &["--owner", "65534", "--group", "65534"] } else { &[] };
+    if !as_root {
+        eprintln!("not root: the files stay this user's, so who owns the App key is not checked here");
+    }
     let env = env().await;
     let fleet = fleet(&env, 2).await;
     bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
@@ -697,11 +704,20 @@ async fn secrets_install_decrypts_the_bundle_into_run_agenix() {
         .arg(&opts.age_key_path)
         .arg("--dest")
         .arg(&dest)
+        .args(owner)
+        .args(["--root-only", "clawdinator-github-app.pem"])
         .env("RUST_LOG", "trace")
         .output()
         .unwrap();
     let all = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{all}");
+    if as_root {
+        // Attack: the agent reads the key that mints GitHub tokens. It is root's, 0400.
+        for name in ["clawdinator-github-app.pem", "clawdinator-discord-token-2"] {
+            let uid = std::fs::metadata(dest.join(name)).unwrap().uid();
+            assert_eq!(uid, if name.ends_with(".pem") { 0 } else { 65534 }, "{name}");
+        }
+    }
     assert!(!all.contains(testkit::env::CANARY), "a secret value reached the output: {all}");
     let spec = clawdinator::secrets::Spec::load(&fleet.sources.spec).unwrap();
     let mut want: Vec<String> = spec.common.clone();
@@ -721,7 +737,7 @@ async fn secrets_install_decrypts_the_bundle_into_run_agenix() {
         from: opts.secrets_dir.clone(),
         identity: wrong.clone(),
         dest: dest.clone(),
-        owner: Default::default(),
+        owners: Default::default(),
     };
     let err = clawdinator::secrets::host::install(&install).unwrap_err();
     assert!(format!("{err:#}").contains(&wrong.display().to_string()), "{err:#}");

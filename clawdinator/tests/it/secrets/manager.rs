@@ -211,6 +211,7 @@ fn fetch_opts(fleet: &SampleFleet, instance: &str, dest: &std::path::Path) -> Fe
         dest: dest.to_path_buf(),
         owner: Some("root".into()),
         group: Some("0".into()),
+        root_only: vec![],
     }
 }
 
@@ -273,7 +274,17 @@ async fn fake_github(
             tokio::time::timeout(std::time::Duration::from_secs(30), listener.accept()).await.unwrap().unwrap();
         let mut buf = Vec::new();
         let mut chunk = [0u8; 4096];
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+        let complete = |buf: &[u8]| {
+            let text = String::from_utf8_lossy(buf);
+            let Some((head, body)) = text.split_once("\r\n\r\n") else { return false };
+            let length = head
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().to_string()))
+                .and_then(|v| v.parse::<usize>().ok())
+                .unwrap_or(0);
+            body.len() >= length
+        };
+        while !complete(&buf) {
             let n = stream.read(&mut chunk).await.unwrap();
             if n == 0 {
                 break;
@@ -282,6 +293,7 @@ async fn fake_github(
         }
         let request = String::from_utf8_lossy(&buf).into_owned();
         seen.push(request.lines().next().unwrap_or_default().to_string());
+        let body = request.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
         let jwt = request
             .lines()
             .find_map(|l| l.strip_prefix("Authorization: Bearer ").or_else(|| l.strip_prefix("authorization: Bearer ")))
@@ -306,6 +318,7 @@ async fn fake_github(
             Err(e) => format!("invalid: {e}"),
         };
         seen.push(verdict.clone());
+        seen.push(body);
         let (status, body) = if answer_status == 201 && verdict == "valid" {
             (201, r#"{"token":"ghs_minted_by_the_fake","expires_at":"2099-01-01T00:00:00Z"}"#.to_string())
         } else {
@@ -324,9 +337,20 @@ async fn fake_github(
 
 /// The flags every GitHub token test passes: app 12345, installation 678.
 fn app_args(pem: &std::path::Path, url: &str) -> Vec<String> {
-    ["--app-id", "12345", "--installation-id", "678", "--pem", pem.to_str().unwrap(), "--api-url", url]
-        .map(str::to_string)
-        .to_vec()
+    [
+        "--app-id",
+        "12345",
+        "--installation-id",
+        "678",
+        "--pem",
+        pem.to_str().unwrap(),
+        "--api-url",
+        url,
+        "--permission",
+        "contents=read",
+    ]
+    .map(str::to_string)
+    .to_vec()
 }
 
 fn github_token<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) {
@@ -386,6 +410,62 @@ async fn github_token_is_minted_with_a_valid_jwt() {
     assert_eq!(std::fs::metadata(&env_file).unwrap().permissions().mode() & 0o777, 0o600);
 }
 
+/// The bots' token request names its repositories and permissions on the
+/// wire, and root hands the env file to the agents' user.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_bot_token_is_narrowed_in_the_request_and_handed_to_the_agent() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (private, public) = testkit::fixtures::github_app_key().unwrap();
+    let pem_file = dir.path().join("app.pem");
+    std::fs::write(&pem_file, &private).unwrap();
+    let (url, server) = fake_github(public, "12345", 201).await;
+    let env_file = dir.path().join("github-app.env");
+    let mut args = app_args(&pem_file, &url);
+    args.extend(
+        ["--repository", "openclaw", "--repository", "clawhub", "--permission", "contents=write"].map(String::from),
+    );
+    args.extend(["--permission", "pull_requests=write", "--env-file", env_file.to_str().unwrap()].map(String::from));
+    let as_root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
+    if as_root {
+        args.extend(["--owner", "65534", "--group", "65534"].map(String::from));
+    } else {
+        eprintln!("not root: the env file cannot be handed to another user here; its owner is not checked");
+    }
+    let (code, _, stderr) = github_token(&args);
+    let seen = server.await.unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    let body: serde_json::Value = serde_json::from_str(&seen[2]).unwrap();
+    assert_eq!(
+        body,
+        serde_json::json!({"repositories": ["openclaw", "clawhub"], "permissions": {"contents": "write", "pull_requests": "write"}})
+    );
+    if as_root {
+        assert_eq!(std::fs::metadata(&env_file).unwrap().uid(), 65534);
+    }
+}
+
+/// Attack: a token that could deploy (dispatch or change workflows, or push
+/// to the fleet's own repository) is refused before any request.
+#[test]
+fn a_token_that_could_deploy_is_never_asked_for() {
+    let base = ["--app-id", "1", "--installation-id", "2", "--pem", "/nonexistent", "--api-url", "http://127.0.0.1:9"];
+    for (extra, says) in [
+        (&["--permission", "actions=write"][..], "never actions"),
+        (&["--permission", "actions=read"][..], "never actions"),
+        (&["--permission", "workflows=write"][..], "never workflows"),
+        (&["--permission", "contents=write"][..], "contents=write on clawdinators"),
+        (&["--permission", "contents=write", "--repository", "clawdinators"][..], "contents=write on clawdinators"),
+        (&["--permission", "contents=admin"][..], "read or write"),
+        (&["--repository", "openclaw"][..], "--permission"),
+    ] {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let (code, _, stderr) = github_token(&args);
+        assert_eq!(code, 2, "{extra:?}: {stderr}");
+        assert!(stderr.contains(says), "{extra:?}: {stderr}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn github_errors_show_status_and_message_never_the_jwt_or_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -414,6 +494,8 @@ async fn github_errors_show_status_and_message_never_the_jwt_or_key() {
         pem_file.to_str().unwrap(),
         "--api-url",
         "http://127.0.0.1:9",
+        "--permission",
+        "contents=read",
     ]);
     assert_eq!(code, 1);
     assert!(stderr.contains("not an RSA private key") && !stderr.contains(CANARY), "{stderr}");
