@@ -406,9 +406,13 @@ fn iam(call: &Value, operation: &str, world: &World, facts: &Facts) -> Result<Ve
             ("iam:TagInstanceProfile".into(), profile, tag_context(&tags)),
         ],
         "CreateInstanceProfile" | "GetInstanceProfile" => vec![(action, profile, BTreeMap::new())],
-        // Adding a role to a profile also passes it (AWS checks iam:PassRole).
+        // Adding a role to a profile also passes it, to EC2: the IAM API
+        // reference for AddRoleToInstanceProfile says the caller needs
+        // PassRole and that its iam:AssociatedResourceArn is an EC2 instance
+        // ARN, so the role is passed to ec2.amazonaws.com.
         "AddRoleToInstanceProfile" => {
-            vec![(action, profile, BTreeMap::new()), ("iam:PassRole".into(), role_arn, BTreeMap::new())]
+            let to_ec2 = BTreeMap::from([("iam:PassedToService".to_string(), json!("ec2.amazonaws.com"))]);
+            vec![(action, profile, BTreeMap::new()), ("iam:PassRole".into(), role_arn, to_ec2)]
         }
         _ => bail!("no IAM mapping for iam {operation}"),
     })

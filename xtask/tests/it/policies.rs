@@ -453,6 +453,15 @@ fn what_the_threat_model_forbids_is_denied_and_what_each_needs_is_not() {
                 "CI handing an instance role to another service",
             ),
         ),
+        (
+            &ci,
+            ask(
+                "iam:PassRole",
+                &role("clawdinator-instance-1"),
+                json!({}),
+                "CI passing an instance role to no named service",
+            ),
+        ),
         (&ci, ask("s3:DeleteObject", &format!("{b}/audit/ci/0001.json"), json!({}), "CI deleting an audit record")),
         (
             &ci,
