@@ -69,7 +69,11 @@ let
       networking.firewall.extraCommands = mkOption { type = types.lines; default = ""; };
       networking.firewall.extraStopCommands = mkOption { type = types.lines; default = ""; };
       networking.nftables.enable = mkOption { type = types.bool; default = false; };
-      nix.settings = attrs;
+      nix.settings = mkOption {
+        type = types.submodule { freeformType = anything; options = { substituters = list; trusted-public-keys = list; }; };
+        default = { };
+      };
+      swapDevices = mkOption { type = types.listOf anything; default = [ ]; };
       time.timeZone = mkOption { type = types.str; default = "UTC"; };
       system.stateVersion = mkOption { type = types.str; };
       system.configurationRevision = mkOption { type = types.nullOr types.str; default = null; };
@@ -139,6 +143,10 @@ let
     "a bot token that can write the fleet's own repository" = {
       config = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { services.clawdinator.githubApp.repositories = [ "openclaw" "clawdinators" ]; } ];
       says = [ "contents = write" "clawdinators" ];
+    };
+    "a cache without its key" = {
+      config = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { services.clawdinator.binaryCache.trustedPublicKeys = [ ]; } ];
+      says = [ "binaryCache.substituters" "trustedPublicKeys" ];
     };
     "SSH without keys" = {
       config = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { services.clawdinator.ssh.enable = true; } ];
@@ -236,6 +244,10 @@ let
           && has (exec c "clawdinator-control-helper") "fleet control-helper --socket /run/clawdinator-control/control.sock"
           && !(u.serviceConfig ? IPAddressDeny)
           && c.services.openclaw-gateway.environment.CLAWDINATOR_CONTROL_SOCKET == "/run/clawdinator-control/control.sock"))
+      (expect "host builds get an 8 GiB swap file and garnix's cache with its key"
+        (c.swapDevices == [ { device = "/swapfile"; size = 8192; } ]
+          && builtins.elem "https://cache.garnix.io" c.nix.settings.substituters
+          && builtins.elem "cache.garnix.io:CTFPyKSLcx5RMJKfLo5EEPUObbA78b0YQ2DTCJXqr9g=" c.nix.settings.trusted-public-keys))
       (expect "SSH is off and SSM is the way in" (!c.services.openssh.enable && c.services.amazon-ssm-agent.enable))
       (expect "the host is named from the registry" (c.networking.hostName == firstName))
       (expect "the memory commands are on every PATH" (builtins.elem pkgs.clawdinator c.environment.systemPackages))

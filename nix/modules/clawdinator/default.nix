@@ -19,5 +19,6 @@
     ./gateway.nix
     ./updates.nix
     ./instance-role.nix
+    ./build-capacity.nix
   ];
 }

@@ -22,7 +22,7 @@ in
       privateKeyFile = mkOption { type = types.str; default = "${agenix}/clawdinator-github-app.pem"; description = "The App's private key (PEM), root's alone (the secrets unit installs it with --root-only)."; };
       repositories = mkOption {
         type = types.listOf types.str;
-        default = [ "openclaw" "nix-openclaw" "clawhub" ];
+        default = [ "openclaw" "nix-openclaw" "clawhub" "nix-steipete-tools" "ClawKeeper" ];
         description = "The only repositories of the installation a token covers (never ${cfg.githubApp.fleetRepository} while contents is write).";
       };
       permissions = mkOption {

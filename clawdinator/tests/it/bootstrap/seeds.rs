@@ -143,7 +143,7 @@ fn the_shipped_list_parses() {
     let path = testkit::repo_root().join("clawdinator/repos.tsv");
     let repos = seeds::load_list(&path).unwrap();
     let names: Vec<_> = repos.iter().map(|r| r.name.as_str()).collect();
-    assert_eq!(names, ["openclaw", "nix-openclaw", "clawdinators", "clawhub"]);
+    assert_eq!(names, ["openclaw", "nix-openclaw", "clawdinators", "clawhub", "nix-steipete-tools", "clawkeeper"]);
     assert!(repos.iter().all(|r| r.url.starts_with("https://github.com/openclaw/")));
 }
 
