@@ -19,6 +19,10 @@ pub enum FleetCmd {
     /// After a secret's rotation: running hosts fetch their bundle again, install the secrets and restart their readers.
     #[command(name = "refresh-secrets")]
     RefreshSecrets(FleetRefreshArgs),
+    /// A host's unit journal, through SSM (SSH is off).
+    Logs(FleetLogsArgs),
+    /// Restart a unit on a host through SSM and check it comes back active.
+    Restart(FleetRestartArgs),
     /// Host side, root: the control helper, the agents' only way to the control API (a Unix socket; see `fleet control --socket`).
     #[command(name = "control-helper")]
     ControlHelper(FleetControlHelperArgs),
@@ -35,6 +39,43 @@ pub struct FleetRefreshArgs {
     pub dry_run: bool,
     /// Seconds one host may take.
     #[arg(long, default_value_t = 600)]
+    pub timeout: u64,
+    #[command(flatten)]
+    pub instances: InstancesArg,
+}
+
+#[derive(Debug, Args)]
+pub struct FleetLogsArgs {
+    /// The host: an instance name of the registry.
+    pub name: String,
+    /// The unit: clawdinator (the gateway) or clawdinator-….
+    #[arg(long, default_value = "clawdinator")]
+    pub unit: String,
+    /// How far back: a number and s, min, h or d.
+    #[arg(long, default_value = "1h")]
+    pub since: String,
+    /// At most this many lines (1-99999).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=99999))]
+    pub lines: u32,
+    /// Seconds to wait for the host.
+    #[arg(long, default_value_t = 120)]
+    pub timeout: u64,
+    #[command(flatten)]
+    pub instances: InstancesArg,
+}
+
+#[derive(Debug, Args)]
+pub struct FleetRestartArgs {
+    /// The host: an instance name of the registry.
+    pub name: String,
+    /// The unit: clawdinator (the gateway) or clawdinator-….
+    #[arg(long, default_value = "clawdinator")]
+    pub unit: String,
+    /// Name the host, instance and unit; restart nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Seconds to wait for the host.
+    #[arg(long, default_value_t = 300)]
     pub timeout: u64,
     #[command(flatten)]
     pub instances: InstancesArg,

@@ -2,14 +2,17 @@
 //!
 //! Modules: [`flags`] (the command line), [`status`] (drift between the
 //! registry and EC2), `deploy` (replace instances from a fleet AMI, canary
-//! first), `switch` (running hosts to a git revision through SSM) and
-//! [`control`] (the host's signed client for the control API) and
-//! [`helper`] (the root service through which agents reach it).
+//! first), `switch` (running hosts to a git revision through SSM),
+//! [`control`] (the host's signed client for the control API), [`helper`]
+//! (the root service through which agents reach it), `ops` (a host's logs
+//! and unit restarts through SSM) and `refresh` (secrets again on running
+//! hosts).
 
 pub mod control;
 mod deploy;
 pub mod flags;
 pub mod helper;
+mod ops;
 mod refresh;
 pub mod status;
 mod switch;
@@ -159,6 +162,36 @@ pub async fn run(ctx: &Ctx, cmd: FleetCmd) -> Result<()> {
                 done.map(|h| h.instance_id.clone()).collect()
             })
             .await?;
+            ctx.out.emit(&report)
+        }
+        FleetCmd::Logs(args) => {
+            let registry = load(&args.instances)?;
+            let opts = ops::OpsOptions {
+                name: args.name,
+                unit: args.unit,
+                timeout: Duration::from_secs(args.timeout),
+                poll: poll_interval(),
+            };
+            let aws = ctx.aws().await?;
+            ctx.out.emit(&ops::logs(&aws, &registry, &opts, &args.since, args.lines, &ctx.cancel, &ctx.out).await?)
+        }
+        FleetCmd::Restart(args) => {
+            let registry = load(&args.instances)?;
+            let opts = ops::OpsOptions {
+                name: args.name,
+                unit: args.unit,
+                timeout: Duration::from_secs(args.timeout),
+                poll: poll_interval(),
+            };
+            let aws = ctx.aws().await?;
+            let entry = crate::audit::Entry {
+                command: "fleet restart",
+                targets: crate::audit::targets(std::slice::from_ref(&opts.name)),
+                dry_run: args.dry_run,
+            };
+            let work = ops::restart(&aws, &registry, &opts, args.dry_run, &ctx.cancel, &ctx.out);
+            let report =
+                crate::audit::around(ctx, &aws, entry, work, |r: &ops::OpsReport| vec![r.instance_id.clone()]).await?;
             ctx.out.emit(&report)
         }
         FleetCmd::Switch(args) => {

@@ -26,6 +26,30 @@ pub enum HostCmd {
     /// Snapshot an organisation's open pull requests and issues into shared memory.
     #[command(name = "github-sync")]
     GithubSync(GithubSyncArgs),
+    /// One of the fleet's units' journal (what `fleet logs` runs here).
+    Logs(HostLogsArgs),
+    /// Restart one of the fleet's units and check it is active again (what `fleet restart` runs here).
+    Restart(HostRestartArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HostLogsArgs {
+    /// The unit: clawdinator (the gateway) or clawdinator-….
+    #[arg(long, default_value = "clawdinator")]
+    pub unit: String,
+    /// How far back: a number and s, min, h or d.
+    #[arg(long, default_value = "1h")]
+    pub since: String,
+    /// At most this many lines (1-99999).
+    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=99999))]
+    pub lines: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct HostRestartArgs {
+    /// The unit: clawdinator (the gateway) or clawdinator-….
+    #[arg(long, default_value = "clawdinator")]
+    pub unit: String,
 }
 
 #[derive(Debug, Args)]

@@ -6,13 +6,15 @@
 //! (the gateway with secrets in its environment), [`deploy`] (first switch
 //! and self-update), `repo` (the deploy copy root builds from), `switch`
 //! (the release lane on this host), `refresh` (secrets again after a
-//! rotation) and [`github_sync`] (open pull requests and issues into shared memory).
+//! rotation), [`ops`] (a unit's logs and restart) and [`github_sync`]
+//! (open pull requests and issues into shared memory).
 
 pub mod deploy;
 mod efs;
 mod exec;
 pub mod flags;
 pub mod github_sync;
+pub mod ops;
 mod refresh;
 mod repo;
 pub(crate) mod switch;
@@ -71,6 +73,11 @@ pub fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
             let tunnel = efs::Tunnel { file_system_id, region, ca_file: args.ca_file, accept: args.accept };
             ctx.out.emit(&efs::write_config(&tunnel, &args.out)?)
         }
+        HostCmd::Logs(args) => {
+            println!("{}", ops::logs(&args.unit, &args.since, args.lines)?);
+            Ok(())
+        }
+        HostCmd::Restart(args) => ctx.out.emit(&ops::restart(&args.unit)?),
         HostCmd::RefreshSecrets(args) => ctx.out.emit(&refresh::refresh_secrets(&args.readers)?),
         HostCmd::FirstSwitch(args) => ctx.out.emit(&deploy::first_switch(&switch_options(args)?)?),
         HostCmd::SelfUpdate(args) => ctx.out.emit(&deploy::self_update(&switch_options(args)?)?),

@@ -1,12 +1,16 @@
 # The only commands CI can run on hosts: one SSM document per fleet command,
-# each running one fixed host command; the switch takes a revision that
-# SSM itself checks against ^[0-9a-f]{40}$. The CI role may send these
-# documents and no other (no AWS-RunShellScript).
+# each running one fixed host command; every parameter is checked by SSM
+# against its document's allowedPattern (the switch's revision against
+# ^[0-9a-f]{40}$, logs' and restart's unit against the fleet's unit names).
+# The CI role may send the switch and refresh-secrets documents and no
+# other (no AWS-RunShellScript); logs and restart are for operators.
 
 resource "aws_ssm_document" "host_command" {
   for_each = {
     switch            = "clawdinator-switch"
     "refresh-secrets" = "clawdinator-refresh-secrets"
+    logs              = "clawdinator-logs"
+    restart           = "clawdinator-restart"
   }
 
   name            = each.value

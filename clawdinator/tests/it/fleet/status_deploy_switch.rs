@@ -590,3 +590,93 @@ async fn the_switch_document_takes_only_a_revision() {
         }
     }
 }
+
+// ---------------------------------------------------------------- logs and restart
+
+/// The parameters each `clawdinator-<document>` command carried on the wire.
+async fn parameters_sent(env: &Env, document: &str) -> Vec<Value> {
+    let requests = env.emulator.recorded_requests().unwrap();
+    requests
+        .iter()
+        .filter_map(|r| serde_json::from_str::<Value>(r["body"].as_str()?).ok())
+        .filter(|b| b["DocumentName"] == document)
+        .map(|b| b["Parameters"].clone())
+        .collect()
+}
+
+/// With SSH off, an operator reads a host's journal and restarts a unit:
+/// each through its document, the host's output printed; a failed restart
+/// fails the command with the host's reason.
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_and_restart_reach_one_host_through_their_documents() {
+    let env = env().await;
+    let reg = registry(&env, 2);
+    let reg = reg.to_str().unwrap();
+    let ami = fleet_ami(&env, "fleet-1").await;
+    instance(&env, "clawdinator-1", &ami, "t3.large", None).await;
+    let id = instance(&env, "clawdinator-2", &ami, "t3.large", None).await;
+    let journal = "2026-12-02T10:00:00+0000 clawdinator-2 openclaw[812]: gateway listening on 127.0.0.1:18789\n";
+    env.emulator
+        .switch("ssm-invocation", json!({"name": "clawdinator-2", "status": "Success", "stdout": journal}))
+        .unwrap();
+    env.emulator.start_recording().unwrap();
+    let out = run(&env, &["fleet", "logs", "clawdinator-2", "--since", "2h", "--lines", "50", "--instances", reg]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), journal);
+    assert_eq!(
+        parameters_sent(&env, "clawdinator-logs").await,
+        [json!({"unit": ["clawdinator"], "since": ["2h"], "lines": ["50"]})]
+    );
+
+    let dry = run(&env, &["--json", "fleet", "restart", "clawdinator-2", "--dry-run", "--instances", reg]);
+    assert_eq!(json_of(&dry)["instanceId"], id.as_str());
+    assert!(parameters_sent(&env, "clawdinator-restart").await.is_empty(), "a dry run restarted");
+    let unit = ["--unit", "clawdinator-github-app-token"];
+    let out = run(&env, &[&["fleet", "restart", "clawdinator-2", "--instances", reg][..], &unit].concat());
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(parameters_sent(&env, "clawdinator-restart").await, [json!({"unit": ["clawdinator-github-app-token"]})]);
+
+    env.emulator
+        .switch("ssm-invocation", json!({"name": "clawdinator-2", "status": "Failed", "code": 1, "stderr": "clawdinator is failed after the restart"}))
+        .unwrap();
+    let out = run(&env, &["fleet", "restart", "clawdinator-2", "--instances", reg]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("ended Failed") && stderr.contains("failed after the restart"), "{stderr}");
+}
+
+/// Attack: shell text or another unit as a parameter. The command refuses
+/// it before any call, and SSM refuses it against the document's pattern.
+#[tokio::test(flavor = "multi_thread")]
+async fn logs_and_restart_take_only_a_fleet_unit_and_a_plain_span() {
+    let env = env().await;
+    let reg = registry(&env, 1);
+    let reg = reg.to_str().unwrap();
+    let ami = fleet_ami(&env, "fleet-1").await;
+    let id = instance(&env, "clawdinator-1", &ami, "t3.large", None).await;
+    env.emulator.start_recording().unwrap();
+    for args in [
+        &["fleet", "logs", "clawdinator-1", "--unit", "sshd"][..],
+        &["fleet", "logs", "clawdinator-1", "--since", "1h; reboot"],
+        &["fleet", "restart", "clawdinator-1", "--unit", "clawdinator; reboot"],
+    ] {
+        let out = run(&env, &[args, &["--instances", reg]].concat());
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert!(parameters_sent(&env, "clawdinator-logs").await.is_empty());
+    assert!(parameters_sent(&env, "clawdinator-restart").await.is_empty());
+    for (document, key, value) in [
+        ("clawdinator-restart", "unit", "clawdinator; reboot"),
+        ("clawdinator-restart", "unit", "sshd.service"),
+        ("clawdinator-logs", "since", "1h`id`"),
+    ] {
+        let mut send = env.aws.ssm().send_command().document_name(document).instance_ids(&id);
+        for (k, v) in [("unit", "clawdinator"), ("since", "1h"), ("lines", "10")] {
+            if document == "clawdinator-logs" || k == "unit" {
+                send = send.parameters(k, vec![if k == key { value.to_string() } else { v.to_string() }]);
+            }
+        }
+        let err = send.send().await.unwrap_err();
+        assert!(format!("{err:?}").contains("InvalidParameters"), "{document} {key}={value}: {err:?}");
+    }
+}

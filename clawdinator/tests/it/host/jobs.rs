@@ -463,3 +463,59 @@ fn self_update_deploys_the_published_tip_not_a_local_commit() {
     );
     assert!(host.rebuilds().iter().all(|r| !r.contains(&local)), "{:?}", host.rebuilds());
 }
+
+/// What `fleet logs` and `fleet restart` run on a host: journalctl and
+/// systemctl with the checked values as arguments (no shell), a restart
+/// that leaves the unit inactive an error.
+#[test]
+fn host_logs_and_restart_hand_checked_values_to_journalctl_and_systemctl() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let bin = dir.path().join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for (tool, script) in [
+        ("journalctl", "#!/bin/sh\nprintf '%s\\n' \"$*\" >> \"$LOG\"\necho 'a journal line'\n"),
+        (
+            "systemctl",
+            "#!/bin/sh\nprintf '%s\\n' \"$*\" >> \"$LOG\"\n[ \"$1\" = is-active ] && echo \"$STATE\"\nexit 0\n",
+        ),
+    ] {
+        std::fs::write(bin.join(tool), script).unwrap();
+        std::fs::set_permissions(bin.join(tool), std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let log = dir.path().join("calls.log");
+    let host = |args: &[&str], state: &str| {
+        host_cli()
+            .args(args)
+            .env("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap()))
+            .env("LOG", &log)
+            .env("STATE", state)
+            .output()
+            .unwrap()
+    };
+    let out = host(&["host", "logs", "--unit", "clawdinator-bootstrap", "--since", "2h", "--lines", "20"], "active");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "a journal line\n");
+    let out = host(&["host", "restart", "--unit", "clawdinator"], "active");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = host(&["host", "restart"], "failed");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("clawdinator is failed after the restart"));
+    let calls = std::fs::read_to_string(&log).unwrap();
+    assert_eq!(
+        calls.lines().collect::<Vec<_>>(),
+        [
+            "--no-pager --output short-iso --unit clawdinator-bootstrap --since -2h --lines 20",
+            "restart clawdinator",
+            "is-active clawdinator",
+            "restart clawdinator",
+            "is-active clawdinator",
+        ]
+    );
+    for bad in [&["host", "logs", "--unit", "sshd"][..], &["host", "restart", "--unit", "clawdinator;id"]] {
+        let out = host(bad, "active");
+        assert_eq!(out.status.code(), Some(1), "{bad:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("not a unit of the fleet"), "{bad:?}");
+    }
+    assert_eq!(std::fs::read_to_string(&log).unwrap(), calls, "a refused value reached a tool");
+}

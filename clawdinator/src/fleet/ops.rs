@@ -1,0 +1,118 @@
+//! `fleet logs NAME` and `fleet restart NAME`: a host's unit journal and a
+//! unit restart for operators, with SSH off. Each runs its SSM document
+//! (`clawdinator-logs`, `clawdinator-restart`), which runs one fixed host
+//! command; the unit and the time span are checked here, by SSM against
+//! the document's pattern, and on the host again.
+
+use std::time::Duration;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::switch::{run_on_host, running_instance, HostRun};
+use crate::aws::Aws;
+use crate::cancel::Cancel;
+use crate::host::ops::{check_since, check_unit};
+use crate::output::Output;
+use crate::registry::Registry;
+
+pub const LOGS_DOCUMENT: &str = "clawdinator-logs";
+pub const RESTART_DOCUMENT: &str = "clawdinator-restart";
+
+pub struct OpsOptions {
+    pub name: String,
+    pub unit: String,
+    pub timeout: Duration,
+    pub poll: Duration,
+}
+
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct OpsReport {
+    pub name: String,
+    pub instance_id: String,
+    pub unit: String,
+    /// What the host printed (the journal, or the restart's report).
+    pub output: String,
+    /// `fleet restart --dry-run`: nothing was sent.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub dry_run: bool,
+}
+
+impl std::fmt::Display for OpsReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.dry_run {
+            return writeln!(f, "would restart {} on {} ({})", self.unit, self.name, self.instance_id);
+        }
+        write!(f, "{}", self.output)?;
+        if !self.output.ends_with('\n') && !self.output.is_empty() {
+            writeln!(f)?;
+        }
+        Ok(())
+    }
+}
+
+/// The one running instance of a registry name, and the run's frame.
+async fn target(aws: &Aws, registry: &Registry, opts: &OpsOptions) -> Result<String> {
+    check_unit(&opts.unit).map_err(|e| crate::exit::UsageError(format!("{e:#}")))?;
+    let name = registry.select(std::slice::from_ref(&opts.name))?[0].host.clone();
+    Ok(running_instance(aws, &name).await?.0)
+}
+
+pub async fn logs(
+    aws: &Aws,
+    registry: &Registry,
+    opts: &OpsOptions,
+    since: &str,
+    lines: u32,
+    cancel: &Cancel,
+    out: &Output,
+) -> Result<OpsReport> {
+    check_since(since).map_err(|e| crate::exit::UsageError(format!("{e:#}")))?;
+    let id = target(aws, registry, opts).await?;
+    let run = HostRun {
+        document: LOGS_DOCUMENT,
+        parameters: vec![("unit", opts.unit.clone()), ("since", since.to_string()), ("lines", lines.to_string())],
+        command: format!("clawdinator host logs --unit {} --since {since} --lines {lines}", opts.unit),
+        comment: format!("clawdinator fleet logs {}", opts.unit),
+        timeout: opts.timeout,
+        poll: opts.poll,
+        cancel,
+        out,
+    };
+    let output = run_on_host(aws, &opts.name, &id, &run).await?;
+    Ok(OpsReport { name: opts.name.clone(), instance_id: id, unit: opts.unit.clone(), output, dry_run: false })
+}
+
+pub async fn restart(
+    aws: &Aws,
+    registry: &Registry,
+    opts: &OpsOptions,
+    dry_run: bool,
+    cancel: &Cancel,
+    out: &Output,
+) -> Result<OpsReport> {
+    let id = target(aws, registry, opts).await?;
+    let mut report = OpsReport {
+        name: opts.name.clone(),
+        instance_id: id.clone(),
+        unit: opts.unit.clone(),
+        output: String::new(),
+        dry_run,
+    };
+    if dry_run {
+        return Ok(report);
+    }
+    let run = HostRun {
+        document: RESTART_DOCUMENT,
+        parameters: vec![("unit", opts.unit.clone())],
+        command: format!("clawdinator host restart --unit {}", opts.unit),
+        comment: format!("clawdinator fleet restart {}", opts.unit),
+        timeout: opts.timeout,
+        poll: opts.poll,
+        cancel,
+        out,
+    };
+    report.output = run_on_host(aws, &opts.name, &id, &run).await?;
+    Ok(report)
+}
