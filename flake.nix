@@ -25,6 +25,10 @@
           imports = [ "${modulesPath}/virtualisation/amazon-image.nix" ];
           nixpkgs.overlays = [ self.overlays.default ];
           system.configurationRevision = self.rev or self.dirtyRev or null;
+          services.clawdinator.buildInfo = fleet.buildInfo.fromLock {
+            lockFile = ./flake.lock;
+            revision = self.rev or self.dirtyRev or "unknown";
+          };
         })
         nix-openclaw.nixosModules.openclaw-gateway
         self.nixosModules.clawdinator

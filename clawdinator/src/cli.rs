@@ -45,6 +45,8 @@ pub enum Command {
     /// The audit trail of AWS changes: verify its chain, or print it.
     #[command(subcommand)]
     Audit(audit::flags::AuditCmd),
+    /// What this host or checkout was built from: its revision and each flake input's, with their ages.
+    Version(crate::flags::VersionArgs),
 }
 
 /// Carry out one stage command.
@@ -58,6 +60,10 @@ pub async fn run(ctx: &Ctx, command: Command) -> Result<()> {
         Command::Host(cmd) => tokio::task::block_in_place(|| host::run(ctx, cmd)),
         Command::Memory(cmd) => tokio::task::block_in_place(|| memory::run(ctx, cmd)),
         Command::Audit(cmd) => audit::run(ctx, cmd).await,
+        Command::Version(args) => {
+            let lock = crate::project::resolve(&args.lock);
+            ctx.out.emit(&crate::build_info::report(&args.build_info, &lock)?)
+        }
     }
 }
 

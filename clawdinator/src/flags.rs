@@ -74,3 +74,14 @@ impl Selection {
         }
     }
 }
+
+/// `version`: where the build info is.
+#[derive(Debug, Args)]
+pub struct VersionArgs {
+    /// The host's build info (the flake writes it).
+    #[arg(long, default_value = "/etc/clawdinator/build-info.json")]
+    pub build_info: PathBuf,
+    /// Without it (a checkout): this flake.lock.
+    #[arg(long, default_value = "flake.lock")]
+    pub lock: PathBuf,
+}

@@ -22,6 +22,7 @@ pub mod atomic;
 pub mod audit;
 pub mod aws;
 pub mod bootstrap;
+pub mod build_info;
 pub mod cancel;
 pub mod cli;
 pub mod clock;

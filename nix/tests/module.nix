@@ -99,7 +99,10 @@ let
     minimal = evaluate [{ services.clawdinator = { enable = true; bootstrap.enable = true; discordTokenFile = "/run/agenix/t"; }; }];
     selfUpdate = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { services.clawdinator.selfUpdate.enable = true; } ];
     ssh = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { services.clawdinator.ssh = { enable = true; authorizedKeys = [ "ssh-ed25519 AAAA test" ]; }; } ];
-    revision = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { system.configurationRevision = "0123456789abcdef0123456789abcdef01234567"; } ];
+    revision = evaluate [ ../modules/fleet.nix registry.${firstName}.settings {
+      system.configurationRevision = "0123456789abcdef0123456789abcdef01234567";
+      services.clawdinator.buildInfo = fleetLib.buildInfo.fromLock { lockFile = ../../flake.lock; revision = "0123456789abcdef0123456789abcdef01234567"; };
+    } ];
   };
 
   # Configurations that must fail, with the words their message must hold.
@@ -282,6 +285,11 @@ let
       (has cases.revision.system.systemBuilderCommands "0123456789abcdef0123456789abcdef01234567"
         && has cases.revision.system.systemBuilderCommands "> $out/configurationRevision"
         && cases.host.system.systemBuilderCommands == ""))
+    (expect "the build info (this revision, nix-openclaw's and nixpkgs' locked revisions and times) is in /etc for `clawdinator version`"
+      (let info = builtins.fromJSON cases.revision.environment.etc."clawdinator/build-info.json".text; in
+        info.revision == "0123456789abcdef0123456789abcdef01234567"
+        && builtins.stringLength info.inputs.nix-openclaw.rev == 40 && info.inputs.nixpkgs.lastModified > 0
+        && !(cases.host.environment.etc ? "clawdinator/build-info.json")))
     (expect "ssh: on with the keys given" (cases.ssh.services.openssh.enable && cases.ssh.users.users.root.openssh.authorizedKeys.keys == [ "ssh-ed25519 AAAA test" ]))
   ];
 

@@ -193,11 +193,26 @@ fn check_secrets(sh: &Shell, root: &Path) -> Result<()> {
     Ok(())
 }
 
+/// The build info a host gets (nix/lib) is what `clawdinator version` reads from the lock.
+fn check_build_info(sh: &Shell, root: &Path) -> Result<()> {
+    let file = root.join("flake.lock");
+    let rust = clawdinator::build_info::BuildInfo::from_lock(&std::fs::read_to_string(&file)?, "r")?;
+    let nix = eval(sh, root, "lib.buildInfo.fromLock { lockFile = path; revision = \"r\"; }", &file)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let nix: clawdinator::build_info::BuildInfo = serde_json::from_value(nix)?;
+    anyhow::ensure!(nix == rust, "nix/lib's build info {nix:?} differs from the Rust reading {rust:?}");
+    anyhow::ensure!(rust.inputs.values().all(|i| i.rev.is_some()), "an input of flake.lock has no revision: {rust:?}");
+    Ok(())
+}
+
 /// Run every comparison; the summary on success.
 pub fn check(sh: &Shell, root: &Path) -> Result<String> {
     let dir = tempfile::tempdir()?;
     let registries = check_registries(sh, root, dir.path())?;
     let lists = check_repos(sh, root, dir.path())?;
     check_secrets(sh, root)?;
-    Ok(format!("{registries} registries and {lists} repo lists read alike by nix/lib and the Rust parsers; the secrets list agrees"))
+    check_build_info(sh, root)?;
+    Ok(format!(
+        "{registries} registries and {lists} repo lists read alike by nix/lib and the Rust parsers; the secrets list and the build info agree"
+    ))
 }

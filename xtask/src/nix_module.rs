@@ -134,7 +134,7 @@ fn check_sabotage(sh: &Shell, root: &Path, nixpkgs_lib: &Path) -> Result<()> {
         );
         let copy = tempfile::tempdir()?;
         let into = copy.path();
-        for part in ["nix", "clawdinator", "memory", "flake.nix"].map(|p| root.join(p)) {
+        for part in ["nix", "clawdinator", "memory", "flake.nix", "flake.lock"].map(|p| root.join(p)) {
             cmd!(sh, "cp -r {part} {into}").quiet().run()?;
         }
         std::fs::write(copy.path().join(&path), module.replacen(from, to, 1))?;

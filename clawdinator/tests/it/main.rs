@@ -11,3 +11,4 @@ mod image;
 mod memory;
 mod registry;
 mod secrets;
+mod version;

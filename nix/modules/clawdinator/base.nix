@@ -12,6 +12,12 @@ in
   options.services.clawdinator = {
     enable = mkEnableOption "a clawdinator host (bootstrap, secrets, memory, gateway)";
 
+    buildInfo = lib.mkOption {
+      type = types.nullOr (types.attrsOf types.anything);
+      default = null;
+      description = "What the host was built from (the flake sets it from flake.lock: nix/lib's buildInfo.fromLock), written to /etc/clawdinator/build-info.json for `clawdinator version`.";
+    };
+
     instanceName = nullOrStr (runTime "This host's instance name, a key of nix/instances.json" "instance-name");
 
     user = mkOption { type = types.str; default = "clawdinator"; description = "The user the gateway and the agents run as."; };
@@ -58,6 +64,8 @@ in
     system.systemBuilderCommands = lib.optionalString (config.system.configurationRevision != null) ''
       printf '%s' ${escapeShellArg config.system.configurationRevision} > $out/configurationRevision
     '';
+
+    environment.etc."clawdinator/build-info.json" = mkIf (cfg.buildInfo != null) { text = builtins.toJSON cfg.buildInfo; };
 
     # The host binary for operators and agents: `clawdinator memory …` and friends.
     environment.systemPackages = [ cfg.hostPackage ];
