@@ -47,6 +47,19 @@ pub enum Command {
     OpentofuSchema,
     /// Regenerate docs/commands.md (from clap) and docs/module-options.md (from the NixOS module).
     Docs(Docs),
+    /// Move one flake input's pin to its branch's head (nix flake update), check the lock, say what moved.
+    #[command(name = "pin-update")]
+    PinUpdate(PinUpdate),
+}
+
+#[derive(Debug, Args)]
+pub struct PinUpdate {
+    /// The flake input (a name in flake.nix's inputs).
+    #[arg(default_value = "nix-openclaw")]
+    pub input: String,
+    /// Also write changed=, from= and to= lines to this file (a workflow step's $GITHUB_OUTPUT).
+    #[arg(long)]
+    pub github_output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -115,6 +115,64 @@ fn check_workflows(root: &Path) -> Result<usize> {
     Ok(lines)
 }
 
+/// What `pin-update` moved.
+#[derive(Debug, serde::Serialize)]
+pub struct PinReport {
+    pub input: String,
+    pub changed: bool,
+    pub from: Option<String>,
+    pub to: Option<String>,
+}
+
+impl std::fmt::Display for PinReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let short = |r: &Option<String>| r.as_deref().map(|r| r[..r.len().min(12)].to_string()).unwrap_or("?".into());
+        if self.changed {
+            writeln!(f, "{}: {} -> {}", self.input, short(&self.from), short(&self.to))
+        } else {
+            writeln!(f, "{}: already at its branch's head ({})", self.input, short(&self.from))
+        }
+    }
+}
+
+fn pinned(root: &Path, input: &str) -> Result<Option<String>> {
+    let info = clawdinator::build_info::BuildInfo::from_lock(&std::fs::read_to_string(root.join("flake.lock"))?, "")?;
+    let found = info.inputs.get(input).with_context(|| format!("flake.lock has no input {input:?} at its root"))?;
+    Ok(found.rev.clone())
+}
+
+impl crate::flags::PinUpdate {
+    /// `nix flake update INPUT`, then the lock must still pass the check; a
+    /// lock that does not is put back as it was.
+    pub fn run(self, ctx: &clawdinator::ctx::Ctx) -> Result<()> {
+        // The checkout it runs in (a workflow's), not the one it was built from.
+        let (sh, root) = (Shell::new()?, std::env::current_dir()?);
+        ensure!(
+            root.join("flake.nix").is_file(),
+            "{} has no flake.nix: run pin-update at the checkout's root",
+            root.display()
+        );
+        let before = std::fs::read(root.join("flake.lock")).context("no flake.lock")?;
+        let from = pinned(&root, &self.input)?;
+        let input = &self.input;
+        let updated =
+            cmd!(sh, "nix flake update {input}").run().map_err(anyhow::Error::from).and_then(|()| check(&sh, &root));
+        if let Err(e) = updated {
+            std::fs::write(root.join("flake.lock"), &before)?;
+            return Err(e.context("flake.lock is as it was"));
+        }
+        let to = pinned(&root, input)?;
+        let report = PinReport { input: self.input.clone(), changed: from != to, from, to };
+        if let Some(path) = &self.github_output {
+            use std::io::Write;
+            let mut file = std::fs::OpenOptions::new().append(true).create(true).open(path)?;
+            let rev = |r: &Option<String>| r.clone().unwrap_or_default();
+            writeln!(file, "changed={}\nfrom={}\nto={}", report.changed, rev(&report.from), rev(&report.to))?;
+        }
+        ctx.out.emit(&report)
+    }
+}
+
 pub fn check(sh: &Shell, root: &Path) -> Result<String> {
     let lock: Value = serde_json::from_slice(&std::fs::read(root.join("flake.lock")).context("no flake.lock")?)
         .context("flake.lock is not JSON")?;

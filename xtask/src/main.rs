@@ -58,6 +58,7 @@ fn run(cli: flags::Xtask) -> Result<()> {
                 Ok(())
             }
             flags::Command::Docs(cmd) => tokio::task::block_in_place(|| cmd.run(&ctx)),
+            flags::Command::PinUpdate(cmd) => tokio::task::block_in_place(|| cmd.run(&ctx)),
         }
     })
 }

@@ -54,6 +54,7 @@ impl Context {
             "inputs" => from(&self.inputs),
             "github" if name == "sha" => REVISION.into(),
             "github" if name == "triggering_actor" => self.actor.clone(),
+            "github" if name == "token" => "ghs_workflow_token".into(),
             "steps" => self.outputs.get(name).cloned().unwrap_or_default(),
             _ => panic!("the test runner does not know the expression `{expr}`"),
         }
@@ -176,6 +177,7 @@ fn tools(dir: &Path) -> (String, PathBuf) {
         &format!(
             "#!/bin/sh\nif [ \"$1\" = develop ]; then while [ \"$1\" != --command ]; do shift; done; shift; exec \"$@\"; fi\n\
              if [ \"$1\" = flake ] && [ \"$2\" = check ]; then echo 'stand-in nix: flake check (cargo xtask test evaluates the flake)'; exit 0; fi\n\
+             if [ \"$1\" = flake ] && [ \"$2\" = update ]; then sed -i \"s/$PIN_FROM/$PIN_TO/\" flake.lock; exit 0; fi\n\
              exec {} \"$@\"\n",
             image_nix.display()
         ),
@@ -397,6 +399,75 @@ async fn the_image_release_and_deploy_workflows_complete_as_the_ci_role() {
     tofu_got_every_variable(&env, &context);
     let steps = runner.steps.borrow().clone();
     judge_ci_calls(&env, &steps).await;
+}
+
+/// The freshness job: the stand-in nix moves nix-openclaw's pin (as `nix
+/// flake update` would); the job checks the lock, commits it to main and
+/// starts the release lane. Run again with nothing new, it does neither.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_pin_bump_commits_the_new_lock_and_starts_the_release() {
+    let env = env().await;
+    let checkout = env.path("work/clawdinators");
+    check_out(&testkit::repo_root(), &checkout);
+    let git = |dir: &Path, args: &[&str]| {
+        let out = std::process::Command::new("git").args(args).current_dir(dir).output().unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    let origin = env.path("work/origin.git");
+    git(&env.path("work"), &["init", "-q", "--bare", "-b", "main", origin.to_str().unwrap()]);
+    for args in [
+        &["init", "-q", "-b", "main"][..],
+        &["add", "-A"],
+        &["-c", "user.name=o", "-c", "user.email=o@o", "commit", "-qm", "seed"],
+    ] {
+        git(&checkout, args);
+    }
+    git(&checkout, &["remote", "add", "origin", origin.to_str().unwrap()]);
+    git(&checkout, &["push", "-q", "origin", "HEAD:main"]);
+    let temp = env.path("runner-temp");
+    std::fs::create_dir_all(&temp).unwrap();
+    let (mut base, _) = runner_env(&env, &temp);
+    let gh_log = env.path("gh.log");
+    write_script(&env.path("tools/bin/gh"), &format!("#!/bin/sh\necho \"$*\" >> {}\n", gh_log.display()));
+    let lock = std::fs::read_to_string(checkout.join("flake.lock")).unwrap();
+    let from =
+        clawdinator::build_info::BuildInfo::from_lock(&lock, "").unwrap().inputs["nix-openclaw"].rev.clone().unwrap();
+    let to = "0123456789abcdef0123456789abcdef01234567";
+    base.insert("PIN_FROM".into(), from.clone());
+    base.insert("PIN_TO".into(), to.into());
+    let runner = Runner { checkout: checkout.clone(), temp, base, emulator: &env.emulator, steps: Default::default() };
+    let mut context = settings(&env, "AGE-SECRET-KEY-1UNUSED");
+    run(&runner, &mut context, "bump-nix-openclaw.yml", &["bump"]);
+    let log = git(&origin, &["log", "--format=%s", "main"]);
+    assert_eq!(log.lines().next().unwrap(), format!("Bump nix-openclaw {} -> {}", &from[..12], &to[..12]));
+    let pushed = git(&origin, &["show", "main:flake.lock"]);
+    assert!(pushed.contains(to) && !pushed.contains(&from), "the pushed lock is not the moved one");
+    assert_eq!(std::fs::read_to_string(&gh_log).unwrap(), "workflow run release.yml --ref main\n");
+
+    // Nothing new: no commit, no release.
+    context.outputs.clear();
+    run(&runner, &mut context, "bump-nix-openclaw.yml", &["bump"]);
+    assert_eq!(git(&origin, &["rev-list", "--count", "main"]), "2");
+    assert_eq!(std::fs::read_to_string(&gh_log).unwrap().lines().count(), 1);
+
+    // An update that breaks the lock: refused, the lock put back, nothing pushed.
+    let mut base = runner.base.clone();
+    base.insert("PIN_FROM".into(), to.into());
+    base.insert("PIN_TO".into(), "broken\\\"".into());
+    let before = std::fs::read_to_string(checkout.join("flake.lock")).unwrap();
+    let broken = Runner {
+        base,
+        temp: runner.temp.clone(),
+        checkout: checkout.clone(),
+        emulator: &env.emulator,
+        steps: Default::default(),
+    };
+    let workflow = load(&checkout, "bump-nix-openclaw.yml");
+    let failure = broken.job(&workflow, "bump", &mut context).unwrap_err();
+    assert!(failure.contains("flake.lock is as it was"), "{failure}");
+    assert_eq!(std::fs::read_to_string(checkout.join("flake.lock")).unwrap(), before);
+    assert_eq!(git(&origin, &["rev-list", "--count", "main"]), "2");
 }
 
 /// Attack: someone with write access (or a bot's leaked token, if it could
