@@ -295,8 +295,11 @@ fn usage_errors_exit_2() {
         (&["image", "publish", "--workers", "1000"], "--workers"),
         (&["bootstrap", "upload", "--all", "--concurrency", "0"], "--concurrency"),
         (&["bootstrap", "upload", "--all"], "no bucket"),
-        (&["secrets", "github-token", "--pem", "/nonexistent"], "no app id"),
-        (&["secrets", "github-token", "--app-id", "1", "--installation-id", "2"], "no GitHub App key"),
+        (&["secrets", "github-token", "--pem", "/nonexistent", "--permission", "contents=read"], "no app id"),
+        (
+            &["secrets", "github-token", "--app-id", "1", "--installation-id", "2", "--permission", "contents=read"],
+            "no GitHub App key",
+        ),
     ] {
         let (code, stderr) = cli(args);
         assert_eq!(code, 2, "{args:?}: {stderr}");
