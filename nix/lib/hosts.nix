@@ -1,7 +1,7 @@
 # Registry -> hosts, builtins only: one NixOS host per instance of
 # nix/instances.json, with the facts its entry gives (name, bootstrap
 # prefix, Discord token file), plus nix/hosts/<name>.nix when it exists
-# (for real per-host differences; no host needs a file of its own).
+# (for real per-host differences: babelfish, the translation bot, has one).
 let
   registry = import ./registry.nix;
 in

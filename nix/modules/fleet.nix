@@ -3,6 +3,11 @@
 # registry (nix/lib/hosts.nix) or, at boot, from /etc/clawdinator/ (the
 # instance's user data): nothing here names a bucket, a file system or an
 # account.
+{ config, lib, ... }:
+
+let
+  name = config.services.clawdinator.instanceName;
+in
 {
   services.clawdinator = {
     enable = true;
@@ -26,17 +31,17 @@
       org = "openclaw";
     };
 
-    config = {
-      agents.defaults = {
-        maxConcurrent = 4;
-        skipBootstrap = true;
-      };
-      channels.discord = {
-        enabled = true;
-        dm.enabled = false;
-      };
-      messages.queue.mode = "interrupt";
-    };
+    # The shared gateway configuration (data, one file), and the agent named
+    # after the instance, as the registry names it.
+    config = lib.recursiveUpdate (import ../gateway/fleet.nix) (lib.optionalAttrs (name != null) {
+      agents.list = [
+        {
+          id = "main";
+          default = true;
+          identity.name = lib.toUpper name;
+        }
+      ];
+    });
   };
 
   # Hosts switch with `nixos-rebuild --flake` (first boot, fleet switch).

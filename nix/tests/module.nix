@@ -251,6 +251,12 @@ let
         (c.swapDevices == [ { device = "/swapfile"; size = 8192; } ]
           && builtins.elem "https://cache.garnix.io" c.nix.settings.substituters
           && builtins.elem "cache.garnix.io:CTFPyKSLcx5RMJKfLo5EEPUObbA78b0YQ2DTCJXqr9g=" c.nix.settings.trusted-public-keys))
+      (expect "the gateway gets the fleet's shared configuration and an agent named after the instance"
+        (let g = c.services.openclaw-gateway.config; in
+          g.agents.defaults.model.primary == "openai/gpt-5.2-codex" && g.agents.defaults.maxConcurrent == 4
+          && g.agents.list == [ { id = "main"; default = true; identity.name = lib.toUpper firstName; } ]
+          && g.agents.defaults.workspace == "/var/lib/clawd/workspace" && g.channels.telegram.enabled
+          && g.channels.discord.guilds."1456350064065904867".channels."1458426982579830908".requireMention))
       (expect "SSH is off and SSM is the way in" (!c.services.openssh.enable && c.services.amazon-ssm-agent.enable))
       (expect "the host is named from the registry" (c.networking.hostName == firstName))
       (expect "the memory commands are on every PATH" (builtins.elem pkgs.clawdinator c.environment.systemPackages))
@@ -258,6 +264,20 @@ let
     ];
 
   otherChecks = lib.concatLists [
+    (let c = host "clawdinator-babelfish"; g = c.services.openclaw-gateway; in lib.concatLists [
+      (expect "babelfish: its own workspace and templates, one model, every tool denied"
+        (g.config.agents.defaults.workspace == "/var/lib/clawd/workspace-babelfish"
+          && has (builtins.head g.execStartPre) "workspace-babelfish" && g.config.agents.defaults.model.primary == "openai/gpt-5.2"
+          && (builtins.head g.config.agents.list).tools.deny == [ "*" ] && g.config.skills.allowBundled == [ ]))
+      (expect "babelfish: no Telegram (neither token nor plugin), no GitHub snapshot, no cron"
+        (!(has g.execStart "TELEGRAM") && !g.config.plugins.entries.telegram.enabled && !(g.config.channels ? telegram)
+          && svc c "clawdinator-github-sync" == null && !g.config.cron.enabled))
+      (expect "babelfish: the two translation channels, no mention needed, the translation rules as their prompt"
+        (let chans = g.config.channels.discord.guilds."1456350064065904867".channels; in
+          builtins.attrNames chans == [ "1467469670192910387" "1468983176620675132" ]
+          && lib.all (ch: !ch.requireMention && has ch.systemPrompt "CLAWDINATOR-BABELFISH") (builtins.attrValues chans)))
+      (expect "babelfish: valid" (failing c == [ ]))
+    ])
     (let c = cases.image; in lib.concatLists [
       (expect "image: clawdinator-first-switch runs once (never with a recorded deployment), after the repository copy arrived"
         (let u = svc c "clawdinator-first-switch"; in
@@ -329,6 +349,8 @@ in
   cases = builtins.length (builtins.attrNames cases) + builtins.length (builtins.attrNames negative);
   commands = lib.unique (lib.filter (lib.hasPrefix bin) (lib.concatMap commandsOf (builtins.attrValues cases)));
   inherit bin flakeHosts;
+  # What each host's gateway is handed (nix/gateway/golden/<name>.json).
+  gatewayConfigs = builtins.mapAttrs (name: _: (host name).services.openclaw-gateway.config) registry;
   # The module's options as the NixOS manual lists them (docs/module-options.md).
   options =
     let

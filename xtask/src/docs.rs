@@ -27,12 +27,17 @@ impl flags::Docs {
         let lib = nix_module::nixpkgs_lib().context(
             "the module options reference needs nixpkgs' lib: set NIXPKGS_LIB to a nixpkgs lib/ (a checkout beside the repository at ../shared/vendor/nixpkgs-lib/lib is found by itself)",
         )?;
-        let docs = [(COMMANDS, commands()), (MODULE_OPTIONS, module_options(&Shell::new()?, &root, &lib)?)];
-        for (path, text) in docs {
+        let sh = Shell::new()?;
+        let mut docs =
+            vec![(COMMANDS.to_string(), commands()), (MODULE_OPTIONS.to_string(), module_options(&sh, &root, &lib)?)];
+        docs.extend(nix_module::gateway_goldens(&sh, &root, &lib)?);
+        for (path, text) in &docs {
             if self.check {
-                ensure_current(&root, path, &text)?;
+                ensure_current(&root, path, text)?;
             } else {
-                std::fs::write(root.join(path), &text).with_context(|| format!("cannot write {path}"))?;
+                let file = root.join(path);
+                std::fs::create_dir_all(file.parent().unwrap_or(&root))?;
+                std::fs::write(&file, text).with_context(|| format!("cannot write {path}"))?;
             }
             ctx.out.note(format!("{path}: {}", if self.check { "current" } else { "written" }));
         }

@@ -74,15 +74,17 @@ fn registries() -> Result<Registries> {
 }
 
 /// What `nix/lib/hosts.nix` makes of each instance, as JSON.
-const HOSTS: &str = "builtins.mapAttrs (name: h: { inherit (h) extraModules; hostName = h.settings.networking.hostName; \
+const HOSTS: &str = "builtins.mapAttrs (name: h: { extraModules = map baseNameOf h.extraModules; hostName = h.settings.networking.hostName; \
      inherit (h.settings.services.clawdinator) instanceName discordTokenFile; prefix = h.settings.services.clawdinator.bootstrap.s3Prefix; }) \
-     (lib.hosts.fromRegistry { registryFile = path; hostsDir = /. + root + \"/nix/hosts\"; })";
+     (lib.hosts.fromRegistry { registryFile = path; hostsDir = dirOf path + \"/hosts\"; })";
 
-/// The same, from the Rust registry parser.
-fn expected_hosts(registry: registry::Registry) -> serde_json::Value {
+/// The same, from the Rust registry parser and the host files beside the registry (`hosts/`).
+fn expected_hosts(registry: registry::Registry, dir: &Path) -> serde_json::Value {
     let hosts = registry.instances.into_iter().map(|(name, i)| {
+        let file = format!("{name}.nix");
+        let own: Vec<&str> = if dir.join("hosts").join(&file).is_file() { vec![&file] } else { vec![] };
         let host = serde_json::json!({
-            "extraModules": [],
+            "extraModules": own,
             "hostName": name,
             "instanceName": name,
             "discordTokenFile": format!("/run/agenix/{}", i.discord_token_secret),
@@ -101,7 +103,7 @@ fn check_registries(sh: &Shell, root: &Path, dir: &Path) -> Result<usize> {
         std::fs::write(&file, text)?;
         let (rust, problems) = registry::check(&file, text);
         anyhow::ensure!(problems.is_empty(), "the Rust parser refuses a registry meant to be valid: {problems:?}");
-        let rust = expected_hosts(rust.context("a valid registry")?);
+        let rust = expected_hosts(rust.context("a valid registry")?, dir);
         let nix = eval(sh, root, expr, &file).map_err(|e| anyhow::anyhow!("nix/lib refuses a valid registry: {e}"))?;
         anyhow::ensure!(nix == rust, "nix/lib makes hosts {nix} where the Rust parser reads {rust}");
     }

@@ -21,7 +21,11 @@ struct Harness {
     bin: String,
     flake_hosts: std::collections::BTreeMap<String, Option<String>>,
     options: Vec<OptionDoc>,
+    gateway_configs: std::collections::BTreeMap<String, serde_json::Value>,
 }
+
+/// Where each host's rendered gateway configuration is kept for review.
+pub const GOLDEN_DIR: &str = "nix/gateway/golden";
 
 #[derive(Debug, serde::Deserialize)]
 /// One option of the module, as `lib.optionAttrSetToDocList` gives it.
@@ -168,6 +172,38 @@ pub fn options(sh: &Shell, root: &Path, nixpkgs_lib: &Path) -> Result<Vec<Option
     Ok(evaluate(sh, root, nixpkgs_lib)?.options)
 }
 
+/// Each host's gateway configuration as the module hands it to the
+/// gateway, rendered as the golden file's text: (path, text).
+pub fn gateway_goldens(sh: &Shell, root: &Path, nixpkgs_lib: &Path) -> Result<Vec<(String, String)>> {
+    checked_lib(nixpkgs_lib)?;
+    goldens(&evaluate(sh, root, nixpkgs_lib)?)
+}
+
+fn goldens(harness: &Harness) -> Result<Vec<(String, String)>> {
+    let mut files = Vec::new();
+    for (name, config) in &harness.gateway_configs {
+        files.push((format!("{GOLDEN_DIR}/{name}.json"), format!("{}\n", serde_json::to_string_pretty(config)?)));
+    }
+    Ok(files)
+}
+
+/// Every host's gateway configuration is its committed golden file, and no
+/// golden file is left for a host that is gone: a change shows in review.
+fn check_goldens(harness: &Harness, root: &Path) -> Result<usize> {
+    let files = goldens(harness)?;
+    for (path, text) in &files {
+        let committed = std::fs::read_to_string(root.join(path)).unwrap_or_default();
+        ensure!(committed == *text, "{path} is not the configuration the module renders now: run `cargo xtask docs`, review the change, commit it");
+    }
+    let dir = root.join(GOLDEN_DIR);
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
+        let name = entry?.file_name().to_string_lossy().into_owned();
+        let path = format!("{GOLDEN_DIR}/{name}");
+        ensure!(files.iter().any(|(p, _)| *p == path), "{path} is for no host of the registry: remove it");
+    }
+    Ok(files.len())
+}
+
 /// Run the harness; Ok(None) when there is no nixpkgs lib (the caller says SKIPPED).
 pub fn check(sh: &Shell, root: &Path) -> Result<Option<String>> {
     let Some(nixpkgs_lib) = nixpkgs_lib() else { return Ok(None) };
@@ -177,9 +213,10 @@ pub fn check(sh: &Shell, root: &Path) -> Result<Option<String>> {
     ensure!(harness.failures.is_empty(), "the module does not do what it must:\n  {}", harness.failures.join("\n  "));
     check_commands(&harness)?;
     check_flake_hosts(&harness, root)?;
+    let goldens = check_goldens(&harness, root)?;
     check_sabotage(sh, root, nixpkgs_lib)?;
     Ok(Some(format!(
-        "{} configurations evaluated with lib.evalModules, {} unit commands parse, {} sabotaged modules caught",
+        "{} configurations evaluated with lib.evalModules, {} unit commands parse, {goldens} gateway configurations match their golden files, {} sabotaged modules caught",
         harness.cases,
         harness.commands.len(),
         SABOTAGE.len()

@@ -50,8 +50,13 @@ fn valid_registry_passes() {
 fn shipped_registry_is_valid() {
     let path = testkit::repo_root().join("nix/instances.json");
     let registry = Registry::load(&path).unwrap_or_else(|p| panic!("{p}"));
-    assert_eq!(registry.instances.keys().collect::<Vec<_>>(), ["clawdinator-1", "clawdinator-2"]);
-    assert!(registry.instances.values().all(|i| i.instance_type == "t3.large"));
+    assert_eq!(
+        registry.instances.keys().collect::<Vec<_>>(),
+        ["clawdinator-1", "clawdinator-2", "clawdinator-babelfish"]
+    );
+    let kinds: Vec<&str> = registry.instances.values().map(|i| i.instance_type.as_str()).collect();
+    assert_eq!(kinds, ["t3.large", "t3.large", "t3.small"], "babelfish translates on a t3.small");
+    assert_eq!(registry.instances["clawdinator-babelfish"].token_file(), "clawdinator-discord-token-babelfish.age");
 }
 
 #[test]

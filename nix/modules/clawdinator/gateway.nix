@@ -52,6 +52,13 @@ in
       description = "Free-form gateway configuration (OpenClaw JSON), merged with the module's defaults.";
     };
 
+    workspaceDir = mkOption {
+      type = types.str;
+      default = "${cfg.stateDir}/workspace";
+      defaultText = literalExpression ''"''${stateDir}/workspace"'';
+      description = "The agents' workspace (the gateway's agents.defaults.workspace), seeded from workspaceTemplateDir before every start.";
+    };
+
     workspaceTemplateDir = mkOption {
       type = types.path;
       default = ../../../clawdinator/workspace;

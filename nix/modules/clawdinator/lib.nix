@@ -13,7 +13,7 @@ rec {
   agenix = "/run/agenix";
   runDir = "/run/clawd";
   githubEnvFile = "${runDir}/github-app.env";
-  workspaceDir = "${cfg.stateDir}/workspace";
+  workspaceDir = cfg.workspaceDir;
   reposDir = "${cfg.stateDir}/repos";
   logDir = "${cfg.stateDir}/logs";
   # What root acts on (the deploy copy, the deployment record, the bundle's

@@ -22,11 +22,11 @@ fn status_and_switch_dry_run_work_under_local() {
     };
     let status = run(&["--local", "--json", "fleet", "status"]);
     assert_eq!(status.status.code(), Some(3), "{}", String::from_utf8_lossy(&status.stderr));
-    assert_eq!(json_of(&status)["drift"].as_array().unwrap().len(), 2, "both shipped instances are missing");
+    assert_eq!(json_of(&status)["drift"].as_array().unwrap().len(), 3, "the three shipped instances are missing");
     let switch = run(&["--local", "--json", "fleet", "switch", REV, "--dry-run"]);
     assert!(switch.status.success(), "{}", String::from_utf8_lossy(&switch.stderr));
     let report = json_of(&switch);
-    assert_eq!(report["waves"], json!([["clawdinator-1"], ["clawdinator-2"]]));
+    assert_eq!(report["waves"], json!([["clawdinator-1"], ["clawdinator-2"], ["clawdinator-babelfish"]]));
     assert_eq!(report["hosts"][0]["outcome"], "would-fail");
 }
 
