@@ -25,7 +25,7 @@ let
     pname = name;
     outPath = "/nix/store/00000000000000000000000000000000-${name}";
   };
-  pkgs = lib.genAttrs [ "openclaw-gateway" "clawdinator" "git" "gh" "jq" "ripgrep" "curl" "stunnel" "cacert" "bashInteractive" ] stubPackage
+  pkgs = lib.genAttrs [ "openclaw-gateway" "clawdinator" "git" "gh" "jq" "ripgrep" "curl" "nodejs_22" "pnpm_10" "python3" "ffmpeg" "awscli2" "stunnel" "cacert" "bashInteractive" ] stubPackage
     // { writeText = name: _text: stubPackage name; };
   bin = "${pkgs.clawdinator}/bin/clawdinator";
 
@@ -62,6 +62,7 @@ let
       environment.etc = mkOption { type = types.attrsOf anything; default = { }; };
       environment.systemPackages = mkOption { type = types.listOf types.package; default = [ ]; };
       services.amazon-ssm-agent = attrs;
+      programs.git = attrs;
       services.openssh = attrs;
       services.openclaw-gateway = attrs;
       networking.hostName = mkOption { type = types.str; default = "nixos"; };
@@ -217,6 +218,13 @@ let
           && !(has e "actions=") && !(has e "workflows=") && has e "--owner clawdinator"
           && !((svc c "clawdinator-github-app-token").serviceConfig ? User)
           && c.systemd.timers.clawdinator-github-app-token.timerConfig.OnUnitActiveSec == "45min"))
+      (expect "the agents' git: the bot identity, the seeded clones trusted, the App token from its file; gh through GH_CONFIG_DIR"
+        (let g = c.programs.git.config; in
+          c.programs.git.enable && g.user.name == "CLAWDINATOR Bot" && g.safe.directory == [ "/var/lib/clawd/repos/*" ]
+          && has g.credential."https://github.com".helper "/run/clawd/gh/token"
+          && has (exec c "clawdinator-github-app-token") "--gh-config-dir /run/clawd/gh"
+          && c.services.openclaw-gateway.environment.GH_CONFIG_DIR == "/run/clawd/gh"
+          && builtins.all (p: builtins.elem pkgs.${p} c.services.openclaw-gateway.servicePath) [ "nodejs_22" "pnpm_10" "python3" "ffmpeg" "awscli2" "gh" ]))
       (expect "the bots' App key is installed for root alone"
         (has (exec c "clawdinator-secrets") "--root-only clawdinator-github-app.pem"))
       (expect "the gateway is nix-openclaw's unit named clawdinator, started through `host exec` with the tokens, workspace seeded first"

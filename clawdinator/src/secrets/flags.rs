@@ -126,6 +126,9 @@ pub struct GithubTokenArgs {
     /// Write GITHUB_TOKEN=… and GH_TOKEN=… here (mode 0600) instead of printing the token.
     #[arg(long)]
     pub env_file: Option<PathBuf>,
+    /// Also keep the token where gh and git read it on every call: DIR/hosts.yml (GH_CONFIG_DIR) and DIR/token, 0600.
+    #[arg(long, value_name = "DIR", requires = "env_file")]
+    pub gh_config_dir: Option<PathBuf>,
     /// The token covers only this repository of the installation (repeatable; none: every repository).
     #[arg(long = "repository", value_name = "NAME")]
     pub repositories: Vec<String>,

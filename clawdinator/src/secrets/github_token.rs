@@ -121,6 +121,8 @@ pub struct TokenOptions {
     pub pem: PemSource,
     pub api_url: String,
     pub env_file: Option<PathBuf>,
+    /// gh's configuration directory (hosts.yml) and the bare token beside it.
+    pub gh_config_dir: Option<PathBuf>,
     pub scope: Scope,
     /// Who gets the env file (the agents' user, when root mints).
     pub owner: crate::atomic::Owner,
@@ -175,6 +177,18 @@ pub fn write_env_file(path: &Path, token: &str, owner: crate::atomic::Owner) -> 
     crate::atomic::write_owned(path, content.as_bytes(), 0o600, owner)
 }
 
+/// The token where gh (GH_CONFIG_DIR/hosts.yml) and a git credential
+/// helper (DIR/token) read it on every call: a running gateway's tools see
+/// each refresh, which an environment variable fixed at its start would not.
+pub fn write_gh_config(dir: &Path, token: &str, owner: crate::atomic::Owner) -> Result<()> {
+    let hosts = Zeroizing::new(format!(
+        "github.com:\n    oauth_token: {token}\n    user: x-access-token\n    git_protocol: https\n"
+    ));
+    crate::atomic::write_owned(&dir.join("hosts.yml"), hosts.as_bytes(), 0o600, owner)?;
+    let bare = Zeroizing::new(format!("{token}\n"));
+    crate::atomic::write_owned(&dir.join("token"), bare.as_bytes(), 0o600, owner)
+}
+
 /// What `secrets github-token --json` prints: the token (it is the command's
 /// output) or, with --env-file, where it went.
 #[derive(Serialize)]
@@ -210,6 +224,9 @@ pub async fn issue(ctx: &Ctx, opts: &TokenOptions) -> Result<()> {
     let token = installation_token(&opts.api_url, &opts.installation_id, &jwt, &opts.scope).await?;
     if let Some(path) = &opts.env_file {
         write_env_file(path, &token.token, opts.owner)?;
+    }
+    if let Some(dir) = &opts.gh_config_dir {
+        write_gh_config(dir, &token.token, opts.owner)?;
     }
     // Without --env-file the token itself is this command's output.
     let report = TokenReport {

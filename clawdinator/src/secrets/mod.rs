@@ -138,6 +138,7 @@ async fn github_token(ctx: &Ctx, args: GithubTokenArgs) -> Result<()> {
         pem,
         api_url: args.api_url,
         env_file: args.env_file,
+        gh_config_dir: args.gh_config_dir,
         scope: github_token::Scope::parse(&args.repositories, &args.permissions, &args.fleet_repository)
             .map_err(|e| usage(&format!("{e:#}")))?,
         owner: crate::atomic::Owner::named(args.owner.owner.as_deref(), args.owner.group.as_deref())?,

@@ -5,7 +5,7 @@
 
 let
   h = import ./lib.nix { inherit config lib; };
-  inherit (h) cfg command configPath harden noMetadata controlSocket runDir workspaceDir logDir;
+  inherit (h) cfg command configPath harden noMetadata controlSocket ghConfigDir runDir workspaceDir logDir;
   inherit (lib) concatStringsSep literalExpression mkIf mkOption optional optionals types;
   # The gateway's variables and the files that hold their values.
   tokenEnv = lib.filterAttrs (_: file: file != null) {
@@ -75,8 +75,8 @@ in
 
     toolPackages = mkOption {
       type = types.listOf types.package;
-      default = with pkgs; [ git gh jq ripgrep curl ];
-      defaultText = literalExpression "with pkgs; [ git gh jq ripgrep curl ]";
+      default = with pkgs; [ git gh jq ripgrep curl nodejs_22 pnpm_10 python3 ffmpeg awscli2 ];
+      defaultText = literalExpression "with pkgs; [ git gh jq ripgrep curl nodejs_22 pnpm_10 python3 ffmpeg awscli2 ]";
       description = "The agents' tools, on the gateway's PATH and listed in TOOLS.md.";
     };
   };
@@ -117,6 +117,9 @@ in
       environment = {
         CLAWDINATOR_MEMORY_DIR = cfg.memoryDir;
         OPENCLAW_WORKSPACE_DIR = workspaceDir;
+      } // lib.optionalAttrs cfg.githubApp.enable {
+        # gh reads the token unit's hosts.yml on every call (a refresh reaches the running gateway).
+        GH_CONFIG_DIR = ghConfigDir;
       } // lib.optionalAttrs cfg.controlHelper.enable {
         # `clawdinator fleet control` asks the helper: the agents hold no credentials.
         CLAWDINATOR_CONTROL_SOCKET = controlSocket;

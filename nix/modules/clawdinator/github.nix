@@ -10,7 +10,7 @@
 
 let
   h = import ./lib.nix { inherit config lib; };
-  inherit (h) cfg agenix githubEnvFile command harden noMetadata ownerWords runDir;
+  inherit (h) cfg agenix githubEnvFile ghConfigDir command harden noMetadata ownerWords runDir reposDir;
   inherit (lib) mkEnableOption mkIf mkOption optional types;
 in
 {
@@ -32,6 +32,11 @@ in
       };
       fleetRepository = mkOption { type = types.str; default = "clawdinators"; description = "This fleet's own repository: no bot token may write it."; };
       schedule = mkOption { type = types.str; default = "45min"; description = "Time between refreshes (a systemd time span); tokens live an hour."; };
+    };
+
+    git = {
+      userName = mkOption { type = types.str; default = "CLAWDINATOR Bot"; description = "The agents' git author name."; };
+      userEmail = mkOption { type = types.str; default = "clawdinator[bot]@users.noreply.github.com"; description = "The agents' git author email."; };
     };
 
     githubSync = {
@@ -58,6 +63,22 @@ in
       }
     ];
 
+    # The agents' git: a bot identity, the seeded clones trusted, and the
+    # App token (refreshed every run of the token unit) for github.com,
+    # read from its file on every call rather than fixed in an environment.
+    programs.git = {
+      enable = true;
+      config = {
+        user = {
+          name = cfg.git.userName;
+          email = cfg.git.userEmail;
+        };
+        safe.directory = [ "${reposDir}/*" ];
+      } // lib.optionalAttrs cfg.githubApp.enable {
+        credential."https://github.com".helper = "!f() { test \"$1\" = get && echo username=x-access-token && echo password=$(cat ${ghConfigDir}/token); }; f";
+      };
+    };
+
     systemd.services.clawdinator-github-app-token = mkIf cfg.githubApp.enable {
       description = "clawdinator: a fresh GitHub App installation token in ${githubEnvFile}";
       wantedBy = [ "multi-user.target" ];
@@ -74,6 +95,7 @@ in
           "--installation-id" cfg.githubApp.installationId
           "--pem" cfg.githubApp.privateKeyFile
           "--env-file" githubEnvFile
+          "--gh-config-dir" ghConfigDir
           "--fleet-repository" cfg.githubApp.fleetRepository
         ]
         ++ lib.concatMap (r: [ "--repository" r ]) cfg.githubApp.repositories

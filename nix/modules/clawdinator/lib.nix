@@ -13,6 +13,8 @@ rec {
   agenix = "/run/agenix";
   runDir = "/run/clawd";
   githubEnvFile = "${runDir}/github-app.env";
+  # gh's configuration (hosts.yml) and the bare token for git, refreshed by the token unit.
+  ghConfigDir = "${runDir}/gh";
   workspaceDir = cfg.workspaceDir;
   reposDir = "${cfg.stateDir}/repos";
   logDir = "${cfg.stateDir}/logs";

@@ -426,6 +426,8 @@ async fn a_bot_token_is_narrowed_in_the_request_and_handed_to_the_agent() {
         ["--repository", "openclaw", "--repository", "clawhub", "--permission", "contents=write"].map(String::from),
     );
     args.extend(["--permission", "pull_requests=write", "--env-file", env_file.to_str().unwrap()].map(String::from));
+    let gh = dir.path().join("gh");
+    args.extend(["--gh-config-dir".to_string(), gh.display().to_string()]);
     let as_root = std::fs::metadata("/proc/self").unwrap().uid() == 0;
     if as_root {
         args.extend(["--owner", "65534", "--group", "65534"].map(String::from));
@@ -440,8 +442,16 @@ async fn a_bot_token_is_narrowed_in_the_request_and_handed_to_the_agent() {
         body,
         serde_json::json!({"repositories": ["openclaw", "clawhub"], "permissions": {"contents": "write", "pull_requests": "write"}})
     );
-    if as_root {
-        assert_eq!(std::fs::metadata(&env_file).unwrap().uid(), 65534);
+    // gh and git read the token from files on every call (a refresh reaches a running gateway).
+    let hosts = std::fs::read_to_string(gh.join("hosts.yml")).unwrap();
+    assert!(hosts.starts_with("github.com:\n    oauth_token: ghs_minted_by_the_fake\n"), "{hosts}");
+    assert_eq!(std::fs::read_to_string(gh.join("token")).unwrap(), "ghs_minted_by_the_fake\n");
+    for file in [env_file.clone(), gh.join("hosts.yml"), gh.join("token")] {
+        let meta = std::fs::metadata(&file).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600, "{}", file.display());
+        if as_root {
+            assert_eq!(meta.uid(), 65534, "{}", file.display());
+        }
     }
 }
 
