@@ -30,6 +30,25 @@ pub enum HostCmd {
     Logs(HostLogsArgs),
     /// Restart one of the fleet's units and check it is active again (what `fleet restart` runs here).
     Restart(HostRestartArgs),
+    /// Mirror a public-safe tree of shared memory to a prefix of the public bucket (changed files only; removed files deleted).
+    #[command(name = "publish-tree")]
+    PublishTree(PublishTreeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PublishTreeArgs {
+    /// The tree to publish (links in it are never followed).
+    #[arg(long, default_value = "/memory/pr-intent")]
+    pub from: PathBuf,
+    /// The public bucket.
+    #[arg(long)]
+    pub bucket: String,
+    /// The key prefix mirrored (ends with /; everything under it that the tree lacks is deleted).
+    #[arg(long, default_value = "pr-intent/")]
+    pub prefix: String,
+    /// Say what would be uploaded and deleted; write nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

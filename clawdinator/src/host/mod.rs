@@ -6,7 +6,8 @@
 //! (the gateway with secrets in its environment), [`deploy`] (first switch
 //! and self-update), `repo` (the deploy copy root builds from), `switch`
 //! (the release lane on this host), `refresh` (secrets again after a
-//! rotation), [`ops`] (a unit's logs and restart) and [`github_sync`]
+//! rotation), [`ops`] (a unit's logs and restart), [`publish`] (the
+//! public PR-intent tree) and [`github_sync`]
 //! (open pull requests and issues into shared memory).
 
 pub mod deploy;
@@ -15,6 +16,7 @@ mod exec;
 pub mod flags;
 pub mod github_sync;
 pub mod ops;
+pub mod publish;
 mod refresh;
 mod repo;
 pub(crate) mod switch;
@@ -78,6 +80,16 @@ pub fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
             Ok(())
         }
         HostCmd::Restart(args) => ctx.out.emit(&ops::restart(&args.unit)?),
+        HostCmd::PublishTree(args) => {
+            let opts = publish::PublishOptions {
+                from: args.from,
+                bucket: args.bucket,
+                prefix: args.prefix,
+                dry_run: args.dry_run,
+            };
+            let work = async { publish::publish(&ctx.aws().await?, &opts).await };
+            ctx.out.emit(&tokio::runtime::Handle::current().block_on(work)?)
+        }
         HostCmd::RefreshSecrets(args) => ctx.out.emit(&refresh::refresh_secrets(&args.readers)?),
         HostCmd::FirstSwitch(args) => ctx.out.emit(&deploy::first_switch(&switch_options(args)?)?),
         HostCmd::SelfUpdate(args) => ctx.out.emit(&deploy::self_update(&switch_options(args)?)?),
