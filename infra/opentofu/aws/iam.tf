@@ -22,7 +22,9 @@ resource "aws_iam_role_policy" "vmimport" {
 resource "aws_iam_policy" "instance_boundary" {
   name        = "clawdinator-instance-boundary"
   description = "Permissions boundary of every clawdinator instance role"
-  policy      = templatefile("${path.module}/policies/instance-boundary.json.tftpl", {})
+  policy = templatefile("${path.module}/policies/instance-boundary.json.tftpl", {
+    pr_intent_bucket_arn = local.pr_intent_bucket_arn
+  })
 }
 
 resource "aws_iam_role" "instance" {

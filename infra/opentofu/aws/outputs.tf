@@ -34,3 +34,8 @@ output "control_api_url" {
   description = "The control API's function URL (also in SSM /clawdinator/control-api-url), null when off."
   value       = var.enable_control_api ? aws_lambda_function_url.control_api[0].function_url : null
 }
+
+output "pr_intent_bucket_name" {
+  description = "The public PR-intent bucket: aws s3 sync s3://<it>/pr-intent/ ./pr-intent --no-sign-request"
+  value       = aws_s3_bucket.pr_intent.id
+}

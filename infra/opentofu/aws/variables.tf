@@ -165,6 +165,18 @@ variable "deploy_app_installation_id" {
   default     = ""
 }
 
+variable "pr_intent_bucket_name" {
+  description = "The public PR-intent bucket (anonymous read and list under pr-intent/ only); the publishers' hosts name it too (services.clawdinator.publicTree.bucket)."
+  type        = string
+  default     = "openclaw-pr-intent"
+}
+
+variable "pr_intent_publishers" {
+  description = "The instances that mirror their PR-intent tree to the public bucket (host publish-tree)."
+  type        = list(string)
+  default     = ["clawdinator-1"]
+}
+
 variable "tags" {
   description = "Extra tags on every resource."
   type        = map(string)

@@ -20,5 +20,6 @@
     ./updates.nix
     ./instance-role.nix
     ./build-capacity.nix
+    ./public-tree.nix
   ];
 }

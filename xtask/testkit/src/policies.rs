@@ -61,6 +61,11 @@ impl World {
         format!("arn:{}:lambda:{}:{}:function:{}", self.partition, self.region, self.account, self.control_api_function)
     }
 
+    /// The public PR-intent bucket, by its default name.
+    pub fn pr_intent_bucket_arn(&self) -> String {
+        format!("arn:{}:s3:::openclaw-pr-intent", self.partition)
+    }
+
     pub fn instance_boundary_arn(&self) -> String {
         format!("arn:{}:iam::{}:policy/clawdinator-instance-boundary", self.partition, self.account)
     }
@@ -78,6 +83,7 @@ impl World {
             ("instance_security_group_id", self.instance_security_group.clone()),
             ("instance_boundary_arn", self.instance_boundary_arn()),
             ("control_api_arn", self.control_api_arn()),
+            ("pr_intent_bucket_arn", self.pr_intent_bucket_arn()),
         ])
     }
 }
@@ -179,6 +185,14 @@ pub fn instance(root: &Path, world: &World, instance: &Instance, control_api: bo
         identity,
         boundary: Some(document(root, "instance-boundary", world, &[])?),
     })
+}
+
+/// An instance among `pr_intent_publishers`: its policies plus the managed
+/// `clawdinator-pr-intent-publish` OpenTofu attaches to it.
+pub fn pr_intent_publisher(root: &Path, world: &World, mut instance: Principal) -> Result<Principal> {
+    instance.identity.push(("clawdinator-pr-intent-publish".into(), document(root, "pr-intent-publish", world, &[])?));
+    instance.name = format!("{} (publisher)", instance.name);
+    Ok(instance)
 }
 
 /// The control API's Lambda role (`aws_iam_role_policy.control_api`).

@@ -370,6 +370,33 @@ fn ask(action: &str, resource: &str, context: Value, why: &'static str) -> (test
     (testkit::iam::Request { action: action.into(), resource: resource.into(), context, call: why.into() }, why)
 }
 
+/// The public bucket's policy: anyone may read and list the published tree
+/// and nothing else of the bucket, and never without TLS.
+#[test]
+fn the_public_bucket_shows_only_the_published_tree() {
+    let (root, world) = (testkit::repo_root(), World::emulator("clawdinator-fleet"));
+    let extra = [("pr_intent_bucket_arn", world.pr_intent_bucket_arn())];
+    let policy = policies::document(&root, "pr-intent-public", &world, &extra).unwrap();
+    let statements = policy["Statement"].as_array().unwrap();
+    let arn = world.pr_intent_bucket_arn();
+    for s in statements.iter().filter(|s| s["Effect"] == "Allow") {
+        assert_eq!(s["Principal"], "*", "{s}");
+        match s["Action"].as_str().unwrap() {
+            "s3:GetObject" => assert_eq!(s["Resource"], format!("{arn}/pr-intent/*")),
+            "s3:ListBucket" => assert_eq!(
+                s["Condition"]["StringLike"]["s3:prefix"],
+                serde_json::json!(["pr-intent/", "pr-intent/*"]),
+                "listing is not limited to the tree: {s}"
+            ),
+            other => panic!("the public may {other}: {s}"),
+        }
+    }
+    assert_eq!(statements.iter().filter(|s| s["Effect"] == "Allow").count(), 2);
+    assert!(statements
+        .iter()
+        .any(|s| s["Effect"] == "Deny" && s["Condition"]["Bool"]["aws:SecureTransport"] == "false"));
+}
+
 /// What the threat model forbids each principal (a compromised agent on an
 /// instance, a pushed branch with the CI role, the control API's code),
 /// each as the request AWS would judge: every one is denied by the policies
@@ -388,7 +415,35 @@ fn what_the_threat_model_forbids_is_denied_and_what_each_needs_is_not() {
     let instance = format!("arn:aws:ec2:us-east-1:{a}:instance/i-0123456789abcdef0");
     let secret = |n: &str| format!("arn:aws:secretsmanager:us-east-1:{a}:secret:clawdinator/{n}-AbCdEf");
     let boundary = json!({"iam:PermissionsBoundary": world.instance_boundary_arn()});
+    let publisher = policies::pr_intent_publisher(&root, &world, host.clone()).unwrap();
+    let public = world.pr_intent_bucket_arn();
     let forbidden = [
+        (
+            &host,
+            ask(
+                "s3:PutObject",
+                &format!("{public}/pr-intent/x.md"),
+                json!({}),
+                "an instance that is no publisher writing the public tree",
+            ),
+        ),
+        (
+            &publisher,
+            ask("s3:PutObject", &format!("{public}/index.html"), json!({}), "a publisher writing outside pr-intent/"),
+        ),
+        (
+            &publisher,
+            ask(
+                "s3:PutObject",
+                &format!("{b}/bootstrap/clawdinator-2/manifest.json"),
+                json!({}),
+                "a publisher writing the fleet bucket",
+            ),
+        ),
+        (
+            &publisher,
+            ask("s3:ListBucket", &public, json!({"s3:prefix": "private/"}), "a publisher listing outside pr-intent/"),
+        ),
         (
             &ci,
             ask(
@@ -734,6 +789,15 @@ fn what_the_threat_model_forbids_is_denied_and_what_each_needs_is_not() {
                 "the control API's audit record",
             ),
         ),
+        (
+            &publisher,
+            ask("s3:PutObject", &format!("{public}/pr-intent/2026-12/pr-1.md"), json!({}), "publishing a file"),
+        ),
+        (
+            &publisher,
+            ask("s3:DeleteObject", &format!("{public}/pr-intent/2026-12/pr-0.md"), json!({}), "removing a file"),
+        ),
+        (&publisher, ask("s3:ListBucket", &public, json!({"s3:prefix": "pr-intent/"}), "listing the published tree")),
     ];
     let bucket_policy = policies::bucket_policy(&root, &world).unwrap();
     let judged = |cases: &[(&Principal, (testkit::iam::Request, &str))]| {

@@ -1,0 +1,50 @@
+# The public PR-intent dataset: on a timer, root mirrors a public-safe tree
+# of shared memory to a prefix of the public bucket (`clawdinator host
+# publish-tree`: changed files only, removed ones deleted, links never
+# followed). Root, because the write needs the instance role, which the
+# agents' user cannot reach.
+{ config, lib, ... }:
+
+let
+  h = import ./lib.nix { inherit config lib; };
+  inherit (h) cfg command harden regionWords;
+  inherit (lib) literalExpression mkEnableOption mkIf mkOption types;
+in
+{
+  options.services.clawdinator.publicTree = {
+    enable = mkEnableOption "publishing the PR-intent tree to the public bucket (the instance must be in OpenTofu's pr_intent_publishers)";
+    bucket = mkOption { type = types.str; default = "openclaw-pr-intent"; description = "The public bucket (OpenTofu output pr_intent_bucket_name)."; };
+    prefix = mkOption { type = types.str; default = "pr-intent/"; description = "The key prefix mirrored; the bucket policy makes only it public."; };
+    sourceDir = mkOption {
+      type = types.str;
+      default = "${cfg.memoryDir}/pr-intent";
+      defaultText = literalExpression ''"''${memoryDir}/pr-intent"'';
+      description = "The tree published: only public-safe files belong here.";
+    };
+    schedule = mkOption { type = types.str; default = "*:0/10"; description = "When to publish (systemd OnCalendar)."; };
+  };
+
+  config = mkIf (cfg.enable && cfg.publicTree.enable) {
+    systemd.services.clawdinator-publish-tree = {
+      description = "clawdinator: mirror ${cfg.publicTree.sourceDir} to s3://${cfg.publicTree.bucket}/${cfg.publicTree.prefix}";
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" "clawdinator-memory-init.service" ];
+      unitConfig.RequiresMountsFor = [ cfg.memoryDir ];
+      serviceConfig = harden { } // {
+        Type = "oneshot";
+        ExecStart = command (
+          [ "host" "publish-tree" "--from" cfg.publicTree.sourceDir "--bucket" cfg.publicTree.bucket "--prefix" cfg.publicTree.prefix ]
+          ++ regionWords cfg.bootstrap.region
+        );
+      };
+    };
+
+    systemd.timers.clawdinator-publish-tree = {
+      wantedBy = [ "timers.target" ];
+      timerConfig = {
+        OnCalendar = cfg.publicTree.schedule;
+        Persistent = true;
+      };
+    };
+  };
+}
