@@ -45,6 +45,7 @@
 
       overlays.default = lib.composeExtensions nix-openclaw.overlays.default (final: _prev: {
         clawdinator = final.callPackage ./nix/package.nix { };
+        pi-coding-agent = final.callPackage ./nix/packages/pi-coding-agent.nix { };
       });
 
       nixosModules.clawdinator = import ./nix/modules/clawdinator;
@@ -56,7 +57,7 @@
           // { ${image} = mkHost [ ./nix/modules/image.nix ]; };
 
       packages = forAllSystems (pkgs: {
-        inherit (pkgs) clawdinator;
+        inherit (pkgs) clawdinator pi-coding-agent;
         default = pkgs.clawdinator;
       } // lib.optionalAttrs (pkgs.stdenv.hostPlatform.system == hostSystem) {
         # The raw image `cargo xtask image-build` builds.

@@ -25,7 +25,7 @@ let
     pname = name;
     outPath = "/nix/store/00000000000000000000000000000000-${name}";
   };
-  pkgs = lib.genAttrs [ "openclaw-gateway" "clawdinator" "git" "gh" "jq" "ripgrep" "curl" "nodejs_22" "pnpm_10" "python3" "ffmpeg" "awscli2" "stunnel" "cacert" "bashInteractive" ] stubPackage
+  pkgs = lib.genAttrs [ "openclaw-gateway" "clawdinator" "git" "gh" "jq" "ripgrep" "curl" "nodejs_22" "pnpm_10" "python3" "ffmpeg" "awscli2" "pi-coding-agent" "stunnel" "cacert" "bashInteractive" ] stubPackage
     // { writeText = name: _text: stubPackage name; };
   bin = "${pkgs.clawdinator}/bin/clawdinator";
 
@@ -225,6 +225,13 @@ let
           && has (exec c "clawdinator-github-app-token") "--gh-config-dir /run/clawd/gh"
           && c.services.openclaw-gateway.environment.GH_CONFIG_DIR == "/run/clawd/gh"
           && builtins.all (p: builtins.elem pkgs.${p} c.services.openclaw-gateway.servicePath) [ "nodejs_22" "pnpm_10" "python3" "ffmpeg" "awscli2" "gh" ]))
+      (expect "the pi coding agent: on the gateway's PATH, its settings linked, its credentials written as the agents' user before the gateway"
+        (let u = svc c "clawdinator-pi-auth"; in
+          builtins.elem pkgs.pi-coding-agent c.services.openclaw-gateway.servicePath
+          && builtins.elem "L+ /var/lib/clawd/.pi/agent/settings.json - - - - /etc/clawdinator/pi-settings.json" c.systemd.tmpfiles.rules
+          && u != null && u.serviceConfig.User == "clawdinator" && builtins.elem "clawdinator.service" u.before
+          && has (exec c "clawdinator-pi-auth") "host pi-auth --openai-key-file /run/agenix/clawdinator-openai-api-key-peter-2"
+          && has (exec c "clawdinator-pi-auth") "--out /var/lib/clawd/.pi/agent/auth.json"))
       (expect "the bots' App key is installed for root alone"
         (has (exec c "clawdinator-secrets") "--root-only clawdinator-github-app.pem"))
       (expect "the gateway is nix-openclaw's unit named clawdinator, started through `host exec` with the tokens, workspace seeded first"

@@ -30,9 +30,23 @@ pub enum HostCmd {
     Logs(HostLogsArgs),
     /// Restart one of the fleet's units and check it is active again (what `fleet restart` runs here).
     Restart(HostRestartArgs),
+    /// The pi coding agent's auth.json from the API key files (0600, written whole).
+    #[command(name = "pi-auth")]
+    PiAuth(PiAuthArgs),
     /// Mirror a public-safe tree of shared memory to a prefix of the public bucket (changed files only; removed files deleted).
     #[command(name = "publish-tree")]
     PublishTree(PublishTreeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct PiAuthArgs {
+    #[arg(long, default_value = "/run/agenix/clawdinator-openai-api-key-peter-2")]
+    pub openai_key_file: PathBuf,
+    #[arg(long, default_value = "/run/agenix/clawdinator-anthropic-api-key")]
+    pub anthropic_key_file: PathBuf,
+    /// Where pi reads its credentials.
+    #[arg(long, default_value = "/var/lib/clawd/.pi/agent/auth.json")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]

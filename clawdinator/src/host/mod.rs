@@ -7,7 +7,8 @@
 //! and self-update), `repo` (the deploy copy root builds from), `switch`
 //! (the release lane on this host), `refresh` (secrets again after a
 //! rotation), [`ops`] (a unit's logs and restart), [`publish`] (the
-//! public PR-intent tree) and [`github_sync`]
+//! public PR-intent tree), `pi_auth` (the pi coding agent's credentials)
+//! and [`github_sync`]
 //! (open pull requests and issues into shared memory).
 
 pub mod deploy;
@@ -16,6 +17,7 @@ mod exec;
 pub mod flags;
 pub mod github_sync;
 pub mod ops;
+mod pi_auth;
 pub mod publish;
 mod refresh;
 mod repo;
@@ -80,6 +82,9 @@ pub fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
             Ok(())
         }
         HostCmd::Restart(args) => ctx.out.emit(&ops::restart(&args.unit)?),
+        HostCmd::PiAuth(args) => {
+            ctx.out.emit(&pi_auth::write(&args.openai_key_file, &args.anthropic_key_file, &args.out)?)
+        }
         HostCmd::PublishTree(args) => {
             let opts = publish::PublishOptions {
                 from: args.from,

@@ -21,5 +21,6 @@
     ./instance-role.nix
     ./build-capacity.nix
     ./public-tree.nix
+    ./pi.nix
   ];
 }

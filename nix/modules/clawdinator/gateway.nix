@@ -15,10 +15,13 @@ let
     TELEGRAM_BOT_TOKEN = cfg.telegramBotTokenFile;
   } // cfg.extraSecretEnv;
 
+  # The agents' tools, and pi when the overlay provides it (pi.nix).
+  tools = cfg.toolPackages ++ optional (cfg.pi.enable && pkgs ? pi-coding-agent) pkgs.pi-coding-agent;
+
   toolsMd = pkgs.writeText "clawdinator-tools.md" ''
     ## Installed toolchain (from the NixOS module)
 
-    ${concatStringsSep "\n" (map (p: "- ${p.name}") cfg.toolPackages)}
+    ${concatStringsSep "\n" (map (p: "- ${p.name}") tools)}
   '';
 
   gatewayExec = command (
@@ -124,7 +127,7 @@ in
         # `clawdinator fleet control` asks the helper: the agents hold no credentials.
         CLAWDINATOR_CONTROL_SOCKET = controlSocket;
       };
-      servicePath = [ cfg.hostPackage ] ++ cfg.toolPackages;
+      servicePath = [ cfg.hostPackage ] ++ tools;
       execStartPre = [
         (command (
           [ "host" "workspace-seed" "--templates" "${cfg.workspaceTemplateDir}" "--dest" workspaceDir "--tools-extra" "/etc/clawd/tools.md" ]

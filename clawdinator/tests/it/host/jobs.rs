@@ -519,3 +519,46 @@ fn host_logs_and_restart_hand_checked_values_to_journalctl_and_systemctl() {
     }
     assert_eq!(std::fs::read_to_string(&log).unwrap(), calls, "a refused value reached a tool");
 }
+
+/// The pi coding agent's credentials: both keys, 0600, written whole; no
+/// value on any output; a missing or empty key named, nothing written.
+#[test]
+fn pi_auth_writes_both_keys_whole_and_names_a_missing_one() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let (openai, anthropic, out) =
+        (dir.path().join("openai"), dir.path().join("anthropic"), dir.path().join(".pi/agent/auth.json"));
+    std::fs::write(&openai, "sk-openai-CANARY\n").unwrap();
+    std::fs::write(&anthropic, "sk-ant-CANARY").unwrap();
+    let run = || {
+        host_cli()
+            .args(["host", "pi-auth", "--openai-key-file"])
+            .arg(&openai)
+            .arg("--anthropic-key-file")
+            .arg(&anthropic)
+            .arg("--out")
+            .arg(&out)
+            .output()
+            .unwrap()
+    };
+    let ok = run();
+    assert!(ok.status.success(), "{}", String::from_utf8_lossy(&ok.stderr));
+    let printed = format!("{}{}", String::from_utf8_lossy(&ok.stdout), String::from_utf8_lossy(&ok.stderr));
+    assert!(!printed.contains("CANARY"), "a key reached the output: {printed}");
+    let auth: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(
+        auth,
+        serde_json::json!({"openai": {"type": "api_key", "key": "sk-openai-CANARY"}, "anthropic": {"type": "api_key", "key": "sk-ant-CANARY"}})
+    );
+    assert_eq!(std::fs::metadata(&out).unwrap().permissions().mode() & 0o777, 0o600);
+
+    std::fs::remove_file(&out).unwrap();
+    std::fs::write(&anthropic, "  \n").unwrap();
+    let empty = run();
+    assert_eq!(empty.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&empty.stderr).contains(&format!("{} is empty", anthropic.display())));
+    std::fs::remove_file(&openai).unwrap();
+    let missing = run();
+    assert!(String::from_utf8_lossy(&missing.stderr).contains(&openai.display().to_string()));
+    assert!(!out.exists(), "a failed run wrote auth.json");
+}
