@@ -166,23 +166,14 @@ pub async fn run(ctx: &Ctx, cmd: FleetCmd) -> Result<()> {
         }
         FleetCmd::Logs(args) => {
             let registry = load(&args.instances)?;
-            let opts = ops::OpsOptions {
-                name: args.name,
-                unit: args.unit,
-                timeout: Duration::from_secs(args.timeout),
-                poll: poll_interval(),
-            };
+            let j = args.journal;
+            let opts = ops::OpsOptions::new(args.name, j.unit, args.timeout, poll_interval());
             let aws = ctx.aws().await?;
-            ctx.out.emit(&ops::logs(&aws, &registry, &opts, &args.since, args.lines, &ctx.cancel, &ctx.out).await?)
+            ctx.out.emit(&ops::logs(&aws, &registry, &opts, &j.since, j.lines, &ctx.cancel, &ctx.out).await?)
         }
         FleetCmd::Restart(args) => {
             let registry = load(&args.instances)?;
-            let opts = ops::OpsOptions {
-                name: args.name,
-                unit: args.unit,
-                timeout: Duration::from_secs(args.timeout),
-                poll: poll_interval(),
-            };
+            let opts = ops::OpsOptions::new(args.name, args.unit, args.timeout, poll_interval());
             let aws = ctx.aws().await?;
             let entry = crate::audit::Entry {
                 command: "fleet restart",

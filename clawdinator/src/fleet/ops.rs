@@ -26,6 +26,12 @@ pub struct OpsOptions {
     pub poll: Duration,
 }
 
+impl OpsOptions {
+    pub fn new(name: String, unit: String, timeout_seconds: u64, poll: Duration) -> OpsOptions {
+        OpsOptions { name, unit, timeout: Duration::from_secs(timeout_seconds), poll }
+    }
+}
+
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct OpsReport {

@@ -67,15 +67,8 @@ pub struct PublishTreeArgs {
 
 #[derive(Debug, Args)]
 pub struct HostLogsArgs {
-    /// The unit: clawdinator (the gateway) or clawdinator-….
-    #[arg(long, default_value = "clawdinator")]
-    pub unit: String,
-    /// How far back: a number and s, min, h or d.
-    #[arg(long, default_value = "1h")]
-    pub since: String,
-    /// At most this many lines (1-99999).
-    #[arg(long, default_value_t = 200, value_parser = clap::value_parser!(u32).range(1..=99999))]
-    pub lines: u32,
+    #[command(flatten)]
+    pub journal: crate::flags::JournalArgs,
 }
 
 #[derive(Debug, Args)]

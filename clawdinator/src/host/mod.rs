@@ -78,7 +78,8 @@ pub fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
             ctx.out.emit(&efs::write_config(&tunnel, &args.out)?)
         }
         HostCmd::Logs(args) => {
-            println!("{}", ops::logs(&args.unit, &args.since, args.lines)?);
+            let j = args.journal;
+            println!("{}", ops::logs(&j.unit, &j.since, j.lines)?);
             Ok(())
         }
         HostCmd::Restart(args) => ctx.out.emit(&ops::restart(&args.unit)?),
