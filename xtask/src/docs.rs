@@ -96,6 +96,11 @@ pub fn module_options(sh: &Shell, root: &Path, nixpkgs_lib: &Path) -> Result<Str
     );
     for o in options {
         let OptionDoc { name, kind, description, default } = o;
+        let here = root.display().to_string();
+        ensure!(
+            !default.as_deref().unwrap_or_default().contains(&here),
+            "services.clawdinator option {name}'s default names this checkout ({here}): give it a defaultText"
+        );
         let _ = write!(out, "\n## `{name}`\n\n{}\n\n- type: {kind}\n", wrap(description.trim(), 100));
         if let Some(default) = default {
             let default = default.trim();

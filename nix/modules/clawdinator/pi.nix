@@ -22,6 +22,7 @@ in
     settingsFile = mkOption {
       type = types.path;
       default = ../../../clawdinator/pi-settings.json;
+      defaultText = lib.literalExpression "./clawdinator/pi-settings.json";
       description = "pi's settings (default provider, model, thinking level, enabled models).";
     };
   };
