@@ -10,7 +10,7 @@ use std::path::Path;
 use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
 use clawdinator::bootstrap::{self, UploadOptions};
 use clawdinator::output::Output;
-use serde_json::Value;
+use serde_json::{json, Value};
 use testkit::env::{env, Env};
 use testkit::fixtures::{self, SampleFleet};
 
@@ -37,7 +37,9 @@ fn stand_in_systemctl(env: &Env) -> String {
     let clawdinator = env!("CARGO_BIN_EXE_clawdinator");
     let h = host.display();
     let script = format!(
-        "#!/bin/sh\necho \"$*\" >> {log}\ncase \"$*\" in\n\
+        "#!/bin/sh\necho \"$*\" >> {log}\n\
+         if [ -n \"$FAIL_UNIT\" ] && [ \"$*\" = \"restart $FAIL_UNIT\" ]; then echo \"Job for $FAIL_UNIT failed\" >&2; exit 1; fi\n\
+         case \"$*\" in\n\
          'show -p LoadState --value clawdinator-bootstrap.service') echo loaded ;;\n\
          'restart clawdinator-bootstrap.service') exec {clawdinator} --json bootstrap fetch --bucket {bucket} --prefix bootstrap/clawdinator-1 --secrets-dir {h}/nix-secrets --repo-seeds-dir {h}/repo-seeds --age-key-path {h}/agekey --state-dir {h}/state >/dev/null ;;\n\
          'restart clawdinator-secrets.service') exec {clawdinator} --json secrets install --from {h}/nix-secrets --identity {h}/agekey --dest {h}/agenix >/dev/null ;;\n\
@@ -136,4 +138,76 @@ async fn a_rotated_secret_reaches_a_running_host_and_the_old_value_is_gone() {
     let log = std::fs::read_to_string(env.path("systemctl.log")).unwrap();
     let last: Vec<&str> = log.lines().rev().take(2).collect();
     assert_eq!(last[0], "try-restart clawdinator.service clawdinator-github-app-token.service", "{log}");
+}
+
+/// A host whose refresh fails stops the command: the hosts after it are
+/// not touched and say so; once the host is fixed, a re-run refreshes all.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_host_stops_the_refresh_and_a_rerun_finishes_it() {
+    let env = env().await;
+    let fleet = fixtures::sample_fleet(&env.path("src"), 3, |n| format!("value of {n}")).unwrap();
+    let ids = [
+        running(&env, "clawdinator-1").await,
+        running(&env, "clawdinator-2").await,
+        running(&env, "clawdinator-3").await,
+    ];
+    env.emulator
+        .switch("ssm-invocation", json!({"name": "clawdinator-2", "status": "Failed", "code": 1, "stderr": "clawdinator-secrets.service failed"}))
+        .unwrap();
+    env.emulator.start_recording().unwrap();
+    let refresh = || {
+        env.cli(env!("CARGO_BIN_EXE_clawdinator"))
+            .args(["--json", "fleet", "refresh-secrets", "--instances"])
+            .arg(&fleet.sources.registry)
+            .env("CLAWDINATOR_POLL_SECONDS", "0.05")
+            .output()
+            .unwrap()
+    };
+    let sent = |env: &Env| -> Vec<String> {
+        env.emulator
+            .recorded_requests()
+            .unwrap()
+            .iter()
+            .filter_map(|r| serde_json::from_str::<Value>(r["body"].as_str()?).ok())
+            .filter(|b| b["DocumentName"] == "clawdinator-refresh-secrets")
+            .map(|b| b["InstanceIds"][0].as_str().unwrap().to_string())
+            .collect()
+    };
+    let out = refresh();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("stopped") && stderr.contains("clawdinator-secrets.service failed"), "{stderr}");
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let outcomes: Vec<&str> =
+        report["hosts"].as_array().unwrap().iter().map(|h| h["outcome"].as_str().unwrap()).collect();
+    assert_eq!(outcomes, ["refreshed", "failed", "not-started"]);
+    assert_eq!(sent(&env), [ids[0].clone(), ids[1].clone()], "a host after the failure was touched");
+
+    // Fixed: the re-run goes through every host.
+    env.emulator.switch("ssm-invocation", json!({"name": "clawdinator-2", "status": "Success"})).unwrap();
+    let out = refresh();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(sent(&env)[2..], ids[..]);
+}
+
+/// The secrets unit fails on the host: the command fails naming it, and the
+/// readers are not restarted (they keep the secrets they run with).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failed_secrets_unit_fails_the_refresh_and_restarts_no_reader() {
+    let env = env().await;
+    let fleet = fixtures::sample_fleet(&env.path("src"), 1, |n| format!("value of {n}")).unwrap();
+    upload(&env, &fleet).await;
+    let path = stand_in_systemctl(&env);
+    let out = env
+        .cli(env!("CARGO_BIN_EXE_clawdinator"))
+        .args(["--json", "host", "refresh-secrets"])
+        .env("PATH", &path)
+        .env("FAIL_UNIT", "clawdinator-secrets.service")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("clawdinator-secrets.service"), "{stderr}");
+    let log = std::fs::read_to_string(env.path("systemctl.log")).unwrap();
+    assert!(!log.contains("try-restart"), "a reader was restarted after the failure: {log}");
 }

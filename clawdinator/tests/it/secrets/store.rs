@@ -115,3 +115,25 @@ async fn pull_writes_nothing_when_a_file_is_tampered_with_or_missing_and_names_e
     assert!(stderr.contains("age-secrets/clawdinator-discord-token-2.age is missing"), "{stderr}");
     assert!(!dest.exists() || std::fs::read_dir(&dest).unwrap().next().is_none(), "pull wrote files");
 }
+
+/// S3 fails after three uploads: the push fails naming the file it was
+/// on; the files already up stay (each is whole, with its digest), and the
+/// re-run sends only the rest.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_push_failing_midway_is_finished_by_a_rerun_without_sending_twice() {
+    let env = env().await;
+    let fleet = fixtures::sample_fleet(&env.path("src"), 2, canary_value).unwrap();
+    let dir = fleet.sources.secrets_dir.clone();
+    env.emulator
+        .inject(serde_json::json!({"operation": "PutObject", "after": 3, "times": -1, "status": 500, "code": "InternalError"}))
+        .unwrap();
+    let failed = run(&env, "push", &fleet, &dir, &[]);
+    let stderr = String::from_utf8_lossy(&failed.stderr);
+    assert_eq!(failed.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("PutObject") && stderr.contains("age-secrets/"), "{stderr}");
+    assert_eq!(env.keys().await.len(), 3, "the uploads before the failure are not all there");
+    env.emulator.clear_faults().unwrap();
+    let rerun = actions(&run(&env, "push", &fleet, &dir, &[]));
+    assert_eq!((count(&rerun, "unchanged"), count(&rerun, "uploaded")), (3, 4), "{rerun:?}");
+    assert_eq!(env.keys().await.len(), 7);
+}
