@@ -11,8 +11,6 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub const HOST_FILE: &str = "/etc/clawdinator/build-info.json";
-
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Input {
@@ -32,29 +30,10 @@ impl BuildInfo {
     /// The root inputs of a flake.lock text, follows resolved, as nix/lib does.
     pub fn from_lock(text: &str, revision: &str) -> Result<BuildInfo> {
         let lock: Value = serde_json::from_str(text).context("flake.lock is not JSON")?;
-        let nodes = &lock["nodes"];
         let root = lock["root"].as_str().context("flake.lock has no root")?;
-        let resolve = |reference: &Value| -> Result<String> {
-            match reference {
-                Value::String(name) => Ok(name.clone()),
-                Value::Array(path) => {
-                    let mut name = root.to_string();
-                    for step in path {
-                        let step = step.as_str().context("a follows path of names")?;
-                        let next = &nodes[&name]["inputs"][step];
-                        name = match next {
-                            Value::String(n) => n.clone(),
-                            _ => anyhow::bail!("flake.lock: nested follows under {name}.{step} are not read here"),
-                        };
-                    }
-                    Ok(name)
-                }
-                _ => anyhow::bail!("flake.lock: an input that is neither a node nor a follows path"),
-            }
-        };
         let mut inputs = BTreeMap::new();
-        for (name, reference) in nodes[root]["inputs"].as_object().context("flake.lock's root has no inputs")? {
-            let locked = &nodes[resolve(reference)?]["locked"];
+        for (name, reference) in lock["nodes"][root]["inputs"].as_object().context("flake.lock's root has no inputs")? {
+            let locked = &lock["nodes"][resolve(&lock, reference)?]["locked"];
             let input =
                 Input { rev: locked["rev"].as_str().map(String::from), last_modified: locked["lastModified"].as_u64() };
             inputs.insert(name.clone(), input);
@@ -65,6 +44,25 @@ impl BuildInfo {
     pub fn load(path: &Path) -> Result<BuildInfo> {
         let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
         serde_json::from_str(&text).with_context(|| format!("{} is not build info", path.display()))
+    }
+}
+
+/// The node a flake.lock input reference names: a node name, or a follows
+/// path from the root (each step may itself follow).
+pub fn resolve<'a>(lock: &'a Value, reference: &'a Value) -> Result<&'a str> {
+    match reference {
+        Value::String(name) => Ok(name),
+        Value::Array(path) => {
+            let mut node = lock["root"].as_str().context("the lock has no root")?;
+            for step in path {
+                let step = step.as_str().context("a follows path of non-strings")?;
+                let next = &lock["nodes"][node]["inputs"][step];
+                anyhow::ensure!(!next.is_null(), "the follows path {path:?} breaks at {node}.{step}");
+                node = resolve(lock, next)?;
+            }
+            Ok(node)
+        }
+        other => anyhow::bail!("an input reference {other} is neither a node nor a path"),
     }
 }
 

@@ -8,6 +8,7 @@
 use std::path::Path;
 
 use anyhow::{bail, ensure, Context, Result};
+use clawdinator::build_info::resolve;
 use serde_json::Value;
 use xshell::{cmd, Shell};
 
@@ -29,24 +30,6 @@ fn original_of(url: &str) -> Result<Value> {
         original["ref"] = Value::from(r#ref);
     }
     Ok(original)
-}
-
-/// The node an input reference names: a node name, or a follows path from the root.
-fn resolve<'a>(lock: &'a Value, reference: &'a Value) -> Result<&'a str> {
-    match reference {
-        Value::String(name) => Ok(name),
-        Value::Array(path) => {
-            let mut node = lock["root"].as_str().context("the lock has no root")?;
-            for step in path {
-                let step = step.as_str().context("a follows path of non-strings")?;
-                let next = &lock["nodes"][node]["inputs"][step];
-                ensure!(!next.is_null(), "the follows path {path:?} breaks at {node}.{step}");
-                node = resolve(lock, next)?;
-            }
-            Ok(node)
-        }
-        other => bail!("an input reference {other} is neither a node nor a path"),
-    }
 }
 
 /// The lock against the evaluated inputs; a summary on success.
