@@ -59,8 +59,7 @@ pub struct SwitchOptions {
 impl SwitchOptions {
     /// The deploy copy, once it and the record's place are root's alone.
     pub fn open(&self) -> Result<DeployCopy> {
-        crate::atomic::check_owned(&self.record)?;
-        DeployCopy::open(&self.flake, &self.url, &self.branch)
+        DeployCopy::open_for(&self.flake, &self.url, &self.branch, &self.record)
     }
 }
 

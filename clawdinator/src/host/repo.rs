@@ -53,6 +53,13 @@ impl DeployCopy {
         Ok(DeployCopy { dir: dir.to_path_buf(), url: url.to_string(), branch: branch.to_string() })
     }
 
+    /// The copy a switch builds from, once it and the place of the
+    /// deployment record it will write are root's alone.
+    pub fn open_for(dir: &Path, url: &str, branch: &str, record: &Path) -> Result<DeployCopy> {
+        crate::atomic::check_owned(record)?;
+        DeployCopy::open(dir, url, branch)
+    }
+
     /// git in the copy with nothing configurable that could run code.
     fn git<'a>(&self, sh: &'a Shell, args: &[&str]) -> xshell::Cmd<'a> {
         let dir = &self.dir;

@@ -94,8 +94,7 @@ pub fn switch(opts: &SwitchOptions) -> Result<SwitchReport> {
         return Ok(report);
     }
     let sh = Shell::new()?;
-    let copy = DeployCopy::open(&opts.flake, &opts.url, &opts.branch)?;
-    crate::atomic::check_owned(&opts.record)?;
+    let copy = DeployCopy::open_for(&opts.flake, &opts.url, &opts.branch, &opts.record)?;
     if opts.dry_run {
         return Ok(report);
     }
