@@ -24,6 +24,9 @@ struct Harness {
     gateway_configs: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
+/// A generated file: its path below the checkout and its text.
+pub type GeneratedFile = (String, String);
+
 /// Where each host's rendered gateway configuration is kept for review.
 pub const GOLDEN_DIR: &str = "nix/gateway/golden";
 
@@ -172,14 +175,18 @@ pub fn options(sh: &Shell, root: &Path, nixpkgs_lib: &Path) -> Result<Vec<Option
     Ok(evaluate(sh, root, nixpkgs_lib)?.options)
 }
 
-/// Each host's gateway configuration as the module hands it to the
-/// gateway, rendered as the golden file's text: (path, text).
-pub fn gateway_goldens(sh: &Shell, root: &Path, nixpkgs_lib: &Path) -> Result<Vec<(String, String)>> {
+/// What `cargo xtask docs` writes from one evaluation: the module's
+/// options, and each host's gateway golden file (path, text).
+pub fn generated(sh: &Shell, root: &Path, nixpkgs_lib: &Path) -> Result<(Vec<OptionDoc>, Vec<GeneratedFile>)> {
     checked_lib(nixpkgs_lib)?;
-    goldens(&evaluate(sh, root, nixpkgs_lib)?)
+    let harness = evaluate(sh, root, nixpkgs_lib)?;
+    let goldens = goldens(&harness)?;
+    Ok((harness.options, goldens))
 }
 
-fn goldens(harness: &Harness) -> Result<Vec<(String, String)>> {
+/// Each host's gateway configuration as the module hands it to the
+/// gateway, rendered as the golden file's text: (path, text).
+fn goldens(harness: &Harness) -> Result<Vec<GeneratedFile>> {
     let mut files = Vec::new();
     for (name, config) in &harness.gateway_configs {
         files.push((format!("{GOLDEN_DIR}/{name}.json"), format!("{}\n", serde_json::to_string_pretty(config)?)));
