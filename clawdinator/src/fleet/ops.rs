@@ -30,6 +30,20 @@ impl OpsOptions {
     pub fn new(name: String, unit: String, timeout_seconds: u64, poll: Duration) -> OpsOptions {
         OpsOptions { name, unit, timeout: Duration::from_secs(timeout_seconds), poll }
     }
+
+    /// `document` (`clawdinator-<verb>`) with these parameters on the host, within this run's limits.
+    fn host_run<'a>(
+        &self,
+        document: &'static str,
+        parameters: Vec<(&'static str, String)>,
+        command: String,
+        cancel: &'a Cancel,
+        out: &'a Output,
+    ) -> HostRun<'a> {
+        let verb = document.trim_start_matches("clawdinator-");
+        let comment = format!("clawdinator fleet {verb} {}", self.unit);
+        HostRun { document, parameters, command, comment, timeout: self.timeout, poll: self.poll, cancel, out }
+    }
 }
 
 #[derive(Debug, Serialize)]
@@ -76,16 +90,9 @@ pub async fn logs(
 ) -> Result<OpsReport> {
     check_since(since).map_err(|e| crate::exit::UsageError(format!("{e:#}")))?;
     let id = target(aws, registry, opts).await?;
-    let run = HostRun {
-        document: LOGS_DOCUMENT,
-        parameters: vec![("unit", opts.unit.clone()), ("since", since.to_string()), ("lines", lines.to_string())],
-        command: format!("clawdinator host logs --unit {} --since {since} --lines {lines}", opts.unit),
-        comment: format!("clawdinator fleet logs {}", opts.unit),
-        timeout: opts.timeout,
-        poll: opts.poll,
-        cancel,
-        out,
-    };
+    let parameters = vec![("unit", opts.unit.clone()), ("since", since.to_string()), ("lines", lines.to_string())];
+    let command = format!("clawdinator host logs --unit {} --since {since} --lines {lines}", opts.unit);
+    let run = opts.host_run(LOGS_DOCUMENT, parameters, command, cancel, out);
     let output = run_on_host(aws, &opts.name, &id, &run).await?;
     Ok(OpsReport { name: opts.name.clone(), instance_id: id, unit: opts.unit.clone(), output, dry_run: false })
 }
@@ -109,16 +116,8 @@ pub async fn restart(
     if dry_run {
         return Ok(report);
     }
-    let run = HostRun {
-        document: RESTART_DOCUMENT,
-        parameters: vec![("unit", opts.unit.clone())],
-        command: format!("clawdinator host restart --unit {}", opts.unit),
-        comment: format!("clawdinator fleet restart {}", opts.unit),
-        timeout: opts.timeout,
-        poll: opts.poll,
-        cancel,
-        out,
-    };
+    let command = format!("clawdinator host restart --unit {}", opts.unit);
+    let run = opts.host_run(RESTART_DOCUMENT, vec![("unit", opts.unit.clone())], command, cancel, out);
     report.output = run_on_host(aws, &opts.name, &id, &run).await?;
     Ok(report)
 }
