@@ -113,6 +113,29 @@ async fn remote_tree(aws: &Aws, bucket: &str, prefix: &str) -> Result<BTreeMap<S
     Ok(found)
 }
 
+/// A published file is a memo, not a dataset dump: anything larger is refused.
+const FILE_LIMIT: u64 = 16 << 20;
+
+/// A file's bytes, read once through a handle opened without following a
+/// link: one swapped in for the file after the walk (pointing at a secret)
+/// is refused, and what is hashed is what is sent.
+pub fn read_regular(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .with_context(|| format!("cannot open {} (a link is never followed)", path.display()))?;
+    let meta = file.metadata()?;
+    ensure!(meta.is_file(), "{} is not a regular file: left out", path.display());
+    ensure!(meta.len() <= FILE_LIMIT, "{} is over {FILE_LIMIT} bytes: not published", path.display());
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(FILE_LIMIT + 1).read_to_end(&mut bytes)?;
+    ensure!(bytes.len() as u64 <= FILE_LIMIT, "{} grew past {FILE_LIMIT} bytes while read", path.display());
+    Ok(bytes)
+}
+
 fn content_type(name: &str) -> &'static str {
     match name.rsplit('.').next() {
         Some("json") => "application/json",
@@ -136,14 +159,15 @@ pub async fn publish(aws: &Aws, opts: &PublishOptions) -> Result<PublishReport> 
     };
     for (rel, path) in &files {
         let key = format!("{}{rel}", opts.prefix);
-        let (sha, size) = crate::digest::sha256_file(path)?;
-        let same_size = remote.get(rel).is_some_and(|s| *s == size as i64);
+        let bytes = read_regular(path)?;
+        let sha = crate::digest::sha256_hex(&bytes);
+        let same_size = remote.get(rel).is_some_and(|s| *s == bytes.len() as i64);
         let unchanged = same_size && s3::head_sha256(&s3c, bucket, &key).await?.as_deref() == Some(sha.as_str());
         let action = match (unchanged, opts.dry_run) {
             (true, _) => Action::Unchanged,
             (false, true) => Action::WouldUpload,
             (false, false) => {
-                s3::put(&s3c, bucket, &key, Body::File(path), &sha, content_type(rel)).await?;
+                s3::put(&s3c, bucket, &key, Body::Bytes(&bytes), &sha, content_type(rel)).await?;
                 Action::Uploaded
             }
         };

@@ -90,3 +90,48 @@ fn a_prefix_that_could_mirror_the_whole_bucket_is_refused() {
     }
     clawdinator::host::publish::check_prefix("pr-intent/").unwrap();
 }
+
+/// Attack: a file of the tree swapped for a link to a secret after the
+/// walk. The read opens without following links: the secret is refused.
+#[test]
+fn a_file_swapped_for_a_link_is_never_read_through_it() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("secret"), "do not publish").unwrap();
+    std::os::unix::fs::symlink(dir.path().join("secret"), dir.path().join("memo.md")).unwrap();
+    let err = clawdinator::host::publish::read_regular(&dir.path().join("memo.md")).unwrap_err();
+    assert!(format!("{err:#}").contains("a link is never followed"), "{err:#}");
+    std::fs::write(dir.path().join("plain.md"), "a memo").unwrap();
+    assert_eq!(clawdinator::host::publish::read_regular(&dir.path().join("plain.md")).unwrap(), b"a memo");
+}
+
+/// S3 fails after the first upload: the run fails naming the object; the
+/// re-run sends only what is missing and deletes nothing twice.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_publish_failing_midway_is_finished_by_a_rerun() {
+    let env = env().await;
+    let tree = env.path("memory/pr-intent");
+    std::fs::create_dir_all(&tree).unwrap();
+    for n in 1..=3 {
+        std::fs::write(tree.join(format!("pr-{n}.md")), format!("# intent {n}\n")).unwrap();
+    }
+    env.emulator
+        .inject(serde_json::json!({"operation": "PutObject", "after": 1, "times": -1, "status": 500, "code": "InternalError"}))
+        .unwrap();
+    let out = env
+        .cli(env!("CARGO_BIN_EXE_clawdinator"))
+        .args(["host", "publish-tree", "--bucket", &env.bucket, "--from"])
+        .arg(&tree)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("PutObject") && stderr.contains("pr-intent/pr-2.md"), "{stderr}");
+    assert_eq!(env.keys().await, ["pr-intent/pr-1.md"]);
+    env.emulator.clear_faults().unwrap();
+    env.emulator.start_call_log().unwrap();
+    let rerun = actions(&publish(&env, &tree, &[]));
+    assert_eq!(rerun["pr-intent/pr-1.md"], "unchanged");
+    assert_eq!((rerun["pr-intent/pr-2.md"].as_str(), rerun["pr-intent/pr-3.md"].as_str()), ("uploaded", "uploaded"));
+    assert_eq!(puts(&env), 2, "the re-run sent a file twice");
+    assert_eq!(env.keys().await, ["pr-intent/pr-1.md", "pr-intent/pr-2.md", "pr-intent/pr-3.md"]);
+}
