@@ -262,9 +262,10 @@ let
           && has (exec c "clawdinator-control-helper") "fleet control-helper --socket /run/clawdinator-control/control.sock"
           && !(u.serviceConfig ? IPAddressDeny)
           && c.services.openclaw-gateway.environment.CLAWDINATOR_CONTROL_SOCKET == "/run/clawdinator-control/control.sock"))
-      (expect "clawdinator-1 publishes the PR-intent tree as root every 10 minutes, once /memory is mounted"
+      (expect "clawdinator-1 publishes the PR-intent tree as a dynamic user of the agents' group (neither root nor the agents) every 10 minutes, once /memory is mounted"
         (let u = svc c "clawdinator-publish-tree"; in
-          u != null && !(u.serviceConfig ? User) && !(u.serviceConfig ? IPAddressDeny)
+          u != null && u.serviceConfig.DynamicUser && u.serviceConfig.SupplementaryGroups == [ "clawdinator" ]
+          && !(u.serviceConfig ? User) && !(u.serviceConfig ? IPAddressDeny)
           && has (exec c "clawdinator-publish-tree") "host publish-tree --from /memory/pr-intent --bucket openclaw-pr-intent --prefix pr-intent/"
           && u.unitConfig.RequiresMountsFor == [ "/memory" ] && c.systemd.timers.clawdinator-publish-tree.timerConfig.OnCalendar == "*:0/10"
           && svc (host "clawdinator-2") "clawdinator-publish-tree" == null))

@@ -1,8 +1,10 @@
-# The public PR-intent dataset: on a timer, root mirrors a public-safe tree
-# of shared memory to a prefix of the public bucket (`clawdinator host
+# The public PR-intent dataset: on a timer, a public-safe tree of shared
+# memory is mirrored to a prefix of the public bucket (`clawdinator host
 # publish-tree`: changed files only, removed ones deleted, links never
-# followed). Root, because the write needs the instance role, which the
-# agents' user cannot reach.
+# followed). It runs as a dynamic user of the agents' group: not the agents'
+# user (the write needs the instance role, which that user cannot reach),
+# and not root, so a link an agent slips into the tree leads to nothing
+# worth publishing (the secrets are their owners' alone).
 { config, lib, ... }:
 
 let
@@ -32,6 +34,8 @@ in
       unitConfig.RequiresMountsFor = [ cfg.memoryDir ];
       serviceConfig = harden { } // {
         Type = "oneshot";
+        DynamicUser = true;
+        SupplementaryGroups = [ cfg.group ];
         ExecStart = command (
           [ "host" "publish-tree" "--from" cfg.publicTree.sourceDir "--bucket" cfg.publicTree.bucket "--prefix" cfg.publicTree.prefix ]
           ++ regionWords cfg.bootstrap.region
