@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use crate::ctx::Ctx;
 use crate::exit;
 use crate::flags::Global;
-use crate::{audit, bootstrap, fleet, host, image, memory, secrets};
+use crate::{audit, bootstrap, fleet, host, image, memory, release, secrets};
 
 /// The fleet's commands, as hosts and operators run them.
 #[derive(Debug, Parser)]
@@ -27,6 +27,9 @@ pub enum Command {
     /// Build the NixOS image, publish it as a fleet AMI, and list or prune fleet AMIs.
     #[command(subcommand)]
     Image(image::flags::ImageCmd),
+    /// Every host's system built once per revision, signed into the fleet's binary cache, named in releases/<rev>.json.
+    #[command(subcommand)]
+    Release(release::flags::ReleaseCmd),
     /// Per-instance bootstrap bundles in S3 (upload on CI, fetch on a host) and the repository seeds in them.
     #[command(subcommand)]
     Bootstrap(bootstrap::flags::BootstrapCmd),
@@ -53,6 +56,7 @@ pub enum Command {
 pub async fn run(ctx: &Ctx, command: Command) -> Result<()> {
     match command {
         Command::Image(cmd) => image::run(ctx, cmd).await,
+        Command::Release(cmd) => release::run(ctx, cmd).await,
         Command::Bootstrap(cmd) => bootstrap::run(ctx, cmd).await,
         Command::Secrets(cmd) => secrets::run(ctx, cmd).await,
         Command::Fleet(cmd) => fleet::run(ctx, cmd).await,

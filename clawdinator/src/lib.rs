@@ -3,6 +3,7 @@
 //! flags to typed options, and a small face (its `mod.rs`):
 //!
 //! - [`image`]: build the NixOS image, publish it as a fleet AMI, select and prune AMIs;
+//! - [`release`]: every host's system built once per revision, signed into the fleet's cache;
 //! - [`bootstrap`]: per-instance bundles in S3 and the repository seeds in them;
 //! - [`secrets`]: the age files, Secrets Manager, a host's secrets, GitHub App tokens;
 //! - [`registry`]: `nix/instances.json`, the fleet's single source of truth;
@@ -39,5 +40,6 @@ pub mod output;
 pub mod process;
 pub mod project;
 pub mod registry;
+pub mod release;
 pub mod secrets;
 pub mod settings;
