@@ -44,7 +44,8 @@ in
     });
   };
 
-  # Hosts switch with `nixos-rebuild --flake` (first boot, fleet switch).
+  # Hosts only fetch and activate systems CI built (cache.nix); the new CLI
+  # is for operators in a session.
   nix.settings.experimental-features = [ "nix-command" "flakes" ];
   time.timeZone = "UTC";
   system.stateVersion = "25.11";

@@ -124,9 +124,13 @@ let
       config = evaluate [{ services.clawdinator = { enable = true; discordTokenFile = "/run/agenix/t"; }; }];
       says = [ "secretsSource" "bootstrap.enable = true" ];
     };
-    "first switch without bootstrap" = {
-      config = evaluate [{ services.clawdinator = { enable = true; gateway.enable = false; secretsSource = "secretsmanager"; firstSwitch.enable = true; }; }];
-      says = [ "firstSwitch.enable" "bootstrap.enable = true" ];
+    "a bot token that can write a repository flake.lock pins" = {
+      config = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { services.clawdinator.githubApp.repositories = [ "openclaw" "Nix-OpenClaw" ]; } ];
+      says = [ "contents = write on Nix-OpenClaw" "flake.lock pins" ];
+    };
+    "a fleet cache key that is not a nix key" = {
+      config = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { services.clawdinator.fleetCache.publicKey = "not a key"; } ];
+      says = [ "fleetCache.publicKey" "generate-binary-cache-key" ];
     };
     "agents' state containing root's" = {
       config = evaluate [{ services.clawdinator = { enable = true; bootstrap.enable = true; discordTokenFile = "/run/agenix/t"; stateDir = "/var/lib"; }; }];
@@ -147,10 +151,6 @@ let
     "a bot token that can write the fleet's own repository" = {
       config = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { services.clawdinator.githubApp.repositories = [ "openclaw" "clawdinators" ]; } ];
       says = [ "contents = write" "clawdinators" ];
-    };
-    "a cache without its key" = {
-      config = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { services.clawdinator.binaryCache.trustedPublicKeys = [ ]; } ];
-      says = [ "binaryCache.substituters" "trustedPublicKeys" ];
     };
     "SSH without keys" = {
       config = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { services.clawdinator.ssh.enable = true; } ];
@@ -189,7 +189,6 @@ let
           && has e "--secrets-dir /var/lib/clawdinator/nix-secrets" && has e "--age-key-path /var/lib/clawdinator/clawdinator.agekey"))
       (expect "what root acts on is in /var/lib/clawdinator, 0700 root, outside every directory the agents write"
         (builtins.elem "d /var/lib/clawdinator 0700 root root - -" c.systemd.tmpfiles.rules
-          && builtins.elem "d /var/lib/clawdinator/deploy 0700 root root - -" c.systemd.tmpfiles.rules
           && !(lib.hasPrefix "/var/lib/clawdinator/" c.services.clawdinator.stateDir)))
       (expect "clawdinator-bootstrap waits for the network and for user data (amazon-init)"
         (ordered c "clawdinator-bootstrap" "network-online.target" && ordered c "clawdinator-bootstrap" "amazon-init.service"))
@@ -197,9 +196,9 @@ let
         (let e = exec c "clawdinator-secrets"; in
           has e "${bin} secrets install" && has e "--dest /run/agenix" && has e "--owner clawdinator"
           && ordered c "clawdinator-secrets" "clawdinator-bootstrap.service" && needs c "clawdinator-secrets" "clawdinator-bootstrap.service"))
-      (expect "clawdinator-repo-seed installs seeds into /var/lib/clawd/repos for the agents and root's own deploy copy, after bootstrap"
+      (expect "clawdinator-repo-seed installs seeds into /var/lib/clawd/repos for the agents (root keeps no copy of the fleet's flake), after bootstrap"
         (has (exec c "clawdinator-repo-seed") "bootstrap seeds install --from /var/lib/clawdinator/repo-seeds --dest /var/lib/clawd/repos"
-          && has (exec c "clawdinator-repo-seed") "bootstrap seeds install --from /var/lib/clawdinator/repo-seeds --dest /var/lib/clawdinator/deploy --only clawdinators"
+          && !(has (exec c "clawdinator-repo-seed") "--only")
           && needs c "clawdinator-repo-seed" "clawdinator-bootstrap.service"))
       (expect "clawdinator-efs-stunnel writes its config from /etc/clawdinator/efs-id, then runs stunnel, as a dynamic user"
         (let u = (svc c "clawdinator-efs-stunnel").serviceConfig; in
@@ -269,10 +268,14 @@ let
           && has (exec c "clawdinator-publish-tree") "host publish-tree --from /memory/pr-intent --bucket openclaw-pr-intent --prefix pr-intent/"
           && u.unitConfig.RequiresMountsFor == [ "/memory" ] && c.systemd.timers.clawdinator-publish-tree.timerConfig.OnCalendar == "*:0/10"
           && svc (host "clawdinator-2") "clawdinator-publish-tree" == null))
-      (expect "host builds get an 8 GiB swap file and garnix's cache with its key"
-        (c.swapDevices == [ { device = "/swapfile"; size = 8192; } ]
-          && builtins.elem "https://cache.garnix.io" c.nix.settings.substituters
-          && builtins.elem "cache.garnix.io:CTFPyKSLcx5RMJKfLo5EEPUObbA78b0YQ2DTCJXqr9g=" c.nix.settings.trusted-public-keys))
+      (expect "the host builds nothing and trusts only upstream's key and the fleet cache's committed key"
+        (c.nix.settings.max-jobs == 0 && c.nix.settings.builders == "" && c.nix.settings.require-sigs
+          && c.nix.settings.trusted-public-keys == [ "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=" (lib.fileContents ../keys/fleet-cache.pub) ]
+          && c.swapDevices == [ ]))
+      (expect "no bot token writes a repository flake.lock pins (the default list is checked against the lock)"
+        (builtins.elem "openclaw/nix-openclaw" c.services.clawdinator.githubApp.lockedRepositories
+          && builtins.elem "openclaw/nix-steipete-tools" c.services.clawdinator.githubApp.lockedRepositories
+          && !(has (exec c "clawdinator-github-app-token") "--repository nix-openclaw")))
       (expect "the gateway gets the fleet's shared configuration and an agent named after the instance"
         (let g = c.services.openclaw-gateway.config; in
           g.agents.defaults.model.primary == "openai/gpt-5.2-codex" && g.agents.defaults.maxConcurrent == 4
@@ -301,12 +304,15 @@ let
       (expect "babelfish: valid" (failing c == [ ]))
     ])
     (let c = cases.image; in lib.concatLists [
-      (expect "image: clawdinator-first-switch runs once (never with a recorded deployment), after the repository copy arrived"
+      (expect "image: clawdinator-first-switch runs once (never with a recorded deployment), the newest release's system from the fleet cache, after user data"
         (let u = svc c "clawdinator-first-switch"; in
           u != null && u.unitConfig.ConditionPathExists == "!/var/lib/clawdinator/deployment.json"
-          && has u.serviceConfig.ExecStart "host first-switch --flake /var/lib/clawdinator/deploy/clawdinators --record /var/lib/clawdinator/deployment.json"
+          && has u.serviceConfig.ExecStart "host first-switch --record /var/lib/clawdinator/deployment.json"
           && has u.serviceConfig.ExecStart "--instance-file /etc/clawdinator/instance-name"
-          && builtins.elem "clawdinator-repo-seed.service" u.requires))
+          && has u.serviceConfig.ExecStart "--bucket-file /etc/clawdinator/bucket"
+          && has u.serviceConfig.ExecStart "--cache-bucket-file /etc/clawdinator/cache-bucket"
+          && !(has u.serviceConfig.ExecStart "--flake")
+          && builtins.elem "amazon-init.service" u.after))
       (expect "image: no gateway, no GitHub token before the instance knows who it is"
         (!(c.services.openclaw-gateway.enable or false) && svc c "clawdinator-github-app-token" == null))
       (expect "image: a raw amazon image from nixpkgs' builder" (c.image.modules.amazon.amazonImage.format == "raw"))

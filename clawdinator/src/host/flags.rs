@@ -12,13 +12,13 @@ pub enum HostCmd {
     WorkspaceSeed(WorkspaceSeedArgs),
     /// Write the stunnel configuration that carries NFS to this host's EFS over TLS.
     EfsStunnelConfig(EfsStunnelConfigArgs),
-    /// First boot: switch to this instance's configuration, unless a deployment is recorded.
+    /// First boot: switch to this instance's system in the newest release, unless a deployment is recorded.
     FirstSwitch(SwitchArgs),
     /// Run a program (the gateway) with secrets from files in its environment, never on disk again.
     Exec(HostExecArgs),
-    /// selfUpdate: fast-forward the repository copy and switch when its revision changed.
+    /// selfUpdate: switch to this instance's system in the newest release when it is not running it.
     SelfUpdate(SwitchArgs),
-    /// The release lane on this host: build REV, activate, check health, make it the boot default; roll back on failure.
+    /// The release lane on this host: fetch a signed system from the fleet cache, activate, check health, make it the boot default; roll back on failure.
     Switch(HostSwitchArgs),
     /// After a secret's rotation (fleet refresh-secrets): fetch the bundle again, install the secrets, restart their readers.
     #[command(name = "refresh-secrets")]
@@ -125,8 +125,8 @@ pub struct EfsStunnelConfigArgs {
     pub accept: String,
 }
 
-/// What every switch on a host works with: who it is, its repository
-/// copy, and its deployment record.
+/// What every switch on a host works with: who it is, the fleet's cache,
+/// and where the system and the deployment record are.
 #[derive(Debug, Args)]
 pub struct Deployment {
     /// This host's instance name (else the content of --instance-file).
@@ -135,27 +135,44 @@ pub struct Deployment {
     /// A file naming this host's instance, written at boot by its user data.
     #[arg(long, default_value = "/etc/clawdinator/instance-name")]
     pub instance_file: PathBuf,
-    /// The deploy copy: root's clone of the fleet's flake (seeded from the bundle), owned by root alone.
-    #[arg(long, default_value = "/var/lib/clawdinator/deploy/clawdinators")]
-    pub flake: PathBuf,
-    /// The only URL the deploy copy fetches from (never a remote its config names).
-    #[arg(long, default_value = "https://github.com/openclaw/clawdinators")]
-    pub url: String,
-    /// The published branch: only revisions reachable from it are deployed.
-    #[arg(long, default_value = "main")]
-    pub branch: String,
+    /// The fleet's binary cache bucket (else the content of --cache-bucket-file); none: nix.conf's substituters only.
+    #[arg(long)]
+    pub cache_bucket: Option<String>,
+    /// A file naming the cache bucket, written at boot by the instance's user data.
+    #[arg(long, default_value = "/etc/clawdinator/cache-bucket")]
+    pub cache_bucket_file: PathBuf,
+    /// The nix store to realise the system in, as a directory (tests); default: the host's own.
+    #[arg(long, hide = true)]
+    pub store: Option<PathBuf>,
     /// The deployment record: what the host runs (a first switch does nothing once it exists).
     #[arg(long, default_value = "/var/lib/clawdinator/deployment.json")]
     pub record: PathBuf,
+    #[arg(long, default_value = "/run/current-system")]
+    pub current_system: PathBuf,
+    #[arg(long, default_value = "/nix/var/nix/profiles/system")]
+    pub system_profile: PathBuf,
+    /// The unit that must be active and stable after the switch.
+    #[arg(long, default_value = "clawdinator")]
+    pub unit: String,
+    /// Seconds the unit must stay active without restarting (1-3600).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub settle: u64,
+    /// Say what would happen; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
 }
 
+/// First switch and self-update: this host's system from the newest release.
 #[derive(Debug, Args)]
 pub struct SwitchArgs {
     #[command(flatten)]
     pub deployment: Deployment,
-    /// Show what would run; change nothing.
+    /// The fleet bucket, whose releases/ name each host's system (else the content of --bucket-file).
     #[arg(long)]
-    pub dry_run: bool,
+    pub bucket: Option<String>,
+    /// A file naming the fleet bucket, written at boot by the instance's user data.
+    #[arg(long, default_value = "/etc/clawdinator/bucket")]
+    pub bucket_file: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -170,23 +187,10 @@ pub struct HostExecArgs {
 
 #[derive(Debug, Args)]
 pub struct HostSwitchArgs {
-    /// The full git revision (40 hex digits) to switch to.
-    pub rev: String,
+    /// The system's store path (/nix/store/<hash>-nixos-system-<name>), as the release manifest names it.
+    pub system: String,
     #[command(flatten)]
     pub deployment: Deployment,
-    #[arg(long, default_value = "/run/current-system")]
-    pub current_system: PathBuf,
-    #[arg(long, default_value = "/nix/var/nix/profiles/system")]
-    pub system_profile: PathBuf,
-    /// The unit that must be active and stable after the switch.
-    #[arg(long, default_value = "clawdinator")]
-    pub unit: String,
-    /// Seconds the unit must stay active without restarting (1-3600).
-    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
-    pub settle: u64,
-    /// Say what would happen; change nothing.
-    #[arg(long)]
-    pub dry_run: bool,
 }
 
 #[derive(Debug, Args)]

@@ -3,15 +3,15 @@
 //!
 //! Modules: [`flags`] (the command line), [`workspace`] (the agent
 //! workspace and cron store), `efs` (the TLS tunnel to EFS), `exec`
-//! (the gateway with secrets in its environment), [`deploy`] (first switch
-//! and self-update), `repo` (the deploy copy root builds from), `switch`
-//! (the release lane on this host), `refresh` (secrets again after a
+//! (the gateway with secrets in its environment), [`record`] (what the host
+//! runs), `switch` (a signed system from the fleet cache, health-gated),
+//! `updates` (first switch and self-update from the newest release),
+//! `refresh` (secrets again after a
 //! rotation), [`ops`] (a unit's logs and restart), [`publish`] (the
 //! public PR-intent tree), `pi_auth` (the pi coding agent's credentials)
 //! and [`github_sync`]
 //! (open pull requests and issues into shared memory).
 
-pub mod deploy;
 mod efs;
 mod exec;
 pub mod flags;
@@ -19,9 +19,10 @@ pub mod github_sync;
 pub mod ops;
 mod pi_auth;
 pub mod publish;
+pub mod record;
 mod refresh;
-mod repo;
-pub(crate) mod switch;
+mod switch;
+mod updates;
 pub mod workspace;
 
 use anyhow::Result;
@@ -30,7 +31,7 @@ use crate::atomic::Owner;
 use crate::ctx::Ctx;
 use crate::exit::UsageError;
 use crate::settings::{given_or_written, instance_name};
-use flags::{HostCmd, SwitchArgs};
+use flags::{Deployment, HostCmd, SwitchArgs};
 
 /// Carry out one `host` command.
 pub fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
@@ -44,20 +45,7 @@ pub fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
             ctx.out.emit(&report)
         }
         HostCmd::Switch(args) => {
-            let d = args.deployment;
-            let opts = switch::SwitchOptions {
-                instance: instance_name(d.instance, &d.instance_file)?,
-                rev: args.rev,
-                flake: d.flake,
-                url: d.url,
-                branch: d.branch,
-                record: d.record,
-                current_system: args.current_system,
-                profile: args.system_profile,
-                unit: args.unit,
-                settle: std::time::Duration::from_secs(args.settle),
-                dry_run: args.dry_run,
-            };
+            let opts = switch_options(ctx, args.deployment, args.system, "switch")?;
             ctx.out.emit(&switch::switch(&opts)?)
         }
         HostCmd::Exec(args) => {
@@ -97,8 +85,16 @@ pub fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
             ctx.out.emit(&tokio::runtime::Handle::current().block_on(work)?)
         }
         HostCmd::RefreshSecrets(args) => ctx.out.emit(&refresh::refresh_secrets(&args.readers)?),
-        HostCmd::FirstSwitch(args) => ctx.out.emit(&deploy::first_switch(&switch_options(args)?)?),
-        HostCmd::SelfUpdate(args) => ctx.out.emit(&deploy::self_update(&switch_options(args)?)?),
+        HostCmd::FirstSwitch(args) => {
+            let (bucket, opts) = release_options(ctx, args, "first-boot")?;
+            let work = async { updates::first_switch(&ctx.aws().await?, &bucket, opts).await };
+            ctx.out.emit(&tokio::runtime::Handle::current().block_on(work)?)
+        }
+        HostCmd::SelfUpdate(args) => {
+            let (bucket, opts) = release_options(ctx, args, "self-update")?;
+            let work = async { updates::self_update(&ctx.aws().await?, &bucket, opts).await };
+            ctx.out.emit(&tokio::runtime::Handle::current().block_on(work)?)
+        }
         HostCmd::GithubSync(args) => {
             let token = std::env::var("GITHUB_TOKEN").map_err(|_| {
                 UsageError("no GitHub token: set GITHUB_TOKEN (hosts load /run/clawd/github-app.env)".into())
@@ -109,14 +105,30 @@ pub fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
     }
 }
 
-fn switch_options(args: SwitchArgs) -> Result<deploy::SwitchOptions> {
-    let d = args.deployment;
-    Ok(deploy::SwitchOptions {
+/// A switch to `system` as the flags and the host's written facts say.
+fn switch_options(ctx: &Ctx, d: Deployment, system: String, source: &'static str) -> Result<switch::SwitchOptions> {
+    let cache_bucket = d.cache_bucket.or_else(|| crate::settings::host_setting(&d.cache_bucket_file));
+    let region = ctx.region().or_else(|| crate::settings::host_setting(std::path::Path::new(REGION_FILE)));
+    Ok(switch::SwitchOptions {
         instance: instance_name(d.instance, &d.instance_file)?,
-        flake: d.flake,
-        url: d.url,
-        branch: d.branch,
+        system,
+        revision: None,
+        source,
+        nix: switch::NixStore::new(cache_bucket, region, d.store),
         record: d.record,
-        dry_run: args.dry_run,
+        current_system: d.current_system,
+        profile: d.system_profile,
+        unit: d.unit,
+        settle: std::time::Duration::from_secs(d.settle),
+        dry_run: d.dry_run,
     })
+}
+
+/// Where the host's user data writes its region (SSM runs the switch without the units' environment).
+const REGION_FILE: &str = "/etc/clawdinator/region";
+
+/// First switch and self-update: the fleet bucket, and a switch whose system the newest release names.
+fn release_options(ctx: &Ctx, args: SwitchArgs, source: &'static str) -> Result<(String, switch::SwitchOptions)> {
+    let bucket = given_or_written(args.bucket, &args.bucket_file, "fleet bucket", "pass --bucket")?;
+    Ok((bucket, switch_options(ctx, args.deployment, String::new(), source)?))
 }

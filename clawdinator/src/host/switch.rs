@@ -1,11 +1,15 @@
-//! `host switch REV`: the release lane's step on one host, run by `fleet
-//! switch` through SSM. Build this host's configuration at REV, activate it
-//! (`switch-to-configuration test`: nothing changes for the next boot), check
-//! health (the gateway active and not restarting for a settle period, and
-//! the running system's `configurationRevision` equal to REV), and only then
-//! make it the boot default. If any step after the build fails, the
-//! previous system is activated again (and made the boot default again if
-//! that step had changed it): a broken revision never leaves a broken host.
+//! `host switch STORE_PATH`: the release lane's step on one host, run by
+//! `fleet switch` through SSM, and the end of a first switch and a
+//! self-update. The host builds nothing and evaluates nothing: it realises
+//! a system CI built from the fleet's binary cache (nix refuses any path
+//! not signed by a key in nix.conf's `trusted-public-keys`, and with
+//! `max-jobs 0` it cannot build one instead), activates it
+//! (`switch-to-configuration test`: nothing changes for the next boot),
+//! checks health (the gateway active and not restarting for a settle
+//! period, `/run/current-system` the new system), and only then makes it
+//! the boot default. If a step after fetching fails, the previous system is
+//! activated again (and made the boot default again if that step had
+//! changed it): a broken release never leaves a broken host.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -14,16 +18,50 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 use xshell::{cmd, Shell};
 
-use super::deploy::{self, Deployment, Outcome};
-use super::repo::DeployCopy;
+use super::record::{self, Deployment};
+use crate::release::manifest::check_system_path;
+
+/// Where nix fetches the system from.
+pub struct NixStore {
+    /// The fleet cache's store URL (`s3://BUCKET?region=R&priority=10`), added
+    /// before nix.conf's substituters; None: nix.conf's only.
+    pub cache: Option<String>,
+    /// A store directory instead of the host's own (tests).
+    pub root: Option<PathBuf>,
+}
+
+impl NixStore {
+    /// The fleet cache in `region` (asked before cache.nixos.org, priority 40).
+    pub fn new(cache_bucket: Option<String>, region: Option<String>, root: Option<PathBuf>) -> NixStore {
+        let cache = cache_bucket.map(|b| match region {
+            Some(r) => format!("s3://{b}?region={r}&priority=10"),
+            None => format!("s3://{b}?priority=10"),
+        });
+        NixStore { cache, root }
+    }
+
+    /// Where a store path is on disk (in a store directory, under it).
+    fn on_disk(&self, path: &str) -> PathBuf {
+        match &self.root {
+            Some(root) if path.starts_with("/nix/store/") => root.join(path.trim_start_matches('/')),
+            _ => PathBuf::from(path),
+        }
+    }
+
+    fn store_args(&self) -> Vec<String> {
+        self.root.iter().flat_map(|r| ["--store".to_string(), r.display().to_string()]).collect()
+    }
+}
 
 pub struct SwitchOptions {
     pub instance: String,
-    pub rev: String,
-    /// The deploy copy (root's clone of the fleet's flake), its only URL and branch.
-    pub flake: PathBuf,
-    pub url: String,
-    pub branch: String,
+    /// The system's store path.
+    pub system: String,
+    /// The fleet revision, when a release manifest named it.
+    pub revision: Option<String>,
+    /// `switch`, `first-boot` or `self-update` (the record says which).
+    pub source: &'static str,
+    pub nix: NixStore,
     pub record: PathBuf,
     /// `/run/current-system`.
     pub current_system: PathBuf,
@@ -35,142 +73,136 @@ pub struct SwitchOptions {
     pub dry_run: bool,
 }
 
+/// What a switch on this host did (host switch, first switch, self-update).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Outcome {
+    Switched,
+    WouldSwitch,
+    /// The host runs the system already.
+    AlreadyRunning,
+    /// First switch: a deployment is recorded already.
+    AlreadyDeployed,
+}
+
 #[derive(Debug, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct SwitchReport {
     pub instance: String,
-    pub revision: String,
+    pub system: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
     pub outcome: Outcome,
-    pub system: Option<String>,
     pub previous: String,
 }
 
 impl std::fmt::Display for SwitchReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let rev = self.revision.as_deref().map(|r| format!(" (revision {r})")).unwrap_or_default();
         match self.outcome {
-            Outcome::AlreadyRunning => writeln!(f, "{} already runs {}", self.instance, self.revision),
+            Outcome::AlreadyRunning => writeln!(f, "{} already runs {}{rev}", self.instance, self.system),
+            Outcome::AlreadyDeployed => writeln!(f, "{} is deployed already: first switch skipped", self.instance),
             Outcome::WouldSwitch => {
-                writeln!(f, "would build, activate, check and make {} the boot default", self.revision)
+                writeln!(f, "would fetch, activate, check and make {}{rev} the boot default", self.system)
             }
-            _ => writeln!(
+            Outcome::Switched => writeln!(
                 f,
-                "{} runs {} ({}), the boot default; the previous system was {}",
-                self.instance,
-                self.revision,
-                self.system.as_deref().unwrap_or("?"),
-                self.previous
+                "{} runs {}{rev}, the boot default; the previous system was {}",
+                self.instance, self.system, self.previous
             ),
         }
     }
 }
 
-/// A full git revision: 40 lowercase hex digits (nothing a shell or a flake URL could read otherwise).
-pub fn check_revision(rev: &str) -> Result<()> {
-    ensure!(
-        rev.len() == 40 && rev.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
-        "\"{rev}\" is not a full git revision (40 lowercase hex digits)"
-    );
-    Ok(())
-}
-
-/// The revision a system was built from, from its `configurationRevision` file.
-fn running_revision(system: &Path) -> Option<String> {
-    std::fs::read_to_string(system.join("configurationRevision")).ok().map(|s| s.trim().to_string())
+/// The system `/run/current-system` points at.
+fn running(current: &Path) -> Result<String> {
+    let target = std::fs::read_link(current)
+        .or_else(|_| std::fs::canonicalize(current))
+        .with_context(|| format!("cannot resolve {}", current.display()))?;
+    Ok(target.display().to_string())
 }
 
 pub fn switch(opts: &SwitchOptions) -> Result<SwitchReport> {
-    check_revision(&opts.rev)?;
-    let previous = std::fs::canonicalize(&opts.current_system)
-        .with_context(|| format!("cannot resolve {}", opts.current_system.display()))?;
+    check_system_path(&opts.system)?;
+    crate::atomic::check_owned(&opts.record)?;
+    let previous = running(&opts.current_system)?;
     let mut report = SwitchReport {
         instance: opts.instance.clone(),
-        revision: opts.rev.clone(),
+        system: opts.system.clone(),
+        revision: opts.revision.clone(),
         outcome: Outcome::WouldSwitch,
-        system: None,
-        previous: previous.display().to_string(),
+        previous: previous.clone(),
     };
-    if running_revision(&previous).as_deref() == Some(opts.rev.as_str()) {
+    if previous == opts.system {
         report.outcome = Outcome::AlreadyRunning;
         return Ok(report);
     }
-    let sh = Shell::new()?;
-    let copy = DeployCopy::open_for(&opts.flake, &opts.url, &opts.branch, &opts.record)?;
     if opts.dry_run {
         return Ok(report);
     }
-    published(&sh, &copy, &opts.rev)?;
-    let new = build(&sh, &copy, opts).context("switch stopped at build; nothing was activated")?;
+    let sh = Shell::new()?;
+    realise(&sh, opts).context("switch stopped at fetching the system; nothing changed")?;
     let mut boot_changed = false;
-    let result = activate_and_check(&sh, opts, &new, &mut boot_changed);
-    if let Err(err) = result {
+    if let Err(err) = activate_and_check(&sh, opts, &mut boot_changed) {
         let rollback = roll_back(&sh, opts, &previous, boot_changed);
         return Err(match rollback {
-            Ok(()) => err.context(format!("rolled back: {} is active again", previous.display())),
+            Ok(()) => err.context(format!("rolled back: {previous} is active again")),
             Err(again) => err.context(format!("ROLLBACK FAILED too, the host needs a hand: {again:#}")),
         });
     }
-    let deployment = Deployment {
-        instance: opts.instance.clone(),
-        revision: opts.rev.clone(),
-        source: "switch".into(),
-        at: crate::clock::unix_seconds(),
-    };
-    deploy::write_record(&opts.record, &deployment)?;
+    record::write(&opts.record, &deployment(opts))?;
     report.outcome = Outcome::Switched;
-    report.system = Some(new.display().to_string());
     Ok(report)
 }
 
-/// REV is on the published branch: fetched now if the copy lacks it, a
-/// local commit refused either way.
-fn published(sh: &Shell, copy: &DeployCopy, rev: &str) -> Result<()> {
-    if copy.require_published(sh, rev).is_err() {
-        copy.fetch(sh).context("switch stopped before build; nothing changed")?;
+fn deployment(opts: &SwitchOptions) -> Deployment {
+    Deployment {
+        instance: opts.instance.clone(),
+        system: opts.system.clone(),
+        revision: opts.revision.clone(),
+        source: opts.source.into(),
+        at: crate::clock::unix_seconds(),
     }
-    copy.require_published(sh, rev).context("switch refused; nothing changed")
 }
 
-/// Build this host's system at REV of the deploy copy, with the committed lock.
-fn build(sh: &Shell, copy: &DeployCopy, opts: &SwitchOptions) -> Result<PathBuf> {
-    let installable = format!(
-        "git+file://{}?rev={}#nixosConfigurations.{}.config.system.build.toplevel",
-        copy.dir.display(),
-        opts.rev,
-        opts.instance
-    );
-    let out = cmd!(sh, "nix build --no-link --no-update-lock-file --print-out-paths {installable}")
-        .read()
-        .with_context(|| format!("nix build {installable}"))?;
-    let path = PathBuf::from(out.lines().last().unwrap_or_default().trim());
-    ensure!(
-        path.join("bin/switch-to-configuration").exists(),
-        "nix build gave {}, which is not a NixOS system",
-        path.display()
-    );
-    Ok(path)
+/// Fetch the system's closure: substituted only (max-jobs 0: nothing is
+/// built here), each path checked against nix.conf's trusted keys.
+fn realise(sh: &Shell, opts: &SwitchOptions) -> Result<()> {
+    let system = &opts.system;
+    let store = opts.nix.store_args();
+    let cache: Vec<String> =
+        opts.nix.cache.iter().flat_map(|c| ["--option".into(), "extra-substituters".into(), c.clone()]).collect();
+    crate::process::run_on_stderr(
+        cmd!(sh, "nix-store --realise {system} --option max-jobs 0 {cache...} {store...}").quiet(),
+    )
+    .with_context(|| format!("nix could not fetch a trusted {system} (is it in the fleet cache, signed by the fleet's key?)"))?;
+    let activate = opts.nix.on_disk(system).join("bin/switch-to-configuration");
+    ensure!(activate.exists(), "{system} is not a NixOS system: it has no bin/switch-to-configuration");
+    Ok(())
 }
 
-fn activate_and_check(sh: &Shell, opts: &SwitchOptions, new: &Path, boot_changed: &mut bool) -> Result<()> {
-    let activate = new.join("bin/switch-to-configuration");
+fn activate_and_check(sh: &Shell, opts: &SwitchOptions, boot_changed: &mut bool) -> Result<()> {
+    let activate = opts.nix.on_disk(&opts.system).join("bin/switch-to-configuration");
     crate::process::run_on_stderr(cmd!(sh, "{activate} test")).context("switch stopped at activation")?;
     healthy(sh, opts).context("switch stopped at the health check")?;
-    let profile = &opts.profile;
     *boot_changed = true;
-    crate::process::run_on_stderr(cmd!(sh, "nix-env -p {profile} --set {new}"))
-        .and_then(|()| crate::process::run_on_stderr(cmd!(sh, "{activate} boot")))
-        .context("switch stopped at making it the boot default")
+    set_boot_default(sh, opts, &opts.system).context("switch stopped at making it the boot default")
 }
 
-/// The unit is active and does not restart for the settle period, and the
-/// running system is REV.
+/// The system profile points at `system`, and the boot loader boots it.
+fn set_boot_default(sh: &Shell, opts: &SwitchOptions, system: &str) -> Result<()> {
+    let profile = &opts.profile;
+    let store = opts.nix.store_args();
+    crate::process::run_on_stderr(cmd!(sh, "nix-env -p {profile} --set {system} {store...}"))?;
+    let activate = opts.nix.on_disk(system).join("bin/switch-to-configuration");
+    crate::process::run_on_stderr(cmd!(sh, "{activate} boot"))
+}
+
+/// The running system is the new one, and the unit is active and does not
+/// restart for the settle period.
 fn healthy(sh: &Shell, opts: &SwitchOptions) -> Result<()> {
-    let running = running_revision(&opts.current_system);
-    ensure!(
-        running.as_deref() == Some(opts.rev.as_str()),
-        "{}/configurationRevision is {running:?}, not {}",
-        opts.current_system.display(),
-        opts.rev
-    );
+    let now = running(&opts.current_system)?;
+    ensure!(now == opts.system, "{} is {now}, not {}", opts.current_system.display(), opts.system);
     let unit = &opts.unit;
     let restarts = || cmd!(sh, "systemctl show -p NRestarts --value {unit}").quiet().read().unwrap_or_default();
     let first = restarts();
@@ -190,14 +222,12 @@ fn healthy(sh: &Shell, opts: &SwitchOptions) -> Result<()> {
     }
 }
 
-fn roll_back(sh: &Shell, opts: &SwitchOptions, previous: &Path, boot_changed: bool) -> Result<()> {
-    let activate = previous.join("bin/switch-to-configuration");
-    eprintln!("rolling back to {}", previous.display());
+fn roll_back(sh: &Shell, opts: &SwitchOptions, previous: &str, boot_changed: bool) -> Result<()> {
+    let activate = opts.nix.on_disk(previous).join("bin/switch-to-configuration");
+    eprintln!("rolling back to {previous}");
     crate::process::run_on_stderr(cmd!(sh, "{activate} test"))?;
     if boot_changed {
-        let profile = &opts.profile;
-        crate::process::run_on_stderr(cmd!(sh, "nix-env -p {profile} --set {previous}"))?;
-        crate::process::run_on_stderr(cmd!(sh, "{activate} boot"))?;
+        set_boot_default(sh, opts, previous)?;
     }
     Ok(())
 }

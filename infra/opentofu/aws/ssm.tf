@@ -1,7 +1,7 @@
 # The only commands CI can run on hosts: one SSM document per fleet command,
 # each running one fixed host command; every parameter is checked by SSM
-# against its document's allowedPattern (the switch's revision against
-# ^[0-9a-f]{40}$, logs' and restart's unit against the fleet's unit names).
+# against its document's allowedPattern (the switch's store path against
+# ^/nix/store/[0-9a-z]{32}-nixos-system-…$, logs' and restart's unit against the fleet's unit names).
 # The CI role may send the switch and refresh-secrets documents and no
 # other (no AWS-RunShellScript); logs and restart are for operators.
 

@@ -60,7 +60,7 @@ in
       shell = pkgs.bashInteractive;
     };
 
-    # `host switch` checks the running system is the revision it deployed.
+    # The fleet revision a system was built from, beside it (`clawdinator version` on a host).
     system.systemBuilderCommands = lib.optionalString (config.system.configurationRevision != null) ''
       printf '%s' ${escapeShellArg config.system.configurationRevision} > $out/configurationRevision
     '';
@@ -84,7 +84,6 @@ in
       "d ${runDir} 0750 ${cfg.user} ${cfg.group} - -"
       "d ${agenix} 0711 root root - -"
       "d ${rootDir} 0700 root root - -"
-      "d ${rootDir}/deploy 0700 root root - -"
     ];
   };
 }

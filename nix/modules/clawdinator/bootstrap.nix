@@ -5,7 +5,7 @@
 
 let
   h = import ./lib.nix { inherit config lib; };
-  inherit (h) cfg agenix command given regionWords ownerWords harden oneshot nullOrStr runTime reposDir rootDir deployCopy;
+  inherit (h) cfg agenix command given regionWords ownerWords harden oneshot nullOrStr runTime reposDir rootDir;
   inherit (lib) mkEnableOption mkIf mkOption optional types;
   # The bots' App key stays root's: only root's token unit reads it.
   rootOnly = lib.optionals (lib.hasPrefix "${agenix}/" cfg.githubApp.privateKeyFile) [ "--root-only" (baseNameOf cfg.githubApp.privateKeyFile) ];
@@ -103,19 +103,15 @@ in
     };
 
     systemd.services.clawdinator-repo-seed = mkIf cfg.bootstrap.enable {
-      description = "clawdinator: copy each repository the host lacks from the bundle's seeds into ${reposDir}, and root's deploy copy";
+      description = "clawdinator: copy each repository the host lacks from the bundle's seeds into ${reposDir}";
       wantedBy = [ "multi-user.target" ];
       after = [ "clawdinator-bootstrap.service" ];
       requires = [ "clawdinator-bootstrap.service" ];
       serviceConfig = oneshot // harden {
         caps = [ "CAP_CHOWN" "CAP_DAC_OVERRIDE" "CAP_FOWNER" ];
-        rw = [ reposDir (builtins.dirOf deployCopy) ];
+        rw = [ reposDir ];
       } // {
-        ExecStart = [
-          (command ([ "bootstrap" "seeds" "install" "--from" cfg.bootstrap.repoSeedsDir "--dest" reposDir ] ++ ownerWords))
-          # Root's own copy of the fleet's flake, never the agents' clone.
-          (command [ "bootstrap" "seeds" "install" "--from" cfg.bootstrap.repoSeedsDir "--dest" (builtins.dirOf deployCopy) "--only" (baseNameOf deployCopy) ])
-        ];
+        ExecStart = command ([ "bootstrap" "seeds" "install" "--from" cfg.bootstrap.repoSeedsDir "--dest" reposDir ] ++ ownerWords);
       };
     };
   };

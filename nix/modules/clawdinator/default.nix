@@ -1,7 +1,7 @@
 # The clawdinator host: bootstrap from S3, secrets into /run/agenix,
 # repository seeds, shared memory on EFS over TLS, GitHub App tokens, the
-# gateway (through nix-openclaw's services.openclaw-gateway), and the first
-# switch of a fresh instance to its own configuration.
+# gateway (through nix-openclaw's services.openclaw-gateway), and switches
+# to systems CI built and signed into the fleet's binary cache.
 #
 # Every job is a command of this project's binary (`clawdinator`, the
 # hostPackage); no unit runs a script. Per-instance facts (name, bucket,
@@ -19,7 +19,7 @@
     ./gateway.nix
     ./updates.nix
     ./instance-role.nix
-    ./build-capacity.nix
+    ./cache.nix
     ./public-tree.nix
     ./pi.nix
   ];

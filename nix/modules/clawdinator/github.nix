@@ -12,6 +12,13 @@ let
   h = import ./lib.nix { inherit config lib; };
   inherit (h) cfg agenix githubEnvFile ghConfigDir command harden noMetadata ownerWords runDir reposDir;
   inherit (lib) mkEnableOption mkIf mkOption optional types;
+  # The GitHub repositories a flake.lock pins: whoever writes one of them
+  # writes what the fleet builds at its next pin bump.
+  lockedRepositories = lockFile:
+    let nodes = builtins.attrValues (builtins.fromJSON (builtins.readFile lockFile)).nodes; in
+    lib.unique (lib.concatMap (n: optional ((n.locked.type or "") == "github") "${n.locked.owner}/${n.locked.repo}") nodes);
+  repoName = r: lib.toLower (lib.last (lib.splitString "/" r));
+  writableLocked = lib.filter (r: builtins.elem (repoName r) (map repoName cfg.githubApp.lockedRepositories)) cfg.githubApp.repositories;
 in
 {
   options.services.clawdinator = {
@@ -22,8 +29,14 @@ in
       privateKeyFile = mkOption { type = types.str; default = "${agenix}/clawdinator-github-app.pem"; description = "The App's private key (PEM), root's alone (the secrets unit installs it with --root-only)."; };
       repositories = mkOption {
         type = types.listOf types.str;
-        default = [ "openclaw" "nix-openclaw" "clawhub" "nix-steipete-tools" "ClawKeeper" ];
-        description = "The only repositories of the installation a token covers (never ${cfg.githubApp.fleetRepository} while contents is write).";
+        default = [ "openclaw" "clawhub" "ClawKeeper" ];
+        description = "The only repositories of the installation a token covers (while contents is write: never ${cfg.githubApp.fleetRepository}, nor a repository flake.lock pins).";
+      };
+      lockedRepositories = mkOption {
+        type = types.listOf types.str;
+        default = lockedRepositories ../../../flake.lock;
+        defaultText = lib.literalMD "every `github` node of the fleet's `flake.lock`, as owner/repo";
+        description = "Repositories the fleet's flake.lock pins: a bot token never writes them (a write there is built by the next pin bump).";
       };
       permissions = mkOption {
         type = types.attrsOf (types.enum [ "read" "write" ]);
@@ -60,6 +73,10 @@ in
         assertion = (cfg.githubApp.permissions.contents or "") != "write"
           || (cfg.githubApp.repositories != [ ] && !(builtins.elem cfg.githubApp.fleetRepository cfg.githubApp.repositories));
         message = "services.clawdinator.githubApp: contents = write needs githubApp.repositories listed, without ${cfg.githubApp.fleetRepository} (this fleet's own repository).";
+      }
+      {
+        assertion = (cfg.githubApp.permissions.contents or "") != "write" || writableLocked == [ ];
+        message = "services.clawdinator.githubApp: contents = write on ${lib.concatStringsSep ", " writableLocked}, which flake.lock pins: a bot could change what the fleet builds; drop them from githubApp.repositories.";
       }
     ];
 

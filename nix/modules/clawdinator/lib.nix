@@ -18,12 +18,11 @@ rec {
   workspaceDir = cfg.workspaceDir;
   reposDir = "${cfg.stateDir}/repos";
   logDir = "${cfg.stateDir}/logs";
-  # What root acts on (the deploy copy, the deployment record, the bundle's
-  # generations and the links into them) lives here, 0700 root, in no
-  # directory an agent can write; the host binary's defaults name the same
-  # paths, so the SSM documents' fixed command lines find them.
+  # What root acts on (the deployment record, the bundle's generations and
+  # the links into them) lives here, 0700 root, in no directory an agent
+  # can write; the host binary's defaults name the same paths, so the SSM
+  # documents' fixed command lines find them.
   rootDir = "/var/lib/clawdinator";
-  deployCopy = "${rootDir}/deploy/clawdinators";
   deploymentRecord = "${rootDir}/deployment.json";
   configPath = "/etc/clawd/openclaw.json";
 

@@ -1,23 +1,30 @@
-# Updates: the first switch of a fresh instance to its own configuration,
-# and the optional self-update timer; both rebuild the whole system.
+# Updates: the first switch of a fresh instance to its own system, and the
+# optional self-update timer. Both take this host's system from the newest
+# release manifest (releases/<rev>.json in the fleet bucket) and switch to
+# it as `fleet switch` does: fetched signed from the fleet's cache,
+# health-gated, rolled back on failure. Nothing is built or evaluated here.
 { config, lib, ... }:
 
 let
   h = import ./lib.nix { inherit config lib; };
-  inherit (h) cfg command given deployCopy deploymentRecord;
+  inherit (h) cfg command given regionWords deploymentRecord;
   inherit (lib) mkEnableOption mkIf mkOption types;
-  # A unit that rebuilds and activates the whole system (like
-  # nixos-upgrade.service): it writes /nix, /boot and /etc and restarts
-  # units, so the sandbox of the other units cannot apply; it keeps a
-  # private /tmp.
+  # A unit that activates a whole system (like nixos-upgrade.service): it
+  # writes /nix, /boot and /etc and restarts units, so the sandbox of the
+  # other units cannot apply; it keeps a private /tmp.
   systemSwitch = job: {
     path = [ "/run/current-system/sw" ];
+    after = [ "network-online.target" "amazon-init.service" ];
+    wants = [ "network-online.target" ];
     serviceConfig = {
       Type = "oneshot";
       PrivateTmp = true;
       ExecStart = command (
-        [ "host" job "--flake" deployCopy "--record" deploymentRecord ]
+        [ "host" job "--record" deploymentRecord ]
         ++ given cfg.instanceName "--instance" "--instance-file" "instance-name"
+        ++ given cfg.bootstrap.s3Bucket "--bucket" "--bucket-file" "bucket"
+        ++ given cfg.fleetCache.bucket "--cache-bucket" "--cache-bucket-file" "cache-bucket"
+        ++ regionWords cfg.bootstrap.region
       );
     };
   };
@@ -25,36 +32,25 @@ in
 {
   options.services.clawdinator = {
     selfUpdate = {
-      enable = mkEnableOption "fetching the published branch into root's deploy copy and switching to its tip on a timer (off: deploys are pinned revisions)";
+      enable = mkEnableOption "switching to this host's system in the newest release on a timer (off: the release lane switches hosts)";
       schedule = mkOption { type = types.str; default = "daily"; description = "When to update (systemd OnCalendar)."; };
     };
 
     firstSwitch.enable = mkEnableOption ''
-      the first switch of a fresh instance to nixosConfigurations.<instance>
-      from its repository copy; never runs on a host with a recorded deployment
-      (the image enables it)'';
+      the first switch of a fresh instance to its system in the newest
+      release; never runs on a host with a recorded deployment (the image
+      enables it)'';
   };
 
   config = mkIf cfg.enable {
-    assertions = [
-      {
-        assertion = !cfg.firstSwitch.enable || cfg.bootstrap.enable;
-        message = "services.clawdinator.firstSwitch.enable switches to the repository copy the bundle brings: set services.clawdinator.bootstrap.enable = true.";
-      }
-    ];
-
     systemd.services.clawdinator-first-switch = mkIf cfg.firstSwitch.enable ({
-      description = "clawdinator: switch a fresh instance to its own configuration, once";
+      description = "clawdinator: switch a fresh instance to its system in the newest release, once";
       wantedBy = [ "multi-user.target" ];
-      after = [ "clawdinator-repo-seed.service" "clawdinator-secrets.service" ];
-      requires = [ "clawdinator-repo-seed.service" ];
       unitConfig.ConditionPathExists = "!${deploymentRecord}";
     } // systemSwitch "first-switch");
 
     systemd.services.clawdinator-self-update = mkIf cfg.selfUpdate.enable ({
-      description = "clawdinator: pull the repository copy and switch to it";
-      after = [ "network-online.target" ];
-      wants = [ "network-online.target" ];
+      description = "clawdinator: switch to this host's system in the newest release";
     } // systemSwitch "self-update");
 
     systemd.timers.clawdinator-self-update = mkIf cfg.selfUpdate.enable {

@@ -1,12 +1,13 @@
 //! The host's own jobs: memory init, workspace seed, the EFS tunnel
-//! configuration and the first switch (with a stand-in `nixos-rebuild`).
+//! configuration, the gateway's environment, logs and restarts (first
+//! switch and self-update: `switch.rs`).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::Command;
 
 use clawdinator::atomic::Owner;
-use clawdinator::host::{deploy, workspace};
+use clawdinator::host::workspace;
 use clawdinator::memory;
 
 fn write(path: &Path, text: &str) {
@@ -128,144 +129,6 @@ fn the_efs_tunnel_learns_the_file_system_and_region_from_user_data() {
     assert_eq!(missing.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&missing.stderr);
     assert!(stderr.contains("no EFS file system id") && stderr.contains("nowhere/efs-id"), "{stderr}");
-}
-
-/// A repository copy as the bundle brings it, and a stand-in `nixos-rebuild`
-/// that records its arguments and fails when told to.
-struct Host {
-    dir: tempfile::TempDir,
-}
-
-impl Host {
-    fn new() -> Host {
-        let dir = tempfile::tempdir().unwrap();
-        // The fleet's repository, and the host's copy of it.
-        let origin = dir.path().join("origin");
-        write(&origin.join("flake.nix"), "{ outputs = _: { }; }\n");
-        let registry = std::fs::read_to_string(testkit::repo_root().join("nix/instances.json")).unwrap();
-        write(&origin.join("nix/instances.json"), &registry);
-        let sh = xshell::Shell::new().unwrap();
-        sh.change_dir(&origin);
-        xshell::cmd!(sh, "git init -q -b main").run().unwrap();
-        xshell::cmd!(sh, "git add -A").run().unwrap();
-        xshell::cmd!(sh, "git -c user.name=t -c user.email=t@t commit -qm seed").run().unwrap();
-        let copy = dir.path().join("repos/clawdinators");
-        xshell::cmd!(sh, "git clone -q {origin} {copy}").run().unwrap();
-        let bin = dir.path().join("bin");
-        write(
-            &bin.join("nixos-rebuild"),
-            "#!/bin/sh\necho \"$@\" >> \"$REBUILD_LOG\"\n[ -z \"$REBUILD_FAIL\" ] || { echo 'error: build failed' >&2; exit 1; }\n",
-        );
-        std::fs::set_permissions(bin.join("nixos-rebuild"), std::fs::Permissions::from_mode(0o755)).unwrap();
-        write(&dir.path().join("etc/clawdinator/instance-name"), "clawdinator-2\n");
-        Host { dir }
-    }
-
-    fn path(&self, rel: &str) -> std::path::PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn first_switch(&self, fail: bool, extra: &[&str]) -> std::process::Output {
-        self.host("first-switch", fail, extra)
-    }
-
-    fn host(&self, job: &str, fail: bool, extra: &[&str]) -> std::process::Output {
-        let path = format!("{}:{}", self.path("bin").display(), std::env::var("PATH").unwrap());
-        let mut command = host_cli();
-        command
-            .args(["host", job, "--flake"])
-            .arg(self.path("repos/clawdinators"))
-            .arg("--url")
-            .arg(self.path("origin"))
-            .arg("--record")
-            .arg(self.path("state/deployment.json"))
-            .arg("--instance-file")
-            .arg(self.path("etc/clawdinator/instance-name"))
-            .args(extra)
-            .env("PATH", path)
-            .env("REBUILD_LOG", self.path("rebuild.log"));
-        if fail {
-            command.env("REBUILD_FAIL", "1");
-        }
-        command.output().unwrap()
-    }
-
-    fn rebuilds(&self) -> Vec<String> {
-        std::fs::read_to_string(self.path("rebuild.log")).unwrap_or_default().lines().map(str::to_string).collect()
-    }
-}
-
-#[test]
-fn the_first_switch_happens_once_and_is_recorded() {
-    let host = Host::new();
-    let out = host.first_switch(false, &[]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let flake = host.path("repos/clawdinators");
-    let record = deploy::read_record(&host.path("state/deployment.json")).unwrap().unwrap();
-    let target = format!("git+file://{}?rev={}#clawdinator-2", flake.display(), record.revision);
-    assert_eq!(host.rebuilds(), [format!("switch --no-update-lock-file --flake {target}")]);
-    assert_eq!((record.instance.as_str(), record.source.as_str()), ("clawdinator-2", "first-boot"));
-    assert_eq!(record.revision.len(), 40, "{record:?}");
-
-    // A reboot, or user data run again: the recorded deployment stands.
-    let again = host.first_switch(false, &[]);
-    assert!(again.status.success());
-    assert!(String::from_utf8_lossy(&again.stdout).contains("already deployed"));
-    assert_eq!(host.rebuilds().len(), 1, "switched again");
-}
-
-#[test]
-fn self_update_switches_only_to_a_new_revision() {
-    let host = Host::new();
-    assert!(host.first_switch(false, &[]).status.success());
-    let update = |fail| {
-        let out = host.host("self-update", fail, &["--json"]);
-        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        (out.status.code(), report["outcome"].as_str().unwrap_or_default().to_string())
-    };
-    assert_eq!(update(false), (Some(0), "up-to-date".into()));
-    assert_eq!(host.rebuilds().len(), 1);
-
-    let sh = xshell::Shell::new().unwrap();
-    sh.change_dir(host.path("origin"));
-    xshell::cmd!(sh, "git -c user.name=t -c user.email=t@t commit -q --allow-empty -m next").run().unwrap();
-    let next = xshell::cmd!(sh, "git rev-parse HEAD").read().unwrap();
-    // A failed switch records nothing: the next run tries again.
-    assert_eq!(update(true).0, Some(1));
-    assert_ne!(deploy::read_record(&host.path("state/deployment.json")).unwrap().unwrap().revision, next);
-    assert_eq!(update(false), (Some(0), "switched".into()));
-    let record = deploy::read_record(&host.path("state/deployment.json")).unwrap().unwrap();
-    assert_eq!((record.revision.as_str(), record.source.as_str()), (next.as_str(), "self-update"));
-    assert_eq!(host.rebuilds().len(), 3);
-}
-
-#[test]
-fn a_failed_first_switch_records_nothing_and_can_be_retried() {
-    let host = Host::new();
-    let out = host.first_switch(true, &[]);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("first switch") && stderr.contains("stays on the image's configuration"), "{stderr}");
-    assert!(!host.path("state/deployment.json").exists());
-    assert!(host.first_switch(false, &[]).status.success());
-    assert_eq!(host.rebuilds().len(), 2);
-}
-
-#[test]
-fn the_first_switch_refuses_an_instance_the_registry_lacks() {
-    let host = Host::new();
-    std::fs::write(host.path("etc/clawdinator/instance-name"), "clawdinator-9").unwrap();
-    let out = host.first_switch(false, &[]);
-    assert_eq!(out.status.code(), Some(1));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("clawdinator-9") && stderr.contains("nix/instances.json"), "{stderr}");
-    assert!(host.rebuilds().is_empty());
-
-    let dry = host.first_switch(false, &["--instance", "clawdinator-1", "--dry-run", "--json"]);
-    assert!(dry.status.success(), "{}", String::from_utf8_lossy(&dry.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&dry.stdout).unwrap();
-    assert_eq!(report["outcome"], "would-switch");
-    assert!(host.rebuilds().is_empty() && !host.path("state/deployment.json").exists());
 }
 
 #[test]
@@ -441,27 +304,6 @@ async fn a_refused_github_sync_leaves_the_last_snapshot() {
     let err = clawdinator::host::github_sync::sync(&url, "o", "ghs_test", &root).await.unwrap_err().to_string();
     assert!(err.contains("401") && err.contains("Bad credentials") && !err.contains("ghs_test"), "{err}");
     assert_eq!(std::fs::read_to_string(root.join("github/prs.md")).unwrap(), "the last snapshot\n");
-}
-
-/// Attack: the agent commits in the copy; self-update deploys the
-/// published branch's tip, never the copy's HEAD.
-#[test]
-fn self_update_deploys_the_published_tip_not_a_local_commit() {
-    let host = Host::new();
-    assert!(host.first_switch(false, &[]).status.success());
-    let published = deploy::read_record(&host.path("state/deployment.json")).unwrap().unwrap().revision;
-    let sh = xshell::Shell::new().unwrap();
-    sh.change_dir(host.path("repos/clawdinators"));
-    xshell::cmd!(sh, "git -c user.name=a -c user.email=a@a commit -q --allow-empty -m mine").run().unwrap();
-    let local = xshell::cmd!(sh, "git rev-parse HEAD").read().unwrap();
-    let out = host.host("self-update", false, &["--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(
-        (report["outcome"].as_str(), report["revision"].as_str()),
-        (Some("up-to-date"), Some(published.as_str()))
-    );
-    assert!(host.rebuilds().iter().all(|r| !r.contains(&local)), "{:?}", host.rebuilds());
 }
 
 /// What `fleet logs` and `fleet restart` run on a host: journalctl and

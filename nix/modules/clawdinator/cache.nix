@@ -1,0 +1,42 @@
+# The fleet's binary cache: hosts never build. CI builds every host's
+# system once per revision and signs its closure with the fleet's cache key
+# (`cargo xtask release build`); a switch realises it from the cache. nix
+# refuses every path not signed by a key listed here, and with max-jobs 0
+# it cannot build one instead, for root or for anyone using the daemon.
+{ config, lib, ... }:
+
+let
+  h = import ./lib.nix { inherit config lib; };
+  inherit (h) cfg nullOrStr runTime;
+  inherit (lib) mkIf mkOption types;
+  upstreamKey = "cache.nixos.org-1:6NCHdD59X431o0gWypbMrAURkbJ16ZPMQFGspcDShjY=";
+in
+{
+  options.services.clawdinator.fleetCache = {
+    bucket = nullOrStr (runTime "The fleet's binary cache bucket, which switches fetch systems from" "cache-bucket");
+    publicKey = mkOption {
+      type = types.str;
+      default = lib.fileContents ../../keys/fleet-cache.pub;
+      defaultText = lib.literalExpression "lib.fileContents ./nix/keys/fleet-cache.pub";
+      description = "The public half of the fleet's cache key (its secret half is CI's CLAWDINATOR_CACHE_KEY): with cache.nixos.org's, the only key nix trusts on a host.";
+    };
+  };
+
+  config = mkIf cfg.enable {
+    assertions = [
+      {
+        assertion = builtins.match "[A-Za-z0-9._-]+:[A-Za-z0-9+/]{43}=" cfg.fleetCache.publicKey != null;
+        message = "services.clawdinator.fleetCache.publicKey must be a nix public key (name:base64), as `nix-store --generate-binary-cache-key` writes it.";
+      }
+    ];
+
+    nix.settings = {
+      # Upstream's key and the fleet's, nothing else (no third-party cache).
+      trusted-public-keys = [ upstreamKey cfg.fleetCache.publicKey ];
+      require-sigs = true;
+      # Nothing is built on a host: not by a switch, not by a daemon client.
+      max-jobs = 0;
+      builders = "";
+    };
+  };
+}
