@@ -14,7 +14,7 @@ pub enum FleetCmd {
     Status(FleetStatusArgs),
     /// Replace instances from the latest fleet AMI (or --ami), one at a time, canary first.
     Deploy(FleetDeployArgs),
-    /// Switch running hosts to the flake at a git revision, canary first, rolling back a host that fails.
+    /// Switch running hosts to a release (the systems CI built for a revision), canary first, rolling back a host that fails.
     Switch(FleetSwitchArgs),
     /// After a secret's rotation: running hosts fetch their bundle again, install the secrets and restart their readers.
     #[command(name = "refresh-secrets")]
@@ -174,17 +174,20 @@ pub struct FleetDeployArgs {
 
 #[derive(Debug, Args)]
 pub struct FleetSwitchArgs {
-    /// The full git revision to switch to.
+    /// The full git revision to switch to (its release manifest names each host's system).
     pub rev: String,
     /// Only these hosts (default: every instance of the registry).
     pub names: Vec<String>,
+    /// The fleet bucket, where releases/<rev>.json is.
+    #[arg(long, env = "S3_BUCKET")]
+    pub bucket: Option<String>,
     /// Hosts switched at once after the canary (1-16).
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=16))]
     pub parallel: u16,
     /// Show the waves and the command; switch nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Seconds one host may take (build, activation, health).
+    /// Seconds one host may take (fetch, activation, health).
     #[arg(long, default_value_t = 1800)]
     pub timeout: u64,
     #[command(flatten)]

@@ -2,7 +2,8 @@
 //!
 //! Modules: [`flags`] (the command line), [`status`] (drift between the
 //! registry and EC2), `deploy` (replace instances from a fleet AMI, canary
-//! first), `switch` (running hosts to a git revision through SSM),
+//! first), `lane` (every per-host roll: canary, waves, stop at the first
+//! failure), `switch` (running hosts to a release's systems through SSM),
 //! [`control`] (the host's signed client for the control API), [`helper`]
 //! (the root service through which agents reach it), `ops` (a host's logs
 //! and unit restarts through SSM) and `refresh` (secrets again on running
@@ -12,6 +13,7 @@ pub mod control;
 mod deploy;
 pub mod flags;
 pub mod helper;
+mod lane;
 mod ops;
 mod refresh;
 pub mod status;
@@ -64,7 +66,7 @@ pub async fn run(ctx: &Ctx, cmd: FleetCmd) -> Result<()> {
         }
         FleetCmd::Status(args) => {
             if let Some(rev) = &args.revision {
-                crate::host::switch::check_revision(rev).map_err(|e| UsageError(format!("--revision: {e}")))?;
+                crate::release::manifest::check_revision(rev).map_err(|e| UsageError(format!("--revision: {e}")))?;
             }
             let registry = load(&args.instances)?;
             let aws = ctx.aws().await?;
@@ -157,12 +159,8 @@ pub async fn run(ctx: &Ctx, cmd: FleetCmd) -> Result<()> {
                 dry_run: opts.dry_run,
             };
             let work = refresh::refresh_secrets(&aws, &registry, &opts, &ctx.cancel, &ctx.out);
-            let report = crate::audit::around(ctx, &aws, entry, work, |r: &refresh::RefreshReport| {
-                let done = r.hosts.iter().filter(|h| h.outcome == refresh::Outcome::Refreshed);
-                done.map(|h| h.instance_id.clone()).collect()
-            })
-            .await?;
-            ctx.out.emit(&report)
+            let report = crate::audit::around(ctx, &aws, entry, work, |r| done_ids(r, "refreshed")).await;
+            emit_lane(ctx, report)
         }
         FleetCmd::Logs(args) => {
             let registry = load(&args.instances)?;
@@ -187,9 +185,13 @@ pub async fn run(ctx: &Ctx, cmd: FleetCmd) -> Result<()> {
         }
         FleetCmd::Switch(args) => {
             let registry = load(&args.instances)?;
+            let Some(bucket) = args.bucket.or_else(|| ctx.default_bucket().map(str::to_string)) else {
+                bail!(UsageError("no fleet bucket (where releases/<rev>.json is): pass --bucket (S3_BUCKET)".into()));
+            };
             let opts = switch::SwitchOptions {
                 rev: args.rev,
                 names: args.names,
+                bucket,
                 parallel: args.parallel.into(),
                 dry_run: args.dry_run,
                 timeout: Duration::from_secs(args.timeout),
@@ -202,15 +204,26 @@ pub async fn run(ctx: &Ctx, cmd: FleetCmd) -> Result<()> {
                 dry_run: opts.dry_run,
             };
             let work = switch::switch(&aws, &registry, &opts, &ctx.cancel, &ctx.out);
-            let report = crate::audit::around(ctx, &aws, entry, work, |r: &switch::SwitchReport| {
-                r.hosts
-                    .iter()
-                    .filter(|h| h.outcome == switch::Outcome::Switched)
-                    .filter_map(|h| h.instance_id.clone())
-                    .collect()
-            })
-            .await?;
-            ctx.out.emit(&report)
+            let report = crate::audit::around(ctx, &aws, entry, work, |r| done_ids(r, "switched")).await;
+            emit_lane(ctx, report)
+        }
+    }
+}
+
+/// The instances a lane did `word` to (for the audit record).
+fn done_ids(report: &lane::LaneReport, word: &str) -> Vec<String> {
+    report.hosts.iter().filter(|h| h.outcome == word).filter_map(|h| h.instance_id.clone()).collect()
+}
+
+/// A lane's report is printed here alone: also when it stopped, before its error.
+fn emit_lane(ctx: &Ctx, result: Result<lane::LaneReport>) -> Result<()> {
+    match result {
+        Ok(report) => ctx.out.emit(&report),
+        Err(e) => {
+            if let Some(stopped) = e.downcast_ref::<lane::Stopped>() {
+                ctx.out.emit(&stopped.report)?;
+            }
+            Err(e)
         }
     }
 }

