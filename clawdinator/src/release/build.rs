@@ -130,6 +130,11 @@ fn push(sh: &Shell, cache: &str, key_file: &Path, paths: &[&String]) -> Result<(
 fn gateway_pin(sh: &Shell, flake: &Path, revision: &str) -> Result<Option<Input>> {
     let object = format!("{revision}:flake.lock");
     let lock = cmd!(sh, "git -C {flake} show {object}").quiet().read().with_context(|| format!("{revision} has no flake.lock"))?;
+    // A lock without inputs (a flake of derivations only) pins no gateway.
+    let parsed: serde_json::Value = serde_json::from_str(&lock).with_context(|| format!("{revision}:flake.lock is not JSON"))?;
+    if parsed["nodes"]["root"]["inputs"].is_null() {
+        return Ok(None);
+    }
     Ok(BuildInfo::from_lock(&lock, revision)?.inputs.remove("nix-openclaw"))
 }
 

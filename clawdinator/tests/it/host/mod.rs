@@ -1,7 +1,9 @@
 //! A host's own units: their jobs (memory, workspace, EFS tunnel, first
 //! switch, self-update, GitHub snapshot), the release lane's `host switch`
+//! (stand-ins, and a real nix against the emulator: `cache`)
 //! and the public tree's `host publish-tree`.
 
+mod cache;
 mod jobs;
 mod publish;
 mod refresh;
