@@ -32,6 +32,9 @@ pub enum Command {
     Stage(clawdinator::cli::Command),
     /// The whole image pipeline: secrets check, seeds, bundles, image, publish, latest AMI.
     Pipeline(Pipeline),
+    /// `image build` under the name the project promised its users (the same command, the same flags).
+    #[command(name = "image-build")]
+    ImageBuild(BuildArgs),
     /// Check every prerequisite and say which commands need it.
     Doctor(Doctor),
     /// Run the whole test suite: Rust tests against the emulator plus the non-Rust checks.

@@ -47,6 +47,10 @@ fn run(cli: flags::Xtask) -> Result<()> {
         match cli.command {
             flags::Command::Stage(cmd) => clawdinator::cli::run(&ctx, cmd).await,
             flags::Command::Pipeline(cmd) => cmd.run(&ctx).await,
+            flags::Command::ImageBuild(args) => {
+                let cmd = clawdinator::cli::Command::Image(clawdinator::image::flags::ImageCmd::Build(args));
+                clawdinator::cli::run(&ctx, cmd).await
+            }
             flags::Command::Doctor(cmd) => cmd.run(&ctx).await,
             // These drive child processes and block; keep them off the async workers.
             flags::Command::Test(cmd) => tokio::task::block_in_place(|| cmd.run(&ctx)),

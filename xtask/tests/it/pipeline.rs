@@ -107,3 +107,32 @@ fn pipeline_local_publishes_the_image_it_built() {
     assert!(published.starts_with(ami) && published.contains("512.00 KiB sent"), "{stages:?}");
     assert_eq!(std::fs::read_to_string(&github_output).unwrap(), format!("ami_id={ami}\n"));
 }
+
+/// The command lines users were promised keep working: `cargo xtask
+/// image-build` is `image build`, with the same flags and the same image.
+#[test]
+fn image_build_and_image_dash_build_are_the_same_command() {
+    let built = |words: &[&str]| {
+        let dir = tempfile::tempdir().unwrap();
+        let (path, kvm) = testkit::env::stand_in_nix(dir.path());
+        let out = Command::new(env!("CARGO_BIN_EXE_xtask"))
+            .args(["--json"])
+            .args(words)
+            .arg("--flake")
+            .arg(dir.path().join("flake"))
+            .arg("--out")
+            .arg(dir.path().join("dist"))
+            .env("PATH", path)
+            .env("FAKE_STORE", dir.path().join("store"))
+            .env("FAKE_FEATURES", "nix-command flakes")
+            .env("CLAWDINATOR_KVM_DEVICE", kvm)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{words:?}: {}", String::from_utf8_lossy(&out.stderr));
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        report["sha256"].as_str().unwrap().to_string()
+    };
+    assert_eq!(built(&["image-build"]), built(&["image", "build"]));
+    let help = Command::new(env!("CARGO_BIN_EXE_xtask")).arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("image-build"), "not in --help");
+}
