@@ -34,6 +34,8 @@ resource "aws_iam_role" "ci" {
 # seeding, fleet switch and fleet deploy (through tofu) call: the policy
 # is a template so that `cargo xtask test` judges the very document
 # applied here against every call those commands make (docs/security.md).
+# Objects put with their tags (app=clawdinator: images, bundles) need
+# s3:PutObjectTagging beside s3:PutObject.
 resource "aws_iam_role_policy" "ci" {
   name   = "clawdinator-ci"
   role   = aws_iam_role.ci.id

@@ -169,17 +169,35 @@ fn s3(call: &Value, operation: &str, world: &World) -> Result<Vec<Piece>> {
         put_context.insert("s3:if-none-match".to_string(), json!(v));
     }
     let one = |action: &str, resource: &str, context| vec![(format!("s3:{action}"), resource.to_string(), context)];
+    // Tags set with the object (x-amz-tagging) are authorised as
+    // PutObjectTagging too, beside PutObject (the S3 API reference).
+    let tagged = |mut pieces: Vec<Piece>| {
+        if call["headers"]["x-amz-tagging"].is_string() {
+            pieces.extend(one("PutObjectTagging", &object, none()));
+        }
+        pieces
+    };
+    // A request naming a version is authorised as its …Version action: a
+    // delete with ?versionId= removes that version for good, where a plain
+    // delete only hides the object behind a delete marker.
+    let versioned = q.contains_key("versionId");
     Ok(match operation {
+        // HEAD needs what GET needs (nix's S3 store asks with HEAD whether
+        // a narinfo exists).
+        "GetObject" | "HeadObject" if versioned => one("GetObjectVersion", &object, none()),
         "GetObject" | "HeadObject" => one("GetObject", &object, none()),
-        "PutObject" | "CompleteMultipartUpload" => one("PutObject", &object, put_context),
-        "CreateMultipartUpload" | "UploadPart" => one("PutObject", &object, none()),
+        "PutObject" => tagged(one("PutObject", &object, put_context)),
+        "CompleteMultipartUpload" => one("PutObject", &object, put_context),
+        "CreateMultipartUpload" => tagged(one("PutObject", &object, none())),
+        "UploadPart" => one("PutObject", &object, none()),
         "CopyObject" => {
             let source = call["headers"]["x-amz-copy-source"].as_str().unwrap_or("");
             let source = percent_decode(source.trim_start_matches('/'));
-            let mut pieces = one("PutObject", &object, put_context);
+            let mut pieces = tagged(one("PutObject", &object, put_context));
             pieces.extend(one("GetObject", &format!("arn:{}:s3:::{source}", world.partition), none()));
             pieces
         }
+        "DeleteObject" if versioned => one("DeleteObjectVersion", &object, none()),
         "DeleteObject" => one("DeleteObject", &object, none()),
         "DeleteObjects" => {
             let keys = call["keys"].as_array().cloned().unwrap_or_default();
@@ -189,6 +207,8 @@ fn s3(call: &Value, operation: &str, world: &World) -> Result<Vec<Piece>> {
         }
         "AbortMultipartUpload" => one("AbortMultipartUpload", &object, none()),
         "ListParts" => one("ListMultipartUploadParts", &object, none()),
+        "ListObjects" if q.contains_key("versions") => one("ListBucketVersions", &bucket_arn, none()),
+        "ListObjects" if q.contains_key("location") => one("GetBucketLocation", &bucket_arn, none()),
         "ListObjects" | "HeadBucket" => {
             let context = q.get("prefix").map(|p| BTreeMap::from([("s3:prefix".to_string(), json!(p))]));
             one("ListBucket", &bucket_arn, context.unwrap_or_default())
