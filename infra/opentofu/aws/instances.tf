@@ -20,6 +20,7 @@ resource "aws_instance" "clawdinator" {
     instance_name    = each.key
     bucket           = aws_s3_bucket.fleet.id
     bootstrap_prefix = each.value.bootstrapPrefix
+    cache_bucket     = aws_s3_bucket.cache.id
     region           = var.aws_region
     efs_id           = aws_efs_file_system.memory.id
   })

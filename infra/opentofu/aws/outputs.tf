@@ -15,6 +15,11 @@ output "bucket" {
   value       = aws_s3_bucket.fleet.id
 }
 
+output "cache_bucket" {
+  description = "The fleet's binary cache (nix copy --to 's3://<it>?region=…'); hosts read its name from /etc/clawdinator/cache-bucket."
+  value       = aws_s3_bucket.cache.id
+}
+
 output "efs_id" {
   description = "The shared-memory file system every instance's user data names."
   value       = aws_efs_file_system.memory.id

@@ -18,6 +18,17 @@ variable "bucket_name" {
   }
 }
 
+variable "cache_bucket_name" {
+  description = "The fleet's binary cache: the closures CI builds and signs, which hosts substitute (nix's S3 store, the whole bucket). Empty (the default): <bucket_name>-cache."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.cache_bucket_name == "" || (can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", var.cache_bucket_name)) && !strcontains(var.cache_bucket_name, ".."))
+    error_message = "cache_bucket_name must be empty or a valid S3 bucket name: 3-63 lowercase letters, digits, dots and hyphens."
+  }
+}
+
 variable "lock_table_name" {
   description = "The DynamoDB table OpenTofu's S3 backend locks the state with."
   type        = string

@@ -39,7 +39,8 @@ pub fn check_module(root: &Path, dir: &Path, schema: &ProviderSchema, fleet: boo
     module::check_schema(&module, schema, &mut findings);
     module::check_references(&module, schema, &mut findings);
     module::check_buckets(&module, &mut findings);
-    module::check_audit_lifecycle(&module, &mut findings);
+    module::check_audit_lifecycle(&module, dir, &mut findings);
+    module::check_current_objects_kept(&module, &mut findings);
     policies::check(dir, &files, &module, &mut findings)?;
     check_skip_reasons(&files, &mut findings)?;
     if fleet {
@@ -122,6 +123,7 @@ fn check_user_data(root: &Path, dir: &Path, module: &Module, findings: &mut Vec<
         ("instance_name", instance.host.as_str()),
         ("bucket", "clawdinator-example-bucket"),
         ("bootstrap_prefix", instance.bootstrap_prefix.as_str()),
+        ("cache_bucket", "clawdinator-example-bucket-cache"),
         ("region", "eu-central-1"),
         ("efs_id", "fs-0123456789abcdef0"),
     ];

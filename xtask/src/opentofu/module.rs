@@ -325,13 +325,54 @@ pub fn check_buckets(module: &Module, findings: &mut Vec<Finding>) {
     }
 }
 
-/// No lifecycle rule expires anything under `audit/`: a rule that expires
-/// (current or old versions) names a prefix, literal, outside `audit/`.
-pub fn check_audit_lifecycle(module: &Module, findings: &mut Vec<Finding>) {
+/// Every lifecycle rule of a configuration: its `rule` blocks, and the
+/// content of its `dynamic "rule"` blocks with their `for_each`.
+fn lifecycle_rules<'a>(item: &Item<'a>) -> Vec<(&'a Value, Option<String>)> {
+    let plain = item.body["rule"].as_array().into_iter().flatten().map(|r| (r, None));
+    let dynamic = item.body["dynamic"]["rule"].as_array().into_iter().flatten().map(|d| {
+        let each = d["for_each"].as_str().unwrap_or_default().to_string();
+        (&d["content"][0], Some(each))
+    });
+    plain.chain(dynamic).collect()
+}
+
+/// The `aws_s3_bucket` resource a companion resource's `bucket` names, if any.
+fn bucket_named<'m>(module: &'m Module, companion: &Item) -> Option<&'m Item<'m>> {
+    let bucket = companion.body["bucket"].as_str()?;
+    module
+        .items
+        .iter()
+        .find(|b| !b.data && b.kind == "aws_s3_bucket" && bucket.contains(&format!("aws_s3_bucket.{}.", b.name)))
+}
+
+/// Whether the bucket may hold audit records: unless the module gives it a
+/// policy (a template under `dir`) that says nothing of `audit/`, it may.
+/// The audit writers name the fleet bucket, whose policy protects them; a
+/// bucket whose own policy does not holds none (the cache, the public tree).
+fn may_hold_audit_records(module: &Module, dir: &Path, bucket: Option<&Item>) -> bool {
+    let Some(bucket) = bucket else { return true };
+    let reference = format!("aws_s3_bucket.{}.", bucket.name);
+    let policy = module.items.iter().find(|i| {
+        i.kind == "aws_s3_bucket_policy" && i.body["bucket"].as_str().is_some_and(|b| b.contains(&reference))
+    });
+    let text = policy.and_then(|p| p.body["policy"].as_str()).unwrap_or_default();
+    match super::hcl::templatefile_calls(text).first() {
+        Some((path, _)) => std::fs::read_to_string(dir.join(path)).map_or(true, |t| t.contains("audit/")),
+        None => true,
+    }
+}
+
+/// No lifecycle rule expires anything under `audit/`: on a bucket that may
+/// hold audit records, a rule that expires (current or old versions) names
+/// a prefix, literal, outside `audit/`.
+pub fn check_audit_lifecycle(module: &Module, dir: &Path, findings: &mut Vec<Finding>) {
     let expires =
         |rule: &Value| rule.get("expiration").is_some() || rule.get("noncurrent_version_expiration").is_some();
     let prefix_of = |rule: &Value| rule["filter"][0]["prefix"].as_str().map(str::to_string);
     for item in module.items.iter().filter(|i| i.kind == "aws_s3_bucket_lifecycle_configuration") {
+        if !may_hold_audit_records(module, dir, bucket_named(module, item)) {
+            continue;
+        }
         let mut fail = |what: String| {
             findings.push(Finding::new(
                 "rules",
@@ -342,18 +383,45 @@ pub fn check_audit_lifecycle(module: &Module, findings: &mut Vec<Finding>) {
                 ),
             ))
         };
-        for rule in item.body["rule"].as_array().into_iter().flatten().filter(|r| expires(r)) {
-            match prefix_of(rule) {
-                Some(p) if !p.is_empty() && !p.starts_with("audit") && !p.contains("${") => {}
-                other => fail(format!("rule {} expires with prefix {other:?}", rule["id"])),
+        for (rule, each) in lifecycle_rules(item).into_iter().filter(|(r, _)| expires(r)) {
+            match each {
+                None => match prefix_of(rule) {
+                    Some(p) if !p.is_empty() && !p.starts_with("audit") && !p.contains("${") => {}
+                    other => fail(format!("rule {} expires with prefix {other:?}", rule["id"])),
+                },
+                Some(each) => {
+                    let literal = each.contains("[\"") && !each.contains("var.") && !each.contains("local.");
+                    if !literal || each.contains("audit") || prefix_of(rule).is_none() {
+                        fail(format!("a dynamic rule expires over {each}"));
+                    }
+                }
             }
         }
-        for dynamic in item.body["dynamic"]["rule"].as_array().into_iter().flatten() {
-            let each = dynamic["for_each"].as_str().unwrap_or_default();
-            let content = &dynamic["content"][0];
-            let literal = each.contains("[\"") && !each.contains("var.") && !each.contains("local.");
-            if expires(content) && (!literal || each.contains("audit") || prefix_of(content).is_none()) {
-                fail(format!("a dynamic rule expires over {each}"));
+    }
+}
+
+/// No lifecycle rule expires a current object, on any bucket: what is
+/// current may be named by something kept (a release manifest names cache
+/// paths, a host boots from its bundle, an AMI imports from its image), and
+/// age says nothing of that. The commands that know what is still named
+/// remove objects (image prune, a cache prune); lifecycle expires only the
+/// old versions they leave, incomplete uploads and, at most, delete markers
+/// with nothing behind them.
+pub fn check_current_objects_kept(module: &Module, findings: &mut Vec<Finding>) {
+    for item in module.items.iter().filter(|i| i.kind == "aws_s3_bucket_lifecycle_configuration") {
+        for (rule, _) in lifecycle_rules(item) {
+            let expirations = rule["expiration"].as_array().into_iter().flatten();
+            let ages = expirations.filter(|e| e.get("days").is_some() || e.get("date").is_some());
+            if ages.count() > 0 {
+                findings.push(Finding::new(
+                    "rules",
+                    format!(
+                        "{}: {}: rule {} expires current objects: only old versions may expire",
+                        item.file.display(),
+                        item.address(),
+                        rule["id"]
+                    ),
+                ));
             }
         }
     }
