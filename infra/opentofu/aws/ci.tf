@@ -34,8 +34,17 @@ resource "aws_iam_role" "ci" {
 # seeding, fleet switch and fleet deploy (through tofu) call: the policy
 # is a template so that `cargo xtask test` judges the very document
 # applied here against every call those commands make (docs/security.md).
-# Objects put with their tags (app=clawdinator: images, bundles) need
-# s3:PutObjectTagging beside s3:PutObject.
+#
+# The cache: `nix copy --to s3://…` reads nix-cache-info and each narinfo
+# (GetObject, HEAD; ListBucket so that an absent one is a 404), then puts
+# nar/…, the narinfo and nix-cache-info with one PutObject each. It uploads
+# in parts only with `multipart-upload=true`, which the fleet does not set
+# (a compressed NAR stays far below PutObject's 5 GiB), so no multipart
+# action is granted; nor any delete: pruning the cache is an operator's
+# step. Release manifests are put only with If-None-Match: * (the bucket
+# policy also refuses any other put and every delete under releases/).
+# Objects put with their tags (app=clawdinator: images, bundles, manifests)
+# need s3:PutObjectTagging beside s3:PutObject.
 resource "aws_iam_role_policy" "ci" {
   name   = "clawdinator-ci"
   role   = aws_iam_role.ci.id
@@ -44,6 +53,7 @@ resource "aws_iam_role_policy" "ci" {
     account                    = local.account
     region                     = var.aws_region
     bucket_arn                 = aws_s3_bucket.fleet.arn
+    cache_bucket_arn           = aws_s3_bucket.cache.arn
     lock_table_arn             = aws_dynamodb_table.locks.arn
     memory_arn                 = aws_efs_file_system.memory.arn
     instance_security_group_id = aws_security_group.instance.id

@@ -42,6 +42,14 @@ resource "aws_iam_role" "instance" {
 # clawdinator-10's bundle. The SSM agent's actions are listed in the policy
 # rather than attached as AmazonSSMManagedInstanceCore, which would let
 # every bot read every SSM parameter of the account.
+#
+# Root's units switch to a release CI built: they list and read the
+# manifests under releases/ of the fleet bucket and substitute the closure
+# from the cache bucket, reading, never writing (the boundary denies every
+# write outside the public tree). s3:ListBucket on the cache is what makes
+# S3 answer 404 rather than 403 for a narinfo the cache lacks: nix takes a
+# 404 (NoSuchKey) for "not in this cache" and, in some versions, fails on
+# a 403. Listing shows only names of objects the role may read anyway.
 resource "aws_iam_role_policy" "instance" {
   for_each = local.instances
 
@@ -49,6 +57,7 @@ resource "aws_iam_role_policy" "instance" {
   role = aws_iam_role.instance[each.key].id
   policy = templatefile("${path.module}/policies/instance.json.tftpl", {
     bucket_arn       = aws_s3_bucket.fleet.arn
+    cache_bucket_arn = aws_s3_bucket.cache.arn
     bootstrap_prefix = each.value.bootstrapPrefix
     secret_arns = jsonencode(concat(local.common_secret_arns, [
       "arn:${local.partition}:secretsmanager:${var.aws_region}:${local.account}:secret:clawdinator/${each.key}/discord-token-??????",

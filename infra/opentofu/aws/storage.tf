@@ -1,4 +1,5 @@
-# The bucket (images/, bootstrap/) and the state lock table.
+# The bucket (images/, bootstrap/, releases/, audit/) and the state lock
+# table; the binary cache has a bucket of its own (cache.tf).
 
 resource "aws_s3_bucket" "fleet" {
   # checkov:skip=CKV_AWS_18:access logs would need a second bucket; CloudTrail data events cover audits
@@ -54,7 +55,7 @@ resource "aws_s3_bucket_lifecycle_configuration" "fleet" {
   }
 
   # Replaced images, bundles, age files and states go after 30 days; no
-  # rule ever expires anything under audit/.
+  # rule ever expires anything under audit/ or releases/.
   dynamic "rule" {
     for_each = toset(["images/", "bootstrap/", "age-secrets/", "tfstate/"])
 
@@ -75,8 +76,10 @@ resource "aws_s3_bucket_lifecycle_configuration" "fleet" {
 
 resource "aws_s3_bucket_policy" "fleet" {
   bucket = aws_s3_bucket.fleet.id
-  # Every request not made over TLS is refused; audit records are written
-  # once (If-None-Match: *, whoever writes) and never deleted.
+  # Every request not made over TLS is refused; audit records and release
+  # manifests are written once (If-None-Match: *, whoever writes) and never
+  # deleted: a host trusts a manifest under releases/ to name what CI built
+  # for that revision, so nobody may swap or remove one.
   policy = templatefile("${path.module}/policies/bucket.json.tftpl", {
     bucket_arn = aws_s3_bucket.fleet.arn
   })

@@ -509,22 +509,39 @@ process.stdin.on("end", async () => {
 "#;
 
 /// Judge `requests` (each with its principal) with the simulator; S3
-/// requests on the fleet bucket also meet its bucket policy.
+/// requests meet the policy of their bucket: `bucket_policy` on the fleet
+/// bucket, and on the cache and the public PR-intent bucket the policies
+/// OpenTofu gives them. A principal whose ARN is
+/// [`ANONYMOUS`](crate::policies::ANONYMOUS) sends unsigned requests.
 pub fn judge(world: &World, bucket_policy: &Value, requests: &[(&Principal, Request)]) -> Result<Vec<Decision>> {
     use std::io::Write;
-    let package = crate::npm::npm_package(&crate::repo_root(), SIMULATOR, SIMULATOR_VERSION)?;
-    let bucket_prefix = world.bucket_arn();
+    let root = crate::repo_root();
+    let package = crate::npm::npm_package(&root, SIMULATOR, SIMULATOR_VERSION)?;
+    let resource_policies = [
+        (world.bucket_arn(), bucket_policy.clone()),
+        (world.cache_bucket_arn(), crate::policies::cache_bucket_policy(&root, world)?),
+        (world.pr_intent_bucket_arn(), crate::policies::pr_intent_bucket_policy(&root, world)?),
+    ];
+    let resource_policy = |resource: &str| {
+        let on =
+            |arn: &String| resource == arn || resource.strip_prefix(arn.as_str()).is_some_and(|r| r.starts_with('/'));
+        resource_policies.iter().find(|(arn, _)| on(arn)).map(|(_, policy)| policy)
+    };
     let cases: Vec<Value> = requests
         .iter()
         .map(|(principal, request)| {
-            let on_bucket = request.resource == bucket_prefix || request.resource.starts_with(&format!("{bucket_prefix}/"));
             let mut context = request.context.clone();
             context.insert("aws:SecureTransport".into(), json!("true"));
+            let who = if principal.arn == crate::policies::ANONYMOUS {
+                json!({"type": "Anonymous"})
+            } else {
+                json!(principal.arn)
+            };
             json!({
-                "principal": principal.arn,
+                "principal": who,
                 "identity": principal.identity.iter().map(|(name, policy)| json!({"name": name, "policy": policy})).collect::<Vec<_>>(),
                 "boundary": principal.boundary,
-                "resourcePolicy": on_bucket.then_some(bucket_policy),
+                "resourcePolicy": resource_policy(&request.resource),
                 "action": request.action,
                 "resource": request.resource,
                 "account": world.account,

@@ -8,7 +8,8 @@
 //!
 //! [`World`] is the one place that fills in what OpenTofu knows only after
 //! apply (the account, ARNs and ids of resources it creates): for the
-//! emulator, its account and the test's bucket.
+//! emulator, its account and the test's bucket, the cache bucket named
+//! after it as OpenTofu names it by default.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -28,6 +29,8 @@ pub struct World {
     pub account: String,
     pub region: String,
     pub bucket: String,
+    /// The binary cache's bucket (`aws_s3_bucket.cache`).
+    pub cache_bucket: String,
     pub lock_table: String,
     pub memory_file_system: String,
     pub instance_security_group: String,
@@ -42,6 +45,7 @@ impl World {
             account: "123456789012".into(),
             region: "us-east-1".into(),
             bucket: bucket.into(),
+            cache_bucket: format!("{bucket}-cache"),
             lock_table: "clawdinator-terraform-locks".into(),
             memory_file_system: "fs-0123456789abcdef0".into(),
             instance_security_group: "sg-0123456789abcdef0".into(),
@@ -51,6 +55,10 @@ impl World {
 
     pub fn bucket_arn(&self) -> String {
         format!("arn:{}:s3:::{}", self.partition, self.bucket)
+    }
+
+    pub fn cache_bucket_arn(&self) -> String {
+        format!("arn:{}:s3:::{}", self.partition, self.cache_bucket)
     }
 
     pub fn role_arn(&self, name: &str) -> String {
@@ -78,6 +86,7 @@ impl World {
             ("account", a.clone()),
             ("region", r.clone()),
             ("bucket_arn", self.bucket_arn()),
+            ("cache_bucket_arn", self.cache_bucket_arn()),
             ("lock_table_arn", format!("arn:{p}:dynamodb:{r}:{a}:table/{}", self.lock_table)),
             ("memory_arn", format!("arn:{p}:elasticfilesystem:{r}:{a}:file-system/{}", self.memory_file_system)),
             ("instance_security_group_id", self.instance_security_group.clone()),
@@ -195,6 +204,15 @@ pub fn pr_intent_publisher(root: &Path, world: &World, mut instance: Principal) 
     Ok(instance)
 }
 
+/// Whoever sends an unsigned request: no identity policy, no account;
+/// only a resource policy could let it in.
+pub fn anonymous() -> Principal {
+    Principal { name: "anyone (unsigned)".into(), arn: ANONYMOUS.into(), identity: vec![], boundary: None }
+}
+
+/// The [`Principal::arn`] of [`anonymous`].
+pub const ANONYMOUS: &str = "anonymous";
+
 /// The control API's Lambda role (`aws_iam_role_policy.control_api`).
 pub fn control_api(root: &Path, world: &World) -> Result<Principal> {
     Ok(Principal {
@@ -208,4 +226,16 @@ pub fn control_api(root: &Path, world: &World) -> Result<Principal> {
 /// The fleet bucket's resource policy (`aws_s3_bucket_policy.fleet`).
 pub fn bucket_policy(root: &Path, world: &World) -> Result<Value> {
     document(root, "bucket", world, &[])
+}
+
+/// The cache bucket's resource policy (`aws_s3_bucket_policy.cache`).
+pub fn cache_bucket_policy(root: &Path, world: &World) -> Result<Value> {
+    let arn = world.cache_bucket_arn();
+    let extra = [("actions", json_list(&["s3:*"])), ("resources", json_list(&[arn.clone(), format!("{arn}/*")]))];
+    document(root, "deny-without-tls", world, &extra)
+}
+
+/// The public PR-intent bucket's resource policy (`aws_s3_bucket_policy.pr_intent`).
+pub fn pr_intent_bucket_policy(root: &Path, world: &World) -> Result<Value> {
+    document(root, "pr-intent-public", world, &[])
 }

@@ -143,7 +143,8 @@ fn ci_inputs(env: &Env, reg: &Path) -> CiInputs {
 
 /// The CI role runs the whole image pipeline, publishes both ways, prunes,
 /// and deploys (creating each instance with its role and profile through
-/// the stand-in tofu), reads status and switches: every call is allowed.
+/// the stand-in tofu), reads status, writes a release manifest once and
+/// switches to it: every call is allowed.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_ci_role_may_make_every_call_of_the_pipeline_and_the_fleet_commands() {
     let env = env().await;
@@ -211,9 +212,19 @@ async fn the_ci_role_may_make_every_call_of_the_pipeline_and_the_fleet_commands(
     let status = xtask_as(&env, CI_KEY, &["--json", "fleet", "status", "--instances", reg_s], &[]);
     assert_eq!(status.status.code(), Some(3), "{}", String::from_utf8_lossy(&status.stderr));
     let rev = "0123456789abcdef0123456789abcdef01234567";
+    // `release build`'s manifest of the revision, written with CI's key by
+    // the very function it uses (the closures before it need a real nix),
+    // twice: the second finds it written and keeps it.
+    write_release(&env, rev, &["clawdinator-1", "clawdinator-2"]).await;
+    let bucket = PathBuf::from(&env.bucket);
     ok(
         "fleet switch",
-        &xtask_as(&env, CI_KEY, &[&audit[..], &["fleet", "switch", rev, "--instances", reg_s]].concat(), &[]),
+        &xtask_as(
+            &env,
+            CI_KEY,
+            &[&audit[..], &["fleet", "switch", rev, "--instances", reg_s]].concat(),
+            &[("S3_BUCKET", bucket.as_path())],
+        ),
     );
     let refresh = ["fleet", "refresh-secrets", "--instances", reg_s];
     ok("fleet refresh-secrets", &xtask_as(&env, CI_KEY, &[&audit[..], &refresh].concat(), &[]));
@@ -246,6 +257,30 @@ async fn the_ci_role_may_make_every_call_of_the_pipeline_and_the_fleet_commands(
     }
 }
 
+/// `releases/<rev>.json` naming a system for each of `hosts`, written once
+/// with the CI role's key as `release build` writes it, then again.
+async fn write_release(env: &Env, rev: &str, hosts: &[&str]) {
+    use clawdinator::release::manifest::{write_once, Release, Written};
+    let settings = clawdinator::aws::Settings {
+        static_credentials: Some((CI_KEY.into(), "testing".into())),
+        ..clawdinator::aws::Settings::local(&env.emulator.endpoint())
+    };
+    let as_ci = clawdinator::aws::Aws::load(&settings).await.unwrap();
+    let system = |name: &str| format!("/nix/store/0123456789abcdfghijklmnpqrsvwxyz-nixos-system-{name}");
+    let release = Release {
+        revision: rev.into(),
+        hosts: hosts.iter().map(|h| (h.to_string(), system(h))).collect(),
+        nix_openclaw: None,
+        cache: format!("s3://{}-cache", env.bucket),
+        created_at: "2026-01-02T03:04:05Z".into(),
+        run: "local".into(),
+    };
+    assert_eq!(write_once(&as_ci.s3(), &env.bucket, &release).await.unwrap(), Written::Created);
+    assert_eq!(write_once(&as_ci.s3(), &env.bucket, &release).await.unwrap(), Written::Kept);
+    let logged = env.emulator.calls().map(|c| c.len()).unwrap_or(0);
+    COMMANDS.lock().unwrap().entry(env.emulator.endpoint()).or_default().ran("release build (its manifest)", logged);
+}
+
 /// Each statement of the principal's policies removed in turn: the calls
 /// that still pass must not all pass, for every statement some call needs.
 /// Proves the judge fails when a needed grant goes missing.
@@ -273,9 +308,14 @@ fn sabotage(world: &World, principal: &Principal, decisions: &[Decision]) {
         .collect();
     let unused: Vec<&str> = broken.iter().map(|(sid, _)| sid.as_str()).filter(|s| !needed.contains(s)).collect();
     eprintln!("{}: statements these calls need: {needed:?}; not exercised here: {unused:?}", principal.name);
-    for sid in
-        ["clawdinator-ci/EbsDirect", "clawdinator-ci/LaunchFleetInstances", "clawdinator-ci/PassOnlyInstanceRoles"]
-    {
+    for sid in [
+        "clawdinator-ci/EbsDirect",
+        "clawdinator-ci/LaunchFleetInstances",
+        "clawdinator-ci/PassOnlyInstanceRoles",
+        "clawdinator-ci/WriteReleasesOnce",
+        "clawdinator-ci/TagReleases",
+        "clawdinator-ci/ReadReleases",
+    ] {
         if principal.name == "ci" {
             assert!(needed.contains(&sid), "removing {sid} denied nothing: the judge cannot fail");
         }
@@ -799,13 +839,128 @@ fn what_the_threat_model_forbids_is_denied_and_what_each_needs_is_not() {
         ),
         (&publisher, ask("s3:ListBucket", &public, json!({"s3:prefix": "pr-intent/"}), "listing the published tree")),
     ];
-    let bucket_policy = policies::bucket_policy(&root, &world).unwrap();
-    let judged = |cases: &[(&Principal, (testkit::iam::Request, &str))]| {
-        let pairs: Vec<(&Principal, testkit::iam::Request)> = cases.iter().map(|(p, (r, _))| (*p, r.clone())).collect();
-        judge(&world, &bucket_policy, &pairs).unwrap()
-    };
-    let allowed: Vec<String> = judged(&forbidden).iter().filter(|d| d.allowed).map(|d| d.to_string()).collect();
+    threat_table(&world, &forbidden, &needed);
+}
+
+/// One row of a threat table: who asks, and the request with why.
+type Row<'a> = (&'a Principal, (testkit::iam::Request, &'static str));
+
+/// The simulator's decisions on `rows`, with every bucket's policy.
+fn judged(world: &World, rows: &[Row]) -> Vec<Decision> {
+    let bucket_policy = policies::bucket_policy(&testkit::repo_root(), world).unwrap();
+    let pairs: Vec<(&Principal, testkit::iam::Request)> = rows.iter().map(|(p, (r, _))| (*p, r.clone())).collect();
+    judge(world, &bucket_policy, &pairs).unwrap()
+}
+
+/// Every `forbidden` row denied, every `needed` row allowed.
+fn threat_table(world: &World, forbidden: &[Row], needed: &[Row]) {
+    let allowed: Vec<String> = judged(world, forbidden).iter().filter(|d| d.allowed).map(|d| d.to_string()).collect();
     assert!(allowed.is_empty(), "the policies allow what the threat model forbids:\n{}", allowed.join("\n"));
-    let denied: Vec<String> = judged(&needed).iter().filter(|d| !d.allowed).map(|d| d.to_string()).collect();
+    let denied: Vec<String> = judged(world, needed).iter().filter(|d| !d.allowed).map(|d| d.to_string()).collect();
     assert!(denied.is_empty(), "the policies deny what the fleet needs:\n{}", denied.join("\n"));
+}
+
+/// Closures, not clones: CI pushes signed closures to the cache bucket and
+/// writes each release manifest once; hosts only read both. Denied: a host
+/// (even with a role CI widened within the boundary) writing the cache or
+/// a manifest, CI replacing or deleting a manifest or deleting from the
+/// cache, anyone unsigned reading the cache. Allowed: what `nix copy`, the
+/// manifest writer and a host's switch call. Each grant these rows need
+/// is shown needed: without it, some allowed row is denied.
+#[test]
+fn only_ci_writes_the_cache_and_each_release_once_and_hosts_only_read_them() {
+    use serde_json::json;
+    let root = testkit::repo_root();
+    let world = World::emulator("clawdinator-fleet");
+    let registry = clawdinator::registry::Registry::load(&root.join(clawdinator::registry::DEFAULT_PATH)).unwrap();
+    let ci = policies::ci(&root, &world).unwrap();
+    let host = policies::instance(&root, &world, &registry.instances["clawdinator-1"], true).unwrap();
+    let publisher = policies::pr_intent_publisher(&root, &world, host.clone()).unwrap();
+    let api = policies::control_api(&root, &world).unwrap();
+    let anyone = policies::anonymous();
+    // What CI could make of an instance role: any inline policy, always
+    // inside the boundary (iam:CreateRole and PutRolePolicy require it).
+    let mut widened = host.clone();
+    widened.name = "an instance role CI widened".into();
+    let everything =
+        json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "s3:*", "Resource": "*"}]});
+    widened.identity.push(("granted-by-ci".into(), everything.clone()));
+    // Whoever else may write the bucket (an operator, an admin): the bucket
+    // policy alone keeps a manifest written once.
+    let admin = Principal {
+        name: "an account admin".into(),
+        arn: world.role_arn("admin"),
+        identity: vec![("admin".into(), everything)],
+        boundary: None,
+    };
+
+    let (b, c, public) = (world.bucket_arn(), world.cache_bucket_arn(), world.pr_intent_bucket_arn());
+    let rev = "0123456789abcdef0123456789abcdef01234567";
+    let release = format!("{b}/releases/{rev}.json");
+    let narinfo = format!("{c}/0123456789abcdfghijklmnpqrsvwxyz.narinfo");
+    let nar = format!("{c}/nar/0123456789abcdfghijklmnpqrsvwxyz0123456789abcdfghijk.nar.zst");
+    let published = format!("{public}/pr-intent/2026-12/pr-1.md");
+    let once = || json!({"s3:if-none-match": "*"});
+    let forbidden = [
+        (&host, ask("s3:PutObject", &narinfo, json!({}), "a host pushing a narinfo into the cache")),
+        (&host, ask("s3:PutObject", &nar, once(), "a host pushing a NAR into the cache")),
+        (&host, ask("s3:DeleteObject", &narinfo, json!({}), "a host deleting a path from the cache")),
+        (&host, ask("s3:PutObject", &format!("{b}/releases/x.json"), once(), "a host writing a release manifest")),
+        (&host, ask("s3:DeleteObject", &release, json!({}), "a host deleting a release manifest")),
+        (&host, ask("s3:ListBucket", &b, json!({"s3:prefix": "bootstrap/"}), "a host listing others' bundles")),
+        (&widened, ask("s3:PutObject", &narinfo, json!({}), "an instance role CI widened writing the cache")),
+        (&widened, ask("s3:PutObject", &release, once(), "an instance role CI widened writing a release")),
+        (&publisher, ask("s3:PutObject", &narinfo, json!({}), "a publisher writing the cache")),
+        (&api, ask("s3:PutObject", &narinfo, json!({}), "the control API writing the cache")),
+        (&api, ask("s3:PutObject", &release, once(), "the control API writing a release manifest")),
+        (&ci, ask("s3:DeleteObject", &release, json!({}), "CI deleting a release manifest")),
+        (&ci, ask("s3:DeleteObjectVersion", &release, json!({}), "CI deleting a release manifest's version")),
+        (&ci, ask("s3:PutObject", &release, json!({}), "CI replacing a release manifest (no If-None-Match)")),
+        (&admin, ask("s3:PutObject", &release, json!({}), "an admin replacing a release manifest")),
+        (&admin, ask("s3:DeleteObject", &release, json!({}), "an admin deleting a release manifest")),
+        (&admin, ask("s3:DeleteObjectVersion", &release, json!({}), "an admin deleting a release's version")),
+        (&ci, ask("s3:DeleteObject", &narinfo, json!({}), "CI deleting a path from the cache")),
+        (&ci, ask("s3:DeleteObjectVersion", &nar, json!({}), "CI deleting a NAR's version from the cache")),
+        (&anyone, ask("s3:GetObject", &narinfo, json!({}), "anyone reading the cache unsigned")),
+        (&anyone, ask("s3:ListBucket", &c, json!({}), "anyone listing the cache unsigned")),
+        (&anyone, ask("s3:GetObject", &release, json!({}), "anyone reading a release manifest unsigned")),
+    ];
+    let needed = [
+        (&host, ask("s3:GetObject", &format!("{c}/nix-cache-info"), json!({}), "a host opening the cache")),
+        (&host, ask("s3:GetObject", &narinfo, json!({}), "a host substituting: the narinfo")),
+        (&host, ask("s3:GetObject", &nar, json!({}), "a host substituting: the NAR")),
+        (&host, ask("s3:ListBucket", &c, json!({}), "a narinfo the cache lacks is a 404, not a 403")),
+        (&host, ask("s3:ListBucket", &b, json!({"s3:prefix": "releases/"}), "a host finding the newest release")),
+        (&host, ask("s3:GetObject", &release, json!({}), "a host reading a release manifest")),
+        (&ci, ask("s3:GetObject", &narinfo, json!({}), "nix copy: is the path there already")),
+        (&ci, ask("s3:ListBucket", &c, json!({}), "nix copy: a missing narinfo is a 404")),
+        (&ci, ask("s3:PutObject", &nar, json!({}), "nix copy: the NAR")),
+        (&ci, ask("s3:PutObject", &narinfo, json!({}), "nix copy: the signed narinfo")),
+        (&ci, ask("s3:PutObject", &release, once(), "CI writing a release manifest once")),
+        (&ci, ask("s3:GetObject", &release, json!({}), "CI reading a release manifest")),
+        (&ci, ask("s3:ListBucket", &b, json!({"s3:prefix": "releases/"}), "CI listing the releases")),
+        (&ci, ask("s3:GetBucketPolicy", &c, json!({}), "fleet deploy: tofu refreshing the cache bucket")),
+        (&admin, ask("s3:PutObject", &release, once(), "an admin writing a new release manifest")),
+        // The same judge lets an unsigned request in where a bucket policy
+        // says so: the cache's denial above is not the judge's blindness.
+        (&anyone, ask("s3:GetObject", &published, json!({}), "anyone reading the public tree")),
+    ];
+    threat_table(&world, &forbidden, &needed);
+
+    for (principal, sids) in [
+        (&host, ["ReadReleases", "ListReleases", "SubstituteFromTheCache", "MissingNarinfoIsNotFound"].as_slice()),
+        (&ci, ["PushClosures", "ListTheCache", "WriteReleasesOnce", "ReadReleases", "ListWhatCiReads"].as_slice()),
+    ] {
+        let rows: Vec<&Row> = needed.iter().filter(|(p, _)| std::ptr::eq(*p, principal)).collect();
+        for sid in sids {
+            let mut less = (*principal).clone();
+            let statements = less.identity[0].1["Statement"].as_array_mut().unwrap();
+            let before = statements.len();
+            statements.retain(|s| s["Sid"] != *sid);
+            assert_eq!(statements.len() + 1, before, "{} has no statement {sid}", principal.name);
+            let pairs: Vec<Row> = rows.iter().map(|(_, r)| (&less, r.clone())).collect();
+            let denied = judged(&world, &pairs).iter().filter(|d| !d.allowed).count();
+            assert!(denied > 0, "{}: without {sid} every row above is still allowed", principal.name);
+        }
+    }
 }
