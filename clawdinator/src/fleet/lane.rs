@@ -9,7 +9,7 @@ use std::future::Future;
 
 use serde::Serialize;
 
-use super::switch::running_instance;
+use super::host_run::running_instance;
 use crate::aws::Aws;
 
 /// The words a roll's report uses for what it did to a host.

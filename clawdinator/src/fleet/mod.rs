@@ -3,7 +3,8 @@
 //! Modules: [`flags`] (the command line), [`status`] (drift between the
 //! registry and EC2), `deploy` (replace instances from a fleet AMI, canary
 //! first), `lane` (every per-host roll: canary, waves, stop at the first
-//! failure), `switch` (running hosts to a release's systems through SSM),
+//! failure), `host_run` (one SSM document on one host's instance),
+//! `switch` (running hosts to a release's systems through SSM),
 //! [`control`] (the host's signed client for the control API), [`helper`]
 //! (the root service through which agents reach it), `ops` (a host's logs
 //! and unit restarts through SSM) and `refresh` (secrets again on running
@@ -13,6 +14,7 @@ pub mod control;
 mod deploy;
 pub mod flags;
 pub mod helper;
+mod host_run;
 mod lane;
 mod ops;
 mod refresh;

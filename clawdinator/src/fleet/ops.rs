@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::Result;
 use serde::Serialize;
 
-use super::switch::{run_on_host, running_instance, HostRun};
+use super::host_run::{run_on_host, running_instance, HostRun};
 use crate::aws::Aws;
 use crate::cancel::Cancel;
 use crate::host::ops::{check_since, check_unit};

@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::Result;
 
 use super::lane::{self, LaneReport, Target, Verb};
-use super::switch::{run_on_host, HostRun};
+use super::host_run::{run_on_host, HostRun};
 use crate::aws::Aws;
 use crate::cancel::Cancel;
 use crate::output::Output;

@@ -107,7 +107,10 @@ pub fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
 
 /// A switch to `system` as the flags and the host's written facts say.
 fn switch_options(ctx: &Ctx, d: Deployment, system: String, source: &'static str) -> Result<switch::SwitchOptions> {
-    let cache_bucket = d.cache_bucket.or_else(|| crate::settings::host_setting(&d.cache_bucket_file));
+    // Hosts launched before user data named the cache take OpenTofu's default name, <bucket>-cache.
+    let cache_bucket = d.cache_bucket.or_else(|| crate::settings::host_setting(&d.cache_bucket_file)).or_else(|| {
+        crate::settings::host_setting(std::path::Path::new(BUCKET_FILE)).map(|b| format!("{b}-cache"))
+    });
     let region = ctx.region().or_else(|| crate::settings::host_setting(std::path::Path::new(REGION_FILE)));
     Ok(switch::SwitchOptions {
         instance: instance_name(d.instance, &d.instance_file)?,
@@ -123,6 +126,9 @@ fn switch_options(ctx: &Ctx, d: Deployment, system: String, source: &'static str
         dry_run: d.dry_run,
     })
 }
+
+/// Where the host's user data writes the fleet bucket's name.
+const BUCKET_FILE: &str = "/etc/clawdinator/bucket";
 
 /// Where the host's user data writes its region (SSM runs the switch without the units' environment).
 const REGION_FILE: &str = "/etc/clawdinator/region";

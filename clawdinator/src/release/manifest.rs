@@ -130,7 +130,7 @@ pub async fn read(s3c: &aws_sdk_s3::Client, bucket: &str, revision: &str) -> Res
     let release: Release = serde_json::from_slice(&bytes).with_context(|| format!("{url} is not a release manifest"))?;
     ensure!(release.revision == revision, "{url} is the manifest of {}, not {revision}", release.revision);
     for path in release.hosts.values() {
-        check_system_path(path).with_context(|| format!("{url}"))?;
+        check_system_path(path).with_context(|| url.clone())?;
     }
     Ok(release)
 }
