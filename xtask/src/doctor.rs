@@ -180,8 +180,20 @@ pub async fn check_aws(aws: &aws::Aws) -> Vec<Check> {
 /// workflows set it, or exported by an operator), the tfvars checked
 /// against the module's variables.
 pub fn ci_checks(root: &Path) -> Result<Vec<Check>> {
-    use crate::ci_settings::{required_tofu_variables, tfvars_problems, Kind, SETTINGS};
-    let required = required_tofu_variables(root)?;
+    let required = crate::ci_settings::required_tofu_variables(root)?;
+    let trusted = std::fs::read_to_string(root.join(TRUSTED_CACHE_KEY)).ok().map(|k| k.trim().to_string());
+    Ok(ci_checks_of(&required, trusted.as_deref(), |name| std::env::var(name).ok()))
+}
+
+/// The public half of the cache key hosts trust (the module's default of
+/// `services.clawdinator.fleetCache.publicKey`).
+const TRUSTED_CACHE_KEY: &str = "nix/keys/fleet-cache.pub";
+
+/// The settings as `value` gives them; `required`: the OpenTofu variables
+/// a tfvars value must set; `trusted`: the cache key hosts trust. A
+/// secret's value is never shown: the cache key shows its public half.
+fn ci_checks_of(required: &[String], trusted: Option<&str>, value: impl Fn(&str) -> Option<String>) -> Vec<Check> {
+    use crate::ci_settings::{bucket_name_problem, cache_key_public_half, tfvars_problems, Kind, SETTINGS};
     let mut checks = Vec::new();
     for setting in SETTINGS {
         let kind = match setting.kind {
@@ -189,10 +201,10 @@ pub fn ci_checks(root: &Path) -> Result<Vec<Check>> {
             Kind::Secret => "repository secret",
         };
         let fix = format!("set the {kind} {} ({}); export it here to check", setting.name, setting.what);
-        let (status, detail, fix) = match std::env::var(setting.name) {
-            Err(_) => (Status::Missing, format!("{} is not set", setting.name), fix),
-            Ok(v) if v.trim().is_empty() => (Status::Missing, format!("{} is empty", setting.name), fix),
-            Ok(v) if setting.name == "CLAWDINATOR_TFVARS" => match tfvars_problems(&v, &required) {
+        let (status, detail, fix) = match value(setting.name) {
+            None => (Status::Missing, format!("{} is not set", setting.name), fix),
+            Some(v) if v.trim().is_empty() => (Status::Missing, format!("{} is empty", setting.name), fix),
+            Some(v) if setting.name == "CLAWDINATOR_TFVARS" => match tfvars_problems(&v, required) {
                 Ok(lacking) if lacking.is_empty() => {
                     (Status::Ok, format!("sets all {} required variables", required.len()), String::new())
                 }
@@ -207,13 +219,27 @@ pub fn ci_checks(root: &Path) -> Result<Vec<Check>> {
                     format!("{} must be the tfvars as one JSON object", setting.name),
                 ),
             },
-            // A secret's value is never shown.
-            Ok(_) if setting.kind == Kind::Secret => (Status::Ok, "set".into(), String::new()),
-            Ok(v) => (Status::Ok, v, String::new()),
+            Some(v) if setting.name == "CLAWDINATOR_CACHE_BUCKET" => match bucket_name_problem(&v) {
+                None => (Status::Ok, v, String::new()),
+                Some(problem) => (Status::Missing, problem, fix),
+            },
+            Some(v) if setting.name == "CLAWDINATOR_CACHE_KEY" => match (cache_key_public_half(&v), trusted) {
+                (Ok((_, public)), Some(trusted)) if public != trusted => (
+                    Status::Missing,
+                    format!(
+                        "signs as {public}, but hosts trust {trusted} ({TRUSTED_CACHE_KEY}): they would refuse every closure"
+                    ),
+                    format!("set {} to the key {TRUSTED_CACHE_KEY} is the public half of, or commit this key's public half there", setting.name),
+                ),
+                (Ok((_, public)), _) => (Status::Ok, format!("set; signs as {public}"), String::new()),
+                (Err(problem), _) => (Status::Missing, format!("{} {problem}", setting.name), fix),
+            },
+            Some(_) if setting.kind == Kind::Secret => (Status::Ok, "set".into(), String::new()),
+            Some(v) => (Status::Ok, v, String::new()),
         };
         checks.push(Check { name: setting.name, status, detail, needed_by: "CI workflows", fix });
     }
-    Ok(checks)
+    checks
 }
 
 pub async fn report(ctx: &Ctx, args: &flags::Doctor) -> Result<Report> {
@@ -260,5 +286,97 @@ impl flags::Doctor {
         }
         let report = report(ctx, &args).await?;
         ctx.out.emit(&report)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The public half of [`CACHE_KEY`], as hosts would trust it.
+    const TRUSTED: &str = "clawdinator-cache-test-1:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
+
+    /// A 64-byte nix secret key (bytes 0..64); its public half is bytes 32..64.
+    const CACHE_KEY: &str = "clawdinator-cache-test-1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0+Pw==";
+
+    fn checks(set: &[(&str, &str)]) -> Vec<Check> {
+        let set: std::collections::BTreeMap<String, String> =
+            set.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        ci_checks_of(&["vpc_id".to_string()], Some(TRUSTED), |name| set.get(name).cloned())
+    }
+
+    fn of<'a>(checks: &'a [Check], name: &str) -> &'a Check {
+        checks.iter().find(|c| c.name == name).unwrap_or_else(|| panic!("no check of {name}"))
+    }
+
+    #[test]
+    fn the_cache_settings_are_checked_and_the_key_never_shown() {
+        let all =
+            checks(&[("CLAWDINATOR_CACHE_BUCKET", "clawdinator-fleet-cache"), ("CLAWDINATOR_CACHE_KEY", CACHE_KEY)]);
+        let (bucket, key) = (of(&all, "CLAWDINATOR_CACHE_BUCKET"), of(&all, "CLAWDINATOR_CACHE_KEY"));
+        assert_eq!((bucket.status, bucket.detail.as_str()), (Status::Ok, "clawdinator-fleet-cache"));
+        assert_eq!(key.status, Status::Ok);
+        assert_eq!(key.detail, format!("set; signs as {TRUSTED}"));
+        let shown = format!("{}", Report { checks: all.clone() });
+        assert!(!shown.contains("AAECAwQF"), "the secret key is shown:\n{shown}");
+
+        let none = checks(&[]);
+        for name in ["CLAWDINATOR_CACHE_BUCKET", "CLAWDINATOR_CACHE_KEY"] {
+            let check = of(&none, name);
+            assert_eq!(check.status, Status::Missing, "{name}");
+            assert!(check.detail.contains("is not set") && check.fix.contains(name), "{name}: {check:?}");
+        }
+
+        let wrong = checks(&[
+            ("CLAWDINATOR_CACHE_BUCKET", "s3://clawdinator-fleet-cache"),
+            ("CLAWDINATOR_CACHE_KEY", "clawdinator-cache-test-1:ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8="),
+        ]);
+        let (bucket, key) = (of(&wrong, "CLAWDINATOR_CACHE_BUCKET"), of(&wrong, "CLAWDINATOR_CACHE_KEY"));
+        assert_eq!(bucket.status, Status::Missing);
+        assert!(bucket.detail.contains("not a bucket name"), "{bucket:?}");
+        assert_eq!(key.status, Status::Missing);
+        assert!(key.detail.contains("a public key") && !key.detail.contains("ICEi"), "{key:?}");
+
+        // A well-formed key whose public half is not the one hosts trust.
+        let other =
+            ci_checks_of(&[], Some("clawdinator-fleet-cache-1:SgoWQ4vj/sHL7xGR1AfYsPFq5cQQOhVSgNaM3X6N55o="), |n| {
+                (n == "CLAWDINATOR_CACHE_KEY").then(|| CACHE_KEY.to_string())
+            });
+        let key = of(&other, "CLAWDINATOR_CACHE_KEY");
+        assert_eq!(key.status, Status::Missing);
+        assert!(
+            key.detail.contains("hosts trust clawdinator-fleet-cache-1:") && key.detail.contains(TRUSTED),
+            "{key:?}"
+        );
+        assert!(!key.detail.contains("AAECAwQF"), "{key:?}");
+    }
+
+    #[test]
+    fn the_key_hosts_trust_is_a_public_key() {
+        let trusted = std::fs::read_to_string(testkit::repo_root().join(TRUSTED_CACHE_KEY)).unwrap();
+        let (name, public) = trusted.trim().split_once(':').unwrap();
+        assert!(!name.is_empty() && public.len() == 44 && public.ends_with('='), "{trusted}");
+    }
+
+    #[test]
+    fn every_listed_setting_is_checked_and_no_secret_value_is_shown() {
+        let all: Vec<(&str, &str)> = crate::ci_settings::SETTINGS
+            .iter()
+            .map(|s| match s.name {
+                "CLAWDINATOR_TFVARS" => (s.name, r#"{"vpc_id": "vpc-1"}"#),
+                "CLAWDINATOR_CACHE_KEY" => (s.name, CACHE_KEY),
+                "CLAWDINATOR_CACHE_BUCKET" => (s.name, "clawdinator-fleet-cache"),
+                _ => (s.name, "canary-value-of-a-setting"),
+            })
+            .collect();
+        let checks = checks(&all);
+        assert_eq!(checks.len(), crate::ci_settings::SETTINGS.len());
+        for check in &checks {
+            assert_eq!(check.status, Status::Ok, "{check:?}");
+        }
+        for secret in crate::ci_settings::SETTINGS.iter().filter(|s| s.kind == crate::ci_settings::Kind::Secret) {
+            let detail = &of(&checks, secret.name).detail;
+            assert!(!detail.contains("canary-value") && !detail.contains("AAECAwQF"), "{}: {detail}", secret.name);
+        }
     }
 }

@@ -160,5 +160,9 @@ mod tests {
         assert!(parses(&lines[0]).is_ok(), "{:?}", parses(&lines[0]));
         assert!(parses(&lines[1]).is_err());
         assert!(parses("cargo xtask fleet switch \"$REVISION\"").is_ok());
+        // The release lane's build (its flags come from the environment) and new instances.
+        assert!(parses("cargo xtask release build").is_ok());
+        assert!(parses("cargo xtask fleet deploy --missing").is_ok());
+        assert!(parses("cargo xtask release build --cache-key \"$KEY\"").is_err(), "the key only as a file");
     }
 }

@@ -6,9 +6,15 @@
 //! every call it makes is judged by the IAM simulator against the CI
 //! policy OpenTofu applies. `uses:` steps stand for what they set up:
 //! checkout is a copy of the repository's files (its seeds list pointing at
-//! local repositories), install-nix is a stand-in `nix` whose `develop
-//! --command` runs the command (`cargo xtask` is the built xtask) and whose
-//! `build` is the image stand-in; `tofu` is the stand-in tofu.
+//! local repositories, committed), install-nix is a stand-in `nix` whose
+//! `develop --command` runs the command (`cargo xtask` is the built xtask),
+//! whose build of the hosts' systems gives store paths and whose `copy`
+//! records (see [`NIX_STANDIN`]), and whose other `build` is the image
+//! stand-in; `tofu` is the stand-in tofu.
+//!
+//! Some runs need no AWS: their `nix` and `cargo` only record what they were
+//! asked (the order of a job's commands, and what reached them), and the
+//! pin bump runs against a local origin.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -42,6 +48,8 @@ struct Context {
     outputs: BTreeMap<String, String>,
     /// Who started the run (`github.triggering_actor`).
     actor: String,
+    /// The commit the run is for (`github.sha`).
+    sha: String,
 }
 
 impl Context {
@@ -52,9 +60,10 @@ impl Context {
             "vars" => from(&self.vars),
             "secrets" => from(&self.secrets),
             "inputs" => from(&self.inputs),
-            "github" if name == "sha" => REVISION.into(),
+            "github" if name == "sha" => self.sha.clone(),
             "github" if name == "triggering_actor" => self.actor.clone(),
             "github" if name == "token" => "ghs_workflow_token".into(),
+            "github" if name == "repository" => "openclaw/clawdinators".into(),
             "steps" => self.outputs.get(name).cloned().unwrap_or_default(),
             _ => panic!("the test runner does not know the expression `{expr}`"),
         }
@@ -96,8 +105,8 @@ struct Runner<'a> {
     checkout: PathBuf,
     temp: PathBuf,
     base: BTreeMap<String, String>,
-    /// Where the CI calls go; each step marks the calls it made.
-    emulator: &'a testkit::emulator::Emulator,
+    /// Where the CI calls go, if anywhere; each step marks the calls it made.
+    emulator: Option<&'a testkit::emulator::Emulator>,
     steps: std::cell::RefCell<Commands>,
 }
 
@@ -131,7 +140,7 @@ impl Runner<'_> {
                 let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
                 return Err(format!("job {job}, step `{name}` failed:\n{text}"));
             }
-            let logged = self.emulator.calls().map(|c| c.len()).unwrap_or(0);
+            let logged = self.emulator.and_then(|e| e.calls().ok()).map(|c| c.len()).unwrap_or(0);
             let workflow_name = workflow["name"].as_str().unwrap_or("?");
             self.steps.borrow_mut().ran(&format!("{workflow_name} / {job} / {name}"), logged);
             env.extend(key_values(&files[0]));
@@ -165,29 +174,82 @@ fn check_out(root: &Path, dest: &Path) {
     std::fs::write(dest.join("clawdinator/repos.tsv"), format!("seed\t{url}\tmain\n")).unwrap();
 }
 
-/// Tools on PATH: the stand-in nix (develop --command, flake check, build),
-/// cargo (`cargo xtask` is the built binary) and tofu.
+/// The stand-in `nix` of the runs against the emulator. `develop …
+/// --command X` runs X; `flake update` moves $PIN_FROM to $PIN_TO in
+/// flake.lock; a `build --json` of hosts' toplevels (as `release build`
+/// asks) prints a NixOS system's store path for each, the same for the
+/// same revision and host; `copy` (the push to the cache) records its argv
+/// and the signing key file its store URL names (a JSON line in
+/// $NIX_COPY_LOG) and copies nothing; anything else goes to the image
+/// stand-in ($IMAGE_NIX). `release build` itself runs for real.
+const NIX_STANDIN: &str = r#"
+import hashlib, json, os, re, subprocess, sys
+args = sys.argv[1:]
+if args[:1] == ["develop"]:
+    at = args.index("--command")
+    os.execvp(args[at + 1], args[at + 1:])
+rest = list(args)
+while rest[:1] == ["--extra-experimental-features"]:
+    rest = rest[2:]
+if rest[:2] == ["flake", "update"]:
+    subprocess.run(["sed", "-i", "s/%s/%s/" % (os.environ["PIN_FROM"], os.environ["PIN_TO"]), "flake.lock"], check=True)
+    sys.exit(0)
+TOPLEVEL = re.compile(r'#nixosConfigurations\."([^"]+)"\.config\.system\.build\.toplevel$')
+if rest[:1] == ["build"] and any(TOPLEVEL.search(a) for a in rest):
+    built = []
+    for installable in [a for a in rest if TOPLEVEL.search(a)]:
+        name = TOPLEVEL.search(installable).group(1)
+        digest = hashlib.sha256(installable.encode()).digest()
+        path = "/nix/store/" + "".join("0123456789abcdfghijklmnpqrsvwxyz"[b % 32] for b in digest) + "-nixos-system-" + name + "-26.05"
+        built.append({"drvPath": path + ".drv", "outputs": {"out": path}})
+    print(json.dumps(built))
+    sys.exit(0)
+if rest[:1] == ["copy"]:
+    to = rest[rest.index("--to") + 1]
+    key = dict(p.split("=", 1) for p in to.split("?", 1)[1].split("&")).get("secret-key", "")
+    mode = oct(os.stat(key).st_mode & 0o777) if os.path.isfile(key) else None
+    with open(os.environ["NIX_COPY_LOG"], "a") as log:
+        log.write(json.dumps({"argv": args, "keyFile": key, "keyMode": mode}) + "\n")
+    sys.exit(0)
+os.execv(os.environ["IMAGE_NIX"], [os.environ["IMAGE_NIX"]] + args)
+"#;
+
+/// Tools on PATH: the stand-in nix ([`NIX_STANDIN`], the image stand-in
+/// behind it), cargo (`cargo xtask` is the built binary) and tofu.
 fn tools(dir: &Path) -> (String, PathBuf) {
     let (nix_path, kvm) = testkit::env::stand_in_nix(&dir.join("nix"));
-    let image_nix = dir.join("nix/bin/nix");
     let bin = dir.join("bin");
     std::fs::create_dir_all(&bin).unwrap();
-    write_script(
-        &bin.join("nix"),
-        &format!(
-            "#!/bin/sh\nif [ \"$1\" = develop ]; then while [ \"$1\" != --command ]; do shift; done; shift; exec \"$@\"; fi\n\
-             if [ \"$1\" = flake ] && [ \"$2\" = check ]; then echo 'stand-in nix: flake check (cargo xtask test evaluates the flake)'; exit 0; fi\n\
-             if [ \"$1\" = flake ] && [ \"$2\" = update ]; then sed -i \"s/$PIN_FROM/$PIN_TO/\" flake.lock; exit 0; fi\n\
-             exec {} \"$@\"\n",
-            image_nix.display()
-        ),
-    );
+    python_script(&bin.join("nix"), NIX_STANDIN);
     write_script(
         &bin.join("cargo"),
         &format!("#!/bin/sh\n[ \"$1\" = xtask ] || {{ echo \"stand-in cargo: only cargo xtask\" >&2; exit 2; }}\nshift\nexec {} \"$@\"\n", env!("CARGO_BIN_EXE_xtask")),
     );
     let tofu = testkit::env::stand_in_tofu(&dir.join("tofu"));
     (format!("{}:{}:{nix_path}", bin.display(), tofu.display()), kvm)
+}
+
+/// A Python script at `path` (the emulator's virtualenv runs it).
+fn python_script(path: &Path, body: &str) -> PathBuf {
+    let python = testkit::emulator::venv_python();
+    write_script(path, &format!("#!{}\n{body}", python.display()));
+    path.to_path_buf()
+}
+
+/// Commit the checkout's work tree (a repository from the first call on),
+/// as a push to main would have it: the new HEAD, which the run is for.
+fn commit(checkout: &Path, message: &str) -> String {
+    let git = |args: &[&str]| {
+        let out = std::process::Command::new("git").args(args).current_dir(checkout).output().unwrap();
+        assert!(out.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    if !checkout.join(".git").exists() {
+        git(&["init", "-q", "-b", "main"]);
+    }
+    git(&["add", "-A"]);
+    git(&["-c", "user.name=o", "-c", "user.email=o@o", "commit", "-qm", message]);
+    git(&["rev-parse", "HEAD"])
 }
 
 /// The account as an operator leaves it before CI runs: the age files
@@ -279,15 +341,23 @@ fn runner_env(env: &Env, temp: &Path) -> (BTreeMap<String, String>, Arc<Mutex<Ve
         ("FAKE_STORE", env.path("tools/nix/store").display().to_string()),
         ("FAKE_FEATURES", "nix-command flakes".into()),
         ("TOFU_LOG", env.path("tofu.log").display().to_string()),
+        ("NIX_COPY_LOG", env.path("nix-copy.log").display().to_string()),
+        ("IMAGE_NIX", env.path("tools/nix/bin/nix").display().to_string()),
+        ("GITHUB_RUN_ID", "4242".into()),
         ("CLAWDINATOR_POLL_SECONDS", "0.05".into()),
     ];
     (base.into_iter().map(|(k, v)| (k.to_string(), v)).collect(), github_seen)
 }
 
+/// The cache's signing key in the fixture: a well-formed nix secret key
+/// (`NAME:BASE64` of 64 bytes), searched for in every argv and environment.
+const CACHE_KEY: &str =
+    "clawdinator-cache-test-1:AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8gISIjJCUmJygpKissLS4vMDEyMzQ1Njc4OTo7PD0+Pw==";
+
 /// The repository's variables, secrets and the deploy's inputs, as an operator set them.
-fn settings(env: &Env, age_key: &str) -> Context {
+fn settings(bucket: &str, age_key: &str) -> Context {
     let tfvars = json!({
-        "aws_region": "us-east-1", "bucket_name": env.bucket, "vpc_id": "vpc-0123456789abcdef0",
+        "aws_region": "us-east-1", "bucket_name": bucket, "vpc_id": "vpc-0123456789abcdef0",
         "subnet_ids": ["subnet-0123456789abcdef0"], "github_repository": "openclaw/clawdinators",
     });
     let strings = |pairs: &[(&str, &str)]| pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
@@ -295,17 +365,20 @@ fn settings(env: &Env, age_key: &str) -> Context {
         vars: strings(&[
             ("CLAWDINATOR_CI_ROLE_ARN", "arn:aws:iam::123456789012:role/clawdinator-ci"),
             ("AWS_REGION", "us-east-1"),
-            ("S3_BUCKET", &env.bucket),
+            ("S3_BUCKET", bucket),
+            // As OpenTofu names it by default (testkit::policies::World).
+            ("CLAWDINATOR_CACHE_BUCKET", &format!("{bucket}-cache")),
             ("CLAWDINATOR_APP_ID", "12345"),
             ("CLAWDINATOR_APP_INSTALLATION_ID", "678"),
             ("CLAWDINATOR_TFVARS", &tfvars.to_string()),
             ("CLAWDINATOR_DEPLOY_APP_LOGIN", DEPLOY_APP),
             ("CLAWDINATOR_OPERATORS", "alice bob"),
         ]),
-        secrets: strings(&[("CLAWDINATOR_AGE_KEY", age_key.trim())]),
+        secrets: strings(&[("CLAWDINATOR_AGE_KEY", age_key.trim()), ("CLAWDINATOR_CACHE_KEY", CACHE_KEY)]),
         inputs: strings(&[("target", "clawdinator-2"), ("ami_override", ""), ("caller", "")]),
         outputs: BTreeMap::new(),
         actor: DEPLOY_APP.into(),
+        sha: REVISION.into(),
     }
 }
 
@@ -345,8 +418,12 @@ async fn judge_ci_calls(env: &Env, steps: &Commands) {
 /// image-build.yml, release.yml and fleet-deploy.yml each complete, in
 /// order, on one account; then the journeys through them: a chat rollback
 /// (fleet-deploy with `ami_override`) and adding an instance (a registry
-/// entry pushed, the release bringing it up). Every call CI makes is
-/// allowed by its policy, and tofu got every variable it needs.
+/// entry pushed, the release bringing it up). `release build` runs for
+/// real but for nix (built paths made up, copies recorded): image-build
+/// and the first release write and keep one manifest, the second release
+/// one naming the new instance too; the key reached nix as a 0600 file
+/// named in the store URL. Every call CI makes is allowed by its policy,
+/// and tofu got every variable it needs.
 #[tokio::test(flavor = "multi_thread")]
 async fn the_image_release_and_deploy_workflows_complete_as_the_ci_role() {
     let env = env().await;
@@ -358,8 +435,18 @@ async fn the_image_release_and_deploy_workflows_complete_as_the_ci_role() {
     let temp = env.path("runner-temp");
     std::fs::create_dir_all(&temp).unwrap();
     let (base, github_seen) = runner_env(&env, &temp);
-    let runner = Runner { checkout: checkout.clone(), temp, base, emulator: &env.emulator, steps: Default::default() };
-    let mut context = settings(&env, &age_key);
+    let runner =
+        Runner { checkout: checkout.clone(), temp, base, emulator: Some(&env.emulator), steps: Default::default() };
+    let mut context = settings(&env.bucket, &age_key);
+    context.sha = commit(&checkout, "the fleet");
+    let first = context.sha.clone();
+    let hosts = || -> Vec<String> {
+        let registry = clawdinator::registry::Registry::load(&checkout.join("nix/instances.json")).unwrap();
+        let mut hosts: Vec<String> = registry.instances.values().map(|i| i.host.clone()).collect();
+        hosts.sort();
+        hosts
+    };
+    let first_hosts = hosts();
     env.emulator.start_call_log().unwrap();
 
     run(&runner, &mut context, "image-build.yml", &["image", "prune"]);
@@ -385,6 +472,7 @@ async fn the_image_release_and_deploy_workflows_complete_as_the_ci_role() {
     // Adding an instance: the operator's commit and push, then the release
     // the push starts creates it (role, profile, instance) and switches it.
     add_instance(&env, &checkout, &fleet, 3);
+    context.sha = commit(&checkout, "clawdinator-3");
     run(&runner, &mut context, "release.yml", &["release"]);
     let role = env.aws.iam().get_role().role_name("clawdinator-instance-clawdinator-3").send().await.unwrap();
     let boundary = role.role().and_then(|r| r.permissions_boundary()).and_then(|b| b.permissions_boundary_arn());
@@ -396,6 +484,34 @@ async fn the_image_release_and_deploy_workflows_complete_as_the_ci_role() {
     );
 
     assert!(!runner.temp.join("clawdinator.agekey").exists(), "the age identity outlived the job");
+    assert!(!runner.temp.join("cache-signing.key").exists(), "the cache's signing key outlived the job");
+    // Each release build pushed its systems to the cache bucket, signing
+    // with the key file (0600 then, gone now); never the key's value.
+    let copies: Vec<Value> = std::fs::read_to_string(env.path("nix-copy.log"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(copies.len(), 3, "image-build, then two releases: {copies:?}");
+    let key_file = runner.temp.join("cache-signing.key").display().to_string();
+    let store = format!("s3://{}-cache?region=us-east-1&secret-key={key_file}&compression=zstd", env.bucket);
+    for copy in &copies {
+        let argv: Vec<&str> = copy["argv"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
+        assert_eq!(argv.iter().position(|a| *a == "--to").map(|at| argv[at + 1]), Some(store.as_str()), "{copy}");
+        assert_eq!((copy["keyFile"].as_str(), copy["keyMode"].as_str()), (Some(key_file.as_str()), Some("0o600")));
+        assert!(!copy.to_string().contains(CACHE_KEY.split_once(':').unwrap().1), "the key's value reached nix");
+    }
+    // One manifest per revision; the second names the new instance too.
+    let s3 = env.aws.s3();
+    let names = |release: &clawdinator::release::manifest::Release| release.hosts.keys().cloned().collect::<Vec<_>>();
+    let released = clawdinator::release::manifest::read(&s3, &env.bucket, &first).await.unwrap();
+    assert_eq!(names(&released), first_hosts);
+    let released = clawdinator::release::manifest::read(&s3, &env.bucket, &context.sha).await.unwrap();
+    assert!(!first_hosts.contains(&"clawdinator-3".to_string()));
+    assert_eq!(names(&released), hosts());
+    assert!(
+        released.cache.starts_with(&format!("s3://{}-cache", env.bucket)) && !released.cache.contains("secret-key")
+    );
     tofu_got_every_variable(&env, &context);
     let steps = runner.steps.borrow().clone();
     judge_ci_calls(&env, &steps).await;
@@ -436,8 +552,9 @@ async fn the_pin_bump_commits_the_new_lock_and_starts_the_release() {
     let to = "0123456789abcdef0123456789abcdef01234567";
     base.insert("PIN_FROM".into(), from.clone());
     base.insert("PIN_TO".into(), to.into());
-    let runner = Runner { checkout: checkout.clone(), temp, base, emulator: &env.emulator, steps: Default::default() };
-    let mut context = settings(&env, "AGE-SECRET-KEY-1UNUSED");
+    let runner =
+        Runner { checkout: checkout.clone(), temp, base, emulator: Some(&env.emulator), steps: Default::default() };
+    let mut context = settings(&env.bucket, "AGE-SECRET-KEY-1UNUSED");
     run(&runner, &mut context, "bump-nix-openclaw.yml", &["bump"]);
     let log = git(&origin, &["log", "--format=%s", "main"]);
     assert_eq!(log.lines().next().unwrap(), format!("Bump nix-openclaw {} -> {}", &from[..12], &to[..12]));
@@ -460,7 +577,7 @@ async fn the_pin_bump_commits_the_new_lock_and_starts_the_release() {
         base,
         temp: runner.temp.clone(),
         checkout: checkout.clone(),
-        emulator: &env.emulator,
+        emulator: Some(&env.emulator),
         steps: Default::default(),
     };
     let workflow = load(&checkout, "bump-nix-openclaw.yml");
@@ -481,10 +598,10 @@ async fn a_deploy_started_by_anyone_else_stops_before_touching_anything() {
     let temp = env.path("runner-temp");
     std::fs::create_dir_all(&temp).unwrap();
     let (base, github_seen) = runner_env(&env, &temp);
-    let runner = Runner { checkout, temp, base, emulator: &env.emulator, steps: Default::default() };
+    let runner = Runner { checkout, temp, base, emulator: Some(&env.emulator), steps: Default::default() };
     env.emulator.start_call_log().unwrap();
     for actor in ["mallory", "clawdinator-bot[bot]", "alice bob", "*"] {
-        let mut context = settings(&env, "AGE-SECRET-KEY-1UNUSED");
+        let mut context = settings(&env.bucket, "AGE-SECRET-KEY-1UNUSED");
         context.actor = actor.into();
         let workflow = load(&runner.checkout, "fleet-deploy.yml");
         let failure = runner.job(&workflow, "deploy", &mut context).unwrap_err();
@@ -498,7 +615,9 @@ async fn a_deploy_started_by_anyone_else_stops_before_touching_anything() {
 }
 
 /// The var file the deploy handed tofu sets every variable the module
-/// needs: `doctor --ci` (the same check an operator runs) accepts it.
+/// needs: `doctor --ci` (the same check an operator runs) accepts it, and
+/// every other setting of the fixture, but the cache key: the fixture's is
+/// not the one hosts trust (nix/keys/fleet-cache.pub), which it must say.
 fn tofu_got_every_variable(env: &Env, context: &Context) {
     let log = std::fs::read_to_string(env.path("tofu.log")).unwrap();
     let applies: Vec<Value> = log
@@ -510,19 +629,23 @@ fn tofu_got_every_variable(env: &Env, context: &Context) {
     for apply in applies {
         let tfvars = apply["varFile"].as_str().unwrap_or_else(|| panic!("tofu apply without -var-file: {apply}"));
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
-            .args(["doctor", "--ci"])
+            .args(["--json", "doctor", "--ci"])
             .current_dir(testkit::repo_root())
             .envs(context.vars.iter())
             .envs(context.secrets.iter())
             .env("CLAWDINATOR_TFVARS", tfvars)
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let shown = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {shown}"));
+        for check in report["checks"].as_array().unwrap() {
+            if check["name"] == "CLAWDINATOR_CACHE_KEY" {
+                assert!(check["detail"].as_str().unwrap().contains("hosts trust"), "{check}");
+            } else {
+                assert_eq!(check["status"], "ok", "{check}");
+            }
+        }
+        assert!(!shown.contains(CACHE_KEY.split_once(':').unwrap().1), "doctor showed the cache key: {shown}");
     }
 }
 
@@ -566,4 +689,183 @@ fn only_jobs_in_the_protected_environment_reach_the_ci_role_or_the_age_key() {
         }
     }
     assert!(jobs >= 4, "only {jobs} jobs reach AWS: the scan is broken");
+}
+
+/// The recording `nix`: `nix develop … --command X` runs X (the develop
+/// flags in $STANDIN_DEVELOP); any other call is a JSON line in $STANDIN_LOG
+/// with its argv and environment.
+const RECORDING_NIX: &str = r#"
+import json, os, sys
+args = sys.argv[1:]
+if args[:1] == ["develop"]:
+    at = args.index("--command")
+    os.environ["STANDIN_DEVELOP"] = " ".join(args[1:at])
+    os.execvp(args[at + 1], args[at + 1:])
+with open(os.environ["STANDIN_LOG"], "a") as log:
+    log.write(json.dumps({"tool": "nix", "argv": args, "env": dict(os.environ)}) + "\n")
+"#;
+
+/// The recording `cargo`: each call a JSON line in $STANDIN_LOG with its
+/// argv, its environment and the signing key file as it was then (mode,
+/// content). It touches a `--env-file` (the seeds step reads it next).
+const RECORDING_CARGO: &str = r#"
+import json, os, sys
+args = sys.argv[1:]
+entry = {"tool": "cargo", "argv": args, "env": dict(os.environ)}
+key = os.environ.get("CLAWDINATOR_CACHE_KEY_FILE", "")
+if os.path.isfile(key):
+    entry["keyFile"] = {"mode": oct(os.stat(key).st_mode & 0o777), "content": open(key).read()}
+if "--env-file" in args:
+    open(args[args.index("--env-file") + 1], "a").close()
+with open(os.environ["STANDIN_LOG"], "a") as log:
+    log.write(json.dumps(entry) + "\n")
+"#;
+
+/// The fixture's fleet bucket in the recorded runs.
+const RECORDED_BUCKET: &str = "clawdinator-fleet";
+
+/// One job run with the recording stand-ins: what each was asked, in order.
+struct Recorded {
+    calls: Vec<Value>,
+    temp: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Recorded {
+    /// Run `job` of the repository's `file` with the fixture's settings; no AWS, no nix.
+    fn run(file: &str, job: &str) -> Recorded {
+        let dir = tempfile::tempdir().unwrap();
+        let (bin, temp, checkout) =
+            (dir.path().join("bin"), dir.path().join("runner-temp"), dir.path().join("checkout"));
+        for d in [&bin, &temp, &checkout] {
+            std::fs::create_dir_all(d).unwrap();
+        }
+        python_script(&bin.join("nix"), RECORDING_NIX);
+        python_script(&bin.join("cargo"), RECORDING_CARGO);
+        let log = dir.path().join("calls.jsonl");
+        let base = [
+            ("PATH", format!("{}:{}", bin.display(), std::env::var("PATH").unwrap())),
+            ("HOME", dir.path().display().to_string()),
+            ("RUNNER_TEMP", temp.display().to_string()),
+            ("STANDIN_LOG", log.display().to_string()),
+            ("GITHUB_RUN_ID", "4242".into()),
+        ];
+        let base = base.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        let runner = Runner { checkout, temp: temp.clone(), base, emulator: None, steps: Default::default() };
+        let mut context = settings(RECORDED_BUCKET, "AGE-SECRET-KEY-1RECORDED");
+        let workflow = load(&testkit::repo_root(), file);
+        runner.job(&workflow, job, &mut context).unwrap_or_else(|failure| panic!("{file}: {failure}"));
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        Recorded { calls: text.lines().map(|l| serde_json::from_str(l).unwrap()).collect(), temp, _dir: dir }
+    }
+
+    fn argv(call: &Value) -> String {
+        call["argv"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect::<Vec<_>>().join(" ")
+    }
+
+    /// The `cargo xtask …` command lines, in order.
+    fn xtask(&self) -> Vec<String> {
+        self.calls.iter().filter(|c| c["tool"] == "cargo").map(Self::argv).collect()
+    }
+
+    /// The one cargo call whose command line is `line`.
+    fn call(&self, line: &str) -> &Value {
+        let found: Vec<&Value> = self.calls.iter().filter(|c| c["tool"] == "cargo" && Self::argv(c) == line).collect();
+        assert_eq!(found.len(), 1, "`{line}` ran {} times: {:?}", found.len(), self.xtask());
+        found[0]
+    }
+
+    /// Every command ran inside `nix develop --no-update-lock-file`, and
+    /// nix was asked nothing else.
+    fn all_in_the_dev_shell(&self) {
+        for call in &self.calls {
+            assert_eq!(call["tool"], "cargo", "nix was asked `nix {}`", Self::argv(call));
+            let develop =
+                call["env"]["STANDIN_DEVELOP"].as_str().unwrap_or_else(|| panic!("{call}: not in nix develop"));
+            assert!(
+                develop.split(' ').any(|f| f == "--no-update-lock-file"),
+                "`{}` in `nix develop {develop}`",
+                Self::argv(call)
+            );
+        }
+    }
+
+    /// The cache's signing key reached `release build` as a 0600 file
+    /// holding exactly the secret, named by CLAWDINATOR_CACHE_KEY_FILE, and
+    /// nothing else while it existed; its value is in no argv and no
+    /// environment of any call, and the file is gone when the job ends.
+    fn the_key_only_as_a_file(&self) {
+        let build = self.call("xtask release build");
+        let path = self.temp.join("cache-signing.key");
+        assert_eq!(build["env"]["CLAWDINATOR_CACHE_KEY_FILE"], path.display().to_string());
+        assert_eq!(build["keyFile"], json!({"mode": "0o600", "content": CACHE_KEY}));
+        let holders: Vec<String> = self.calls.iter().filter(|c| !c["keyFile"].is_null()).map(Self::argv).collect();
+        assert_eq!(holders, ["xtask release build"], "the key file outlived the build");
+        let payload = CACHE_KEY.split_once(':').unwrap().1;
+        for call in &self.calls {
+            let seen = format!("{} {}", call["argv"], call["env"]);
+            assert!(!seen.contains(payload), "the cache key's value reached `{}`", Self::argv(call));
+        }
+        assert!(!path.exists(), "the signing key outlived the job");
+    }
+}
+
+/// The release lane's order, with stand-ins that record (no AWS, no nix):
+/// `release build` first (every registry host: no names), then the
+/// bundles, the new instances (`fleet deploy --missing`) and the switch at
+/// the pushed revision. Within `release build`, build → sign and push →
+/// releases/<rev>.json is that command's own order, tested where it is
+/// defined with nix and an HTTP store; running it here would need both, so
+/// this test holds its command line and environment: the revision, the
+/// fleet and cache buckets, and the key as a file path only.
+#[test]
+fn the_release_builds_every_host_and_writes_its_manifest_before_any_host_is_created_or_switched() {
+    let run = Recorded::run("release.yml", "release");
+    let switch = format!("xtask fleet switch {REVISION}");
+    assert_eq!(
+        run.xtask(),
+        [
+            "xtask release build",
+            "xtask secrets pull",
+            "xtask bootstrap seeds prepare",
+            "xtask bootstrap upload --all",
+            "xtask fleet deploy --missing",
+            switch.as_str(),
+        ]
+    );
+    run.all_in_the_dev_shell();
+    let build = &run.call("xtask release build")["env"];
+    let cache_bucket = format!("{RECORDED_BUCKET}-cache");
+    for (name, value) in [
+        ("REVISION", REVISION),
+        ("S3_BUCKET", RECORDED_BUCKET),
+        ("CLAWDINATOR_CACHE_BUCKET", cache_bucket.as_str()),
+        ("AWS_REGION", "us-east-1"),
+        ("GITHUB_RUN_ID", "4242"),
+    ] {
+        assert_eq!(build[name], value, "release build's {name}");
+    }
+    assert!(build["CLAWDINATOR_CACHE_URL"].is_null(), "CI's cache is the bucket, not a URL");
+    // The switch reads releases/$REVISION.json from the same bucket.
+    assert_eq!(run.call(&switch)["env"]["S3_BUCKET"], RECORDED_BUCKET);
+    run.the_key_only_as_a_file();
+    let workflow = load(&testkit::repo_root(), "release.yml");
+    assert_eq!(workflow["concurrency"], json!({"group": "release", "cancel-in-progress": false}));
+}
+
+/// image-build.yml builds its revision's systems into the cache (and its
+/// manifest) before it builds the image, so a host booted from the newest
+/// AMI finds its system there; the key as in the release.
+#[test]
+fn the_image_build_puts_its_revisions_systems_in_the_cache_before_the_image() {
+    let run = Recorded::run("image-build.yml", "image");
+    let xtask = run.xtask();
+    let at = |line: &str| xtask.iter().position(|l| l == line).unwrap_or_else(|| panic!("no `{line}` in {xtask:?}"));
+    assert_eq!(at("xtask release build"), 0, "{xtask:?}");
+    assert!(at("xtask release build") < at("xtask image build") && at("xtask image build") < at("xtask image publish"));
+    run.all_in_the_dev_shell();
+    let build = &run.call("xtask release build")["env"];
+    assert_eq!((build["REVISION"].as_str(), build["S3_BUCKET"].as_str()), (Some(REVISION), Some(RECORDED_BUCKET)));
+    assert_eq!(build["CLAWDINATOR_CACHE_BUCKET"], format!("{RECORDED_BUCKET}-cache"));
+    run.the_key_only_as_a_file();
 }
