@@ -14,7 +14,8 @@
 //!
 //! Some runs need no AWS: their `nix` and `cargo` only record what they were
 //! asked (the order of a job's commands, and what reached them), and the
-//! pin bump runs against a local origin.
+//! pin bump runs against a local origin. And no workflow may push main: a
+//! scan of every `run:` script.
 
 use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
@@ -517,11 +518,24 @@ async fn the_image_release_and_deploy_workflows_complete_as_the_ci_role() {
     judge_ci_calls(&env, &steps).await;
 }
 
-/// The freshness job: the stand-in nix moves nix-openclaw's pin (as `nix
-/// flake update` would); the job checks the lock, commits it to main and
-/// starts the release lane. Run again with nothing new, it does neither.
+/// A stand-in `gh`: each call's argv as a JSON line in $GH_LOG; `pr list`
+/// answers with $GH_OPEN_PR (the number of an open pull request, if any).
+const GH_STANDIN: &str = r#"
+import json, os, sys
+with open(os.environ["GH_LOG"], "a") as log:
+    log.write(json.dumps(sys.argv[1:]) + "\n")
+if sys.argv[1:3] == ["pr", "list"] and os.environ.get("GH_OPEN_PR"):
+    print(os.environ["GH_OPEN_PR"])
+"#;
+
+/// The freshness job, against a local origin: the stand-in nix moves
+/// nix-openclaw's pin (as `nix flake update` would); the job checks the
+/// lock, pushes it as one commit on top of main to the branch
+/// bump/nix-openclaw, opens its pull request and starts CI on it; main is
+/// never pushed. A newer head replaces the branch and updates the open
+/// pull request; nothing new does nothing; a broken lock pushes nothing.
 #[tokio::test(flavor = "multi_thread")]
-async fn the_pin_bump_commits_the_new_lock_and_starts_the_release() {
+async fn the_pin_bump_pushes_a_branch_and_opens_a_pull_request_never_main() {
     let env = env().await;
     let checkout = env.path("work/clawdinators");
     check_out(&testkit::repo_root(), &checkout);
@@ -541,50 +555,82 @@ async fn the_pin_bump_commits_the_new_lock_and_starts_the_release() {
     }
     git(&checkout, &["remote", "add", "origin", origin.to_str().unwrap()]);
     git(&checkout, &["push", "-q", "origin", "HEAD:main"]);
+    let main = git(&origin, &["rev-parse", "main"]);
     let temp = env.path("runner-temp");
     std::fs::create_dir_all(&temp).unwrap();
     let (mut base, _) = runner_env(&env, &temp);
     let gh_log = env.path("gh.log");
-    write_script(&env.path("tools/bin/gh"), &format!("#!/bin/sh\necho \"$*\" >> {}\n", gh_log.display()));
+    python_script(&env.path("tools/bin/gh"), GH_STANDIN);
+    base.insert("GH_LOG".into(), gh_log.display().to_string());
     let lock = std::fs::read_to_string(checkout.join("flake.lock")).unwrap();
     let from =
         clawdinator::build_info::BuildInfo::from_lock(&lock, "").unwrap().inputs["nix-openclaw"].rev.clone().unwrap();
-    let to = "0123456789abcdef0123456789abcdef01234567";
-    base.insert("PIN_FROM".into(), from.clone());
-    base.insert("PIN_TO".into(), to.into());
-    let runner =
-        Runner { checkout: checkout.clone(), temp, base, emulator: Some(&env.emulator), steps: Default::default() };
+    let gh_calls = || -> Vec<Vec<String>> {
+        let text = std::fs::read_to_string(&gh_log).unwrap_or_default();
+        text.lines().map(|l| serde_json::from_str(l).unwrap()).collect()
+    };
+    let branch = |what: &str| git(&origin, &["rev-parse", &format!("refs/heads/bump/nix-openclaw{what}")]);
+    let workflow = load(&checkout, "bump-nix-openclaw.yml");
+    // Each run starts from a fresh checkout of main, as a runner's does.
+    let bump = |pin_from: &str, pin_to: &str, open_pr: &str, context: &mut Context| {
+        let mut base = base.clone();
+        base.insert("PIN_FROM".into(), pin_from.into());
+        base.insert("PIN_TO".into(), pin_to.into());
+        base.insert("GH_OPEN_PR".into(), open_pr.into());
+        let runner =
+            Runner { checkout: checkout.clone(), temp: temp.clone(), base, emulator: None, steps: Default::default() };
+        context.outputs.clear();
+        runner.job(&workflow, "bump", context)
+    };
     let mut context = settings(&env.bucket, "AGE-SECRET-KEY-1UNUSED");
-    run(&runner, &mut context, "bump-nix-openclaw.yml", &["bump"]);
-    let log = git(&origin, &["log", "--format=%s", "main"]);
-    assert_eq!(log.lines().next().unwrap(), format!("Bump nix-openclaw {} -> {}", &from[..12], &to[..12]));
-    let pushed = git(&origin, &["show", "main:flake.lock"]);
-    assert!(pushed.contains(to) && !pushed.contains(&from), "the pushed lock is not the moved one");
-    assert_eq!(std::fs::read_to_string(&gh_log).unwrap(), "workflow run release.yml --ref main\n");
 
-    // Nothing new: no commit, no release.
-    context.outputs.clear();
-    run(&runner, &mut context, "bump-nix-openclaw.yml", &["bump"]);
-    assert_eq!(git(&origin, &["rev-list", "--count", "main"]), "2");
-    assert_eq!(std::fs::read_to_string(&gh_log).unwrap().lines().count(), 1);
+    // A new head: the branch, one commit on top of main; its pull request opened; CI started on it.
+    let to = "0123456789abcdef0123456789abcdef01234567";
+    bump(&from, to, "", &mut context).unwrap();
+    assert_eq!(git(&origin, &["rev-parse", "main"]), main, "the bump pushed main");
+    let title = format!("Bump nix-openclaw {} -> {}", &from[..12], &to[..12]);
+    assert_eq!(git(&origin, &["log", "-1", "--format=%s", "bump/nix-openclaw"]), title);
+    assert_eq!(branch("^"), main, "the bump is not one commit on top of main");
+    let pushed = git(&origin, &["show", "bump/nix-openclaw:flake.lock"]);
+    assert!(pushed.contains(to) && !pushed.contains(&from), "the pushed lock is not the moved one");
+    let calls = gh_calls();
+    let verbs: Vec<String> = calls.iter().map(|c| c[..2].join(" ")).collect();
+    assert_eq!(verbs, ["pr list", "pr create", "workflow run"], "{calls:?}");
+    let create = &calls[1];
+    let flag = |call: &[String], name: &str| call.iter().position(|a| a == name).map(|at| call[at + 1].clone());
+    assert_eq!(flag(create, "--head").as_deref(), Some("bump/nix-openclaw"));
+    assert_eq!(flag(create, "--base").as_deref(), Some("main"));
+    assert_eq!(flag(create, "--title"), Some(title.clone()));
+    assert_eq!(calls[2], ["workflow", "run", "ci.yml", "--ref", "bump/nix-openclaw"]);
+    assert!(!calls.concat().iter().any(|a| a.contains("ghs_workflow_token")), "the token in gh's argv: {calls:?}");
+
+    // Nothing new (the lock already moved): no push, no pull request.
+    bump(&from, to, "", &mut context).unwrap();
+    assert_eq!(gh_calls().len(), 3);
+    assert_eq!(git(&origin, &["rev-list", "--count", "--all"]), "2");
+
+    // A newer head while the pull request is open: the branch replaced (on
+    // top of main again), the pull request brought up to date, not a second one.
+    git(&checkout, &["reset", "-q", "--hard", &main]);
+    let newer = "89abcdef0123456789abcdef0123456789abcdef";
+    bump(&from, newer, "7", &mut context).unwrap();
+    assert_eq!(git(&origin, &["rev-parse", "main"]), main, "the bump pushed main");
+    assert_eq!(branch("^"), main);
+    assert!(git(&origin, &["show", "bump/nix-openclaw:flake.lock"]).contains(newer));
+    let calls = gh_calls();
+    let verbs: Vec<String> = calls[3..].iter().map(|c| c[..2].join(" ")).collect();
+    assert_eq!(verbs, ["pr list", "pr edit", "workflow run"], "{calls:?}");
+    assert_eq!(calls[4][2], "7");
+    assert_eq!(flag(&calls[4], "--title"), Some(format!("Bump nix-openclaw {} -> {}", &from[..12], &newer[..12])));
 
     // An update that breaks the lock: refused, the lock put back, nothing pushed.
-    let mut base = runner.base.clone();
-    base.insert("PIN_FROM".into(), to.into());
-    base.insert("PIN_TO".into(), "broken\\\"".into());
-    let before = std::fs::read_to_string(checkout.join("flake.lock")).unwrap();
-    let broken = Runner {
-        base,
-        temp: runner.temp.clone(),
-        checkout: checkout.clone(),
-        emulator: Some(&env.emulator),
-        steps: Default::default(),
-    };
-    let workflow = load(&checkout, "bump-nix-openclaw.yml");
-    let failure = broken.job(&workflow, "bump", &mut context).unwrap_err();
+    git(&checkout, &["reset", "-q", "--hard", &main]);
+    let (before, tip) = (std::fs::read_to_string(checkout.join("flake.lock")).unwrap(), branch(""));
+    let failure = bump(&from, "broken\\\"", "7", &mut context).unwrap_err();
     assert!(failure.contains("flake.lock is as it was"), "{failure}");
     assert_eq!(std::fs::read_to_string(checkout.join("flake.lock")).unwrap(), before);
-    assert_eq!(git(&origin, &["rev-list", "--count", "main"]), "2");
+    assert_eq!((git(&origin, &["rev-parse", "main"]), branch("")), (main, tip));
+    assert_eq!(gh_calls().len(), 6);
 }
 
 /// Attack: someone with write access (or a bot's leaked token, if it could
@@ -868,4 +914,375 @@ fn the_image_build_puts_its_revisions_systems_in_the_cache_before_the_image() {
     assert_eq!((build["REVISION"].as_str(), build["S3_BUCKET"].as_str()), (Some(REVISION), Some(RECORDED_BUCKET)));
     assert_eq!(build["CLAWDINATOR_CACHE_BUCKET"], format!("{RECORDED_BUCKET}-cache"));
     run.the_key_only_as_a_file();
+}
+
+/// The simple commands of a shell script, each as its words (quotes
+/// removed, `$VARS` as written): continuation lines are joined; newlines,
+/// `;`, `&`, `|`, parentheses and backquotes end a command; `#` at a word's
+/// start comments out the rest of its line.
+fn shell_commands(script: &str) -> Vec<Vec<String>> {
+    let (mut commands, mut words, mut word, mut in_word) = (Vec::new(), Vec::new(), String::new(), false);
+    let mut chars = script.chars().peekable();
+    let end_word = |words: &mut Vec<String>, word: &mut String, in_word: &mut bool| {
+        if std::mem::take(in_word) {
+            words.push(std::mem::take(word));
+        }
+    };
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' => match chars.next() {
+                Some('\n') | None => {}
+                Some(next) => {
+                    word.push(next);
+                    in_word = true;
+                }
+            },
+            '\'' => {
+                in_word = true;
+                word.extend(chars.by_ref().take_while(|c| *c != '\''));
+            }
+            '"' => {
+                in_word = true;
+                while let Some(c) = chars.next() {
+                    match c {
+                        '"' => break,
+                        '\\' => match chars.next() {
+                            Some('\n') | None => {}
+                            Some(next) if "\"\\$`".contains(next) => word.push(next),
+                            Some(next) => word.extend(['\\', next]),
+                        },
+                        _ => word.push(c),
+                    }
+                }
+            }
+            '#' if !in_word => while chars.next_if(|c| *c != '\n').is_some() {},
+            ' ' | '\t' => end_word(&mut words, &mut word, &mut in_word),
+            '\n' | ';' | '&' | '|' | '(' | ')' | '`' => {
+                end_word(&mut words, &mut word, &mut in_word);
+                if !words.is_empty() {
+                    commands.push(std::mem::take(&mut words));
+                }
+            }
+            _ => {
+                word.push(c);
+                in_word = true;
+            }
+        }
+    }
+    end_word(&mut words, &mut word, &mut in_word);
+    if !words.is_empty() {
+        commands.push(words);
+    }
+    commands
+}
+
+/// Where a push's refspec can land: on main, or on what only the run
+/// decides (a variable, a pattern, the checked-out branch).
+fn refspec_lands_on_main(spec: &str) -> Option<String> {
+    let bare = spec.trim_start_matches('+');
+    let dst = match bare.split_once(':') {
+        Some((_, dst)) if !dst.is_empty() => dst,
+        Some((src, _)) => src,
+        None => bare,
+    };
+    if dst.contains(['$', '*', '`']) {
+        return Some(format!("`{spec}`: its destination is decided at run time (it may be main)"));
+    }
+    match dst.strip_prefix("refs/heads/").or(dst.strip_prefix("heads/")).unwrap_or(dst) {
+        "main" => Some(format!("`{spec}` lands on main")),
+        "HEAD" | "@" => Some(format!("`{spec}` pushes the checked-out branch: main, on a checkout of main")),
+        _ => None,
+    }
+}
+
+/// `git ARGS`: whether it can land a commit on main.
+fn git_lands_on_main(args: &[String]) -> Option<String> {
+    let mut args = args.iter();
+    let command = loop {
+        let arg = args.next()?;
+        if ["-c", "-C", "--git-dir", "--work-tree", "--namespace", "--config-env"].contains(&arg.as_str()) {
+            args.next();
+        } else if !arg.starts_with('-') {
+            break arg;
+        }
+    };
+    if command.contains('$') {
+        return Some("git with its command decided at run time (it may push main)".into());
+    }
+    if command != "push" {
+        return None;
+    }
+    let (mut positional, mut repository_flag) = (Vec::new(), false);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--" => positional.extend(args.by_ref().cloned()),
+            "--all" | "--branches" | "--mirror" => {
+                return Some(format!("`git push {arg}` pushes every branch, main too"))
+            }
+            "--repo" => {
+                repository_flag = true;
+                args.next();
+            }
+            "-o" | "--push-option" | "--receive-pack" | "--exec" => {
+                args.next();
+            }
+            a if a.starts_with("--repo=") => repository_flag = true,
+            a if a.starts_with('-') => {}
+            _ => positional.push(arg.clone()),
+        }
+    }
+    // The first word is the repository (with --repo it may be one as well).
+    let refspecs = if repository_flag { &positional[..] } else { positional.get(1..).unwrap_or(&[]) };
+    if refspecs.is_empty() || (repository_flag && positional.len() == 1) {
+        return Some("a push without a refspec pushes the checked-out branch: main, on a checkout of main".into());
+    }
+    refspecs.iter().find_map(|spec| refspec_lands_on_main(spec))
+}
+
+/// `gh ARGS`: whether it can land a commit on main (a merge, a ref or a
+/// file written through the API).
+fn gh_lands_on_main(args: &[String]) -> Option<String> {
+    let words: Vec<&str> = args.iter().map(String::as_str).collect();
+    if let Some(word) = words.iter().find(|w| w.contains("heads/main")) {
+        return Some(format!("`{word}` names main's ref"));
+    }
+    let mut rest = words.iter().copied();
+    let mut command = Vec::new();
+    while let Some(word) = rest.next() {
+        match word {
+            "-R" | "--repo" => {
+                rest.next();
+            }
+            w if w.starts_with('-') => {}
+            w => {
+                command.push(w);
+                if command.len() == 2 || command == ["api"] {
+                    break;
+                }
+            }
+        }
+    }
+    match command[..] {
+        ["pr", "merge"] => return Some("`gh pr merge` lands a pull request on its base, main".into()),
+        ["repo", "sync"] => return Some("`gh repo sync` moves a branch of the repository (its default, main)".into()),
+        ["api"] => {}
+        _ => return None,
+    }
+    let (mut endpoint, mut writes) = (None, false);
+    let rest: Vec<&str> = rest.collect();
+    let mut at = 0;
+    while at < rest.len() {
+        let word = rest[at];
+        let value = rest.get(at + 1).copied().unwrap_or_default();
+        match word {
+            "-X" | "--method" => {
+                writes |= !value.eq_ignore_ascii_case("GET");
+                at += 1;
+            }
+            "-f" | "-F" | "--field" | "--raw-field" | "--input" => {
+                writes = true;
+                at += 1;
+            }
+            "-H" | "--header" | "-q" | "--jq" | "-t" | "--template" | "--hostname" | "--cache" | "-p" | "--preview" => {
+                at += 1
+            }
+            w if w.starts_with("-X") || w.starts_with("--method=") => {
+                writes |= !w.trim_start_matches("-X").trim_start_matches("--method=").eq_ignore_ascii_case("GET")
+            }
+            w if w.starts_with('-') => writes |= w.starts_with("--field=") || w.starts_with("--raw-field="),
+            w => {
+                endpoint.get_or_insert(w);
+            }
+        }
+        at += 1;
+    }
+    let endpoint = endpoint.unwrap_or_default();
+    if endpoint.contains("/merge") {
+        Some(format!("`gh api {endpoint}` merges into a branch (main, by default)"))
+    } else if writes && endpoint.contains("/contents/") {
+        Some(format!("`gh api {endpoint}` writes a file: a commit on the default branch, main"))
+    } else if writes && endpoint.contains("/git/refs") && rest.iter().any(|w| w.contains('$')) {
+        Some(format!("`gh api {endpoint}` moves a ref decided at run time (it may be main)"))
+    } else {
+        None
+    }
+}
+
+/// Every command of a `run:` script that can land a commit on main, with why.
+fn pushes_main(script: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for words in shell_commands(script) {
+        // A script inside a word (`bash -c "…"`, `eval "…"`, "$(…)") is read too.
+        for word in words.iter().filter(|w| w.contains(|c: char| c.is_whitespace() || ";&|()`".contains(c))) {
+            found.extend(pushes_main(word));
+        }
+        let line = words.join(" ");
+        for (at, word) in words.iter().enumerate() {
+            let why = match word.rsplit('/').next().unwrap_or(word) {
+                "git" => git_lands_on_main(&words[at + 1..]),
+                "gh" => gh_lands_on_main(&words[at + 1..]),
+                _ if word.contains("/git/refs/heads/main") => Some("GitHub's ref API for main".into()),
+                _ => None,
+            };
+            if let Some(why) = why {
+                found.push(format!("`{line}`: {why}"));
+                break;
+            }
+        }
+    }
+    found
+}
+
+/// The actions a job whose token can push may use: checkout (keeping no
+/// credentials) and install-nix. Any other could push main with the token.
+const ACTIONS_IN_A_JOB_THAT_CAN_PUSH: &[&str] = &["actions/checkout@", "cachix/install-nix-action@"];
+
+/// Every way a job of `workflow` can land a commit on main: its scripts,
+/// and in a job whose token may write contents, any other action, or a
+/// checkout that leaves the token in `.git/config` for a later push.
+fn job_pushes_main(workflow: &Value, job: &Value) -> Vec<String> {
+    let permissions = if job.get("permissions").is_some() { &job["permissions"] } else { &workflow["permissions"] };
+    let can_push = match permissions {
+        // Unset: the repository's default, which may be write.
+        Value::Null => true,
+        Value::String(all) => all == "write-all",
+        _ => permissions["contents"] == "write",
+    };
+    let mut found = Vec::new();
+    if let Some(uses) = job["uses"].as_str() {
+        found.push(format!("`uses: {uses}`: a called workflow, with this job's token"));
+    }
+    for step in job["steps"].as_array().into_iter().flatten() {
+        found.extend(pushes_main(step["run"].as_str().unwrap_or_default()));
+        let Some(uses) = step["uses"].as_str() else { continue };
+        if !can_push {
+            continue;
+        }
+        if !ACTIONS_IN_A_JOB_THAT_CAN_PUSH.iter().any(|a| uses.starts_with(a)) {
+            found.push(format!("`uses: {uses}` in a job whose token can push"));
+        } else if uses.starts_with("actions/checkout@") && step["with"]["persist-credentials"] != false {
+            found.push(format!("`uses: {uses}` keeps the token in .git/config, for any later `git push`"));
+        }
+    }
+    found
+}
+
+/// Attack: a workflow (one a branch adds, or the bump) pushes main,
+/// bypassing review. No workflow in `.github/workflows/` has a command
+/// that can land on main: the pin bump pushes its own branch by a refspec
+/// naming it in full and opens a pull request.
+#[test]
+fn no_workflow_pushes_main() {
+    let root = testkit::repo_root();
+    let (mut jobs, mut findings) = (0, Vec::new());
+    for entry in std::fs::read_dir(root.join(".github/workflows")).unwrap() {
+        let file = entry.unwrap().file_name().to_string_lossy().into_owned();
+        let workflow = load(&root, &file);
+        for (name, job) in workflow["jobs"].as_object().unwrap() {
+            jobs += 1;
+            findings.extend(job_pushes_main(&workflow, job).into_iter().map(|f| format!("{file}, job {name}: {f}")));
+        }
+    }
+    assert!(jobs >= 6, "only {jobs} jobs: the scan is broken");
+    assert!(findings.is_empty(), "workflows that can push main:\n{}", findings.join("\n"));
+    // The one push there is, is seen (and passes): the scan reads the scripts.
+    let bump = load(&root, "bump-nix-openclaw.yml");
+    let pushes: Vec<Vec<String>> = bump["jobs"]["bump"]["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|s| shell_commands(s["run"].as_str().unwrap_or_default()))
+        .filter(|w| w.len() > 1 && w[0] == "git" && w[1] == "push")
+        .collect();
+    assert_eq!(pushes.len(), 1, "{pushes:?}");
+    assert_eq!(pushes[0].last().map(String::as_str), Some("HEAD:refs/heads/bump/nix-openclaw"));
+}
+
+/// The check behind `no_workflow_pushes_main` catches every form of
+/// pushing main, and passes pushes and calls that cannot land there.
+#[test]
+fn the_push_check_catches_every_form_of_pushing_main() {
+    let lands_on_main = [
+        "git push origin main",
+        "git push origin HEAD:main",
+        "git push origin HEAD:refs/heads/main",
+        "git push origin heads/main",
+        "git push --force origin +HEAD:refs/heads/main",
+        "git push origin :main",
+        "git push origin --delete main",
+        "git push",
+        "git push origin",
+        "git push --tags origin",
+        "git push origin HEAD",
+        "git push origin @",
+        "git push --all origin",
+        "git push --mirror origin",
+        "git push --repo=origin",
+        "git push origin \"HEAD:$BRANCH\"",
+        "git push origin \"$REF\"",
+        "git push origin 'refs/heads/*:refs/heads/*'",
+        "git -C repo -c http.extraheader=x push origin main",
+        "GIT_CONFIG_COUNT=1 GIT_CONFIG_KEY_0=k git push origin HEAD:main",
+        "git commit -qm bump && git push origin HEAD:main",
+        "/usr/bin/git push origin main",
+        "nix develop --command git push origin main",
+        "sudo -u runner git push origin main",
+        "bash -c \"git push origin main\"",
+        "eval 'git push origin HEAD:main'",
+        "echo \"$(git push origin HEAD:main)\"",
+        "out=`git push origin main`",
+        "git push \\\n  origin HEAD:main",
+        "if true; then\n  git push origin main\nfi",
+        "push() { git \"$@\"; }\npush push origin main",
+        "gh api -X PATCH repos/o/r/git/refs/heads/main -f sha=abc",
+        "gh api repos/o/r/git/refs -f ref=refs/heads/main -f sha=abc",
+        "gh api --method PATCH \"repos/o/r/git/refs/heads/$BRANCH\" -f sha=abc",
+        "gh api repos/o/r/merges -f base=main -f head=bump",
+        "gh api -X PUT repos/o/r/pulls/7/merge",
+        "gh api -X PUT repos/o/r/contents/flake.lock -f message=m -f content=x",
+        "gh pr merge 7 --squash",
+        "gh -R o/r pr merge --auto 7",
+        "gh repo sync",
+        "curl -X PATCH https://api.github.com/repos/o/r/git/refs/heads/main",
+    ];
+    for script in lands_on_main {
+        assert!(!pushes_main(script).is_empty(), "not caught: {script}");
+    }
+    let cannot = [
+        "git push --force-with-lease=\"refs/heads/bump/nix-openclaw:$lease\" origin HEAD:refs/heads/bump/nix-openclaw",
+        "git push origin bump/nix-openclaw",
+        "git push origin HEAD:refs/heads/maintenance",
+        "git push origin HEAD:refs/heads/bump/main-pin",
+        "git fetch origin main",
+        "git ls-remote origin refs/heads/main",
+        "git checkout main && git pull --ff-only origin main",
+        "git commit -m 'Merged to main, it starts the release'",
+        "gh pr create --head bump/nix-openclaw --base main --title t --body b",
+        "gh pr list --head bump/nix-openclaw --base main --state open",
+        "gh pr edit 7 --title t",
+        "gh workflow run ci.yml --ref bump/nix-openclaw",
+        "gh api repos/o/r/contents/flake.lock",
+        "gh api repos/o/r/git/refs -f ref=refs/heads/bump/nix-openclaw -f sha=abc",
+        "echo 'do not push main' # git push origin main",
+        "sudo apt-get install -y git",
+    ];
+    for script in cannot {
+        assert_eq!(pushes_main(script), Vec::<String>::new(), "{script}");
+    }
+
+    // A job whose token can push: only checkout (keeping no token) and install-nix.
+    let workflow = json!({"permissions": {"contents": "read"}, "jobs": {}});
+    let job = |permissions: Value, steps: &[Value]| json!({"permissions": permissions, "steps": steps});
+    let checkout = json!({"uses": "actions/checkout@3d3c42e5aac5ba805825da76410c181273ba90b1", "with": {"persist-credentials": false}});
+    let keeps_token = json!({"uses": "actions/checkout@3d3c42e5aac5ba805825da76410c181273ba90b1"});
+    let pusher = json!({"uses": "stefanzweifel/git-auto-commit-action@v5"});
+    let write = json!({"contents": "write"});
+    assert_eq!(job_pushes_main(&workflow, &job(write.clone(), std::slice::from_ref(&checkout))), Vec::<String>::new());
+    assert_eq!(job_pushes_main(&workflow, &job(write.clone(), &[checkout.clone(), pusher.clone()])).len(), 1);
+    assert_eq!(job_pushes_main(&workflow, &job(json!("write-all"), std::slice::from_ref(&keeps_token))).len(), 1);
+    assert_eq!(job_pushes_main(&workflow, &job(json!({"contents": "read"}), &[keeps_token, pusher.clone()])).len(), 0);
+    let unset = json!({"jobs": {}});
+    assert_eq!(job_pushes_main(&unset, &json!({"steps": [pusher]})).len(), 1, "no permissions: the default may write");
+    let run = json!({"steps": [{"run": "git push origin HEAD:main"}]});
+    assert_eq!(job_pushes_main(&workflow, &run).len(), 1);
 }
