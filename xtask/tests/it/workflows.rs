@@ -856,6 +856,16 @@ impl Recorded {
     }
 }
 
+/// A job that runs `release build` checks out the whole history: nix
+/// refuses `git+file://…?rev=` from a shallow clone, actions/checkout's default.
+fn checks_out_the_whole_history(file: &str, job: &str) {
+    let workflow = load(&testkit::repo_root(), file);
+    let steps = workflow["jobs"][job]["steps"].as_array().unwrap();
+    let checkout =
+        steps.iter().find(|s| s["uses"].as_str().is_some_and(|u| u.starts_with("actions/checkout@"))).unwrap();
+    assert_eq!(checkout["with"]["fetch-depth"], 0, "{file}, job {job}: a shallow checkout");
+}
+
 /// The release lane's order, with stand-ins that record (no AWS, no nix):
 /// `release build` first (every registry host: no names), then the
 /// bundles, the new instances (`fleet deploy --missing`) and the switch at
@@ -895,6 +905,7 @@ fn the_release_builds_every_host_and_writes_its_manifest_before_any_host_is_crea
     // The switch reads releases/$REVISION.json from the same bucket.
     assert_eq!(run.call(&switch)["env"]["S3_BUCKET"], RECORDED_BUCKET);
     run.the_key_only_as_a_file();
+    checks_out_the_whole_history("release.yml", "release");
     let workflow = load(&testkit::repo_root(), "release.yml");
     assert_eq!(workflow["concurrency"], json!({"group": "release", "cancel-in-progress": false}));
 }
@@ -914,6 +925,7 @@ fn the_image_build_puts_its_revisions_systems_in_the_cache_before_the_image() {
     assert_eq!((build["REVISION"].as_str(), build["S3_BUCKET"].as_str()), (Some(REVISION), Some(RECORDED_BUCKET)));
     assert_eq!(build["CLAWDINATOR_CACHE_BUCKET"], format!("{RECORDED_BUCKET}-cache"));
     run.the_key_only_as_a_file();
+    checks_out_the_whole_history("image-build.yml", "image");
 }
 
 /// The simple commands of a shell script, each as its words (quotes
