@@ -104,4 +104,3 @@ pub async fn run_on_host(aws: &Aws, name: &str, id: &str, run: &HostRun<'_>) -> 
     }
     Ok(output)
 }
-

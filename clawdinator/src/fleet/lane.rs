@@ -129,7 +129,12 @@ pub fn plan(mut report: LaneReport, verb: &Verb, targets: &[Target], unresolved:
 }
 
 /// Roll `work` over the targets in waves; see the module comment.
-pub async fn roll<F, Fut>(mut report: LaneReport, verb: &Verb, targets: &[Target], work: F) -> anyhow::Result<LaneReport>
+pub async fn roll<F, Fut>(
+    mut report: LaneReport,
+    verb: &Verb,
+    targets: &[Target],
+    work: F,
+) -> anyhow::Result<LaneReport>
 where
     F: Fn(Target) -> Fut,
     Fut: Future<Output = anyhow::Result<()>>,

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use anyhow::Result;
 
-use super::lane::{self, LaneReport, Target, Verb};
 use super::host_run::{run_on_host, HostRun};
+use super::lane::{self, LaneReport, Target, Verb};
 use crate::aws::Aws;
 use crate::cancel::Cancel;
 use crate::output::Output;
@@ -45,7 +45,8 @@ pub async fn refresh_secrets(
         let (instance_id, _) = found.map_err(|e| e.context("nothing was refreshed"))?;
         targets.push(Target { name, instance_id, system: None, already: false });
     }
-    let report = LaneReport { command: HOST_COMMAND.into(), revision: None, waves: lane::waves(&names, 1), hosts: vec![] };
+    let report =
+        LaneReport { command: HOST_COMMAND.into(), revision: None, waves: lane::waves(&names, 1), hosts: vec![] };
     if opts.dry_run {
         return Ok(lane::plan(report, &VERB, &targets, vec![]));
     }

@@ -108,9 +108,10 @@ pub fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
 /// A switch to `system` as the flags and the host's written facts say.
 fn switch_options(ctx: &Ctx, d: Deployment, system: String, source: &'static str) -> Result<switch::SwitchOptions> {
     // Hosts launched before user data named the cache take OpenTofu's default name, <bucket>-cache.
-    let cache_bucket = d.cache_bucket.or_else(|| crate::settings::host_setting(&d.cache_bucket_file)).or_else(|| {
-        crate::settings::host_setting(std::path::Path::new(BUCKET_FILE)).map(|b| format!("{b}-cache"))
-    });
+    let cache_bucket = d
+        .cache_bucket
+        .or_else(|| crate::settings::host_setting(&d.cache_bucket_file))
+        .or_else(|| crate::settings::host_setting(std::path::Path::new(BUCKET_FILE)).map(|b| format!("{b}-cache")));
     let region = ctx.region().or_else(|| crate::settings::host_setting(std::path::Path::new(REGION_FILE)));
     Ok(switch::SwitchOptions {
         instance: instance_name(d.instance, &d.instance_file)?,

@@ -175,7 +175,9 @@ fn realise(sh: &Shell, opts: &SwitchOptions) -> Result<()> {
     crate::process::run_on_stderr(
         cmd!(sh, "nix-store --realise {system} --option max-jobs 0 {cache...} {store...}").quiet(),
     )
-    .with_context(|| format!("nix could not fetch a trusted {system} (is it in the fleet cache, signed by the fleet's key?)"))?;
+    .with_context(|| {
+        format!("nix could not fetch a trusted {system} (is it in the fleet cache, signed by the fleet's key?)")
+    })?;
     let activate = opts.nix.on_disk(system).join("bin/switch-to-configuration");
     ensure!(activate.exists(), "{system} is not a NixOS system: it has no bin/switch-to-configuration");
     Ok(())

@@ -26,7 +26,13 @@ pub async fn first_switch(aws: &Aws, bucket: &str, mut opts: SwitchOptions) -> R
     crate::atomic::check_owned(&opts.record)?;
     if let Some(d) = record::read(&opts.record)? {
         let outcome = Outcome::AlreadyDeployed;
-        return Ok(SwitchReport { instance: d.instance, system: d.system, revision: d.revision, outcome, previous: String::new() });
+        return Ok(SwitchReport {
+            instance: d.instance,
+            system: d.system,
+            revision: d.revision,
+            outcome,
+            previous: String::new(),
+        });
     }
     newest_system(aws, bucket, &mut opts).await?;
     // Host commands run off the async workers (cli.rs): blocking here is fine.

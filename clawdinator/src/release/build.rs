@@ -75,18 +75,24 @@ fn evaluate(sh: &Shell, flake_ref: &str, names: &[String]) -> Result<BTreeMap<St
          (builtins.fromJSON ''{list}''))"
     );
     let installable = format!("{flake_ref}#nixosConfigurations");
-    let out = cmd!(sh, "nix --extra-experimental-features {FEATURES} eval --json --no-update-lock-file {installable} --apply {apply}")
-        .read()
-        .with_context(|| format!("nix eval of {installable}"))?;
+    let out = cmd!(
+        sh,
+        "nix --extra-experimental-features {FEATURES} eval --json --no-update-lock-file {installable} --apply {apply}"
+    )
+    .read()
+    .with_context(|| format!("nix eval of {installable}"))?;
     serde_json::from_str(&out).context("nix eval did not print the systems as JSON")
 }
 
 /// Every host's system in one `nix build`; their store paths.
 fn build_all(sh: &Shell, flake_ref: &str, names: &[String]) -> Result<BTreeMap<String, String>> {
     let installables: Vec<String> = names.iter().map(|n| toplevel(flake_ref, n)).collect();
-    let out = cmd!(sh, "nix --extra-experimental-features {FEATURES} build --no-link --no-update-lock-file --json {installables...}")
-        .read()
-        .context("nix build of the hosts' systems")?;
+    let out = cmd!(
+        sh,
+        "nix --extra-experimental-features {FEATURES} build --no-link --no-update-lock-file --json {installables...}"
+    )
+    .read()
+    .context("nix build of the hosts' systems")?;
     let built: Vec<serde_json::Value> = serde_json::from_str(&out).context("nix build --json printed no list")?;
     ensure!(built.len() == names.len(), "nix build gave {} results for {} hosts", built.len(), names.len());
     let mut hosts = BTreeMap::new();
@@ -119,19 +125,26 @@ fn signing_url(cache: &str, key_file: &Path) -> String {
 }
 
 /// Copy the closures; nix asks the cache what it has and sends only the rest.
-fn push(sh: &Shell, cache: &str, key_file: &Path, paths: &[&String]) -> Result<()> {
+/// nix's S3 store gets this process's AWS credentials (in CI, the role it
+/// assumed in process) in its environment, as tofu does.
+fn push(sh: &Shell, cache: &str, key_file: &Path, paths: &[&String], credentials: &[(&str, String)]) -> Result<()> {
     check_key_file(key_file)?;
     let to = signing_url(cache, key_file);
-    crate::process::run_on_stderr(cmd!(sh, "nix --extra-experimental-features {FEATURES} copy --to {to} {paths...}"))
+    let copy = cmd!(sh, "nix --extra-experimental-features {FEATURES} copy --to {to} {paths...}");
+    crate::process::run_on_stderr(copy.envs(credentials.iter().map(|(k, v)| (*k, v))))
         .with_context(|| format!("nix copy to {cache}"))
 }
 
 /// The gateway's pin at REV, for the manifest.
 fn gateway_pin(sh: &Shell, flake: &Path, revision: &str) -> Result<Option<Input>> {
     let object = format!("{revision}:flake.lock");
-    let lock = cmd!(sh, "git -C {flake} show {object}").quiet().read().with_context(|| format!("{revision} has no flake.lock"))?;
+    let lock = cmd!(sh, "git -C {flake} show {object}")
+        .quiet()
+        .read()
+        .with_context(|| format!("{revision} has no flake.lock"))?;
     // A lock without inputs (a flake of derivations only) pins no gateway.
-    let parsed: serde_json::Value = serde_json::from_str(&lock).with_context(|| format!("{revision}:flake.lock is not JSON"))?;
+    let parsed: serde_json::Value =
+        serde_json::from_str(&lock).with_context(|| format!("{revision}:flake.lock is not JSON"))?;
     if parsed["nodes"]["root"]["inputs"].is_null() {
         return Ok(None);
     }
@@ -153,11 +166,13 @@ pub async fn build(aws: &Aws, opts: &BuildOptions) -> Result<BuildReport> {
         report.hosts = tokio::task::block_in_place(|| evaluate(&sh, &flake_ref, &opts.names))?;
         return Ok(report);
     }
-    let key_file = opts.key_file.as_deref().context("no cache key: pass --cache-key-file (CLAWDINATOR_CACHE_KEY_FILE)")?;
+    let key_file =
+        opts.key_file.as_deref().context("no cache key: pass --cache-key-file (CLAWDINATOR_CACHE_KEY_FILE)")?;
     check_key_file(key_file)?;
+    let credentials = aws.child_environment().await?;
     report.hosts = tokio::task::block_in_place(|| -> Result<_> {
         let hosts = build_all(&sh, &flake_ref, &opts.names)?;
-        push(&sh, &opts.cache, key_file, &hosts.values().collect::<Vec<_>>())?;
+        push(&sh, &opts.cache, key_file, &hosts.values().collect::<Vec<_>>(), &credentials)?;
         Ok(hosts)
     })?;
     let release = Release {
@@ -183,6 +198,9 @@ mod tests {
             signing_url("s3://c?region=eu-west-1", key),
             "s3://c?region=eu-west-1&secret-key=/run/key&compression=zstd"
         );
-        assert_eq!(signing_url("http://127.0.0.1:9/c", key), "http://127.0.0.1:9/c?secret-key=/run/key&compression=zstd");
+        assert_eq!(
+            signing_url("http://127.0.0.1:9/c", key),
+            "http://127.0.0.1:9/c?secret-key=/run/key&compression=zstd"
+        );
     }
 }

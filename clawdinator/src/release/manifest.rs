@@ -69,9 +69,9 @@ pub fn check_system_path(path: &str) -> Result<()> {
         let (hash, name) = rest.split_at(rest.len().min(32));
         hash.len() == 32
             && hash.bytes().all(|b| NIX32.contains(&b))
-            && name.strip_prefix("-nixos-system-").is_some_and(|n| {
-                !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b))
-            })
+            && name
+                .strip_prefix("-nixos-system-")
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_alphanumeric() || b"._+-".contains(&b)))
     });
     ensure!(ok, "{path:?} is not a NixOS system's store path (/nix/store/<hash>-nixos-system-<name>)");
     Ok(())
@@ -127,7 +127,8 @@ pub async fn read(s3c: &aws_sdk_s3::Client, bucket: &str, revision: &str) -> Res
     let Some(bytes) = s3::get_bytes(s3c, bucket, &key, LIMIT, STALL).await? else {
         bail!("{url} does not exist: no release was built for {revision} (`cargo xtask release build` makes it)");
     };
-    let release: Release = serde_json::from_slice(&bytes).with_context(|| format!("{url} is not a release manifest"))?;
+    let release: Release =
+        serde_json::from_slice(&bytes).with_context(|| format!("{url} is not a release manifest"))?;
     ensure!(release.revision == revision, "{url} is the manifest of {}, not {revision}", release.revision);
     for path in release.hosts.values() {
         check_system_path(path).with_context(|| url.clone())?;
@@ -161,8 +162,10 @@ mod tests {
 
     #[test]
     fn only_a_nixos_systems_store_path_passes() {
-        check_system_path("/nix/store/bq0c44z6kdq3nqkfczxf025vx11p48rz-nixos-system-clawdinator-1-26.05.20260102.16c7794")
-            .unwrap();
+        check_system_path(
+            "/nix/store/bq0c44z6kdq3nqkfczxf025vx11p48rz-nixos-system-clawdinator-1-26.05.20260102.16c7794",
+        )
+        .unwrap();
         for bad in [
             "/nix/store/bq0c44z6kdq3nqkfczxf025vx11p48rz-hello-2.12",
             "/nix/store/bq0c44z6kdq3nqkfczxf025vx11p48r-nixos-system-x",

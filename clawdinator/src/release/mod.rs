@@ -64,11 +64,10 @@ impl ReleaseBuildArgs {
             targets: vec![opts.revision.clone()],
             dry_run: opts.dry_run,
         };
-        let report =
-            crate::audit::around(ctx, &aws, entry, build::build(&aws, &opts), |r: &build::BuildReport| {
-                vec![r.manifest.clone()]
-            })
-            .await?;
+        let report = crate::audit::around(ctx, &aws, entry, build::build(&aws, &opts), |r: &build::BuildReport| {
+            vec![r.manifest.clone()]
+        })
+        .await?;
         ctx.out.emit(&report)
     }
 }

@@ -463,12 +463,8 @@ async fn commands_sent(env: &Env) -> Vec<(String, Vec<String>)> {
         .filter(|b| b["DocumentName"] == "clawdinator-switch")
         .map(|b| {
             let ids: Vec<&str> = b["InstanceIds"].as_array().unwrap().iter().map(|i| i.as_str().unwrap()).collect();
-            let commands = b["Parameters"]["system"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|c| c.as_str().unwrap().to_string())
-                .collect();
+            let commands =
+                b["Parameters"]["system"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect();
             (ids.join(","), commands)
         })
         .collect()

@@ -58,7 +58,10 @@ fn sh() -> xshell::Shell {
 
 fn require_nix() {
     let root = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0).unwrap_or(false);
-    let nix = { let sh = sh(); xshell::cmd!(sh, "nix-store --version").quiet().ignore_stderr().read().is_ok() };
+    let nix = {
+        let sh = sh();
+        xshell::cmd!(sh, "nix-store --version").quiet().ignore_stderr().read().is_ok()
+    };
     assert!(
         nix && root,
         "this test needs nix and root (as CI runs it): `apt-get install nix-bin`, as .ci/run does; nix {nix}, root {root}"
@@ -117,7 +120,10 @@ fn release_build(env: &Env, repo: &Path, rev: &str, key: &Path) -> Output {
 /// `host switch SYSTEM` into the host's own store, trusting only `public`.
 fn host_switch(env: &Env, host: &Host, system: &str, public: &str) -> Output {
     let mut cli = testkit::env::offline_cli(env!("CARGO_BIN_EXE_clawdinator"));
-    cli.env("NIX_CONFIG", format!("substituters = {}\ntrusted-public-keys = {public}\nrequire-sigs = true\n", cache_url(env)));
+    cli.env(
+        "NIX_CONFIG",
+        format!("substituters = {}\ntrusted-public-keys = {public}\nrequire-sigs = true\n", cache_url(env)),
+    );
     host.run(cli, &["switch", system], "")
 }
 
@@ -134,7 +140,10 @@ fn build_other(tag: &str, dir: &Path) -> String {
     let file = dir.join("others.nix");
     std::fs::write(&file, OTHERS).unwrap();
     let sh = sh();
-    let built = xshell::cmd!(sh, "nix-build --no-out-link {file} --argstr tag {tag} --option substituters ''").quiet().read().unwrap();
+    let built = xshell::cmd!(sh, "nix-build --no-out-link {file} --argstr tag {tag} --option substituters ''")
+        .quiet()
+        .read()
+        .unwrap();
     built
 }
 
@@ -168,7 +177,8 @@ async fn ci_builds_signs_and_caches_once_and_a_host_takes_only_what_the_fleet_ke
     assert!(narinfo.contains("Sig: test-fleet-1:"), "{narinfo}");
     let manifest: Value = serde_json::from_slice(&env.get(&format!("releases/{rev}.json")).await).unwrap();
     assert_eq!(manifest["hosts"], report["hosts"]);
-    let stored = env.aws.s3().head_object().bucket(&env.bucket).key(format!("releases/{rev}.json")).send().await.unwrap();
+    let stored =
+        env.aws.s3().head_object().bucket(&env.bucket).key(format!("releases/{rev}.json")).send().await.unwrap();
 
     // Again: nix finds every path in the cache and sends none; the manifest stays.
     env.emulator.start_call_log().unwrap();
@@ -177,7 +187,10 @@ async fn ci_builds_signs_and_caches_once_and_a_host_takes_only_what_the_fleet_ke
     assert_eq!(serde_json::from_slice::<Value>(&again.stdout).unwrap()["written"], "kept");
     let calls = env.emulator.calls().unwrap();
     let puts = |bucket: &str| {
-        calls.iter().filter(|c| c["operation"] == "PutObject" && c["path"].as_str().unwrap_or("").contains(bucket)).count()
+        calls
+            .iter()
+            .filter(|c| c["operation"] == "PutObject" && c["path"].as_str().unwrap_or("").contains(bucket))
+            .count()
     };
     assert_eq!(puts(CACHE), 0, "a path the cache had was sent again: {calls:?}");
     let kept = env.aws.s3().head_object().bucket(&env.bucket).key(format!("releases/{rev}.json")).send().await.unwrap();
@@ -227,7 +240,8 @@ async fn refusals(env: &Env, host: &Host, running: &str, public: &str) {
         assert_eq!(host.link("current-system"), running, "{what}: the running system changed");
         // nix may leave the unpacked bytes, but never registers them: not a valid path.
         let (root, sh) = (host.p("root"), sh());
-        let valid = xshell::cmd!(sh, "nix-store --store {root} --check-validity {system}").quiet().ignore_stderr().run();
+        let valid =
+            xshell::cmd!(sh, "nix-store --store {root} --check-validity {system}").quiet().ignore_stderr().run();
         assert!(valid.is_err(), "{what}: the path is valid in the host's store");
         assert_eq!(host.record(), before, "{what}: recorded");
     }
