@@ -35,9 +35,12 @@ pub fn npm_package(root: &Path, name: &str, version: &str) -> Result<PathBuf> {
     eprintln!("tools: installing {name}@{version} from npm into {} (once)", prefix.display());
     let sh = Shell::new()?;
     let spec = format!("{name}@{version}");
+    // npm prints its summary ("added 5 packages") on stdout: kept off it, so a
+    // command whose first run installs a tool still prints only its --json.
     cmd!(sh, "npm install --prefix {prefix} --no-audit --no-fund --no-save --loglevel=error {spec}")
         .quiet()
-        .run()
+        .read()
+        .map(drop)
         .with_context(|| format!("cannot install {spec} (npm needs node and the npm registry)"))?;
     match installed(&dir) {
         Some(v) if v == version => Ok(dir),
