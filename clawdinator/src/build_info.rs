@@ -32,7 +32,13 @@ impl BuildInfo {
         let lock: Value = serde_json::from_str(text).context("flake.lock is not JSON")?;
         let root = lock["root"].as_str().context("flake.lock has no root")?;
         let mut inputs = BTreeMap::new();
-        for (name, reference) in lock["nodes"][root]["inputs"].as_object().context("flake.lock's root has no inputs")? {
+        // A flake without inputs locks a root without an `inputs` key: no pins.
+        let none = serde_json::Map::new();
+        let root_inputs = match &lock["nodes"][root]["inputs"] {
+            Value::Null => &none,
+            inputs => inputs.as_object().context("flake.lock's root inputs are not an object")?,
+        };
+        for (name, reference) in root_inputs {
             let locked = &lock["nodes"][resolve(&lock, reference)?]["locked"];
             let input =
                 Input { rev: locked["rev"].as_str().map(String::from), last_modified: locked["lastModified"].as_u64() };
@@ -128,4 +134,17 @@ pub fn report(build_info: &Path, lock: &Path) -> Result<VersionReport> {
         .read()
         .unwrap_or_else(|_| "unknown".into());
     Ok(VersionReport::new(BuildInfo::from_lock(&text, &revision)?, lock.display().to_string(), now))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flake_without_inputs_pins_nothing_and_a_malformed_root_is_refused() {
+        let none = BuildInfo::from_lock(r#"{"nodes":{"root":{}},"root":"root","version":7}"#, "r").unwrap();
+        assert!(none.inputs.is_empty());
+        let bad = r#"{"nodes":{"root":{"inputs":["x"]}},"root":"root","version":7}"#;
+        assert!(BuildInfo::from_lock(bad, "r").is_err());
+    }
 }
