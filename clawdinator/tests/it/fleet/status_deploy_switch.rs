@@ -446,11 +446,9 @@ fn system_of(n: usize) -> String {
 
 /// The release manifest `release build` would have written for REV.
 async fn release_of(env: &Env, n: usize) {
-    let hosts: serde_json::Map<String, Value> =
-        (1..=n).map(|i| (format!("clawdinator-{i}"), Value::String(system_of(i)))).collect();
-    let manifest = json!({"revision": REV, "hosts": hosts, "nixOpenclaw": null, "cache": "s3://fleet-cache",
-        "createdAt": "2026-12-03T00:00:00Z", "run": "1"});
-    env.put(&format!("releases/{REV}.json"), manifest.to_string().into_bytes()).await;
+    let hosts: Vec<(String, String)> = (1..=n).map(|i| (format!("clawdinator-{i}"), system_of(i))).collect();
+    let hosts: Vec<(&str, &str)> = hosts.iter().map(|(n, s)| (n.as_str(), s.as_str())).collect();
+    crate::host::switch::put_release(env, REV, &hosts).await;
 }
 
 /// The switches sent over the wire, in order: (instance ids, the system

@@ -7,4 +7,4 @@ mod cache;
 mod jobs;
 mod publish;
 mod refresh;
-mod switch;
+pub(crate) mod switch;

@@ -226,12 +226,22 @@ fn a_record_under_a_directory_others_can_write_is_refused() {
 
 // ------------------------------------------------- first switch, self-update
 
+/// A release manifest for REV naming these hosts' systems, written as `release build` writes it.
+pub async fn put_release(env: &Env, rev: &str, hosts: &[(&str, &str)]) {
+    use clawdinator::release::manifest::{self, Release};
+    let release = Release {
+        revision: rev.to_string(),
+        hosts: hosts.iter().map(|(name, system)| (name.to_string(), system.to_string())).collect(),
+        nix_openclaw: None,
+        cache: "s3://fleet-cache".into(),
+        created_at: "2026-12-03T00:00:00Z".into(),
+        run: "1".into(),
+    };
+    manifest::write_once(&env.aws.s3(), &env.bucket, &release).await.unwrap();
+}
+
 async fn release(env: &Env, rev: &str, system: &str) {
-    let manifest = serde_json::json!({
-        "revision": rev, "hosts": {"clawdinator-1": system, "clawdinator-2": NEWER},
-        "nixOpenclaw": null, "cache": "s3://fleet-cache", "createdAt": "2026-12-03T00:00:00Z", "run": "1",
-    });
-    env.put(&format!("releases/{rev}.json"), manifest.to_string().into_bytes()).await;
+    put_release(env, rev, &[("clawdinator-1", system), ("clawdinator-2", NEWER)]).await;
     // S3's LastModified has one-second steps: the next release is newer.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
 }
@@ -277,11 +287,7 @@ async fn the_first_switch_takes_the_newest_release_once_and_self_update_follows_
 async fn a_release_without_this_host_is_named_and_nothing_switches() {
     let env = env().await;
     let host = Host::new();
-    let manifest = serde_json::json!({
-        "revision": "d".repeat(40), "hosts": {"clawdinator-2": NEWER},
-        "nixOpenclaw": null, "cache": "s3://fleet-cache", "createdAt": "2026-12-03T00:00:00Z", "run": "1",
-    });
-    env.put(&format!("releases/{}.json", "d".repeat(40)), manifest.to_string().into_bytes()).await;
+    put_release(&env, &"d".repeat(40), &[("clawdinator-2", NEWER)]).await;
     let (out, _) = update(&env, &host, "first-switch");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
