@@ -1,4 +1,4 @@
-//! `cargo xtask bench bootstrap|image`: this project's way and the old way
+//! `cargo xtask bench bootstrap|image` (and `switch`, in bench_switch.rs): this project's way and the old way
 //! (and coldsnap) side by side, on the same inputs and the same emulator,
 //! reported as ratios. Benchmarks measure; they never assert.
 
@@ -63,7 +63,7 @@ pub fn measure(command: &mut Command) -> Result<Measured> {
     Ok(Measured { secs, max_rss_mib: usage.ru_maxrss as f64 / 1024.0, stdout })
 }
 
-fn bench_dir(name: &str) -> Result<PathBuf> {
+pub fn bench_dir(name: &str) -> Result<PathBuf> {
     let target =
         std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| testkit::repo_root().join("target"));
     let dir = target.join("bench").join(name);
@@ -305,7 +305,7 @@ fn scattered_image(path: &Path, size: u64, data: u64) -> Result<()> {
 }
 
 /// A fresh emulator (its start is not measured) with the bucket the old way uses.
-fn fresh_emulator() -> Result<Emulator> {
+pub fn fresh_emulator() -> Result<Emulator> {
     let emulator = Emulator::start()?;
     tokio::runtime::Handle::current().block_on(async {
         let s3 = clawdinator::aws::Aws::load(&clawdinator::aws::Settings::local(&emulator.endpoint())).await?.s3();
@@ -420,9 +420,9 @@ fn run_image(ctx: &Ctx, args: &flags::BenchImage) -> Result<()> {
     ctx.out.emit(&Report { json: report, human })
 }
 
-struct Report {
-    json: serde_json::Value,
-    human: String,
+pub struct Report {
+    pub json: serde_json::Value,
+    pub human: String,
 }
 
 impl serde::Serialize for Report {
@@ -446,6 +446,7 @@ impl flags::Bench {
         match cmd {
             flags::Bench::Bootstrap(args) => run_bootstrap(ctx, &args),
             flags::Bench::Image(args) => run_image(ctx, &args),
+            flags::Bench::Switch(args) => crate::bench_switch::run(ctx, &args),
         }
     }
 }

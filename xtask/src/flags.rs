@@ -114,6 +114,27 @@ pub enum Bench {
     Bootstrap(BenchBootstrap),
     /// image publish vs coldsnap and the old aws s3 cp.
     Image(BenchImage),
+    /// A host reaching a revision from the fleet cache vs building the host binary from source; a fleet in waves.
+    Switch(BenchSwitch),
+}
+
+#[derive(Debug, Args)]
+pub struct BenchSwitch {
+    /// Store paths in the closure (besides its top).
+    #[arg(long, default_value_t = 64)]
+    pub paths: u32,
+    /// Random (incompressible) bytes in the closure, in MiB.
+    #[arg(long, default_value_t = 256)]
+    pub size_mib: u32,
+    /// Hosts fetching the same closure.
+    #[arg(long, default_value_t = 30)]
+    pub hosts: u32,
+    /// Hosts fetching at once.
+    #[arg(long, default_value_t = 8)]
+    pub parallel: u32,
+    /// Leave out the one-time release build of the host binary (unless an earlier run kept its time).
+    #[arg(long)]
+    pub skip_source_build: bool,
 }
 
 #[derive(Debug, Args)]

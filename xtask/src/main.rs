@@ -9,6 +9,7 @@
 //! and `tools` (the pinned npm and PyPI check tools).
 
 mod bench;
+mod bench_switch;
 mod ci_settings;
 mod docs;
 mod doctor;
