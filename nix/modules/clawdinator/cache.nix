@@ -2,7 +2,8 @@
 # system once per revision and signs its closure with the fleet's cache key
 # (`cargo xtask release build`); a switch realises it from the cache. nix
 # refuses every path not signed by a key listed here, and with max-jobs 0
-# it cannot build one instead, for root or for anyone using the daemon.
+# a switch cannot build one instead. (A daemon client can still ask for
+# its own max-jobs: who may use the daemon at all is the trust issue's.)
 { config, lib, ... }:
 
 let
@@ -34,7 +35,7 @@ in
       # Upstream's key and the fleet's, nothing else (no third-party cache).
       trusted-public-keys = [ upstreamKey cfg.fleetCache.publicKey ];
       require-sigs = true;
-      # Nothing is built on a host: not by a switch, not by a daemon client.
+      # A switch builds nothing (host switch also passes --option max-jobs 0).
       max-jobs = 0;
       builders = "";
     };
