@@ -171,6 +171,8 @@ pub fn run(ctx: &Ctx, args: &flags::BenchSwitch) -> Result<()> {
     let bytes = cache_bytes(&emulator)?;
     let one = measure(&mut host_fetch(&dir.join("fleet/one"), &top, &url, &public))?;
     let (fleet, slowest) = fleet_fetch(&dir, args.hosts, args.parallel, &top, &url, &public)?;
+    // 30 host stores of the closure each: gigabytes nobody needs afterwards.
+    std::fs::remove_dir_all(dir.join("fleet"))?;
     let source = source_build(&dir, args.skip_source_build)?;
     report(ctx, args, &[push.secs, again.secs, one.secs, one.max_rss_mib, fleet, slowest], bytes, source)
 }
