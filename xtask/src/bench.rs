@@ -2,9 +2,8 @@
 //! (and coldsnap) side by side, on the same inputs and the same emulator,
 //! reported as ratios. Benchmarks measure; they never assert.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
@@ -15,61 +14,11 @@ use testkit::emulator::Emulator;
 use testkit::fixtures;
 
 use crate::flags;
+use crate::measure::{bench_dir, fresh_emulator, measure, Measured, Report};
 
 const AWSCLI_VERSION: &str = "1.46.2";
 const COLDSNAP_VERSION: &str = "0.12.0";
 const MIB: u64 = 1 << 20;
-
-/// One child process: wall time, peak resident memory, what it printed.
-#[derive(Debug, Clone)]
-pub struct Measured {
-    pub secs: f64,
-    pub max_rss_mib: f64,
-    pub stdout: String,
-}
-
-/// Run to completion, measuring with `wait4` (the child's own peak RSS).
-pub fn measure(command: &mut Command) -> Result<Measured> {
-    let started = Instant::now();
-    let mut child =
-        command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("cannot start the benchmark child")?;
-    let mut stdout = child.stdout.take().expect("piped");
-    let mut stderr = child.stderr.take().expect("piped");
-    let out_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stdout.read_to_string(&mut s);
-        s
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let mut status = 0;
-    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
-    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = child.id() as libc::pid_t;
-    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
-    let secs = started.elapsed().as_secs_f64();
-    let stdout = out_reader.join().unwrap_or_default();
-    let stderr = err_reader.join().unwrap_or_default();
-    std::mem::forget(child); // already reaped by wait4
-    if rc < 0 {
-        bail!("wait4 failed: {}", std::io::Error::last_os_error());
-    }
-    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
-        bail!("{:?} failed: {}", command, stderr.lines().rev().take(5).collect::<Vec<_>>().join(" | "));
-    }
-    Ok(Measured { secs, max_rss_mib: usage.ru_maxrss as f64 / 1024.0, stdout })
-}
-
-pub fn bench_dir(name: &str) -> Result<PathBuf> {
-    let target =
-        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| testkit::repo_root().join("target"));
-    let dir = target.join("bench").join(name);
-    std::fs::create_dir_all(&dir)?;
-    Ok(dir)
-}
 
 /// The old scripts' `aws` CLI, in its own venv (never the emulator's, whose
 /// botocore it would change).
@@ -304,21 +253,6 @@ fn scattered_image(path: &Path, size: u64, data: u64) -> Result<()> {
     fixtures::sample_raw_image(path, size, &ranges, 7)
 }
 
-/// A fresh emulator (its start is not measured) with the bucket the old way uses.
-pub fn fresh_emulator() -> Result<Emulator> {
-    let emulator = Emulator::start()?;
-    tokio::runtime::Handle::current().block_on(async {
-        let s3 = clawdinator::aws::Aws::load(&clawdinator::aws::Settings::local(&emulator.endpoint())).await?.s3();
-        s3.create_bucket()
-            .bucket("bench-old")
-            .send()
-            .await
-            .map_err(|e| clawdinator::aws::error("S3 CreateBucket", "bench-old", e))?;
-        anyhow::Ok(())
-    })?;
-    Ok(emulator)
-}
-
 /// `image publish` of `json` on `emulator`, with extra flags.
 fn our_publish(emulator: &Emulator, json: &Path, extra: &[&str]) -> Result<(Measured, serde_json::Value)> {
     let mut c = xtask_command(emulator)?;
@@ -418,23 +352,6 @@ fn run_image(ctx: &Ctx, args: &flags::BenchImage) -> Result<()> {
         again_report["bytesSent"],
     );
     ctx.out.emit(&Report { json: report, human })
-}
-
-pub struct Report {
-    pub json: serde_json::Value,
-    pub human: String,
-}
-
-impl serde::Serialize for Report {
-    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        self.json.serialize(s)
-    }
-}
-
-impl std::fmt::Display for Report {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.human)
-    }
 }
 
 impl flags::Bench {

@@ -14,8 +14,8 @@ use xshell::{cmd, Shell};
 
 use clawdinator::ctx::Ctx;
 
-use crate::bench::{bench_dir, measure, Measured, Report};
 use crate::flags;
+use crate::measure::{bench_dir, fresh_emulator, measure, Measured, Report};
 
 const CACHE: &str = "bench-cache";
 
@@ -160,7 +160,7 @@ pub fn run(ctx: &Ctx, args: &flags::BenchSwitch) -> Result<()> {
     }
     let public = std::fs::read_to_string(&public)?.trim().to_string();
     let top = build_closure(&sh, &dir, args.paths, args.size_mib)?;
-    let emulator = crate::bench::fresh_emulator()?;
+    let emulator = fresh_emulator()?;
     cache_bucket(&emulator)?;
     let url = format!("{}/{CACHE}", emulator.endpoint());
     let to = format!("{url}?secret-key={}&compression=zstd", secret.display());

@@ -17,6 +17,7 @@ mod flags;
 mod flake_lock;
 mod lambda_smoke;
 mod layout;
+mod measure;
 mod modgraph;
 mod nix_lib;
 mod nix_module;

@@ -1,0 +1,96 @@
+//! What every benchmark shares: a child process measured for wall time
+//! and peak memory, the benchmarks' scratch directory, a fresh emulator,
+//! and a report that prints as text or JSON. Benchmarks measure; they
+//! never assert.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use anyhow::{bail, Context, Result};
+
+use testkit::emulator::Emulator;
+
+/// One child process: wall time, peak resident memory, what it printed.
+#[derive(Debug, Clone)]
+pub struct Measured {
+    pub secs: f64,
+    pub max_rss_mib: f64,
+    pub stdout: String,
+}
+
+/// Run to completion, measuring with `wait4` (the child's own peak RSS).
+pub fn measure(command: &mut Command) -> Result<Measured> {
+    let started = Instant::now();
+    let mut child =
+        command.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("cannot start the benchmark child")?;
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut stderr = child.stderr.take().expect("piped");
+    let out_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stdout.read_to_string(&mut s);
+        s
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let mut status = 0;
+    // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = child.id() as libc::pid_t;
+    let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    let secs = started.elapsed().as_secs_f64();
+    let stdout = out_reader.join().unwrap_or_default();
+    let stderr = err_reader.join().unwrap_or_default();
+    std::mem::forget(child); // already reaped by wait4
+    if rc < 0 {
+        bail!("wait4 failed: {}", std::io::Error::last_os_error());
+    }
+    if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
+        bail!("{:?} failed: {}", command, stderr.lines().rev().take(5).collect::<Vec<_>>().join(" | "));
+    }
+    Ok(Measured { secs, max_rss_mib: usage.ru_maxrss as f64 / 1024.0, stdout })
+}
+
+pub fn bench_dir(name: &str) -> Result<PathBuf> {
+    let target =
+        std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| testkit::repo_root().join("target"));
+    let dir = target.join("bench").join(name);
+    std::fs::create_dir_all(&dir)?;
+    Ok(dir)
+}
+
+/// A fresh emulator (its start is not measured) with the bucket the old way uses.
+pub fn fresh_emulator() -> Result<Emulator> {
+    let emulator = Emulator::start()?;
+    tokio::runtime::Handle::current().block_on(async {
+        let s3 = clawdinator::aws::Aws::load(&clawdinator::aws::Settings::local(&emulator.endpoint())).await?.s3();
+        s3.create_bucket()
+            .bucket("bench-old")
+            .send()
+            .await
+            .map_err(|e| clawdinator::aws::error("S3 CreateBucket", "bench-old", e))?;
+        anyhow::Ok(())
+    })?;
+    Ok(emulator)
+}
+
+pub struct Report {
+    pub json: serde_json::Value,
+    pub human: String,
+}
+
+impl serde::Serialize for Report {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        self.json.serialize(s)
+    }
+}
+
+impl std::fmt::Display for Report {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.human)
+    }
+}
