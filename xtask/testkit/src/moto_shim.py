@@ -710,10 +710,19 @@ EBS_ROUTES = [
 
 
 def service_of(environ):
-    """The signing service from the SigV4 credential scope."""
+    """The signing service from the SigV4 credential scope. An unsigned
+    request is S3's: of the services in use only S3 takes anonymous
+    requests to a bucket ("Making requests anonymously", Amazon S3 User
+    Guide), as nix's http binary cache store sends them; moto's own API is
+    not AWS."""
     auth = environ.get("HTTP_AUTHORIZATION", "")
     m = re.search(r"Credential=[^/]+/[^/]+/[^/]+/([^/]+)/aws4_request", auth)
-    return m.group(1) if m else ""
+    if m:
+        return m.group(1)
+    # Path-style S3 names a bucket; STS's unsigned AssumeRoleWithWebIdentity posts to "/".
+    path = environ.get("PATH_INFO", "")
+    unsigned_s3 = not auth and path.strip("/") and not path.startswith("/moto-api") and not environ.get("HTTP_X_AMZ_TARGET")
+    return "s3" if unsigned_s3 else ""
 
 
 def s3_operation(method, path, query, environ):

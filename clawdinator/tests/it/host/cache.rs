@@ -127,6 +127,17 @@ fn host_switch(env: &Env, host: &Host, system: &str, public: &str) -> Output {
     host.run(cli, &["switch", system], "")
 }
 
+/// PutObjects to the cache since the call log started whose key contains `part`.
+fn cache_puts(env: &Env, part: &str) -> usize {
+    let calls = env.emulator.calls().unwrap();
+    let to_cache = |c: &&Value| c["path"].as_str().unwrap_or("").starts_with(&format!("/{CACHE}/"));
+    calls
+        .iter()
+        .filter(to_cache)
+        .filter(|c| c["operation"] == "PutObject" && c["path"].as_str().unwrap().contains(part))
+        .count()
+}
+
 async fn cache_object(env: &Env, key: &str) -> Vec<u8> {
     let out = env.aws.s3().get_object().bucket(CACHE).key(key).send().await.unwrap();
     out.body.collect().await.unwrap().into_bytes().to_vec()
@@ -167,6 +178,7 @@ async fn ci_builds_signs_and_caches_once_and_a_host_takes_only_what_the_fleet_ke
     let (secret, public) = key_pair(env.dir.path(), "test-fleet-1");
 
     // Build once: both hosts' systems, signed into the cache, one manifest.
+    env.emulator.start_call_log().unwrap();
     let out = release_build(&env, &repo, &rev, &secret);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -180,19 +192,15 @@ async fn ci_builds_signs_and_caches_once_and_a_host_takes_only_what_the_fleet_ke
     let stored =
         env.aws.s3().head_object().bucket(&env.bucket).key(format!("releases/{rev}.json")).send().await.unwrap();
 
+    // Four paths (base, lib, two systems): a NAR and a narinfo each, seen by the call log.
+    assert_eq!(cache_puts(&env, ".narinfo"), 4);
+
     // Again: nix finds every path in the cache and sends none; the manifest stays.
     env.emulator.start_call_log().unwrap();
     let again = release_build(&env, &repo, &rev, &secret);
     assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
     assert_eq!(serde_json::from_slice::<Value>(&again.stdout).unwrap()["written"], "kept");
-    let calls = env.emulator.calls().unwrap();
-    let puts = |bucket: &str| {
-        calls
-            .iter()
-            .filter(|c| c["operation"] == "PutObject" && c["path"].as_str().unwrap_or("").contains(bucket))
-            .count()
-    };
-    assert_eq!(puts(CACHE), 0, "a path the cache had was sent again: {calls:?}");
+    assert_eq!(cache_puts(&env, "/"), 0, "a path the cache had was sent again");
     let kept = env.aws.s3().head_object().bucket(&env.bucket).key(format!("releases/{rev}.json")).send().await.unwrap();
     assert_eq!(kept.e_tag(), stored.e_tag(), "the manifest was rewritten");
 
@@ -246,4 +254,35 @@ async fn refusals(env: &Env, host: &Host, running: &str, public: &str) {
         assert_eq!(host.record(), before, "{what}: recorded");
     }
     assert_ne!(running, OLD);
+}
+
+/// The copy breaks off after the first NAR: no manifest is written (a host
+/// could not fetch what it names), and the re-run sends only the paths
+/// the cache does not have yet, then writes the manifest.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_whose_copy_breaks_off_writes_no_manifest_and_a_rerun_sends_only_the_rest() {
+    require_nix();
+    let env = env().await;
+    cache_bucket(&env).await;
+    let repo = env.path("fleet");
+    let rev = fleet_repo(&repo);
+    let (secret, _) = key_pair(env.dir.path(), "test-fleet-1");
+    let fault = serde_json::json!([{"operation": "PutObject", "match": format!("/{CACHE}/nar/"), "after": 1,
+        "times": -1, "status": 500, "code": "InternalError", "message": "We encountered an internal error."}]);
+    env.emulator.inject(fault).unwrap();
+    let out = release_build(&env, &repo, &rev, &secret);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("nix copy to"), "{stderr}");
+    assert!(!env.keys().await.iter().any(|k| k.starts_with("releases/")), "a manifest named closures the cache lacks");
+    let listed = env.aws.s3().list_objects_v2().bucket(CACHE).send().await.unwrap();
+    let valid = listed.contents().iter().filter(|o| o.key().unwrap_or("").ends_with(".narinfo")).count();
+    assert!(valid < 4, "the copy did not break off");
+
+    env.emulator.clear_faults().unwrap();
+    env.emulator.start_call_log().unwrap();
+    let again = release_build(&env, &repo, &rev, &secret);
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    assert_eq!(serde_json::from_slice::<Value>(&again.stdout).unwrap()["written"], "created");
+    assert_eq!(cache_puts(&env, ".narinfo"), 4 - valid, "a path the cache had was sent again");
 }
