@@ -295,3 +295,22 @@ async fn a_release_without_this_host_is_named_and_nothing_switches() {
     assert_eq!(host.calls(), "");
     assert_eq!(host.link("current-system"), OLD);
 }
+
+/// A release is written once: the same systems again are kept; other
+/// systems for the same revision are refused, and the first stays.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_release_manifest_is_never_overwritten() {
+    use clawdinator::release::manifest;
+    let env = env().await;
+    let rev = "e".repeat(40);
+    put_release(&env, &rev, &[("clawdinator-1", NEW)]).await;
+    let mut again = manifest::read(&env.aws.s3(), &env.bucket, &rev).await.unwrap();
+    again.run = "2".into();
+    let kept = manifest::write_once(&env.aws.s3(), &env.bucket, &again).await.unwrap();
+    assert_eq!(kept, manifest::Written::Kept);
+    again.hosts.insert("clawdinator-1".into(), NEWER.into());
+    let refused = manifest::write_once(&env.aws.s3(), &env.bucket, &again).await.unwrap_err();
+    assert!(format!("{refused:#}").contains("never overwritten"), "{refused:#}");
+    let stored = manifest::read(&env.aws.s3(), &env.bucket, &rev).await.unwrap();
+    assert_eq!((stored.hosts["clawdinator-1"].as_str(), stored.run.as_str()), (NEW, "1"));
+}
