@@ -3,9 +3,11 @@
 //! SHA-256 of the line before it: a `started` record before it changes
 //! anything (if that cannot be written, the command stops there) and a
 //! `finished` one with the result and the resources it made or removed.
-//! With `--audit-bucket` each record is also written to S3 under
-//! `audit/<yyyy>/<mm>/<dd>/<timestamp>-<hash>.json` with `If-None-Match: *`,
-//! so no record there is ever overwritten. `audit verify` walks the chain
+//! With `--audit-bucket` each record is also written to S3 under its
+//! writer's prefix (`audit/ci/`, `audit/operators/`, `audit/control-api/`:
+//! [`writers`]) as `<yyyy>/<mm>/<dd>/<timestamp>-<hash>.json` with
+//! `If-None-Match: *`, so no record there is ever overwritten, and a record
+//! outside its writer's prefix fails verification. `audit verify` walks the chain
 //! and names the first broken link.
 //!
 //! The bucket holds many chains: every operator's log, every CI runner's
@@ -14,11 +16,13 @@
 //! chains ([`verify_copies`]): every record's predecessor is there, and no
 //! record has two successors.
 //!
-//! Modules: [`flags`] (the command line) and `trail` (records, chains,
-//! copies, and [`around`], which wraps a command that changes AWS).
+//! Modules: [`flags`] (the command line), `trail` (records, chains,
+//! copies, and [`around`], which wraps a command that changes AWS) and
+//! [`writers`] (who writes where).
 
 pub mod flags;
 mod trail;
+pub mod writers;
 
 use anyhow::{bail, ensure, Context, Result};
 

@@ -10,6 +10,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use super::writers;
 use crate::aws::{self, Aws};
 use crate::ctx::Ctx;
 
@@ -85,7 +86,7 @@ impl Trail {
         })
         .with_context(|| format!("cannot write the audit log {}", self.log.display()))?;
         match &self.bucket {
-            Some(bucket) => put_copy(aws, bucket, PREFIX, &record.time, line).await,
+            Some(bucket) => put_copy(aws, bucket, writers::prefix_for(&record.caller), &record.time, line).await,
             None => Ok(hash(&line)),
         }
     }
@@ -293,7 +294,8 @@ pub fn verify_copies(source: &str, lines: &[String]) -> Result<Chains> {
     Ok(Chains { records: records.len(), chains })
 }
 
-/// The S3 copies (every writer's), each checked against the hash in its key.
+/// The S3 copies (every writer's), each checked against the hash in its key
+/// and against the writer its prefix belongs to.
 pub async fn bucket_lines(aws: &Aws, bucket: &str) -> Result<Vec<String>> {
     let mut keys = Vec::new();
     let mut pages = aws.s3().list_objects_v2().bucket(bucket).prefix(PREFIX).into_paginator().send();
@@ -313,6 +315,10 @@ pub async fn bucket_lines(aws: &Aws, bucket: &str) -> Result<Vec<String>> {
             hash(&line) == named,
             "s3://{bucket}/{key}: its content does not hash to the name it was written under"
         );
+        let record: Record =
+            serde_json::from_str(&line).with_context(|| format!("s3://{bucket}/{key} is not an audit record"))?;
+        writers::check(&key, &record)
+            .with_context(|| format!("s3://{bucket}: a record in the wrong writer's place"))?;
         lines.push(line);
     }
     Ok(lines)

@@ -25,10 +25,16 @@ fn log(env: &Env) -> PathBuf {
 }
 
 fn run(env: &Env, args: &[&str]) -> std::process::Output {
+    run_with(env, args, &[])
+}
+
+/// `run` with other credentials (or any other variables).
+fn run_with(env: &Env, args: &[&str], vars: &[(&str, String)]) -> std::process::Output {
     env.cli(env!("CARGO_BIN_EXE_clawdinator"))
         .args(args)
         .env("CLAWDINATOR_AUDIT_LOG", log(env))
         .env("CLAWDINATOR_AUDIT_BUCKET", audit_bucket())
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
         .stdin(std::process::Stdio::null())
         .output()
         .unwrap()
@@ -302,4 +308,73 @@ async fn runners_that_each_start_a_fresh_log_share_one_bucket_and_a_removed_copy
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("the record before bootstrap upload started at"), "{stderr}");
     assert!(stderr.contains("is missing"), "{stderr}");
+}
+
+/// Credentials of a session of the CI role, as a CI run gets them.
+async fn ci_session(env: &Env) -> [(&'static str, String); 3] {
+    let role = "arn:aws:iam::123456789012:role/clawdinator-ci";
+    let out = env.aws.sts().assume_role().role_arn(role).role_session_name("GitHubActions").send().await.unwrap();
+    let c = out.credentials().unwrap();
+    [
+        ("AWS_ACCESS_KEY_ID", c.access_key_id().to_string()),
+        ("AWS_SECRET_ACCESS_KEY", c.secret_access_key().to_string()),
+        ("AWS_SESSION_TOKEN", c.session_token().to_string()),
+    ]
+}
+
+/// Write a record to the bucket exactly as a writer would: well chained,
+/// named by its hash, never overwriting.
+async fn put_record(env: &Env, prefix: &str, record: &clawdinator::audit::Record) -> String {
+    let line = serde_json::to_string(record).unwrap();
+    let key = clawdinator::audit::s3_key(prefix, &record.time, &clawdinator::audit::hash(&line));
+    env.aws.s3().put_object().bucket(audit_bucket()).key(&key).body(line.into_bytes().into()).send().await.unwrap();
+    key
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_record_claiming_the_control_api_written_with_ci_credentials_fails_naming_its_key() {
+    let (env, fleet) = setup().await;
+    let upload = upload_args(&env, &fleet);
+    let ci = ci_session(&env).await;
+    let out = run_with(&env, &upload.iter().map(String::as_str).collect::<Vec<_>>(), &ci);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let keys = audit_keys(&env).await;
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert!(keys.iter().all(|k| k.starts_with("audit/ci/")), "the CI role writes under its own prefix: {keys:?}");
+    assert!(run(&env, &["audit", "verify"]).status.success());
+
+    // With the same credentials, a record that says the control API
+    // deployed clawdinator-2 for a bot: chained to CI's last record, named
+    // by its hash, in every place CI's policy ever let it write.
+    let last: clawdinator::audit::Record = serde_json::from_str(lines(&env).last().unwrap()).unwrap();
+    let forged = clawdinator::audit::Record {
+        time: clawdinator::clock::now_precise(),
+        caller: "arn:aws:sts::123456789012:assumed-role/clawdinator-instance-clawdinator-1/i-0abc".into(),
+        command: "control-api".into(),
+        args: vec!["deploy".into(), "clawdinator-2".into()],
+        targets: vec!["clawdinator-2".into()],
+        phase: "finished".into(),
+        result: Some("ok".into()),
+        resources: vec![],
+        prev: clawdinator::audit::hash(&serde_json::to_string(&last).unwrap()),
+    };
+    for prefix in ["audit/ci/", "audit/operators/", "audit/"] {
+        let key = put_record(&env, prefix, &forged).await;
+        let out = run(&env, &["audit", "verify"]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "a forged record under {prefix} verified: {stderr}");
+        assert!(stderr.contains(&key), "the failure names the key {key}: {stderr}");
+        assert!(stderr.contains("forged") || stderr.contains("only"), "{stderr}");
+        env.aws.s3().delete_object().bucket(audit_bucket()).key(&key).send().await.unwrap();
+    }
+    // A record claiming to be CI's, written by someone else (an operator's
+    // prefix), fails too; the untouched trail verifies again.
+    let mut claims_ci = last.clone();
+    claims_ci.time = clawdinator::clock::now_precise();
+    claims_ci.prev = forged.prev.clone();
+    let key = put_record(&env, "audit/operators/", &claims_ci).await;
+    let out = run(&env, &["audit", "verify"]);
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&key), "{}", String::from_utf8_lossy(&out.stderr));
+    env.aws.s3().delete_object().bucket(audit_bucket()).key(&key).send().await.unwrap();
+    assert!(run(&env, &["audit", "verify"]).status.success());
 }
