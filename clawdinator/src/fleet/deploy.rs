@@ -84,6 +84,9 @@ fn address(name: &str) -> String {
     format!("aws_instance.clawdinator[\"{name}\"]")
 }
 
+/// How long an apply waits for another deploy's hold on the state lock.
+pub const APPLY_LOCK_TIMEOUT: &str = "30m";
+
 /// The invocations a deploy runs, in order: init, one apply creating every
 /// registry instance EC2 lacks (`registry`, desired state, whatever the
 /// targets), then one replacing apply per existing target; none at all
@@ -102,8 +105,10 @@ pub fn plan(
         [("bucket", &b.bucket), ("key", &b.key), ("region", &b.region), ("dynamodb_table", &b.lock_table)]
             .map(|(k, v)| format!("-backend-config={k}={v}")),
     );
-    let mut apply =
-        vec![chdir, "apply".into(), "-input=false".into(), "-auto-approve".into(), format!("-var=ami_id={ami}")];
+    // Deploys of different lanes (fleet-deploy.yml) may run at once: an
+    // apply waits its turn at the state lock rather than failing on it.
+    let mut apply = vec![chdir, "apply".into(), "-input=false".into(), "-auto-approve".into()];
+    apply.extend([format!("-lock-timeout={APPLY_LOCK_TIMEOUT}"), format!("-var=ami_id={ami}")]);
     if let Some(file) = &opts.var_file {
         apply.push(format!("-var-file={}", file.display()));
     }

@@ -7,8 +7,10 @@
 //! - [`loopback`]: stand-ins' HTTP request reader and the Lambda function URL event;
 //! - [`iam`]: the policy judge, the IAM simulator on every call the emulator logged;
 //! - [`policies`]: the fleet's IAM policies rendered from the templates OpenTofu applies;
+//! - [`actions`]: GitHub Actions expressions, evaluated by GitHub's own library;
 //! - [`npm`], [`venv`]: pinned npm packages and PyPI tools in the checkout.
 
+pub mod actions;
 pub mod emulator;
 pub mod env;
 pub mod fixtures;

@@ -49,6 +49,10 @@ struct Context {
     outputs: BTreeMap<String, String>,
     /// Who started the run (`github.triggering_actor`).
     actor: String,
+    /// What started it (`github.event_name`) and which attempt this is
+    /// (`github.run_attempt`: 2 and more are re-runs, started by a person).
+    event: String,
+    attempt: u32,
     /// The commit the run is for (`github.sha`).
     sha: String,
 }
@@ -63,6 +67,8 @@ impl Context {
             "inputs" => from(&self.inputs),
             "github" if name == "sha" => self.sha.clone(),
             "github" if name == "triggering_actor" => self.actor.clone(),
+            "github" if name == "event_name" => self.event.clone(),
+            "github" if name == "run_attempt" => self.attempt.to_string(),
             "github" if name == "token" => "ghs_workflow_token".into(),
             "github" if name == "repository" => "openclaw/clawdinators".into(),
             "steps" => self.outputs.get(name).cloned().unwrap_or_default(),
@@ -379,6 +385,9 @@ fn settings(bucket: &str, age_key: &str) -> Context {
         inputs: strings(&[("target", "clawdinator-2"), ("ami_override", ""), ("caller", "")]),
         outputs: BTreeMap::new(),
         actor: DEPLOY_APP.into(),
+        // As GitHub starts release.yml; each test sets what it needs.
+        event: "push".into(),
+        attempt: 1,
         sha: REVISION.into(),
     }
 }
@@ -450,8 +459,11 @@ async fn the_image_release_and_deploy_workflows_complete_as_the_ci_role() {
     let first_hosts = hosts();
     env.emulator.start_call_log().unwrap();
 
+    context.event = "schedule".into();
     run(&runner, &mut context, "image-build.yml", &["image", "prune"]);
+    context.event = "push".into();
     run(&runner, &mut context, "release.yml", &["release"]);
+    context.event = "workflow_dispatch".into();
     run(&runner, &mut context, "fleet-deploy.yml", &["deploy"]);
     let new_ami = context.outputs.get("publish.outputs.ami_id").cloned().unwrap_or_default();
     assert!(new_ami.starts_with("ami-"), "no AMI published");
@@ -474,6 +486,7 @@ async fn the_image_release_and_deploy_workflows_complete_as_the_ci_role() {
     // the push starts creates it (role, profile, instance) and switches it.
     add_instance(&env, &checkout, &fleet, 3);
     context.sha = commit(&checkout, "clawdinator-3");
+    context.event = "push".into();
     run(&runner, &mut context, "release.yml", &["release"]);
     let role = env.aws.iam().get_role().role_name("clawdinator-instance-clawdinator-3").send().await.unwrap();
     let boundary = role.role().and_then(|r| r.permissions_boundary()).and_then(|b| b.permissions_boundary_arn());
@@ -583,6 +596,7 @@ async fn the_pin_bump_pushes_a_branch_and_opens_a_pull_request_never_main() {
         runner.job(&workflow, "bump", context)
     };
     let mut context = settings(&env.bucket, "AGE-SECRET-KEY-1UNUSED");
+    context.event = "schedule".into();
 
     // A new head: the branch, one commit on top of main; its pull request opened; CI started on it.
     let to = "0123456789abcdef0123456789abcdef01234567";
@@ -658,6 +672,124 @@ async fn a_deploy_started_by_anyone_else_stops_before_touching_anything() {
     }
     assert!(env.emulator.calls().unwrap().is_empty(), "a refused run called AWS");
     assert!(github_seen.lock().unwrap().is_empty(), "a refused run called GitHub");
+}
+
+/// Run only the first step of `job` (the check of who started it), as the
+/// runner would: its script with its env. Ok with its output, Err with it.
+fn first_step(workflow: &Value, job: &str, context: &Context) -> Result<String, String> {
+    let step = &workflow["jobs"][job]["steps"][0];
+    let mut command = std::process::Command::new("bash");
+    command.args(["--noprofile", "--norc", "-eo", "pipefail", "-c", &context.expand(step["run"].as_str().unwrap())]);
+    command.env_clear().env("PATH", std::env::var("PATH").unwrap());
+    for (k, v) in step["env"].as_object().into_iter().flatten() {
+        command.env(k, context.expand(v.as_str().unwrap()));
+    }
+    let out = command.output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(text)
+    }
+}
+
+/// Every job that reaches the protected environment or may write to the
+/// repository, in every workflow that can be dispatched or re-run.
+fn guarded_jobs(root: &Path) -> Vec<(String, String, Value)> {
+    let mut jobs = Vec::new();
+    for entry in std::fs::read_dir(root.join(".github/workflows")).unwrap() {
+        let file = entry.unwrap().file_name().to_string_lossy().into_owned();
+        let workflow = load(root, &file);
+        for (name, job) in workflow["jobs"].as_object().unwrap() {
+            let writes = job["permissions"].as_object().into_iter().flatten().any(|(_, level)| level == "write");
+            if job["environment"].is_string() || writes {
+                jobs.push((file.clone(), name.clone(), workflow.clone()));
+            }
+        }
+    }
+    jobs
+}
+
+/// Attack: someone with write access starts a release, an image build or
+/// a pin bump by hand, or re-runs an old run (a re-run replays an old
+/// revision with today's credentials, and its `triggering_actor` is who
+/// pressed the button). Each such job stops at its first step; runs GitHub
+/// starts (the push, the schedule) and operators' go ahead.
+#[test]
+fn every_job_that_reaches_the_fleet_checks_who_started_it() {
+    let root = testkit::repo_root();
+    let jobs = guarded_jobs(&root);
+    let names: Vec<String> = jobs.iter().map(|(f, j, _)| format!("{f}/{j}")).collect();
+    for expected in
+        ["release.yml/release", "image-build.yml/image", "image-build.yml/prune", "bump-nix-openclaw.yml/bump"]
+    {
+        assert!(names.contains(&expected.to_string()), "{expected} is not among the guarded jobs {names:?}");
+    }
+    let mut context = settings("unused", "AGE-SECRET-KEY-1UNUSED");
+    for (file, job, workflow) in &jobs {
+        let first = workflow["jobs"][job]["steps"][0]["name"].as_str().unwrap_or_default();
+        if file == "fleet-deploy.yml" {
+            assert_eq!(first, "Only the deploy App or an operator may deploy");
+            continue; // a_deploy_started_by_anyone_else_stops_before_touching_anything
+        }
+        assert_eq!(first, "Only an operator may start or re-run this by hand", "{file}/{job}: the first step");
+        let cases: [(&str, u32, &str, bool); 8] = [
+            ("push", 1, "mallory", true),
+            ("schedule", 1, "mallory", true),
+            ("push", 2, "mallory", false),
+            ("schedule", 3, "clawdinator-bot[bot]", false),
+            ("workflow_dispatch", 1, "mallory", false),
+            ("workflow_dispatch", 1, "alice bob", false),
+            ("workflow_dispatch", 1, "bob", true),
+            ("push", 2, "alice", true),
+        ];
+        for (event, attempt, actor, allowed) in cases {
+            (context.event, context.attempt, context.actor) = (event.into(), attempt, actor.into());
+            let outcome = first_step(workflow, job, &context);
+            assert_eq!(outcome.is_ok(), allowed, "{file}/{job}, {event} attempt {attempt} by {actor}: {outcome:?}");
+            if let Err(text) = outcome {
+                assert!(text.contains("may not start or re-run this workflow by hand"), "{text}");
+            }
+        }
+    }
+}
+
+/// Attack: a bot asks for deploys in a loop, or anyone who may dispatch
+/// queues a run, to cancel an operator's pending rollback. GitHub keeps one
+/// pending run per concurrency group and cancels it when another joins; the
+/// group, as GitHub's own evaluator computes it, never puts a bot's run or
+/// a stranger's beside an operator's.
+#[test]
+fn no_bot_or_stranger_shares_a_concurrency_group_with_an_operators_deploy() {
+    let workflow = load(&testkit::repo_root(), "fleet-deploy.yml");
+    assert_eq!(workflow["concurrency"]["cancel-in-progress"], false);
+    // PyYAML reads the key `on` as true.
+    let lane =
+        &workflow["on"].as_object().or(workflow["true"].as_object()).unwrap()["workflow_dispatch"]["inputs"]["lane"];
+    assert_eq!((lane["type"].as_str(), lane["default"].as_str()), (Some("choice"), Some("operator")), "{lane}");
+    let template = workflow["concurrency"]["group"].as_str().unwrap();
+    let group = |actor: &str, lane: &str, target: &str| {
+        let contexts = json!({"github": {"triggering_actor": actor}, "inputs": {"lane": lane, "target": target}});
+        testkit::actions::interpolate(template, &contexts).unwrap()
+    };
+    let operators = [
+        group("alice", "operator", "all"),
+        group("bob", "operator", "clawdinator-2"),
+        group(DEPLOY_APP, "operator", "clawdinator-2"),
+    ];
+    let others = [
+        group(DEPLOY_APP, "bot", "clawdinator-2"),
+        group(DEPLOY_APP, "bot", "clawdinator-1"),
+        group(DEPLOY_APP, "bot", "all"),
+        group("mallory", "operator", "clawdinator-2"),
+        group("mallory", "bot", "clawdinator-2"),
+        group("mallory", "", "all"),
+    ];
+    for operator in &operators {
+        assert!(!others.contains(operator), "{operator} is shared with a bot's or a stranger's run: {others:?}");
+    }
+    assert_ne!(operators[0], operators[1], "one operator's run would cancel another's pending one");
+    assert_ne!(others[0], others[1], "a bot's request for one target would cancel another target's");
 }
 
 /// The var file the deploy handed tofu sets every variable the module

@@ -293,6 +293,7 @@ async fn one_target_is_replaced_with_the_exact_tofu_calls() {
             "apply",
             "-input=false",
             "-auto-approve",
+            "-lock-timeout=30m",
             &format!("-var=ami_id={ami}"),
             "-replace=aws_instance.clawdinator[\"clawdinator-2\"]"
         ]
