@@ -6,13 +6,17 @@
 //! ```text
 //! generations/<id>/secrets/*.age, .bootstrap-prefix, .bootstrap-ok   (0700, files 0400)
 //! generations/<id>/repo-seeds/…
-//! generations/<id>/clawdinator.agekey                                 (0400)
+//! generations/<id>/clawdinator.agekey      (0400, from Secrets Manager)
 //! generations/<id>/.bundle-fingerprint            (the archives' digests)
 //! current -> generations/<id>
 //! ```
 //!
 //! and `--secrets-dir`, `--repo-seeds-dir` and `--age-key-path` are links
 //! to `current/secrets`, `current/repo-seeds` and `current/clawdinator.agekey`.
+//! The bundle holds ciphertext only: the identity that opens it is read
+//! from Secrets Manager (`clawdinator/<instance>/age-identity`, the version
+//! the manifest names, with the instance role) and written beside it; an
+//! archive that still carries an identity is refused.
 //! A new bundle is downloaded, checked and unpacked into a staging directory
 //! beside the generations; switching `current` is the one step that makes
 //! it visible. A fetch killed before that leaves the previous state whole.
@@ -29,6 +33,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 
 use super::archive::{self, Limits};
+use super::identity;
 use super::manifest::{
     key, ArchiveInfo, Manifest, MANIFEST, MANIFEST_LIMIT, PREFIX_MARKER, SECRETS_ARCHIVE, SEEDS_ARCHIVE, SENTINEL,
 };
@@ -70,6 +75,9 @@ pub struct FetchReport {
     pub reinitialised: bool,
     pub secrets: Vec<String>,
     pub seeds: Vec<String>,
+    /// The Secrets Manager version of the identity installed (none when nothing was fetched).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub identity_version: Option<String>,
 }
 
 impl fmt::Display for FetchReport {
@@ -146,7 +154,23 @@ async fn read_manifest(aws: &Aws, bucket: &str, prefix: &str) -> Result<Manifest
     let manifest: Manifest =
         serde_json::from_slice(&bytes).with_context(|| format!("{url} is not a valid manifest"))?;
     ensure!(manifest.prefix == prefix, "{url} is for prefix {:?}, not {prefix:?}", manifest.prefix);
+    ensure!(
+        manifest.identity_version.is_some() && manifest.identity_recipient.is_some(),
+        "{url} is of the old format (its archive carries its own age identity): refused; \
+         run `cargo xtask bootstrap upload --instance {}` to rebuild it with the identity in Secrets Manager",
+        manifest.instance
+    );
     Ok(manifest)
+}
+
+/// The identity the manifest names, from Secrets Manager (read before any
+/// download: a host that may not read it learns so at once).
+async fn read_identity(aws: &Aws, manifest: &Manifest) -> Result<zeroize::Zeroizing<String>> {
+    let (version, recipient) = (
+        manifest.identity_version.as_deref().unwrap_or_default(),
+        manifest.identity_recipient.as_deref().unwrap_or_default(),
+    );
+    identity::read(aws, &manifest.instance, version, recipient).await
 }
 
 fn archive_info<'a>(manifest: &'a Manifest, name: &str) -> Result<&'a ArchiveInfo> {
@@ -176,10 +200,11 @@ fn limits(info: &ArchiveInfo) -> Limits {
     Limits { entries: info.entries, content_bytes: info.unpacked_bytes }
 }
 
-/// Unpack the secrets archive into `gen/secrets` and `gen/clawdinator.agekey`
-/// (only those entries are accepted), with the prefix marker and the
-/// sentinel. Returns the secret file names.
-fn stage_secrets(gen: &Path, info: &ArchiveInfo, prefix: &str) -> Result<Vec<String>> {
+/// Unpack the secrets archive into `gen/secrets` (only `secrets/*.age` is
+/// accepted: an archive carrying an identity is refused), write the identity
+/// read from Secrets Manager to `gen/clawdinator.agekey` (0400), with the
+/// prefix marker and the sentinel. Returns the secret file names.
+fn stage_secrets(gen: &Path, info: &ArchiveInfo, prefix: &str, key: &[u8]) -> Result<Vec<String>> {
     let unpacked = gen.join(".unpacked");
     fs::create_dir(&unpacked)?;
     let entries = archive::unpack(fs::File::open(gen.join(SECRETS_ARCHIVE))?, &unpacked, limits(info))
@@ -187,7 +212,11 @@ fn stage_secrets(gen: &Path, info: &ArchiveInfo, prefix: &str) -> Result<Vec<Str
     let mut names = Vec::new();
     for e in &entries {
         match (e.path.to_string_lossy().as_ref(), e.is_dir) {
-            (AGE_KEY_NAME, false) | ("secrets", true) => {}
+            ("secrets", true) => {}
+            (AGE_KEY_NAME, _) => bail!(
+                "the secrets archive holds an age identity ({AGE_KEY_NAME}): a bundle carries ciphertext only, \
+                 and its identity lives in Secrets Manager; refused. Run `cargo xtask bootstrap upload` to rebuild it"
+            ),
             (other, false)
                 if other.strip_prefix("secrets/").is_some_and(|n| n.ends_with(".age") && !n.contains('/')) =>
             {
@@ -196,7 +225,6 @@ fn stage_secrets(gen: &Path, info: &ArchiveInfo, prefix: &str) -> Result<Vec<Str
             (other, _) => bail!("the secrets archive holds an unexpected entry {other}: refused"),
         }
     }
-    ensure!(unpacked.join(AGE_KEY_NAME).is_file(), "the secrets archive holds no {AGE_KEY_NAME}");
     names.sort();
     let secrets = gen.join(SECRETS);
     fs::rename(unpacked.join("secrets"), &secrets)?;
@@ -204,12 +232,26 @@ fn stage_secrets(gen: &Path, info: &ArchiveInfo, prefix: &str) -> Result<Vec<Str
     for name in &names {
         fs::set_permissions(secrets.join(name), fs::Permissions::from_mode(0o400))?;
     }
-    fs::rename(unpacked.join(AGE_KEY_NAME), gen.join(AGE_KEY_NAME))?;
-    fs::set_permissions(gen.join(AGE_KEY_NAME), fs::Permissions::from_mode(0o400))?;
     fs::remove_dir(&unpacked)?;
+    write_key(&gen.join(AGE_KEY_NAME), key)?;
     crate::atomic::write(&secrets.join(PREFIX_MARKER), format!("{prefix}\n").as_bytes(), 0o600)?;
     crate::atomic::write(&secrets.join(SENTINEL), b"", 0o600)?;
     Ok(names)
+}
+
+/// The identity file, created 0400 (never readable by others, not even for
+/// a moment) in the root-private staging directory.
+fn write_key(path: &Path, key: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o400)
+        .open(path)
+        .with_context(|| format!("cannot create {}", path.display()))?;
+    file.write_all(key)?;
+    file.sync_all().with_context(|| format!("cannot write {}", path.display()))
 }
 
 /// Unpack the seeds archive into `gen/repo-seeds`; returns the seed names.
@@ -282,6 +324,7 @@ async fn stage(
     opts: &FetchOptions,
     prefix: &str,
     manifest: &Manifest,
+    key: zeroize::Zeroizing<String>,
 ) -> Result<(String, Vec<String>, Vec<String>)> {
     let generations = opts.state_dir.join(GENERATIONS);
     fs::create_dir_all(&generations).with_context(|| format!("cannot create {}", generations.display()))?;
@@ -295,7 +338,7 @@ async fn stage(
     let prefix_owned = prefix.to_string();
     let fingerprint = fingerprint(manifest)?;
     let (secrets, seeds) = tokio::task::spawn_blocking(move || -> Result<_> {
-        let secrets = stage_secrets(&gen, &secrets_info, &prefix_owned)?;
+        let secrets = stage_secrets(&gen, &secrets_info, &prefix_owned, key.as_bytes())?;
         let seeds = stage_seeds(&gen, &seeds_info)?;
         for archive in [SECRETS_ARCHIVE, SEEDS_ARCHIVE] {
             fs::remove_file(gen.join(archive))?;
@@ -328,9 +371,11 @@ fn switch(opts: &FetchOptions, id: &str) -> Result<()> {
     remove_other_generations(&state.join(GENERATIONS), Some(id))
 }
 
-/// What identifies a bundle's content: the digests of its archives.
+/// What identifies a bundle's content: the digests of its archives and the
+/// identity version that opens them.
 fn fingerprint(manifest: &Manifest) -> Result<String> {
-    Ok(crate::digest::sha256_hex(&serde_json::to_vec(&manifest.archives)?))
+    let what = (&manifest.archives, &manifest.identity_version);
+    Ok(crate::digest::sha256_hex(&serde_json::to_vec(&what)?))
 }
 
 /// The fingerprint recorded in the generation in force (none before this was recorded).
@@ -344,7 +389,14 @@ fn already_done(opts: &FetchOptions, prefix: String) -> Result<FetchReport> {
     if let Some(current) = current_generation(&opts.state_dir).filter(|_| generations.is_dir()) {
         remove_other_generations(&generations, Some(&current))?;
     }
-    Ok(FetchReport { prefix, already_done: true, reinitialised: false, secrets: vec![], seeds: vec![] })
+    Ok(FetchReport {
+        prefix,
+        already_done: true,
+        reinitialised: false,
+        secrets: vec![],
+        seeds: vec![],
+        identity_version: None,
+    })
 }
 
 pub async fn fetch(aws: &Aws, opts: &FetchOptions) -> Result<FetchReport> {
@@ -373,7 +425,9 @@ pub async fn fetch(aws: &Aws, opts: &FetchOptions) -> Result<FetchReport> {
         return already_done(opts, prefix);
     }
     let reinitialised = marker.is_some_and(|m| m != prefix);
-    let (id, secrets, seeds) = stage(aws, opts, &prefix, &manifest).await?;
+    let key = read_identity(aws, &manifest).await?;
+    let (id, secrets, seeds) = stage(aws, opts, &prefix, &manifest, key).await?;
     switch(opts, &id)?;
-    Ok(FetchReport { prefix, already_done: false, reinitialised, secrets, seeds })
+    let identity_version = manifest.identity_version.clone();
+    Ok(FetchReport { prefix, already_done: false, reinitialised, secrets, seeds, identity_version })
 }

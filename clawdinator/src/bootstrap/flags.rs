@@ -33,6 +33,11 @@ pub struct BootstrapUploadArgs {
     /// Show what would be created, replaced or left unchanged; write nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Give each selected instance a new age identity (Secrets Manager) and
+    /// rebuild its bundle; with --all, every instance's. A host keeps opening
+    /// the bundle it has: its manifest names the identity version it reads.
+    #[arg(long)]
+    pub rotate_identity: bool,
     /// S3 requests in flight at once (1-128).
     #[arg(long, default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=128))]
     pub concurrency: u16,

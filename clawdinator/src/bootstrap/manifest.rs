@@ -43,10 +43,19 @@ pub struct Manifest {
     pub archives: BTreeMap<String, ArchiveInfo>,
     /// File names inside `secrets/` of the secrets archive.
     pub secrets: Vec<String>,
+    /// The Secrets Manager version (of `clawdinator/<instance>/age-identity`)
+    /// holding the identity that opens this bundle: the host asks for exactly
+    /// this one, so a rotation never strands a host that read this manifest.
+    /// None in the old format, whose archive carried the identity itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_version: Option<String>,
+    /// That identity's public key (`age1…`), the one recipient of the secrets.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity_recipient: Option<String>,
     /// What identifies the secrets without a value: the digests of their
-    /// source age files. An upload whose sources have this fingerprint keeps
-    /// the archive (each build re-encrypts to a fresh identity, so its bytes
-    /// differ every time).
+    /// source age files. An upload whose sources have this fingerprint and
+    /// whose identity is unchanged keeps the archive (each build encrypts
+    /// anew, so its bytes differ every time).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secrets_fingerprint: Option<String>,
     pub seeds: Vec<SeedRecord>,
@@ -69,6 +78,8 @@ impl Manifest {
             && self.prefix == other.prefix
             && self.archives == other.archives
             && self.secrets == other.secrets
+            && self.identity_version == other.identity_version
+            && self.identity_recipient == other.identity_recipient
             && self.secrets_fingerprint == other.secrets_fingerprint
             && self.seeds == other.seeds
             && self.seeds_fingerprint == other.seeds_fingerprint

@@ -3,19 +3,24 @@
 //! `bootstrap seeds` (the repository seeds the bundles carry).
 //!
 //! Under `s3://BUCKET/<bootstrapPrefix>/` each instance gets:
-//! - `secrets.tar.zst`: `clawdinator.agekey` and `secrets/*.age`, every
-//!   common secret and only this instance's Discord token;
+//! - `secrets.tar.zst`: `secrets/*.age` only (ciphertext), every common
+//!   secret and only this instance's Discord token, encrypted to the
+//!   instance's own age identity, which lives in Secrets Manager as
+//!   `clawdinator/<instance>/age-identity` (readable by that instance's
+//!   role alone), never in the bucket;
 //! - `repo-seeds.tar.zst`: the seeds directory, built once for the fleet and
 //!   placed under every prefix by server-side copy;
 //! - `manifest.json`: what the archives hold and their SHA-256, written last.
 //!
 //! Modules: [`flags`] (the command line), `manifest` (the wire format),
-//! `archive` (reproducible tar + zstd, guarded unpacking), `upload`,
-//! `fetch`, [`seeds`] (shallow clones: prepare on CI, install on a host).
+//! `archive` (reproducible tar + zstd, guarded unpacking), `identity` (each
+//! instance's identity in Secrets Manager), `upload`, `fetch`, [`seeds`]
+//! (shallow clones: prepare on CI, install on a host).
 
 mod archive;
 mod fetch;
 pub mod flags;
+mod identity;
 mod manifest;
 pub mod seeds;
 mod upload;
@@ -29,8 +34,9 @@ use crate::settings::{given_or_written, host_setting};
 use flags::{BootstrapCmd, SeedsCmd};
 
 pub use fetch::{fetch, FetchOptions, FetchReport};
+pub use identity::{version_for, IdentityAction, IdentityRow, TAG_RECIPIENT};
 pub use manifest::{ArchiveInfo, Manifest, MANIFEST, SECRETS_ARCHIVE, SEEDS_ARCHIVE};
-pub use upload::{upload, Action, ObjectPlan, UploadOptions, UploadReport};
+pub use upload::{upload, upload_rotating, Action, ObjectPlan, UploadOptions, UploadReport};
 
 /// Carry out one `bootstrap` command.
 pub async fn run(ctx: &Ctx, cmd: BootstrapCmd) -> Result<()> {
@@ -58,15 +64,23 @@ pub async fn run(ctx: &Ctx, cmd: BootstrapCmd) -> Result<()> {
             };
             let work = async {
                 ctx.cancel
-                    .guard("uploading bundles", upload(&aws, &opts, &ctx.out))
+                    .guard("uploading bundles", upload_rotating(&aws, &opts, args.rotate_identity, &ctx.out))
                     .await
-                    .context("the temporary bundle directory was removed; re-run to finish (objects already sent are kept, nothing is sent twice)")
+                    .context("the temporary bundle directory was removed; re-run to finish (objects already sent and identities already created are kept and used: nothing is sent or created twice)")
             };
             let report = crate::audit::around(ctx, &aws, entry, work, |r: &UploadReport| {
-                r.objects
-                    .iter()
-                    .filter(|o| o.action != Action::Unchanged)
-                    .map(|o| format!("s3://{}/{}", r.bucket, o.key))
+                let identities = r.identities.iter().filter(|i| i.action != IdentityAction::Keep);
+                identities
+                    .map(|i| {
+                        let what = if i.action == IdentityAction::Create { "created" } else { "rotated" };
+                        format!("secretsmanager:{} ({what})", i.secret)
+                    })
+                    .chain(
+                        r.objects
+                            .iter()
+                            .filter(|o| o.action != Action::Unchanged)
+                            .map(|o| format!("s3://{}/{}", r.bucket, o.key)),
+                    )
                     .collect()
             })
             .await?;

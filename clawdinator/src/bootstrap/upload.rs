@@ -13,13 +13,14 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use super::archive::{self, Writer};
+use super::identity::{self, IdentityAction, IdentityRow};
 use super::manifest::{key, ArchiveInfo, Manifest, MANIFEST, MANIFEST_LIMIT, SECRETS_ARCHIVE, SEEDS_ARCHIVE};
 use super::seeds::{self, SeedRecord};
 use crate::aws::s3::{self, Body};
 use crate::aws::Aws;
 use crate::output::Output;
 use crate::registry::{Instance, Registry};
-use crate::secrets::{self, Sources, AGE_KEY_NAME};
+use crate::secrets::{self, Sources};
 
 #[derive(Debug, Clone)]
 pub struct UploadOptions {
@@ -63,6 +64,11 @@ pub struct UploadReport {
     pub bytes_sent: u64,
     /// Links in the seeds that were not archived (the host refuses links).
     pub skipped_seed_links: Vec<String>,
+    /// Each selected instance's age identity (in Secrets Manager, never in a bundle).
+    pub identities: Vec<IdentityRow>,
+    pub identities_created: usize,
+    pub identities_rotated: usize,
+    pub identities_kept: usize,
 }
 
 impl fmt::Display for UploadReport {
@@ -79,23 +85,36 @@ impl fmt::Display for UploadReport {
         for o in &self.objects {
             writeln!(f, "{:<16} {:<14} s3://{}/{}", o.instance, verb(o.action), self.bucket, o.key)?;
         }
+        for row in self.identities.iter().filter(|r| r.action != IdentityAction::Keep) {
+            let verb = match (row.action, self.dry_run) {
+                (IdentityAction::Create, true) => "would create",
+                (IdentityAction::Rotate, true) => "would rotate",
+                (IdentityAction::Create, false) => "created",
+                _ => "rotated",
+            };
+            let note = row.note.as_deref().map(|n| format!(" ({n})")).unwrap_or_default();
+            writeln!(f, "{:<16} {:<14} identity {}{note}", row.instance, verb, row.secret)?;
+        }
         for link in &self.skipped_seed_links {
             writeln!(f, "warning: seeds link {link} left out (links are not shipped to hosts)")?;
         }
         let lead = if self.dry_run { "bootstrap upload (dry run, nothing written)" } else { "bootstrap upload" };
         writeln!(
             f,
-            "{lead}: {} uploaded, {} copied, {} unchanged, {} sent",
+            "{lead}: {} uploaded, {} copied, {} unchanged, {} sent; identities: {} created, {} rotated, {} kept",
             self.uploaded,
             self.copied,
             self.unchanged,
-            indicatif::HumanBytes(self.bytes_sent)
+            indicatif::HumanBytes(self.bytes_sent),
+            self.identities_created,
+            self.identities_rotated,
+            self.identities_kept
         )
     }
 }
 
-/// One instance's secrets archive: built in memory (it holds the
-/// instance's own age identity), or the one the bucket holds already.
+/// One instance's secrets archive (ciphertext only, to the instance's own
+/// identity): built in memory, or the one the bucket holds already.
 struct SecretsBundle {
     instance: Instance,
     /// Empty when the bucket's archive is kept.
@@ -103,6 +122,8 @@ struct SecretsBundle {
     info: ArchiveInfo,
     secrets: Vec<String>,
     fingerprint: String,
+    /// The identity's Secrets Manager version and public key.
+    identity: (String, String),
 }
 
 /// What identifies an instance's secrets without decrypting them: the
@@ -117,9 +138,21 @@ fn secrets_fingerprint(files: &[String], sources: &Sources) -> Result<String> {
     Ok(crate::digest::sha256_hex(lines.as_bytes()))
 }
 
-/// The bucket's archive still holds exactly these secrets: keep it.
-fn kept_bundle(instance: &Instance, files: &[String], fingerprint: &str, there: &Existing) -> Option<SecretsBundle> {
-    let manifest = there.manifest.as_ref().filter(|m| m.secrets_fingerprint.as_deref() == Some(fingerprint))?;
+/// The bucket's archive still holds exactly these secrets, encrypted to the
+/// identity in force: keep it. A manifest of the old format (no identity
+/// version: its archive carried the identity) never matches, so it is rebuilt.
+fn kept_bundle(
+    instance: &Instance,
+    files: &[String],
+    fingerprint: &str,
+    identity: &IdentityRow,
+    there: &Existing,
+) -> Option<SecretsBundle> {
+    let manifest = there.manifest.as_ref().filter(|m| {
+        m.secrets_fingerprint.as_deref() == Some(fingerprint)
+            && m.identity_version.as_deref() == Some(identity.version.as_str())
+            && m.identity_recipient.as_deref() == Some(identity.recipient.as_str())
+    })?;
     let info = manifest.archives.get(SECRETS_ARCHIVE)?;
     (there.secrets_sha.as_deref() == Some(info.sha256.as_str()) && manifest.secrets == files).then(|| SecretsBundle {
         instance: instance.clone(),
@@ -127,27 +160,26 @@ fn kept_bundle(instance: &Instance, files: &[String], fingerprint: &str, there: 
         info: info.clone(),
         secrets: files.to_vec(),
         fingerprint: fingerprint.to_string(),
+        identity: (identity.version.clone(), identity.recipient.clone()),
     })
 }
 
-/// Build the secrets archive of one instance: a fresh age identity of its
-/// own, and every common secret and its own token re-encrypted to it, in
-/// memory. The fleet's identity never leaves this machine, so one bundle
-/// opens nothing but its own instance's secrets.
+/// Build the secrets archive of one instance: every common secret and its
+/// own token re-encrypted to the instance's own identity, in memory. The
+/// archive holds ciphertext only (the identity is in Secrets Manager); the
+/// fleet's identity never leaves this machine, so one bundle opens nothing
+/// but its own instance's secrets, and only with that instance's role.
 fn build_secrets_bundle(
     instance: &Instance,
     spec: &secrets::Spec,
     sources: &Sources,
     fleet_identities: &[age::x25519::Identity],
     fingerprint: String,
+    identity: &IdentityRow,
 ) -> Result<SecretsBundle> {
-    use age::secrecy::ExposeSecret;
     let files = spec.files_for(instance);
-    let identity = age::x25519::Identity::generate();
-    let recipient = [identity.to_public()];
-    let key_text = Zeroizing::new(format!("{}\n", identity.to_string().expose_secret()));
+    let recipient = [identity::recipient(identity)?];
     let mut writer = Writer::new(Vec::new())?;
-    writer.file(AGE_KEY_NAME, 0o400, key_text.len() as u64, key_text.as_bytes())?;
     writer.dir("secrets", 0o700)?;
     for file in &files {
         let path = sources.secrets_dir.join(file);
@@ -163,11 +195,13 @@ fn build_secrets_bundle(
         info: ArchiveInfo::from(summary),
         secrets: files,
         fingerprint,
+        identity: (identity.version.clone(), identity.recipient.clone()),
     })
 }
 
-/// Read back what a built secrets archive holds and refuse unless its tokens
-/// are exactly the instance's own (checked on the bytes about to be sent).
+/// Read back what a built secrets archive holds and refuse unless it is
+/// ciphertext only (`secrets/*.age`) and its tokens are exactly the
+/// instance's own (checked on the bytes about to be sent).
 fn verify_isolation(bundle: &SecretsBundle, spec: &secrets::Spec) -> Result<()> {
     if bundle.bytes.is_empty() {
         return Ok(()); // kept: checked when it was built
@@ -177,10 +211,14 @@ fn verify_isolation(bundle: &SecretsBundle, spec: &secrets::Spec) -> Result<()> 
     for entry in tar.entries()? {
         let entry = entry?;
         let path = entry.path()?.to_string_lossy().into_owned();
-        if let Some(name) = path.strip_prefix("secrets/") {
-            if spec.is_token_file(name) {
-                tokens.push(name.to_string());
-            }
+        let name = path.strip_prefix("secrets/").filter(|n| n.is_empty() || n.ends_with(".age"));
+        ensure!(
+            name.is_some(),
+            "refusing to upload: the bundle of `{}` would hold {path}; a bundle carries ciphertext (secrets/*.age) only",
+            bundle.instance.host
+        );
+        if let Some(name) = name.filter(|n| spec.is_token_file(n)) {
+            tokens.push(name.to_string());
         }
     }
     let own = bundle.instance.token_file();
@@ -211,21 +249,29 @@ fn ready(opts: &UploadOptions) -> Result<(Registry, secrets::Spec)> {
     })
 }
 
-/// Build the secrets archives the bucket lacks (`existing` is in the
-/// registry's order of the selected instances) and fingerprint the seeds.
-fn prepare(opts: &UploadOptions, registry: &Registry, spec: &secrets::Spec, existing: &[Existing]) -> Result<Prepared> {
+/// Build the secrets archives the bucket lacks (`existing` and `identities`
+/// are in the registry's order of the selected instances) and fingerprint
+/// the seeds.
+fn prepare(
+    opts: &UploadOptions,
+    registry: &Registry,
+    spec: &secrets::Spec,
+    existing: &[Existing],
+    identities: &[IdentityRow],
+) -> Result<Prepared> {
     let instances = registry.select(&opts.instances)?;
     let seed_records = seeds::load_records(&opts.seeds_dir)?;
     let fleet_identities = secrets::load_identities(&opts.sources.age_key)?;
     let bundles = instances
         .iter()
         .zip(existing)
-        .map(|(instance, there)| {
+        .zip(identities)
+        .map(|((instance, there), identity)| {
             let files = spec.files_for(instance);
             let fingerprint = secrets_fingerprint(&files, &opts.sources)?;
-            match kept_bundle(instance, &files, &fingerprint, there) {
+            match kept_bundle(instance, &files, &fingerprint, identity, there) {
                 Some(kept) => Ok(kept),
-                None => build_secrets_bundle(instance, spec, &opts.sources, &fleet_identities, fingerprint),
+                None => build_secrets_bundle(instance, spec, &opts.sources, &fleet_identities, fingerprint, identity),
             }
         })
         .collect::<Result<Vec<_>>>()?;
@@ -344,6 +390,8 @@ fn manifest_for(
             (SEEDS_ARCHIVE.to_string(), seeds.clone()),
         ]),
         secrets: bundle.secrets.clone(),
+        identity_version: Some(bundle.identity.0.clone()),
+        identity_recipient: Some(bundle.identity.1.clone()),
         secrets_fingerprint: Some(bundle.fingerprint.clone()),
         seeds: prepared.seed_records.clone(),
         seeds_fingerprint: Some(prepared.seeds_fingerprint.clone()),
@@ -397,9 +445,16 @@ fn plan<'a>(
     Ok(Plan { seeds_source: in_place.or(seeds_upload.clone()), seeds_upload, planned })
 }
 
-/// What the plan does to every object, for the report.
-fn report(opts: &UploadOptions, plan: &Plan, seeds: &SeedsArchive, prepared: &Prepared) -> UploadReport {
+/// What the plan does to every object and identity, for the report.
+fn report(
+    opts: &UploadOptions,
+    plan: &Plan,
+    seeds: &SeedsArchive,
+    prepared: &Prepared,
+    identities: &[identity::Planned],
+) -> UploadReport {
     let mut objects = Vec::new();
+    let count = |a: IdentityAction| identities.iter().filter(|i| i.row.action == a).count();
     let bytes = |a: Action, n: u64| if matches!(a, Action::Create | Action::Replace) { n } else { 0 };
     for p in &plan.planned {
         let (prefix, name) = (&p.bundle.instance.bootstrap_prefix, &p.bundle.instance.host);
@@ -425,6 +480,10 @@ fn report(opts: &UploadOptions, plan: &Plan, seeds: &SeedsArchive, prepared: &Pr
         bytes_sent: objects.iter().map(|o| o.bytes).sum(),
         objects,
         skipped_seed_links: prepared.skipped_links.clone(),
+        identities: identities.iter().map(|i| i.row.clone()).collect(),
+        identities_created: count(IdentityAction::Create),
+        identities_rotated: count(IdentityAction::Rotate),
+        identities_kept: count(IdentityAction::Keep),
     }
 }
 
@@ -482,26 +541,74 @@ async fn send(
             anyhow::Ok(())
         }
     });
-    futures::stream::iter(instances).buffer_unordered(opts.concurrency.max(1)).try_collect::<Vec<_>>().await?;
-    Ok(())
+    // Every instance runs to its end even when another fails: nothing is
+    // left in flight, so what the bucket holds afterwards is settled (the
+    // clean-up of identities reads it).
+    let results: Vec<Result<()>> =
+        futures::stream::iter(instances).buffer_unordered(opts.concurrency.max(1)).collect().await;
+    results.into_iter().collect()
 }
 
+/// Upload without rotating any identity (what CI's pipeline runs).
 pub async fn upload(aws: &Aws, opts: &UploadOptions, out: &Output) -> Result<UploadReport> {
-    let workdir = crate::atomic::private_workdir()?;
+    upload_rotating(aws, opts, false, out).await
+}
+
+/// The selected instances, once each, in the order given.
+fn selected(opts: &UploadOptions) -> UploadOptions {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut opts = opts.clone();
+    opts.instances.retain(|name| seen.insert(name.clone()));
+    opts
+}
+
+/// `bootstrap upload`: identities first (created when missing, rotated when
+/// `rotate`), then every bundle encrypted to its instance's identity.
+pub async fn upload_rotating(aws: &Aws, opts: &UploadOptions, rotate: bool, out: &Output) -> Result<UploadReport> {
+    let opts = &selected(opts);
     // The registry and the secrets first (bad input fails before any AWS
-    // call); then the bucket, which says which bundles need building.
+    // call); then the bucket and Secrets Manager, read only.
     let (registry, spec) = ready(opts)?;
-    let prefixes: Vec<String> = registry.select(&opts.instances)?.iter().map(|i| i.bootstrap_prefix.clone()).collect();
-    let existing = look_up(aws, opts, &prefixes).await?;
+    let selection = registry.select(&opts.instances)?;
+    let prefixes: Vec<String> = selection.iter().map(|i| i.bootstrap_prefix.clone()).collect();
+    let names: Vec<String> = selection.iter().map(|i| i.host.clone()).collect();
+    let (existing, mut identities) =
+        tokio::try_join!(look_up(aws, opts, &prefixes), identity::plan(aws, &names, rotate))?;
+    if opts.dry_run {
+        return bundles(aws, opts, (registry, spec), existing, &identities, out).await;
+    }
+    // An identity is in Secrets Manager before any manifest names it.
+    let (created, failed) = identity::write(aws, &mut identities, opts.concurrency).await;
+    let result = match failed {
+        Some(e) => Err(e),
+        None => bundles(aws, opts, (registry, spec), existing, &identities, out).await,
+    };
+    match result {
+        Err(e) if !created.is_empty() => Err(clean_up(aws, opts, (&identities, &prefixes), &created, e).await),
+        other => other,
+    }
+}
+
+/// Build, plan and (unless a dry run) send every selected bundle.
+async fn bundles(
+    aws: &Aws,
+    opts: &UploadOptions,
+    (registry, spec): (Registry, secrets::Spec),
+    existing: Vec<Existing>,
+    identities: &[identity::Planned],
+    out: &Output,
+) -> Result<UploadReport> {
+    let workdir = crate::atomic::private_workdir()?;
     let prepared = {
         let (opts, existing) = (opts.clone(), existing.clone());
-        tokio::task::spawn_blocking(move || prepare(&opts, &registry, &spec, &existing)).await??
+        let rows: Vec<IdentityRow> = identities.iter().map(|i| i.row.clone()).collect();
+        tokio::task::spawn_blocking(move || prepare(&opts, &registry, &spec, &existing, &rows)).await??
     };
     tracing::info!(bundles = prepared.bundles.len(), "bundles built, seeds fingerprinted, bucket looked up");
     let seeds = seeds_archive(opts, &prepared, &existing, workdir.path()).await?;
     tracing::info!(built = seeds.file.is_some(), size = seeds.info.size, "seeds archive ready");
     let plan = plan(opts, &prepared, &seeds, &existing)?;
-    let report = report(opts, &plan, &seeds, &prepared);
+    let report = report(opts, &plan, &seeds, &prepared, identities);
     if opts.dry_run {
         return Ok(report);
     }
@@ -511,4 +618,49 @@ pub async fn upload(aws: &Aws, opts: &UploadOptions, out: &Output) -> Result<Upl
     bar.finish_and_clear();
     drop(workdir);
     Ok(report)
+}
+
+/// The run failed after creating identities: remove each one no manifest
+/// names (read back from the bucket, which is settled), and say exactly
+/// what was removed and what stays.
+async fn clean_up(
+    aws: &Aws,
+    opts: &UploadOptions,
+    (identities, prefixes): (&[identity::Planned], &[String]),
+    created: &[String],
+    error: anyhow::Error,
+) -> anyhow::Error {
+    let (mut removed, mut kept, mut left) = (Vec::new(), Vec::new(), Vec::new());
+    for (p, prefix) in identities.iter().zip(prefixes).filter(|(p, _)| created.contains(&p.row.secret)) {
+        let secret = p.row.secret.clone();
+        match named_by_manifest(aws, opts, prefix, &p.row.version).await {
+            Ok(true) => kept.push(format!("{secret} (its manifest names it)")),
+            Ok(false) => match identity::remove_created(aws, &secret).await {
+                Ok(()) => removed.push(secret),
+                Err(e) => left.push(format!("{secret} ({e:#})")),
+            },
+            Err(e) => left.push(format!("{secret} (cannot read its manifest to tell: {e:#})")),
+        }
+    }
+    let mut lines = Vec::new();
+    if !removed.is_empty() {
+        lines
+            .push(format!("removed the age identities this run created and no manifest names: {}", removed.join(", ")));
+    }
+    if !kept.is_empty() {
+        lines.push(format!("kept the identities this run created for bundles it finished: {}", kept.join(", ")));
+    }
+    if !left.is_empty() {
+        lines.push(format!("could not remove (a re-run uses them, no second identity): {}", left.join(", ")));
+    }
+    lines.push("re-run `cargo xtask bootstrap upload` to finish".into());
+    error.context(format!("bootstrap upload failed; {}", lines.join("; ")))
+}
+
+/// Does the manifest under `prefix` name identity `version`?
+async fn named_by_manifest(aws: &Aws, opts: &UploadOptions, prefix: &str, version: &str) -> Result<bool> {
+    let k = key(prefix, MANIFEST);
+    let bytes = s3::get_bytes(&aws.s3(), &opts.bucket, &k, MANIFEST_LIMIT, aws.timeouts().read).await?;
+    let manifest: Option<Manifest> = bytes.as_deref().and_then(|b| serde_json::from_slice(b).ok());
+    Ok(manifest.is_some_and(|m| m.identity_version.as_deref() == Some(version)))
 }

@@ -40,6 +40,13 @@ pub fn token_name(instance: &str) -> String {
     format!("{PREFIX}{instance}/discord-token")
 }
 
+/// `clawdinator/<instance>/age-identity`: the age identity that opens the
+/// instance's bootstrap bundle (written by `bootstrap upload`, read by the
+/// instance's own role alone).
+pub fn identity_name(instance: &str) -> String {
+    format!("{PREFIX}{instance}/age-identity")
+}
+
 impl Desired {
     fn tags(&self) -> Vec<Tag> {
         let mut tags = vec![Tag::builder().key("app").value("clawdinator").build()];
@@ -145,6 +152,9 @@ fn desired(opts: &SeedOptions) -> Result<(Vec<Desired>, BTreeSet<String>)> {
     // Every name this fleet could own, whatever the selection: the rest are orphans.
     let mut known: BTreeSet<String> = spec.common.iter().map(|n| common_name(n)).collect();
     known.extend(registry.instances.keys().map(|i| token_name(i)));
+    // The bundles' identities are `bootstrap upload`'s, not orphans: pruning
+    // them would leave every host unable to open its next bundle.
+    known.extend(registry.instances.keys().map(|i| identity_name(i)));
     Ok((out, known))
 }
 

@@ -34,6 +34,41 @@ fn fetch_opts(env: &Env, n: usize) -> FetchOptions {
 
 const QUIET: Output = Output { json: true };
 
+async fn manifest_of(env: &Env, n: usize) -> bootstrap::Manifest {
+    serde_json::from_slice(&env.get(&format!("bootstrap/clawdinator-{n}/manifest.json")).await).unwrap()
+}
+
+fn identity_secret(n: usize) -> String {
+    format!("clawdinator/clawdinator-{n}/age-identity")
+}
+
+/// An instance's identity as Secrets Manager holds it (the version given, else the current one).
+async fn identity_value(env: &Env, n: usize, version: Option<&str>) -> String {
+    let sm = env.aws.secrets_manager();
+    let out = sm.get_secret_value().secret_id(identity_secret(n)).set_version_id(version.map(str::to_string));
+    out.send().await.unwrap().secret_string().unwrap().to_string()
+}
+
+/// Every identity secret there is, by name, with its tags and versions.
+async fn identity_secrets(env: &Env) -> std::collections::BTreeMap<String, (Vec<(String, String)>, usize)> {
+    let out = env.aws.secrets_manager().list_secrets().send().await.unwrap();
+    let mut found = std::collections::BTreeMap::new();
+    for s in out.secret_list() {
+        let name = s.name().unwrap().to_string();
+        if name.ends_with("/age-identity") {
+            let tags = s.tags().iter().map(|t| (t.key().unwrap().to_string(), t.value().unwrap().to_string()));
+            found.insert(name, (tags.collect(), s.secret_versions_to_stages().map_or(0, |v| v.len())));
+        }
+    }
+    found
+}
+
+/// The AWS operations of the shim's call log (in order), for one service.
+fn operations(env: &Env, service: &str) -> Vec<String> {
+    let calls = env.emulator.calls().unwrap();
+    calls.iter().filter(|c| c["service"] == service).map(|c| c["operation"].as_str().unwrap().to_string()).collect()
+}
+
 /// A secret's value, opened with the identity in `identity_file`.
 fn open_with(identity_file: &Path, sealed: &Path) -> anyhow::Result<Vec<u8>> {
     let identities = clawdinator::secrets::load_identities(identity_file)?;
@@ -99,9 +134,14 @@ async fn round_trip_upload_then_fetch() {
     }
     assert_eq!(std::fs::read_dir(opts.state_dir.join("generations")).unwrap().count(), 1);
 
-    // The instance's own identity, mode 0400; never the fleet's.
+    // The instance's own identity, mode 0400; never the fleet's: exactly the
+    // Secrets Manager version the manifest names.
     assert_ne!(std::fs::read(&opts.age_key_path).unwrap(), std::fs::read(&fleet.sources.age_key).unwrap());
     assert_eq!(mode(&opts.age_key_path), 0o400);
+    let manifest = manifest_of(&env, 2).await;
+    let stored = identity_value(&env, 2, manifest.identity_version.as_deref()).await;
+    assert_eq!(std::fs::read_to_string(&opts.age_key_path).unwrap().trim(), stored.trim());
+    assert_eq!(fetched.identity_version, manifest.identity_version);
 
     // Seeds: the same tree, modes normalised.
     let got = snapshot(&opts.seeds_dir);
@@ -168,8 +208,8 @@ async fn each_bundle_holds_only_its_own_token() {
         let entries = archive_entries(&bytes);
         let tokens: Vec<_> = entries.iter().filter(|e| e.contains("discord-token")).cloned().collect();
         assert_eq!(tokens, [format!("secrets/clawdinator-discord-token-{n}.age")]);
-        assert_eq!(entries[0], "clawdinator.agekey");
-        assert_eq!(entries.len(), 1 + 1 + 5 + 1, "{entries:?}");
+        assert!(entries.iter().all(|e| e.starts_with("secrets/")), "{entries:?}");
+        assert_eq!(entries.len(), 1 + 5 + 1, "{entries:?}");
         let manifest: bootstrap::Manifest =
             serde_json::from_slice(&env.get(&format!("bootstrap/clawdinator-{n}/manifest.json")).await).unwrap();
         assert_eq!(manifest.secrets.iter().filter(|s| s.contains("discord-token")).count(), 1);
@@ -254,6 +294,10 @@ async fn dry_run_writes_nothing() {
     assert!(env.keys().await.is_empty());
     assert_eq!(plan.objects.iter().filter(|o| o.action == Action::Create).count(), 5);
     assert!(plan.bytes_sent > 0);
+    // It says which identities it would create, and creates none.
+    assert_eq!((plan.identities_created, plan.identities_rotated, plan.identities_kept), (2, 0, 0));
+    assert!(plan.to_string().contains("would create   identity clawdinator/clawdinator-1/age-identity"), "{plan}");
+    assert!(identity_secrets(&env).await.is_empty(), "a dry run created an identity");
 
     opts.dry_run = false;
     bootstrap::upload(&env.aws, &opts, &QUIET).await.unwrap();
@@ -261,7 +305,10 @@ async fn dry_run_writes_nothing() {
     fixtures::write_secret(&fleet.sources.secrets_dir, "clawdinator-discord-token-1", b"new", &fleet.recipient)
         .unwrap();
     opts.dry_run = true;
+    let rotating = bootstrap::upload_rotating(&env.aws, &opts, true, &QUIET).await.unwrap();
+    assert_eq!((rotating.identities_rotated, rotating.identities_kept), (2, 0), "{rotating}");
     let plan = bootstrap::upload(&env.aws, &opts, &QUIET).await.unwrap();
+    assert_eq!(identity_secrets(&env).await.values().map(|(_, versions)| *versions).collect::<Vec<_>>(), [1, 1]);
     let replaced: Vec<_> =
         plan.objects.iter().filter(|o| o.action == Action::Replace).map(|o| o.key.as_str()).collect();
     assert_eq!(replaced, ["bootstrap/clawdinator-1/secrets.tar.zst", "bootstrap/clawdinator-1/manifest.json"]);
@@ -626,7 +673,19 @@ async fn an_upload_that_fails_midway_then_a_rerun_finishes_it() {
         .inject(serde_json::json!({"operation": "CopyObject", "match": "clawdinator-3/repo-seeds", "times": 3}))
         .unwrap();
     let err = bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap_err();
-    assert!(format!("{err:#}").contains("S3 CopyObject"), "{err:#}");
+    let text = format!("{err:#}");
+    assert!(text.contains("S3 CopyObject"), "{text}");
+    // The identity no manifest names is removed and the error says so; the
+    // ones whose bundles were finished stay (their manifests name them).
+    assert!(
+        text.contains(&format!("no manifest names: {}", identity_secret(3)))
+            && text.contains(&format!("{} (its manifest names it)", identity_secret(1))),
+        "{text}"
+    );
+    assert_eq!(
+        identity_secrets(&env).await.keys().cloned().collect::<Vec<_>>(),
+        [identity_secret(1), identity_secret(2)]
+    );
     let keys = env.keys().await;
     assert!(!keys.contains(&"bootstrap/clawdinator-3/manifest.json".to_string()), "{keys:?}");
     assert!(!keys.contains(&"bootstrap/clawdinator-3/repo-seeds.tar.zst".to_string()), "{keys:?}");
@@ -640,6 +699,7 @@ async fn an_upload_that_fails_midway_then_a_rerun_finishes_it() {
         "{rerun}"
     );
     assert!(done.contains(&("bootstrap/clawdinator-3/manifest.json", Action::Create)), "{rerun}");
+    assert_eq!((rerun.identities_created, rerun.identities_kept), (1, 2), "{rerun}");
     let again = bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
     assert_eq!((again.bytes_sent, again.unchanged), (0, 9), "{again}");
     let fetched = bootstrap::fetch(&env.aws, &fetch_opts(&env, 3)).await.unwrap();
@@ -778,4 +838,327 @@ async fn a_new_bundle_replaces_the_one_in_force_and_an_unreachable_bucket_keeps_
     let offline = bootstrap::fetch(&env.aws, &opts).await.unwrap();
     assert!(offline.already_done);
     assert_eq!(snapshot(&opts.state_dir), before);
+}
+
+/// The text of every object under `bootstrap/`, archives unpacked: names
+/// and contents of each entry, lower-cased.
+fn readable_text(key: &str, bytes: &[u8]) -> String {
+    let mut text = String::from_utf8_lossy(bytes).to_lowercase();
+    if key.ends_with(".zst") {
+        let mut tar = tar::Archive::new(zstd::Decoder::new(bytes).unwrap());
+        for entry in tar.entries().unwrap() {
+            let mut entry = entry.unwrap();
+            let mut content = Vec::new();
+            std::io::Read::read_to_end(&mut entry, &mut content).unwrap();
+            text.push_str(&entry.path().unwrap().to_string_lossy().to_lowercase());
+            text.push_str(&String::from_utf8_lossy(&content).to_lowercase());
+        }
+    }
+    text
+}
+
+/// Attack: a principal that may read `bootstrap/` (CI, anyone with
+/// s3:GetObject there) downloads every object of every bundle, unpacks the
+/// archives and looks for a key. There is none: the bundles carry
+/// ciphertext only. (The same search finds the identity an old-format
+/// archive carried, so it can see one.)
+#[tokio::test(flavor = "multi_thread")]
+async fn no_object_of_any_bundle_holds_an_age_identity() {
+    let env = env().await;
+    let fleet = fleet(&env, 3).await;
+    let report = bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
+    assert_eq!(report.identities_created, 3, "{report}");
+    let keys = env.keys().await;
+    assert_eq!(keys.len(), 9, "{keys:?}");
+    for key in keys.iter().filter(|k| k.starts_with("bootstrap/")) {
+        let text = readable_text(key, &env.get(key).await);
+        assert!(!text.contains("age-secret-key-"), "{key} holds an age identity");
+        assert!(!text.contains("clawdinator.agekey"), "{key} names an identity file");
+    }
+    // Each identity is in Secrets Manager, under its instance's own name, tagged.
+    for n in 1..=3 {
+        let manifest = manifest_of(&env, n).await;
+        let (tags, versions) = identity_secrets(&env).await[&identity_secret(n)].clone();
+        assert_eq!(versions, 1);
+        let recipient = manifest.identity_recipient.clone().unwrap();
+        for tag in [
+            ("app", "clawdinator"),
+            ("clawdinator:instance", &format!("clawdinator-{n}")),
+            (bootstrap::TAG_RECIPIENT, &recipient),
+        ] {
+            assert!(tags.contains(&(tag.0.to_string(), tag.1.to_string())), "{tags:?}");
+        }
+        assert_eq!(manifest.identity_version.as_deref(), Some(bootstrap::version_for(&recipient).as_str()));
+        assert!(identity_value(&env, n, None).await.starts_with("AGE-SECRET-KEY-1"));
+    }
+
+    // Sabotage check: an archive of the old layout, identity inside, is seen.
+    let mut builder = tar::Builder::new(Vec::new());
+    let key_text = std::fs::read(&fleet.sources.age_key).unwrap();
+    let mut header = tar::Header::new_gnu();
+    header.set_size(key_text.len() as u64);
+    header.set_cksum();
+    builder.append_data(&mut header, "clawdinator.agekey", key_text.as_slice()).unwrap();
+    let old = zstd::encode_all(builder.into_inner().unwrap().as_slice(), 3).unwrap();
+    assert!(readable_text("secrets.tar.zst", &old).contains("age-secret-key-"));
+}
+
+/// A re-run with nothing changed writes no identity and reads none: one
+/// listing for the whole fleet (not a request per instance), no
+/// CreateSecret, PutSecretValue, TagResource, DeleteSecret or
+/// GetSecretValue. CI never reads an identity, even on the first run.
+#[tokio::test(flavor = "multi_thread")]
+async fn identities_are_created_once_and_a_rerun_writes_none() {
+    let env = env().await;
+    let fleet = fleet(&env, 4).await;
+    env.emulator.start_call_log().unwrap();
+    bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
+    let first = operations(&env, "secretsmanager");
+    assert_eq!(first.iter().filter(|o| *o == "ListSecrets").count(), 1, "{first:?}");
+    assert_eq!(first.iter().filter(|o| *o == "CreateSecret").count(), 4, "{first:?}");
+    assert!(!first.contains(&"GetSecretValue".to_string()), "upload read an identity: {first:?}");
+
+    env.emulator.start_call_log().unwrap();
+    let again = bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
+    assert_eq!(operations(&env, "secretsmanager"), ["ListSecrets"]);
+    assert_eq!((again.identities_created, again.identities_rotated, again.identities_kept), (0, 0, 4));
+    assert_eq!((again.uploaded, again.bytes_sent), (0, 0), "{again}");
+    assert!(identity_secrets(&env).await.values().all(|(_, versions)| *versions == 1));
+}
+
+/// Rotation: the rotated instance gets a new identity version and a new
+/// bundle, which a fetch opens; its old key opens nothing of it. A host
+/// still holding the old manifest (and the old archive it names) still
+/// opens it: it asks for exactly the version that manifest names. Other
+/// instances are untouched.
+#[tokio::test(flavor = "multi_thread")]
+async fn rotation_opens_the_new_bundle_and_the_old_manifest_still_opens_the_old() {
+    let env = env().await;
+    let fleet = fleet(&env, 2).await;
+    let opts = upload_opts(&fleet, &env.bucket);
+    bootstrap::upload(&env.aws, &opts, &QUIET).await.unwrap();
+    let host = fetch_opts(&env, 1);
+    bootstrap::fetch(&env.aws, &host).await.unwrap();
+    let old_key = std::fs::read(&host.age_key_path).unwrap();
+    let (old_manifest, old_archive) = (
+        env.get("bootstrap/clawdinator-1/manifest.json").await,
+        env.get("bootstrap/clawdinator-1/secrets.tar.zst").await,
+    );
+    let untouched = env.get("bootstrap/clawdinator-2/manifest.json").await;
+
+    let mut one = opts.clone();
+    one.instances = vec!["clawdinator-1".into()];
+    env.emulator.start_call_log().unwrap();
+    let rotated = bootstrap::upload_rotating(&env.aws, &one, true, &QUIET).await.unwrap();
+    assert_eq!(operations(&env, "secretsmanager"), ["ListSecrets", "PutSecretValue", "TagResource"]);
+    assert_eq!((rotated.identities_rotated, rotated.identities_kept), (1, 0), "{rotated}");
+    assert!(
+        rotated.to_string().contains("rotated        identity clawdinator/clawdinator-1/age-identity"),
+        "{rotated}"
+    );
+    let changed: Vec<_> =
+        rotated.objects.iter().filter(|o| o.action == Action::Replace).map(|o| o.key.as_str()).collect();
+    assert_eq!(changed, ["bootstrap/clawdinator-1/secrets.tar.zst", "bootstrap/clawdinator-1/manifest.json"]);
+    assert_eq!(env.get("bootstrap/clawdinator-2/manifest.json").await, untouched);
+    let manifest = manifest_of(&env, 1).await;
+    let recipient = manifest.identity_recipient.clone().unwrap();
+    assert_eq!(
+        identity_secrets(&env).await[&identity_secret(1)].0.iter().find(|t| t.0 == bootstrap::TAG_RECIPIENT).unwrap().1,
+        recipient
+    );
+
+    // The host fetches the new bundle and opens it with the new key, not the old one.
+    let fetched = bootstrap::fetch(&env.aws, &host).await.unwrap();
+    assert!(!fetched.already_done);
+    let new_key = std::fs::read(&host.age_key_path).unwrap();
+    assert_ne!(new_key, old_key);
+    let sealed = host.secrets_dir.join("clawdinator-discord-token-1.age");
+    assert_eq!(open_with(&host.age_key_path, &sealed).unwrap(), canary_value("clawdinator-discord-token-1").as_bytes());
+    let old_file = env.path("old.agekey");
+    std::fs::write(&old_file, &old_key).unwrap();
+    assert!(open_with(&old_file, &sealed).is_err(), "the old key opens the rotated bundle");
+
+    // A host holding the old manifest: it reads the old version and opens the old archive.
+    env.put("bootstrap/clawdinator-1/manifest.json", old_manifest).await;
+    env.put("bootstrap/clawdinator-1/secrets.tar.zst", old_archive).await;
+    let mut late = fetch_opts(&env, 1);
+    for p in [&mut late.secrets_dir, &mut late.seeds_dir, &mut late.age_key_path, &mut late.state_dir] {
+        *p = env.path("late").join(p.file_name().unwrap());
+    }
+    late.prefix_file = None;
+    bootstrap::fetch(&env.aws, &late).await.unwrap();
+    assert_eq!(std::fs::read(&late.age_key_path).unwrap(), old_key);
+    let sealed = late.secrets_dir.join("clawdinator-discord-token-1.age");
+    assert_eq!(open_with(&late.age_key_path, &sealed).unwrap(), canary_value("clawdinator-discord-token-1").as_bytes());
+}
+
+/// A run that fails after creating identities but before any manifest
+/// names them (here: every CreateSecret of instance 3 fails) removes the
+/// ones it created and says so; the bucket is untouched; a re-run finishes
+/// with one identity per instance.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_run_failing_after_creating_identities_removes_them_and_a_rerun_finishes() {
+    let env = env().await;
+    let fleet = fleet(&env, 3).await;
+    env.emulator
+        .inject(serde_json::json!({"operation": "CreateSecret", "match": "clawdinator-3/age-identity", "times": -1}))
+        .unwrap();
+    let err = bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap_err();
+    let text = format!("{err:#}");
+    let removed = format!("no manifest names: {}, {}", identity_secret(1), identity_secret(2));
+    assert!(text.contains("Secrets Manager CreateSecret") && text.contains(&removed), "{text}");
+    assert!(identity_secrets(&env).await.is_empty(), "an identity this run created was left behind");
+    assert!(env.keys().await.is_empty(), "a bundle was sent without its identity");
+    assert!(!text.contains("AGE-SECRET-KEY"), "{text}");
+
+    env.emulator.clear_faults().unwrap();
+    let rerun = bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
+    assert_eq!(rerun.identities_created, 3, "{rerun}");
+    assert!(identity_secrets(&env).await.values().all(|(_, versions)| *versions == 1));
+    let fetched = bootstrap::fetch(&env.aws, &fetch_opts(&env, 3)).await.unwrap();
+    assert_eq!(fetched.identity_version, manifest_of(&env, 3).await.identity_version);
+}
+
+/// A rotation stopped between its two writes (the new version is current,
+/// the tag still names the old key): the next run sees the tag and the
+/// version disagree and rotates again rather than encrypt to a key the
+/// version it would name does not hold.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rotation_stopped_midway_is_rotated_again() {
+    let env = env().await;
+    let fleet = fleet(&env, 1).await;
+    bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
+    env.emulator.inject(serde_json::json!({"operation": "TagResource", "times": -1})).unwrap();
+    let mut one = upload_opts(&fleet, &env.bucket);
+    one.instances = vec!["clawdinator-1".into()];
+    let err = bootstrap::upload_rotating(&env.aws, &one, true, &QUIET).await.unwrap_err();
+    assert!(format!("{err:#}").contains("Secrets Manager TagResource"), "{err:#}");
+    env.emulator.clear_faults().unwrap();
+
+    let next = bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
+    assert_eq!(next.identities_rotated, 1, "{next}");
+    assert!(next.identities[0].note.as_deref().unwrap_or_default().contains("rotation stopped midway"), "{next}");
+    let opts = fetch_opts(&env, 1);
+    bootstrap::fetch(&env.aws, &opts).await.unwrap();
+    let sealed = opts.secrets_dir.join("clawdinator-discord-token-1.age");
+    assert!(open_with(&opts.age_key_path, &sealed).is_ok());
+    assert_eq!(std::fs::read_to_string(&opts.age_key_path).unwrap().trim(), identity_value(&env, 1, None).await.trim());
+}
+
+/// A bundle of the old format (no identity version in its manifest: its
+/// archive carried the identity) is rebuilt by the next upload; a host
+/// refuses it meanwhile, and refuses any archive that carries an identity.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_old_format_bundle_is_rebuilt() {
+    let env = env().await;
+    let fleet = fleet(&env, 2).await;
+    bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
+    edit_manifest(&env, 2, |m| (m.identity_version, m.identity_recipient) = (None, None)).await;
+    let report = bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
+    let changed: Vec<_> =
+        report.objects.iter().filter(|o| o.action != Action::Unchanged).map(|o| (o.key.as_str(), o.action)).collect();
+    assert_eq!(
+        changed,
+        [
+            ("bootstrap/clawdinator-2/secrets.tar.zst", Action::Replace),
+            ("bootstrap/clawdinator-2/manifest.json", Action::Replace)
+        ]
+    );
+    assert_eq!(report.identities_created, 0, "{report}");
+    assert!(manifest_of(&env, 2).await.identity_version.is_some());
+    bootstrap::fetch(&env.aws, &fetch_opts(&env, 2)).await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_old_format_manifest_is_refused() {
+    refused_with_state_untouched(
+        async |env: &Env| edit_manifest(env, 2, |m| m.identity_version = None).await,
+        "is of the old format (its archive carries its own age identity): refused; run `cargo xtask bootstrap upload --instance clawdinator-2`",
+    )
+    .await;
+}
+
+/// Attack: whoever may write the bundle slips an identity into the archive
+/// (so that the host would install a key the writer knows).
+#[tokio::test(flavor = "multi_thread")]
+async fn an_archive_carrying_an_identity_is_refused() {
+    refused_with_state_untouched(
+        async |env: &Env| {
+            replace_secrets_archive(env, hostile_archive("clawdinator.agekey", tar::EntryType::Regular, None)).await
+        },
+        "holds an age identity (clawdinator.agekey)",
+    )
+    .await;
+}
+
+/// A host whose identity is gone (deleted, or never readable by its role)
+/// learns it before downloading anything: the error names the secret and
+/// the fix, and the host's state is untouched.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_missing_identity_is_refused_naming_the_secret_and_the_fix() {
+    refused_with_state_untouched(
+        async |env: &Env| {
+            let sm = env.aws.secrets_manager();
+            sm.delete_secret().secret_id(identity_secret(2)).force_delete_without_recovery(true).send().await.unwrap();
+        },
+        "cannot read this host's age identity clawdinator/clawdinator-2/age-identity",
+    )
+    .await;
+}
+
+/// A manifest whose recipient is not the key the named version holds (a
+/// manifest edited by whoever may write the bucket) is refused.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_identity_that_is_not_the_manifests_recipient_is_refused() {
+    refused_with_state_untouched(
+        async |env: &Env| {
+            let other = age::x25519::Identity::generate().to_public().to_string();
+            edit_manifest(env, 2, |m| m.identity_recipient = Some(other)).await
+        },
+        "is not the identity this bundle was encrypted to",
+    )
+    .await;
+}
+
+/// `secrets seed --prune` deletes secrets no local file stands for; the
+/// bundles' identities are `bootstrap upload`'s and stay.
+#[tokio::test(flavor = "multi_thread")]
+async fn pruning_the_seeded_secrets_keeps_the_identities() {
+    let env = env().await;
+    let fleet = fleet(&env, 2).await;
+    bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
+    let seed = clawdinator::secrets::manager::SeedOptions {
+        sources: fleet.sources.clone(),
+        instances: vec![],
+        dry_run: false,
+        prune: true,
+    };
+    let report = clawdinator::secrets::manager::seed(&env.aws, &seed).await.unwrap();
+    assert!(report.orphans.is_empty(), "{report}");
+    assert_eq!(identity_secrets(&env).await.len(), 2);
+}
+
+/// The CLI, at its most verbose, never prints an instance's identity:
+/// neither the upload that creates it nor the fetch that installs it.
+#[tokio::test(flavor = "multi_thread")]
+async fn no_identity_reaches_the_output() {
+    let env = env().await;
+    let fleet = fleet(&env, 1).await;
+    let mut upload = env.cli(env!("CARGO_BIN_EXE_clawdinator"));
+    upload.args(["-vv", "bootstrap", "upload", "--all", "--bucket", &env.bucket, "--repo-seeds"]);
+    upload.arg(&fleet.seeds_dir).args(fixtures::source_args(&fleet.sources)).env("RUST_LOG", "trace");
+    let opts = fetch_opts(&env, 1);
+    let mut fetch = fetch_cli(&env, env!("CARGO_BIN_EXE_clawdinator"), &opts);
+    fetch.args(["-vv", "--bucket", &env.bucket, "--prefix", "bootstrap/clawdinator-1"]).env("RUST_LOG", "trace");
+    let mut printed = String::new();
+    for mut command in [upload, fetch] {
+        let out = command.output().unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{text}");
+        printed.push_str(&text);
+    }
+    let identity = identity_value(&env, 1, None).await;
+    assert!(std::fs::read_to_string(&opts.age_key_path).unwrap().contains(&identity));
+    assert!(!printed.contains(&identity[15..40]), "an identity was printed:\n{printed}");
+    assert!(printed.contains("created") && printed.contains("identity"), "{printed}");
 }
