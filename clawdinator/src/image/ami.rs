@@ -339,6 +339,9 @@ pub struct PruneOptions {
     pub older_than_days: Option<u64>,
     pub orphans: bool,
     pub dry_run: bool,
+    /// The revisions of the releases a rollback may return to: an AMI built
+    /// for one of them stays, however many images were built since.
+    pub releases: Vec<String>,
 }
 
 /// Why an AMI stays, if it does. `rank` counts available AMIs from the
@@ -356,6 +359,8 @@ fn keep_reason(
         Some(format!("among the {} newest available", opts.keep))
     } else if !r.used_by.is_empty() {
         Some(format!("used by {}", r.used_by.join(", ")))
+    } else if opts.releases.contains(&r.revision) {
+        Some(format!("built for the kept release {}", r.revision))
     } else if state(image) == "pending" {
         Some("still pending (a publish may be finishing it)".into())
     } else {
@@ -365,7 +370,7 @@ fn keep_reason(
 
 /// Deregister older fleet AMIs and delete their snapshots. Never the newest
 /// available one, never one an instance (in any state but terminated) or a
-/// launch template uses. A snapshot that cannot be deleted is reported and
+/// launch template uses, never one built for a kept release. A snapshot that cannot be deleted is reported and
 /// the rest goes ahead.
 pub async fn prune(ec2: &aws_sdk_ec2::Client, opts: &PruneOptions) -> Result<PruneReport> {
     let images = fleet_images(ec2).await?;

@@ -104,6 +104,12 @@ pub struct AmiPruneArgs {
     /// Also delete fleet snapshots that no AMI uses (listed either way).
     #[arg(long)]
     pub orphans: bool,
+    /// The fleet bucket, whose release manifests (releases/) say which AMIs a rollback may need.
+    #[arg(long, env = "S3_BUCKET")]
+    pub bucket: String,
+    /// Keep every AMI built for one of this many newest releases.
+    #[arg(long, default_value_t = 5)]
+    pub keep_releases: usize,
     /// List what would be removed; change nothing.
     #[arg(long)]
     pub dry_run: bool,

@@ -19,7 +19,7 @@ pub mod snapshot;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 use crate::ctx::Ctx;
 use crate::output;
@@ -115,11 +115,17 @@ async fn ami(ctx: &Ctx, cmd: AmiCmd) -> Result<()> {
         }
         AmiCmd::List => ctx.out.emit(&ami::list(&ec2).await?),
         AmiCmd::Prune(args) => {
+            // No release list, no pruning: an AMI a release needs is never
+            // removed for want of knowing it.
+            let releases = crate::release::manifest::revisions(&aws.s3(), &args.bucket)
+                .await
+                .with_context(|| format!("nothing pruned: cannot list the releases in s3://{}/", args.bucket))?;
             let opts = ami::PruneOptions {
                 keep: args.keep,
                 older_than_days: args.older_than,
                 orphans: args.orphans,
                 dry_run: args.dry_run,
+                releases: releases.into_iter().take(args.keep_releases).collect(),
             };
             let entry = crate::audit::Entry {
                 command: "image ami prune",

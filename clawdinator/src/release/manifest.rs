@@ -136,23 +136,30 @@ pub async fn read(s3c: &aws_sdk_s3::Client, bucket: &str, revision: &str) -> Res
     Ok(release)
 }
 
-/// The newest manifest in the bucket (by the time S3 stored it).
-pub async fn newest(s3c: &aws_sdk_s3::Client, bucket: &str) -> Result<Release> {
-    let mut newest: Option<(aws_sdk_s3::primitives::DateTime, String)> = None;
+/// The revisions of the bucket's manifests, newest first (by the time S3
+/// stored them; a tie by revision, so the order is the same every time).
+pub async fn revisions(s3c: &aws_sdk_s3::Client, bucket: &str) -> Result<Vec<String>> {
+    let mut found: Vec<(aws_sdk_s3::primitives::DateTime, String)> = Vec::new();
     let mut pages = s3c.list_objects_v2().bucket(bucket).prefix(PREFIX).into_paginator().send();
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| aws::error("S3 ListObjectsV2", &s3::url(bucket, PREFIX), e))?;
         for object in page.contents() {
             let (Some(key), Some(at)) = (object.key(), object.last_modified()) else { continue };
-            if newest.as_ref().is_none_or(|(t, _)| at > t) {
-                newest = Some((*at, key.to_string()));
+            if let Some(revision) = key.strip_prefix(PREFIX).and_then(|k| k.strip_suffix(".json")) {
+                found.push((*at, revision.to_string()));
             }
         }
     }
-    let (_, key) = newest.with_context(|| {
+    found.sort_by(|a, b| b.cmp(a));
+    Ok(found.into_iter().map(|(_, revision)| revision).collect())
+}
+
+/// The newest manifest in the bucket (by the time S3 stored it).
+pub async fn newest(s3c: &aws_sdk_s3::Client, bucket: &str) -> Result<Release> {
+    let revisions = revisions(s3c, bucket).await?;
+    let revision = revisions.first().with_context(|| {
         format!("{} holds no release: the release lane has not built one yet", s3::url(bucket, PREFIX))
     })?;
-    let revision = key.strip_prefix(PREFIX).and_then(|k| k.strip_suffix(".json")).unwrap_or_default();
     read(s3c, bucket, revision).await
 }
 

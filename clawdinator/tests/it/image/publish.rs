@@ -389,6 +389,63 @@ async fn prune_never_removes_the_latest_or_one_in_use() {
     assert!(recent.removed.is_empty());
 }
 
+/// Publish a sample image as if built from `revision`.
+async fn publish_for(env: &Env, seed: u64, revision: &str) -> String {
+    let (_, json) = sample(env, &format!("img{seed}"), seed);
+    let mut manifest: serde_json::Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
+    let field = manifest.as_object().unwrap().keys().find(|k| k.to_lowercase().contains("revision")).unwrap().clone();
+    manifest[field] = serde_json::Value::String(revision.into());
+    std::fs::write(&json, manifest.to_string()).unwrap();
+    publish::publish(&env.aws, &PublishOptions::new(json), &OUT, &never()).await.unwrap().ami_id
+}
+
+/// An operator rolls back to a release's image; prune, however many images
+/// were built since, never takes it away: the release manifests in the
+/// bucket name the revisions whose AMIs stay. Without the list, nothing goes.
+#[tokio::test(flavor = "multi_thread")]
+async fn prune_keeps_the_ami_of_every_kept_release_however_many_images_came_since() {
+    let env = env().await;
+    let ec2 = env.aws.ec2();
+    let released = "1111111111111111111111111111111111111111";
+    let kept = publish_for(&env, 40, released).await;
+    let mut since = Vec::new();
+    for seed in 41..45 {
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        since.push(publish_for(&env, seed, &format!("{seed:0>40}")).await);
+    }
+    let put = |rev: &str| {
+        let body = format!("{{\"revision\":\"{rev}\"}}").into_bytes();
+        env.aws.s3().put_object().bucket(&env.bucket).key(format!("releases/{rev}.json")).body(body.into()).send()
+    };
+    put(released).await.unwrap();
+    let releases = clawdinator::release::manifest::revisions(&env.aws.s3(), &env.bucket).await.unwrap();
+    assert_eq!(releases, [released]);
+
+    let opts = PruneOptions { keep: 1, releases, ..Default::default() };
+    let report = ami::prune(&ec2, &opts).await.unwrap();
+    let removed: Vec<&str> = report.removed.iter().map(|r| r.image_id.as_str()).collect();
+    assert_eq!(removed, [since[2].as_str(), since[1].as_str(), since[0].as_str()], "{report:?}");
+    let why = report.kept.iter().find(|(id, _)| *id == kept).map(|(_, why)| why.as_str());
+    assert_eq!(why, Some(format!("built for the kept release {released}").as_str()));
+    let left: Vec<String> =
+        ami::fleet_images(&ec2).await.unwrap().iter().map(|i| i.image_id().unwrap().to_string()).collect();
+    assert_eq!(left, [since[3].clone(), kept.clone()]);
+
+    // The command: with the bucket unreadable, nothing is pruned.
+    let out = env
+        .cli(env!("CARGO_BIN_EXE_clawdinator"))
+        .args(["image", "ami", "prune", "--keep", "0", "--bucket", "no-such-fleet-bucket"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("nothing pruned"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(ami::fleet_images(&ec2).await.unwrap().len(), 2);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn copies_and_deprecation() {
     let env = env().await;
