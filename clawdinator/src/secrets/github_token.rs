@@ -62,27 +62,86 @@ pub struct Scope {
     pub permissions: BTreeMap<String, String>,
 }
 
-/// Permissions no host or CI token ever gets: they run or change workflows,
-/// which is deploying.
-const NEVER: &[&str] = &["actions", "workflows"];
+/// The only permissions a host or CI token may ask for, each with the
+/// highest level it may have: what the agents do (read and push branches,
+/// merge, comment on and close pull requests and issues, read the checks of
+/// a pull request, the hourly snapshot of issues and pull requests) and what
+/// CI's clones need. Everything else is refused, named: a permission GitHub
+/// adds later stays out until it is listed here. `administration`,
+/// `environments`, `variables`, `secrets`, `repository_hooks` or any
+/// `organization_*` would let a token loosen the protected environment or
+/// change the fleet's settings; `actions` and `workflows` run or change
+/// workflows, which is deploying. (The control API's dispatch token is not
+/// minted through here.)
+pub const ALLOWED: &[(&str, Level)] = &[
+    ("checks", Level::Read),
+    ("contents", Level::Write),
+    ("issues", Level::Write),
+    ("metadata", Level::Read),
+    ("pull_requests", Level::Write),
+    ("statuses", Level::Read),
+];
+
+/// Where the allow-list lives, for the error that refuses a permission.
+const ALLOWED_AT: &str = "clawdinator/src/secrets/github_token.rs (ALLOWED)";
+
+/// A permission's level; write includes read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Level {
+    Read,
+    Write,
+}
+
+impl Level {
+    fn parse(level: &str) -> Option<Level> {
+        match level {
+            "read" => Some(Level::Read),
+            "write" => Some(Level::Write),
+            _ => None,
+        }
+    }
+}
+
+/// One `NAME=LEVEL`, checked against the allow-list; the name as GitHub
+/// spells it (lower case).
+fn allowed_permission(p: &str) -> Result<(String, Level)> {
+    let (name, level) = p.split_once('=').with_context(|| format!("--permission {p}: expected NAME=LEVEL"))?;
+    let level = Level::parse(level).with_context(|| format!("--permission {p}: the level is read or write"))?;
+    let name = name.trim().to_ascii_lowercase();
+    let listed = ALLOWED.iter().map(|(n, l)| format!("{n}={l:?}").to_lowercase()).collect::<Vec<_>>().join(", ");
+    let Some((_, most)) = ALLOWED.iter().find(|(n, _)| *n == name) else {
+        bail!(
+            "--permission {p}: {name} is not on the allow-list of a bot or CI token ({listed}; kept in {ALLOWED_AT})"
+        );
+    };
+    ensure!(
+        level <= *most,
+        "--permission {p}: {name} is on the allow-list only up to {} ({listed}; kept in {ALLOWED_AT})",
+        format!("{most:?}").to_lowercase()
+    );
+    Ok((name, level))
+}
+
+/// A repository's name as GitHub compares it: without its owner, in lower
+/// case (`OpenClaw/Clawdinators` is `clawdinators`).
+fn repository_key(name: &str) -> String {
+    name.trim().trim_end_matches('/').rsplit('/').next().unwrap_or_default().to_ascii_lowercase()
+}
 
 impl Scope {
     /// Parse `NAME=LEVEL` permissions and check the scope a host or CI may ask for.
     pub fn parse(repositories: &[String], permissions: &[String], fleet_repository: &str) -> Result<Scope> {
         let mut scope = Scope { repositories: repositories.to_vec(), permissions: BTreeMap::new() };
         for p in permissions {
-            let (name, level) = p.split_once('=').with_context(|| format!("--permission {p}: expected NAME=LEVEL"))?;
-            ensure!(matches!(level, "read" | "write"), "--permission {p}: the level is read or write");
-            ensure!(
-                !NEVER.contains(&name),
-                "--permission {p}: a token that can run or change workflows can deploy; never {name}"
-            );
-            scope.permissions.insert(name.to_string(), level.to_string());
+            let (name, level) = allowed_permission(p)?;
+            // Named twice: the last one holds, as it always has.
+            scope.permissions.insert(name, if level == Level::Write { "write" } else { "read" }.to_string());
         }
         ensure!(!scope.permissions.is_empty(), "name the permissions the token needs (--permission contents=read …)");
         let writes_contents = scope.permissions.get("contents").is_some_and(|l| l == "write");
+        let fleet = repository_key(fleet_repository);
         ensure!(
-            !writes_contents || (!scope.repositories.is_empty() && !scope.repositories.iter().any(|r| r == fleet_repository)),
+            !writes_contents || (!scope.repositories.is_empty() && !scope.repositories.iter().any(|r| repository_key(r) == fleet)),
             "contents=write on {fleet_repository} (this fleet's own repository) is never granted: list the --repository names the token may write, without it"
         );
         Ok(scope)

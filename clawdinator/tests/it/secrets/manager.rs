@@ -456,16 +456,22 @@ async fn a_bot_token_is_narrowed_in_the_request_and_handed_to_the_agent() {
 }
 
 /// Attack: a token that could deploy (dispatch or change workflows, or push
-/// to the fleet's own repository) is refused before any request.
+/// to the fleet's own repository) is refused before any request: the key is
+/// never read (exit 2, a usage error).
 #[test]
 fn a_token_that_could_deploy_is_never_asked_for() {
     let base = ["--app-id", "1", "--installation-id", "2", "--pem", "/nonexistent", "--api-url", "http://127.0.0.1:9"];
     for (extra, says) in [
-        (&["--permission", "actions=write"][..], "never actions"),
-        (&["--permission", "actions=read"][..], "never actions"),
-        (&["--permission", "workflows=write"][..], "never workflows"),
+        (&["--permission", "actions=write"][..], "actions is not on the allow-list"),
+        (&["--permission", "actions=read"][..], "actions is not on the allow-list"),
+        (&["--permission", "workflows=write"][..], "workflows is not on the allow-list"),
+        (&["--permission", "Administration=write"][..], "administration is not on the allow-list"),
         (&["--permission", "contents=write"][..], "contents=write on clawdinators"),
         (&["--permission", "contents=write", "--repository", "clawdinators"][..], "contents=write on clawdinators"),
+        (
+            &["--permission", "contents=write", "--repository", "OpenClaw/Clawdinators"][..],
+            "contents=write on clawdinators",
+        ),
         (&["--permission", "contents=admin"][..], "read or write"),
         (&["--repository", "openclaw"][..], "--permission"),
     ] {
@@ -474,6 +480,89 @@ fn a_token_that_could_deploy_is_never_asked_for() {
         assert_eq!(code, 2, "{extra:?}: {stderr}");
         assert!(stderr.contains(says), "{extra:?}: {stderr}");
     }
+}
+
+/// Attack: every permission that is not on the allow-list, however spelled,
+/// is refused by name, saying where the list lives; an allowed one above
+/// its level too. Each of these would let a bot token loosen the protected
+/// environment, change the fleet's variables or secrets, add a webhook,
+/// run or change workflows, or act on the organisation.
+#[test]
+fn only_the_permissions_the_agents_need_are_granted() {
+    use clawdinator::secrets::github_token::Scope;
+    let parse = |p: &str| Scope::parse(&["openclaw".to_string()], &[p.to_string()], "clawdinators");
+    let refused = [
+        "administration",
+        "environments",
+        "variables",
+        "secrets",
+        "repository_hooks",
+        "organization_hooks",
+        "workflows",
+        "actions",
+        "deployments",
+        "pages",
+        "packages",
+        "security_events",
+        "secret_scanning_alerts",
+        "vulnerability_alerts",
+        "repository_projects",
+        "single_file",
+        "members",
+        "organization_administration",
+        "organization_secrets",
+        "organization_self_hosted_runners",
+        "organization_custom_roles",
+        "organization_user_blocking",
+        "organization_plan",
+        "team_discussions",
+        "frobnicate",
+    ];
+    for name in refused {
+        for spelled in [name.to_string(), name.to_ascii_uppercase()] {
+            for level in ["read", "write"] {
+                let p = format!("{spelled}={level}");
+                let err = format!("{:#}", parse(&p).unwrap_err());
+                assert!(err.contains(&format!("{name} is not on the allow-list")), "{p}: {err}");
+                assert!(err.contains("clawdinator/src/secrets/github_token.rs"), "{p}: {err}");
+            }
+        }
+    }
+    // Allowed, but only as far as the agents need.
+    for p in ["checks=write", "statuses=write", "metadata=write"] {
+        let err = format!("{:#}", parse(p).unwrap_err());
+        assert!(err.contains("only up to read"), "{p}: {err}");
+    }
+    // What the hosts' timer and CI ask for passes, in GitHub's spelling.
+    let scope = Scope::parse(
+        &["openclaw".to_string()],
+        &["Contents=write", "issues=write", "pull_requests=write", "checks=read", "statuses=read", "metadata=read"]
+            .map(String::from),
+        "clawdinators",
+    )
+    .unwrap();
+    assert_eq!(scope.permissions.get("contents").map(String::as_str), Some("write"), "{scope:?}");
+    assert_eq!(scope.permissions.len(), 6, "{scope:?}");
+}
+
+/// Attack: the fleet's own repository named in another case, or with its
+/// owner, is still the fleet's own: GitHub compares names case-insensitively.
+#[test]
+fn the_fleet_repository_is_recognised_however_it_is_cased() {
+    use clawdinator::secrets::github_token::Scope;
+    let write = ["contents=write".to_string()];
+    for (repository, fleet) in [
+        ("Clawdinators", "clawdinators"),
+        ("CLAWDINATORS", "clawdinators"),
+        ("OpenClaw/Clawdinators", "clawdinators"),
+        ("clawdinators", "OpenClaw/Clawdinators"),
+        ("openclaw/clawdinators", "OpenClaw/ClawDinators"),
+    ] {
+        let err = Scope::parse(&["openclaw".to_string(), repository.to_string()], &write, fleet).unwrap_err();
+        assert!(format!("{err:#}").contains("this fleet's own repository"), "{repository} vs {fleet}: {err:#}");
+    }
+    // Another repository with a similar name is not the fleet's.
+    Scope::parse(&["clawdinators-docs".to_string()], &write, "OpenClaw/Clawdinators").unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread")]
