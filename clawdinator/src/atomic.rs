@@ -115,6 +115,80 @@ pub fn check_owned(path: &Path) -> Result<()> {
     Ok(())
 }
 
+/// A directory opened one level at a time, never through a link: a
+/// directory an agent can write may have any of its entries swapped for a
+/// link (to `/etc`, to a secret) between a check and a use, so what root or a
+/// service acts on there is reached by handle, never by path again.
+/// `create` makes a missing level with mode 0755, owned by this process.
+pub fn open_dir_nofollow(path: &Path, create: bool) -> Result<std::os::fd::OwnedFd> {
+    use rustix::fs::{openat, Mode, OFlags, CWD};
+    use std::path::Component;
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut dir = openat(CWD, if path.is_absolute() { "/" } else { "." }, flags, Mode::empty())
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    for component in path.components() {
+        let name = match component {
+            Component::Normal(name) => name,
+            Component::RootDir | Component::CurDir => continue,
+            _ => bail!("{}: a path with `..` is refused (name the directory itself)", path.display()),
+        };
+        if create {
+            match rustix::fs::mkdirat(&dir, name, Mode::from_raw_mode(0o755)) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => bail!("cannot create {} in {}: {e}", name.to_string_lossy(), path.display()),
+            }
+        }
+        dir = openat(&dir, name, flags, Mode::empty()).map_err(|e| refused_level(path, name, e))?;
+    }
+    Ok(dir)
+}
+
+/// Why a level of `path` did not open: a link (or a non-directory) is named as such.
+fn refused_level(path: &Path, name: &std::ffi::OsStr, e: rustix::io::Errno) -> anyhow::Error {
+    use rustix::io::Errno;
+    match e {
+        Errno::LOOP | Errno::NOTDIR => anyhow::anyhow!(
+            "{}: {} is a link or not a directory, and a link is never followed here (name the real directory)",
+            path.display(),
+            name.to_string_lossy()
+        ),
+        e => anyhow::anyhow!("cannot open {} in {}: {e}", name.to_string_lossy(), path.display()),
+    }
+}
+
+/// What [`open_regular_at`] found instead of a regular file.
+#[derive(Debug)]
+pub enum Refused {
+    /// A link, a FIFO, a socket, a device or a directory: never read.
+    NotRegular,
+    /// Gone since it was listed.
+    Gone,
+}
+
+/// `name` in `dir`, opened for reading without following a link and
+/// without blocking (a FIFO swapped in would otherwise wait for a writer
+/// forever), and kept only if the opened handle is a regular file: what is
+/// checked is what is read.
+pub fn open_regular_at(
+    dir: std::os::fd::BorrowedFd<'_>,
+    name: &std::ffi::OsStr,
+) -> Result<std::result::Result<std::fs::File, Refused>> {
+    use rustix::fs::{openat, FileType, Mode, OFlags};
+    use rustix::io::Errno;
+    let flags = OFlags::RDONLY | OFlags::NONBLOCK | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NOCTTY;
+    let fd = match openat(dir, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::LOOP | Errno::NXIO | Errno::NOTDIR) => return Ok(Err(Refused::NotRegular)),
+        Err(Errno::NOENT) => return Ok(Err(Refused::Gone)),
+        Err(e) => bail!("cannot open {}: {e}", name.to_string_lossy()),
+    };
+    let stat = rustix::fs::fstat(&fd).with_context(|| format!("cannot stat {}", name.to_string_lossy()))?;
+    if FileType::from_raw_mode(stat.st_mode) != FileType::RegularFile {
+        return Ok(Err(Refused::NotRegular));
+    }
+    Ok(Ok(std::fs::File::from(fd)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,10 +3,17 @@
 //! bucket. A file whose SHA-256 the bucket already records is not sent
 //! again; an object under the prefix whose file is gone is deleted, after
 //! every upload (a reader never misses a file being replaced); nothing
-//! outside the prefix is touched. Links are never followed: a link in the
-//! tree could point at a secret, so it is left out and named.
+//! outside the prefix is touched. The agents write the tree while this
+//! runs, so nothing in it is trusted to stay what the walk saw: each level
+//! is opened from its parent without following a link, each file is opened
+//! without following a link and without blocking, and only a handle that is
+//! a regular file is read. A link (it could point at a secret), a FIFO (it
+//! would hang the run) or anything else is left out and named.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::ffi::{OsStr, OsString};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{ensure, Context, Result};
@@ -14,6 +21,7 @@ use serde::Serialize;
 
 use crate::aws::s3::{self, Body};
 use crate::aws::{self as aws_mod, Aws};
+use rustix::fs::{openat, statat, AtFlags, Dir, FileType, Mode, OFlags};
 
 pub struct PublishOptions {
     pub from: PathBuf,
@@ -77,26 +85,56 @@ pub fn check_prefix(prefix: &str) -> Result<()> {
     Ok(())
 }
 
-/// The tree's regular files by relative name, and what was left out.
-fn local_tree(root: &Path) -> Result<(BTreeMap<String, PathBuf>, Vec<String>)> {
-    let (mut files, mut skipped, mut dirs) = (BTreeMap::new(), Vec::new(), vec![root.to_path_buf()]);
-    while let Some(dir) = dirs.pop() {
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot read {}", dir.display()))? {
-            let path = entry?.path();
-            let kind = std::fs::symlink_metadata(&path)?.file_type();
-            let rel = path.strip_prefix(root)?.to_str().map(str::to_string);
-            match (kind.is_dir(), kind.is_file(), rel) {
-                (true, _, Some(_)) => dirs.push(path),
-                (false, true, Some(rel)) => {
-                    files.insert(rel, path);
+/// The tree, walked by handle: each directory is opened from its parent
+/// without following a link, so a directory the agents swap for a link
+/// mid-walk leads nowhere outside the tree.
+struct Tree {
+    dirs: Vec<OwnedFd>,
+    /// Each regular file by relative name: its directory (an index into
+    /// `dirs`) and its name there.
+    files: BTreeMap<String, (usize, OsString)>,
+    /// Links and other non-files, by path, left out.
+    skipped: Vec<String>,
+}
+
+fn local_tree(root: &Path) -> Result<Tree> {
+    let mut tree =
+        Tree { dirs: vec![crate::atomic::open_dir_nofollow(root, false)?], files: BTreeMap::new(), skipped: vec![] };
+    let mut todo = vec![(0, String::new())];
+    while let Some((index, prefix)) = todo.pop() {
+        let at = root.join(&prefix);
+        let entries = Dir::read_from(&tree.dirs[index]).with_context(|| format!("cannot read {}", at.display()))?;
+        for entry in entries {
+            let entry = entry.with_context(|| format!("cannot read {}", at.display()))?;
+            let name = OsStr::from_bytes(entry.file_name().to_bytes()).to_os_string();
+            if name == "." || name == ".." {
+                continue;
+            }
+            let rel = name.to_str().map(|n| format!("{prefix}{n}"));
+            let kind =
+                statat(&tree.dirs[index], &name, AtFlags::SYMLINK_NOFOLLOW).map(|s| FileType::from_raw_mode(s.st_mode));
+            match (kind, rel) {
+                (Ok(FileType::Directory), Some(rel)) => {
+                    match openat(&tree.dirs[index], &name, DIR_FLAGS, Mode::empty()) {
+                        Ok(fd) => {
+                            tree.dirs.push(fd);
+                            todo.push((tree.dirs.len() - 1, format!("{rel}/")));
+                        }
+                        Err(_) => tree.skipped.push(at.join(&name).display().to_string()),
+                    }
                 }
-                _ => skipped.push(path.display().to_string()),
+                (Ok(FileType::RegularFile), Some(rel)) => {
+                    tree.files.insert(rel, (index, name));
+                }
+                _ => tree.skipped.push(at.join(&name).display().to_string()),
             }
         }
     }
-    skipped.sort();
-    Ok((files, skipped))
+    tree.skipped.sort();
+    Ok(tree)
 }
+
+const DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
 
 /// Every object under the prefix, by name below it, with its size.
 async fn remote_tree(aws: &Aws, bucket: &str, prefix: &str) -> Result<BTreeMap<String, i64>> {
@@ -116,24 +154,32 @@ async fn remote_tree(aws: &Aws, bucket: &str, prefix: &str) -> Result<BTreeMap<S
 /// A published file is a memo, not a dataset dump: anything larger is refused.
 const FILE_LIMIT: u64 = 16 << 20;
 
-/// A file's bytes, read once through a handle opened without following a
-/// link: one swapped in for the file after the walk (pointing at a secret)
-/// is refused, and what is hashed is what is sent.
-pub fn read_regular(path: &Path) -> Result<Vec<u8>> {
+/// A file's bytes, read once through a handle opened in its directory
+/// without following a link and without blocking: a file swapped after the
+/// walk for a link (to a secret) or a FIFO (which would hang the run) is
+/// refused (`None`) by what the handle is, and what is hashed is what is sent.
+fn read_regular_at(dir: &OwnedFd, name: &OsStr, shown: &Path) -> Result<Option<Vec<u8>>> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .with_context(|| format!("cannot open {} (a link is never followed)", path.display()))?;
-    let meta = file.metadata()?;
-    ensure!(meta.is_file(), "{} is not a regular file: left out", path.display());
-    ensure!(meta.len() <= FILE_LIMIT, "{} is over {FILE_LIMIT} bytes: not published", path.display());
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(FILE_LIMIT + 1).read_to_end(&mut bytes)?;
-    ensure!(bytes.len() as u64 <= FILE_LIMIT, "{} grew past {FILE_LIMIT} bytes while read", path.display());
-    Ok(bytes)
+    let file = match crate::atomic::open_regular_at(dir.as_fd(), name)
+        .with_context(|| format!("cannot open {}", shown.display()))?
+    {
+        Ok(file) => file,
+        Err(_) => return Ok(None),
+    };
+    let len = file.metadata()?.len();
+    ensure!(len <= FILE_LIMIT, "{} is over {FILE_LIMIT} bytes: not published", shown.display());
+    let mut bytes = Vec::with_capacity(len as usize);
+    file.take(FILE_LIMIT + 1).read_to_end(&mut bytes).with_context(|| format!("cannot read {}", shown.display()))?;
+    ensure!(bytes.len() as u64 <= FILE_LIMIT, "{} grew past {FILE_LIMIT} bytes while read", shown.display());
+    Ok(Some(bytes))
+}
+
+/// `path` read as publish-tree reads a file of the tree: `None` when it is
+/// a link or not a regular file (a link at any level is never followed).
+pub fn read_regular(path: &Path) -> Result<Option<Vec<u8>>> {
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let name = path.file_name().with_context(|| format!("{} names no file", path.display()))?;
+    read_regular_at(&crate::atomic::open_dir_nofollow(parent, false)?, name, path)
 }
 
 fn content_type(name: &str) -> &'static str {
@@ -147,7 +193,7 @@ fn content_type(name: &str) -> &'static str {
 
 pub async fn publish(aws: &Aws, opts: &PublishOptions) -> Result<PublishReport> {
     check_prefix(&opts.prefix)?;
-    let (files, skipped) = local_tree(&opts.from)?;
+    let tree = local_tree(&opts.from)?;
     let remote = remote_tree(aws, &opts.bucket, &opts.prefix).await?;
     let (s3c, bucket) = (aws.s3(), opts.bucket.as_str());
     let mut report = PublishReport {
@@ -155,11 +201,16 @@ pub async fn publish(aws: &Aws, opts: &PublishOptions) -> Result<PublishReport> 
         prefix: opts.prefix.clone(),
         dry_run: opts.dry_run,
         objects: BTreeMap::new(),
-        skipped,
+        skipped: tree.skipped,
     };
-    for (rel, path) in &files {
+    for (rel, (dir, name)) in &tree.files {
         let key = format!("{}{rel}", opts.prefix);
-        let bytes = read_regular(path)?;
+        let shown = opts.from.join(rel);
+        let Some(bytes) = read_regular_at(&tree.dirs[*dir], name, &shown)? else {
+            // Swapped since the walk: left out like a link found by it (its object goes).
+            report.skipped.push(shown.display().to_string());
+            continue;
+        };
         let sha = crate::digest::sha256_hex(&bytes);
         let same_size = remote.get(rel).is_some_and(|s| *s == bytes.len() as i64);
         let unchanged = same_size && s3::head_sha256(&s3c, bucket, &key).await?.as_deref() == Some(sha.as_str());
@@ -173,7 +224,8 @@ pub async fn publish(aws: &Aws, opts: &PublishOptions) -> Result<PublishReport> 
         };
         report.objects.insert(key, action);
     }
-    for rel in remote.keys().filter(|rel| !files.contains_key(*rel)) {
+    let published: BTreeSet<String> = report.objects.keys().cloned().collect();
+    for rel in remote.keys().filter(|rel| !published.contains(&format!("{}{rel}", opts.prefix))) {
         let key = format!("{}{rel}", opts.prefix);
         if !opts.dry_run {
             s3c.delete_object()
@@ -185,5 +237,6 @@ pub async fn publish(aws: &Aws, opts: &PublishOptions) -> Result<PublishReport> 
         }
         report.objects.insert(key, if opts.dry_run { Action::WouldDelete } else { Action::Deleted });
     }
+    report.skipped.sort();
     Ok(report)
 }
