@@ -7,8 +7,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
+use std::ffi::OsStr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+
+use anyhow::{bail, ensure, Context, Result};
 use base64::Engine;
+use rustix::fs::{
+    openat, renameat_with, statat, unlinkat, AtFlags, Dir, FileType, Gid, Mode, OFlags, RenameFlags, Uid,
+};
 use serde::{Deserialize, Serialize};
 use xshell::{cmd, Shell};
 
@@ -350,34 +357,134 @@ impl fmt::Display for InstallReport {
     }
 }
 
-/// Copy a tree (directories and files, modes kept), owned by `owner`.
-fn copy_tree(from: &Path, to: &Path, owner: crate::atomic::Owner) -> Result<()> {
+/// Directories the copy makes are reached by handle, never by path.
+const DIR_FLAGS: OFlags = OFlags::RDONLY.union(OFlags::DIRECTORY).union(OFlags::NOFOLLOW).union(OFlags::CLOEXEC);
+const STAGE_PREFIX: &str = ".seeding-";
+
+/// Copy `from` (root's seeds) to `name` in `dir` (inside the stage):
+/// directories and files only, modes kept, owned by `owner`. Everything is
+/// created relative to its parent's handle, exclusively, never through a link.
+fn copy_into(from: &Path, dir: BorrowedFd<'_>, name: &OsStr, owner: crate::atomic::Owner) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
-    let meta = std::fs::symlink_metadata(from)?;
-    if meta.is_dir() {
-        std::fs::create_dir(to).with_context(|| format!("cannot create {}", to.display()))?;
-        for entry in std::fs::read_dir(from)? {
+    let meta = std::fs::symlink_metadata(from).with_context(|| format!("cannot read {}", from.display()))?;
+    let made = |e| anyhow::anyhow!("cannot create {} in the stage: {e}", from.display());
+    let fd: OwnedFd = if meta.is_dir() {
+        rustix::fs::mkdirat(dir, name, Mode::from_raw_mode(0o700)).map_err(made)?;
+        let sub = openat(dir, name, DIR_FLAGS, Mode::empty()).map_err(made)?;
+        for entry in std::fs::read_dir(from).with_context(|| format!("cannot read {}", from.display()))? {
             let entry = entry?;
-            copy_tree(&entry.path(), &to.join(entry.file_name()), owner)?;
+            copy_into(&entry.path(), sub.as_fd(), &entry.file_name(), owner)?;
         }
-        std::fs::set_permissions(to, std::fs::Permissions::from_mode(meta.permissions().mode() & 0o777))?;
+        sub
     } else if meta.is_file() {
-        std::fs::copy(from, to).with_context(|| format!("cannot copy {} to {}", from.display(), to.display()))?;
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut out = std::fs::File::from(openat(dir, name, flags, Mode::from_raw_mode(0o600)).map_err(made)?);
+        let mut input = std::fs::File::open(from).with_context(|| format!("cannot read {}", from.display()))?;
+        std::io::copy(&mut input, &mut out).with_context(|| format!("cannot copy {}", from.display()))?;
+        out.into()
     } else {
         bail!("{} is neither a file nor a directory: refused", from.display());
-    }
+    };
     if owner != crate::atomic::Owner::default() {
-        std::os::unix::fs::lchown(to, owner.uid, owner.gid)
-            .with_context(|| format!("cannot chown {}", to.display()))?;
+        let (uid, gid) = (owner.uid.map(Uid::from_raw), owner.gid.map(Gid::from_raw));
+        rustix::fs::fchown(&fd, uid, gid)
+            .map_err(|e| anyhow::anyhow!("cannot chown the copy of {}: {e}", from.display()))?;
+    }
+    // After the chown, which would clear a set-id bit (none is copied anyway).
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(meta.permissions().mode() & 0o777))?;
+    Ok(())
+}
+
+/// Everything inside `dir`, removed through handles (links are removed, never followed).
+fn empty_at(dir: BorrowedFd<'_>) -> Result<()> {
+    for entry in Dir::read_from(dir)? {
+        let entry = entry?;
+        let name = OsStr::from_bytes(entry.file_name().to_bytes()).to_os_string();
+        if name == "." || name == ".." {
+            continue;
+        }
+        let stat = statat(dir, &name, AtFlags::SYMLINK_NOFOLLOW)?;
+        if FileType::from_raw_mode(stat.st_mode) == FileType::Directory {
+            empty_at(openat(dir, &name, DIR_FLAGS, Mode::empty())?.as_fd())?;
+            unlinkat(dir, &name, AtFlags::REMOVEDIR)?;
+        } else {
+            unlinkat(dir, &name, AtFlags::empty())?;
+        }
+    }
+    Ok(())
+}
+
+/// A root-private (0700) directory inside the agents' directory, where each
+/// copy is made whole before it is moved into place: the agent cannot enter
+/// it, and root reaches it by handle only, so a link the agent swaps in for
+/// it (or for `dest`) is never followed. Removed when dropped, if it is
+/// still where it was made.
+struct Stage<'a> {
+    dest: BorrowedFd<'a>,
+    name: String,
+    fd: OwnedFd,
+}
+
+impl<'a> Stage<'a> {
+    fn new(dest: BorrowedFd<'a>, shown: &Path) -> Result<Stage<'a>> {
+        let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.subsec_nanos();
+        let name = format!("{STAGE_PREFIX}{}-{nanos}", std::process::id());
+        let fail = |e| anyhow::anyhow!("cannot make the stage {name} in {}: {e}", shown.display());
+        rustix::fs::mkdirat(dest, &name, Mode::from_raw_mode(0o700)).map_err(fail)?;
+        let fd = openat(dest, &name, DIR_FLAGS, Mode::empty()).map_err(fail)?;
+        let stat = rustix::fs::fstat(&fd)?;
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        ensure!(
+            stat.st_uid == me && stat.st_mode & 0o777 == 0o700,
+            "the stage {name} in {} was swapped before it opened (uid {}, mode {:o}): nothing copied",
+            shown.display(),
+            stat.st_uid,
+            stat.st_mode & 0o7777
+        );
+        Ok(Stage { dest, name, fd })
+    }
+}
+
+impl Drop for Stage<'_> {
+    fn drop(&mut self) {
+        let _ = empty_at(self.fd.as_fd());
+        let ours = |s: rustix::fs::Stat| {
+            rustix::fs::fstat(&self.fd).is_ok_and(|me| me.st_ino == s.st_ino && me.st_dev == s.st_dev)
+        };
+        if statat(self.dest, self.name.as_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok_and(ours) {
+            let _ = unlinkat(self.dest, self.name.as_str(), AtFlags::REMOVEDIR);
+        }
+    }
+}
+
+/// Stages left by an interrupted run (root's, named as ours) are removed.
+fn clear_debris(dest: BorrowedFd<'_>) -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    let me = unsafe { libc::geteuid() };
+    for entry in Dir::read_from(dest)? {
+        let entry = entry?;
+        let name = OsStr::from_bytes(entry.file_name().to_bytes()).to_os_string();
+        if !name.as_bytes().starts_with(STAGE_PREFIX.as_bytes()) {
+            continue;
+        }
+        let Ok(stat) = statat(dest, &name, AtFlags::SYMLINK_NOFOLLOW) else { continue };
+        if FileType::from_raw_mode(stat.st_mode) == FileType::Directory && stat.st_uid == me {
+            empty_at(openat(dest, &name, DIR_FLAGS, Mode::empty())?.as_fd())?;
+            unlinkat(dest, &name, AtFlags::REMOVEDIR)?;
+        }
     }
     Ok(())
 }
 
 /// Host side: every repository of the fetched seeds that `dest` lacks is
-/// copied in (beside its target, then renamed into place); one that exists
-/// is the agents' working clone and is never touched, nor is anything the
-/// seeds no longer list. `only`, when not empty, names the seeds wanted
-/// (root's deploy copy takes just the fleet's own repository).
+/// copied in (made whole in a root-private stage inside `dest`, then moved
+/// into place, never over anything); one that exists is the agents'
+/// working clone and is never touched, nor is anything the seeds no longer
+/// list. `dest` is the agents' own directory, so it is opened one level at
+/// a time without following a link, and everything after is done through
+/// handles. `only`, when not empty, names the seeds wanted (root's deploy
+/// copy takes just the fleet's own repository).
 pub fn install(from: &Path, dest: &Path, only: &[String], owner: crate::atomic::Owner) -> Result<InstallReport> {
     let mut records = load_records(from)?;
     if let Some(missing) = only.iter().find(|name| !records.iter().any(|r| &&r.name == name)) {
@@ -387,21 +494,28 @@ pub fn install(from: &Path, dest: &Path, only: &[String], owner: crate::atomic::
         );
     }
     records.retain(|r| only.is_empty() || only.contains(&r.name));
-    std::fs::create_dir_all(dest).with_context(|| format!("cannot create {}", dest.display()))?;
+    let dest_fd = crate::atomic::open_dir_nofollow(dest, true)?;
+    clear_debris(dest_fd.as_fd())
+        .with_context(|| format!("cannot clear an interrupted run's stage in {}", dest.display()))?;
     let mut report = InstallReport { dest: dest.display().to_string(), installed: vec![], kept: vec![] };
+    let mut stage = None;
     for record in records {
-        let target = dest.join(&record.name);
-        if std::fs::symlink_metadata(&target).is_ok() {
+        if statat(&dest_fd, record.name.as_str(), AtFlags::SYMLINK_NOFOLLOW).is_ok() {
             report.kept.push(record.name);
             continue;
         }
-        let staging = dest.join(format!(".{}.seeding", record.name));
-        if staging.exists() {
-            std::fs::remove_dir_all(&staging)?; // left by an interrupted run
+        if stage.is_none() {
+            stage = Some(Stage::new(dest_fd.as_fd(), dest)?);
         }
-        copy_tree(&from.join(&record.name), &staging, owner)?;
-        std::fs::rename(&staging, &target).with_context(|| format!("cannot move {} into place", target.display()))?;
-        report.installed.push(record.name);
+        let stage = stage.as_ref().expect("made above");
+        let name = OsStr::new(&record.name);
+        copy_into(&from.join(&record.name), stage.fd.as_fd(), name, owner)?;
+        match renameat_with(&stage.fd, name, &dest_fd, name, RenameFlags::NOREPLACE) {
+            Ok(()) => report.installed.push(record.name),
+            // Made by the agent meanwhile: its clone, kept; the stage's copy goes with the stage.
+            Err(rustix::io::Errno::EXIST) => report.kept.push(record.name),
+            Err(e) => bail!("cannot move {} into place in {}: {e}", record.name, dest.display()),
+        }
     }
     Ok(report)
 }

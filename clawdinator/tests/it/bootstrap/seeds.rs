@@ -199,14 +199,14 @@ fn install_copies_only_missing_repositories() {
 
     // The agent works in its clone; a new seed appears; an interrupted run left debris.
     std::fs::write(dest.join("alpha/README.md"), "work in progress\n").unwrap();
-    std::fs::create_dir_all(dest.join(".gamma.seeding/junk")).unwrap();
+    std::fs::create_dir_all(dest.join(".seeding-interrupted/junk")).unwrap();
     write_records(&seeds_dir, &["alpha", "beta", "gamma"]);
     let second = seeds::install(&seeds_dir, &dest, &[], owner).unwrap();
     assert_eq!(second.installed, ["beta", "gamma"]);
     assert_eq!(second.kept, ["alpha"]);
     assert_eq!(std::fs::read_to_string(dest.join("alpha/README.md")).unwrap(), "work in progress\n");
     assert_eq!(std::fs::read_to_string(dest.join("beta/src/lib.rs")).unwrap(), "beta seed\n");
-    assert!(!dest.join("gamma/junk").exists() && !dest.join(".gamma.seeding").exists());
+    assert!(!dest.join("gamma/junk").exists() && !dest.join(".seeding-interrupted").exists());
 
     write_records(&seeds_dir, &["beta"]);
     let third = seeds::install(&seeds_dir, &dest, &[], owner).unwrap();
@@ -220,4 +220,173 @@ fn install_copies_only_missing_repositories() {
     assert_eq!(std::fs::read_dir(&deploy).unwrap().count(), 1);
     let err = seeds::install(&seeds_dir, &deploy, &["clawdinators".into()], owner).unwrap_err();
     assert!(format!("{err}").contains("no seed \"clawdinators\""), "{err}");
+}
+
+/// The agents' user in these tests: nobody, when the test runs as root.
+const AGENT: u32 = 65534;
+
+fn as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").unwrap().uid() == 0
+}
+
+/// Everything under `dir`, links not followed: name, type, mode, owner, content.
+fn snapshot(dir: &Path) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let mut seen = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(path) = todo.pop() {
+        let meta = std::fs::symlink_metadata(&path).unwrap();
+        let content = if meta.is_file() { std::fs::read_to_string(&path).unwrap_or_default() } else { String::new() };
+        seen.push(format!("{} {:o} {}:{} {content:?}", path.display(), meta.mode(), meta.uid(), meta.gid()));
+        if meta.is_dir() {
+            todo.extend(std::fs::read_dir(&path).unwrap().map(|e| e.unwrap().path()));
+        }
+    }
+    seen.sort();
+    seen
+}
+
+/// Seeds of three repositories, a few hundred files deep enough that a copy
+/// takes long enough to be raced.
+fn big_seeds(seeds_dir: &Path) {
+    for name in ["alpha", "beta", "gamma"] {
+        for d in 0..10 {
+            let dir = seeds_dir.join(name).join(format!("d{d}/sub"));
+            std::fs::create_dir_all(&dir).unwrap();
+            for f in 0..10 {
+                std::fs::write(dir.join(format!("f{f}")), format!("{name} {d} {f}\n")).unwrap();
+            }
+        }
+    }
+    write_records(seeds_dir, &["alpha", "beta", "gamma"]);
+}
+
+/// A home for the agent (its own, as on a host: /var/lib/clawd/repos).
+fn agent_home(root: &Path, n: usize) -> std::path::PathBuf {
+    let home = root.join(format!("home-{n}"));
+    std::fs::create_dir_all(home.join("repos")).unwrap();
+    if as_root() {
+        for dir in [home.clone(), home.join("repos")] {
+            std::os::unix::fs::chown(&dir, Some(AGENT), Some(AGENT)).unwrap();
+        }
+    }
+    home
+}
+
+/// The agent, as a thread holding the agents' uid (per-thread credentials,
+/// no capabilities): in a loop, every hidden directory in `repos` (a copy
+/// being staged) is moved aside and replaced by a link to `outside`; with
+/// `swap_repos`, `repos` itself too. Returns how many swaps it made.
+fn agent_swapper(
+    home: std::path::PathBuf,
+    outside: std::path::PathBuf,
+    swap_repos: bool,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<usize> {
+    let started = std::sync::Arc::new(std::sync::Barrier::new(2));
+    let ready = started.clone();
+    let handle = std::thread::spawn(move || {
+        if as_root() {
+            use rustix::thread::{set_thread_groups, set_thread_res_gid, set_thread_res_uid};
+            let (uid, gid) = (rustix::fs::Uid::from_raw(AGENT), rustix::fs::Gid::from_raw(AGENT));
+            set_thread_groups(&[]).unwrap();
+            set_thread_res_gid(gid, gid, gid).unwrap();
+            set_thread_res_uid(uid, uid, uid).unwrap();
+        }
+        ready.wait();
+        let (repos, mut swaps, mut n) = (home.join("repos"), 0, 0);
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            for entry in std::fs::read_dir(&repos).into_iter().flatten().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let is_dir = std::fs::symlink_metadata(entry.path()).is_ok_and(|m| m.is_dir());
+                if !name.starts_with('.') || name.starts_with(".moved-") || !is_dir {
+                    continue;
+                }
+                n += 1;
+                if std::fs::rename(entry.path(), repos.join(format!(".moved-{n}"))).is_ok()
+                    && std::os::unix::fs::symlink(&outside, entry.path()).is_ok()
+                {
+                    swaps += 1;
+                }
+            }
+            if swap_repos && std::fs::rename(&repos, home.join(format!("repos-moved-{n}"))).is_ok() {
+                n += 1;
+                swaps += usize::from(std::os::unix::fs::symlink(&outside, &repos).is_ok());
+            }
+        }
+        swaps
+    });
+    started.wait();
+    handle
+}
+
+/// Attack: while root copies the seeds into the agents' directory, the
+/// agent swaps the copy's staging directory, or its `repos` directory, for a
+/// link to a root-owned directory, again and again. The copy never writes,
+/// creates or chowns anything there; every install that succeeds is whole
+/// and the agent's.
+#[test]
+fn install_never_follows_a_link_the_agent_swaps_in() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path();
+    std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let seeds_dir = root.join("repo-seeds");
+    big_seeds(&seeds_dir);
+    // Root's, like /etc: the place every link points at.
+    let outside = root.join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::write(outside.join("passwd"), "root:x:0:0\n").unwrap();
+    let before = snapshot(&outside);
+    let owner = if as_root() {
+        clawdinator::atomic::Owner { uid: Some(AGENT), gid: Some(AGENT) }
+    } else {
+        eprintln!("not root: the agent is this user; files are not handed to another owner");
+        clawdinator::atomic::Owner::default()
+    };
+
+    // `repos` already a link: refused, naming it.
+    let home = agent_home(root, 0);
+    std::fs::rename(home.join("repos"), home.join("repos-real")).unwrap();
+    std::os::unix::fs::symlink(&outside, home.join("repos")).unwrap();
+    let err = seeds::install(&seeds_dir, &home.join("repos"), &[], owner).unwrap_err();
+    assert!(format!("{err:#}").contains("a link is never followed"), "{err:#}");
+    assert_eq!(snapshot(&outside), before, "the copy went through the link");
+
+    // The staging directory swapped mid-copy: installs succeed, whole.
+    let mut swaps = 0;
+    for n in 1..=200 {
+        let home = agent_home(root, n);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = agent_swapper(home.clone(), outside.clone(), false, stop.clone());
+        let result = seeds::install(&seeds_dir, &home.join("repos"), &[], owner);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swaps += swapper.join().unwrap();
+        assert_eq!(snapshot(&outside), before, "round {n}: the copy wrote through the agent's link");
+        let report = result.unwrap();
+        assert_eq!(report.installed, ["alpha", "beta", "gamma"], "round {n}");
+        for name in ["alpha", "beta", "gamma"] {
+            let file = home.join("repos").join(name).join("d9/sub/f9");
+            assert_eq!(std::fs::read_to_string(&file).unwrap(), format!("{name} 9 9\n"), "round {n}");
+            if as_root() {
+                assert_eq!(std::fs::symlink_metadata(&file).unwrap().uid(), AGENT, "round {n}");
+            }
+        }
+        if swaps >= 5 {
+            break;
+        }
+    }
+    assert!(swaps > 0, "the agent never caught a copy being staged: the race was not run");
+
+    // `repos` itself swapped while installing: an install may fail; nothing outside changes.
+    for n in 201..=220 {
+        let home = agent_home(root, n);
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let swapper = agent_swapper(home.clone(), outside.clone(), true, stop.clone());
+        let _ = seeds::install(&seeds_dir, &home.join("repos"), &[], owner);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        swapper.join().unwrap();
+        assert_eq!(snapshot(&outside), before, "round {n}: the copy wrote through the agent's link");
+    }
 }
