@@ -541,9 +541,9 @@ async fn send(
             anyhow::Ok(())
         }
     });
-    // Every instance runs to its end even when another fails: nothing is
-    // left in flight, so what the bucket holds afterwards is settled (the
-    // clean-up of identities reads it).
+    // Every instance runs to its end even when another fails: no manifest is
+    // left in flight, so which manifests the bucket holds afterwards is
+    // settled (the clean-up of identities reads them).
     let results: Vec<Result<()>> =
         futures::stream::iter(instances).buffer_unordered(opts.concurrency.max(1)).collect().await;
     results.into_iter().collect()

@@ -1162,3 +1162,66 @@ async fn no_identity_reaches_the_output() {
     assert!(!printed.contains(&identity[15..40]), "an identity was printed:\n{printed}");
     assert!(printed.contains("created") && printed.contains("identity"), "{printed}");
 }
+
+/// Two runs at once: this one listed no identity, another created it
+/// before this one's CreateSecret landed (here, while that call stalls).
+/// This run uses the other's identity and never writes a second one.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_identity_created_by_another_run_meanwhile_is_used_not_replaced() {
+    let env = env().await;
+    let fleet = fleet(&env, 1).await;
+    env.emulator
+        .inject(serde_json::json!({"operation": "CreateSecret", "match": "clawdinator-1/age-identity", "stall": 2}))
+        .unwrap();
+    let opts = upload_opts(&fleet, &env.bucket);
+    let theirs = age::x25519::Identity::generate();
+    let recipient = theirs.to_public().to_string();
+    let other_run = async {
+        // Once this run's CreateSecret is held, the other run creates the identity.
+        while env.emulator.faults().unwrap()[0]["fired"] != 1 {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        let tag = |k: &str, v: &str| aws_sdk_secretsmanager::types::Tag::builder().key(k).value(v).build();
+        env.aws
+            .secrets_manager()
+            .create_secret()
+            .name(identity_secret(1))
+            .secret_string(age::secrecy::ExposeSecret::expose_secret(&theirs.to_string()))
+            .client_request_token(bootstrap::version_for(&recipient))
+            .tags(tag("app", "clawdinator"))
+            .tags(tag(bootstrap::TAG_RECIPIENT, &recipient))
+            .send()
+            .await
+            .unwrap();
+    };
+    let (report, ()) = tokio::join!(bootstrap::upload(&env.aws, &opts, &QUIET), other_run);
+    let report = report.unwrap();
+    assert_eq!((report.identities_created, report.identities_kept), (0, 1), "{report}");
+    assert!(report.identities[0].note.as_deref().unwrap_or_default().contains("another run"), "{report}");
+    assert_eq!(identity_secrets(&env).await[&identity_secret(1)].1, 1, "a second identity was written");
+    assert_eq!(manifest_of(&env, 1).await.identity_recipient.as_deref(), Some(recipient.as_str()));
+    let host = fetch_opts(&env, 1);
+    bootstrap::fetch(&env.aws, &host).await.unwrap();
+    assert!(open_with(&host.age_key_path, &host.secrets_dir.join("clawdinator-discord-token-1.age")).is_ok());
+}
+
+/// An identity deleted with a recovery window is not listed; the upload
+/// does not create another over it: it names the secret and the fix
+/// (restore), and once restored the identity is used again.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_identity_pending_deletion_is_named_with_the_fix() {
+    let env = env().await;
+    let fleet = fleet(&env, 2).await;
+    bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
+    let before = manifest_of(&env, 2).await;
+    let sm = env.aws.secrets_manager();
+    sm.delete_secret().secret_id(identity_secret(2)).recovery_window_in_days(7).send().await.unwrap();
+    let err = bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap_err();
+    let text = format!("{err:#}");
+    assert!(text.contains("clawdinator/clawdinator-2/age-identity is scheduled for deletion: restore it"), "{text}");
+    assert_eq!(manifest_of(&env, 2).await, before, "the bundle changed");
+
+    sm.restore_secret().secret_id(identity_secret(2)).send().await.unwrap();
+    let again = bootstrap::upload(&env.aws, &upload_opts(&fleet, &env.bucket), &QUIET).await.unwrap();
+    assert_eq!((again.identities_created, again.identities_kept, again.bytes_sent), (0, 2, 0), "{again}");
+}
