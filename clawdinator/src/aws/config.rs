@@ -241,6 +241,11 @@ impl Aws {
         aws_sdk_ssm::Client::new(&self.config)
     }
 
+    /// The control API's deploy cooldowns live in a DynamoDB table.
+    pub fn dynamodb(&self) -> aws_sdk_dynamodb::Client {
+        aws_sdk_dynamodb::Client::new(&self.config)
+    }
+
     /// The environment a child AWS tool (tofu) needs to act as this very
     /// identity: the current credentials (fresh: an assumed role's are
     /// refreshed by the provider) and the region. Values for a child's

@@ -3,7 +3,8 @@
 //! single retry layer), and errors that name the operation, the resource
 //! and the IAM permission a denial lacks.
 //!
-//! - `config`: [`Settings`], [`Timeouts`] and [`Aws`], the loaded configuration and its clients;
+//! - `config`: [`Settings`], [`Timeouts`] and [`Aws`], the loaded configuration and its clients
+//!   (S3, STS, IAM, EC2, EBS, Secrets Manager, SSM, DynamoDB);
 //! - `error`: [`error`] and [`error_code`], an SDK error as one line;
 //! - `github_oidc`: in GitHub Actions, the CI role assumed with a fresh OIDC token;
 //! - [`iam`]: IAM actions per operation, and trust policy checks;

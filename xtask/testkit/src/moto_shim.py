@@ -815,7 +815,9 @@ def error_response(service, rule, start_response):
     code, message = rule.get("code", "InternalError"), rule.get("message", "injected by the test shim")
     status = int(rule.get("status", 500))
     headers = [("x-amzn-RequestId", str(uuid.uuid4()))]
-    if service in ("ebs", "ssm", "secretsmanager"):
+    # DynamoDB speaks JSON 1.0 as well: an error is {"__type", "message"}
+    # ("Error handling with DynamoDB", Amazon DynamoDB Developer Guide).
+    if service in ("ebs", "ssm", "secretsmanager", "dynamodb"):
         body = json.dumps({"__type": code, "message": message}).encode()
         headers += [("Content-Type", "application/json"), ("x-amzn-ErrorType", code)]
     elif service == "ec2":
@@ -921,6 +923,37 @@ class Switches:
 
 
 PATCHES = [patch_shared_images, patch_recorder_lock, patch_ssm_list_command_invocations, patch_instance_health, patch_ssm_instances, patch_s3_list_parts, patch_ebs_direct, patch_register_image, patch_import_snapshot]
+
+
+# ---- DynamoDB (the control API's deploy cooldowns, control-api/src/cooldown.rs) ----
+
+
+def patch_dynamodb_isolation():
+    """DynamoDB isolates writes to an item from each other: a transaction is
+    serializable with every other write, and a conditional write sees the
+    item as the last write left it ("Isolation levels for DynamoDB
+    transactions", Amazon DynamoDB Developer Guide). moto's server answers on
+    threads, and its TransactWriteItems checks, writes and, on failure,
+    restores a copy of the whole table without a lock: two concurrent
+    transactions can both pass a condition, or one's rollback erase the
+    other's write. One lock around moto's item operations restores what AWS
+    documents (re-entrant: a transaction calls put_item and get_item)."""
+    from moto.dynamodb.models import DynamoDBBackend
+
+    lock = threading.RLock()
+    for name in ("transact_write_items", "put_item", "update_item", "delete_item", "get_item"):
+        original = getattr(DynamoDBBackend, name)
+
+        def locked(self, *args, _original=original, **kwargs):
+            with lock:
+                return _original(self, *args, **kwargs)
+
+        setattr(DynamoDBBackend, name, locked)
+
+
+PATCHES.append(patch_dynamodb_isolation)
+
+# ---- end DynamoDB ----
 
 
 def main():
