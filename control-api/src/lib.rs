@@ -11,7 +11,16 @@
 //!   an unknown target 400.
 //!
 //! A deploy dispatches the `fleet-deploy` workflow with the authenticated
-//! caller, using a GitHub App installation token minted in process.
+//! caller, using a GitHub App installation token minted in process, in a
+//! lane: `bot` for an instance, `operator` for an operator (the workflow
+//! queues each lane apart, so no bot's run cancels an operator's).
+//!
+//! Before it is dispatched a deploy takes its cooldowns ([`cooldown`]): a
+//! bot is answered 429 with `Retry-After` while its own or the target's is
+//! in force; an operator is never held but holds the target. The order is
+//! authorize, cooldown, dispatch; a dispatch that fails gives the cooldown
+//! back; a cooldown table that cannot be reached is 503 and nothing is
+//! dispatched.
 //!
 //! Every request goes to the fleet's audit trail in S3 twice: `started`
 //! (who asked for what) before anything is done, and `finished` with the
@@ -19,9 +28,12 @@
 //! 503 and nothing is done. Each container keeps its own chain
 //! ([`clawdinator::audit::BucketChain`]); `audit verify --bucket` checks them all.
 
+pub mod cooldown;
+
 use anyhow::{Context, Result};
 use clawdinator::audit::{BucketChain, Record};
 use clawdinator::registry::Registry;
+use cooldown::{Busy, Cooldowns, Grant};
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -50,6 +62,24 @@ pub struct Config {
     pub operators: Vec<String>,
     /// The fleet's account: an instance role of any other account is a stranger.
     pub account: String,
+    /// Deploy cooldowns, in DynamoDB.
+    pub cooldowns: Cooldowns,
+}
+
+/// The deploy workflow's queue a run waits in: a bot's run never cancels an operator's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lane {
+    Bot,
+    Operator,
+}
+
+impl Lane {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Lane::Bot => "bot",
+            Lane::Operator => "operator",
+        }
+    }
 }
 
 /// The role name in an assumed-role session ARN
@@ -122,10 +152,12 @@ pub trait Fleet {
         target: &str,
         ami: Option<&str>,
         caller: &str,
+        lane: Lane,
     ) -> impl std::future::Future<Output = Result<()>> + Send;
 }
 
 /// The `fleet-deploy` workflow on GitHub.
+#[derive(Debug, Clone)]
 pub struct Workflow {
     pub api_url: String,
     pub repo: String,
@@ -144,14 +176,16 @@ impl Workflow {
     }
 
     /// `POST /repos/{repo}/actions/workflows/{workflow}/dispatches` with the inputs.
-    pub async fn dispatch(&self, token: &str, target: &str, ami: Option<&str>, caller: &str) -> Result<()> {
+    pub async fn dispatch(&self, token: &str, target: &str, ami: Option<&str>, caller: &str, lane: Lane) -> Result<()> {
         let url = format!(
             "{}/repos/{}/actions/workflows/{}/dispatches",
             self.api_url.trim_end_matches('/'),
             self.repo,
             self.workflow
         );
-        let body = json!({"ref": self.git_ref, "inputs": {"target": target, "ami_override": ami.unwrap_or(""), "caller": caller}});
+        let inputs =
+            json!({"target": target, "ami_override": ami.unwrap_or(""), "caller": caller, "lane": lane.as_str()});
+        let body = json!({"ref": self.git_ref, "inputs": inputs});
         let (status, answer) =
             clawdinator::github::call_with_body(hyper::Method::POST, &url, token, Some(&body)).await?;
         anyhow::ensure!(
@@ -163,12 +197,13 @@ impl Workflow {
     }
 }
 
+/// The answer; a 429 says in `Retry-After` (RFC 9110 §10.2.3) how many seconds to wait.
 fn reply(status: u16, body: Value) -> Response<Body> {
-    Response::builder()
-        .status(status)
-        .header("content-type", "application/json")
-        .body(Body::Text(body.to_string()))
-        .expect("a valid response")
+    let mut response = Response::builder().status(status).header("content-type", "application/json");
+    if let Some(seconds) = body["retryAfter"].as_i64().filter(|_| status == 429) {
+        response = response.header("retry-after", seconds.to_string());
+    }
+    response.body(Body::Text(body.to_string())).expect("a valid response")
 }
 
 /// The signed caller's ARN from a function URL request.
@@ -256,17 +291,67 @@ async fn answer(
             Ok(status) => (200, status),
             Err(e) => (502, json!({"error": format!("fleet status failed: {e:#}")})),
         },
-        Ok((caller, Action::Deploy { target, ami })) => {
-            let who = match &caller {
-                Caller::Instance(name) => name.clone(),
-                Caller::Operator(arn) => arn.clone(),
+        Ok((caller, Action::Deploy { target, ami })) => deploy(config, fleet, &caller, &target, ami.as_deref()).await,
+    }
+}
+
+/// An allowed deploy: its cooldowns first, then the dispatch in the caller's lane.
+async fn deploy(config: &Config, fleet: &impl Fleet, caller: &Caller, target: &str, ami: Option<&str>) -> (u16, Value) {
+    let (who, lane) = match caller {
+        Caller::Instance(name) => (name.as_str(), Lane::Bot),
+        Caller::Operator(arn) => (arn.as_str(), Lane::Operator),
+    };
+    let grant = match take_cooldowns(config, caller, target).await {
+        Ok(Ok(grant)) => grant,
+        Ok(Err(busy)) => return too_soon(who, target, &busy),
+        Err(e) => {
+            let table = &config.cooldowns.table;
+            let reason = format!(
+                "the deploy cooldowns (DynamoDB table {table}) cannot be checked, so nothing was dispatched: {e:#}"
+            );
+            return (503, json!({ "error": reason }));
+        }
+    };
+    match fleet.dispatch(target, ami, who, lane).await {
+        Ok(()) => (202, json!({"dispatched": "fleet-deploy", "target": target, "caller": who, "lane": lane.as_str()})),
+        Err(e) => {
+            // A run that never started must not lock the next attempt out.
+            let released = match config.cooldowns.release(&grant).await {
+                Ok(()) => "its cooldown was released, so asking again may work".to_string(),
+                Err(r) => format!("{r:#}"),
             };
-            match fleet.dispatch(&target, ami.as_deref(), &who).await {
-                Ok(()) => (202, json!({"dispatched": "fleet-deploy", "target": target, "caller": who})),
-                Err(e) => (502, json!({"error": format!("the deploy could not be dispatched: {e:#}")})),
-            }
+            (502, json!({"error": format!("the deploy could not be dispatched ({released}): {e:#}")}))
         }
     }
+}
+
+/// A bot takes its own cooldown and the target's; an operator is not held
+/// but sets the cooldown of each instance it deploys.
+async fn take_cooldowns(config: &Config, caller: &Caller, target: &str) -> Result<Result<Grant, Busy>> {
+    match caller {
+        Caller::Instance(me) => config.cooldowns.take_for_bot(me, target).await,
+        Caller::Operator(arn) => {
+            let targets: Vec<String> = match target {
+                "all" => config.registry.instances.keys().cloned().collect(),
+                one => vec![one.to_string()],
+            };
+            config.cooldowns.take_for_operator(&targets, arn).await.map(Ok)
+        }
+    }
+}
+
+/// 429: which cooldown holds the deploy, and when to ask again.
+fn too_soon(who: &str, target: &str, busy: &Busy) -> (u16, Value) {
+    let until = clawdinator::clock::rfc3339(std::time::UNIX_EPOCH + std::time::Duration::from_secs(busy.until as u64));
+    let why = match busy.cooldown {
+        "caller" => format!("{who} asked for a deploy less than its cooldown ago"),
+        _ if busy.holder.starts_with("arn:") => {
+            format!("{target} was deployed by an operator less than its cooldown ago")
+        }
+        _ => format!("{target} was deployed at {}'s request less than its cooldown ago", busy.holder),
+    };
+    let error = format!("{why}: the {} cooldown ends at {until}; ask again in {} s", busy.cooldown, busy.retry_after);
+    (429, json!({"error": error, "cooldown": busy.cooldown, "until": until, "retryAfter": busy.retry_after}))
 }
 
 /// Who asks (401 or 403 first), then whether the body is an action (400), then whether it is allowed.
@@ -301,7 +386,7 @@ impl Fleet for Live {
         Ok(serde_json::to_value(&report)?)
     }
 
-    async fn dispatch(&self, target: &str, ami: Option<&str>, caller: &str) -> Result<()> {
+    async fn dispatch(&self, target: &str, ami: Option<&str>, caller: &str, lane: Lane) -> Result<()> {
         let token = clawdinator::secrets::github_token::mint(
             &self.aws,
             &self.app_id,
@@ -312,6 +397,6 @@ impl Fleet for Live {
         )
         .await
         .context("cannot mint a GitHub App installation token")?;
-        self.workflow.dispatch(&token, target, ami, caller).await
+        self.workflow.dispatch(&token, target, ami, caller, lane).await
     }
 }

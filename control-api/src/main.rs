@@ -39,7 +39,8 @@ async fn main() -> Result<(), lambda_http::Error> {
         pem_secret: std::env::var("CLAWDINATOR_APP_KEY_SECRET").unwrap_or_else(|_| "clawdinator/deploy-app.pem".into()),
     };
     let account = env("CLAWDINATOR_ACCOUNT_ID")?;
-    let config = Config { registry, operators, account };
+    let cooldowns = clawdinator_control_api::cooldown::Cooldowns::from_env(&live.aws)?;
+    let config = Config { registry, operators, account, cooldowns };
     lambda_http::run(lambda_http::service_fn(|request| {
         let (config, live, audit) = (&config, &live, &audit);
         async move { Ok::<_, std::convert::Infallible>(handle(config, live, audit, request).await) }

@@ -10,9 +10,10 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use crate::common::{config, event, github, Dispatches, MINTED};
+use crate::common::{config, cooldown_table, event, github_failing_when, Dispatches, COOLDOWN_TABLE, MINTED};
 use aws_credential_types::Credentials;
 use clawdinator::aws::{Aws, Settings};
+use clawdinator_control_api::cooldown::Cooldowns;
 use clawdinator_control_api::{handle, Audit, Config, Live, Workflow};
 use serde_json::{json, Value};
 use testkit::emulator::Emulator;
@@ -32,6 +33,8 @@ struct Fleet {
     url: String,
     signers: Signers,
     github: Dispatches,
+    /// GitHub answers dispatches 500 while set.
+    github_failing: Arc<std::sync::atomic::AtomicBool>,
     public_key: String,
 }
 
@@ -42,16 +45,18 @@ impl Fleet {
         aws.s3().create_bucket().bucket(AUDIT_BUCKET).send().await.unwrap();
         let (private, public_key) = testkit::fixtures::github_app_key().unwrap();
         aws.secrets_manager().create_secret().name(APP_KEY_SECRET).secret_string(private).send().await.unwrap();
-        let (github_url, github) = github();
-        let Config { registry, operators, account } = config();
+        cooldown_table(&aws).await;
+        let github_failing = Arc::<std::sync::atomic::AtomicBool>::default();
+        let (github_url, github) = github_failing_when(github_failing.clone());
         let function = Settings {
             static_credentials: Some((FUNCTION_KEY.into(), "testing".into())),
             ..Settings::local(&emulator.endpoint())
         };
         let function = Aws::load(&function).await.unwrap();
+        let config = config(Cooldowns::new(&function, COOLDOWN_TABLE));
         let live = Live {
             aws: function.clone(),
-            registry: registry.clone(),
+            registry: config.registry.clone(),
             workflow: Workflow {
                 api_url: github_url.clone(),
                 repo: "openclaw/clawdinators".into(),
@@ -63,7 +68,7 @@ impl Fleet {
             pem_secret: APP_KEY_SECRET.into(),
         };
         let audit = Audit { aws: function, chain: clawdinator::audit::BucketChain::new(AUDIT_BUCKET, "control-api") };
-        let api = Arc::new((Config { registry, operators, account }, live, audit));
+        let api = Arc::new((config, live, audit));
         let signers: Signers = Arc::default();
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
@@ -73,7 +78,7 @@ impl Fleet {
                 serve(stream, &base, &front_aws, &front_signers, &api).await;
             }
         });
-        Fleet { emulator, aws, url, signers, github, public_key }
+        Fleet { emulator, aws, url, signers, github, github_failing, public_key }
     }
 
     /// Credentials of `clawdinator-instance-<name>`, as the instance role gives them.
@@ -191,7 +196,10 @@ async fn an_instance_asks_for_another_instance_and_the_deploy_is_dispatched_as_i
         )
         .await
         .unwrap();
-    assert_eq!(answer, json!({"dispatched": "fleet-deploy", "target": "clawdinator-2", "caller": "clawdinator-1"}));
+    assert_eq!(
+        answer,
+        json!({"dispatched": "fleet-deploy", "target": "clawdinator-2", "caller": "clawdinator-1", "lane": "bot"})
+    );
 
     // The token was minted with a JWT the App's public key verifies, then used.
     let github = fleet.github();
@@ -208,7 +216,7 @@ async fn an_instance_asks_for_another_instance_and_the_deploy_is_dispatched_as_i
     assert_eq!(github[1].1, format!("Bearer {MINTED}"));
     assert_eq!(
         github[1].2["inputs"],
-        json!({"target": "clawdinator-2", "ami_override": "ami-0123456789abcdef0", "caller": "clawdinator-1"})
+        json!({"target": "clawdinator-2", "ami_override": "ami-0123456789abcdef0", "caller": "clawdinator-1", "lane": "bot"})
     );
 
     // The audit trail names the signer as STS does, not as the body claims.
@@ -266,13 +274,30 @@ async fn the_control_api_role_may_make_every_call_the_function_makes() {
     fleet.emulator.start_call_log().unwrap();
     fleet.ask(bot.clone(), json!({"action": "status"})).await.unwrap();
     fleet.ask(bot, json!({"action": "deploy", "target": "clawdinator-2"})).await.unwrap();
+    // The cooldowns' other calls: the read behind a 429, an operator's put,
+    // and the release after a dispatch GitHub refused.
+    let other = fleet.instance("clawdinator-3").await;
+    let held = fleet.ask(other, json!({"action": "deploy", "target": "clawdinator-2"})).await.unwrap_err();
+    assert!(format!("{held:#}").contains("refused (429"), "{held:#}");
+    let alice = fleet.user("alice").await;
+    fleet.ask(alice.clone(), json!({"action": "deploy", "target": "clawdinator-3"})).await.unwrap();
+    fleet.github_failing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let failed = fleet.ask(alice, json!({"action": "deploy", "target": "clawdinator-1"})).await.unwrap_err();
+    assert!(format!("{failed:#}").contains("its cooldown was released"), "{failed:#}");
     let calls = fleet.emulator.calls().unwrap();
     let world = testkit::policies::World::emulator(AUDIT_BUCKET);
     let facts = testkit::iam::Facts::gather(&fleet.aws, &calls).await;
     let commands = testkit::iam::Commands(vec![("the control API function".into(), usize::MAX)]);
     let requests = testkit::iam::requests_of(&calls, FUNCTION_KEY, &commands, &world, &facts).unwrap();
     let actions: std::collections::BTreeSet<&str> = requests.iter().map(|r| r.action.as_str()).collect();
-    for needed in ["ec2:DescribeInstances", "secretsmanager:GetSecretValue", "s3:PutObject"] {
+    for needed in [
+        "ec2:DescribeInstances",
+        "secretsmanager:GetSecretValue",
+        "s3:PutObject",
+        "dynamodb:PutItem",
+        "dynamodb:GetItem",
+        "dynamodb:UpdateItem",
+    ] {
         assert!(actions.contains(needed), "{needed} was never called: {actions:?}");
     }
     let role = testkit::policies::control_api(&testkit::repo_root(), &world).unwrap();

@@ -4,44 +4,64 @@
 //! Every request's records land in the emulator's S3, and the audit
 //! trail's own check must accept them.
 
-use crate::common::{config, event, github, Dispatches};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::common::{config, cooldown_table, cooldowns, event, github, Dispatches, TestClock};
 use anyhow::Result;
-use clawdinator_control_api::{handle, Audit, Fleet, Workflow};
+use clawdinator_control_api::{handle, Audit, Config, Fleet, Lane, Workflow};
 use serde_json::{json, Value};
 
 const TOKEN: &str = "ghs_installation_token_for_test";
 
-struct TestFleet {
+pub(crate) struct TestFleet {
     workflow: Workflow,
+    /// GitHub cannot be reached: the dispatch fails.
+    pub(crate) broken: AtomicBool,
 }
 
 impl Fleet for TestFleet {
     async fn status(&self) -> Result<Value> {
         Ok(json!({"drift": []}))
     }
-    async fn dispatch(&self, target: &str, ami: Option<&str>, caller: &str) -> Result<()> {
-        self.workflow.dispatch(TOKEN, target, ami, caller).await
+    async fn dispatch(&self, target: &str, ami: Option<&str>, caller: &str, lane: Lane) -> Result<()> {
+        if self.broken.load(Ordering::SeqCst) {
+            // Nothing listens on port 1: the request fails as an unreachable GitHub does.
+            let down = Workflow { api_url: "http://127.0.0.1:1".into(), ..self.workflow.clone() };
+            return down.dispatch(TOKEN, target, ami, caller, lane).await;
+        }
+        self.workflow.dispatch(TOKEN, target, ami, caller, lane).await
     }
 }
 
-const BOT1: &str = "arn:aws:sts::123456789012:assumed-role/clawdinator-instance-clawdinator-1/i-0123456789abcdef0";
+pub(crate) const BOT1: &str =
+    "arn:aws:sts::123456789012:assumed-role/clawdinator-instance-clawdinator-1/i-0123456789abcdef0";
 
 const AUDIT_BUCKET: &str = "clawdinator-audit";
 
-/// The handler with its audit trail in the emulator's S3 and GitHub on loopback.
-struct Api {
-    emulator: testkit::emulator::Emulator,
-    aws: clawdinator::aws::Aws,
-    audit: Audit,
-    fleet: TestFleet,
+/// One answer: its status, `Retry-After` header and JSON body.
+pub(crate) struct Answer {
+    pub status: u16,
+    pub retry_after: Option<i64>,
+    pub body: Value,
+}
+
+/// The handler with its audit trail in the emulator's S3, its cooldowns in
+/// the emulator's DynamoDB on a clock the test moves, and GitHub on loopback.
+pub(crate) struct Api {
+    pub emulator: testkit::emulator::Emulator,
+    pub aws: clawdinator::aws::Aws,
+    pub audit: Audit,
+    pub fleet: TestFleet,
+    pub clock: TestClock,
     seen: Dispatches,
 }
 
 impl Api {
-    async fn start() -> Api {
+    pub async fn start() -> Api {
         let emulator = testkit::emulator::Emulator::start().unwrap();
         let aws = clawdinator::aws::Aws::load(&clawdinator::aws::Settings::local(&emulator.endpoint())).await.unwrap();
         aws.s3().create_bucket().bucket(AUDIT_BUCKET).send().await.unwrap();
+        cooldown_table(&aws).await;
         let audit =
             Audit { aws: aws.clone(), chain: clawdinator::audit::BucketChain::new(AUDIT_BUCKET, "control-api") };
         let (url, seen) = github();
@@ -51,23 +71,44 @@ impl Api {
             workflow: "fleet-deploy.yml".into(),
             git_ref: "main".into(),
         };
-        Api { emulator, aws, audit, fleet: TestFleet { workflow }, seen }
+        let fleet = TestFleet { workflow, broken: AtomicBool::new(false) };
+        Api { emulator, aws, audit, fleet, clock: TestClock::new(), seen }
     }
 
-    /// One request: the status, the answer and what GitHub received for it.
-    async fn call(&self, arn: Option<&str>, body: Value) -> (u16, Value, Vec<(String, String, Value)>) {
-        let response = handle(&config(), &self.fleet, &self.audit, event(arn, body)).await;
+    /// The configuration a container starts with; each request gets a new one.
+    pub fn config(&self) -> Config {
+        config(cooldowns(&self.aws, &self.clock))
+    }
+
+    /// One request under `config`, without taking what GitHub received.
+    pub async fn request_with(&self, config: &Config, arn: Option<&str>, body: Value) -> Answer {
+        let response = handle(config, &self.fleet, &self.audit, event(arn, body)).await;
         let status = response.status().as_u16();
+        let retry_after = response.headers().get("retry-after").map(|v| v.to_str().unwrap().parse().unwrap());
         let text = match response.body() {
             lambda_http::Body::Text(t) => t.clone(),
             other => String::from_utf8_lossy(other.as_ref()).into_owned(),
         };
-        let seen = std::mem::take(&mut *self.seen.lock().unwrap());
-        (status, serde_json::from_str(&text).unwrap(), seen)
+        Answer { status, retry_after, body: serde_json::from_str(&text).unwrap() }
+    }
+
+    pub async fn request(&self, arn: Option<&str>, body: Value) -> Answer {
+        self.request_with(&self.config(), arn, body).await
+    }
+
+    /// What GitHub received since the last look.
+    pub fn dispatches(&self) -> Vec<(String, String, Value)> {
+        std::mem::take(&mut *self.seen.lock().unwrap())
+    }
+
+    /// One request: the status, the answer and what GitHub received for it.
+    pub async fn call(&self, arn: Option<&str>, body: Value) -> (u16, Value, Vec<(String, String, Value)>) {
+        let answer = self.request(arn, body).await;
+        (answer.status, answer.body, self.dispatches())
     }
 
     /// The audit records in S3, checked as the trail checks them.
-    async fn records(&self) -> (Vec<Value>, clawdinator::audit::Chains) {
+    pub async fn records(&self) -> (Vec<Value>, clawdinator::audit::Chains) {
         crate::common::audit_records(&self.aws, AUDIT_BUCKET).await
     }
 }
@@ -87,7 +128,7 @@ async fn a_human_deploys_all() {
     assert_eq!(auth, &format!("Bearer {TOKEN}"));
     assert_eq!(
         dispatch,
-        &json!({"ref": "main", "inputs": {"target": "all", "ami_override": "", "caller": "arn:aws:iam::123456789012:user/alice"}})
+        &json!({"ref": "main", "inputs": {"target": "all", "ami_override": "", "caller": "arn:aws:iam::123456789012:user/alice", "lane": "operator"}})
     );
 }
 
@@ -101,7 +142,7 @@ async fn a_bot_deploys_another_instance_as_itself_whatever_the_body_claims() {
     assert_eq!(status, 202, "{body}");
     assert_eq!(
         seen[0].2["inputs"],
-        json!({"target": "clawdinator-2", "ami_override": "ami-0123456789abcdef0", "caller": "clawdinator-1"})
+        json!({"target": "clawdinator-2", "ami_override": "ami-0123456789abcdef0", "caller": "clawdinator-1", "lane": "bot"})
     );
 }
 
