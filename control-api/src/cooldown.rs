@@ -104,6 +104,24 @@ fn new_token() -> Result<String> {
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
 
+type TransactError = aws_sdk_dynamodb::error::SdkError<
+    aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError,
+    aws_sdk_dynamodb::config::http::HttpResponse,
+>;
+
+/// Why DynamoDB cancelled a transaction, item by item (`ConditionalCheckFailed`,
+/// `TransactionConflict`, `None` for an item that was not the cause); None
+/// for any other error.
+fn cancellation_codes(err: &TransactError) -> Option<Vec<Option<String>>> {
+    use aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException;
+    match err.as_service_error()? {
+        TransactionCanceledException(c) => {
+            Some(c.cancellation_reasons().iter().map(|r| r.code().map(String::from)).collect())
+        }
+        _ => None,
+    }
+}
+
 fn seconds_env(name: &str, default: i64) -> Result<i64> {
     match std::env::var(name) {
         Err(_) => Ok(default),
@@ -184,15 +202,12 @@ impl Cooldowns {
                 }
                 Err(err) => err,
             };
-            let reasons: Vec<Option<String>> = match err.as_service_error() {
-                Some(aws_sdk_dynamodb::operation::transact_write_items::TransactWriteItemsError::TransactionCanceledException(c)) => {
-                    c.cancellation_reasons().iter().map(|r| r.code().map(String::from)).collect()
-                }
-                _ => return Err(error("DynamoDB TransactWriteItems", &self.table, err)),
+            let Some(reasons) = cancellation_codes(&err) else {
+                return Err(error("DynamoDB TransactWriteItems", &self.table, err));
             };
             let mut busy = Vec::new();
             for (i, (name, key, _)) in keys.iter().enumerate() {
-                if reasons.get(i).cloned().flatten().as_deref() == Some("ConditionalCheckFailed") {
+                if reasons.get(i).is_some_and(|code| code.as_deref() == Some("ConditionalCheckFailed")) {
                     busy.extend(self.in_force(name, key).await?);
                 }
             }
