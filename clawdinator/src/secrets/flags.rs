@@ -132,7 +132,7 @@ pub struct GithubTokenArgs {
     /// The token covers only this repository of the installation (repeatable; none: every repository).
     #[arg(long = "repository", value_name = "NAME")]
     pub repositories: Vec<String>,
-    /// NAME=LEVEL: a permission the token gets (repeatable, at least one; never actions or workflows).
+    /// NAME=LEVEL: a permission the token gets (repeatable, at least one; only the allow-list clawdinator/github-permissions.json).
     #[arg(long = "permission", value_name = "NAME=LEVEL", required = true)]
     pub permissions: Vec<String>,
     /// This fleet's own repository: a token never gets contents=write on it.

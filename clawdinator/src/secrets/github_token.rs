@@ -72,18 +72,21 @@ pub struct Scope {
 /// `organization_*` would let a token loosen the protected environment or
 /// change the fleet's settings; `actions` and `workflows` run or change
 /// workflows, which is deploying. (The control API's dispatch token is not
-/// minted through here.)
-pub const ALLOWED: &[(&str, Level)] = &[
-    ("checks", Level::Read),
-    ("contents", Level::Write),
-    ("issues", Level::Write),
-    ("metadata", Level::Read),
-    ("pull_requests", Level::Write),
-    ("statuses", Level::Read),
-];
+/// minted through here.) One file holds the list, read here and by the
+/// NixOS module's assertion (nix/modules/clawdinator/github.nix).
+const ALLOWED_JSON: &str = include_str!("../../github-permissions.json");
 
 /// Where the allow-list lives, for the error that refuses a permission.
-const ALLOWED_AT: &str = "clawdinator/src/secrets/github_token.rs (ALLOWED)";
+const ALLOWED_AT: &str = "clawdinator/github-permissions.json";
+
+/// The allow-list: each permission with the highest level it may have.
+pub fn allowed() -> &'static BTreeMap<String, Level> {
+    static ALLOWED: std::sync::LazyLock<BTreeMap<String, Level>> = std::sync::LazyLock::new(|| {
+        let listed: BTreeMap<String, String> = serde_json::from_str(ALLOWED_JSON).expect("the allow-list is JSON");
+        listed.into_iter().map(|(n, l)| (n, Level::parse(&l).expect("each level is read or write"))).collect()
+    });
+    &ALLOWED
+}
 
 /// A permission's level; write includes read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -108,8 +111,8 @@ fn allowed_permission(p: &str) -> Result<(String, Level)> {
     let (name, level) = p.split_once('=').with_context(|| format!("--permission {p}: expected NAME=LEVEL"))?;
     let level = Level::parse(level).with_context(|| format!("--permission {p}: the level is read or write"))?;
     let name = name.trim().to_ascii_lowercase();
-    let listed = ALLOWED.iter().map(|(n, l)| format!("{n}={l:?}").to_lowercase()).collect::<Vec<_>>().join(", ");
-    let Some((_, most)) = ALLOWED.iter().find(|(n, _)| *n == name) else {
+    let listed = allowed().iter().map(|(n, l)| format!("{n}={l:?}").to_lowercase()).collect::<Vec<_>>().join(", ");
+    let Some(most) = allowed().get(&name) else {
         bail!(
             "--permission {p}: {name} is not on the allow-list of a bot or CI token ({listed}; kept in {ALLOWED_AT})"
         );
@@ -303,6 +306,15 @@ pub async fn issue(ctx: &Ctx, opts: &TokenOptions) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_allow_list_parses_and_never_holds_what_deploys() {
+        let list = allowed();
+        assert_eq!(list.get("contents"), Some(&Level::Write));
+        for never in ["actions", "workflows", "administration", "environments", "variables", "secrets"] {
+            assert!(!list.contains_key(never), "{never} is on the allow-list");
+        }
+    }
 
     #[test]
     fn debug_never_shows_the_token() {

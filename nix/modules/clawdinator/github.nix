@@ -19,6 +19,12 @@ let
     lib.unique (lib.concatMap (n: optional ((n.locked.type or "") == "github") "${n.locked.owner}/${n.locked.repo}") nodes);
   repoName = r: lib.toLower (lib.last (lib.splitString "/" r));
   writableLocked = lib.filter (r: builtins.elem (repoName r) (map repoName cfg.githubApp.lockedRepositories)) cfg.githubApp.repositories;
+  # The permissions a token may have, each up to its level: the one list
+  # `clawdinator secrets github-token` also enforces.
+  allowedPermissions = builtins.fromJSON (builtins.readFile ../../../clawdinator/github-permissions.json);
+  notAllowed = lib.filter
+    (n: !(allowedPermissions ? ${n}) || (allowedPermissions.${n} == "read" && cfg.githubApp.permissions.${n} == "write"))
+    (builtins.attrNames cfg.githubApp.permissions);
 in
 {
   options.services.clawdinator = {
@@ -41,7 +47,7 @@ in
       permissions = mkOption {
         type = types.attrsOf (types.enum [ "read" "write" ]);
         default = { contents = "write"; issues = "write"; pull_requests = "write"; };
-        description = "The permissions a token gets (GitHub narrows the App's grant to these); never actions or workflows.";
+        description = "The permissions a token gets (GitHub narrows the App's grant to these); only those on the allow-list clawdinator/github-permissions.json, each up to its level.";
       };
       fleetRepository = mkOption { type = types.str; default = "clawdinators"; description = "This fleet's own repository: no bot token may write it."; };
       schedule = mkOption { type = types.str; default = "45min"; description = "Time between refreshes (a systemd time span); tokens live an hour."; };
@@ -66,12 +72,12 @@ in
         message = "services.clawdinator.githubApp.enable needs githubApp.appId and githubApp.installationId (the App's settings page and its installation URL show both).";
       }
       {
-        assertion = !(cfg.githubApp.permissions ? actions) && !(cfg.githubApp.permissions ? workflows);
-        message = "services.clawdinator.githubApp.permissions: a bot token never gets actions or workflows (either can deploy); drop them.";
+        assertion = notAllowed == [ ];
+        message = "services.clawdinator.githubApp.permissions: ${lib.concatStringsSep ", " notAllowed} not on the allow-list (or above its level) of clawdinator/github-permissions.json; a bot token never gets actions, workflows, administration, environments, variables, secrets or hooks.";
       }
       {
         assertion = (cfg.githubApp.permissions.contents or "") != "write"
-          || (cfg.githubApp.repositories != [ ] && !(builtins.elem cfg.githubApp.fleetRepository cfg.githubApp.repositories));
+          || (cfg.githubApp.repositories != [ ] && !(builtins.elem (repoName cfg.githubApp.fleetRepository) (map repoName cfg.githubApp.repositories)));
         message = "services.clawdinator.githubApp: contents = write needs githubApp.repositories listed, without ${cfg.githubApp.fleetRepository} (this fleet's own repository).";
       }
       {

@@ -524,7 +524,7 @@ fn only_the_permissions_the_agents_need_are_granted() {
                 let p = format!("{spelled}={level}");
                 let err = format!("{:#}", parse(&p).unwrap_err());
                 assert!(err.contains(&format!("{name} is not on the allow-list")), "{p}: {err}");
-                assert!(err.contains("clawdinator/src/secrets/github_token.rs"), "{p}: {err}");
+                assert!(err.contains("clawdinator/github-permissions.json"), "{p}: {err}");
             }
         }
     }
