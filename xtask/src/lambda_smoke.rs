@@ -88,6 +88,8 @@ pub async fn smoke(dir: &Path) -> Result<Smoke> {
             ("AWS_LAMBDA_LOG_STREAM_NAME", "smoke"),
             ("AWS_LAMBDA_LOG_GROUP_NAME", "/aws/lambda/clawdinator-control-api"),
             ("CLAWDINATOR_AUDIT_BUCKET", AUDIT_BUCKET),
+            // Required at start-up; status and a refused deploy never reach the table.
+            ("CLAWDINATOR_COOLDOWN_TABLE", "clawdinator-control-api-cooldown"),
             ("GITHUB_REPOSITORY", "openclaw/clawdinators"),
             ("CLAWDINATOR_APP_ID", "1"),
             ("CLAWDINATOR_APP_INSTALLATION_ID", "1"),
