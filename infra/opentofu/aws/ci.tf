@@ -45,6 +45,15 @@ resource "aws_iam_role" "ci" {
 # policy also refuses any other put and every delete under releases/).
 # Objects put with their tags (app=clawdinator: images, bundles, manifests)
 # need s3:PutObjectTagging beside s3:PutObject.
+#
+# `bootstrap upload` keeps each instance's age identity in Secrets Manager
+# (clawdinator/<instance>/age-identity): CI creates (tagged app=clawdinator),
+# replaces, tags, describes and deletes them but may never read one; only
+# that instance's role reads it. CI writes its audit copies under
+# audit/ci/ only. It creates instance roles only inside the instance
+# boundary and tagged app=clawdinator; what trust policy such a role gets
+# IAM cannot constrain, which is why the boundary refuses any credentials
+# EC2 did not issue to an instance (iam.tf).
 resource "aws_iam_role_policy" "ci" {
   name   = "clawdinator-ci"
   role   = aws_iam_role.ci.id

@@ -18,12 +18,26 @@ resource "aws_iam_role_policy" "vmimport" {
 }
 
 # The most any instance role can ever do, whoever creates it: the CI role
-# may create clawdinator-instance-* roles only with this boundary.
+# may create clawdinator-instance-* roles only with this boundary, and
+# IAM cannot constrain the trust policy it gives them. So the boundary
+# names only the fleet's own reads (its buckets' bundle, release and cache
+# objects, clawdinator/* secrets but never the deploy App's key, the
+# fleet's parameters and documents, the control API) and the public tree,
+# and refuses every request signed with credentials that EC2 did not issue
+# to an instance (aws:ec2InstanceSourceVPC absent): a role that trusts
+# another account is worth nothing there. Requests an AWS service makes on
+# a call's behalf (aws:ViaAWSService) were already judged as that call.
 resource "aws_iam_policy" "instance_boundary" {
   name        = "clawdinator-instance-boundary"
   description = "Permissions boundary of every clawdinator instance role"
   policy = templatefile("${path.module}/policies/instance-boundary.json.tftpl", {
+    partition            = local.partition
+    account              = local.account
+    region               = var.aws_region
+    bucket_arn           = aws_s3_bucket.fleet.arn
+    cache_bucket_arn     = aws_s3_bucket.cache.arn
     pr_intent_bucket_arn = local.pr_intent_bucket_arn
+    control_api_arn      = local.control_api_arn
   })
 }
 
@@ -62,6 +76,11 @@ resource "aws_iam_role_policy" "instance" {
     secret_arns = jsonencode(concat(local.common_secret_arns, [
       "arn:${local.partition}:secretsmanager:${var.aws_region}:${local.account}:secret:clawdinator/${each.key}/discord-token-??????",
     ]))
+    # The key that opens this instance's bundle; `bootstrap upload`
+    # creates it and nobody else may read it (the CI role manages it
+    # without reading it). The slash after the name keeps clawdinator-1
+    # out of clawdinator-10's.
+    age_identity_arn = "arn:${local.partition}:secretsmanager:${var.aws_region}:${local.account}:secret:clawdinator/${each.key}/age-identity-??????"
   })
 }
 

@@ -80,8 +80,19 @@ resource "aws_s3_bucket_policy" "fleet" {
   # manifests are written once (If-None-Match: *, whoever writes) and never
   # deleted: a host trusts a manifest under releases/ to name what CI built
   # for that revision, so nobody may swap or remove one.
+  #
+  # Each writer of the audit trail has its prefix, and only that writer
+  # may write there (audit/control-api/: the control API's role;
+  # audit/ci/: the CI role; audit/operators/: whoever else the operators'
+  # policy lets write): a record in another writer's prefix cannot have
+  # been written by anyone but that writer, whatever their own policy says.
+  # The dated layout from before (audit/<yyyy>/…) is kept and closed.
+  # Roles are named by ARN, not referenced: the condition holds whether or
+  # not the control API exists.
   policy = templatefile("${path.module}/policies/bucket.json.tftpl", {
-    bucket_arn = aws_s3_bucket.fleet.arn
+    bucket_arn           = aws_s3_bucket.fleet.arn
+    ci_role_arn          = "arn:${local.partition}:iam::${local.account}:role/clawdinator-ci"
+    control_api_role_arn = "arn:${local.partition}:iam::${local.account}:role/clawdinator-control-api"
   })
 
   depends_on = [aws_s3_bucket_public_access_block.fleet]

@@ -139,13 +139,9 @@ pub fn requests(call: &Value, world: &World, facts: &Facts) -> Result<Vec<Reques
         "ec2" => ec2(call, operation, world, facts)?,
         "ebs" => ebs(call, operation, world)?,
         "ssm" => ssm(call, operation, world, facts)?,
-        "secretsmanager" => secrets(call, operation, facts)?,
+        "secretsmanager" => secrets(call, operation, world, facts)?,
         "iam" => iam(call, operation, world, facts)?,
-        "dynamodb" => {
-            let table = call["json"]["TableName"].as_str().context("a DynamoDB call without TableName")?;
-            let arn = format!("arn:{}:dynamodb:{}:{}:table/{table}", world.partition, world.region, world.account);
-            vec![(format!("dynamodb:{operation}"), arn, BTreeMap::new())]
-        }
+        "dynamodb" => dynamodb(call, operation, world)?,
         "sts" if operation == "GetCallerIdentity" => vec![],
         _ => bail!("no IAM mapping for {service} {operation} (add it to testkit/src/iam.rs)"),
     };
@@ -365,21 +361,69 @@ fn ssm(call: &Value, operation: &str, world: &World, facts: &Facts) -> Result<Ve
     })
 }
 
-fn secrets(call: &Value, operation: &str, facts: &Facts) -> Result<Vec<Piece>> {
+/// The table's ARN.
+fn table_arn(world: &World, table: &str) -> String {
+    format!("arn:{}:dynamodb:{}:{}:table/{table}", world.partition, world.region, world.account)
+}
+
+/// DynamoDB: a transaction is authorised item by item, each as the
+/// operation it holds (PutItem, UpdateItem, DeleteItem, and
+/// ConditionCheckItem for a ConditionCheck: "Using IAM with DynamoDB
+/// transactions" in the DynamoDB developer guide); there is no IAM action
+/// TransactWriteItems.
+fn dynamodb(call: &Value, operation: &str, world: &World) -> Result<Vec<Piece>> {
+    let body = &call["json"];
+    if operation == "TransactWriteItems" {
+        let items = body["TransactItems"].as_array().context("a TransactWriteItems call without TransactItems")?;
+        let enclosing = || BTreeMap::from([("dynamodb:EnclosingOperation".to_string(), json!(operation))]);
+        return items
+            .iter()
+            .map(|item| {
+                let (kind, inner) = item.as_object().and_then(|o| o.iter().next()).context("an empty transact item")?;
+                let action = match kind.as_str() {
+                    "Put" => "PutItem",
+                    "Update" => "UpdateItem",
+                    "Delete" => "DeleteItem",
+                    "ConditionCheck" => "ConditionCheckItem",
+                    other => bail!("no IAM mapping for the transact item {other}"),
+                };
+                let table = inner["TableName"].as_str().context("a transact item without TableName")?;
+                Ok((format!("dynamodb:{action}"), table_arn(world, table), enclosing()))
+            })
+            .collect();
+    }
+    let table = body["TableName"].as_str().context("a DynamoDB call without TableName")?;
+    Ok(vec![(format!("dynamodb:{operation}"), table_arn(world, table), BTreeMap::new())])
+}
+
+fn secrets(call: &Value, operation: &str, world: &World, facts: &Facts) -> Result<Vec<Piece>> {
     let body = &call["json"];
     let action = format!("secretsmanager:{operation}");
     if operation == "ListSecrets" {
         return Ok(vec![(action, "*".into(), BTreeMap::new())]);
     }
     let id = body["SecretId"].as_str().or(body["Name"].as_str()).context("a Secrets Manager call without a secret")?;
-    let arn = facts.secret_arns.get(id).with_context(|| format!("the emulator has no secret {id}"))?;
+    // A secret created and deleted again (a failed upload's cleanup) is no
+    // longer in the emulator; its ARN still has the name and six characters.
+    let gone = matches!(operation, "CreateSecret" | "DeleteSecret").then(|| match id.starts_with("arn:") {
+        true => id.to_string(),
+        false => world.secret_arn(id),
+    });
+    let arn =
+        facts.secret_arns.get(id).cloned().or(gone).with_context(|| format!("the emulator has no secret {id}"))?;
     let tags: Vec<(String, String)> = body["Tags"]
         .as_array()
         .into_iter()
         .flatten()
         .map(|t| (t["Key"].as_str().unwrap_or("").into(), t["Value"].as_str().unwrap_or("").into()))
         .collect();
-    Ok(vec![(action, arn.clone(), tag_context(&tags))])
+    let mut pieces = vec![(action, arn.clone(), tag_context(&tags))];
+    // Tags given at creation need secretsmanager:TagResource too (the
+    // CreateSecret API reference).
+    if operation == "CreateSecret" && !tags.is_empty() {
+        pieces.push(("secretsmanager:TagResource".into(), arn, tag_context(&tags)));
+    }
+    Ok(pieces)
 }
 
 fn iam(call: &Value, operation: &str, world: &World, facts: &Facts) -> Result<Vec<Piece>> {
@@ -511,27 +555,64 @@ process.stdin.on("end", async () => {
 /// Judge `requests` (each with its principal) with the simulator; S3
 /// requests meet the policy of their bucket: `bucket_policy` on the fleet
 /// bucket, and on the cache and the public PR-intent bucket the policies
-/// OpenTofu gives them. A principal whose ARN is
+/// OpenTofu gives them; the deploy App's key meets its own. Each request
+/// carries its principal's [`Principal::session`] keys. A principal whose ARN is
 /// [`ANONYMOUS`](crate::policies::ANONYMOUS) sends unsigned requests.
 pub fn judge(world: &World, bucket_policy: &Value, requests: &[(&Principal, Request)]) -> Result<Vec<Decision>> {
+    let root = crate::repo_root();
+    let resources = ResourcePolicies {
+        bucket: bucket_policy.clone(),
+        deploy_app_secret: crate::policies::deploy_app_secret_policy(&root, world)?,
+    };
+    judge_with(world, &resources, requests)
+}
+
+/// The resource policies a test may change (to show each statement is
+/// needed); the others are always OpenTofu's.
+#[derive(Debug, Clone)]
+pub struct ResourcePolicies {
+    /// The fleet bucket's (`aws_s3_bucket_policy.fleet`).
+    pub bucket: Value,
+    /// The deploy App key's (`aws_secretsmanager_secret_policy.deploy_app`).
+    pub deploy_app_secret: Value,
+}
+
+/// [`judge`] with these resource policies.
+pub fn judge_with(
+    world: &World,
+    policies: &ResourcePolicies,
+    requests: &[(&Principal, Request)],
+) -> Result<Vec<Decision>> {
     use std::io::Write;
     let root = crate::repo_root();
     let package = crate::npm::npm_package(&root, SIMULATOR, SIMULATOR_VERSION)?;
     let resource_policies = [
-        (world.bucket_arn(), bucket_policy.clone()),
+        (world.bucket_arn(), policies.bucket.clone()),
         (world.cache_bucket_arn(), crate::policies::cache_bucket_policy(&root, world)?),
         (world.pr_intent_bucket_arn(), crate::policies::pr_intent_bucket_policy(&root, world)?),
     ];
+    let deploy_app = &policies.deploy_app_secret;
+    let deploy_app_arn = world.deploy_app_secret_arn();
+    // The secret's ARN without its six random characters.
+    let deploy_app_stem = &deploy_app_arn[..deploy_app_arn.len() - 6];
     let resource_policy = |resource: &str| {
         let on =
             |arn: &String| resource == arn || resource.strip_prefix(arn.as_str()).is_some_and(|r| r.starts_with('/'));
-        resource_policies.iter().find(|(arn, _)| on(arn)).map(|(_, policy)| policy)
+        let secret = resource.strip_prefix(deploy_app_stem).is_some_and(|rest| rest.len() == 6);
+        let bucket = resource_policies.iter().find(|(arn, _)| on(arn)).map(|(_, policy)| policy);
+        bucket.or(secret.then_some(deploy_app))
     };
     let cases: Vec<Value> = requests
         .iter()
         .map(|(principal, request)| {
-            let mut context = request.context.clone();
+            let mut context = principal.session.clone();
+            context.extend(request.context.clone());
             context.insert("aws:SecureTransport".into(), json!("true"));
+            // AWS sets it on every signed request: the role's ARN for a
+            // role's session (IAM's global condition keys).
+            if principal.arn != crate::policies::ANONYMOUS {
+                context.insert("aws:PrincipalArn".into(), json!(principal.arn));
+            }
             let who = if principal.arn == crate::policies::ANONYMOUS {
                 json!({"type": "Anonymous"})
             } else {

@@ -22,6 +22,15 @@ use clawdinator::registry::Instance;
 /// Where the templates are, from the repository root.
 pub const DIR: &str = "infra/opentofu/aws/policies";
 
+/// `aws_dynamodb_table.cooldown`'s name.
+pub const COOLDOWN_TABLE: &str = "clawdinator-control-api-cooldown";
+
+/// The deploy App's key in Secrets Manager (`aws_secretsmanager_secret_policy.deploy_app`).
+pub const DEPLOY_APP_SECRET: &str = "clawdinator/deploy-app.pem";
+
+/// The VPC of the fleet's instances, as the emulator's world has it.
+pub const FLEET_VPC: &str = "vpc-0123456789abcdef0";
+
 /// The values OpenTofu fills from resources and data sources.
 #[derive(Debug, Clone)]
 pub struct World {
@@ -93,7 +102,28 @@ impl World {
             ("instance_boundary_arn", self.instance_boundary_arn()),
             ("control_api_arn", self.control_api_arn()),
             ("pr_intent_bucket_arn", self.pr_intent_bucket_arn()),
+            ("cooldown_table_arn", self.cooldown_table_arn()),
+            ("ci_role_arn", self.role_arn("clawdinator-ci")),
+            ("control_api_role_arn", self.role_arn("clawdinator-control-api")),
         ])
+    }
+
+    /// The control API's cooldown table (`aws_dynamodb_table.cooldown`).
+    pub fn cooldown_table_arn(&self) -> String {
+        let (p, r, a) = (&self.partition, &self.region, &self.account);
+        format!("arn:{p}:dynamodb:{r}:{a}:table/{COOLDOWN_TABLE}")
+    }
+
+    /// A secret's ARN as Secrets Manager makes it: the name, `-` and six
+    /// random characters (here always the same six).
+    pub fn secret_arn(&self, name: &str) -> String {
+        let (p, r, a) = (&self.partition, &self.region, &self.account);
+        format!("arn:{p}:secretsmanager:{r}:{a}:secret:{name}-AbCdEf")
+    }
+
+    /// The deploy App's key, which only the control API's role may read.
+    pub fn deploy_app_secret_arn(&self) -> String {
+        self.secret_arn(DEPLOY_APP_SECRET)
     }
 }
 
@@ -153,23 +183,65 @@ pub fn document(root: &Path, name: &str, world: &World, extra: &[(&'static str, 
 }
 
 /// Who makes a call: its ARN, the identity policies OpenTofu attaches to
-/// it (name, document) and its permissions boundary.
+/// it (name, document), its permissions boundary, and the condition keys
+/// its credentials add to every request it signs ([`Principal::session`]).
 #[derive(Debug, Clone)]
 pub struct Principal {
     pub name: String,
     pub arn: String,
     pub identity: Vec<(String, Value)>,
     pub boundary: Option<Value>,
+    pub session: BTreeMap<String, Value>,
+}
+
+impl Principal {
+    /// A principal with these policies and credentials from no instance.
+    pub fn new(name: &str, arn: &str, identity: Vec<(String, Value)>, boundary: Option<Value>) -> Principal {
+        Principal { name: name.into(), arn: arn.into(), identity, boundary, session: BTreeMap::new() }
+    }
+
+    /// The same principal signing with credentials EC2 issued to a fleet
+    /// instance: AWS adds `aws:ec2InstanceSourceVPC` (and the instance's
+    /// private address) to every request signed with those (IAM's global
+    /// condition keys); no other credentials carry them.
+    pub fn on_an_instance(mut self) -> Principal {
+        self.session.insert("aws:ec2InstanceSourceVPC".into(), Value::from(FLEET_VPC));
+        self.session.insert("aws:ec2InstanceSourcePrivateIPv4".into(), Value::from("10.0.1.17"));
+        self
+    }
+
+    /// The same principal signing with credentials from anywhere else
+    /// (an AssumeRole from another account, keys carried off the host's
+    /// role by something that is not EC2).
+    pub fn off_any_instance(mut self, name: &str) -> Principal {
+        self.session.clear();
+        self.name = name.into();
+        self
+    }
 }
 
 /// The CI role (`aws_iam_role_policy.ci`).
 pub fn ci(root: &Path, world: &World) -> Result<Principal> {
-    Ok(Principal {
-        name: "ci".into(),
-        arn: world.role_arn("clawdinator-ci"),
-        identity: vec![("clawdinator-ci".into(), document(root, "ci", world, &[])?)],
-        boundary: None,
-    })
+    let identity = vec![("clawdinator-ci".into(), document(root, "ci", world, &[])?)];
+    Ok(Principal::new("ci", &world.role_arn("clawdinator-ci"), identity, None))
+}
+
+/// A member of the operators' group (`aws_iam_group_policy.operators`)
+/// with nothing else: what the fleet itself grants a human.
+pub fn operator(root: &Path, world: &World) -> Result<Principal> {
+    let identity = vec![("clawdinator-control-api".into(), document(root, "operators", world, &[])?)];
+    let arn = format!("arn:{}:iam::{}:user/alice", world.partition, world.account);
+    Ok(Principal::new("an operator", &arn, identity, None))
+}
+
+/// The instance boundary (`aws_iam_policy.instance_boundary`).
+pub fn instance_boundary(root: &Path, world: &World) -> Result<Value> {
+    document(root, "instance-boundary", world, &[])
+}
+
+/// The deploy App key's resource policy (`aws_secretsmanager_secret_policy.deploy_app`).
+pub fn deploy_app_secret_policy(root: &Path, world: &World) -> Result<Value> {
+    document(root, "deploy-app-secret", world, &[])
 }
 
 /// An instance's role (`aws_iam_role_policy.instance[NAME]`, and the
@@ -183,17 +255,20 @@ pub fn instance(root: &Path, world: &World, instance: &Instance, control_api: bo
         .map(|n| format!("arn:{p}:secretsmanager:{r}:{a}:secret:clawdinator/{n}-??????"))
         .collect();
     arns.push(format!("arn:{p}:secretsmanager:{r}:{a}:secret:clawdinator/{}/discord-token-??????", instance.host));
-    let extra = [("bootstrap_prefix", instance.bootstrap_prefix.clone()), ("secret_arns", json_list(&arns))];
+    let identity_arn =
+        format!("arn:{p}:secretsmanager:{r}:{a}:secret:clawdinator/{}/age-identity-??????", instance.host);
+    let extra = [
+        ("bootstrap_prefix", instance.bootstrap_prefix.clone()),
+        ("secret_arns", json_list(&arns)),
+        ("age_identity_arn", identity_arn),
+    ];
     let mut identity = vec![("clawdinator-instance".to_string(), document(root, "instance", world, &extra)?)];
     if control_api {
         identity.push(("clawdinator-instance-control-api".into(), document(root, "instance-control-api", world, &[])?));
     }
-    Ok(Principal {
-        name: format!("instance {}", instance.host),
-        arn: world.role_arn(&format!("clawdinator-instance-{}", instance.host)),
-        identity,
-        boundary: Some(document(root, "instance-boundary", world, &[])?),
-    })
+    let name = format!("instance {}", instance.host);
+    let arn = world.role_arn(&format!("clawdinator-instance-{}", instance.host));
+    Ok(Principal::new(&name, &arn, identity, Some(instance_boundary(root, world)?)).on_an_instance())
 }
 
 /// An instance among `pr_intent_publishers`: its policies plus the managed
@@ -207,7 +282,7 @@ pub fn pr_intent_publisher(root: &Path, world: &World, mut instance: Principal) 
 /// Whoever sends an unsigned request: no identity policy, no account;
 /// only a resource policy could let it in.
 pub fn anonymous() -> Principal {
-    Principal { name: "anyone (unsigned)".into(), arn: ANONYMOUS.into(), identity: vec![], boundary: None }
+    Principal::new("anyone (unsigned)", ANONYMOUS, vec![], None)
 }
 
 /// The [`Principal::arn`] of [`anonymous`].
@@ -215,12 +290,8 @@ pub const ANONYMOUS: &str = "anonymous";
 
 /// The control API's Lambda role (`aws_iam_role_policy.control_api`).
 pub fn control_api(root: &Path, world: &World) -> Result<Principal> {
-    Ok(Principal {
-        name: "control api".into(),
-        arn: world.role_arn("clawdinator-control-api"),
-        identity: vec![("clawdinator-control-api".into(), document(root, "control-api", world, &[])?)],
-        boundary: None,
-    })
+    let identity = vec![("clawdinator-control-api".into(), document(root, "control-api", world, &[])?)];
+    Ok(Principal::new("control api", &world.role_arn("clawdinator-control-api"), identity, None))
 }
 
 /// The fleet bucket's resource policy (`aws_s3_bucket_policy.fleet`).

@@ -10,10 +10,21 @@ use std::process::Output;
 
 use serde_json::Value;
 use testkit::env::{env, Env};
-use testkit::iam::{judge, requests_of, Commands, Decision, Facts};
+use testkit::iam::{judge, judge_with, requests_of, Commands, Decision, Facts, ResourcePolicies};
 use testkit::policies::{self, Principal, World};
 
-const CI_KEY: &str = "AKIACLAWDINATORCI000";
+/// The access key of a session of the CI role, `clawdinator-ci`, as a
+/// workflow gets one through OIDC: its caller is
+/// `…:assumed-role/clawdinator-ci/…`, so its audit copies go where the CI
+/// role's go (audit/ci/).
+async fn ci_key(env: &Env) -> String {
+    let trust = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"Service":"ec2.amazonaws.com"},"Action":"sts:AssumeRole"}]}"#;
+    // Another test on the same emulator may have made it already.
+    let _ = env.aws.iam().create_role().role_name("clawdinator-ci").assume_role_policy_document(trust).send().await;
+    let arn = "arn:aws:iam::123456789012:role/clawdinator-ci";
+    let session = env.aws.sts().assume_role().role_arn(arn).role_session_name("github-actions").send().await.unwrap();
+    session.credentials().unwrap().access_key_id().to_string()
+}
 
 /// An instance's key (`AKIA` + 16 characters, as AWS's are).
 fn instance_key(n: usize) -> String {
@@ -155,6 +166,8 @@ async fn the_ci_role_may_make_every_call_of_the_pipeline_and_the_fleet_commands(
     let world =
         World { instance_security_group: group.unwrap().group_id().unwrap().into(), ..World::emulator(&env.bucket) };
     start_log(&env);
+    let ci_key = ci_key(&env).await;
+    let ci_key = ci_key.as_str();
 
     let (args, sources, vars) = ci_inputs(&env, &reg);
     // An operator pushed the age files; CI pulls them first.
@@ -162,11 +175,11 @@ async fn the_ci_role_may_make_every_call_of_the_pipeline_and_the_fleet_commands(
     let store =
         |verb, key| xtask_as(&env, key, &[&["secrets", verb, "--bucket", &env.bucket][..], &fleet_args].concat(), &[]);
     ok("secrets push", &store("push", "testing"));
-    ok("secrets pull", &store("pull", CI_KEY));
+    ok("secrets pull", &store("pull", ci_key));
     let vars: Vec<(&str, &Path)> = vars.iter().map(|(k, v)| (*k, v.as_path())).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let audit = ["--json", "--audit-bucket", &env.bucket];
-    let out = xtask_as(&env, CI_KEY, &[&audit[..], &["pipeline"], &args].concat(), &vars);
+    let out = xtask_as(&env, ci_key, &[&audit[..], &["pipeline"], &args].concat(), &vars);
     ok("pipeline", &out);
     let report: Value = serde_json::from_slice(&out.stdout).unwrap();
     let ami = report["amiId"].as_str().unwrap().to_string();
@@ -176,7 +189,7 @@ async fn the_ci_role_may_make_every_call_of_the_pipeline_and_the_fleet_commands(
     let image = testkit::fixtures::write_image_json(&env.path("ci/second"), &raw, "second").unwrap();
     let publish =
         ["image", "publish", "--via", "s3-import", "--image", image.to_str().unwrap(), "--bucket", &env.bucket];
-    ok("image publish --via s3-import", &xtask_as(&env, CI_KEY, &[&audit[..], &publish].concat(), &[]));
+    ok("image publish --via s3-import", &xtask_as(&env, ci_key, &[&audit[..], &publish].concat(), &[]));
 
     let reg_s = reg.to_str().unwrap();
     let module = env.path("infra/opentofu/aws");
@@ -204,40 +217,43 @@ async fn the_ci_role_may_make_every_call_of_the_pipeline_and_the_fleet_commands(
         &ami,
         "--yes",
     ];
-    ok("fleet deploy", &xtask_as(&env, CI_KEY, &[&audit[..], &deploy].concat(), &deploy_env));
+    ok("fleet deploy", &xtask_as(&env, ci_key, &[&audit[..], &deploy].concat(), &deploy_env));
     // Again, for one: now a replacement (terminate, then launch).
     let again: Vec<&str> = deploy.iter().map(|a| if *a == "all" { "clawdinator-2" } else { a }).collect();
-    ok("fleet deploy clawdinator-2", &xtask_as(&env, CI_KEY, &[&audit[..], &again].concat(), &deploy_env));
+    ok("fleet deploy clawdinator-2", &xtask_as(&env, ci_key, &[&audit[..], &again].concat(), &deploy_env));
     // Exit 3: the hosts run the first AMI, not the newest (drift, reported).
-    let status = xtask_as(&env, CI_KEY, &["--json", "fleet", "status", "--instances", reg_s], &[]);
+    let status = xtask_as(&env, ci_key, &["--json", "fleet", "status", "--instances", reg_s], &[]);
     assert_eq!(status.status.code(), Some(3), "{}", String::from_utf8_lossy(&status.stderr));
     let rev = "0123456789abcdef0123456789abcdef01234567";
     // `release build`'s manifest of the revision, written with CI's key by
     // the very function it uses (the closures before it need a real nix),
     // twice: the second finds it written and keeps it.
-    write_release(&env, rev, &["clawdinator-1", "clawdinator-2"]).await;
+    write_release(&env, ci_key, rev, &["clawdinator-1", "clawdinator-2"]).await;
     let bucket = PathBuf::from(&env.bucket);
     ok(
         "fleet switch",
         &xtask_as(
             &env,
-            CI_KEY,
+            ci_key,
             &[&audit[..], &["fleet", "switch", rev, "--instances", reg_s]].concat(),
             &[("S3_BUCKET", bucket.as_path())],
         ),
     );
     let refresh = ["fleet", "refresh-secrets", "--instances", reg_s];
-    ok("fleet refresh-secrets", &xtask_as(&env, CI_KEY, &[&audit[..], &refresh].concat(), &[]));
+    ok("fleet refresh-secrets", &xtask_as(&env, ci_key, &[&audit[..], &refresh].concat(), &[]));
     // A third image makes the second one prunable (the first runs the hosts).
     let raw = env.path("ci/third.raw");
     testkit::fixtures::sample_raw_image(&raw, 4 << 20, &[(0, 1 << 20)], 8).unwrap();
     let image = testkit::fixtures::write_image_json(&env.path("ci/third"), &raw, "third").unwrap();
     let publish = ["image", "publish", "--image", image.to_str().unwrap()];
-    ok("image publish", &xtask_as(&env, CI_KEY, &[&audit[..], &publish].concat(), &[]));
-    ok("image ami prune", &xtask_as(&env, CI_KEY, &["--json", "image", "ami", "prune", "--keep", "1"], &[]));
+    ok("image publish", &xtask_as(&env, ci_key, &[&audit[..], &publish].concat(), &[]));
+    ok(
+        "image ami prune",
+        &xtask_as(&env, ci_key, &["--json", "image", "ami", "prune", "--keep", "1", "--bucket", &env.bucket], &[]),
+    );
 
     let ci = policies::ci(&testkit::repo_root(), &world).unwrap();
-    let decisions = decisions(&env, &world, CI_KEY, &ci).await;
+    let decisions = decisions(&env, &world, ci_key, &ci).await;
     let denied = denied(&decisions);
     assert!(denied.is_empty(), "the CI role is denied calls its commands make:\n{}", denied.join("\n"));
     let actions: std::collections::BTreeSet<&str> = decisions.iter().map(|d| d.request.action.as_str()).collect();
@@ -252,17 +268,20 @@ async fn the_ci_role_may_make_every_call_of_the_pipeline_and_the_fleet_commands(
         "iam:PassRole",
         "ssm:SendCommand",
         "s3:PutObject",
+        // bootstrap upload keeps each instance's age identity in Secrets Manager.
+        "secretsmanager:ListSecrets",
+        "secretsmanager:CreateSecret",
     ] {
         assert!(actions.contains(needed), "{needed} was never judged: {actions:?}");
     }
 }
 
 /// `releases/<rev>.json` naming a system for each of `hosts`, written once
-/// with the CI role's key as `release build` writes it, then again.
-async fn write_release(env: &Env, rev: &str, hosts: &[&str]) {
+/// with the CI role's `key` as `release build` writes it, then again.
+async fn write_release(env: &Env, key: &str, rev: &str, hosts: &[&str]) {
     use clawdinator::release::manifest::{write_once, Release, Written};
     let settings = clawdinator::aws::Settings {
-        static_credentials: Some((CI_KEY.into(), "testing".into())),
+        static_credentials: Some((key.into(), "testing".into())),
         ..clawdinator::aws::Settings::local(&env.emulator.endpoint())
     };
     let as_ci = clawdinator::aws::Aws::load(&settings).await.unwrap();
@@ -315,6 +334,9 @@ fn sabotage(world: &World, principal: &Principal, decisions: &[Decision]) {
         "clawdinator-ci/WriteReleasesOnce",
         "clawdinator-ci/TagReleases",
         "clawdinator-ci/ReadReleases",
+        "clawdinator-ci/WriteItsOwnAuditRecords",
+        "clawdinator-ci/CreateAgeIdentitiesTagged",
+        "clawdinator-ci/FindAgeIdentities",
     ] {
         if principal.name == "ci" {
             assert!(needed.contains(&sid), "removing {sid} denied nothing: the judge cannot fail");
@@ -385,6 +407,9 @@ async fn an_instance_role_reads_its_own_bundle_and_secrets_and_nothing_of_anothe
             ok("fleet control status", &xtask_as(&env, &key, &control, &[]));
         }
         let decisions = decisions(&env, &world, &key, &host1).await;
+        let identity = format!("clawdinator/clawdinator-{target}/age-identity-");
+        let read_identity = decisions.iter().any(|d| d.request.resource.contains(&identity));
+        assert!(read_identity, "bootstrap fetch never read {identity}…: {decisions:?}");
         if expect_allowed {
             let denied = denied(&decisions);
             assert!(denied.is_empty(), "clawdinator-1 is denied its own:\n{}", denied.join("\n"));
@@ -455,6 +480,7 @@ fn what_the_threat_model_forbids_is_denied_and_what_each_needs_is_not() {
     let instance = format!("arn:aws:ec2:us-east-1:{a}:instance/i-0123456789abcdef0");
     let secret = |n: &str| format!("arn:aws:secretsmanager:us-east-1:{a}:secret:clawdinator/{n}-AbCdEf");
     let boundary = json!({"iam:PermissionsBoundary": world.instance_boundary_arn()});
+    let tagged = json!({"iam:PermissionsBoundary": world.instance_boundary_arn(), "aws:RequestTag/app": "clawdinator"});
     let publisher = policies::pr_intent_publisher(&root, &world, host.clone()).unwrap();
     let public = world.pr_intent_bucket_arn();
     let forbidden = [
@@ -598,7 +624,7 @@ fn what_the_threat_model_forbids_is_denied_and_what_each_needs_is_not() {
             &ci,
             ask(
                 "s3:PutObject",
-                &format!("{b}/audit/2026/12/02/x.json"),
+                &format!("{b}/audit/ci/2026/12/02/x.json"),
                 json!({}),
                 "CI overwriting an audit record (no If-None-Match)",
             ),
@@ -807,7 +833,7 @@ fn what_the_threat_model_forbids_is_denied_and_what_each_needs_is_not() {
             ask(
                 "iam:CreateRole",
                 &role("clawdinator-instance-9"),
-                boundary,
+                tagged,
                 "fleet deploy creating a new instance's role",
             ),
         ),
@@ -815,9 +841,9 @@ fn what_the_threat_model_forbids_is_denied_and_what_each_needs_is_not() {
             &ci,
             ask(
                 "s3:PutObject",
-                &format!("{b}/audit/2026/12/02/x.json"),
+                &format!("{b}/audit/ci/2026/12/02/x.json"),
                 json!({"s3:if-none-match": "*"}),
-                "CI's audit record",
+                "CI's audit record, in its own prefix",
             ),
         ),
         (
@@ -887,12 +913,7 @@ fn only_ci_writes_the_cache_and_each_release_once_and_hosts_only_read_them() {
     widened.identity.push(("granted-by-ci".into(), everything.clone()));
     // Whoever else may write the bucket (an operator, an admin): the bucket
     // policy alone keeps a manifest written once.
-    let admin = Principal {
-        name: "an account admin".into(),
-        arn: world.role_arn("admin"),
-        identity: vec![("admin".into(), everything)],
-        boundary: None,
-    };
+    let admin = Principal::new("an account admin", &world.role_arn("admin"), vec![("admin".into(), everything)], None);
 
     let (b, c, public) = (world.bucket_arn(), world.cache_bucket_arn(), world.pr_intent_bucket_arn());
     let rev = "0123456789abcdef0123456789abcdef01234567";
@@ -963,4 +984,494 @@ fn only_ci_writes_the_cache_and_each_release_once_and_hosts_only_read_them() {
             assert!(denied > 0, "{}: without {sid} every row above is still allowed", principal.name);
         }
     }
+}
+
+/// Everyone the second trust pass speaks of, as the policies OpenTofu
+/// applies make them.
+#[derive(Clone)]
+struct Cast {
+    ci: Principal,
+    host: Principal,
+    api: Principal,
+    operator: Principal,
+    /// An account administrator: `*` on `*`, no boundary.
+    admin: Principal,
+    /// A role leaked CI credentials could leave behind: named
+    /// clawdinator-instance-*, inside the boundary (CreateRole demands it),
+    /// with `*` on `*` as its own policy, used on a fleet instance.
+    bounded: Principal,
+    /// The same role assumed from elsewhere (its trust policy, which IAM
+    /// cannot constrain, names another account).
+    bounded_off: Principal,
+    /// An instance role's own policies with credentials EC2 did not issue.
+    host_off: Principal,
+    resources: ResourcePolicies,
+}
+
+fn star() -> Value {
+    serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "*", "Resource": "*"}]})
+}
+
+fn cast(world: &World) -> Cast {
+    let root = testkit::repo_root();
+    let registry = clawdinator::registry::Registry::load(&root.join(clawdinator::registry::DEFAULT_PATH)).unwrap();
+    let host = policies::instance(&root, world, &registry.instances["clawdinator-1"], true).unwrap();
+    let boundary = policies::instance_boundary(&root, world).unwrap();
+    let everything = vec![("granted-by-ci".to_string(), star())];
+    let evil = world.role_arn("clawdinator-instance-evil");
+    let bounded = Principal::new("a role CI made, on an instance", &evil, everything, Some(boundary)).on_an_instance();
+    Cast {
+        ci: policies::ci(&root, world).unwrap(),
+        api: policies::control_api(&root, world).unwrap(),
+        operator: policies::operator(&root, world).unwrap(),
+        admin: Principal::new("an account admin", &world.role_arn("admin"), vec![("admin".into(), star())], None),
+        bounded_off: bounded.clone().off_any_instance("a role CI made, assumed from elsewhere"),
+        host_off: host.clone().off_any_instance("an instance role's policies, credentials not from EC2"),
+        bounded,
+        host,
+        resources: ResourcePolicies {
+            bucket: policies::bucket_policy(&root, world).unwrap(),
+            deploy_app_secret: policies::deploy_app_secret_policy(&root, world).unwrap(),
+        },
+    }
+}
+
+/// What is wrong with a threat table under `cast`'s resource policies: each
+/// forbidden row allowed, each needed row denied.
+fn wrongs(world: &World, cast: &Cast, forbidden: &[Row], needed: &[Row]) -> Vec<String> {
+    let pairs: Vec<(&Principal, testkit::iam::Request)> =
+        forbidden.iter().chain(needed).map(|(p, (r, _))| (*p, r.clone())).collect();
+    let verdicts = judge_with(world, &cast.resources, &pairs).unwrap();
+    let (forbidden_verdicts, needed_verdicts) = verdicts.split_at(forbidden.len());
+    let allowed = forbidden_verdicts.iter().filter(|d| d.allowed).map(|d| format!("allowed: {d}"));
+    let denied = needed_verdicts.iter().filter(|d| !d.allowed).map(|d| format!("denied: {d}"));
+    allowed.chain(denied).collect()
+}
+
+/// A threat table as a function of the cast: (forbidden, needed).
+type Table = for<'a> fn(&'a Cast, &World) -> (Vec<Row<'a>>, Vec<Row<'a>>);
+
+/// Which policy of the cast a statement is removed from.
+#[derive(Clone, Copy)]
+enum Doc {
+    Boundary,
+    Bucket,
+    DeployAppSecret,
+    Ci,
+    Host,
+    Api,
+    Operator,
+}
+
+/// The cast with the statement `sid` removed from `doc` (the boundary from
+/// every principal that has it); panics if there is no such statement.
+fn without(cast: &Cast, doc: Doc, sid: &str) -> Cast {
+    let mut less = cast.clone();
+    let Cast { ci, host, api, operator, bounded, bounded_off, host_off, resources, .. } = &mut less;
+    let targets: Vec<&mut Value> = match doc {
+        Doc::Boundary => {
+            [host, host_off, bounded, bounded_off].into_iter().map(|p| p.boundary.as_mut().unwrap()).collect()
+        }
+        Doc::Bucket => vec![&mut resources.bucket],
+        Doc::DeployAppSecret => vec![&mut resources.deploy_app_secret],
+        Doc::Ci => vec![&mut ci.identity[0].1],
+        Doc::Host => vec![&mut host.identity[0].1],
+        Doc::Api => vec![&mut api.identity[0].1],
+        Doc::Operator => vec![&mut operator.identity[0].1],
+    };
+    let removed: usize = targets
+        .into_iter()
+        .map(|policy| {
+            let statements = policy["Statement"].as_array_mut().unwrap();
+            let before = statements.len();
+            statements.retain(|s| s["Sid"] != sid);
+            before - statements.len()
+        })
+        .sum();
+    assert!(removed > 0, "no statement {sid} to remove");
+    less
+}
+
+/// The table holds for the cast, and fails once any one of `statements`
+/// is removed: no statement it names is there for nothing.
+fn holds_and_each_statement_matters(world: &World, cast: &Cast, table: Table, statements: &[(Doc, &str)]) {
+    let (forbidden, needed) = table(cast, world);
+    let wrong = wrongs(world, cast, &forbidden, &needed);
+    assert!(wrong.is_empty(), "the policies break the threat table:\n{}", wrong.join("\n"));
+    for (doc, sid) in statements {
+        let less = without(cast, *doc, sid);
+        let (forbidden, needed) = table(&less, world);
+        assert!(!wrongs(world, &less, &forbidden, &needed).is_empty(), "without {sid} the table still holds: untested");
+    }
+}
+
+/// What every instance may read, and only from a fleet instance: `who`
+/// asking for each.
+fn fleet_reads<'a>(who: &'a Principal, world: &World) -> Vec<Row<'a>> {
+    use serde_json::json;
+    let (b, c, a) = (world.bucket_arn(), world.cache_bucket_arn(), &world.account);
+    let public = world.pr_intent_bucket_arn();
+    let secret = |n: &str| world.secret_arn(&format!("clawdinator/{n}"));
+    let ssm = |kind: &str| format!("arn:aws:ssm:us-east-1:{a}:{kind}");
+    vec![
+        (who, ask("s3:GetObject", &format!("{b}/bootstrap/clawdinator-1/bundle.tar.zst"), json!({}), "its bundle")),
+        (who, ask("s3:ListBucket", &b, json!({"s3:prefix": "bootstrap/clawdinator-1/"}), "listing its bundle")),
+        (who, ask("s3:GetObject", &format!("{b}/releases/x.json"), json!({}), "a release manifest")),
+        (who, ask("s3:GetObject", &format!("{c}/nix-cache-info"), json!({}), "the cache")),
+        (who, ask("s3:ListBucket", &c, json!({}), "a narinfo the cache lacks is a 404")),
+        (
+            who,
+            ask(
+                "secretsmanager:GetSecretValue",
+                &secret("clawdinator-anthropic-api-key"),
+                json!({}),
+                "a common secret",
+            ),
+        ),
+        (who, ask("secretsmanager:DescribeSecret", &secret("clawdinator-1/discord-token"), json!({}), "its token")),
+        (who, ask("secretsmanager:GetSecretValue", &secret("clawdinator-1/age-identity"), json!({}), "its identity")),
+        (who, ask("ssm:GetParameter", &ssm("parameter/clawdinator/control-api-url"), json!({}), "the API's URL")),
+        (
+            who,
+            ask(
+                "lambda:InvokeFunctionUrl",
+                &world.control_api_arn(),
+                json!({"lambda:FunctionUrlAuthType": "AWS_IAM"}),
+                "asking the control API",
+            ),
+        ),
+        (who, ask("ssm:UpdateInstanceInformation", "*", json!({}), "the SSM agent")),
+        (who, ask("ec2messages:GetMessages", "*", json!({}), "the SSM agent's commands")),
+        (who, ask("ssm:GetDocument", &ssm("document/clawdinator-switch"), json!({}), "the fleet's document")),
+        (who, ask("s3:PutObject", &format!("{public}/pr-intent/2026-12/pr-1.md"), json!({}), "publishing")),
+    ]
+}
+
+/// Item 3: what leaked CI credentials can mint. A role CI creates inside
+/// the boundary with `*` as its policy is denied every request signed with
+/// credentials EC2 did not issue to an instance (a trust policy naming
+/// another account buys nothing); on a fleet instance it reads only the
+/// fleet's own objects, secrets, parameters and documents, and never the
+/// deploy App's key, which nobody but the control API's role reads, not
+/// even an account admin. Every boundary statement and the key's resource
+/// policy are shown needed.
+#[test]
+fn a_role_ci_creates_is_worthless_off_an_instance_and_on_one_reads_only_the_fleets() {
+    fn table<'a>(c: &'a Cast, world: &World) -> (Vec<Row<'a>>, Vec<Row<'a>>) {
+        use serde_json::json;
+        let (b, a) = (world.bucket_arn(), &world.account);
+        let key = world.deploy_app_secret_arn();
+        let other = format!("arn:aws:secretsmanager:us-east-1:{a}:secret:other-app/db-password-AbCdEf");
+        let mut forbidden: Vec<Row> = fleet_reads(&c.bounded_off, world);
+        forbidden.extend(fleet_reads(&c.host_off, world));
+        let on = &c.bounded;
+        forbidden.extend([
+            (on, ask("secretsmanager:GetSecretValue", &key, json!({}), "reading the deploy App's key")),
+            (on, ask("secretsmanager:PutSecretValue", &key, json!({}), "replacing the deploy App's key")),
+            (on, ask("secretsmanager:GetSecretValue", &other, json!({}), "reading another app's secret")),
+            (
+                on,
+                ask(
+                    "secretsmanager:PutSecretValue",
+                    &world.secret_arn("clawdinator/clawdinator-1/age-identity"),
+                    json!({}),
+                    "replacing an identity",
+                ),
+            ),
+            (on, ask("s3:GetObject", &format!("{b}/age-secrets/x.age"), json!({}), "reading the age files")),
+            (on, ask("s3:GetObject", &format!("{b}/tfstate/fleet.tfstate"), json!({}), "reading the state")),
+            (on, ask("s3:GetObject", &format!("{b}/audit/ci/x.json"), json!({}), "reading the audit trail")),
+            (on, ask("s3:GetObject", "arn:aws:s3:::other-app/data.db", json!({}), "reading another bucket")),
+            (on, ask("s3:PutObject", &format!("{b}/bootstrap/clawdinator-2/x"), json!({}), "writing a bundle")),
+            (
+                on,
+                ask(
+                    "ssm:GetParameter",
+                    &format!("arn:aws:ssm:us-east-1:{a}:parameter/other-app/db-password"),
+                    json!({}),
+                    "reading another app's parameter",
+                ),
+            ),
+            (
+                on,
+                ask(
+                    "ssm:GetDocument",
+                    &format!("arn:aws:ssm:us-east-1:{a}:document/other-app-deploy"),
+                    json!({}),
+                    "reading another app's document",
+                ),
+            ),
+            (
+                on,
+                ask(
+                    "lambda:InvokeFunctionUrl",
+                    &format!("arn:aws:lambda:us-east-1:{a}:function:other-app"),
+                    json!({"lambda:FunctionUrlAuthType": "AWS_IAM"}),
+                    "calling another function",
+                ),
+            ),
+            (on, ask("iam:CreateRole", &world.role_arn("clawdinator-instance-x"), json!({}), "minting roles")),
+            (on, ask("sts:AssumeRole", &world.role_arn("clawdinator-ci"), json!({}), "assuming another role")),
+            (
+                on,
+                ask("dynamodb:PutItem", &world.cooldown_table_arn(), json!({}), "clearing the control API's cooldowns"),
+            ),
+            (&c.host, ask("secretsmanager:GetSecretValue", &key, json!({}), "an agent reading the deploy App's key")),
+            (&c.admin, ask("secretsmanager:GetSecretValue", &key, json!({}), "an account admin reading it")),
+            (&c.ci, ask("secretsmanager:GetSecretValue", &key, json!({}), "CI reading it")),
+            (&c.operator, ask("secretsmanager:GetSecretValue", &key, json!({}), "an operator reading it")),
+        ]);
+        let mut needed = fleet_reads(&c.bounded, world);
+        needed.push((&c.api, ask("secretsmanager:GetSecretValue", &key, json!({}), "the control API minting a token")));
+        needed.push((&c.admin, ask("secretsmanager:PutSecretValue", &key, json!({}), "an admin rotating the key")));
+        (forbidden, needed)
+    }
+    let world = World::emulator("clawdinator-fleet");
+    let boundary = policies::instance_boundary(&testkit::repo_root(), &world).unwrap();
+    let mut statements: Vec<(Doc, String)> = boundary["Statement"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (Doc::Boundary, s["Sid"].as_str().unwrap().to_string()))
+        .collect();
+    statements.push((Doc::DeployAppSecret, "OnlyTheControlApiReadsIt".into()));
+    // The deploy App's key is denied in the boundary by name, not left to
+    // its resource policy, which exists only while the control API is on:
+    // without that policy a role CI made still cannot read it.
+    let statements: Vec<(Doc, &str)> =
+        statements.iter().map(|(d, s)| (*d, s.as_str())).filter(|(_, s)| *s != "NeverTheDeployAppsKey").collect();
+    holds_and_each_statement_matters(&world, &cast(&world), table, &statements);
+    fn without_the_keys_policy<'a>(c: &'a Cast, world: &World) -> (Vec<Row<'a>>, Vec<Row<'a>>) {
+        let key = world.deploy_app_secret_arn();
+        let read = |who, why| (who, ask("secretsmanager:GetSecretValue", &key, Value::Null, why));
+        let forbidden = vec![read(&c.bounded, "a role CI made"), read(&c.host, "an agent")];
+        (forbidden, vec![read(&c.api, "the control API")])
+    }
+    let mut off = cast(&world);
+    off.resources.deploy_app_secret = Value::Null;
+    holds_and_each_statement_matters(
+        &world,
+        &off,
+        without_the_keys_policy,
+        &[(Doc::Boundary, "NeverTheDeployAppsKey")],
+    );
+}
+
+/// The CI role may create instance roles only inside the boundary and
+/// tagged as the fleet's, never change a role's trust, and pass them only
+/// to EC2.
+#[test]
+fn ci_creates_instance_roles_only_bounded_and_tagged_and_passes_them_only_to_ec2() {
+    fn table<'a>(c: &'a Cast, world: &World) -> (Vec<Row<'a>>, Vec<Row<'a>>) {
+        use serde_json::json;
+        let role = world.role_arn("clawdinator-instance-9");
+        let boundary = world.instance_boundary_arn();
+        let tagged =
+            json!({"iam:PermissionsBoundary": boundary, "aws:RequestTag/app": "clawdinator", "aws:TagKeys": ["app"]});
+        let ci = &c.ci;
+        let forbidden = vec![
+            (ci, ask("iam:CreateRole", &role, json!({"iam:PermissionsBoundary": boundary}), "an untagged role")),
+            (
+                ci,
+                ask(
+                    "iam:CreateRole",
+                    &role,
+                    json!({"iam:PermissionsBoundary": boundary, "aws:RequestTag/app": "other", "aws:TagKeys": ["app"]}),
+                    "a role tagged as another app's",
+                ),
+            ),
+            (ci, ask("iam:CreateRole", &role, json!({"aws:RequestTag/app": "clawdinator"}), "an unbounded role")),
+            (ci, ask("iam:UpdateAssumeRolePolicy", &role, json!({}), "trusting another account later")),
+            (ci, ask("iam:PutRolePermissionsBoundary", &role, json!({}), "changing the boundary")),
+            (ci, ask("iam:CreatePolicyVersion", &boundary, json!({}), "widening the boundary itself")),
+            (
+                ci,
+                ask(
+                    "iam:PassRole",
+                    &role,
+                    json!({"iam:PassedToService": "lambda.amazonaws.com"}),
+                    "handing a role to another service",
+                ),
+            ),
+        ];
+        let needed = vec![
+            (ci, ask("iam:CreateRole", &role, tagged, "fleet deploy: a new instance's role")),
+            (ci, ask("iam:PutRolePolicy", &role, json!({"iam:PermissionsBoundary": boundary}), "its policy")),
+            (ci, ask("iam:PassRole", &role, json!({"iam:PassedToService": "ec2.amazonaws.com"}), "launching it")),
+        ];
+        (forbidden, needed)
+    }
+    let statements = [
+        (Doc::Ci, "CreateInstanceRolesWithinTheBoundary"),
+        (Doc::Ci, "InstanceRolePoliciesWithinTheBoundary"),
+        (Doc::Ci, "PassOnlyInstanceRoles"),
+    ];
+    let world = World::emulator("clawdinator-fleet");
+    holds_and_each_statement_matters(&world, &cast(&world), table, &statements);
+}
+
+/// Item 2: each instance's age identity is a secret only that instance's
+/// role reads; the CI role creates (tagged), replaces, tags, describes and
+/// deletes identities but never reads one; the operators' group grants
+/// nothing on them (an operator who uploads bundles does it as CI does, or
+/// with an administrator's credentials, which the account has anyway).
+#[test]
+fn only_its_instance_reads_an_age_identity_and_ci_manages_them_unread() {
+    fn table<'a>(c: &'a Cast, world: &World) -> (Vec<Row<'a>>, Vec<Row<'a>>) {
+        use serde_json::json;
+        let identity = |n: &str| world.secret_arn(&format!("clawdinator/{n}/age-identity"));
+        let version = json!({"secretsmanager:VersionId": "0f1e2d3c-4b5a-6978-8796-a5b4c3d2e1f0"});
+        let tag = json!({"aws:RequestTag/app": "clawdinator", "aws:TagKeys": ["app", "clawdinator:instance"]});
+        let (ci, host) = (&c.ci, &c.host);
+        let forbidden = vec![
+            (host, ask("secretsmanager:GetSecretValue", &identity("clawdinator-2"), version.clone(), "another's")),
+            (host, ask("secretsmanager:GetSecretValue", &identity("clawdinator-10"), json!({}), "a longer name's")),
+            (host, ask("secretsmanager:PutSecretValue", &identity("clawdinator-1"), json!({}), "replacing its own")),
+            (host, ask("secretsmanager:DeleteSecret", &identity("clawdinator-1"), json!({}), "deleting its own")),
+            (ci, ask("secretsmanager:GetSecretValue", &identity("clawdinator-1"), json!({}), "CI reading one")),
+            (ci, ask("secretsmanager:GetSecretValue", &identity("clawdinator-2"), version.clone(), "CI, a version")),
+            (ci, ask("secretsmanager:CreateSecret", &identity("clawdinator-9"), json!({}), "CI, an untagged one")),
+            (
+                ci,
+                ask(
+                    "secretsmanager:CreateSecret",
+                    &world.secret_arn("clawdinator/clawdinator-9/discord-token"),
+                    tag.clone(),
+                    "CI creating a secret that is no identity",
+                ),
+            ),
+            (
+                ci,
+                ask(
+                    "secretsmanager:PutSecretValue",
+                    &world.secret_arn("clawdinator/clawdinator-anthropic-api-key"),
+                    json!({}),
+                    "CI replacing a bot's secret",
+                ),
+            ),
+            (
+                ci,
+                ask("secretsmanager:PutSecretValue", &world.deploy_app_secret_arn(), json!({}), "CI replacing the key"),
+            ),
+            (
+                ci,
+                ask(
+                    "secretsmanager:DeleteSecret",
+                    &world.secret_arn("clawdinator/clawdinator-1/discord-token"),
+                    json!({}),
+                    "CI deleting a token",
+                ),
+            ),
+            (&c.operator, ask("secretsmanager:GetSecretValue", &identity("clawdinator-1"), json!({}), "an operator")),
+        ];
+        let needed = vec![
+            (host, ask("secretsmanager:GetSecretValue", &identity("clawdinator-1"), version, "bootstrap fetch")),
+            (ci, ask("secretsmanager:ListSecrets", "*", json!({}), "bootstrap upload: which exist")),
+            (ci, ask("secretsmanager:CreateSecret", &identity("clawdinator-9"), tag.clone(), "a new instance's")),
+            (ci, ask("secretsmanager:TagResource", &identity("clawdinator-9"), tag, "tagged at creation")),
+            (ci, ask("secretsmanager:PutSecretValue", &identity("clawdinator-1"), json!({}), "rotating one")),
+            (ci, ask("secretsmanager:DescribeSecret", &identity("clawdinator-1"), json!({}), "its versions")),
+            (ci, ask("secretsmanager:DeleteSecret", &identity("clawdinator-9"), json!({}), "a failed upload's")),
+        ];
+        (forbidden, needed)
+    }
+    let statements = [
+        (Doc::Host, "OwnAgeIdentity"),
+        (Doc::Ci, "FindAgeIdentities"),
+        (Doc::Ci, "CreateAgeIdentitiesTagged"),
+        (Doc::Ci, "ManageAgeIdentitiesWithoutReading"),
+    ];
+    let world = World::emulator("clawdinator-fleet");
+    holds_and_each_statement_matters(&world, &cast(&world), table, &statements);
+}
+
+/// Item 5: each writer of the audit trail writes only its own prefix
+/// (audit/control-api/ the control API's role, audit/ci/ the CI role,
+/// audit/operators/ the operators), and nobody the dated layout of old
+/// copies; the bucket policy holds it even against an account admin.
+#[test]
+fn each_audit_writer_writes_only_its_own_prefix() {
+    fn table<'a>(c: &'a Cast, world: &World) -> (Vec<Row<'a>>, Vec<Row<'a>>) {
+        use serde_json::json;
+        let at = |prefix: &str| format!("{}/audit/{prefix}2026/12/03/20261203T101500Z-ab12.json", world.bucket_arn());
+        let once = || json!({"s3:if-none-match": "*"});
+        let put = |who, prefix: &str, why| (who, ask("s3:PutObject", &at(prefix), once(), why));
+        let forbidden = vec![
+            put(&c.ci, "control-api/", "CI forging a control API record"),
+            put(&c.ci, "operators/", "CI writing as an operator"),
+            put(&c.ci, "", "CI writing into the old dated layout"),
+            put(&c.api, "ci/", "the control API writing as CI"),
+            put(&c.api, "operators/", "the control API writing as an operator"),
+            put(&c.operator, "ci/", "an operator writing as CI"),
+            put(&c.operator, "control-api/", "an operator writing as the control API"),
+            put(&c.admin, "ci/", "an admin writing as CI"),
+            put(&c.admin, "control-api/", "an admin writing as the control API"),
+            put(&c.admin, "", "an admin writing into the old dated layout"),
+            put(&c.bounded, "operators/", "a role CI made writing as an operator"),
+            put(&c.host, "operators/", "an agent writing the audit trail"),
+        ];
+        let needed = vec![
+            put(&c.ci, "ci/", "CI's record"),
+            put(&c.api, "control-api/", "the control API's record"),
+            put(&c.operator, "operators/", "an operator's record"),
+            put(&c.admin, "operators/", "an admin (an operator) writing an operator's record"),
+            (&c.ci, ask("s3:GetObject", &at("control-api/"), json!({}), "CI reading the trail (audit verify)")),
+        ];
+        (forbidden, needed)
+    }
+    let statements = [
+        (Doc::Bucket, "OnlyTheControlApiWritesItsRecords"),
+        (Doc::Bucket, "OnlyCiWritesCiRecords"),
+        (Doc::Bucket, "TheDatedLayoutIsClosed"),
+        (Doc::Ci, "WriteItsOwnAuditRecords"),
+        (Doc::Ci, "ReadTheAuditTrail"),
+        (Doc::Api, "AuditTrail"),
+        (Doc::Operator, "WriteOperatorsAuditRecords"),
+    ];
+    let world = World::emulator("clawdinator-fleet");
+    holds_and_each_statement_matters(&world, &cast(&world), table, &statements);
+}
+
+/// Item 4: only the control API's role reads and writes its cooldowns (a
+/// bot that could write the table could clear its own cooldown); a
+/// transaction is judged item by item, as AWS authorises it.
+#[test]
+fn only_the_control_api_writes_its_cooldowns() {
+    fn table<'a>(c: &'a Cast, world: &World) -> (Vec<Row<'a>>, Vec<Row<'a>>) {
+        use serde_json::json;
+        let t = world.cooldown_table_arn();
+        let in_a_transaction = || json!({"dynamodb:EnclosingOperation": "TransactWriteItems"});
+        let forbidden = vec![
+            (&c.host, ask("dynamodb:PutItem", &t, json!({}), "an agent clearing its cooldown")),
+            (&c.host, ask("dynamodb:UpdateItem", &t, json!({}), "an agent moving its cooldown")),
+            (&c.host, ask("dynamodb:DeleteItem", &t, json!({}), "an agent deleting its cooldown")),
+            (&c.bounded, ask("dynamodb:PutItem", &t, json!({}), "a role CI made clearing cooldowns")),
+            (&c.ci, ask("dynamodb:PutItem", &t, json!({}), "CI writing the cooldowns")),
+            (&c.ci, ask("dynamodb:DeleteItem", &t, json!({}), "CI deleting a cooldown")),
+            (&c.operator, ask("dynamodb:PutItem", &t, json!({}), "an operator's group writing the cooldowns")),
+            (&c.api, ask("dynamodb:DeleteTable", &t, json!({}), "the control API dropping the table")),
+            (&c.api, ask("dynamodb:Scan", &t, json!({}), "the control API reading every caller")),
+        ];
+        let needed = vec![
+            (&c.api, ask("dynamodb:GetItem", &t, json!({}), "when may this caller deploy")),
+            (&c.api, ask("dynamodb:PutItem", &t, in_a_transaction(), "the caller's cooldown, in a transaction")),
+            (&c.api, ask("dynamodb:UpdateItem", &t, in_a_transaction(), "the target's cooldown, in a transaction")),
+            (&c.api, ask("dynamodb:ConditionCheckItem", &t, in_a_transaction(), "a condition in a transaction")),
+        ];
+        (forbidden, needed)
+    }
+    let world = World::emulator("clawdinator-fleet");
+    holds_and_each_statement_matters(&world, &cast(&world), table, &[(Doc::Api, "Cooldowns")]);
+    // The judge's own mapping: a logged TransactWriteItems becomes one
+    // request per item, each with the operation it holds.
+    let items: Vec<Value> = ["Put", "Update", "ConditionCheck"]
+        .iter()
+        .map(|kind| serde_json::json!({ *kind: {"TableName": policies::COOLDOWN_TABLE, "Key": {"key": {"S": "x"}}} }))
+        .collect();
+    let call =
+        serde_json::json!({"service": "dynamodb", "operation": "TransactWriteItems", "json": {"TransactItems": items}});
+    let requests = testkit::iam::requests(&call, &world, &Facts::default()).unwrap();
+    let actions: Vec<&str> = requests.iter().map(|r| r.action.as_str()).collect();
+    assert_eq!(actions, ["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem"]);
+    assert!(requests.iter().all(|r| r.resource == world.cooldown_table_arn()), "{requests:?}");
 }
