@@ -149,9 +149,7 @@ impl BucketChain {
     }
 }
 
-/// Where the S3 copies live; a writer with a role of its own (the control
-/// API) writes below it in a folder of its own.
-pub const PREFIX: &str = "audit/";
+pub use super::writers::PREFIX;
 
 /// `<prefix><yyyy>/<mm>/<dd>/<timestamp>-<hash>.json`: keys sort by time.
 pub fn s3_key(prefix: &str, time: &str, digest: &str) -> String {
@@ -317,8 +315,8 @@ pub async fn bucket_lines(aws: &Aws, bucket: &str) -> Result<Vec<String>> {
         );
         let record: Record =
             serde_json::from_str(&line).with_context(|| format!("s3://{bucket}/{key} is not an audit record"))?;
-        writers::check(&key, &record)
-            .with_context(|| format!("s3://{bucket}: a record in the wrong writer's place"))?;
+        let claim = writers::Claim { command: &record.command, phase: &record.phase, caller: &record.caller };
+        writers::check(&key, &claim).with_context(|| format!("s3://{bucket}: a record in the wrong writer's place"))?;
         lines.push(line);
     }
     Ok(lines)

@@ -9,7 +9,8 @@
 
 use anyhow::{bail, Result};
 
-use super::trail::{Record, PREFIX};
+/// Where every writer's copies go in the bucket.
+pub const PREFIX: &str = "audit/";
 
 /// The roles OpenTofu creates for the two writers that are not people.
 pub const CI_ROLE: &str = "clawdinator-ci";
@@ -38,12 +39,19 @@ pub fn prefix_for(caller: &str) -> &'static str {
     }
 }
 
+/// What a record says of its writer: its command, its phase and its caller.
+pub struct Claim<'a> {
+    pub command: &'a str,
+    pub phase: &'a str,
+    pub caller: &'a str,
+}
+
 /// Refuse a copy whose record claims a writer its prefix does not belong to.
 /// `audit/<yyyy>/…` holds the copies written before writers had prefixes:
 /// nobody may write there now, and no control API record was ever there.
-pub fn check(key: &str, record: &Record) -> Result<()> {
+pub fn check(key: &str, record: &Claim<'_>) -> Result<()> {
     let claims_control_api = record.command == CONTROL_API_COMMAND;
-    let claims_ci = session_role(&record.caller) == Some(CI_ROLE);
+    let claims_ci = session_role(record.caller) == Some(CI_ROLE);
     let why = if let Some(rest) = key.strip_prefix(CONTROL_API) {
         (!claims_control_api || rest.is_empty()).then_some("only control API records belong under audit/control-api/")
     } else if key.starts_with(CI) {
@@ -82,18 +90,8 @@ fn is_legacy(key: &str) -> bool {
 mod tests {
     use super::*;
 
-    fn record(command: &str, caller: &str) -> Record {
-        Record {
-            time: "2026-12-03T01:00:00.000000000Z".into(),
-            caller: caller.into(),
-            command: command.into(),
-            args: vec![],
-            targets: vec![],
-            phase: "started".into(),
-            result: None,
-            resources: vec![],
-            prev: String::new(),
-        }
+    fn record<'a>(command: &'a str, caller: &'a str) -> Claim<'a> {
+        Claim { command, phase: "started", caller }
     }
 
     const CI_CALLER: &str = "arn:aws:sts::123456789012:assumed-role/clawdinator-ci/GitHubActions";

@@ -338,7 +338,7 @@ async fn a_deploy_of_one_creates_the_registry_instances_ec2_lacks_first() {
     instance(&env, "clawdinator-1", &ami, "t3.large", None).await;
     let (out, calls) = deploy(&env, &["clawdinator-1"], &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let applies: Vec<Vec<String>> = calls.iter().skip(1).map(|c| args_of(c)[5..].to_vec()).collect();
+    let applies: Vec<Vec<String>> = calls.iter().skip(1).map(|c| args_of(c)[6..].to_vec()).collect();
     assert_eq!(
         applies,
         [
@@ -361,7 +361,7 @@ async fn missing_creates_only_what_ec2_lacks_and_then_runs_nothing() {
     let first = instance(&env, "clawdinator-1", &ami, "t3.large", None).await;
     let (out, calls) = deploy(&env, &["--missing"], &[]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let applies: Vec<Vec<String>> = calls.iter().skip(1).map(|c| args_of(c)[5..].to_vec()).collect();
+    let applies: Vec<Vec<String>> = calls.iter().skip(1).map(|c| args_of(c)[6..].to_vec()).collect();
     assert_eq!(applies, [vec!["-target=aws_instance.clawdinator[\"clawdinator-2\"]".to_string()]]);
     assert_eq!(live_ids(&env, "clawdinator-1").await, [first], "--missing replaced an instance");
     let (again, calls) = deploy(&env, &["--missing"], &[]);
