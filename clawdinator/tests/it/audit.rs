@@ -109,7 +109,11 @@ async fn every_mutating_command_is_recorded_twice_and_the_chain_verifies() {
             "image publish",
             true,
         ),
-        (vec!["image".into(), "ami".into(), "prune".into(), "--keep".into(), "1".into()], "image ami prune", true),
+        (
+            ["image", "ami", "prune", "--keep", "1", "--bucket", &env.bucket].map(String::from).to_vec(),
+            "image ami prune",
+            true,
+        ),
         // No instance to switch or deploy: each fails, and that is recorded too.
         (
             vec![

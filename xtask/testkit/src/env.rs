@@ -288,7 +288,7 @@ def apply():
         except iam.exceptions.NoSuchEntityException:
             pass
         iam.create_role(RoleName=role, AssumeRolePolicyDocument=TRUST, PermissionsBoundary=BOUNDARY,
-                        Tags=[{{"Key": "clawdinator:instance", "Value": name}}])
+                        Tags=[{{"Key": "app", "Value": "clawdinator"}}, {{"Key": "clawdinator:instance", "Value": name}}])
         iam.put_role_policy(RoleName=role, PolicyName="clawdinator-instance", PolicyDocument=OWN_BUNDLE.replace("NAME", name))
         iam.create_instance_profile(InstanceProfileName=role)
         iam.add_role_to_instance_profile(InstanceProfileName=role, RoleName=role)
