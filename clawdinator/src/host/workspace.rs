@@ -29,9 +29,9 @@ pub struct SeedReport {
     pub written: Vec<String>,
     pub unchanged: usize,
     pub removed: Vec<String>,
-    /// The cron store, and whether it was written (`written`) or already right (`unchanged`).
+    /// The cron store: what the merge with the shipped jobs did.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub cron_store: Option<(String, &'static str)>,
+    pub cron_store: Option<CronReport>,
 }
 
 impl std::fmt::Display for SeedReport {
@@ -44,8 +44,8 @@ impl std::fmt::Display for SeedReport {
             writeln!(f, "  removed {name} (no longer a template)")?;
         }
         writeln!(f, "  {} template(s) already up to date", self.unchanged)?;
-        if let Some((path, state)) = &self.cron_store {
-            writeln!(f, "cron jobs {path}: {state}")?;
+        if let Some(cron) = &self.cron_store {
+            write!(f, "{cron}")?;
         }
         Ok(())
     }
@@ -90,19 +90,218 @@ pub fn seed(templates: &Path, dest: &Path, tools_extra: Option<&Path>, owner: Ow
     Ok(report)
 }
 
-/// The fleet's cron jobs become the gateway's cron store, like a template:
-/// declared in the repository, written when they differ.
-pub fn install_cron_jobs(jobs: &Path, store: &Path, owner: Owner) -> Result<(String, &'static str)> {
-    let text = std::fs::read(jobs).with_context(|| format!("cannot read the cron jobs {}", jobs.display()))?;
-    serde_json::from_slice::<serde_json::Value>(&text)
-        .with_context(|| format!("{} is not JSON: the gateway would not start its cron", jobs.display()))?;
-    let state = if std::fs::read(store).is_ok_and(|old| old == text) {
-        "unchanged"
-    } else {
-        atomic::write_owned(store, &text, 0o644, owner)?;
-        "written"
+/// What the cron merge did to the gateway's store.
+#[derive(Debug, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CronReport {
+    pub store: String,
+    /// `created`, `merged` (written) or `unchanged` (not written).
+    pub state: &'static str,
+    /// Shipped jobs added or changed in the store, by id.
+    pub updated: Vec<String>,
+    /// Jobs the fleet shipped before and no longer ships, removed.
+    pub removed: Vec<String>,
+    /// Jobs made from chat (not shipped), kept as they were.
+    pub kept: usize,
+    /// An unreadable store moved aside (its name), instead of lost.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub set_aside: Option<String>,
+}
+
+impl std::fmt::Display for CronReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "cron jobs {}: {}", self.store, self.state)?;
+        for id in &self.updated {
+            writeln!(f, "  updated {id} (shipped)")?;
+        }
+        for id in &self.removed {
+            writeln!(f, "  removed {id} (no longer shipped)")?;
+        }
+        writeln!(f, "  {} job(s) made from chat kept", self.kept)?;
+        if let Some(aside) = &self.set_aside {
+            writeln!(f, "  the unreadable store was moved to {aside}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The fields of a stored job that are the gateway's own bookkeeping:
+/// never shipped, always kept from the store.
+pub const RUN_STATE: &[&str] = &["state", "createdAtMs", "updatedAtMs"];
+
+type Job = serde_json::Map<String, serde_json::Value>;
+
+/// The record of the jobs the last merge shipped, beside the store: how a
+/// job the fleet stopped shipping is told from one made from chat.
+pub fn shipped_record(store: &Path) -> PathBuf {
+    let name = store.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    store.with_file_name(format!(".{name}.shipped"))
+}
+
+/// The fleet's cron jobs merged into the gateway's cron store (openclaw's
+/// `{"version": 1, "jobs": [{"id": …, …, "state": {…}}]}`): a shipped job
+/// replaces the stored job of its id, which keeps its run state; a job made
+/// from chat stays as it is; a job shipped before and no longer shipped is
+/// removed. Written whole, mode and owner kept, and only when it changes.
+pub fn install_cron_jobs(jobs: &Path, store: &Path, owner: Owner) -> Result<CronReport> {
+    let shipped = shipped_jobs(jobs)?;
+    let record = shipped_record(store);
+    let before = read_record(&record);
+    let mut report = CronReport {
+        store: store.display().to_string(),
+        state: "unchanged",
+        updated: vec![],
+        removed: vec![],
+        kept: 0,
+        set_aside: None,
     };
-    Ok((store.display().to_string(), state))
+    let (old, created) = match read_store(store, &mut report)? {
+        Some(old) => (old, false),
+        None => (serde_json::json!({"version": shipped.0, "jobs": []}), true),
+    };
+    let merged = merge(&old, &shipped.1, &before, &mut report);
+    let (mode, owner) = keep_mode_and_owner(store, owner);
+    if created || merged != old {
+        report.state = if created { "created" } else { "merged" };
+        let mut text = serde_json::to_vec_pretty(&merged)?;
+        text.push(b'\n');
+        atomic::write_owned(store, &text, mode, owner)?;
+    }
+    let now: serde_json::Value =
+        shipped.1.iter().map(|j| (id_of(j).to_string(), j.clone().into())).collect::<Job>().into();
+    if before != now {
+        atomic::write_owned(&record, &serde_json::to_vec_pretty(&now)?, mode, owner)?;
+    }
+    Ok(report)
+}
+
+fn id_of(job: &Job) -> &str {
+    job.get("id").and_then(|v| v.as_str()).unwrap_or_default()
+}
+
+/// The shipped file: its version and its jobs, each with a unique string
+/// id and none of the gateway's run state.
+fn shipped_jobs(jobs: &Path) -> Result<(serde_json::Value, Vec<Job>)> {
+    let text = std::fs::read(jobs).with_context(|| format!("cannot read the cron jobs {}", jobs.display()))?;
+    let file: serde_json::Value = serde_json::from_slice(&text)
+        .with_context(|| format!("{} is not JSON: the gateway would not start its cron", jobs.display()))?;
+    let list = file["jobs"].as_array().with_context(|| format!("{}: no \"jobs\" list", jobs.display()))?;
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for job in list {
+        let job = job.as_object().with_context(|| format!("{}: a job is not an object", jobs.display()))?;
+        let id = job.get("id").and_then(|v| v.as_str()).filter(|id| !id.is_empty());
+        let id =
+            id.with_context(|| format!("{}: every job needs a string \"id\" (the merge keys on it)", jobs.display()))?;
+        anyhow::ensure!(seen.insert(id.to_string()), "{}: the id {id} is shipped twice", jobs.display());
+        if let Some(field) = RUN_STATE.iter().find(|f| job.contains_key(**f)) {
+            bail!("{}: job {id} ships \"{field}\", which is the gateway's run state: remove it", jobs.display());
+        }
+        out.push(job.clone());
+    }
+    Ok((file.get("version").cloned().unwrap_or(1.into()), out))
+}
+
+/// The ids and definitions the last merge shipped; none when there is no
+/// record (a first merge, or one from before records: nothing is removed).
+fn read_record(record: &Path) -> serde_json::Value {
+    std::fs::read(record)
+        .ok()
+        .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+        .filter(|v| v.is_object())
+        .unwrap_or_else(|| serde_json::json!({}))
+}
+
+/// The store as the gateway left it; none when there is none. A store that
+/// is not a cron store is moved aside (named in the report), never lost.
+fn read_store(store: &Path, report: &mut CronReport) -> Result<Option<serde_json::Value>> {
+    let bytes = match std::fs::read(store) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e).with_context(|| format!("cannot read the cron store {}", store.display())),
+    };
+    match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(v) if v["jobs"].as_array().is_some_and(|j| j.iter().all(|j| j.is_object())) => Ok(Some(v)),
+        _ => {
+            let aside = store.with_extension("json.unreadable");
+            std::fs::rename(store, &aside).with_context(|| format!("cannot move {} aside", store.display()))?;
+            report.set_aside = Some(aside.display().to_string());
+            Ok(None)
+        }
+    }
+}
+
+/// The new store: `old`'s jobs in their order, shipped ones updated,
+/// retired ones dropped, new shipped ones at the end.
+fn merge(
+    old: &serde_json::Value,
+    shipped: &[Job],
+    before: &serde_json::Value,
+    report: &mut CronReport,
+) -> serde_json::Value {
+    let mut jobs: Vec<serde_json::Value> = Vec::new();
+    let mut placed = BTreeSet::new();
+    for stored in old["jobs"].as_array().into_iter().flatten().filter_map(|j| j.as_object()) {
+        let id = id_of(stored);
+        match shipped.iter().find(|s| id_of(s) == id && !id.is_empty()) {
+            Some(new) if placed.insert(id.to_string()) => {
+                let job = update(stored, new, before.get(id).and_then(|v| v.as_object()));
+                if &job != stored {
+                    report.updated.push(id.to_string());
+                }
+                jobs.push(job.into());
+            }
+            Some(_) => report.removed.push(format!("{id} (a second copy)")),
+            None if before.get(id).is_some() => report.removed.push(id.to_string()),
+            None => {
+                report.kept += 1;
+                jobs.push(stored.clone().into());
+            }
+        }
+    }
+    for new in shipped.iter().filter(|s| !placed.contains(id_of(s))) {
+        report.updated.push(id_of(new).to_string());
+        jobs.push(new.clone().into());
+    }
+    let mut store = old.clone();
+    store["jobs"] = jobs.into();
+    store
+}
+
+/// A shipped job over its stored copy: every shipped field as shipped, a
+/// field the fleet shipped before and no longer does dropped, the rest
+/// (run state, what the gateway adds) kept. A changed schedule drops the
+/// next run time the old one set, so the gateway computes it afresh.
+fn update(stored: &Job, shipped: &Job, before: Option<&Job>) -> Job {
+    let mut job = stored.clone();
+    for retired in before.into_iter().flat_map(|b| b.keys()).filter(|k| !shipped.contains_key(*k)) {
+        if !RUN_STATE.contains(&retired.as_str()) {
+            job.remove(retired);
+        }
+    }
+    if stored.get("schedule") != shipped.get("schedule") {
+        if let Some(state) = job.get_mut("state").and_then(|s| s.as_object_mut()) {
+            state.remove("nextRunAtMs");
+        }
+    }
+    job.extend(shipped.iter().map(|(k, v)| (k.clone(), v.clone())));
+    job
+}
+
+/// The store's mode and owner, kept across a rewrite; a new store is 0600
+/// (a job's payload is the agents' business) and owned as told.
+fn keep_mode_and_owner(store: &Path, owner: Owner) -> (u32, Owner) {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = std::fs::symlink_metadata(store) else { return (0o600, owner) };
+    if owner != Owner::default() {
+        return (meta.mode() & 0o7777, owner);
+    }
+    // Only ids that differ from ours: chown to oneself is a no-op, and a
+    // group we are not in is one we could not set anyway.
+    // SAFETY: geteuid/getegid cannot fail.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let kept = Owner { uid: (meta.uid() != uid).then_some(meta.uid()), gid: (meta.gid() != gid).then_some(meta.gid()) };
+    (meta.mode() & 0o7777, kept)
 }
 
 /// The regular files under `templates`, relative to it.

@@ -4,6 +4,8 @@
 //! and the public tree's `host publish-tree`.
 
 mod cache;
+mod cron_store;
+mod github_sync;
 mod jobs;
 mod publish;
 mod refresh;
