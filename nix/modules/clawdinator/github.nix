@@ -1,8 +1,10 @@
 # GitHub: the bots' App installation tokens, minted on a timer by root
 # (the App key is root's alone in /run/agenix) with the repositories and
 # permissions the agents need named in the request, into an env file the
-# agents' user reads; and the snapshot of the organisation's open pull
-# requests and issues into shared memory. The bots' App is never the one
+# agents' user reads; a second token, narrowed to proposing changes to the
+# fleet (issues on its own repository, nothing it can push), in its own gh
+# configuration; and the snapshot of the organisation's open pull requests
+# and issues into shared memory every 15 minutes. The bots' App is never the one
 # that dispatches deploys (that App's key is only in Secrets Manager, for
 # the control API): a bot's token can neither run nor change workflows,
 # nor write this fleet's own repository.
@@ -25,6 +27,27 @@ let
   notAllowed = lib.filter
     (n: !(allowedPermissions ? ${n}) || (allowedPermissions.${n} == "read" && cfg.githubApp.permissions.${n} == "write"))
     (builtins.attrNames cfg.githubApp.permissions);
+  # The proposals token: issues on the fleet's repository and nothing that
+  # writes anything else there (no push, no pull request, no check).
+  proposals = cfg.githubApp.proposals;
+  proposalsOn = cfg.githubApp.enable && proposals.enable;
+  proposalsGhConfigDir = "${runDir}/gh-proposals";
+  proposalsEnvFile = "${runDir}/github-proposals.env";
+  proposalWrites = lib.filter (n: n != "issues" && proposals.permissions.${n} == "write") (builtins.attrNames proposals.permissions);
+  proposalUnlisted = lib.filter (n: !(allowedPermissions ? ${n})) (builtins.attrNames proposals.permissions);
+  mintWords = { envFile, configDir, repositories, permissions }: [
+    "secrets"
+    "github-token"
+    "--app-id" cfg.githubApp.appId
+    "--installation-id" cfg.githubApp.installationId
+    "--pem" cfg.githubApp.privateKeyFile
+    "--env-file" envFile
+    "--gh-config-dir" configDir
+    "--fleet-repository" cfg.githubApp.fleetRepository
+  ]
+  ++ lib.concatMap (r: [ "--repository" r ]) repositories
+  ++ lib.concatLists (lib.mapAttrsToList (name: level: [ "--permission" "${name}=${level}" ]) permissions)
+  ++ ownerWords;
 in
 {
   options.services.clawdinator = {
@@ -51,6 +74,18 @@ in
       };
       fleetRepository = mkOption { type = types.str; default = "clawdinators"; description = "This fleet's own repository: no bot token may write it."; };
       schedule = mkOption { type = types.str; default = "45min"; description = "Time between refreshes (a systemd time span); tokens live an hour."; };
+      proposals = {
+        enable = mkOption {
+          type = types.bool;
+          default = true;
+          description = "A second token, minted with the first, for proposing changes to the fleet: issues on ${cfg.githubApp.fleetRepository} only, in ${proposalsGhConfigDir} (the gateway's CLAWDINATOR_PROPOSALS_GH_CONFIG_DIR). It can open an issue; it can never push, open a pull request or touch a workflow.";
+        };
+        permissions = mkOption {
+          type = types.attrsOf (types.enum [ "read" "write" ]);
+          default = { issues = "write"; contents = "read"; };
+          description = "The proposals token's permissions on the fleet's repository: only issues may be write (the module refuses any other write, contents and pull_requests first).";
+        };
+      };
     };
 
     git = {
@@ -59,9 +94,9 @@ in
     };
 
     githubSync = {
-      enable = mkEnableOption "the hourly GitHub snapshot (open pull requests and issues of `org`) into shared memory";
+      enable = mkEnableOption "the GitHub snapshot (open pull requests and issues of `org`, every 15 minutes) into shared memory";
       org = mkOption { type = types.str; default = "openclaw"; description = "The GitHub organisation to snapshot."; };
-      schedule = mkOption { type = types.str; default = "hourly"; description = "When to snapshot (systemd OnCalendar)."; };
+      schedule = mkOption { type = types.str; default = "*:0/15"; description = "When to snapshot (systemd OnCalendar); triage calls a snapshot older than two runs stale."; };
     };
   };
 
@@ -73,7 +108,7 @@ in
       }
       {
         assertion = notAllowed == [ ];
-        message = "services.clawdinator.githubApp.permissions: ${lib.concatStringsSep ", " notAllowed} not on the allow-list (or above its level) of clawdinator/github-permissions.json; a bot token never gets actions, workflows, administration, environments, variables, secrets or hooks.";
+        message = "services.clawdinator.githubApp.permissions: ${lib.concatStringsSep ", " notAllowed} not on the allow-list (or above its level) of clawdinator/github-permissions.json; a bot token never gets actions or workflows (running or changing them is deploying), administration, environments, variables, secrets or hooks.";
       }
       {
         assertion = (cfg.githubApp.permissions.contents or "") != "write"
@@ -83,6 +118,10 @@ in
       {
         assertion = (cfg.githubApp.permissions.contents or "") != "write" || writableLocked == [ ];
         message = "services.clawdinator.githubApp: contents = write on ${lib.concatStringsSep ", " writableLocked}, which flake.lock pins: a bot could change what the fleet builds; drop them from githubApp.repositories.";
+      }
+      {
+        assertion = !proposalsOn || (proposalWrites == [ ] && proposalUnlisted == [ ] && proposals.permissions != { });
+        message = "services.clawdinator.githubApp.proposals.permissions: ${lib.concatStringsSep ", " (proposalWrites ++ proposalUnlisted)} refused: the proposals token covers ${cfg.githubApp.fleetRepository} and may write only issues (never contents or pull_requests: a bot proposes, it never pushes), each permission on clawdinator/github-permissions.json.";
       }
     ];
 
@@ -111,19 +150,11 @@ in
       # Root reads the key; the agents' user gets only the token file.
       serviceConfig = harden { caps = [ "CAP_CHOWN" ]; rw = [ runDir ]; } // noMetadata // {
         Type = "oneshot";
-        ExecStart = command ([
-          "secrets"
-          "github-token"
-          "--app-id" cfg.githubApp.appId
-          "--installation-id" cfg.githubApp.installationId
-          "--pem" cfg.githubApp.privateKeyFile
-          "--env-file" githubEnvFile
-          "--gh-config-dir" ghConfigDir
-          "--fleet-repository" cfg.githubApp.fleetRepository
-        ]
-        ++ lib.concatMap (r: [ "--repository" r ]) cfg.githubApp.repositories
-        ++ lib.concatLists (lib.mapAttrsToList (name: level: [ "--permission" "${name}=${level}" ]) cfg.githubApp.permissions)
-        ++ ownerWords);
+        ExecStart = command (mintWords {
+          envFile = githubEnvFile;
+          configDir = ghConfigDir;
+          inherit (cfg.githubApp) repositories permissions;
+        });
       };
     };
 
@@ -134,6 +165,40 @@ in
         OnActiveSec = "0";
         OnUnitActiveSec = cfg.githubApp.schedule;
       };
+    };
+
+    # The proposals token: the same key, the same schedule, its own unit (a
+    # failure here never holds back the agents' own token) and its own files.
+    systemd.services.clawdinator-github-proposals-token = mkIf proposalsOn {
+      description = "clawdinator: a GitHub App token that may only open issues on ${cfg.githubApp.fleetRepository}, in ${proposalsGhConfigDir}";
+      wantedBy = [ "multi-user.target" ];
+      wants = [ "network-online.target" ];
+      after = [ "network-online.target" "clawdinator-secrets.service" ];
+      before = optional cfg.gateway.enable "clawdinator.service";
+      serviceConfig = harden { caps = [ "CAP_CHOWN" ]; rw = [ runDir ]; } // noMetadata // {
+        Type = "oneshot";
+        ExecStart = command (mintWords {
+          envFile = proposalsEnvFile;
+          configDir = proposalsGhConfigDir;
+          repositories = [ cfg.githubApp.fleetRepository ];
+          inherit (proposals) permissions;
+        });
+      };
+    };
+
+    systemd.timers.clawdinator-github-proposals-token = mkIf proposalsOn {
+      description = "clawdinator: refresh the proposals token every ${cfg.githubApp.schedule}";
+      wantedBy = [ "timers.target" ];
+      timerConfig = {
+        OnActiveSec = "0";
+        OnUnitActiveSec = cfg.githubApp.schedule;
+      };
+    };
+
+    # gh reads the proposals token from here when a bot files a proposal
+    # (GH_CONFIG_DIR="$CLAWDINATOR_PROPOSALS_GH_CONFIG_DIR" gh issue create …).
+    services.openclaw-gateway.environment = mkIf (proposalsOn && cfg.gateway.enable) {
+      CLAWDINATOR_PROPOSALS_GH_CONFIG_DIR = proposalsGhConfigDir;
     };
 
     systemd.services.clawdinator-github-sync = mkIf cfg.githubSync.enable {
@@ -147,14 +212,19 @@ in
         Group = cfg.group;
         EnvironmentFile = optional cfg.githubApp.enable githubEnvFile;
         ExecStart = command [ "host" "github-sync" "--org" cfg.githubSync.org "--root" cfg.memoryDir ];
+        # A run never outlasts its period (rate limits end it rather than wait long).
+        TimeoutStartSec = "10min";
       };
     };
 
     systemd.timers.clawdinator-github-sync = mkIf cfg.githubSync.enable {
       wantedBy = [ "timers.target" ];
+      # Persistent: a run missed while the host was down happens at boot;
+      # a minute of jitter keeps the fleet's hosts off GitHub's same second.
       timerConfig = {
         OnCalendar = cfg.githubSync.schedule;
         Persistent = true;
+        RandomizedDelaySec = "60s";
       };
     };
   };
