@@ -7,7 +7,8 @@
 //! - every `git`, `gh`, `pnpm` and `systemctl` command parses against the
 //!   subset of those tools the playbooks may use ([`tool_grammar`]): a
 //!   merge that is not pinned to the tested head, a push that is not a lease,
-//!   an admin merge or a `gh` write outside openclaw/openclaw does not parse,
+//!   an admin merge or a `gh` write outside openclaw/openclaw (but a
+//!   proposal, an issue opened on openclaw/clawdinators) does not parse,
 //!   and landpr may not close, so no playbook can tell an agent to do it;
 //! - a workspace command line runs only programs the host has;
 //! - no command names a secret's file, and no agent-facing text names root's
@@ -310,7 +311,21 @@ fn gh() -> Command {
         ],
     );
     let api = sub("api", [pos("endpoint", true), flag("paginate", None), opt("jq", Some('q'))]);
-    tool("gh", [pr, api])
+    tool("gh", [pr, issue(), api])
+}
+
+/// `gh issue`: only a proposal to the fleet, an issue opened on
+/// openclaw/clawdinators (the one write the proposals token can make), with
+/// its title and a body from a file, and the list of open ones there;
+/// nothing else on issues.
+fn issue() -> Command {
+    let fleet = opt("repo", Some('R')).required(true).value_parser(["openclaw/clawdinators"]);
+    let create = sub(
+        "create",
+        [fleet.clone(), opt("title", Some('t')).required(true), opt("body-file", Some('F')).required(true)],
+    );
+    let list = sub("list", [fleet, opt("state", Some('s')), opt("search", Some('S')), opt("limit", Some('L'))]);
+    tool("issue", [create, list])
 }
 
 /// pnpm: the frozen install and the three scripts of the landing gate.
@@ -518,6 +533,16 @@ fn a_line_is_split_into_its_commands() {
     assert!(commands("```text\n    gh pr close 1\n```\n    pr=1234\n").is_empty());
 }
 
+/// The proposal AGENTS.md shows parses, its token taken from the gateway's
+/// environment (never from a path under /run/clawd written in the command).
+#[test]
+fn a_fleet_proposal_is_the_one_issue_a_playbook_may_open() {
+    let line = "    GH_CONFIG_DIR=\"$CLAWDINATOR_PROPOSALS_GH_CONFIG_DIR\" gh issue create -R openclaw/clawdinators \\\n      --title \"proposal: x\" --body-file /tmp/proposal.md\n";
+    assert_eq!(wrong_commands(Path::new("AGENTS.md"), line, true), (1, vec![]));
+    let by_path = "    GH_CONFIG_DIR=/run/clawd/gh-proposals gh issue create -R openclaw/clawdinators --title t --body-file p.md\n";
+    assert_eq!(wrong_commands(Path::new("AGENTS.md"), by_path, true).1.len(), 1, "a token dir named in a command");
+}
+
 /// Each line is a playbook command an attacker (or a careless edit) might
 /// slip into a workspace file; each must be refused, with its reason.
 #[test]
@@ -536,6 +561,13 @@ fn dangerous_or_unknown_commands_are_refused() {
         ),
         ("    gh pr comment \"$pr\" --body-file note.md\n", "a write whose repository the cwd decides"),
         ("    gh api -X DELETE /repos/openclaw/openclaw/git/refs/heads/x\n", "an api write"),
+        (
+            "    gh issue create -R openclaw/openclaw --title t --body-file p.md\n",
+            "an issue outside the fleet's repository",
+        ),
+        ("    gh issue create --title t --body-file p.md\n", "an issue whose repository the cwd decides"),
+        ("    gh issue comment 1 -R openclaw/clawdinators --body-file p.md\n", "an issue write other than a proposal"),
+        ("    gh pr create -R openclaw/clawdinators --title t --body-file p.md\n", "a pull request on the fleet"),
         ("    git push --force prhead HEAD:feature\n", "a plain force push"),
         ("    git push -f prhead HEAD:feature\n", "a short force push"),
         ("    git push --force-with-lease prhead HEAD:feature\n", "a lease without the expected commit"),

@@ -7,6 +7,7 @@ mod cache;
 mod cron_store;
 mod github_sync;
 mod jobs;
+mod proposals;
 mod publish;
 mod refresh;
 pub(crate) mod switch;
