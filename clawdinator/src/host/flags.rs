@@ -23,7 +23,7 @@ pub enum HostCmd {
     /// After a secret's rotation (fleet refresh-secrets): fetch the bundle again, install the secrets, restart their readers.
     #[command(name = "refresh-secrets")]
     RefreshSecrets(RefreshSecretsArgs),
-    /// Snapshot an organisation's open pull requests and issues into shared memory.
+    /// Snapshot an organisation's open pull requests and issues (every page, with the fields triage reads) into shared memory.
     #[command(name = "github-sync")]
     GithubSync(GithubSyncArgs),
     /// One of the fleet's units' journal (what `fleet logs` runs here).
@@ -51,14 +51,15 @@ pub struct PiAuthArgs {
 
 #[derive(Debug, Args)]
 pub struct PublishTreeArgs {
-    /// The tree to publish (links in it are never followed).
-    #[arg(long, default_value = "/memory/pr-intent")]
+    /// The tree to publish (links in it are never followed): one skill version's memos.
+    #[arg(long, default_value = crate::host::publish::DEFAULT_FROM)]
     pub from: PathBuf,
     /// The public bucket.
     #[arg(long)]
     pub bucket: String,
-    /// The key prefix mirrored (ends with /; everything under it that the tree lacks is deleted).
-    #[arg(long, default_value = "pr-intent/")]
+    /// The key prefix mirrored (ends with /; everything under it that the tree lacks is deleted); the
+    /// bucket policy makes only v1/ public.
+    #[arg(long, default_value = crate::host::publish::DEFAULT_PREFIX)]
     pub prefix: String,
     /// Say what would be uploaded and deleted; write nothing.
     #[arg(long)]
@@ -96,7 +97,7 @@ pub struct WorkspaceSeedArgs {
     /// A file added at the end of TOOLS.md (the toolchain list the module writes).
     #[arg(long)]
     pub tools_extra: Option<PathBuf>,
-    /// The fleet's cron jobs (clawdinator/cron-jobs.json), installed as the gateway's cron store.
+    /// The fleet's cron jobs (clawdinator/cron-jobs.json), merged into the gateway's cron store by id (jobs made from chat and all run state kept).
     #[arg(long, requires = "cron_store")]
     pub cron_jobs: Option<PathBuf>,
     /// The gateway's cron store (its config's cron.store).
