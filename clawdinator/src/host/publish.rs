@@ -1,9 +1,12 @@
 //! `host publish-tree`: a public-safe tree of shared memory (the PR-intent
-//! data, `/memory/pr-intent`) mirrored under one prefix of the public
-//! bucket. A file whose SHA-256 the bucket already records is not sent
-//! again; an object under the prefix whose file is gone is deleted, after
-//! every upload (a reader never misses a file being replaced); nothing
-//! outside the prefix is touched. The agents write the tree while this
+//! memos of one skill version, `/memory/pr-intent/v1`) mirrored under one
+//! prefix of the public bucket (`v1/`): the keys are the original fleet's,
+//! `v1/<owner>-<repo>/<N>.txt` and `.meta.json` at the top of the bucket,
+//! where `aws s3 sync --no-sign-request s3://<bucket>/v1/ …` finds them.
+//! A file whose SHA-256 the bucket already records is not sent again; an
+//! object under the prefix whose file is gone is deleted, after every
+//! upload (a reader never misses a file being replaced); nothing outside
+//! the prefix is touched. The agents write the tree while this
 //! runs, so nothing in it is trusted to stay what the walk saw: each level
 //! is opened from its parent without following a link, each file is opened
 //! without following a link and without blocking, and only a handle that is
@@ -22,6 +25,14 @@ use serde::Serialize;
 use crate::aws::s3::{self, Body};
 use crate::aws::{self as aws_mod, Aws};
 use rustix::fs::{openat, statat, AtFlags, Dir, FileType, Mode, OFlags};
+
+/// The orchestrator's tree of skill version v1 (its files are
+/// `<owner>-<repo>/<N>.txt` and `<N>.meta.json`).
+pub const DEFAULT_FROM: &str = "/memory/pr-intent/v1";
+
+/// Where the original fleet published v1, and the only prefix the public
+/// bucket's policy lets anyone list and read.
+pub const DEFAULT_PREFIX: &str = "v1/";
 
 pub struct PublishOptions {
     pub from: PathBuf,
