@@ -206,8 +206,11 @@ fn s3(call: &Value, operation: &str, world: &World) -> Result<Vec<Piece>> {
         "ListObjects" if q.contains_key("versions") => one("ListBucketVersions", &bucket_arn, none()),
         "ListObjects" if q.contains_key("location") => one("GetBucketLocation", &bucket_arn, none()),
         "ListObjects" | "HeadBucket" => {
-            let context = q.get("prefix").map(|p| BTreeMap::from([("s3:prefix".to_string(), json!(p))]));
-            one("ListBucket", &bucket_arn, context.unwrap_or_default())
+            // The condition keys of s3:ListBucket the request sets (an
+            // absent parameter sets none, and StringLike on it fails).
+            let keys = [("prefix", "s3:prefix"), ("delimiter", "s3:delimiter")];
+            let context = keys.iter().filter_map(|(p, k)| Some((k.to_string(), json!(q.get(*p)?))));
+            one("ListBucket", &bucket_arn, context.collect())
         }
         "ListMultipartUploads" => one("ListBucketMultipartUploads", &bucket_arn, none()),
         "CreateBucket" => one("CreateBucket", &bucket_arn, none()),
@@ -563,6 +566,7 @@ pub fn judge(world: &World, bucket_policy: &Value, requests: &[(&Principal, Requ
     let resources = ResourcePolicies {
         bucket: bucket_policy.clone(),
         deploy_app_secret: crate::policies::deploy_app_secret_policy(&root, world)?,
+        pr_intent_bucket: crate::policies::pr_intent_bucket_policy(&root, world)?,
     };
     judge_with(world, &resources, requests)
 }
@@ -575,6 +579,8 @@ pub struct ResourcePolicies {
     pub bucket: Value,
     /// The deploy App key's (`aws_secretsmanager_secret_policy.deploy_app`).
     pub deploy_app_secret: Value,
+    /// The public PR-intent bucket's (`aws_s3_bucket_policy.pr_intent`).
+    pub pr_intent_bucket: Value,
 }
 
 /// [`judge`] with these resource policies.
@@ -589,7 +595,7 @@ pub fn judge_with(
     let resource_policies = [
         (world.bucket_arn(), policies.bucket.clone()),
         (world.cache_bucket_arn(), crate::policies::cache_bucket_policy(&root, world)?),
-        (world.pr_intent_bucket_arn(), crate::policies::pr_intent_bucket_policy(&root, world)?),
+        (world.pr_intent_bucket_arn(), policies.pr_intent_bucket.clone()),
     ];
     let deploy_app = &policies.deploy_app_secret;
     let deploy_app_arn = world.deploy_app_secret_arn();
@@ -607,7 +613,9 @@ pub fn judge_with(
         .map(|(principal, request)| {
             let mut context = principal.session.clone();
             context.extend(request.context.clone());
-            context.insert("aws:SecureTransport".into(), json!("true"));
+            // Every call the fleet makes is HTTPS; a request may say it is not
+            // (a reader trying plain HTTP).
+            context.entry("aws:SecureTransport".into()).or_insert(json!("true"));
             // AWS sets it on every signed request: the role's ARN for a
             // role's session (IAM's global condition keys).
             if principal.arn != crate::policies::ANONYMOUS {

@@ -435,31 +435,184 @@ fn ask(action: &str, resource: &str, context: Value, why: &'static str) -> (test
     (testkit::iam::Request { action: action.into(), resource: resource.into(), context, call: why.into() }, why)
 }
 
-/// The public bucket's policy: anyone may read and list the published tree
-/// and nothing else of the bucket, and never without TLS.
+/// Item 6 of issue 26: the public bucket as an unsigned reader meets it,
+/// judged by the simulator. Allowed: the original readers' commands on
+/// `v1/`, as the AWS CLI sends them (`aws s3 ls --no-sign-request
+/// s3://<bucket>/v1/openclaw-openclaw/` lists with that prefix and the
+/// delimiter `/`; `aws s3 sync --no-sign-request s3://<bucket>/v1/ …`
+/// lists with the prefix `v1/` and no delimiter, then gets each key).
+/// Denied (each an attack on the bucket): listing its root, without a
+/// prefix, another prefix, or `v1` without its slash (it would match
+/// `v10/` or `v1-private/`); reading outside `v1/`; any write; anything
+/// over plain HTTP. Each statement of the policy, and the listing's
+/// condition, is shown needed: without it some row goes the other way.
 #[test]
 fn the_public_bucket_shows_only_the_published_tree() {
     let (root, world) = (testkit::repo_root(), World::emulator("clawdinator-fleet"));
-    let extra = [("pr_intent_bucket_arn", world.pr_intent_bucket_arn())];
-    let policy = policies::document(&root, "pr-intent-public", &world, &extra).unwrap();
+    let policy = policies::pr_intent_bucket_policy(&root, &world).unwrap();
+    // The table can only try what it thinks of: no grant to the public may
+    // name anything but the two reads.
+    for s in policy["Statement"].as_array().unwrap().iter().filter(|s| s["Effect"] == "Allow") {
+        let action = s["Action"].as_str().unwrap_or("a list of actions");
+        assert!(matches!(action, "s3:GetObject" | "s3:ListBucket"), "the public may {action}: {s}");
+    }
+    let anyone = policies::anonymous();
+    let (forbidden, needed) = public_reader_table(&world, &anyone);
+    threat_table(&world, &forbidden, &needed);
+
+    let resources = |policy: Value| ResourcePolicies {
+        bucket: policies::bucket_policy(&root, &world).unwrap(),
+        deploy_app_secret: policies::deploy_app_secret_policy(&root, &world).unwrap(),
+        pr_intent_bucket: policy,
+    };
     let statements = policy["Statement"].as_array().unwrap();
-    let arn = world.pr_intent_bucket_arn();
-    for s in statements.iter().filter(|s| s["Effect"] == "Allow") {
-        assert_eq!(s["Principal"], "*", "{s}");
-        match s["Action"].as_str().unwrap() {
-            "s3:GetObject" => assert_eq!(s["Resource"], format!("{arn}/pr-intent/*")),
-            "s3:ListBucket" => assert_eq!(
-                s["Condition"]["StringLike"]["s3:prefix"],
-                serde_json::json!(["pr-intent/", "pr-intent/*"]),
-                "listing is not limited to the tree: {s}"
-            ),
-            other => panic!("the public may {other}: {s}"),
+    let mut sabotaged: Vec<(String, Value)> = (0..statements.len())
+        .map(|i| {
+            let mut less = policy.clone();
+            let removed = less["Statement"].as_array_mut().unwrap().remove(i);
+            (format!("without {}", removed["Sid"]), less)
+        })
+        .collect();
+    let mut unconditional = policy.clone();
+    for s in unconditional["Statement"].as_array_mut().unwrap() {
+        if s["Action"] == "s3:ListBucket" {
+            s.as_object_mut().unwrap().remove("Condition");
         }
     }
-    assert_eq!(statements.iter().filter(|s| s["Effect"] == "Allow").count(), 2);
-    assert!(statements
-        .iter()
-        .any(|s| s["Effect"] == "Deny" && s["Condition"]["Bool"]["aws:SecureTransport"] == "false"));
+    sabotaged.push(("the listing without its s3:prefix condition".into(), unconditional));
+    for (what, broken) in sabotaged {
+        let pairs: Vec<(&Principal, testkit::iam::Request)> =
+            forbidden.iter().chain(&needed).map(|(p, (r, _))| (*p, r.clone())).collect();
+        let verdicts = judge_with(&world, &resources(broken), &pairs).unwrap();
+        let (f, n) = verdicts.split_at(forbidden.len());
+        let flipped = f.iter().filter(|d| d.allowed).count() + n.iter().filter(|d| !d.allowed).count();
+        assert!(flipped > 0, "{what}, every row is judged as before: the judge cannot fail");
+    }
+}
+
+/// The publisher (an instance in pr_intent_publishers) mirrors `v1/` and
+/// nothing else: the calls `host publish-tree` makes there are allowed; a
+/// write or a listing anywhere else in the public bucket (the old
+/// `pr-intent/` prefix, the root, a sibling of `v1/`) is denied. Each grant
+/// it uses (its policy's two statements, the boundary's mirroring
+/// statement) is shown needed: without it some call it makes is denied.
+#[test]
+fn a_publisher_mirrors_only_v1_and_needs_each_grant_it_has() {
+    use serde_json::json;
+    let root = testkit::repo_root();
+    let world = World::emulator("clawdinator-fleet");
+    let registry = clawdinator::registry::Registry::load(&root.join(clawdinator::registry::DEFAULT_PATH)).unwrap();
+    let host = policies::instance(&root, &world, &registry.instances["clawdinator-1"], true).unwrap();
+    let publisher = policies::pr_intent_publisher(&root, &world, host).unwrap();
+    let public = world.pr_intent_bucket_arn();
+    let memo = format!("{public}/v1/openclaw-openclaw/1234.txt");
+    let p = &publisher;
+    let needed = [
+        (p, ask("s3:ListBucket", &public, json!({"s3:prefix": "v1/"}), "listing what it published")),
+        (p, ask("s3:GetObject", &memo, json!({}), "HeadObject: is this memo's SHA-256 there already")),
+        (p, ask("s3:PutObject", &memo, json!({}), "publishing a memo")),
+        (p, ask("s3:DeleteObject", &memo, json!({}), "deleting a memo its tree lost")),
+    ];
+    let forbidden = [
+        (
+            p,
+            ask(
+                "s3:PutObject",
+                &format!("{public}/pr-intent/v1/openclaw-openclaw/1.txt"),
+                json!({}),
+                "writing the old prefix",
+            ),
+        ),
+        (p, ask("s3:PutObject", &format!("{public}/v1-private/x.txt"), json!({}), "writing a sibling of v1/")),
+        (p, ask("s3:DeleteObject", &format!("{public}/private/x.txt"), json!({}), "deleting outside v1/")),
+        (p, ask("s3:ListBucket", &public, json!({"s3:prefix": ""}), "listing the root")),
+        (p, ask("s3:ListBucket", &public, json!({"s3:prefix": "pr-intent/"}), "listing the old prefix")),
+        (p, ask("s3:PutBucketPolicy", &public, json!({}), "replacing the bucket's policy")),
+    ];
+    threat_table(&world, &forbidden, &needed);
+    let drop = |doc: &mut Value, sid: &str| {
+        let statements = doc["Statement"].as_array_mut().unwrap();
+        let before = statements.len();
+        statements.retain(|s| s["Sid"] != sid);
+        assert_eq!(statements.len() + 1, before, "no statement {sid}");
+    };
+    let mut cut = Vec::new();
+    for sid in ["MirrorThePublishedTree", "ListThePublishedTree"] {
+        let mut less = publisher.clone();
+        drop(&mut less.identity.iter_mut().find(|(n, _)| n == "clawdinator-pr-intent-publish").unwrap().1, sid);
+        cut.push((format!("clawdinator-pr-intent-publish/{sid}"), less));
+    }
+    let mut less = publisher.clone();
+    drop(less.boundary.as_mut().unwrap(), "MirrorThePublishedTree");
+    cut.push(("the boundary's MirrorThePublishedTree".into(), less));
+    // The publisher's grants stand on their own: judged with the bucket's
+    // public statements gone (anyone may read v1/, the publisher too, so
+    // with them a missing grant of its own would go unseen), every call it
+    // makes is still allowed, and without any one grant some call is not.
+    let mut private = policies::pr_intent_bucket_policy(&root, &world).unwrap();
+    private["Statement"].as_array_mut().unwrap().retain(|s| s["Effect"] != "Allow");
+    let resources = ResourcePolicies {
+        bucket: policies::bucket_policy(&root, &world).unwrap(),
+        deploy_app_secret: policies::deploy_app_secret_policy(&root, &world).unwrap(),
+        pr_intent_bucket: private,
+    };
+    let denied_of = |who: &Principal| {
+        let pairs: Vec<(&Principal, testkit::iam::Request)> =
+            needed.iter().map(|(_, (r, _))| (who, r.clone())).collect();
+        judge_with(&world, &resources, &pairs).unwrap().into_iter().filter(|d| !d.allowed).count()
+    };
+    assert_eq!(denied_of(&publisher), 0, "the publisher reads its own tree only because it is public");
+    for (what, less) in &cut {
+        assert!(denied_of(less) > 0, "without {what} every call of the publisher is still allowed");
+    }
+}
+
+/// What an unsigned reader of the public bucket does (needed) and tries
+/// (forbidden), as the AWS CLI sends it.
+fn public_reader_table<'a>(world: &World, anyone: &'a Principal) -> (Vec<Row<'a>>, Vec<Row<'a>>) {
+    use serde_json::json;
+    let public = world.pr_intent_bucket_arn();
+    let memo = format!("{public}/v1/openclaw-openclaw/1234.txt");
+    let meta = format!("{public}/v1/openclaw-openclaw/1234.meta.json");
+    let plain = json!({"aws:SecureTransport": "false"});
+    let list = |context: Value, why| (anyone, ask("s3:ListBucket", &public, context, why));
+    let needed = vec![
+        list(
+            json!({"s3:prefix": "v1/openclaw-openclaw/", "s3:delimiter": "/"}),
+            "aws s3 ls s3://B/v1/openclaw-openclaw/",
+        ),
+        list(json!({"s3:prefix": "v1/", "s3:delimiter": "/"}), "aws s3 ls s3://B/v1/"),
+        list(json!({"s3:prefix": "v1/"}), "aws s3 sync s3://B/v1/ (lists without a delimiter)"),
+        (anyone, ask("s3:GetObject", &memo, json!({}), "aws s3 sync: a memo")),
+        (anyone, ask("s3:GetObject", &meta, json!({}), "aws s3 sync: its meta record")),
+    ];
+    let forbidden = vec![
+        list(json!({"s3:prefix": "", "s3:delimiter": "/"}), "aws s3 ls s3://B/ (the bucket's root)"),
+        list(json!({}), "listing the whole bucket (no prefix)"),
+        list(json!({"s3:prefix": "pr-intent/"}), "listing the old prefix"),
+        list(json!({"s3:prefix": "v1", "s3:delimiter": "/"}), "listing v1 without its slash (v10/, v1-private/…)"),
+        list(json!({"s3:prefix": "private/"}), "listing another prefix"),
+        list(json!({"s3:prefix": "v1/", "aws:SecureTransport": "false"}), "listing v1/ over plain HTTP"),
+        (anyone, ask("s3:ListBucketVersions", &public, json!({"s3:prefix": "v1/"}), "listing versions")),
+        (
+            anyone,
+            ask(
+                "s3:GetObject",
+                &format!("{public}/pr-intent/v1/openclaw-openclaw/1.txt"),
+                json!({}),
+                "reading the old layout's leftovers",
+            ),
+        ),
+        (anyone, ask("s3:GetObject", &format!("{public}/v1-private/notes.md"), json!({}), "reading a sibling of v1/")),
+        (anyone, ask("s3:GetObject", &format!("{public}/private/notes.md"), json!({}), "reading outside v1/")),
+        (anyone, ask("s3:GetObject", &memo, plain, "reading a memo over plain HTTP")),
+        (anyone, ask("s3:PutObject", &memo, json!({}), "replacing a memo")),
+        (anyone, ask("s3:PutObject", &format!("{public}/index.html"), json!({}), "writing a page at the root")),
+        (anyone, ask("s3:DeleteObject", &memo, json!({}), "deleting a memo")),
+        (anyone, ask("s3:PutBucketPolicy", &public, json!({}), "replacing the bucket's policy")),
+        (anyone, ask("s3:GetBucketPolicy", &public, json!({}), "reading the bucket's policy")),
+    ];
+    (forbidden, needed)
 }
 
 /// What the threat model forbids each principal (a compromised agent on an
@@ -488,14 +641,14 @@ fn what_the_threat_model_forbids_is_denied_and_what_each_needs_is_not() {
             &host,
             ask(
                 "s3:PutObject",
-                &format!("{public}/pr-intent/x.md"),
+                &format!("{public}/v1/openclaw-openclaw/1.txt"),
                 json!({}),
                 "an instance that is no publisher writing the public tree",
             ),
         ),
         (
             &publisher,
-            ask("s3:PutObject", &format!("{public}/index.html"), json!({}), "a publisher writing outside pr-intent/"),
+            ask("s3:PutObject", &format!("{public}/index.html"), json!({}), "a publisher writing outside v1/"),
         ),
         (
             &publisher,
@@ -508,7 +661,7 @@ fn what_the_threat_model_forbids_is_denied_and_what_each_needs_is_not() {
         ),
         (
             &publisher,
-            ask("s3:ListBucket", &public, json!({"s3:prefix": "private/"}), "a publisher listing outside pr-intent/"),
+            ask("s3:ListBucket", &public, json!({"s3:prefix": "private/"}), "a publisher listing outside v1/"),
         ),
         (
             &ci,
@@ -857,13 +1010,13 @@ fn what_the_threat_model_forbids_is_denied_and_what_each_needs_is_not() {
         ),
         (
             &publisher,
-            ask("s3:PutObject", &format!("{public}/pr-intent/2026-12/pr-1.md"), json!({}), "publishing a file"),
+            ask("s3:PutObject", &format!("{public}/v1/openclaw-openclaw/1.txt"), json!({}), "publishing a file"),
         ),
         (
             &publisher,
-            ask("s3:DeleteObject", &format!("{public}/pr-intent/2026-12/pr-0.md"), json!({}), "removing a file"),
+            ask("s3:DeleteObject", &format!("{public}/v1/openclaw-openclaw/0.txt"), json!({}), "removing a file"),
         ),
-        (&publisher, ask("s3:ListBucket", &public, json!({"s3:prefix": "pr-intent/"}), "listing the published tree")),
+        (&publisher, ask("s3:ListBucket", &public, json!({"s3:prefix": "v1/"}), "listing the published tree")),
     ];
     threat_table(&world, &forbidden, &needed);
 }
@@ -920,7 +1073,7 @@ fn only_ci_writes_the_cache_and_each_release_once_and_hosts_only_read_them() {
     let release = format!("{b}/releases/{rev}.json");
     let narinfo = format!("{c}/0123456789abcdfghijklmnpqrsvwxyz.narinfo");
     let nar = format!("{c}/nar/0123456789abcdfghijklmnpqrsvwxyz0123456789abcdfghijk.nar.zst");
-    let published = format!("{public}/pr-intent/2026-12/pr-1.md");
+    let published = format!("{public}/v1/openclaw-openclaw/1.txt");
     let once = || json!({"s3:if-none-match": "*"});
     let forbidden = [
         (&host, ask("s3:PutObject", &narinfo, json!({}), "a host pushing a narinfo into the cache")),
@@ -1032,6 +1185,7 @@ fn cast(world: &World) -> Cast {
         resources: ResourcePolicies {
             bucket: policies::bucket_policy(&root, world).unwrap(),
             deploy_app_secret: policies::deploy_app_secret_policy(&root, world).unwrap(),
+            pr_intent_bucket: policies::pr_intent_bucket_policy(&root, world).unwrap(),
         },
     }
 }
@@ -1143,7 +1297,7 @@ fn fleet_reads<'a>(who: &'a Principal, world: &World) -> Vec<Row<'a>> {
         (who, ask("ssm:UpdateInstanceInformation", "*", json!({}), "the SSM agent")),
         (who, ask("ec2messages:GetMessages", "*", json!({}), "the SSM agent's commands")),
         (who, ask("ssm:GetDocument", &ssm("document/clawdinator-switch"), json!({}), "the fleet's document")),
-        (who, ask("s3:PutObject", &format!("{public}/pr-intent/2026-12/pr-1.md"), json!({}), "publishing")),
+        (who, ask("s3:PutObject", &format!("{public}/v1/openclaw-openclaw/1.txt"), json!({}), "publishing")),
     ]
 }
 
