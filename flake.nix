@@ -38,6 +38,15 @@
 
       # One host per instance of the registry (nix/hosts/<name>.nix merged when present).
       hosts = fleet.hosts.fromRegistry { registryFile = ./nix/instances.json; hostsDir = ./nix/hosts; };
+
+      # Checks over the whole fleet's rendered configurations, carried by
+      # every host as assertions, so that building any host refuses the
+      # fleet: at most one host polls each Telegram bot token.
+      telegram = import ./nix/gateway/telegram.nix;
+      fleetChecks = {
+        assertions = map (message: { assertion = false; inherit message; })
+          (telegram.problems (lib.mapAttrs (name: _: telegram.fromConfig self.nixosConfigurations.${name}.config) hosts));
+      };
       image = "clawdinator-image";
     in
     {
@@ -53,7 +62,7 @@
 
       nixosConfigurations =
         if hosts ? ${image} then throw "nix/instances.json: `${image}` is the image's configuration; name the instance otherwise"
-        else lib.mapAttrs (_name: host: mkHost ([ host.settings ] ++ host.extraModules)) hosts
+        else lib.mapAttrs (_name: host: mkHost ([ host.settings fleetChecks ] ++ host.extraModules)) hosts
           // { ${image} = mkHost [ ./nix/modules/image.nix ]; };
 
       packages = forAllSystems (pkgs: {
