@@ -98,6 +98,11 @@ in
 
     environment.etc."clawd/tools.md".source = toolsMd;
 
+    # Operators in an SSM session get the `openclaw` CLI (status, logs,
+    # channels) beside `clawdinator`; it is the gateway's own package, so
+    # the closure does not grow.
+    environment.systemPackages = optional cfg.gateway.enable cfg.package;
+
     # The gateway itself is nix-openclaw's unit, named `clawdinator`.
     services.openclaw-gateway = mkIf cfg.gateway.enable {
       enable = true;
@@ -110,12 +115,17 @@ in
       stateDir = cfg.stateDir;
       workingDirectory = cfg.stateDir;
       inherit configPath;
+      # nix-openclaw's unit appends stdout and stderr to this file; the
+      # unit below sends them to the journal instead, where `fleet logs`
+      # (journalctl -u clawdinator) reads them. Kept: the option needs a path.
       logPath = "${logDir}/gateway.log";
       config = lib.recursiveUpdate {
         gateway = { mode = "local"; bind = "loopback"; port = cfg.gatewayPort; };
         agents.defaults.workspace = workspaceDir;
         cron = { enabled = cfg.cronJobsFile != null; store = "${cfg.stateDir}/cron-jobs.json"; };
-        logging.file = "${logDir}/openclaw.log";
+        # The gateway's console (what reaches the journal): plain lines at
+        # info; its JSON-lines file stays for `openclaw logs`.
+        logging = { file = "${logDir}/openclaw.log"; consoleLevel = "info"; consoleStyle = "compact"; };
       } cfg.config;
       environment = {
         CLAWDINATOR_MEMORY_DIR = cfg.memoryDir;
@@ -145,7 +155,12 @@ in
       unitConfig.RequiresMountsFor = [ cfg.memoryDir ];
       # The agents run git, gh and builds: no capabilities and a read-only
       # system, but JIT and child processes stay allowed; never the metadata service.
-      serviceConfig = harden { rw = [ cfg.stateDir cfg.memoryDir runDir ]; } // noMetadata;
+      serviceConfig = harden { rw = [ cfg.stateDir cfg.memoryDir runDir ]; } // noMetadata // {
+        # The gateway's output in the journal, not in a file beside it:
+        # `fleet logs NAME` reads the unit's journal (ssm/logs.json).
+        StandardOutput = lib.mkForce "journal";
+        StandardError = lib.mkForce "journal";
+      };
     };
   };
 }
