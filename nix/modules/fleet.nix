@@ -48,5 +48,9 @@ in
   # is for operators in a session.
   nix.settings.experimental-features = [ "nix-command" "flakes" ];
   time.timeZone = "UTC";
-  system.stateVersion = "25.11";
+  # The release of the pinned nixpkgs (systems are named
+  # nixos-system-<host>-26.05.*), as the original fleet had it. Hosts are
+  # cattle: each starts from an image of this repository and keeps no
+  # state across a replacement that a later release would have to migrate.
+  system.stateVersion = "26.05";
 }
