@@ -78,10 +78,12 @@
         lib.mapAttrs' (name: host: lib.nameValuePair "host-${name}" host.config.system.build.toplevel) self.nixosConfigurations
         // { clawdinator = self.packages.${hostSystem}.clawdinator; };
 
-      # `nix develop`: everything the README's two commands and `cargo xtask test` use.
+      # `nix develop`: everything the README's two commands and `cargo xtask test` use,
+      # and the `openclaw` CLI the hosts run (the same pinned package), for operators.
       devShells = forAllSystems (pkgs: {
         default = pkgs.mkShell {
           packages = with pkgs; [
+            openclaw-gateway
             cargo
             rustc
             clippy
