@@ -126,19 +126,19 @@ variable "create_github_oidc_provider" {
 }
 
 variable "enable_control_api" {
-  description = "Deploy the chat control API (a Lambda behind an AWS_IAM function URL). Off by default."
+  description = "Deploy the chat control API (a Lambda behind an AWS_IAM function URL), through which the bots ask for each other's deploys. On by default; it needs control_api_zip, the deploy App (deploy_app_id, deploy_app_installation_id) and its key clawdinator/deploy-app.pem in Secrets Manager. false: no control API, and the bots cannot deploy."
   type        = bool
-  default     = false
+  default     = true
 }
 
 variable "control_api_zip" {
-  description = "The control API package (cargo xtask control-api package); required when enable_control_api."
+  description = "The control API package, as `cargo xtask control-api package` writes it by default (dist/control-api.zip of the checkout; relative paths are from this directory, where tofu runs). Read when enable_control_api."
   type        = string
-  default     = ""
+  default     = "../../../dist/control-api.zip"
 
   validation {
-    condition     = var.control_api_zip == "" || endswith(var.control_api_zip, ".zip")
-    error_message = "control_api_zip must be the path of a .zip file."
+    condition     = endswith(var.control_api_zip, ".zip")
+    error_message = "control_api_zip must be the path of a .zip file (cargo xtask control-api package --out FILE.zip)."
   }
 }
 
