@@ -223,6 +223,12 @@ os.execv(os.environ["IMAGE_NIX"], [os.environ["IMAGE_NIX"]] + args)
 
 /// Tools on PATH: the stand-in nix ([`NIX_STANDIN`], the image stand-in
 /// behind it), cargo (`cargo xtask` is the built binary) and tofu.
+/// The stand-in cargo's `xtask control-api package`: the real one builds the
+/// Lambda for another target with zig (the whole SDK compiled again, too
+/// slow for a test; its quota checks are package.rs's unit tests); here it
+/// leaves a zip where OpenTofu reads it and says so in $CONTROL_API_PACKAGED.
+const CONTROL_API_PACKAGE: &str = "if [ \"$1 $2\" = \"control-api package\" ]; then mkdir -p dist && printf 'PK' > dist/control-api.zip && echo \"$PWD\" >> \"$CONTROL_API_PACKAGED\" && exit 0; fi\n";
+
 fn tools(dir: &Path) -> (String, PathBuf) {
     let (nix_path, kvm) = testkit::env::stand_in_nix(&dir.join("nix"));
     let bin = dir.join("bin");
@@ -230,7 +236,7 @@ fn tools(dir: &Path) -> (String, PathBuf) {
     python_script(&bin.join("nix"), NIX_STANDIN);
     write_script(
         &bin.join("cargo"),
-        &format!("#!/bin/sh\n[ \"$1\" = xtask ] || {{ echo \"stand-in cargo: only cargo xtask\" >&2; exit 2; }}\nshift\nexec {} \"$@\"\n", env!("CARGO_BIN_EXE_xtask")),
+        &format!("#!/bin/sh\n[ \"$1\" = xtask ] || {{ echo \"stand-in cargo: only cargo xtask\" >&2; exit 2; }}\nshift\n{CONTROL_API_PACKAGE}exec {} \"$@\"\n", env!("CARGO_BIN_EXE_xtask")),
     );
     let tofu = testkit::env::stand_in_tofu(&dir.join("tofu"));
     (format!("{}:{}:{nix_path}", bin.display(), tofu.display()), kvm)
@@ -351,6 +357,7 @@ fn runner_env(env: &Env, temp: &Path) -> (BTreeMap<String, String>, Arc<Mutex<Ve
         ("NIX_COPY_LOG", env.path("nix-copy.log").display().to_string()),
         ("IMAGE_NIX", env.path("tools/nix/bin/nix").display().to_string()),
         ("GITHUB_RUN_ID", "4242".into()),
+        ("CONTROL_API_PACKAGED", env.path("control-api-packaged.log").display().to_string()),
         ("CLAWDINATOR_POLL_SECONDS", "0.05".into()),
     ];
     (base.into_iter().map(|(k, v)| (k.to_string(), v)).collect(), github_seen)
@@ -465,6 +472,9 @@ async fn the_image_release_and_deploy_workflows_complete_as_the_ci_role() {
     run(&runner, &mut context, "release.yml", &["release"]);
     context.event = "workflow_dispatch".into();
     run(&runner, &mut context, "fleet-deploy.yml", &["deploy"]);
+    let packaged = std::fs::read_to_string(env.path("control-api-packaged.log")).unwrap_or_default();
+    assert_eq!(packaged.lines().count(), 2, "the release and the deploy each package the control API first");
+    assert!(checkout.join("dist/control-api.zip").is_file(), "no zip where OpenTofu reads it");
     let new_ami = context.outputs.get("publish.outputs.ami_id").cloned().unwrap_or_default();
     assert!(new_ami.starts_with("ami-"), "no AMI published");
     assert_eq!(
@@ -1000,7 +1010,8 @@ fn checks_out_the_whole_history(file: &str, job: &str) {
 
 /// The release lane's order, with stand-ins that record (no AWS, no nix):
 /// `release build` first (every registry host: no names), then the
-/// bundles, the new instances (`fleet deploy --missing`) and the switch at
+/// bundles, the control API's zip (OpenTofu uploads it), the new instances
+/// (`fleet deploy --missing`) and the switch at
 /// the pushed revision. Within `release build`, build → sign and push →
 /// releases/<rev>.json is that command's own order, tested where it is
 /// defined with nix and an HTTP store; running it here would need both, so
@@ -1017,6 +1028,7 @@ fn the_release_builds_every_host_and_writes_its_manifest_before_any_host_is_crea
             "xtask secrets pull",
             "xtask bootstrap seeds prepare",
             "xtask bootstrap upload --all",
+            "xtask control-api package",
             "xtask fleet deploy --missing",
             switch.as_str(),
         ]
