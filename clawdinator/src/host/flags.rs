@@ -6,6 +6,14 @@ use clap::{Args, Subcommand};
 
 use crate::flags::FileOwner;
 
+/// The orchestrator's tree of skill version v1 (its files are
+/// `<owner>-<repo>/<N>.txt` and `<N>.meta.json`).
+pub const DEFAULT_FROM: &str = "/memory/pr-intent/v1";
+
+/// Where the original fleet published v1, and the only prefix the public
+/// bucket's policy lets anyone list and read.
+pub const DEFAULT_PREFIX: &str = "v1/";
+
 #[derive(Debug, Subcommand)]
 pub enum HostCmd {
     /// Install the agent workspace templates; files the templates do not name are left alone.
@@ -52,14 +60,14 @@ pub struct PiAuthArgs {
 #[derive(Debug, Args)]
 pub struct PublishTreeArgs {
     /// The tree to publish (links in it are never followed): one skill version's memos.
-    #[arg(long, default_value = crate::host::publish::DEFAULT_FROM)]
+    #[arg(long, default_value = DEFAULT_FROM)]
     pub from: PathBuf,
     /// The public bucket.
     #[arg(long)]
     pub bucket: String,
     /// The key prefix mirrored (ends with /; everything under it that the tree lacks is deleted); the
     /// bucket policy makes only v1/ public.
-    #[arg(long, default_value = crate::host::publish::DEFAULT_PREFIX)]
+    #[arg(long, default_value = DEFAULT_PREFIX)]
     pub prefix: String,
     /// Say what would be uploaded and deleted; write nothing.
     #[arg(long)]

@@ -26,13 +26,7 @@ use crate::aws::s3::{self, Body};
 use crate::aws::{self as aws_mod, Aws};
 use rustix::fs::{openat, statat, AtFlags, Dir, FileType, Mode, OFlags};
 
-/// The orchestrator's tree of skill version v1 (its files are
-/// `<owner>-<repo>/<N>.txt` and `<N>.meta.json`).
-pub const DEFAULT_FROM: &str = "/memory/pr-intent/v1";
-
-/// Where the original fleet published v1, and the only prefix the public
-/// bucket's policy lets anyone list and read.
-pub const DEFAULT_PREFIX: &str = "v1/";
+pub use super::flags::{DEFAULT_FROM, DEFAULT_PREFIX};
 
 pub struct PublishOptions {
     pub from: PathBuf,
