@@ -11,7 +11,9 @@
 # (every ExecStart/ExecStartPre that runs the host binary; the Rust side
 # parses each against the CLI) and `flakeHosts` (the flake's
 # nixosConfigurations, from its real outputs function with stand-in inputs)
-# and `options` (the module's options, for docs/module-options.md).
+# and `options` (the module's options, for docs/module-options.md), and
+# `metadata`: the evaluated firewall rules and the publisher's scripts,
+# which `cargo xtask test` runs against a real kernel (xtask/src/imds.rs).
 { nixpkgsLib }:
 
 let
@@ -25,8 +27,13 @@ let
     pname = name;
     outPath = "/nix/store/00000000000000000000000000000000-${name}";
   };
-  pkgs = lib.genAttrs [ "openclaw-gateway" "clawdinator" "git" "gh" "jq" "ripgrep" "curl" "nodejs_22" "pnpm_10" "python3" "ffmpeg" "awscli2" "pi-coding-agent" "stunnel" "cacert" "bashInteractive" ] stubPackage
-    // { writeText = name: _text: stubPackage name; };
+  pkgs = lib.genAttrs [ "openclaw-gateway" "clawdinator" "git" "gh" "jq" "ripgrep" "curl" "nodejs_22" "pnpm_10" "python3" "ffmpeg" "awscli2" "pi-coding-agent" "stunnel" "cacert" "bashInteractive" "iptables" ] stubPackage
+    // {
+      writeText = name: _text: stubPackage name;
+      # A script's path names a hash of its text: two units' paths are equal
+      # only when their scripts are.
+      writeShellScript = name: text: stubPackage "${builtins.substring 0 16 (builtins.hashString "sha256" text)}-${name}";
+    };
   bin = "${pkgs.clawdinator}/bin/clawdinator";
 
   anything = types.attrsOf types.anything;
@@ -69,9 +76,10 @@ let
       networking.firewall.enable = mkOption { type = types.bool; default = true; };
       networking.firewall.extraCommands = mkOption { type = types.lines; default = ""; };
       networking.firewall.extraStopCommands = mkOption { type = types.lines; default = ""; };
+      networking.firewall.package = mkOption { type = types.package; default = pkgs.iptables; };
       networking.nftables.enable = mkOption { type = types.bool; default = false; };
       nix.settings = mkOption {
-        type = types.submodule { freeformType = anything; options = { substituters = list; trusted-public-keys = list; }; };
+        type = types.submodule { freeformType = anything; options = { substituters = list; trusted-public-keys = list; allowed-users = list; trusted-users = list; }; };
         default = { };
       };
       swapDevices = mkOption { type = types.listOf anything; default = [ ]; };
@@ -152,6 +160,18 @@ let
       config = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { services.clawdinator.githubApp.repositories = [ "openclaw" "clawdinators" ]; } ];
       says = [ "contents = write" "clawdinators" ];
     };
+    "the nix daemon open to the agents' user" = {
+      config = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { nix.settings.allowed-users = [ "clawdinator" ]; } ];
+      says = [ "nix.settings.allowed-users admits the agents (clawdinator)" "nixbld" ];
+    };
+    "the nix daemon open to everyone" = {
+      config = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { nix.settings.allowed-users = [ "*" ]; } ];
+      says = [ "nix.settings.allowed-users admits the agents (*)" ];
+    };
+    "the agents' group trusted by the nix daemon" = {
+      config = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { nix.settings.trusted-users = [ "@clawdinator" ]; } ];
+      says = [ "nix.settings.trusted-users admits the agents (@clawdinator)" ];
+    };
     "SSH without keys" = {
       config = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { services.clawdinator.ssh.enable = true; } ];
       says = [ "ssh.enable" "authorizedKeys" ];
@@ -162,6 +182,16 @@ let
 
   expect = what: ok: if ok then [ ] else [ what ];
   has = haystack: needle: lib.hasInfix needle haystack;
+  # Where needle first starts in haystack (-1: nowhere).
+  at = haystack: needle:
+    let parts = lib.splitString needle haystack; in
+    if builtins.length parts < 2 then -1 else builtins.stringLength (builtins.head parts);
+  # Each of the needles is in haystack, each after the one before.
+  inOrder = haystack: needles:
+    let found = map (at haystack) needles; in
+    !(builtins.elem (-1) found) && found == lib.sort (a: b: a < b) found;
+  # The module's own helpers over an evaluated configuration.
+  helpers = config: import ../modules/clawdinator/lib.nix { inherit config lib; };
   services = config: config.systemd.services;
   svc = config: name: (services config).${name} or null;
   exec = config: name: lib.concatStringsSep "\n" (lib.toList ((svc config name).serviceConfig.ExecStart or ""));
@@ -249,11 +279,44 @@ let
       (expect "no unit that runs as the agents' user, nor the gateway, reaches the metadata service"
         (let agentUnits = lib.filterAttrs (n: u: (u.serviceConfig.User or "root") == "clawdinator" || n == "clawdinator") (services c); in
           agentUnits != { } && lib.all (u: u.serviceConfig.IPAddressDeny or [ ] == [ "169.254.169.254" "fd00:ec2::254" ]) (lib.attrValues agentUnits)))
-      (expect "the firewall refuses the metadata service to the agents' user, by owner, IPv4 and IPv6, in a chain of its own"
+      (expect "the firewall refuses the metadata service by default, IPv4 and IPv6, in a chain of its own: root returns, the publisher's cgroup returns when it exists (and its rule goes when it does not), everyone else is rejected; a hold rejects all while the chain is refilled"
         (let x = c.networking.firewall.extraCommands; in
-          has x "iptables -w -A clawdinator-metadata -d 169.254.169.254 -m owner --uid-owner clawdinator -j REJECT"
-          && has x "ip6tables -w -A clawdinator-metadata -d fd00:ec2::254 -m owner --uid-owner clawdinator -j REJECT"
-          && has x "iptables -w -F clawdinator-metadata" && has c.networking.firewall.extraStopCommands "iptables -w -X clawdinator-metadata"))
+          lib.all ({ tool, address }: inOrder x [
+            "[ -d /sys/fs/cgroup/system.slice/clawdinator-publish-tree.service ] || while ${tool} -w -D clawdinator-metadata -d ${address} -m cgroup --path system.slice/clawdinator-publish-tree.service -j RETURN 2>/dev/null; do :; done\n"
+            "${tool} -w -I OUTPUT 1 -d ${address} -m comment --comment clawdinator-metadata-hold -j REJECT\n"
+            "${tool} -w -N clawdinator-metadata 2>/dev/null || ${tool} -w -F clawdinator-metadata\n"
+            "${tool} -w -A clawdinator-metadata -d ${address} -m owner --uid-owner 0 -j RETURN\n"
+            "if [ -d /sys/fs/cgroup/system.slice/clawdinator-publish-tree.service ]; then ${tool} -w -A clawdinator-metadata -d ${address} -m cgroup --path system.slice/clawdinator-publish-tree.service -j RETURN 2>/dev/null || true; fi\n"
+            "${tool} -w -A clawdinator-metadata -d ${address} -j REJECT\n"
+            "${tool} -w -C OUTPUT -j clawdinator-metadata 2>/dev/null || ${tool} -w -I OUTPUT -j clawdinator-metadata\n"
+            "while ${tool} -w -D OUTPUT -d ${address} -m comment --comment clawdinator-metadata-hold -j REJECT 2>/dev/null; do :; done\n"
+          ]) [ { tool = "iptables"; address = "169.254.169.254"; } { tool = "ip6tables"; address = "fd00:ec2::254"; } ]
+          && !(has x "--uid-owner clawdinator") && builtins.length (lib.splitString " -j REJECT\n" x) == 5))
+      (expect "the metadata chain stays when the firewall stops or a reload fails (no stop command removes it)"
+        (!(has c.networking.firewall.extraStopCommands "clawdinator-metadata")))
+      (expect "a host without the publisher lets no cgroup through to the metadata service"
+        (let x = (host "clawdinator-2").networking.firewall.extraCommands; in
+          !(has x "-m cgroup") && has x "iptables -w -A clawdinator-metadata -d 169.254.169.254 -j REJECT"))
+      (expect "the publisher lets its own cgroup through as root before it starts (ExecStartPre=+) and takes it back when it stops (ExecStopPost=+), IPv4 and IPv6, with the firewall's iptables"
+        (let
+          u = (svc c "clawdinator-publish-tree").serviceConfig;
+          m = helpers c;
+          script = what: "+${pkgs.writeShellScript "clawdinator-publish-tree-metadata-${what}" (m.metadataScript what "clawdinator-publish-tree")}";
+          allow = m.metadataScript "allow" "clawdinator-publish-tree";
+          revoke = m.metadataScript "revoke" "clawdinator-publish-tree";
+          rule = address: "-d ${address} -m cgroup --path system.slice/clawdinator-publish-tree.service -j RETURN";
+        in
+          u.ExecStartPre == [ (script "allow") ] && u.ExecStopPost == [ (script "revoke") ] && !(u ? Slice)
+          && has allow "PATH=${pkgs.iptables}/bin\n" && has revoke "PATH=${pkgs.iptables}/bin\n"
+          && inOrder allow [ "set -eu\n" "iptables -w -D clawdinator-metadata ${rule "169.254.169.254"}" "iptables -w -I clawdinator-metadata ${rule "169.254.169.254"}\n" ]
+          && inOrder allow [ "ip6tables -w -D clawdinator-metadata ${rule "fd00:ec2::254"}" "ip6tables -w -I clawdinator-metadata ${rule "fd00:ec2::254"}\n" ]
+          && has revoke "while iptables -w -D clawdinator-metadata ${rule "169.254.169.254"} 2>/dev/null; do :; done"
+          && has revoke "while ip6tables -w -D clawdinator-metadata ${rule "fd00:ec2::254"} 2>/dev/null; do :; done"
+          && !(has revoke " -I ")))
+      (expect "the publisher has a start timeout, under its schedule: a hung read cannot hold it forever"
+        (((svc c "clawdinator-publish-tree").serviceConfig.TimeoutStartSec or null) == "5min"))
+      (expect "only root may use the nix daemon, and only root is trusted"
+        (c.nix.settings.allowed-users == [ "root" ] && c.nix.settings.trusted-users == [ "root" ]))
       (expect "the control helper runs as root with the agents' group on /run/clawdinator-control, and the gateway knows its socket"
         (let u = svc c "clawdinator-control-helper"; in
           u != null && !(u.serviceConfig ? User) && u.serviceConfig.Group == "clawdinator"
@@ -377,6 +440,25 @@ in
   cases = builtins.length (builtins.attrNames cases) + builtins.length (builtins.attrNames negative);
   commands = lib.unique (lib.filter (lib.hasPrefix bin) (lib.concatMap commandsOf (builtins.attrValues cases)));
   inherit bin flakeHosts;
+  # The metadata service's rules as a host evaluates them, for the check
+  # that runs them against a real kernel (xtask/src/imds.rs): the firewall's
+  # commands, the publisher's two scripts, its cgroup, and the nix daemon's
+  # users.
+  metadata =
+    let
+      c = cases.host;
+      m = helpers c;
+    in
+    {
+      firewall = c.networking.firewall.extraCommands;
+      firewallStop = c.networking.firewall.extraStopCommands;
+      allow = m.metadataScript "allow" m.publisherUnit;
+      revoke = m.metadataScript "revoke" m.publisherUnit;
+      cgroup = m.unitCgroup m.publisherUnit;
+      chain = m.metadataChain;
+      addresses = m.metadataAddresses;
+      inherit (c.nix.settings) allowed-users trusted-users;
+    };
   # What each host's gateway is handed (nix/gateway/golden/<name>.json).
   gatewayConfigs = builtins.mapAttrs (name: _: (host name).services.openclaw-gateway.config) registry;
   # The module's options as the NixOS manual lists them (docs/module-options.md).

@@ -5,7 +5,8 @@
 //! Modules: `flags` (the command line's table of contents); the commands
 //! `pipeline`, `doctor`, `selftest` (`test`), `bench`, `package` (`control-api
 //! package`, with `lambda_smoke`) and `docs`; the checks `test` runs:
-//! `nix_lib`, `nix_module`, `opentofu`, `workflows`, `modgraph`, `layout`;
+//! `nix_lib`, `nix_module`, `imds` (the metadata service's rules on a real
+//! kernel), `opentofu`, `workflows`, `modgraph`, `layout`;
 //! and `tools` (the pinned npm and PyPI check tools).
 
 mod bench;
@@ -15,6 +16,7 @@ mod docs;
 mod doctor;
 mod flags;
 mod flake_lock;
+mod imds;
 mod lambda_smoke;
 mod layout;
 mod measure;

@@ -56,6 +56,20 @@ const SABOTAGE: &[(&str, &str, &str, &str)] = &[
         "assertion = !cfg.ssh.enable || cfg.ssh.authorizedKeys != [ ];",
         "assertion = true;",
     ),
+    (
+        "instance-role.nix",
+        "the metadata service is refused only to the agents' user again (nixbld builders get through)",
+        "${tool} -w -A ${chain} -d ${address} -j REJECT",
+        "${tool} -w -A ${chain} -d ${address} -m owner --uid-owner ${cfg.user} -j REJECT",
+    ),
+    (
+        "lib.nix",
+        "the publisher's stop no longer takes its cgroup's rule back",
+        "while ${tool} -w -D ${metadataChain} ${unitRule address unit} 2>/dev/null; do :; done\n    if",
+        "if",
+    ),
+    ("cache.nix", "the nix daemon serves every user", "allowed-users = [ \"root\" ];", "allowed-users = [ \"*\" ];"),
+    ("public-tree.nix", "the publisher has no start timeout", "TimeoutStartSec = \"5min\";", ""),
 ];
 
 /// The module's folder: one file per concern.

@@ -43,6 +43,7 @@ impl flags::Test {
             ("flake lock", flake_lock(&sh, &root)),
             ("nix lib", nix_lib(&sh, &root)),
             ("nixos module", nix_module(&sh, &root)),
+            ("metadata service", metadata_service(&sh, &root)),
             ("deadnix", deadnix(&sh, &root)),
             ("opentofu", opentofu(&sh, &root)),
             ("workflows", workflow_lint(&root)),
@@ -275,6 +276,16 @@ fn nix_module(sh: &Shell, root: &Path) -> Outcome {
         Ok(None) => Outcome::Skipped(
             "no nixpkgs lib: set NIXPKGS_LIB to a nixpkgs lib/ (or provide ../shared/vendor/nixpkgs-lib/lib beside the repository) to evaluate the module with lib.evalModules".into(),
         ),
+        Err(err) => Outcome::Failed(format!("{err:#}")),
+    }
+}
+
+/// The module's metadata rules and nix daemon users, performed on a real
+/// kernel (root and Debian's iptables; otherwise skipped, saying why).
+fn metadata_service(sh: &Shell, root: &Path) -> Outcome {
+    match crate::imds::check(sh, root) {
+        Ok(crate::imds::Tested::Passed(summary)) => Outcome::Passed(summary),
+        Ok(crate::imds::Tested::Skipped(why)) => Outcome::Skipped(why),
         Err(err) => Outcome::Failed(format!("{err:#}")),
     }
 }

@@ -4,12 +4,16 @@
 # followed). It runs as a dynamic user of the agents' group: not the agents'
 # user (the write needs the instance role, which that user cannot reach),
 # and not root, so a link an agent slips into the tree leads to nothing
-# worth publishing (the secrets are their owners' alone).
-{ config, lib, ... }:
+# worth publishing (the secrets are their owners' alone). The metadata
+# service lets it through by its cgroup alone, while it runs (lib.nix's
+# metadataAccess: root adds the rule before it starts and takes it back
+# when it stops).
+{ config, lib, pkgs, ... }:
 
 let
   h = import ./lib.nix { inherit config lib; };
-  inherit (h) cfg command harden regionWords;
+  inherit (h) cfg command harden metadataAccess regionWords;
+  unit = h.publisherUnit;
   inherit (lib) literalExpression mkEnableOption mkIf mkOption types;
 in
 {
@@ -27,13 +31,18 @@ in
   };
 
   config = mkIf (cfg.enable && cfg.publicTree.enable) {
-    systemd.services.clawdinator-publish-tree = {
+    systemd.services.${unit} = {
       description = "clawdinator: mirror ${cfg.publicTree.sourceDir} to s3://${cfg.publicTree.bucket}/${cfg.publicTree.prefix}";
       wants = [ "network-online.target" ];
       after = [ "network-online.target" "clawdinator-memory-init.service" ];
       unitConfig.RequiresMountsFor = [ cfg.memoryDir ];
-      serviceConfig = harden { } // {
+      serviceConfig = harden { } // metadataAccess pkgs unit // {
         Type = "oneshot";
+        # A oneshot has no start timeout by default: a read that hangs (a
+        # file an agent swapped) would hold the unit, and every later run,
+        # forever. Well under the default 10-minute schedule; the stop
+        # still takes the cgroup's rule back (ExecStopPost).
+        TimeoutStartSec = "5min";
         DynamicUser = true;
         SupplementaryGroups = [ cfg.group ];
         ExecStart = command (
@@ -43,7 +52,7 @@ in
       };
     };
 
-    systemd.timers.clawdinator-publish-tree = {
+    systemd.timers.${unit} = {
       wantedBy = [ "timers.target" ];
       timerConfig = {
         OnCalendar = cfg.publicTree.schedule;
