@@ -1,13 +1,14 @@
 # The public PR-intent dataset: on a timer, a public-safe tree of shared
-# memory is mirrored to a prefix of the public bucket (`clawdinator host
-# publish-tree`: changed files only, removed ones deleted, links never
-# followed). It runs as a dynamic user of the agents' group: not the agents'
-# user (the write needs the instance role, which that user cannot reach),
-# and not root, so a link an agent slips into the tree leads to nothing
-# worth publishing (the secrets are their owners' alone). The metadata
-# service lets it through by its cgroup alone, while it runs (lib.nix's
-# metadataAccess: root adds the rule before it starts and takes it back
-# when it stops).
+# memory (the orchestrator's skill version v1) is mirrored to a prefix of
+# the public bucket, at the original fleet's keys `v1/<owner>-<repo>/<N>.txt`
+# and `.meta.json` (`clawdinator host publish-tree`: changed files only,
+# removed ones deleted, links never followed). It runs as a dynamic user of
+# the agents' group: not the agents' user (the write needs the instance
+# role, which that user cannot reach), and not root, so a link an agent
+# slips into the tree leads to nothing worth publishing (the secrets are
+# their owners' alone). The metadata service lets it through by its
+# cgroup alone, while it runs (lib.nix's metadataAccess: root adds the rule
+# before it starts and takes it back when it stops).
 { config, lib, pkgs, ... }:
 
 let
@@ -20,12 +21,12 @@ in
   options.services.clawdinator.publicTree = {
     enable = mkEnableOption "publishing the PR-intent tree to the public bucket (the instance must be in OpenTofu's pr_intent_publishers)";
     bucket = mkOption { type = types.str; default = "openclaw-pr-intent"; description = "The public bucket (OpenTofu output pr_intent_bucket_name)."; };
-    prefix = mkOption { type = types.str; default = "pr-intent/"; description = "The key prefix mirrored; the bucket policy makes only it public."; };
+    prefix = mkOption { type = types.str; default = "v1/"; description = "The key prefix mirrored (the original fleet's layout); the bucket policy makes only v1/ public."; };
     sourceDir = mkOption {
       type = types.str;
-      default = "${cfg.memoryDir}/pr-intent";
-      defaultText = literalExpression ''"''${memoryDir}/pr-intent"'';
-      description = "The tree published: only public-safe files belong here.";
+      default = "${cfg.memoryDir}/pr-intent/v1";
+      defaultText = literalExpression ''"''${memoryDir}/pr-intent/v1"'';
+      description = "The tree published (skill version v1 of the orchestrator's memos): only public-safe files belong here.";
     };
     schedule = mkOption { type = types.str; default = "*:0/10"; description = "When to publish (systemd OnCalendar)."; };
   };
