@@ -14,7 +14,10 @@ use crate::atomic::Owner;
 
 /// The directories every host expects under the memory root: daily notes
 /// (`daily/YYYY-MM-DD.md`) and Discord snapshots (`discord/YYYY-MM-DD.md`).
-pub const DIRS: [&str; 2] = ["daily", "discord"];
+/// Parents before children. `pr-intent/v1` is what the PR-intent publisher
+/// mirrors: there from the start, so it publishes an empty tree rather
+/// than failing before the orchestrator's first run.
+pub const DIRS: [&str; 4] = ["daily", "discord", "pr-intent", "pr-intent/v1"];
 
 /// Group-shared and setgid: files made by any host's agent stay in the group.
 const DIR_MODE: u32 = 0o2770;

@@ -41,6 +41,6 @@ output "control_api_url" {
 }
 
 output "pr_intent_bucket_name" {
-  description = "The public PR-intent bucket: aws s3 sync s3://<it>/pr-intent/ ./pr-intent --no-sign-request"
+  description = "The public PR-intent bucket: aws s3 sync --no-sign-request s3://<it>/v1/ ./pr-intent/"
   value       = aws_s3_bucket.pr_intent.id
 }

@@ -177,7 +177,7 @@ variable "deploy_app_installation_id" {
 }
 
 variable "pr_intent_bucket_name" {
-  description = "The public PR-intent bucket (anonymous read and list under pr-intent/ only); the publishers' hosts name it too (services.clawdinator.publicTree.bucket)."
+  description = "The public PR-intent bucket (anonymous read and list under v1/ only); the publishers' hosts name it too (services.clawdinator.publicTree.bucket)."
   type        = string
   default     = "openclaw-pr-intent"
 }
