@@ -27,7 +27,7 @@ let
     pname = name;
     outPath = "/nix/store/00000000000000000000000000000000-${name}";
   };
-  pkgs = lib.genAttrs [ "openclaw-gateway" "clawdinator" "git" "gh" "jq" "ripgrep" "curl" "nodejs_22" "pnpm_10" "python3" "ffmpeg" "awscli2" "pi-coding-agent" "stunnel" "cacert" "bashInteractive" "iptables" ] stubPackage
+  pkgs = lib.genAttrs [ "openclaw-gateway" "clawdinator" "git" "gh" "jq" "ripgrep" "curl" "nodejs_22" "pnpm_10" "python3" "ffmpeg" "awscli2" "zstd" "util-linux" "rsync" "pi-coding-agent" "stunnel" "cacert" "bashInteractive" "iptables" ] stubPackage
     // {
       writeText = name: _text: stubPackage name;
       # A script's path names a hash of its text: two units' paths are equal
@@ -172,6 +172,18 @@ let
       config = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { nix.settings.trusted-users = [ "@clawdinator" ]; } ];
       says = [ "nix.settings.trusted-users admits the agents (@clawdinator)" ];
     };
+    "a proposals token that can push to the fleet" = {
+      config = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { services.clawdinator.githubApp.proposals.permissions = { issues = "write"; contents = "write"; }; } ];
+      says = [ "githubApp.proposals.permissions" "contents" "never contents or pull_requests" ];
+    };
+    "a proposals token that can open pull requests on the fleet" = {
+      config = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { services.clawdinator.githubApp.proposals.permissions = { issues = "write"; pull_requests = "write"; }; } ];
+      says = [ "githubApp.proposals.permissions" "pull_requests" ];
+    };
+    "a proposals token that can run workflows" = {
+      config = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { services.clawdinator.githubApp.proposals.permissions = { issues = "write"; actions = "read"; }; } ];
+      says = [ "githubApp.proposals.permissions" "actions" ];
+    };
     "SSH without keys" = {
       config = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { services.clawdinator.ssh.enable = true; } ];
       says = [ "ssh.enable" "authorizedKeys" ];
@@ -208,6 +220,26 @@ let
         && (c.ProtectHome or false) && (c ? RestrictAddressFamilies) && (c ? CapabilityBoundingSet))
     ++ expect "${name}: ProtectSystem=strict without ReadWritePaths it needs"
       (!(c ? ReadWritePaths) || builtins.all (p: lib.hasPrefix "/" p) c.ReadWritePaths);
+
+  hChecks = let c = cases.host; in lib.concatLists [
+      (expect "H: the proposals token: the fleet repository only, issues write, contents read, its own gh dir, same schedule, root mints"
+        (let e = exec c "clawdinator-github-proposals-token"; in
+          has e "--repository clawdinators" && !(has e "--repository openclaw") && has e "--permission 'issues=write'"
+          && has e "--permission 'contents=read'" && !(has e "=write' --permission 'contents=write") && !(has e "pull_requests")
+          && has e "--gh-config-dir /run/clawd/gh-proposals" && has e "--env-file /run/clawd/github-proposals.env"
+          && has e "--owner clawdinator" && !((svc c "clawdinator-github-proposals-token").serviceConfig ? User)
+          && ((svc c "clawdinator-github-proposals-token").serviceConfig.IPAddressDeny or [ ]) != [ ]
+          && c.systemd.timers.clawdinator-github-proposals-token.timerConfig.OnUnitActiveSec == "45min"
+          && c.services.openclaw-gateway.environment.CLAWDINATOR_PROPOSALS_GH_CONFIG_DIR == "/run/clawd/gh-proposals"
+          && c.services.openclaw-gateway.environment.GH_CONFIG_DIR == "/run/clawd/gh"))
+      (expect "H: the GitHub snapshot every 15 minutes, caught up after downtime, a minute of jitter, bounded"
+        (let t = c.systemd.timers.clawdinator-github-sync.timerConfig; in
+          (t.OnCalendar or null) == "*:0/15" && (t.Persistent or false) && (t.RandomizedDelaySec or null) == "60s"
+          && ((svc c "clawdinator-github-sync").serviceConfig.TimeoutStartSec or null) == "10min"))
+      (expect "H: the proposals token off: no unit, no variable"
+        (let d = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { services.clawdinator.githubApp.proposals.enable = false; } ]; in
+          svc d "clawdinator-github-proposals-token" == null && !(d.services.openclaw-gateway.environment ? CLAWDINATOR_PROPOSALS_GH_CONFIG_DIR)))
+    ];
 
   hostChecks = let c = cases.host; in
     lib.concatLists [
@@ -253,7 +285,8 @@ let
           && has g.credential."https://github.com".helper "/run/clawd/gh/token"
           && has (exec c "clawdinator-github-app-token") "--gh-config-dir /run/clawd/gh"
           && c.services.openclaw-gateway.environment.GH_CONFIG_DIR == "/run/clawd/gh"
-          && builtins.all (p: builtins.elem pkgs.${p} c.services.openclaw-gateway.servicePath) [ "nodejs_22" "pnpm_10" "python3" "ffmpeg" "awscli2" "gh" ]))
+          && builtins.all (p: builtins.elem pkgs.${p} c.services.openclaw-gateway.servicePath) [ "nodejs_22" "pnpm_10" "python3" "ffmpeg" "gh" "zstd" "util-linux" "rsync" ]
+          && !(builtins.elem pkgs.awscli2 c.services.openclaw-gateway.servicePath)))
       (expect "the pi coding agent: on the gateway's PATH, its settings linked, its credentials written as the agents' user before the gateway"
         (let u = svc c "clawdinator-pi-auth"; in
           builtins.elem pkgs.pi-coding-agent c.services.openclaw-gateway.servicePath
@@ -328,7 +361,7 @@ let
         (let u = svc c "clawdinator-publish-tree"; in
           u != null && u.serviceConfig.DynamicUser && u.serviceConfig.SupplementaryGroups == [ "clawdinator" ]
           && !(u.serviceConfig ? User) && !(u.serviceConfig ? IPAddressDeny)
-          && has (exec c "clawdinator-publish-tree") "host publish-tree --from /memory/pr-intent --bucket openclaw-pr-intent --prefix pr-intent/"
+          && has (exec c "clawdinator-publish-tree") "host publish-tree --from /memory/pr-intent/v1 --bucket openclaw-pr-intent --prefix v1/"
           && u.unitConfig.RequiresMountsFor == [ "/memory" ] && c.systemd.timers.clawdinator-publish-tree.timerConfig.OnCalendar == "*:0/10"
           && svc (host "clawdinator-2") "clawdinator-publish-tree" == null))
       (expect "the host builds nothing and trusts only upstream's key and the fleet cache's committed key"
@@ -345,6 +378,12 @@ let
           && g.agents.list == [ { id = "main"; default = true; identity.name = lib.toUpper firstName; } ]
           && g.agents.defaults.workspace == "/var/lib/clawd/workspace" && g.channels.telegram.enabled
           && g.channels.discord.guilds."1456350064065904867".channels."1458426982579830908".requireMention))
+      (expect "the gateway's output goes to the journal of the unit `fleet logs` reads by default (clawdinator), not to a file"
+        (let u = (svc c "clawdinator").serviceConfig; in
+          c.services.openclaw-gateway.unitName == "clawdinator" && (u.StandardOutput or null) == "journal" && (u.StandardError or null) == "journal"
+          && c.services.openclaw-gateway.config.logging.consoleLevel == "info"))
+      (expect "operators on the host have the openclaw CLI, the gateway's own package"
+        (builtins.elem pkgs.openclaw-gateway c.environment.systemPackages && !(builtins.elem pkgs.openclaw-gateway cases.image.environment.systemPackages)))
       (expect "SSH is off and SSM is the way in" (!c.services.openssh.enable && c.services.amazon-ssm-agent.enable))
       (expect "the host is named from the registry" (c.networking.hostName == firstName))
       (expect "the memory commands are on every PATH" (builtins.elem pkgs.clawdinator c.environment.systemPackages))
@@ -404,6 +443,45 @@ let
     (expect "ssh: on with the keys given" (cases.ssh.services.openssh.enable && cases.ssh.users.users.root.openssh.authorizedKeys.keys == [ "ssh-ed25519 AAAA test" ]))
   ];
 
+  # Attack: a second host polls the fleet's one Telegram bot (clawdinator-2
+  # without its host file, Telegram on as the shared configuration has it;
+  # another host with only the plugin on; a bot token set inline on one
+  # host and in an account of another). Each is refused, naming both hosts
+  # and the token, never an inline token's value.
+  telegramChecks =
+    let
+      telegram = import ../gateway/telegram.nix;
+      fleet = builtins.mapAttrs (name: _: telegram.fromConfig (host name)) registry;
+      as = name: extra: telegram.fromConfig (evaluate ([ ../modules/fleet.nix registry.${name}.settings ] ++ extra));
+      doubled = telegram.problems (fleet // { clawdinator-2 = as "clawdinator-2" [ ]; });
+      pluginOnly = telegram.problems (fleet // {
+        clawdinator-2 = as "clawdinator-2" [ ../hosts/clawdinator-2.nix {
+          services.clawdinator.config.plugins.entries.telegram.enabled = lib.mkOverride 10 true;
+          services.clawdinator.telegramBotTokenFile = lib.mkOverride 10 "/run/agenix/clawdinator-telegram-bot-token";
+        } ];
+      });
+      inline = telegram.problems {
+        a = as "clawdinator-1" [{ services.clawdinator.config.channels.telegram.botToken = "123456:NOT-A-REAL-TOKEN"; }];
+        b = as "clawdinator-2" [ ../hosts/clawdinator-2.nix { services.clawdinator.config.channels.telegram = lib.mkOverride 10 { accounts.ops.botToken = "123456:NOT-A-REAL-TOKEN"; }; } ];
+      };
+      names = problems: needles: builtins.length problems == 1 && builtins.all (has (builtins.head problems)) needles;
+      fix = [ "channels.telegram.enabled = false" "plugins.entries.telegram.enabled = false" ];
+    in
+    lib.concatLists [
+      (expect "Telegram: one host of the fleet polls the bot (clawdinator-1), none shares its token"
+        (telegram.problems fleet == [ ] && lib.mapAttrs (_: t: t != [ ]) (telegram.pollers fleet)
+          == { clawdinator-1 = true; clawdinator-2 = false; clawdinator-babelfish = false; }))
+      (expect "Telegram: clawdinator-2 has neither the channel, nor the plugin, nor the token in its environment"
+        (let g = (host "clawdinator-2").services.openclaw-gateway; in
+          g.config.channels.telegram == { enabled = false; } && !g.config.plugins.entries.telegram.enabled && !(has g.execStart "TELEGRAM")))
+      (expect "Telegram: a second host polling the token is refused, naming both hosts, the token and the fix: ${builtins.toJSON doubled}"
+        (names doubled ([ "`clawdinator-1`" "`clawdinator-2`" "/run/agenix/clawdinator-telegram-bot-token" ] ++ fix)))
+      (expect "Telegram: the plugin on with the token in the environment counts as polling: ${builtins.toJSON pluginOnly}"
+        (names pluginOnly [ "`clawdinator-1`" "`clawdinator-2`" ]))
+      (expect "Telegram: one inline token on two hosts is refused without showing it: ${builtins.toJSON inline}"
+        (names inline [ "`a`" "`b`" "botToken" ] && !(has (builtins.head inline) "NOT-A-REAL-TOKEN")))
+    ];
+
   negativeChecks = lib.concatLists (lib.mapAttrsToList
     (what: { config, says }:
       let messages = failing config; in
@@ -436,7 +514,7 @@ let
     lib.mapAttrs (_: host: if nameIn host == null then null else (nameIn host).services.clawdinator.instanceName) outputs.nixosConfigurations;
 in
 {
-  failures = hostChecks ++ otherChecks ++ negativeChecks;
+  failures = hChecks ++ hostChecks ++ otherChecks ++ telegramChecks ++ negativeChecks;
   cases = builtins.length (builtins.attrNames cases) + builtins.length (builtins.attrNames negative);
   commands = lib.unique (lib.filter (lib.hasPrefix bin) (lib.concatMap commandsOf (builtins.attrValues cases)));
   inherit bin flakeHosts;

@@ -76,10 +76,13 @@ in
       description = "The gateway's cron jobs, installed as its cron store before every start.";
     };
 
+    # zstd, util-linux (flock: serialised edits of shared memory) and rsync
+    # as the agents had them; no AWS CLI: the agents hold no AWS
+    # credentials, and no skill calls it.
     toolPackages = mkOption {
       type = types.listOf types.package;
-      default = with pkgs; [ git gh jq ripgrep curl nodejs_22 pnpm_10 python3 ffmpeg awscli2 ];
-      defaultText = literalExpression "with pkgs; [ git gh jq ripgrep curl nodejs_22 pnpm_10 python3 ffmpeg awscli2 ]";
+      default = with pkgs; [ git gh jq ripgrep curl nodejs_22 pnpm_10 python3 ffmpeg zstd util-linux rsync ];
+      defaultText = literalExpression "with pkgs; [ git gh jq ripgrep curl nodejs_22 pnpm_10 python3 ffmpeg zstd util-linux rsync ]";
       description = "The agents' tools, on the gateway's PATH and listed in TOOLS.md.";
     };
   };
