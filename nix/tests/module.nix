@@ -221,8 +221,8 @@ let
     ++ expect "${name}: ProtectSystem=strict without ReadWritePaths it needs"
       (!(c ? ReadWritePaths) || builtins.all (p: lib.hasPrefix "/" p) c.ReadWritePaths);
 
-  hChecks = let c = cases.host; in lib.concatLists [
-      (expect "H: the proposals token: the fleet repository only, issues write, contents read, its own gh dir, same schedule, root mints"
+  githubChecks = let c = cases.host; in lib.concatLists [
+      (expect "the proposals token: the fleet repository only, issues write, contents read, its own gh dir, same schedule, root mints"
         (let e = exec c "clawdinator-github-proposals-token"; in
           has e "--repository clawdinators" && !(has e "--repository openclaw") && has e "--permission 'issues=write'"
           && has e "--permission 'contents=read'" && !(has e "=write' --permission 'contents=write") && !(has e "pull_requests")
@@ -232,11 +232,11 @@ let
           && c.systemd.timers.clawdinator-github-proposals-token.timerConfig.OnUnitActiveSec == "45min"
           && c.services.openclaw-gateway.environment.CLAWDINATOR_PROPOSALS_GH_CONFIG_DIR == "/run/clawd/gh-proposals"
           && c.services.openclaw-gateway.environment.GH_CONFIG_DIR == "/run/clawd/gh"))
-      (expect "H: the GitHub snapshot every 15 minutes, caught up after downtime, a minute of jitter, bounded"
+      (expect "the GitHub snapshot every 15 minutes, caught up after downtime, a minute of jitter, bounded"
         (let t = c.systemd.timers.clawdinator-github-sync.timerConfig; in
           (t.OnCalendar or null) == "*:0/15" && (t.Persistent or false) && (t.RandomizedDelaySec or null) == "60s"
           && ((svc c "clawdinator-github-sync").serviceConfig.TimeoutStartSec or null) == "10min"))
-      (expect "H: the proposals token off: no unit, no variable"
+      (expect "the proposals token off: no unit, no variable"
         (let d = evaluate [ ../modules/fleet.nix registry.${firstName}.settings { services.clawdinator.githubApp.proposals.enable = false; } ]; in
           svc d "clawdinator-github-proposals-token" == null && !(d.services.openclaw-gateway.environment ? CLAWDINATOR_PROPOSALS_GH_CONFIG_DIR)))
     ];
@@ -514,7 +514,7 @@ let
     lib.mapAttrs (_: host: if nameIn host == null then null else (nameIn host).services.clawdinator.instanceName) outputs.nixosConfigurations;
 in
 {
-  failures = hChecks ++ hostChecks ++ otherChecks ++ telegramChecks ++ negativeChecks;
+  failures = githubChecks ++ hostChecks ++ otherChecks ++ telegramChecks ++ negativeChecks;
   cases = builtins.length (builtins.attrNames cases) + builtins.length (builtins.attrNames negative);
   commands = lib.unique (lib.filter (lib.hasPrefix bin) (lib.concatMap commandsOf (builtins.attrValues cases)));
   inherit bin flakeHosts;
