@@ -33,9 +33,10 @@ pub struct BootstrapUploadArgs {
     /// Show what would be created, replaced or left unchanged; write nothing.
     #[arg(long)]
     pub dry_run: bool,
-    /// Give each selected instance a new age identity (Secrets Manager) and
-    /// rebuild its bundle; with --all, every instance's. A host keeps opening
-    /// the bundle it has: its manifest names the identity version it reads.
+    /// Give each selected instance a new age identity (Secrets Manager) and rebuild its bundle.
+    ///
+    /// With --all, every instance's. A host keeps opening the bundle it has:
+    /// its manifest names the identity version it reads.
     #[arg(long)]
     pub rotate_identity: bool,
     /// S3 requests in flight at once (1-128).
