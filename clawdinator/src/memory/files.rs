@@ -170,7 +170,7 @@ pub fn init(root: &Path, templates: &Path, owner: Owner) -> Result<InitReport> {
     for dir in std::iter::once(root.to_path_buf()).chain(DIRS.iter().map(|d| root.join(d))) {
         if !dir.exists() {
             std::fs::create_dir(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-            report.created_dirs.push(dir.file_name().unwrap_or_default().to_string_lossy().into_owned());
+            report.created_dirs.push(dir.strip_prefix(root).unwrap_or(&dir).display().to_string());
         }
         share(&dir, owner)?;
     }

@@ -34,7 +34,7 @@ fn memory_init_adds_what_is_missing_and_keeps_what_agents_wrote() {
     write(&root.join("ops.md"), "# ops, as the agents left it\n");
 
     let report = memory::init(&root, &templates, Owner::default()).unwrap();
-    assert_eq!(report.created_dirs, ["daily", "discord"]);
+    assert_eq!(report.created_dirs, ["daily", "discord", "pr-intent", "pr-intent/v1"]);
     assert_eq!(report.installed, ["index.md"]);
     assert_eq!(report.kept, ["ops.md"]);
     assert_eq!(std::fs::read_to_string(root.join("ops.md")).unwrap(), "# ops, as the agents left it\n");
