@@ -354,8 +354,10 @@ fn install_never_follows_a_link_the_agent_swaps_in() {
     assert!(format!("{err:#}").contains("a link is never followed"), "{err:#}");
     assert_eq!(snapshot(&outside), before, "the copy went through the link");
 
-    // The staging directory swapped mid-copy: installs succeed, whole.
-    let mut swaps = 0;
+    // The staging directory swapped mid-copy: nothing is written through a
+    // link; an install the agent disturbs may fail (the agent only delays
+    // its own seeds, and says so), and one that succeeds is whole.
+    let (mut swaps, mut whole) = (0, 0);
     for n in 1..=200 {
         let home = agent_home(root, n);
         let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -364,7 +366,15 @@ fn install_never_follows_a_link_the_agent_swaps_in() {
         stop.store(true, std::sync::atomic::Ordering::Relaxed);
         swaps += swapper.join().unwrap();
         assert_eq!(snapshot(&outside), before, "round {n}: the copy wrote through the agent's link");
-        let report = result.unwrap();
+        let report = match result {
+            Ok(report) => report,
+            Err(err) => {
+                let text = format!("{err:#}");
+                assert!(text.contains(".seeding-") || text.contains("link"), "round {n}: {text}");
+                continue;
+            }
+        };
+        whole += 1;
         assert_eq!(report.installed, ["alpha", "beta", "gamma"], "round {n}");
         for name in ["alpha", "beta", "gamma"] {
             let file = home.join("repos").join(name).join("d9/sub/f9");
@@ -378,6 +388,7 @@ fn install_never_follows_a_link_the_agent_swaps_in() {
         }
     }
     assert!(swaps > 0, "the agent never caught a copy being staged: the race was not run");
+    assert!(whole > 0, "no install finished whole while the agent played");
 
     // `repos` itself swapped while installing: an install may fail; nothing outside changes.
     for n in 201..=220 {
