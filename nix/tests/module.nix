@@ -382,6 +382,8 @@ let
         (let u = (svc c "clawdinator").serviceConfig; in
           c.services.openclaw-gateway.unitName == "clawdinator" && (u.StandardOutput or null) == "journal" && (u.StandardError or null) == "journal"
           && c.services.openclaw-gateway.config.logging.consoleLevel == "info"))
+      (expect "the gateway starts only after, and only with, the firewall that refuses the metadata service"
+        (let u = svc c "clawdinator"; in builtins.elem "firewall.service" u.requires && builtins.elem "firewall.service" u.after))
       (expect "operators on the host have the openclaw CLI, the gateway's own package"
         (builtins.elem pkgs.openclaw-gateway c.environment.systemPackages && !(builtins.elem pkgs.openclaw-gateway cases.image.environment.systemPackages)))
       (expect "SSH is off and SSM is the way in" (!c.services.openssh.enable && c.services.amazon-ssm-agent.enable))

@@ -33,7 +33,7 @@ let
   # Units the gateway starts after; `requires` those it cannot run without.
   gatewayAfter =
     optionals cfg.bootstrap.enable [ "clawdinator-bootstrap.service" "clawdinator-repo-seed.service" ]
-    ++ [ "clawdinator-secrets.service" "clawdinator-memory-init.service" ]
+    ++ [ "firewall.service" "clawdinator-secrets.service" "clawdinator-memory-init.service" ]
     ++ optional cfg.githubApp.enable "clawdinator-github-app-token.service";
 in
 {
@@ -153,8 +153,10 @@ in
     systemd.services.clawdinator = mkIf cfg.gateway.enable {
       after = gatewayAfter;
       wants = gatewayAfter;
-      # No tokens, no gateway: it would only crash-loop.
-      requires = [ "clawdinator-secrets.service" ];
+      # No tokens, no gateway: it would only crash-loop. No firewall, no
+      # gateway either: the firewall is what refuses the metadata service to
+      # every process the agents can start outside their unit.
+      requires = [ "clawdinator-secrets.service" "firewall.service" ];
       unitConfig.RequiresMountsFor = [ cfg.memoryDir ];
       # The agents run git, gh and builds: no capabilities and a read-only
       # system, but JIT and child processes stay allowed; never the metadata service.
