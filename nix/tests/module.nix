@@ -312,6 +312,9 @@ let
       (expect "no unit that runs as the agents' user, nor the gateway, reaches the metadata service"
         (let agentUnits = lib.filterAttrs (n: u: (u.serviceConfig.User or "root") == "clawdinator" || n == "clawdinator") (services c); in
           agentUnits != { } && lib.all (u: u.serviceConfig.IPAddressDeny or [ ] == [ "169.254.169.254" "fd00:ec2::254" ]) (lib.attrValues agentUnits)))
+      (expect "root's units that need no instance role are denied the metadata service too (the GitHub token units, the snapshot)"
+        (let named = [ "clawdinator-github-app-token" "clawdinator-github-proposals-token" "clawdinator-github-sync" ]; in
+          lib.all (n: ((svc c n).serviceConfig.IPAddressDeny or [ ]) == [ "169.254.169.254" "fd00:ec2::254" ]) named))
       (expect "the firewall refuses the metadata service by default, IPv4 and IPv6, in a chain of its own: root returns, the publisher's cgroup returns when it exists (and its rule goes when it does not), everyone else is rejected; a hold rejects all while the chain is refilled"
         (let x = c.networking.firewall.extraCommands; in
           lib.all ({ tool, address }: inOrder x [
