@@ -47,8 +47,14 @@ const SABOTAGE: &[(&str, &str, &str, &str)] = &[
     (
         "gateway.nix",
         "the gateway no longer requires its secrets",
+        "requires = [ \"clawdinator-secrets.service\" \"firewall.service\" ];",
+        "requires = [ \"firewall.service\" ];",
+    ),
+    (
+        "gateway.nix",
+        "the gateway runs without the firewall",
+        "requires = [ \"clawdinator-secrets.service\" \"firewall.service\" ];",
         "requires = [ \"clawdinator-secrets.service\" ];",
-        "requires = [ ];",
     ),
     (
         "base.nix",
