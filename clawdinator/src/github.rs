@@ -58,6 +58,19 @@ pub async fn call_with_body(
 /// Send one HTTPS request (plain HTTP only to loopback), bounded to 30 s;
 /// the status and body, whatever the status.
 pub async fn send(request: hyper::Request<Full<Bytes>>) -> Result<(hyper::StatusCode, Bytes)> {
+    let reply = exchange(request).await?;
+    Ok((reply.status, reply.body))
+}
+
+/// An answer with its headers (a caller that reads the rate limit's).
+pub struct Reply {
+    pub status: hyper::StatusCode,
+    pub headers: hyper::HeaderMap,
+    pub body: Bytes,
+}
+
+/// [`send`], keeping the answer's headers.
+pub async fn exchange(request: hyper::Request<Full<Bytes>>) -> Result<Reply> {
     let url = request.uri().to_string();
     check_transport(&url)?;
     let connector = hyper_rustls::HttpsConnectorBuilder::new()
@@ -68,14 +81,13 @@ pub async fn send(request: hyper::Request<Full<Bytes>>) -> Result<(hyper::Status
         .build();
     let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
         hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
-    let exchange = async {
+    let work = async {
         let response = client.request(request).await.map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
-        let status = response.status();
-        let body =
-            response.into_body().collect().await.map_err(|e| anyhow::anyhow!("reading the answer of {url}: {e}"))?;
-        anyhow::Ok((status, body.to_bytes()))
+        let (parts, body) = response.into_parts();
+        let body = body.collect().await.map_err(|e| anyhow::anyhow!("reading the answer of {url}: {e}"))?;
+        anyhow::Ok(Reply { status: parts.status, headers: parts.headers, body: body.to_bytes() })
     };
-    tokio::time::timeout(Duration::from_secs(30), exchange)
+    tokio::time::timeout(Duration::from_secs(30), work)
         .await
         .map_err(|_| anyhow::anyhow!("timeout: {url} did not answer within 30 s"))?
 }

@@ -14,11 +14,11 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::github;
+use crate::github::{self, Reply};
 
 /// At most this many pages (100 items each) of one list: a list longer
 /// than that is an error named, never a silent cut.
@@ -175,16 +175,8 @@ impl<'a> Api<'a> {
     }
 }
 
-/// GitHub's answer with its headers (the rate limit's are read).
-struct Reply {
-    status: hyper::StatusCode,
-    headers: hyper::HeaderMap,
-    body: Bytes,
-}
-
 /// One request, bounded to 30 s; the bearer token never reaches an error.
 async fn exchange(method: hyper::Method, url: &str, token: &str, body: Option<String>) -> Result<Reply> {
-    github::check_transport(url)?;
     let request = hyper::Request::builder()
         .method(method)
         .uri(url)
@@ -196,23 +188,7 @@ async fn exchange(method: hyper::Method, url: &str, token: &str, body: Option<St
         .header("Content-Type", "application/json")
         .body(Full::new(Bytes::from(body.unwrap_or_default())))
         .with_context(|| format!("bad GitHub API URL {url}"))?;
-    let connector = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_native_roots()
-        .context("cannot load the system's CA certificates")?
-        .https_or_http()
-        .enable_http1()
-        .build();
-    let client: hyper_util::client::legacy::Client<_, Full<Bytes>> =
-        hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new()).build(connector);
-    let work = async {
-        let response = client.request(request).await.map_err(|e| anyhow::anyhow!("cannot reach {url}: {e}"))?;
-        let (parts, body) = response.into_parts();
-        let body = body.collect().await.map_err(|e| anyhow::anyhow!("reading the answer of {url}: {e}"))?;
-        anyhow::Ok(Reply { status: parts.status, headers: parts.headers, body: body.to_bytes() })
-    };
-    tokio::time::timeout(Duration::from_secs(30), work)
-        .await
-        .map_err(|_| anyhow::anyhow!("timeout: {url} did not answer within 30 s"))?
+    github::exchange(request).await
 }
 
 fn header(reply: &Reply, name: &str) -> Option<u64> {
