@@ -48,6 +48,27 @@ let
   ++ lib.concatMap (r: [ "--repository" r ]) repositories
   ++ lib.concatLists (lib.mapAttrsToList (name: level: [ "--permission" "${name}=${level}" ]) permissions)
   ++ ownerWords;
+  # A root oneshot that mints one narrowed token into its own files, and
+  # the timer that renews it on the App token's schedule.
+  tokenService = { description, envFile, configDir, repositories, permissions }: {
+    inherit description;
+    wantedBy = [ "multi-user.target" ];
+    wants = [ "network-online.target" ];
+    after = [ "network-online.target" "clawdinator-secrets.service" ];
+    before = optional cfg.gateway.enable "clawdinator.service";
+    serviceConfig = harden { caps = [ "CAP_CHOWN" ]; rw = [ runDir ]; } // noMetadata // {
+      Type = "oneshot";
+      ExecStart = command (mintWords { inherit envFile configDir repositories permissions; });
+    };
+  };
+  tokenTimer = description: {
+    inherit description;
+    wantedBy = [ "timers.target" ];
+    timerConfig = {
+      OnActiveSec = "0";
+      OnUnitActiveSec = cfg.githubApp.schedule;
+    };
+  };
 in
 {
   options.services.clawdinator = {
@@ -141,59 +162,27 @@ in
       };
     };
 
-    systemd.services.clawdinator-github-app-token = mkIf cfg.githubApp.enable {
+    # Root reads the key; the agents' user gets only the token file.
+    systemd.services.clawdinator-github-app-token = mkIf cfg.githubApp.enable (tokenService {
       description = "clawdinator: a fresh GitHub App installation token in ${githubEnvFile}";
-      wantedBy = [ "multi-user.target" ];
-      wants = [ "network-online.target" ];
-      after = [ "network-online.target" "clawdinator-secrets.service" ];
-      before = optional cfg.gateway.enable "clawdinator.service";
-      # Root reads the key; the agents' user gets only the token file.
-      serviceConfig = harden { caps = [ "CAP_CHOWN" ]; rw = [ runDir ]; } // noMetadata // {
-        Type = "oneshot";
-        ExecStart = command (mintWords {
-          envFile = githubEnvFile;
-          configDir = ghConfigDir;
-          inherit (cfg.githubApp) repositories permissions;
-        });
-      };
-    };
-
-    systemd.timers.clawdinator-github-app-token = mkIf cfg.githubApp.enable {
-      description = "clawdinator: refresh the GitHub App token every ${cfg.githubApp.schedule}";
-      wantedBy = [ "timers.target" ];
-      timerConfig = {
-        OnActiveSec = "0";
-        OnUnitActiveSec = cfg.githubApp.schedule;
-      };
-    };
+      envFile = githubEnvFile;
+      configDir = ghConfigDir;
+      inherit (cfg.githubApp) repositories permissions;
+    });
+    systemd.timers.clawdinator-github-app-token = mkIf cfg.githubApp.enable
+      (tokenTimer "clawdinator: refresh the GitHub App token every ${cfg.githubApp.schedule}");
 
     # The proposals token: the same key, the same schedule, its own unit (a
     # failure here never holds back the agents' own token) and its own files.
-    systemd.services.clawdinator-github-proposals-token = mkIf proposalsOn {
+    systemd.services.clawdinator-github-proposals-token = mkIf proposalsOn (tokenService {
       description = "clawdinator: a GitHub App token that may only open issues on ${cfg.githubApp.fleetRepository}, in ${proposalsGhConfigDir}";
-      wantedBy = [ "multi-user.target" ];
-      wants = [ "network-online.target" ];
-      after = [ "network-online.target" "clawdinator-secrets.service" ];
-      before = optional cfg.gateway.enable "clawdinator.service";
-      serviceConfig = harden { caps = [ "CAP_CHOWN" ]; rw = [ runDir ]; } // noMetadata // {
-        Type = "oneshot";
-        ExecStart = command (mintWords {
-          envFile = proposalsEnvFile;
-          configDir = proposalsGhConfigDir;
-          repositories = [ cfg.githubApp.fleetRepository ];
-          inherit (proposals) permissions;
-        });
-      };
-    };
-
-    systemd.timers.clawdinator-github-proposals-token = mkIf proposalsOn {
-      description = "clawdinator: refresh the proposals token every ${cfg.githubApp.schedule}";
-      wantedBy = [ "timers.target" ];
-      timerConfig = {
-        OnActiveSec = "0";
-        OnUnitActiveSec = cfg.githubApp.schedule;
-      };
-    };
+      envFile = proposalsEnvFile;
+      configDir = proposalsGhConfigDir;
+      repositories = [ cfg.githubApp.fleetRepository ];
+      inherit (proposals) permissions;
+    });
+    systemd.timers.clawdinator-github-proposals-token = mkIf proposalsOn
+      (tokenTimer "clawdinator: refresh the proposals token every ${cfg.githubApp.schedule}");
 
     # gh reads the proposals token from here when a bot files a proposal
     # (GH_CONFIG_DIR="$CLAWDINATOR_PROPOSALS_GH_CONFIG_DIR" gh issue create …).
