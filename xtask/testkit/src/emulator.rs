@@ -188,7 +188,7 @@ impl Drop for Emulator {
 /// Start moto with the shim and read the port it prints. Runs on the keeper
 /// thread, which therefore is the child's parent thread.
 fn spawn_server(python: &Path, settings: &[(String, String)]) -> Result<(Child, u16)> {
-    let shim = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/moto_shim.py");
+    let shim = Path::new(env!("CARGO_MANIFEST_DIR")).join("moto_shim/__main__.py");
     // Holds moto's request recording, which it otherwise writes to the cwd;
     // kept for the server's lifetime by leaking it into the child's scope.
     let scratch = tempfile::Builder::new().prefix("clawdinator-emulator-").tempdir()?.keep();
