@@ -302,7 +302,14 @@ async fn runners_that_each_start_a_fresh_log_share_one_bucket_and_a_removed_copy
     let out = on_runner("nowhere", &["--json", "audit", "log", "--bucket", audit_bucket()]);
     let printed: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(printed.len(), 6);
-    assert!(printed.windows(2).all(|w| w[0]["time"].as_str() <= w[1]["time"].as_str()));
+    // Compared as instants, not as strings: a record's precision or offset
+    // must not reorder the log.
+    let instant = |v: &Value| {
+        let text = v["time"].as_str().unwrap();
+        aws_smithy_types::DateTime::from_str(text, aws_smithy_types::date_time::Format::DateTime)
+            .unwrap_or_else(|e| panic!("time {text:?} is not RFC 3339: {e}"))
+    };
+    assert!(printed.windows(2).all(|w| instant(&w[0]) <= instant(&w[1])), "{printed:#?}");
 
     // A copy removed from the middle of runner a's chain: its successor names the gap.
     let keys = audit_keys(&env).await;
