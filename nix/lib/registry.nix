@@ -10,7 +10,7 @@ let
   escapeRegex = s: builtins.replaceStrings [ "." "/" ] [ "[.]" "[/]" ] s;
   isString = v: builtins.typeOf v == "string";
 
-  # Why a value of `field` is unusable, or null. Mirrors xtask/src/fleet/registry.rs.
+  # Why a value of `field` is unusable, or null. Mirrors clawdinator/src/registry/instances.rs (check_entry).
   hostError = h:
     if builtins.stringLength h < 1 || builtins.stringLength h > 63 then "must be 1 to 63 characters long"
     else if !(matches "[a-z0-9-]+" h) then "may only contain a-z, 0-9 and -"
