@@ -7,6 +7,7 @@
 //! - [`loopback`]: stand-ins' HTTP request reader and the Lambda function URL event;
 //! - [`iam`]: the policy judge, the IAM simulator on every call the emulator logged;
 //! - [`policies`]: the fleet's IAM policies rendered from the templates OpenTofu applies;
+//! - [`proxy`]: an endpoint that behaves like AWS (latency, bandwidth, seeded faults) in front of the emulator;
 //! - [`actions`]: GitHub Actions expressions, evaluated by GitHub's own library;
 //! - [`npm`], [`venv`]: pinned npm packages and PyPI tools in the checkout.
 
@@ -18,6 +19,7 @@ pub mod iam;
 pub mod loopback;
 pub mod npm;
 pub mod policies;
+pub mod proxy;
 pub mod venv;
 
 use std::path::{Path, PathBuf};
