@@ -17,9 +17,12 @@
 //! record has two successors.
 //!
 //! Modules: [`flags`] (the command line), `trail` (records, chains,
-//! copies, and [`around`], which wraps a command that changes AWS) and
-//! [`writers`] (who writes where).
+//! copies, and [`around`], which wraps a command that changes AWS),
+//! `audited` (the one way a command is recorded: [`Audited`] on its
+//! report, [`Entry::record`] around its work) and [`writers`] (who writes
+//! where).
 
+mod audited;
 pub mod flags;
 mod trail;
 pub mod writers;
@@ -29,6 +32,8 @@ use anyhow::{bail, ensure, Context, Result};
 use crate::ctx::Ctx;
 use flags::AuditCmd;
 use trail::{read_lines, LogReport, VerifyReport};
+
+pub use audited::Audited;
 
 pub use trail::{
     around, bucket_lines, hash, s3_key, targets, verify_copies, verify_lines, BucketChain, Chains, Entry, DEFAULT_LOG,

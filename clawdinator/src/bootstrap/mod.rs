@@ -57,33 +57,14 @@ pub async fn run(ctx: &Ctx, cmd: BootstrapCmd) -> Result<()> {
                 source_revision: crate::project::git_revision(),
             };
             let aws = ctx.aws().await?;
-            let entry = crate::audit::Entry {
-                command: "bootstrap upload",
-                targets: crate::audit::targets(&opts.instances),
-                dry_run: opts.dry_run,
-            };
+            let entry = crate::audit::Entry::named("bootstrap upload", &opts.instances, opts.dry_run);
             let work = async {
                 ctx.cancel
                     .guard("uploading bundles", upload_rotating(&aws, &opts, args.rotate_identity, &ctx.out))
                     .await
                     .context("the temporary bundle directory was removed; re-run to finish (objects already sent and identities already created are kept and used: nothing is sent or created twice)")
             };
-            let report = crate::audit::around(ctx, &aws, entry, work, |r: &UploadReport| {
-                let identities = r.identities.iter().filter(|i| i.action != IdentityAction::Keep);
-                identities
-                    .map(|i| {
-                        let what = if i.action == IdentityAction::Create { "created" } else { "rotated" };
-                        format!("secretsmanager:{} ({what})", i.secret)
-                    })
-                    .chain(
-                        r.objects
-                            .iter()
-                            .filter(|o| o.action != Action::Unchanged)
-                            .map(|o| format!("s3://{}/{}", r.bucket, o.key)),
-                    )
-                    .collect()
-            })
-            .await?;
+            let report = entry.record(ctx, &aws, work).await?;
             ctx.out.emit(&report)
         }
         BootstrapCmd::Fetch(args) => {
@@ -151,5 +132,17 @@ fn seeds(ctx: &Ctx, cmd: SeedsCmd) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+impl crate::audit::Audited for UploadReport {
+    /// The identities created or rotated in Secrets Manager, and the objects sent or copied.
+    fn resources(&self) -> Vec<String> {
+        let identities = self.identities.iter().filter(|i| i.action != IdentityAction::Keep).map(|i| {
+            let what = if i.action == IdentityAction::Create { "created" } else { "rotated" };
+            format!("secretsmanager:{} ({what})", i.secret)
+        });
+        let objects = self.objects.iter().filter(|o| o.action != Action::Unchanged);
+        identities.chain(objects.map(|o| format!("s3://{}/{}", self.bucket, o.key))).collect()
     }
 }

@@ -143,6 +143,13 @@ pub struct DeployReport {
     pub deployed: Vec<(String, String)>,
 }
 
+impl crate::audit::Audited for DeployReport {
+    /// Each replaced or created instance: `name=instance-id`.
+    fn resources(&self) -> Vec<String> {
+        self.deployed.iter().map(|(name, id)| format!("{name}={id}")).collect()
+    }
+}
+
 impl std::fmt::Display for DeployReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.invocations.is_empty() {

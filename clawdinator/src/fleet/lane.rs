@@ -43,6 +43,16 @@ pub struct LaneReport {
     pub revision: Option<String>,
     pub waves: Vec<Vec<String>>,
     pub hosts: Vec<HostOutcome>,
+    /// The outcome of a host the lane did its work on ([`Verb::done`]).
+    #[serde(skip)]
+    pub done: &'static str,
+}
+
+impl crate::audit::Audited for LaneReport {
+    /// The instances the lane did its work on.
+    fn resources(&self) -> Vec<String> {
+        self.hosts.iter().filter(|h| h.outcome == self.done).filter_map(|h| h.instance_id.clone()).collect()
+    }
 }
 
 impl std::fmt::Display for LaneReport {

@@ -115,11 +115,7 @@ pub async fn run(ctx: &Ctx, cmd: FleetCmd) -> Result<()> {
             let aws = ctx.aws().await?;
             let targets = if args.missing { vec!["missing".to_string()] } else { names };
             let entry = crate::audit::Entry { command: "fleet deploy", targets, dry_run: opts.dry_run };
-            let work = deploy::deploy(&aws, &registry, &opts, &ctx.cancel, &ctx.out);
-            let report = crate::audit::around(ctx, &aws, entry, work, |r: &deploy::DeployReport| {
-                r.deployed.iter().map(|(name, id)| format!("{name}={id}")).collect()
-            })
-            .await?;
+            let report = entry.record(ctx, &aws, deploy::deploy(&aws, &registry, &opts, &ctx.cancel, &ctx.out)).await?;
             ctx.out.emit(&report)
         }
         FleetCmd::Control(args) => {
@@ -155,13 +151,9 @@ pub async fn run(ctx: &Ctx, cmd: FleetCmd) -> Result<()> {
                 poll: poll_interval(),
             };
             let aws = ctx.aws().await?;
-            let entry = crate::audit::Entry {
-                command: "fleet refresh-secrets",
-                targets: crate::audit::targets(&opts.names),
-                dry_run: opts.dry_run,
-            };
-            let work = refresh::refresh_secrets(&aws, &registry, &opts, &ctx.cancel, &ctx.out);
-            let report = crate::audit::around(ctx, &aws, entry, work, |r| done_ids(r, "refreshed")).await;
+            let entry = crate::audit::Entry::named("fleet refresh-secrets", &opts.names, opts.dry_run);
+            let report =
+                entry.record(ctx, &aws, refresh::refresh_secrets(&aws, &registry, &opts, &ctx.cancel, &ctx.out)).await;
             emit_lane(ctx, report)
         }
         FleetCmd::Logs(args) => {
@@ -175,14 +167,10 @@ pub async fn run(ctx: &Ctx, cmd: FleetCmd) -> Result<()> {
             let registry = load(&args.instances)?;
             let opts = ops::OpsOptions::new(args.name, args.unit, args.timeout, poll_interval());
             let aws = ctx.aws().await?;
-            let entry = crate::audit::Entry {
-                command: "fleet restart",
-                targets: crate::audit::targets(std::slice::from_ref(&opts.name)),
-                dry_run: args.dry_run,
-            };
-            let work = ops::restart(&aws, &registry, &opts, args.dry_run, &ctx.cancel, &ctx.out);
-            let report =
-                crate::audit::around(ctx, &aws, entry, work, |r: &ops::OpsReport| vec![r.instance_id.clone()]).await?;
+            let entry = crate::audit::Entry::named("fleet restart", std::slice::from_ref(&opts.name), args.dry_run);
+            let report = entry
+                .record(ctx, &aws, ops::restart(&aws, &registry, &opts, args.dry_run, &ctx.cancel, &ctx.out))
+                .await?;
             ctx.out.emit(&report)
         }
         FleetCmd::Switch(args) => {
@@ -200,21 +188,11 @@ pub async fn run(ctx: &Ctx, cmd: FleetCmd) -> Result<()> {
                 poll: poll_interval(),
             };
             let aws = ctx.aws().await?;
-            let entry = crate::audit::Entry {
-                command: "fleet switch",
-                targets: crate::audit::targets(&opts.names),
-                dry_run: opts.dry_run,
-            };
-            let work = switch::switch(&aws, &registry, &opts, &ctx.cancel, &ctx.out);
-            let report = crate::audit::around(ctx, &aws, entry, work, |r| done_ids(r, "switched")).await;
+            let entry = crate::audit::Entry::named("fleet switch", &opts.names, opts.dry_run);
+            let report = entry.record(ctx, &aws, switch::switch(&aws, &registry, &opts, &ctx.cancel, &ctx.out)).await;
             emit_lane(ctx, report)
         }
     }
-}
-
-/// The instances a lane did `word` to (for the audit record).
-fn done_ids(report: &lane::LaneReport, word: &str) -> Vec<String> {
-    report.hosts.iter().filter(|h| h.outcome == word).filter_map(|h| h.instance_id.clone()).collect()
 }
 
 /// A lane's report is printed here alone: also when it stopped, before its error.

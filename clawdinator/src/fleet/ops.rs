@@ -59,6 +59,12 @@ pub struct OpsReport {
     pub dry_run: bool,
 }
 
+impl crate::audit::Audited for OpsReport {
+    fn resources(&self) -> Vec<String> {
+        vec![self.instance_id.clone()]
+    }
+}
+
 impl std::fmt::Display for OpsReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         if self.dry_run {

@@ -45,8 +45,13 @@ pub async fn refresh_secrets(
         let (instance_id, _) = found.map_err(|e| e.context("nothing was refreshed"))?;
         targets.push(Target { name, instance_id, system: None, already: false });
     }
-    let report =
-        LaneReport { command: HOST_COMMAND.into(), revision: None, waves: lane::waves(&names, 1), hosts: vec![] };
+    let report = LaneReport {
+        command: HOST_COMMAND.into(),
+        revision: None,
+        waves: lane::waves(&names, 1),
+        hosts: vec![],
+        done: VERB.done,
+    };
     if opts.dry_run {
         return Ok(lane::plan(report, &VERB, &targets, vec![]));
     }

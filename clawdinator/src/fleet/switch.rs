@@ -102,6 +102,7 @@ pub async fn switch(
         revision: Some(opts.rev.clone()),
         waves: lane::waves(&names, opts.parallel),
         hosts: vec![],
+        done: VERB.done,
     };
     let release = match manifest::read(&aws.s3(), &opts.bucket, &opts.rev).await {
         Ok(release) => release,

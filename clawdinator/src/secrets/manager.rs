@@ -81,6 +81,14 @@ pub struct SeedReport {
     pub pruned: Vec<String>,
 }
 
+impl crate::audit::Audited for SeedReport {
+    /// The secrets created, updated or restored, and those pruned.
+    fn resources(&self) -> Vec<String> {
+        let changed = self.secrets.iter().filter(|s| !matches!(s.action, SeedAction::Unchanged));
+        changed.map(|s| s.name.clone()).chain(self.pruned.iter().cloned()).collect()
+    }
+}
+
 impl fmt::Display for SeedReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let would = if self.dry_run { "would " } else { "" };

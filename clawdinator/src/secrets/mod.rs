@@ -75,11 +75,7 @@ async fn push(ctx: &Ctx, args: SecretsStoreArgs) -> Result<()> {
     let sources = Sources::from_flags(&args.secrets);
     let entry =
         crate::audit::Entry { command: "secrets push", targets: vec!["age-secrets".into()], dry_run: args.dry_run };
-    let work = store::push(&aws, &sources, &bucket, args.dry_run);
-    let report = crate::audit::around(ctx, &aws, entry, work, |r: &store::StoreReport| {
-        r.files.iter().filter(|f| f.action == store::Action::Uploaded).map(|f| f.name.clone()).collect()
-    })
-    .await?;
+    let report = entry.record(ctx, &aws, store::push(&aws, &sources, &bucket, args.dry_run)).await?;
     ctx.out.emit(&report)
 }
 
@@ -91,20 +87,8 @@ async fn seed_manager(ctx: &Ctx, args: SecretsSeedArgs) -> Result<()> {
         prune: args.prune,
     };
     let aws = ctx.aws().await?;
-    let entry = crate::audit::Entry {
-        command: "secrets seed",
-        targets: crate::audit::targets(&opts.instances),
-        dry_run: opts.dry_run,
-    };
-    let report = crate::audit::around(ctx, &aws, entry, manager::seed(&aws, &opts), |r: &manager::SeedReport| {
-        r.secrets
-            .iter()
-            .filter(|s| !matches!(s.action, manager::SeedAction::Unchanged))
-            .map(|s| s.name.clone())
-            .chain(r.pruned.clone())
-            .collect()
-    })
-    .await?;
+    let entry = crate::audit::Entry::named("secrets seed", &opts.instances, opts.dry_run);
+    let report = entry.record(ctx, &aws, manager::seed(&aws, &opts)).await?;
     ctx.out.emit(&report)
 }
 

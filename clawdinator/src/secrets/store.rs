@@ -44,6 +44,13 @@ pub struct StoreReport {
     pub files: Vec<FileOutcome>,
 }
 
+impl crate::audit::Audited for StoreReport {
+    /// The age files uploaded.
+    fn resources(&self) -> Vec<String> {
+        self.files.iter().filter(|f| f.action == Action::Uploaded).map(|f| f.name.clone()).collect()
+    }
+}
+
 impl std::fmt::Display for StoreReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for file in &self.files {
