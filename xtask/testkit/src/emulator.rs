@@ -1,5 +1,5 @@
-//! The project's own local AWS: moto server (with `moto_shim.py`, the
-//! project's shim), provisioned into `.venv/` at the repository root, started on a free loopback port, always stopped.
+//! The project's own local AWS: moto server (with `moto_shim/`, the
+//! project's shim, a Python package), provisioned into `.venv/` at the repository root, started on a free loopback port, always stopped.
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -120,7 +120,7 @@ impl Emulator {
     }
 
     /// Test-only: make matching requests fail as AWS fails them (see the
-    /// shim's docstring for the rule fields). Rules add up until cleared.
+    /// shim's docstring, `moto_shim/__init__.py`, for the rule fields). Rules add up until cleared.
     pub fn inject(&self, rules: serde_json::Value) -> Result<()> {
         http_request_body(self.port, "POST", "/_shim/faults", &rules.to_string())?;
         Ok(())
@@ -150,7 +150,7 @@ impl Emulator {
     }
 
     /// Test-only: one of the shim's named switches (`instance-health`,
-    /// `ssm-agent`, `ssm-invocation`; see the shim's docstring).
+    /// `ssm-agent`, `ssm-invocation`; see `moto_shim/__init__.py`).
     pub fn switch(&self, name: &str, body: serde_json::Value) -> Result<()> {
         http_request_body(self.port, "POST", &format!("/_shim/{name}"), &body.to_string())?;
         Ok(())
@@ -188,27 +188,13 @@ impl Drop for Emulator {
 /// Start moto with the shim and read the port it prints. Runs on the keeper
 /// thread, which therefore is the child's parent thread.
 fn spawn_server(python: &Path, settings: &[(String, String)]) -> Result<(Child, u16)> {
-    let shim = Path::new(env!("CARGO_MANIFEST_DIR")).join("moto_shim/__main__.py");
     // Holds moto's request recording, which it otherwise writes to the cwd;
     // kept for the server's lifetime by leaking it into the child's scope.
     let scratch = tempfile::Builder::new().prefix("clawdinator-emulator-").tempdir()?.keep();
-    let mut command = Command::new(python);
-    command
-        .arg(&shim)
-        // The recorder stays off until a test starts it (start_recording):
-        // recording every body (each 512 KiB block, base64, under a lock)
-        // made the emulator the bottleneck of every upload.
-        .env_remove("MOTO_ENABLE_RECORDING")
-        // No preloaded public AMIs and their ~1300 snapshots: an empty account, as a new one is.
-        .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
-        .env("MOTO_RECORDER_FILEPATH", scratch.join("recording"))
-        // The emulator must never pick up the caller's real AWS settings.
-        .env_remove("AWS_ENDPOINT_URL")
-        .envs(settings.iter().map(|(k, v)| (k, v)))
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(log_target()?);
+    let mut command = server_command(python, settings, &scratch)?;
     #[cfg(target_os = "linux")]
+    // SAFETY: runs in the forked child before exec; prctl is async-signal-safe
+    // and only sets this child's parent-death signal.
     unsafe {
         use std::os::unix::process::CommandExt;
         command.pre_exec(|| {
@@ -244,6 +230,33 @@ fn spawn_server(python: &Path, settings: &[(String, String)]) -> Result<(Child, 
             Err(err)
         }
     }
+}
+
+/// `python -m moto_shim` with the emulator's environment; the recording goes to `scratch`.
+fn server_command(python: &Path, settings: &[(String, String)], scratch: &Path) -> Result<Command> {
+    let mut command = Command::new(python);
+    command
+        .args(["-m", "moto_shim"])
+        // The package is found on PYTHONPATH; PYTHONSAFEPATH keeps the cwd
+        // off sys.path, as running a script kept it off, and no __pycache__
+        // is left in the source tree.
+        .env("PYTHONPATH", Path::new(env!("CARGO_MANIFEST_DIR")))
+        .env("PYTHONSAFEPATH", "1")
+        .env("PYTHONDONTWRITEBYTECODE", "1")
+        // The recorder stays off until a test starts it (start_recording):
+        // recording every body (each 512 KiB block, base64, under a lock)
+        // made the emulator the bottleneck of every upload.
+        .env_remove("MOTO_ENABLE_RECORDING")
+        // No preloaded public AMIs and their ~1300 snapshots: an empty account, as a new one is.
+        .env("MOTO_EC2_LOAD_DEFAULT_AMIS", "false")
+        .env("MOTO_RECORDER_FILEPATH", scratch.join("recording"))
+        // The emulator must never pick up the caller's real AWS settings.
+        .env_remove("AWS_ENDPOINT_URL")
+        .envs(settings.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log_target()?);
+    Ok(command)
 }
 
 fn log_target() -> Result<Stdio> {
