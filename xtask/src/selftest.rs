@@ -48,6 +48,7 @@ impl flags::Test {
             ("opentofu", opentofu(&sh, &root)),
             ("workflows", workflow_lint(&root)),
             ("shellcheck", shellcheck(&sh, &root)),
+            ("ruff", ruff(&sh, &root)),
         ];
         let mut report = TestReport { checks: Vec::new() };
         for (name, outcome) in checks {
@@ -287,6 +288,37 @@ fn metadata_service(sh: &Shell, root: &Path) -> Outcome {
         Ok(crate::imds::Tested::Passed(summary)) => Outcome::Passed(summary),
         Ok(crate::imds::Tested::Skipped(why)) => Outcome::Skipped(why),
         Err(err) => Outcome::Failed(format!("{err:#}")),
+    }
+}
+
+/// The ruff release the project's Python is linted with.
+const RUFF_VERSION: &str = "0.17.5";
+
+/// ruff (pinned; its default rules, no configuration file) over every `.py`
+/// file; first on a file with an unused import, which it must refuse, so a
+/// ruff that passes everything fails the check. Installed from PyPI into
+/// target/tools/ruff on first use.
+fn ruff(sh: &Shell, root: &Path) -> Outcome {
+    let files = project_files(root, ".py");
+    if files.is_empty() {
+        return Outcome::Skipped("the repository has no .py files".into());
+    }
+    let ruff = match crate::tools::pip_tool(root, "ruff", "ruff", RUFF_VERSION, "ruff") {
+        Ok(ruff) => ruff,
+        Err(err) => return Outcome::Skipped(format!("ruff {RUFF_VERSION} could not be installed: {err:#}")),
+    };
+    let lint = |files: &[PathBuf]| cmd!(sh, "{ruff} check --no-cache --isolated --quiet {files...}").quiet();
+    let Ok(dir) = tempfile::tempdir() else { return Outcome::Failed("cannot create a temporary directory".into()) };
+    let bad = dir.path().join("unused.py");
+    if std::fs::write(&bad, "import os\n").is_err() {
+        return Outcome::Failed("cannot write the negative sample".into());
+    }
+    if lint(&[bad]).ignore_stdout().ignore_stderr().run().is_ok() {
+        return Outcome::Failed(format!("{} accepted a file with an unused import: it checks nothing", ruff.display()));
+    }
+    match lint(&files).run() {
+        Ok(()) => Outcome::Passed(format!("{} file(s) pass ruff {RUFF_VERSION}", files.len())),
+        Err(err) => Outcome::Failed(err.to_string()),
     }
 }
 
