@@ -98,7 +98,7 @@ in
             maxAttachments = 4;
           };
           prompt = "Extract the text of the image for translation, in its own language and layout. Without text, answer: (no translatable text detected).";
-          models = [ { provider = "openai"; model = "gpt-5.2"; } ];
+          models = [{ provider = "openai"; model = "gpt-5.2"; }];
         };
       };
 

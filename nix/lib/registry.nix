@@ -93,5 +93,5 @@ rec {
   # One instance's entry; a missing one names the registry and the instance.
   hostFor = file: name:
     let hosts = load file; in
-    hosts.${name} or (throw "instance `${name}` is not in ${toString file} (known: ${builtins.concatStringsSep ", " (builtins.attrNames hosts)})");
+      hosts.${name} or (throw "instance `${name}` is not in ${toString file} (known: ${builtins.concatStringsSep ", " (builtins.attrNames hosts)})");
 }

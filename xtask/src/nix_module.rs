@@ -71,7 +71,7 @@ const SABOTAGE: &[(&str, &str, &str, &str)] = &[
     (
         "lib.nix",
         "the publisher's stop no longer takes its cgroup's rule back",
-        "while ${tool} -w -D ${metadataChain} ${unitRule address unit} 2>/dev/null; do :; done\n    if",
+        "while ${tool} -w -D ${metadataChain} ${unitRule address unit} 2>/dev/null; do :; done\n      if",
         "if",
     ),
     ("cache.nix", "the nix daemon serves every user", "allowed-users = [ \"root\" ];", "allowed-users = [ \"*\" ];"),

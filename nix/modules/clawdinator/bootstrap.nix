@@ -74,15 +74,19 @@ in
       } // {
         ExecStart = command (
           [ "bootstrap" "fetch" ]
-          ++ given cfg.bootstrap.s3Bucket "--bucket" "--bucket-file" "bucket"
-          ++ given cfg.bootstrap.s3Prefix "--prefix" "--prefix-file" "bootstrap-prefix"
-          ++ [
-            "--secrets-dir" cfg.bootstrap.secretsDir
-            "--repo-seeds-dir" cfg.bootstrap.repoSeedsDir
-            "--age-key-path" cfg.bootstrap.ageKeyPath
-            "--state-dir" "${rootDir}/bootstrap"
+            ++ given cfg.bootstrap.s3Bucket "--bucket" "--bucket-file" "bucket"
+            ++ given cfg.bootstrap.s3Prefix "--prefix" "--prefix-file" "bootstrap-prefix"
+            ++ [
+            "--secrets-dir"
+            cfg.bootstrap.secretsDir
+            "--repo-seeds-dir"
+            cfg.bootstrap.repoSeedsDir
+            "--age-key-path"
+            cfg.bootstrap.ageKeyPath
+            "--state-dir"
+            "${rootDir}/bootstrap"
           ]
-          ++ regionWords cfg.bootstrap.region
+            ++ regionWords cfg.bootstrap.region
         );
       };
     };

@@ -40,10 +40,11 @@ in
         assertion = builtins.match "[A-Za-z0-9._-]+:[A-Za-z0-9+/]{43}=" cfg.fleetCache.publicKey != null;
         message = "services.clawdinator.fleetCache.publicKey must be a nix public key (name:base64), as `nix-store --generate-binary-cache-key` writes it.";
       }
-    ] ++ map (setting: {
-      assertion = admitted setting == [ ];
-      message = "nix.settings.${setting} admits the agents (${lib.concatStringsSep ", " (admitted setting)}): the nix daemon would build for ${cfg.user}, as nixbld users with the host's network. Only root uses the daemon on a clawdinator host.";
-    }) [ "allowed-users" "trusted-users" ];
+    ] ++ map
+      (setting: {
+        assertion = admitted setting == [ ];
+        message = "nix.settings.${setting} admits the agents (${lib.concatStringsSep ", " (admitted setting)}): the nix daemon would build for ${cfg.user}, as nixbld users with the host's network. Only root uses the daemon on a clawdinator host.";
+      }) [ "allowed-users" "trusted-users" ];
 
     nix.settings = {
       # Upstream's key and the fleet's, nothing else (no third-party cache).

@@ -8,12 +8,13 @@ let
   inherit (h) cfg command configPath harden noMetadata controlSocket ghConfigDir runDir workspaceDir logDir;
   inherit (lib) concatStringsSep literalExpression mkIf mkOption optional optionals types;
   # The gateway's variables and the files that hold their values.
-  tokenEnv = lib.filterAttrs (_: file: file != null) {
-    DISCORD_BOT_TOKEN = cfg.discordTokenFile;
-    ANTHROPIC_API_KEY = cfg.anthropicApiKeyFile;
-    OPENAI_API_KEY = cfg.openaiApiKeyFile;
-    TELEGRAM_BOT_TOKEN = cfg.telegramBotTokenFile;
-  } // cfg.extraSecretEnv;
+  tokenEnv = lib.filterAttrs (_: file: file != null)
+    {
+      DISCORD_BOT_TOKEN = cfg.discordTokenFile;
+      ANTHROPIC_API_KEY = cfg.anthropicApiKeyFile;
+      OPENAI_API_KEY = cfg.openaiApiKeyFile;
+      TELEGRAM_BOT_TOKEN = cfg.telegramBotTokenFile;
+    } // cfg.extraSecretEnv;
 
   # The agents' tools, and pi when the overlay provides it (pi.nix).
   tools = cfg.toolPackages ++ optional (cfg.pi.enable && pkgs ? pi-coding-agent) pkgs.pi-coding-agent;
@@ -122,14 +123,16 @@ in
       # unit below sends them to the journal instead, where `fleet logs`
       # (journalctl -u clawdinator) reads them. Kept: the option needs a path.
       logPath = "${logDir}/gateway.log";
-      config = lib.recursiveUpdate {
-        gateway = { mode = "local"; bind = "loopback"; port = cfg.gatewayPort; };
-        agents.defaults.workspace = workspaceDir;
-        cron = { enabled = cfg.cronJobsFile != null; store = "${cfg.stateDir}/cron-jobs.json"; };
-        # The gateway's console (what reaches the journal): plain lines at
-        # info; its JSON-lines file stays for `openclaw logs`.
-        logging = { file = "${logDir}/openclaw.log"; consoleLevel = "info"; consoleStyle = "compact"; };
-      } cfg.config;
+      config = lib.recursiveUpdate
+        {
+          gateway = { mode = "local"; bind = "loopback"; port = cfg.gatewayPort; };
+          agents.defaults.workspace = workspaceDir;
+          cron = { enabled = cfg.cronJobsFile != null; store = "${cfg.stateDir}/cron-jobs.json"; };
+          # The gateway's console (what reaches the journal): plain lines at
+          # info; its JSON-lines file stays for `openclaw logs`.
+          logging = { file = "${logDir}/openclaw.log"; consoleLevel = "info"; consoleStyle = "compact"; };
+        }
+        cfg.config;
       environment = {
         CLAWDINATOR_MEMORY_DIR = cfg.memoryDir;
         OPENCLAW_WORKSPACE_DIR = workspaceDir;

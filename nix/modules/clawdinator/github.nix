@@ -38,12 +38,18 @@ let
   mintWords = { envFile, configDir, repositories, permissions }: [
     "secrets"
     "github-token"
-    "--app-id" cfg.githubApp.appId
-    "--installation-id" cfg.githubApp.installationId
-    "--pem" cfg.githubApp.privateKeyFile
-    "--env-file" envFile
-    "--gh-config-dir" configDir
-    "--fleet-repository" cfg.githubApp.fleetRepository
+    "--app-id"
+    cfg.githubApp.appId
+    "--installation-id"
+    cfg.githubApp.installationId
+    "--pem"
+    cfg.githubApp.privateKeyFile
+    "--env-file"
+    envFile
+    "--gh-config-dir"
+    configDir
+    "--fleet-repository"
+    cfg.githubApp.fleetRepository
   ]
   ++ lib.concatMap (r: [ "--repository" r ]) repositories
   ++ lib.concatLists (lib.mapAttrsToList (name: level: [ "--permission" "${name}=${level}" ]) permissions)

@@ -25,15 +25,19 @@ let
   # goes (a reload re-added it while the unit was stopping): it matches
   # nothing, and iptables-legacy, which re-checks every rule on each
   # change, would refuse every later change while its cgroup is missing.
-  rules = { tool, address }: concatMapStrings (unit: ''
-    [ -d /sys/fs/cgroup/${unitCgroup unit} ] || while ${tool} -w -D ${chain} ${unitRule address unit} 2>/dev/null; do :; done
-  '') metadataUnits + ''
+  rules = { tool, address }: concatMapStrings
+    (unit: ''
+      [ -d /sys/fs/cgroup/${unitCgroup unit} ] || while ${tool} -w -D ${chain} ${unitRule address unit} 2>/dev/null; do :; done
+    '')
+    metadataUnits + ''
     ${tool} -w -I OUTPUT 1 -d ${address} -m comment --comment ${hold} -j REJECT
     ${tool} -w -N ${chain} 2>/dev/null || ${tool} -w -F ${chain}
     ${tool} -w -A ${chain} -d ${address} -m owner --uid-owner 0 -j RETURN
-  '' + concatMapStrings (unit: ''
-    if [ -d /sys/fs/cgroup/${unitCgroup unit} ]; then ${tool} -w -A ${chain} ${unitRule address unit} 2>/dev/null || true; fi
-  '') metadataUnits + ''
+  '' + concatMapStrings
+    (unit: ''
+      if [ -d /sys/fs/cgroup/${unitCgroup unit} ]; then ${tool} -w -A ${chain} ${unitRule address unit} 2>/dev/null || true; fi
+    '')
+    metadataUnits + ''
     ${tool} -w -A ${chain} -d ${address} -j REJECT
     ${tool} -w -C OUTPUT -j ${chain} 2>/dev/null || ${tool} -w -I OUTPUT -j ${chain}
     while ${tool} -w -D OUTPUT -d ${address} -m comment --comment ${hold} -j REJECT 2>/dev/null; do :; done

@@ -88,20 +88,24 @@ rec {
   # would still name the path but match only the old, gone cgroup.
   metadataAllowText = unit: ''
     set -eu
-  '' + lib.concatMapStrings ({ tool, address }: ''
-    while ${tool} -w -D ${metadataChain} ${unitRule address unit} 2>/dev/null; do :; done
-    ${tool} -w -I ${metadataChain} ${unitRule address unit}
-  '') metadataFamilies;
+  '' + lib.concatMapStrings
+    ({ tool, address }: ''
+      while ${tool} -w -D ${metadataChain} ${unitRule address unit} 2>/dev/null; do :; done
+      ${tool} -w -I ${metadataChain} ${unitRule address unit}
+    '')
+    metadataFamilies;
   metadataRevokeText = unit: ''
     set -u
     status=0
-  '' + lib.concatMapStrings ({ tool, address }: ''
-    while ${tool} -w -D ${metadataChain} ${unitRule address unit} 2>/dev/null; do :; done
-    if ${tool} -w -C ${metadataChain} ${unitRule address unit} 2>/dev/null; then
-      echo "${unit}: its cgroup is still let through to ${address}" >&2
-      status=1
-    fi
-  '') metadataFamilies + ''
+  '' + lib.concatMapStrings
+    ({ tool, address }: ''
+      while ${tool} -w -D ${metadataChain} ${unitRule address unit} 2>/dev/null; do :; done
+      if ${tool} -w -C ${metadataChain} ${unitRule address unit} 2>/dev/null; then
+        echo "${unit}: its cgroup is still let through to ${address}" >&2
+        status=1
+      fi
+    '')
+    metadataFamilies + ''
     exit "$status"
   '';
   # The two scripts' text, with the firewall's own iptables on the PATH.

@@ -51,8 +51,8 @@ in
         RuntimeDirectory = "clawdinator-efs";
         ExecStartPre = command (
           [ "host" "efs-stunnel-config" "--out" "/run/clawdinator-efs/stunnel.conf" "--ca-file" "${pkgs.cacert}/etc/ssl/certs/ca-bundle.crt" ]
-          ++ given cfg.memoryEfs.fileSystemId "--file-system-id" "--file-system-id-file" "efs-id"
-          ++ regionWords cfg.memoryEfs.region
+            ++ given cfg.memoryEfs.fileSystemId "--file-system-id" "--file-system-id-file" "efs-id"
+            ++ regionWords cfg.memoryEfs.region
         );
         ExecStart = "${pkgs.stunnel}/bin/stunnel /run/clawdinator-efs/stunnel.conf";
         Restart = "always";

@@ -46,10 +46,14 @@ in
         User = cfg.user;
         Group = cfg.group;
         ExecStart = command [
-          "host" "pi-auth"
-          "--openai-key-file" cfg.openaiApiKeyFile
-          "--anthropic-key-file" cfg.anthropicApiKeyFile
-          "--out" "${piDir}/auth.json"
+          "host"
+          "pi-auth"
+          "--openai-key-file"
+          cfg.openaiApiKeyFile
+          "--anthropic-key-file"
+          cfg.anthropicApiKeyFile
+          "--out"
+          "${piDir}/auth.json"
         ];
       };
     };

@@ -48,7 +48,7 @@ in
         SupplementaryGroups = [ cfg.group ];
         ExecStart = command (
           [ "host" "publish-tree" "--from" cfg.publicTree.sourceDir "--bucket" cfg.publicTree.bucket "--prefix" cfg.publicTree.prefix ]
-          ++ regionWords cfg.bootstrap.region
+            ++ regionWords cfg.bootstrap.region
         );
       };
     };
