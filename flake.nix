@@ -78,6 +78,11 @@
         lib.mapAttrs' (name: host: lib.nameValuePair "host-${name}" host.config.system.build.toplevel) self.nixosConfigurations
         // { clawdinator = self.packages.${hostSystem}.clawdinator; };
 
+      # `nix fmt`: nixpkgs-fmt, the formatter `cargo xtask test` checks every .nix
+      # file with (1.3.0, its last release: the same in nixpkgs and on crates.io,
+      # so the flake's formatter and the check cannot disagree).
+      formatter = forAllSystems (pkgs: pkgs.nixpkgs-fmt);
+
       # `nix develop`: everything the README's two commands and `cargo xtask test` use,
       # and the `openclaw` CLI the hosts run (the same pinned package), for operators.
       devShells = forAllSystems (pkgs: {
@@ -98,6 +103,7 @@
             python3
             nix
             shellcheck
+            nixpkgs-fmt
             deadnix
             actionlint
             zizmor

@@ -45,6 +45,7 @@ impl flags::Test {
             ("nixos module", nix_module(&sh, &root)),
             ("metadata service", metadata_service(&sh, &root)),
             ("deadnix", deadnix(&sh, &root)),
+            ("nix format", nix_format(&sh, &root)),
             ("opentofu", opentofu(&sh, &root)),
             ("workflows", workflow_lint(&root)),
             ("shellcheck", shellcheck(&sh, &root)),
@@ -180,12 +181,7 @@ fn deadnix(sh: &Shell, root: &Path) -> Outcome {
     if files.is_empty() {
         return Outcome::Skipped("the repository has no .nix files yet".into());
     }
-    let local = root.join("target/tools/bin/deadnix");
-    let deadnix = if local.exists() {
-        local.display().to_string()
-    } else if have(sh, "deadnix") {
-        "deadnix".into()
-    } else {
+    let Some(deadnix) = cargo_tool(sh, root, "deadnix") else {
         return Outcome::Skipped("deadnix is not installed (`cargo install --locked deadnix`; .ci/run does it)".into());
     };
     let Ok(dir) = tempfile::tempdir() else { return Outcome::Failed("cannot create a temporary directory".into()) };
@@ -200,6 +196,44 @@ fn deadnix(sh: &Shell, root: &Path) -> Outcome {
     match cmd!(sh, "{deadnix} --fail {files...}").quiet().run() {
         Ok(()) => Outcome::Passed(format!("{count} file(s), no unused bindings")),
         Err(err) => Outcome::Failed(err.to_string()),
+    }
+}
+
+/// A tool `.ci/run` builds into target/tools with `cargo install`, else the
+/// one on the PATH.
+fn cargo_tool(sh: &Shell, root: &Path, name: &str) -> Option<String> {
+    let local = root.join("target/tools/bin").join(name);
+    if local.exists() {
+        Some(local.display().to_string())
+    } else {
+        have(sh, name).then(|| name.to_string())
+    }
+}
+
+/// The formatter the flake names (`nix fmt`), pinned in `.ci/run`.
+const NIXPKGS_FMT_VERSION: &str = "1.3.0";
+
+/// `nixpkgs-fmt --check` over every `.nix` file; first on a badly formatted
+/// sample, which it must refuse, so a formatter that passes everything fails
+/// the check.
+fn nix_format(sh: &Shell, root: &Path) -> Outcome {
+    let files = project_files(root, ".nix");
+    let Some(fmt) = cargo_tool(sh, root, "nixpkgs-fmt") else {
+        return Outcome::Skipped(format!(
+            "nixpkgs-fmt is not installed (`cargo install --locked nixpkgs-fmt --version {NIXPKGS_FMT_VERSION}`; .ci/run does it)"
+        ));
+    };
+    let Ok(dir) = tempfile::tempdir() else { return Outcome::Failed("cannot create a temporary directory".into()) };
+    let bad = dir.path().join("unformatted.nix");
+    if std::fs::write(&bad, "{a,b}:let x=a;in   x\n").is_err() {
+        return Outcome::Failed("cannot write the negative sample".into());
+    }
+    if cmd!(sh, "{fmt} --check {bad}").quiet().ignore_stdout().ignore_stderr().run().is_ok() {
+        return Outcome::Failed(format!("{fmt} accepted an unformatted file: it checks nothing"));
+    }
+    match cmd!(sh, "{fmt} --check {files...}").quiet().run() {
+        Ok(()) => Outcome::Passed(format!("{} file(s) as `nix fmt` (nixpkgs-fmt {NIXPKGS_FMT_VERSION}) leaves them", files.len())),
+        Err(err) => Outcome::Failed(format!("{err}: run `nix fmt` (or {fmt}) on the files it names")),
     }
 }
 
