@@ -231,8 +231,9 @@ fn nix_format(sh: &Shell, root: &Path) -> Outcome {
     if cmd!(sh, "{fmt} --check {bad}").quiet().ignore_stdout().ignore_stderr().run().is_ok() {
         return Outcome::Failed(format!("{fmt} accepted an unformatted file: it checks nothing"));
     }
+    let count = files.len();
     match cmd!(sh, "{fmt} --check {files...}").quiet().run() {
-        Ok(()) => Outcome::Passed(format!("{} file(s) as `nix fmt` (nixpkgs-fmt {NIXPKGS_FMT_VERSION}) leaves them", files.len())),
+        Ok(()) => Outcome::Passed(format!("{count} file(s) as `nix fmt` (nixpkgs-fmt {NIXPKGS_FMT_VERSION}) leaves them")),
         Err(err) => Outcome::Failed(format!("{err}: run `nix fmt` (or {fmt}) on the files it names")),
     }
 }
