@@ -30,7 +30,7 @@ in
       description = "This project's host binary, `clawdinator`: every unit's command (this flake's overlay provides it).";
     };
 
-    stateDir = mkOption { type = types.str; default = "/var/lib/clawd"; description = "The gateway's home (the agents' own): workspace, repositories, logs. What root acts on is in ${rootDir}, never here."; };
+    stateDir = mkOption { type = types.externalPath; default = "/var/lib/clawd"; description = "The gateway's home (the agents' own): workspace, repositories, logs. What root acts on is in ${rootDir}, never here."; };
 
     ssh = {
       enable = mkEnableOption "SSH (off: SSM Session Manager is the way in)";

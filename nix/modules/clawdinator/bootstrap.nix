@@ -24,9 +24,9 @@ in
       s3Bucket = nullOrStr (runTime "The bucket holding the bundles" "bucket");
       s3Prefix = nullOrStr (runTime "This instance's bundle prefix (bootstrap/<name>)" "bootstrap-prefix");
       region = nullOrStr (runTime "The bucket's region" "region");
-      secretsDir = mkOption { type = types.str; default = "${rootDir}/nix-secrets"; description = "The bundle's age files (a link into the bundle's current generation); under ${rootDir}, root's alone."; };
-      repoSeedsDir = mkOption { type = types.str; default = "${rootDir}/repo-seeds"; description = "The bundle's repository seeds (a link into the current generation); under ${rootDir}, root's alone."; };
-      ageKeyPath = mkOption { type = types.str; default = "${rootDir}/clawdinator.agekey"; description = "The bundle's age identity (a link into the current generation); under ${rootDir}, root's alone."; };
+      secretsDir = mkOption { type = types.externalPath; default = "${rootDir}/nix-secrets"; description = "The bundle's age files (a link into the bundle's current generation); under ${rootDir}, root's alone."; };
+      repoSeedsDir = mkOption { type = types.externalPath; default = "${rootDir}/repo-seeds"; description = "The bundle's repository seeds (a link into the current generation); under ${rootDir}, root's alone."; };
+      ageKeyPath = mkOption { type = types.externalPath; default = "${rootDir}/clawdinator.agekey"; description = "The bundle's age identity (a link into the current generation); under ${rootDir}, root's alone."; };
     };
 
     secretsSource = mkOption {

@@ -57,7 +57,7 @@ in
     };
 
     workspaceDir = mkOption {
-      type = types.str;
+      type = types.externalPath;
       default = "${cfg.stateDir}/workspace";
       defaultText = literalExpression ''"''${stateDir}/workspace"'';
       description = "The agents' workspace (the gateway's agents.defaults.workspace), seeded from workspaceTemplateDir before every start.";

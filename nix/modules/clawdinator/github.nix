@@ -82,7 +82,7 @@ in
       enable = mkEnableOption "GitHub App installation tokens in ${githubEnvFile} (clawdinator-github-app-token)";
       appId = mkOption { type = types.str; default = ""; description = "The GitHub App's id."; };
       installationId = mkOption { type = types.str; default = ""; description = "The App's installation id for the organisation."; };
-      privateKeyFile = mkOption { type = types.str; default = "${agenix}/clawdinator-github-app.pem"; description = "The App's private key (PEM), root's alone (the secrets unit installs it with --root-only)."; };
+      privateKeyFile = mkOption { type = types.externalPath; default = "${agenix}/clawdinator-github-app.pem"; description = "The App's private key (PEM), root's alone (the secrets unit installs it with --root-only)."; };
       repositories = mkOption {
         type = types.listOf types.str;
         default = [ "openclaw" "clawhub" "ClawKeeper" ];

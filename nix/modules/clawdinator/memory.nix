@@ -10,7 +10,7 @@ in
 {
   options.services.clawdinator = {
     memoryDir = mkOption {
-      type = types.str;
+      type = types.externalPath;
       default = if cfg.memoryEfs.enable then cfg.memoryEfs.mountPoint else "${cfg.stateDir}/memory";
       defaultText = literalExpression ''memoryEfs.mountPoint when memoryEfs.enable, else "''${stateDir}/memory"'';
       description = "Shared memory (the agents' `clawdinator memory` root).";
@@ -20,7 +20,7 @@ in
       enable = mkEnableOption "shared memory on EFS, NFS over TLS through stunnel";
       fileSystemId = nullOrStr (runTime "The EFS file system id (fs-…)" "efs-id");
       region = nullOrStr (runTime "The EFS file system's region" "region");
-      mountPoint = mkOption { type = types.str; default = "/memory"; description = "Where the file system is mounted."; };
+      mountPoint = mkOption { type = types.externalPath; default = "/memory"; description = "Where the file system is mounted."; };
     };
 
     memoryTemplateDir = mkOption {

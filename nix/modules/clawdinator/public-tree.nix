@@ -23,7 +23,7 @@ in
     bucket = mkOption { type = types.str; default = "openclaw-pr-intent"; description = "The public bucket (OpenTofu output pr_intent_bucket_name)."; };
     prefix = mkOption { type = types.str; default = "v1/"; description = "The key prefix mirrored (the original fleet's layout); the bucket policy makes only v1/ public."; };
     sourceDir = mkOption {
-      type = types.str;
+      type = types.externalPath;
       default = "${cfg.memoryDir}/pr-intent/v1";
       defaultText = literalExpression ''"''${memoryDir}/pr-intent/v1"'';
       description = "The tree published (skill version v1 of the orchestrator's memos): only public-safe files belong here.";
