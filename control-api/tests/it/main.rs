@@ -6,3 +6,4 @@ mod common;
 mod cooldown;
 mod end_to_end;
 mod handler;
+mod load;
