@@ -22,7 +22,7 @@
 //!   connection, both directions.
 //! - [`ProxyConfig::faults`] gives each [`Fault`] its own rate. Whether a
 //!   request is faulted is drawn from the seed, the request's content
-//!   (method, path and query, body) and how often that content was seen,
+//!   (method, path and query, `X-Amz-Target`, body) and how often that content was seen,
 //!   not from arrival order, so concurrent runs fault the same requests.
 //!   A request whose last attempt was faulted always goes through: a client
 //!   that retries correctly always succeeds.
@@ -356,12 +356,15 @@ impl Request {
         scope.split(['/', ',']).nth(3).unwrap_or_default().to_string()
     }
 
-    /// What makes two attempts "the same request": method, target, body.
+    /// What makes two attempts "the same request": method, target, the
+    /// awsJson operation (`X-Amz-Target`: their path is always `/`), body.
     fn digest(&self) -> [u8; 32] {
         let mut hash = Sha256::new();
         hash.update(self.method.as_bytes());
         hash.update(b" ");
         hash.update(self.target.as_bytes());
+        hash.update(b"\n");
+        hash.update(self.header("x-amz-target").unwrap_or_default().as_bytes());
         hash.update(b"\n");
         hash.update(&self.body);
         hash.finalize().into()
