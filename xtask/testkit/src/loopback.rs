@@ -3,6 +3,8 @@
 //! URL event (payload format 2.0) as `AWS_IAM` auth hands it to a function.
 
 use std::io::Read;
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Result};
 use serde_json::{json, Value};
@@ -98,4 +100,29 @@ pub fn answer_every_request(status: u16, body: Value) -> (String, std::sync::Arc
         }
     });
     (url, seen)
+}
+
+/// A server that accepts connections and never answers (bounded: it
+/// stops accepting after 60 s), for timeout tests; its port and thread.
+pub fn silent_server() -> (u16, std::thread::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    listener.set_nonblocking(true).unwrap();
+    let handle = std::thread::spawn(move || {
+        let started = Instant::now();
+        let mut held = Vec::new();
+        // Bounded: the test needs it for seconds, not forever.
+        while started.elapsed() < Duration::from_secs(60) {
+            match listener.accept() {
+                Ok((mut stream, _)) => {
+                    stream.set_nonblocking(true).ok();
+                    let mut buf = [0u8; 4096];
+                    let _ = stream.read(&mut buf);
+                    held.push(stream);
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    });
+    (port, handle)
 }

@@ -1,11 +1,9 @@
 //! The local emulator harness and the shared AWS context.
 
-use std::io::Read;
-use std::net::TcpListener;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use clawdinator::aws::{Aws, Settings, Timeouts};
+use clawdinator::aws::{Aws, Settings};
 use sha2::{Digest, Sha256};
 use testkit::emulator::Emulator;
 
@@ -79,57 +77,9 @@ fn wait_bounded(mut child: std::process::Child, bound: Duration) -> std::process
     child.wait_with_output().unwrap()
 }
 
-/// A server that accepts connections and never answers.
-fn black_hole() -> (u16, std::thread::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    listener.set_nonblocking(true).unwrap();
-    let handle = std::thread::spawn(move || {
-        let started = Instant::now();
-        let mut held = Vec::new();
-        // Bounded: the test needs it for seconds, not forever.
-        while started.elapsed() < Duration::from_secs(60) {
-            match listener.accept() {
-                Ok((mut stream, _)) => {
-                    stream.set_nonblocking(true).ok();
-                    let mut buf = [0u8; 4096];
-                    let _ = stream.read(&mut buf);
-                    held.push(stream);
-                }
-                Err(_) => std::thread::sleep(Duration::from_millis(20)),
-            }
-        }
-    });
-    (port, handle)
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn a_silent_endpoint_fails_within_the_timeouts() {
-    let (port, _server) = black_hole();
-    let settings = Settings {
-        timeouts: Timeouts {
-            connect: Duration::from_secs(1),
-            read: Duration::from_secs(1),
-            attempt: Duration::from_secs(2),
-            operation: Duration::from_secs(3),
-        },
-        max_attempts: 2,
-        ..Settings::local(&format!("http://127.0.0.1:{port}"))
-    };
-    let aws = Aws::load(&settings).await.unwrap();
-    // Behaviour, not speed: it must give up (its own timeouts total 3 s)
-    // rather than hang; the 60 s bound only catches a hang.
-    let err = tokio::time::timeout(Duration::from_secs(60), aws.caller_arn())
-        .await
-        .expect("the call hung past its timeouts")
-        .unwrap_err();
-    let text = format!("{err:#}");
-    assert!(text.contains("STS GetCallerIdentity") && text.contains("timeout"), "{text}");
-}
-
 #[test]
 fn cli_against_a_silent_endpoint_reports_a_timeout() {
-    let (port, _server) = black_hole();
+    let (port, _server) = testkit::loopback::silent_server();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_xtask"))
         .args(["--json", "--region", "us-east-1", "doctor", "--age-key", "/nonexistent"])
         .env("AWS_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))
@@ -185,13 +135,6 @@ fn doctor_json_shape_and_local_sts() {
     assert_eq!(by_name("age identity")["status"], "missing");
     assert!(by_name("age identity")["detail"].as_str().unwrap().contains("/nonexistent/key"));
     assert_eq!(by_name("local emulator")["status"], "ok");
-}
-
-#[test]
-fn vmimport_trust_policy_is_understood() {
-    let doc = "%7B%22Version%22%3A%222012-10-17%22%2C%22Statement%22%3A%5B%7B%22Effect%22%3A%22Allow%22%2C%22Principal%22%3A%7B%22Service%22%3A%22vmie.amazonaws.com%22%7D%2C%22Action%22%3A%22sts%3AAssumeRole%22%7D%5D%7D";
-    assert!(clawdinator::aws::iam::trusts_service(doc, "vmie.amazonaws.com"));
-    assert!(!clawdinator::aws::iam::trusts_service(&doc.replace("vmie", "ec2"), "vmie.amazonaws.com"));
 }
 
 /// Two running instances named a and b, and an SDK client for the emulator.
@@ -319,48 +262,4 @@ async fn the_shim_fails_status_checks_when_told() {
         s.instance_status().unwrap().status().unwrap().as_str().to_string()
     };
     assert_eq!((status(&ids[0]), status(&ids[1])), ("impaired".to_string(), "ok".to_string()));
-}
-
-/// A server that answers GetObject with headers and 10 of 1000 bytes, then
-/// goes silent with the connection open.
-fn half_answer() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let mut held = Vec::new();
-        for stream in listener.incoming().take(4) {
-            let mut stream = stream.unwrap();
-            let mut buf = [0u8; 8192];
-            let _ = stream.read(&mut buf);
-            use std::io::Write;
-            let head = "HTTP/1.1 200 OK\r\nContent-Length: 1000\r\nContent-Type: application/octet-stream\r\n\r\n";
-            let _ = stream.write_all(head.as_bytes());
-            let _ = stream.write_all(b"0123456789");
-            let _ = stream.flush();
-            held.push(stream);
-        }
-        std::thread::sleep(Duration::from_secs(120));
-    });
-    port
-}
-
-/// A body that stalls midway fails within the read timeout; it does not hang.
-#[tokio::test(flavor = "multi_thread")]
-async fn a_stalled_body_fails_within_the_read_timeout() {
-    let port = half_answer();
-    let settings = Settings {
-        timeouts: Timeouts {
-            connect: Duration::from_secs(1),
-            read: Duration::from_secs(1),
-            attempt: Duration::from_secs(300),
-            operation: Duration::from_secs(300),
-        },
-        max_attempts: 1,
-        ..Settings::local(&format!("http://127.0.0.1:{port}"))
-    };
-    let aws = Aws::load(&settings).await.unwrap();
-    let s3 = aws.s3();
-    let read = clawdinator::aws::s3::get_bytes(&s3, "bucket", "key", 1 << 20, aws.timeouts().read);
-    let err = tokio::time::timeout(Duration::from_secs(60), read).await.expect("the stalled body hung").unwrap_err();
-    assert!(format!("{err:#}").contains("stalled"), "{err:#}");
 }

@@ -1,3 +1,4 @@
-//! AWS access: CI without static keys (GitHub OIDC).
+//! AWS access: CI without static keys (GitHub OIDC); timeouts.
 
 mod github_oidc;
+mod timeouts;
