@@ -6,23 +6,10 @@ use serde_json::Value;
 use super::config::Aws;
 use super::error::error;
 
-/// Decode `%XX` escapes (IAM returns policy documents URL-encoded).
+/// Decode `%XX` escapes (IAM returns policy documents URL-encoded); a `%`
+/// not followed by two hex digits stays as it is.
 pub fn percent_decode(s: &str) -> String {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'%' && i + 2 < bytes.len() {
-            if let Ok(b) = u8::from_str_radix(&s[i + 1..i + 3], 16) {
-                out.push(b);
-                i += 3;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    percent_encoding::percent_decode_str(s).decode_utf8_lossy().into_owned()
 }
 
 /// The statements of a policy document, URL-encoded or not; a single
@@ -116,6 +103,15 @@ mod tests {
         assert!(allows_read(&encoded, "b"));
         assert!(!allows_read(&doc.replace("Allow", "Deny"), "b"));
         assert!(!allows_read(&doc.replace("s3:GetObject", "s3:PutObject"), "b"));
+    }
+
+    /// A `%` whose next two bytes are not both ASCII (here `a` and the first
+    /// byte of `é`) is kept as it is, not sliced through a character.
+    #[test]
+    fn a_broken_escape_before_a_multibyte_character_is_kept() {
+        assert_eq!(percent_decode("%a\u{e9}"), "%a\u{e9}");
+        assert_eq!(percent_decode("x%\u{e9}%41"), "x%\u{e9}A");
+        assert_eq!(percent_decode("%7B%22a%22%7D%2"), "{\"a\"}%2");
     }
 
     #[test]
