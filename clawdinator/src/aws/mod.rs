@@ -7,9 +7,11 @@
 //!   (S3, STS, IAM, EC2, EBS, Secrets Manager, SSM, DynamoDB);
 //! - `error`: [`error`] and [`error_code`], an SDK error as one line;
 //! - `github_oidc`: in GitHub Actions, the CI role assumed with a fresh OIDC token;
-//! - [`iam`]: IAM actions per operation, and trust policy checks;
+//! - [`actions`]: the IAM action(s) each operation needs;
+//! - [`iam`]: policy documents as IAM returns them, and trust policy checks;
 //! - [`s3`]: S3 helpers every stage shares (conditional writes, multipart).
 
+pub mod actions;
 mod config;
 mod error;
 mod github_oidc;

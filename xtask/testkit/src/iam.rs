@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use anyhow::{bail, Context, Result};
+use clawdinator::aws::iam::percent_decode;
 use serde_json::{json, Value};
 
 use crate::policies::{Principal, World};
@@ -96,26 +97,6 @@ fn tag_context(tags: &[(String, String)]) -> BTreeMap<String, Value> {
 fn resource_tags(facts: &Facts, instance: &str, prefix: &str) -> BTreeMap<String, Value> {
     let tags = facts.instance_tags.get(instance).cloned().unwrap_or_default();
     tags.into_iter().map(|(k, v)| (format!("{prefix}{k}"), json!(v))).collect()
-}
-
-fn percent_decode(text: &str) -> String {
-    let bytes = text.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let hex = (bytes[i] == b'%' && i + 2 < bytes.len()).then(|| std::str::from_utf8(&bytes[i + 1..i + 3]).ok());
-        match hex.flatten().and_then(|h| u8::from_str_radix(h, 16).ok()) {
-            Some(b) => {
-                out.push(b);
-                i += 3;
-            }
-            None => {
-                out.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
 }
 
 fn query(call: &Value) -> BTreeMap<String, String> {
@@ -473,6 +454,10 @@ fn iam(call: &Value, operation: &str, world: &World, facts: &Facts) -> Result<Ve
             ("iam:TagInstanceProfile".into(), profile, tag_context(&tags)),
         ],
         "CreateInstanceProfile" | "GetInstanceProfile" => vec![(action, profile, BTreeMap::new())],
+        // A managed policy is read by its ARN (`doctor` reads the roles' policies).
+        "GetPolicy" | "GetPolicyVersion" => {
+            vec![(action, form["PolicyArn"].as_str().unwrap_or("").to_string(), BTreeMap::new())]
+        }
         // Adding a role to a profile also passes it, to EC2: the IAM API
         // reference for AddRoleToInstanceProfile says the caller needs
         // PassRole and that its iam:AssociatedResourceArn is an EC2 instance

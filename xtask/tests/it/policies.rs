@@ -4,7 +4,7 @@
 //! each call against that principal's policies rendered from
 //! `infra/opentofu/aws/policies/` (testkit::policies, testkit::iam).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Output;
 
@@ -1628,4 +1628,64 @@ fn only_the_control_api_writes_its_cooldowns() {
     let actions: Vec<&str> = requests.iter().map(|r| r.action.as_str()).collect();
     assert_eq!(actions, ["dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:ConditionCheckItem"]);
     assert!(requests.iter().all(|r| r.resource == world.cooldown_table_arn()), "{requests:?}");
+}
+
+/// One logged call of `service` `operation` with every field the judge
+/// reads filled in: a bucket and key, an instance, a snapshot, a role, a
+/// table, a secret.
+fn any_call(service: &str, operation: &str) -> Value {
+    let path = if service == "ebs" { "/snapshots/snap-1/blocks/1" } else { "/fleet/key" };
+    serde_json::json!({
+        "service": service,
+        "operation": operation,
+        "path": path,
+        "query": "",
+        "headers": {"x-amz-copy-source": "/fleet/source"},
+        "form": {
+            "SnapshotId": "snap-1", "ImageId": "ami-1", "ImportTaskId": "import-snap-1",
+            "InstanceId": "i-1", "InstanceId.1": "i-1", "ResourceId.1": "i-1",
+            "RoleName": "role", "InstanceProfileName": "profile",
+            "PolicyArn": "arn:aws:iam::123456789012:policy/policy",
+        },
+        "json": {
+            "TableName": "table", "SecretId": "secret", "Name": "/clawdinator/name",
+            "DocumentName": "AWS-RunShellScript", "InstanceIds": ["i-1"],
+            "TransactItems": [{"Put": {"TableName": "table"}}],
+        },
+    })
+}
+
+/// One source for each fact: the library's table of IAM actions (named in
+/// the message of a denial) and the judge (what the policies must grant)
+/// agree on every operation the library calls: the judge asks IAM for
+/// exactly the actions the message names.
+#[test]
+fn the_judge_asks_for_the_actions_a_denial_message_names() {
+    let world = World::emulator("fleet");
+    let facts =
+        Facts { secret_arns: BTreeMap::from([("secret".to_string(), world.secret_arn("secret"))]), ..Facts::default() };
+    let mut disagree = Vec::new();
+    for (operation, message) in clawdinator::aws::actions::ACTIONS {
+        let (service, name) = operation.rsplit_once(' ').expect("`Service Operation`");
+        // The call log names an S3 call by its method and path: a GET of
+        // a bucket is ListObjects there, whichever version it is.
+        let name = if *operation == "S3 ListObjectsV2" { "ListObjects" } else { name };
+        let call = any_call(&service.replace(' ', "").to_lowercase(), name);
+        let asked: BTreeSet<String> = match testkit::iam::requests(&call, &world, &facts) {
+            Ok(requests) => requests.into_iter().map(|r| r.action).collect(),
+            Err(err) => {
+                disagree.push(format!("{operation}: the judge knows no mapping ({err:#})"));
+                continue;
+            }
+        };
+        let words = message.split(|c: char| !(c.is_ascii_alphanumeric() || c == ':'));
+        let named: BTreeSet<String> = words.filter(|w| w.contains(':')).map(str::to_string).collect();
+        // AWS never denies GetCallerIdentity, so the judge asks for nothing.
+        let never_denied = asked.is_empty() && *operation == "STS GetCallerIdentity";
+        if asked != named && !never_denied {
+            disagree.push(format!("{operation}: the message names {named:?}, the judge asks for {asked:?}"));
+        }
+    }
+    assert!(clawdinator::aws::actions::ACTIONS.len() > 50, "the table lost operations");
+    assert!(disagree.is_empty(), "the two tables disagree:\n{}", disagree.join("\n"));
 }
