@@ -5,11 +5,12 @@
 //!
 //! One reader thread walks the image in order, hashing every byte (holes as
 //! zeros) so the image's identity is checked on what was actually read, and
-//! hands the blocks that hold data to `workers` concurrent uploads.
+//! hands the blocks that hold data to `workers` concurrent uploads. It starts
+//! before StartSnapshot is sent, so the first blocks are read while that
+//! round trip is in flight, and CompleteSnapshot follows the last block.
 
 use std::fs::File;
 use std::os::unix::fs::FileExt;
-use std::os::unix::io::AsRawFd;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,31 +73,27 @@ pub struct SnapshotUploader {
 /// or failed, result). Idempotency across runs comes from tags instead.
 pub fn client_token() -> String {
     let mut bytes = [0u8; 16];
-    // SAFETY: getrandom fills the buffer we own; 16 bytes never block.
-    let filled = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
-    assert_eq!(filled, 16, "getrandom failed: {}", std::io::Error::last_os_error());
+    // 16 bytes from the kernel's pool never block and are never cut short.
+    let filled = rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty())
+        .unwrap_or_else(|e| panic!("getrandom failed: {e}"));
+    assert_eq!(filled, 16, "getrandom gave {filled} of 16 bytes");
     hex::encode(bytes)
 }
 
 /// Byte ranges of `file` that hold data, by `SEEK_DATA`/`SEEK_HOLE`; the
 /// whole file where the filesystem cannot tell.
 pub fn data_ranges(file: &File, size: u64) -> Vec<(u64, u64)> {
-    let fd = file.as_raw_fd();
+    use rustix::fs::{seek, SeekFrom};
     let mut ranges = Vec::new();
-    let mut offset: i64 = 0;
-    while (offset as u64) < size {
-        // SAFETY: lseek on an fd we own; it only moves the file offset.
-        let start = unsafe { libc::lseek(fd, offset, libc::SEEK_DATA) };
-        if start < 0 {
-            let err = std::io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::ENXIO) {
-                break; // no data after offset
-            }
-            return vec![(0, size)];
-        }
-        let end = unsafe { libc::lseek(fd, start, libc::SEEK_HOLE) };
-        let end = if end < 0 { size as i64 } else { end };
-        ranges.push((start as u64, (end as u64).min(size)));
+    let mut offset = 0;
+    while offset < size {
+        let start = match seek(file, SeekFrom::Data(offset)) {
+            Ok(start) => start,
+            Err(rustix::io::Errno::NXIO) => break, // no data after offset
+            Err(_) => return vec![(0, size)],
+        };
+        let end = seek(file, SeekFrom::Hole(start)).unwrap_or(size).min(size);
+        ranges.push((start, end));
         offset = end;
     }
     ranges
@@ -233,6 +230,68 @@ fn read_blocks(
     Ok(hasher.map(|h| hex::encode(h.finalize())))
 }
 
+/// Blocks read ahead of the uploads, waiting for a free worker (or for
+/// StartSnapshot's answer): 32 MiB at most, whatever `--workers` is.
+const QUEUE_BLOCKS: usize = 64;
+
+/// The image being read (and hashed) on a thread of its own, in order, its
+/// blocks to send waiting in a bounded queue. It starts before the snapshot
+/// does, so reading overlaps StartSnapshot's round trip.
+struct Reading {
+    blocks: mpsc::Receiver<(u64, Vec<u8>)>,
+    /// The SHA-256 of everything read, when the whole file is hashed.
+    done: tokio::task::JoinHandle<Result<Option<String>>>,
+    /// Every block is sent (encrypted snapshot), not just those holding data.
+    all: bool,
+}
+
+impl Reading {
+    fn start(file: Arc<File>, spec: &SnapshotSpec, all: bool, bar: &ProgressBar) -> Reading {
+        let (tx, blocks) = mpsc::channel(QUEUE_BLOCKS);
+        // The whole file is hashed only when there is no block digest to check.
+        let (size, hash, bar) = (spec.logical_bytes, spec.block_sha256.is_none(), bar.clone());
+        let started = std::time::Instant::now();
+        let done = tokio::task::spawn_blocking(move || {
+            let digest = read_blocks(&file, size, all, hash, tx, &bar);
+            tracing::info!(secs = started.elapsed().as_secs_f64(), "image read");
+            digest
+        });
+        Reading { blocks, done, all }
+    }
+
+    /// Read again from the start, sending every block or not as `all` says
+    /// (StartSnapshot answered otherwise than the first reading assumed).
+    async fn restart(self, file: Arc<File>, spec: &SnapshotSpec, all: bool, bar: &ProgressBar) -> Reading {
+        drop(self.blocks); // the reader stops at its next block
+        let _ = self.done.await;
+        bar.set_position(0);
+        Reading::start(file, spec, all, bar)
+    }
+}
+
+/// The image, checked against what image.json says of it.
+fn open_image(image: &Path, spec: &SnapshotSpec) -> Result<Arc<File>> {
+    let file = File::open(image).with_context(|| format!("cannot open the image {}", image.display()))?;
+    let (size, on_disk) = (spec.logical_bytes, file.metadata()?.len());
+    ensure!(size > 0, "the image {} is empty", image.display());
+    ensure!(on_disk == size, "the image {} is {on_disk} bytes, not logicalBytes {size}: rebuild it", image.display());
+    Ok(Arc::new(file))
+}
+
+/// Compare what was read with what `image build` recorded.
+fn check_digest(spec: &SnapshotSpec, sent: &[(u64, [u8; 32])], file_digest: Option<String>) -> Result<()> {
+    let (what, got, want) = match (&spec.block_sha256, file_digest) {
+        (Some(want), _) => ("block digest", aggregate_all(spec.logical_bytes.div_ceil(BLOCK_SIZE), sent), want),
+        (None, Some(got)) => ("SHA-256", got, &spec.sha256),
+        (None, None) => unreachable!("the file is hashed when there is no block digest"),
+    };
+    ensure!(
+        got == *want,
+        "the image read back with {what} {got}, but image.json says {want}: it changed after `image build`; rebuild it (`cargo xtask image build`)"
+    );
+    Ok(())
+}
+
 impl SnapshotUploader {
     pub fn new(aws: &aws::Aws, workers: usize) -> Self {
         SnapshotUploader { ebs: aws.ebs(), ec2: aws.ec2(), workers: workers.max(1) }
@@ -248,16 +307,11 @@ impl SnapshotUploader {
         bar: &ProgressBar,
         cancel: &Cancel,
     ) -> Result<Uploaded> {
-        let file = Arc::new(File::open(image).with_context(|| format!("cannot open the image {}", image.display()))?);
-        let size = spec.logical_bytes;
-        let on_disk = file.metadata()?.len();
-        ensure!(size > 0, "the image {} is empty", image.display());
-        ensure!(
-            on_disk == size,
-            "the image {} is {on_disk} bytes, not logicalBytes {size}: rebuild it",
-            image.display()
-        );
-        let volume_size_gib = size.div_ceil(GIB) as i64;
+        let file = open_image(image, spec)?;
+        let volume_size_gib = spec.logical_bytes.div_ceil(GIB) as i64;
+        // Reading starts now; an unencrypted snapshot is the likely answer
+        // unless a key is asked for (and is checked against the answer).
+        let reading = Reading::start(file.clone(), spec, spec.kms_key.is_some(), bar);
         // Not cut short by a cancellation (it is one call, bounded by the SDK's
         // timeouts): an interrupted StartSnapshot could leave a snapshot whose
         // id we never learn, so nobody would delete it.
@@ -267,11 +321,15 @@ impl SnapshotUploader {
             return Err(self.discard(&snapshot_id, err).await);
         }
         tracing::info!(%snapshot_id, volume_size_gib, encrypted, "snapshot started");
-        let work = self.send_blocks(&snapshot_id, file, spec, encrypted, bar);
+        let reading = match reading.all == encrypted {
+            true => reading,
+            false => reading.restart(file, spec, encrypted, bar).await,
+        };
+        let work = self.send_blocks(&snapshot_id, reading, spec, bar);
         match cancel.guard("uploading the snapshot", work).await {
-            Ok((blocks_total, blocks_sent)) => Ok(Uploaded {
+            Ok(blocks_sent) => Ok(Uploaded {
                 snapshot_id,
-                blocks_total,
+                blocks_total: spec.logical_bytes.div_ceil(BLOCK_SIZE),
                 blocks_sent,
                 bytes_sent: blocks_sent * BLOCK_SIZE,
                 volume_size_gib,
@@ -308,50 +366,30 @@ impl SnapshotUploader {
         Ok((snapshot_id, encrypted))
     }
 
+    /// Send the blocks as they are read, `workers` in flight; check the
+    /// digest and complete the snapshot as soon as the last one is in.
+    /// Returns how many blocks were sent.
     async fn send_blocks(
         &self,
         snapshot_id: &str,
-        file: Arc<File>,
+        reading: Reading,
         spec: &SnapshotSpec,
-        encrypted: bool,
         bar: &ProgressBar,
-    ) -> Result<(u64, u64)> {
-        let size = spec.logical_bytes;
-        // The whole file is hashed only when there is no block digest to check.
-        let hash_file = spec.block_sha256.is_none();
-        // Reading is far faster than sending: a short queue keeps the uploads
-        // fed without holding more blocks in memory than they do.
-        let (tx, rx) = mpsc::channel(self.workers.min(16));
+    ) -> Result<u64> {
         let started = std::time::Instant::now();
-        let reader = tokio::task::spawn_blocking({
-            let bar = bar.clone();
-            move || {
-                let digest = read_blocks(&file, size, encrypted, hash_file, tx, &bar);
-                tracing::info!(secs = started.elapsed().as_secs_f64(), "image read");
-                digest
-            }
-        });
-        let blocks = futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+        let blocks = futures::stream::unfold(reading.blocks, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
         let uploads = blocks
             .map(|(index, block)| self.put_block(snapshot_id, index, block, bar))
             .buffer_unordered(self.workers)
             .try_collect::<Vec<(u64, [u8; 32])>>();
-        let (sent, digest) = tokio::join!(uploads, reader);
+        let (sent, digest) = tokio::join!(uploads, reading.done);
         tracing::info!(secs = started.elapsed().as_secs_f64(), "blocks sent");
         let mut sent = sent?;
         let digest = digest??;
         sent.sort_by_key(|(index, _)| *index);
-        let (what, got, want) = match (&spec.block_sha256, digest) {
-            (Some(want), _) => ("block digest", aggregate_all(size.div_ceil(BLOCK_SIZE), &sent), want),
-            (None, Some(got)) => ("SHA-256", got, &spec.sha256),
-            (None, None) => unreachable!("the file is hashed when there is no block digest"),
-        };
-        ensure!(
-            got == *want,
-            "the image read back with {what} {got}, but image.json says {want}: it changed after `image build`; rebuild it (`cargo xtask image build`)"
-        );
+        check_digest(spec, &sent, digest)?;
         self.complete(snapshot_id, &sent).await?;
-        Ok((size.div_ceil(BLOCK_SIZE), sent.len() as u64))
+        Ok(sent.len() as u64)
     }
 
     /// One block. The SDK's retry layer retries this call alone (a transient
