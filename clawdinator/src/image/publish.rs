@@ -45,41 +45,38 @@ pub struct PublishReport {
     pub dry_run: bool,
 }
 
-impl fmt::Display for PublishReport {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.ami_id.is_empty() && !self.dry_run {
-            let snapshot = self.snapshot_id.as_deref().unwrap_or("-");
-            let sent = indicatif::HumanBytes(self.bytes_sent);
-            writeln!(f, "snapshot {snapshot} uploaded ({sent} sent); no AMI registered (--snapshot-only)")?;
-            return writeln!(f, "{snapshot}");
+impl PublishReport {
+    fn via_name(&self) -> &'static str {
+        match self.via {
+            Via::EbsDirect => "ebs-direct",
+            Via::S3Import => "s3-import",
         }
-        if self.dry_run {
-            if self.already_published {
-                writeln!(
-                    f,
-                    "dry run: already published as {} ({}); nothing would be uploaded",
-                    self.ami_id, self.name
-                )?;
-            } else {
-                writeln!(
-                    f,
-                    "dry run: would send {} ({} of {} blocks) via {}, then register and tag {} in {}",
-                    indicatif::HumanBytes(self.bytes_sent),
-                    self.blocks_sent,
-                    self.blocks_total,
-                    match self.via {
-                        Via::EbsDirect => "ebs-direct",
-                        Via::S3Import => "s3-import",
-                    },
-                    self.name,
-                    self.region
-                )?;
-            }
-            for region in self.copies.keys() {
-                writeln!(f, "dry run: would copy to {region}")?;
-            }
-            return Ok(());
+    }
+
+    /// What a dry run found: published already, or what it would send and register.
+    fn fmt_dry_run(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.already_published {
+            writeln!(f, "dry run: already published as {} ({}); nothing would be uploaded", self.ami_id, self.name)?;
+        } else {
+            writeln!(
+                f,
+                "dry run: would send {} ({} of {} blocks) via {}, then register and tag {} in {}",
+                indicatif::HumanBytes(self.bytes_sent),
+                self.blocks_sent,
+                self.blocks_total,
+                self.via_name(),
+                self.name,
+                self.region
+            )?;
         }
+        for region in self.copies.keys() {
+            writeln!(f, "dry run: would copy to {region}")?;
+        }
+        Ok(())
+    }
+
+    /// What a publish did: the AMI (new or found), its copies, and its id alone on the last line.
+    fn fmt_published(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.already_published {
             writeln!(f, "image already published as {} ({}); nothing uploaded", self.ami_id, self.name)?;
         } else {
@@ -97,6 +94,21 @@ impl fmt::Display for PublishReport {
             writeln!(f, "copy in {region}: {id}")?;
         }
         writeln!(f, "{}", self.ami_id)
+    }
+}
+
+impl fmt::Display for PublishReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.dry_run {
+            return self.fmt_dry_run(f);
+        }
+        if self.ami_id.is_empty() {
+            let snapshot = self.snapshot_id.as_deref().unwrap_or("-");
+            let sent = indicatif::HumanBytes(self.bytes_sent);
+            writeln!(f, "snapshot {snapshot} uploaded ({sent} sent); no AMI registered (--snapshot-only)")?;
+            return writeln!(f, "{snapshot}");
+        }
+        self.fmt_published(f)
     }
 }
 
@@ -121,12 +133,11 @@ pub async fn publish_image(
     let image_path = image.image_path(&opts.image_json);
     check_inputs(opts, image)?;
     let identity = Identity { sha256: image.sha256.clone(), kms_key: opts.kms_key.clone() };
-    let ec2 = aws.ec2();
     let region = aws.region().unwrap_or("us-east-1").to_string();
     let mut report = PublishReport {
         ami_id: String::new(),
         name: image.ami_name_for(identity.kms_key.as_deref()),
-        region: region.clone(),
+        region,
         snapshot_id: None,
         already_published: false,
         via: opts.via,
@@ -140,36 +151,53 @@ pub async fn publish_image(
     if opts.dry_run {
         return dry_run(aws, opts, image, &image_path, &identity, report).await;
     }
-    let waits = Waits { opts, cancel, out };
+    let job = Job { aws, image, image_path: &image_path, identity: &identity, waits: Waits { opts, cancel, out } };
     if opts.snapshot_only {
-        let snapshot_id = match reusable_snapshot(&ec2, &identity).await? {
-            Some(id) => id,
-            None => upload(aws, opts, image, &image_path, &identity, &mut report, &waits).await?,
-        };
-        report.snapshot_id = Some(snapshot_id);
+        report.snapshot_id = Some(job.snapshot(&mut report).await?);
         return Ok(report);
     }
-    if let Some(existing) = ami::find(&ec2, &identity).await? {
-        report.ami_id = existing.image_id().unwrap_or_default().to_string();
-        report.already_published = true;
-        report.snapshot_id =
-            existing.block_device_mappings().iter().find_map(|m| m.ebs()?.snapshot_id().map(str::to_string));
-        waits.available(&ec2, &report.ami_id, &region).await?;
-    } else {
-        let snapshot_id = match reusable_snapshot(&ec2, &identity).await? {
-            Some(id) => id,
-            None => upload(aws, opts, image, &image_path, &identity, &mut report, &waits).await?,
-        };
-        let tags = fleet_tags(image, &identity);
-        report.ami_id = register(&ec2, image, &identity, &snapshot_id, &tags).await?;
-        report.snapshot_id = Some(snapshot_id);
-        waits.available(&ec2, &report.ami_id, &region).await?;
-    }
+    job.ami(&mut report).await?;
     if let Some(days) = opts.deprecate_after_days {
-        deprecate(&ec2, &report.ami_id, days).await?;
+        deprecate(&aws.ec2(), &report.ami_id, days).await?;
     }
-    report.copies = copy_everywhere(aws, image, &identity, &report.ami_id, &region, &waits).await?;
+    report.copies = copy_everywhere(aws, image, &identity, &report.ami_id, &report.region, &job.waits).await?;
     Ok(report)
+}
+
+/// One publish's inputs, for its steps.
+struct Job<'a> {
+    aws: &'a Aws,
+    image: &'a ImageManifest,
+    image_path: &'a Path,
+    identity: &'a Identity,
+    waits: Waits<'a>,
+}
+
+impl Job<'_> {
+    /// A completed snapshot of the image: one a stopped run left, or a new upload.
+    async fn snapshot(&self, report: &mut PublishReport) -> Result<String> {
+        match reusable_snapshot(&self.aws.ec2(), self.identity).await? {
+            Some(id) => Ok(id),
+            None => upload(self, report).await,
+        }
+    }
+
+    /// The image's AMI in this region, available: found by its identity, or registered.
+    async fn ami(&self, report: &mut PublishReport) -> Result<()> {
+        let ec2 = self.aws.ec2();
+        if let Some(existing) = ami::find(&ec2, self.identity).await? {
+            report.ami_id = existing.image_id().unwrap_or_default().to_string();
+            report.already_published = true;
+            report.snapshot_id =
+                existing.block_device_mappings().iter().find_map(|m| m.ebs()?.snapshot_id().map(str::to_string));
+        } else {
+            let snapshot_id = self.snapshot(report).await?;
+            let tags = fleet_tags(self.image, self.identity);
+            report.ami_id = register(&ec2, self.image, self.identity, &snapshot_id, &tags).await?;
+            report.snapshot_id = Some(snapshot_id);
+        }
+        self.waits.available(&ec2, &report.ami_id, &report.region).await
+    }
 }
 
 /// What publish refuses before any AWS call.
@@ -227,61 +255,57 @@ impl Waits<'_> {
 }
 
 /// Upload the image into a new completed snapshot, by the chosen path.
-async fn upload(
-    aws: &Aws,
-    opts: &PublishOptions,
-    image: &ImageManifest,
-    image_path: &Path,
-    identity: &Identity,
-    report: &mut PublishReport,
-    waits: &Waits<'_>,
-) -> Result<String> {
-    let tags = fleet_tags(image, identity);
-    let snapshot_id = match opts.via {
-        Via::EbsDirect => {
-            let bar = waits.out.block_progress(image.logical_bytes, "snapshot");
-            let spec = SnapshotSpec {
-                description: format!("{} (EBS direct upload)", report.name),
-                tags: tags.clone(),
-                kms_key: opts.kms_key.clone(),
-                sha256: image.sha256.clone(),
-                block_sha256: image.block_sha256.clone(),
-                logical_bytes: image.logical_bytes,
-            };
-            let uploader = SnapshotUploader::new(aws, opts.workers);
-            let uploaded = uploader.upload(image_path, &spec, &bar, waits.cancel).await?;
-            bar.finish_and_clear();
-            (report.bytes_sent, report.blocks_sent, report.encrypted) =
-                (uploaded.bytes_sent, uploaded.blocks_sent, uploaded.encrypted);
-            let mut waiter = SnapshotWaiter::new(aws);
-            (waiter.poll, waiter.timeout) = (opts.poll, opts.wait_limit);
-            let waited = match opts.snapshot_only {
-                true => Ok(()),
-                false => waiter.wait_completed(&uploaded.snapshot_id, waits.cancel, waits.out).await,
-            };
-            if let Err(err) = waited {
-                return Err(uploader.discard(&uploaded.snapshot_id, err).await);
-            }
-            uploaded.snapshot_id
-        }
+async fn upload(job: &Job<'_>, report: &mut PublishReport) -> Result<String> {
+    match job.waits.opts.via {
+        // Tagged at StartSnapshot.
+        Via::EbsDirect => upload_ebs_direct(job, report).await,
         Via::S3Import => {
-            let bucket = opts.bucket.as_deref().expect("checked before any AWS call");
+            let (aws, waits) = (job.aws, &job.waits);
+            let bucket = waits.opts.bucket.as_deref().expect("checked before any AWS call");
             let (snapshot_id, sent) =
-                super::import::s3_import(aws, image, image_path, bucket, opts, waits.out, waits.cancel).await?;
+                super::import::s3_import(aws, job.image, job.image_path, bucket, waits.opts, waits.out, waits.cancel)
+                    .await?;
             report.bytes_sent = sent;
-            snapshot_id
+            // Snapshots from VM Import come untagged.
+            let tags = ec2_tags(&fleet_tags(job.image, job.identity));
+            aws.ec2()
+                .create_tags()
+                .resources(&snapshot_id)
+                .set_tags(Some(tags))
+                .send()
+                .await
+                .map_err(|e| aws::error("EC2 CreateTags", &snapshot_id, e))?;
+            Ok(snapshot_id)
         }
+    }
+}
+
+/// Write the image block by block into a new snapshot, tagged from its
+/// start; then (unless `--snapshot-only`) wait until EBS has completed it.
+async fn upload_ebs_direct(job: &Job<'_>, report: &mut PublishReport) -> Result<String> {
+    let (opts, waits, image) = (job.waits.opts, &job.waits, job.image);
+    let bar = waits.out.block_progress(image.logical_bytes, "snapshot");
+    let spec = SnapshotSpec {
+        description: format!("{} (EBS direct upload)", report.name),
+        tags: fleet_tags(image, job.identity),
+        kms_key: opts.kms_key.clone(),
+        sha256: image.sha256.clone(),
+        block_sha256: image.block_sha256.clone(),
+        logical_bytes: image.logical_bytes,
     };
-    // Snapshots from VM Import come untagged; EBS direct ones are tagged
-    // at start. Tagging again is harmless and covers both.
-    aws.ec2()
-        .create_tags()
-        .resources(&snapshot_id)
-        .set_tags(Some(ec2_tags(&tags)))
-        .send()
-        .await
-        .map_err(|e| aws::error("EC2 CreateTags", &snapshot_id, e))?;
-    Ok(snapshot_id)
+    let uploader = SnapshotUploader::new(job.aws, opts.workers);
+    let uploaded = uploader.upload(job.image_path, &spec, &bar, waits.cancel).await?;
+    bar.finish_and_clear();
+    (report.bytes_sent, report.blocks_sent, report.encrypted) =
+        (uploaded.bytes_sent, uploaded.blocks_sent, uploaded.encrypted);
+    if !opts.snapshot_only {
+        let mut waiter = SnapshotWaiter::new(job.aws);
+        (waiter.poll, waiter.timeout) = (opts.poll, opts.wait_limit);
+        if let Err(err) = waiter.wait_completed(&uploaded.snapshot_id, waits.cancel, waits.out).await {
+            return Err(uploader.discard(&uploaded.snapshot_id, err).await);
+        }
+    }
+    Ok(uploaded.snapshot_id)
 }
 
 /// The AMI in every other region asked for, each found by its identity or copied.
@@ -369,6 +393,18 @@ async fn reusable_snapshot(ec2: &aws_sdk_ec2::Client, identity: &Identity) -> Re
         .and_then(|s| s.snapshot_id().map(str::to_string)))
 }
 
+/// The AMI's one disk: the snapshot, gp3, gone with the instance.
+fn root_device(snapshot_id: &str) -> BlockDeviceMapping {
+    let ebs = EbsBlockDevice::builder()
+        .snapshot_id(snapshot_id)
+        .volume_type(VolumeType::Gp3)
+        .delete_on_termination(true)
+        .build();
+    BlockDeviceMapping::builder().device_name("/dev/xvda").ebs(ebs).build()
+}
+
+/// RegisterImage of the snapshot, tagged; a name already taken by this
+/// image's snapshot (a run that stopped before tagging) is adopted.
 async fn register(
     ec2: &aws_sdk_ec2::Client,
     image: &ImageManifest,
@@ -377,6 +413,7 @@ async fn register(
     tags: &[(String, String)],
 ) -> Result<String> {
     let name = image.ami_name_for(identity.kms_key.as_deref());
+    let tagging = TagSpecification::builder().resource_type(ResourceType::Image).set_tags(Some(ec2_tags(tags)));
     let result = ec2
         .register_image()
         .name(&name)
@@ -388,55 +425,47 @@ async fn register(
         .sriov_net_support("simple")
         .imds_support(ImdsSupportValues::V20)
         .root_device_name("/dev/xvda")
-        .block_device_mappings(
-            BlockDeviceMapping::builder()
-                .device_name("/dev/xvda")
-                .ebs(
-                    EbsBlockDevice::builder()
-                        .snapshot_id(snapshot_id)
-                        .volume_type(VolumeType::Gp3)
-                        .delete_on_termination(true)
-                        .build(),
-                )
-                .build(),
-        )
-        .tag_specifications(
-            TagSpecification::builder().resource_type(ResourceType::Image).set_tags(Some(ec2_tags(tags))).build(),
-        )
+        .block_device_mappings(root_device(snapshot_id))
+        .tag_specifications(tagging.build())
         .send()
         .await;
     match result {
         Ok(out) => out.image_id.context("RegisterImage returned no image id"),
         Err(err) if aws::error_code(&err) == Some("InvalidAMIName.Duplicate") => {
-            // Registered by a run that stopped before tagging: adopt it when
-            // it is this image's snapshot.
-            let out = ec2
-                .describe_images()
-                .owners("self")
-                .filters(aws_sdk_ec2::types::Filter::builder().name("name").values(&name).build())
-                .send()
-                .await
-                .map_err(|e| aws::error("EC2 DescribeImages", &name, e))?;
-            let existing = out
-                .images()
-                .first()
-                .with_context(|| format!("AMI name {name} is taken, yet no such AMI is visible"))?;
-            let uses_snapshot = existing
-                .block_device_mappings()
-                .iter()
-                .any(|m| m.ebs().and_then(|e| e.snapshot_id()) == Some(snapshot_id));
-            let id = existing.image_id().unwrap_or_default().to_string();
-            ensure!(uses_snapshot, "AMI name {name} is already used by {id}, which is not built from this image");
-            ec2.create_tags()
-                .resources(&id)
-                .set_tags(Some(ec2_tags(tags)))
-                .send()
-                .await
-                .map_err(|e| aws::error("EC2 CreateTags", &id, e))?;
-            Ok(id)
+            adopt_registered(ec2, &name, snapshot_id, tags).await
         }
         Err(err) => Err(aws::error("EC2 RegisterImage", &name, err)),
     }
+}
+
+/// The AMI named `name` exists already: tag and adopt it when it is built
+/// from `snapshot_id`, refuse otherwise.
+async fn adopt_registered(
+    ec2: &aws_sdk_ec2::Client,
+    name: &str,
+    snapshot_id: &str,
+    tags: &[(String, String)],
+) -> Result<String> {
+    let out = ec2
+        .describe_images()
+        .owners("self")
+        .filters(aws_sdk_ec2::types::Filter::builder().name("name").values(name).build())
+        .send()
+        .await
+        .map_err(|e| aws::error("EC2 DescribeImages", name, e))?;
+    let existing =
+        out.images().first().with_context(|| format!("AMI name {name} is taken, yet no such AMI is visible"))?;
+    let uses_snapshot =
+        existing.block_device_mappings().iter().any(|m| m.ebs().and_then(|e| e.snapshot_id()) == Some(snapshot_id));
+    let id = existing.image_id().unwrap_or_default().to_string();
+    ensure!(uses_snapshot, "AMI name {name} is already used by {id}, which is not built from this image");
+    ec2.create_tags()
+        .resources(&id)
+        .set_tags(Some(ec2_tags(tags)))
+        .send()
+        .await
+        .map_err(|e| aws::error("EC2 CreateTags", &id, e))?;
+    Ok(id)
 }
 
 async fn deprecate(ec2: &aws_sdk_ec2::Client, ami_id: &str, days: u64) -> Result<()> {
