@@ -244,13 +244,32 @@ pub struct Limits {
     pub content_bytes: u64,
 }
 
+/// Write one regular entry to `target`, a new file, at most `room` bytes
+/// (more is refused: the manifest said less); returns the bytes written.
+fn unpack_file(entry: &mut impl Read, target: &Path, raw: &Path, mode: u32, room: u64, limit: u64) -> Result<u64> {
+    if let Some(parent) = target.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(target)
+        .with_context(|| format!("entry {} appears twice or cannot be created", raw.display()))?;
+    let copied = io::copy(&mut entry.take(room + 1), &mut file)?;
+    if copied > room {
+        bail!("the archive unpacks to more than the {limit} bytes its manifest lists: refused");
+    }
+    file.set_permissions(fs::Permissions::from_mode(mode))?;
+    Ok(copied)
+}
+
 /// Unpack a tar.zst into `dest` (which must exist and should be empty),
 /// refusing absolute paths, `..`, links, devices and anything else that is
 /// not a plain file or directory, and anything past `limits`. Modes are kept
 /// without setuid/setgid/sticky.
 pub fn unpack(archive: impl Read, dest: &Path, limits: Limits) -> Result<Vec<Unpacked>> {
-    let decoder = zstd::Decoder::new(archive)?;
-    let mut tar = tar::Archive::new(decoder);
+    let mut tar = tar::Archive::new(zstd::Decoder::new(archive)?);
     let mut unpacked = Vec::new();
     let mut dirs = Vec::new();
     let mut content = 0u64;
@@ -270,25 +289,8 @@ pub fn unpack(archive: impl Read, dest: &Path, limits: Limits) -> Result<Vec<Unp
                 unpacked.push(Unpacked { path: rel, is_dir: true, mode });
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
-                if let Some(parent) = target.parent() {
-                    fs::create_dir_all(parent)?;
-                }
-                let mut file = fs::OpenOptions::new()
-                    .write(true)
-                    .create_new(true)
-                    .mode(0o600)
-                    .open(&target)
-                    .with_context(|| format!("entry {} appears twice or cannot be created", raw.display()))?;
                 let room = limits.content_bytes - content;
-                let copied = io::copy(&mut (&mut entry).take(room + 1), &mut file)?;
-                if copied > room {
-                    bail!(
-                        "the archive unpacks to more than the {} bytes its manifest lists: refused",
-                        limits.content_bytes
-                    );
-                }
-                content += copied;
-                file.set_permissions(fs::Permissions::from_mode(mode))?;
+                content += unpack_file(&mut entry, &target, &raw, mode, room, limits.content_bytes)?;
                 unpacked.push(Unpacked { path: rel, is_dir: false, mode });
             }
             other => bail!("entry {} is a {:?}, not a plain file or directory: refused", raw.display(), other),
