@@ -3,7 +3,8 @@
 //! beside what it paid before (compile the host binary from source, as
 //! every host did at every revision), and a fleet of hosts in waves
 //! fetching the same closure. Real nix (root, as CI runs it), the
-//! emulator's S3 as the cache (an http store, as in the cache test);
+//! emulator's S3 as the cache (an http store, as in the cache test;
+//! `--latency-ms` puts the delaying proxy in front of it);
 //! measures, never asserts.
 
 use std::path::{Path, PathBuf};
@@ -15,7 +16,7 @@ use xshell::{cmd, Shell};
 use clawdinator::ctx::Ctx;
 
 use crate::flags;
-use crate::measure::{bench_dir, fresh_emulator, measure, Measured, Report};
+use crate::measure::{bench_dir, fresh_emulator, latency_note, measure, Measured, Report};
 
 const CACHE: &str = "bench-cache";
 
@@ -160,15 +161,15 @@ pub fn run(ctx: &Ctx, args: &flags::BenchSwitch) -> Result<()> {
     }
     let public = std::fs::read_to_string(&public)?.trim().to_string();
     let top = build_closure(&sh, &dir, args.paths, args.size_mib)?;
-    let emulator = fresh_emulator()?;
-    cache_bucket(&emulator)?;
-    let url = format!("{}/{CACHE}", emulator.endpoint());
+    let endpoint = fresh_emulator(args.endpoint.latency_ms)?;
+    cache_bucket(&endpoint.emulator)?;
+    let url = format!("{}/{CACHE}", endpoint.url());
     let to = format!("{url}?secret-key={}&compression=zstd", secret.display());
     let push =
         measure(Command::new("nix").args(["--extra-experimental-features", "nix-command", "copy", "--to", &to, &top]))?;
     let again =
         measure(Command::new("nix").args(["--extra-experimental-features", "nix-command", "copy", "--to", &to, &top]))?;
-    let bytes = cache_bytes(&emulator)?;
+    let bytes = cache_bytes(&endpoint.emulator)?;
     let one = measure(&mut host_fetch(&dir.join("fleet/one"), &top, &url, &public))?;
     let (fleet, slowest) = fleet_fetch(&dir, args.hosts, args.parallel, &top, &url, &public)?;
     // 30 host stores of the closure each: gigabytes nobody needs afterwards.
@@ -181,6 +182,7 @@ fn report(ctx: &Ctx, args: &flags::BenchSwitch, t: &[f64; 6], bytes: i64, source
     let [push, again, one, one_rss, fleet, slowest] = *t;
     let mib = bytes as f64 / (1 << 20) as f64;
     let json = serde_json::json!({
+        "latencyMs": args.endpoint.latency_ms,
         "closure": {"paths": args.paths + 1, "sizeMiB": args.size_mib, "cacheMiB": mib},
         "ciPushSecs": push, "ciPushAgainSecs": again,
         "hostFetchSecs": one, "hostFetchPeakRssMiB": one_rss, "hostFetchMiB": mib,
@@ -191,7 +193,7 @@ fn report(ctx: &Ctx, args: &flags::BenchSwitch, t: &[f64; 6], bytes: i64, source
         .map(|s| format!("{:.0}x faster (target >= 20x)", s / one))
         .unwrap_or("n/a (no source build measured)".into());
     let human = format!(
-        "bench switch (a closure of {} paths, {} MiB of random bytes; {mib:.0} MiB in the cache)\n\
+        "bench switch (a closure of {} paths, {} MiB of random bytes; {mib:.0} MiB in the cache; {})\n\
          CI, once per revision: nix copy to the cache {push:.2} s; again (nothing sent) {again:.2} s\n\
          one host: fetch its system from the cache {one:.2} s, {mib:.0} MiB, peak {one_rss:.0} MiB; no compiler\n\
          the old way on one host: a release build of the host binary {}\n\
@@ -199,6 +201,7 @@ fn report(ctx: &Ctx, args: &flags::BenchSwitch, t: &[f64; 6], bytes: i64, source
          {} hosts, {} at a time: {fleet:.2} s in all (slowest host {slowest:.2} s), {:.0} MiB; the build work was done once\n",
         args.paths + 1,
         args.size_mib,
+        latency_note(args.endpoint.latency_ms),
         source.map(|s| format!("{s:.0} s (measured once, kept in target/bench/switch)")).unwrap_or("not measured".into()),
         args.hosts,
         args.parallel,

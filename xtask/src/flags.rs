@@ -118,6 +118,14 @@ pub enum Bench {
     Switch(BenchSwitch),
 }
 
+/// Where every side of a benchmark sends its AWS requests.
+#[derive(Debug, Args)]
+pub struct BenchEndpoint {
+    /// Milliseconds added to every request by a proxy in front of the emulator (AWS answers in tens; 0: none).
+    #[arg(long, default_value_t = 0)]
+    pub latency_ms: u64,
+}
+
 #[derive(Debug, Args)]
 pub struct BenchSwitch {
     /// Store paths in the closure (besides its top).
@@ -135,12 +143,23 @@ pub struct BenchSwitch {
     /// Leave out the one-time release build of the host binary (unless an earlier run kept its time).
     #[arg(long)]
     pub skip_source_build: bool,
+    #[command(flatten)]
+    pub endpoint: BenchEndpoint,
 }
 
 #[derive(Debug, Args)]
 pub struct BenchBootstrap {
+    /// Instances in the fleet; the old way runs on this one.
     #[arg(long, default_value_t = 30)]
     pub instances: usize,
+    /// Also run this project's way on a fleet of this many instances (say 300), on an emulator of its own.
+    #[arg(long)]
+    pub scale_to: Option<usize>,
+    /// Leave the old way out (it takes about two seconds per instance, twice).
+    #[arg(long)]
+    pub skip_old: bool,
+    #[command(flatten)]
+    pub endpoint: BenchEndpoint,
 }
 
 #[derive(Debug, Args)]
@@ -154,6 +173,11 @@ pub struct BenchImage {
     /// Leave coldsnap out (it is cargo-installed on first use otherwise).
     #[arg(long)]
     pub skip_coldsnap: bool,
+    /// Leave the old `aws s3 cp` of the whole image out.
+    #[arg(long)]
+    pub skip_old: bool,
+    #[command(flatten)]
+    pub endpoint: BenchEndpoint,
 }
 
 #[derive(Debug, Subcommand)]

@@ -1,16 +1,18 @@
 //! What every benchmark shares: a child process measured for wall time
-//! and peak memory, the benchmarks' scratch directory, a fresh emulator,
+//! and peak memory, the benchmarks' scratch directory, a fresh emulator
+//! (behind a proxy adding AWS-like latency when asked),
 //! and a report that prints as text or JSON. Benchmarks measure; they
 //! never assert.
 
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
 use testkit::emulator::Emulator;
+use testkit::proxy::{Proxy, ProxyConfig};
 
 /// One child process: wall time, peak resident memory, what it printed.
 #[derive(Debug, Clone)]
@@ -41,6 +43,8 @@ pub fn measure(command: &mut Command) -> Result<Measured> {
     // SAFETY: an all-zero rusage is valid; wait4 fills it for our own child.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let pid = child.id() as libc::pid_t;
+    // SAFETY: wait4 on our own child, not yet reaped (Child::wait was never
+    // called), writing only into `status` and `usage`, which we own.
     let rc = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
     let secs = started.elapsed().as_secs_f64();
     let stdout = out_reader.join().unwrap_or_default();
@@ -63,19 +67,67 @@ pub fn bench_dir(name: &str) -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// A fresh emulator (its start is not measured) with the bucket the old way uses.
-pub fn fresh_emulator() -> Result<Emulator> {
-    let emulator = Emulator::start()?;
-    tokio::runtime::Handle::current().block_on(async {
-        let s3 = clawdinator::aws::Aws::load(&clawdinator::aws::Settings::local(&emulator.endpoint())).await?.s3();
-        s3.create_bucket()
-            .bucket("bench-old")
-            .send()
-            .await
-            .map_err(|e| clawdinator::aws::error("S3 CreateBucket", "bench-old", e))?;
-        anyhow::Ok(())
-    })?;
-    Ok(emulator)
+/// Where a benchmark's children send their AWS requests: a fresh emulator,
+/// behind a proxy that adds a fixed delay to every request when one is asked
+/// (AWS answers in tens of milliseconds; loopback in a few). Every side of a
+/// comparison goes through the same one.
+pub struct Endpoint {
+    pub emulator: Emulator,
+    proxy: Option<Proxy>,
+}
+
+impl Endpoint {
+    /// A fresh emulator (its start is not measured); `latency_ms` > 0 puts
+    /// the proxy in front of it.
+    pub fn start(latency_ms: u64) -> Result<Endpoint> {
+        let emulator = Emulator::start()?;
+        let proxy = match latency_ms {
+            0 => None,
+            ms => Some(Proxy::start(&emulator.endpoint(), ProxyConfig::latency(Duration::from_millis(ms)))?),
+        };
+        Ok(Endpoint { emulator, proxy })
+    }
+
+    /// The URL children are given (`AWS_ENDPOINT_URL`, `--endpoint-url`).
+    pub fn url(&self) -> String {
+        self.proxy.as_ref().map_or_else(|| self.emulator.endpoint(), Proxy::endpoint)
+    }
+
+    /// Requests that went through the proxy (0 without one).
+    pub fn requests(&self) -> u64 {
+        self.proxy.as_ref().map_or(0, Proxy::requests)
+    }
+
+    /// Create buckets straight on the emulator (set-up, not measured, no delay).
+    pub fn create_buckets(&self, buckets: &[&str]) -> Result<()> {
+        tokio::runtime::Handle::current().block_on(async {
+            let settings = clawdinator::aws::Settings::local(&self.emulator.endpoint());
+            let s3 = clawdinator::aws::Aws::load(&settings).await?.s3();
+            for bucket in buckets {
+                s3.create_bucket()
+                    .bucket(*bucket)
+                    .send()
+                    .await
+                    .map_err(|e| clawdinator::aws::error("S3 CreateBucket", bucket, e))?;
+            }
+            anyhow::Ok(())
+        })
+    }
+}
+
+/// A fresh endpoint with the bucket the old way uses.
+pub fn fresh_emulator(latency_ms: u64) -> Result<Endpoint> {
+    let endpoint = Endpoint::start(latency_ms)?;
+    endpoint.create_buckets(&["bench-old"])?;
+    Ok(endpoint)
+}
+
+/// How the endpoint was set, for a report's first line.
+pub fn latency_note(latency_ms: u64) -> String {
+    match latency_ms {
+        0 => "emulator on loopback, no added latency".into(),
+        ms => format!("{ms} ms added to every request by a proxy in front of the emulator"),
+    }
 }
 
 pub struct Report {
