@@ -72,61 +72,187 @@ pub struct ImageObject<'a> {
 /// Parts already uploaded: number -> (ETag, SHA-256 checksum, size).
 type DoneParts = BTreeMap<i32, (String, Option<String>, i64)>;
 
-/// Resume the multipart upload with the most parts for this key (aborting
-/// any other), or start a new one.
-async fn resume_or_create(s3c: &aws_sdk_s3::Client, object: &ImageObject<'_>) -> Result<(String, DoneParts)> {
-    let ImageObject { bucket, key, sha256, .. } = *object;
-    let url = s3::url(bucket, key);
-    let listed = s3c
-        .list_multipart_uploads()
-        .bucket(bucket)
-        .prefix(key)
-        .send()
-        .await
-        .map_err(|e| aws::error("S3 ListMultipartUploads", &url, e))?;
-    let mut candidates = Vec::new();
-    for upload in listed.uploads().iter().filter(|u| u.key() == Some(key)) {
-        let id = upload.upload_id().unwrap_or_default().to_string();
-        let parts = s3c
-            .list_parts()
-            .bucket(bucket)
-            .key(key)
-            .upload_id(&id)
+/// One multipart upload of an image object, and the parts it already holds.
+struct Upload<'a> {
+    s3c: &'a aws_sdk_s3::Client,
+    object: &'a ImageObject<'a>,
+    id: String,
+    done: DoneParts,
+}
+
+impl<'a> Upload<'a> {
+    /// Resume the multipart upload with the most parts for this key
+    /// (aborting any other), or start a new one.
+    async fn resume_or_create(s3c: &'a aws_sdk_s3::Client, object: &'a ImageObject<'a>) -> Result<Upload<'a>> {
+        let mut candidates = uploads(s3c, object).await?;
+        candidates.sort_by_key(|(_, done)| std::cmp::Reverse(done.len()));
+        let mut candidates = candidates.into_iter();
+        let resumed = candidates.next();
+        for (id, _) in candidates {
+            abort(s3c, object, &id).await?;
+        }
+        let (id, done) = match resumed {
+            Some((id, done)) => {
+                tracing::info!(parts = done.len(), "resuming the multipart upload of {}", object.key);
+                (id, done)
+            }
+            None => (create(s3c, object).await?, BTreeMap::new()),
+        };
+        Ok(Upload { s3c, object, id, done })
+    }
+
+    fn url(&self) -> String {
+        s3::url(self.object.bucket, self.object.key)
+    }
+
+    /// One part: reused when the earlier upload already holds it, sent
+    /// otherwise. Returns the completed part and the bytes sent.
+    async fn send_part(&self, number: i32, data: Vec<u8>) -> Result<(CompletedPart, u64)> {
+        let len = data.len() as u64;
+        let checksum = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&data));
+        if let Some((etag, theirs, their_len)) = self.done.get(&number) {
+            if *their_len as u64 == len && theirs.as_deref().is_none_or(|c| c == checksum) {
+                let part = CompletedPart::builder().part_number(number).e_tag(etag).checksum_sha256(checksum).build();
+                return Ok((part, 0));
+            }
+        }
+        let sent = self
+            .s3c
+            .upload_part()
+            .bucket(self.object.bucket)
+            .key(self.object.key)
+            .upload_id(&self.id)
+            .part_number(number)
+            .checksum_sha256(&checksum)
+            .body(ByteStream::from(data))
             .send()
             .await
-            .map_err(|e| aws::error("S3 ListParts", &url, e))?;
-        let done: DoneParts = parts
-            .parts()
-            .iter()
-            .filter_map(|p| {
-                let entry = (p.e_tag()?.to_string(), p.checksum_sha256().map(str::to_string), p.size().unwrap_or(0));
-                Some((p.part_number()?, entry))
+            .map_err(|e| aws::error("S3 UploadPart", &format!("{} part {number}", self.url()), e))?;
+        let part = CompletedPart::builder().part_number(number).set_e_tag(sent.e_tag).checksum_sha256(checksum).build();
+        Ok((part, len))
+    }
+
+    /// Every part of `file`, read (and hashed into `hasher`) in order and
+    /// sent `concurrency` at a time (at most 8).
+    async fn send_parts(
+        &self,
+        file: Arc<File>,
+        concurrency: usize,
+        hasher: &mut Sha256,
+        bar: &ProgressBar,
+    ) -> Result<Vec<(CompletedPart, u64)>> {
+        let size = file.metadata()?.len();
+        let part = part_size(size);
+        futures::stream::iter(0..size.div_ceil(part))
+            .map(|n| {
+                let file = file.clone();
+                async move {
+                    let data =
+                        tokio::task::spawn_blocking(move || read_part(&file, n * part, (size - n * part).min(part)));
+                    anyhow::Ok(((n + 1) as i32, data.await??))
+                }
             })
-            .collect();
-        candidates.push((id, done));
+            .buffered(concurrency.clamp(1, 8))
+            .map_ok(|(number, data)| {
+                hasher.update(&data); // in part order: `buffered` keeps it
+                let len = data.len() as u64;
+                self.send_part(number, data).map_ok(move |r| {
+                    bar.inc(len);
+                    r
+                })
+            })
+            .try_buffer_unordered(concurrency.clamp(1, 8))
+            .try_collect()
+            .await
     }
-    candidates.sort_by_key(|(_, done)| std::cmp::Reverse(done.len()));
-    let mut candidates = candidates.into_iter();
-    let resumed = candidates.next();
-    for (id, _) in candidates {
-        abort(s3c, object, &id).await?;
+
+    /// What was read hashes to the image's SHA-256, or the upload is
+    /// aborted and the error says the file changed.
+    async fn check_digest(&self, digest: &str) -> Result<()> {
+        if digest == self.object.sha256 {
+            return Ok(());
+        }
+        let cleanup = match abort(self.s3c, self.object, &self.id).await {
+            Ok(()) => "the multipart upload was aborted".to_string(),
+            Err(err) => format!("the multipart upload {} could NOT be aborted: {err:#}", self.id),
+        };
+        bail!(
+            "{} read back with SHA-256 {digest}, but image.json says {}: it changed after `image build`; rebuild it (`cargo xtask image build`); {cleanup}",
+            self.object.path.display(),
+            self.object.sha256
+        );
     }
-    if let Some((id, done)) = resumed {
-        tracing::info!(parts = done.len(), "resuming the multipart upload of {key}");
-        return Ok((id, done));
+
+    /// Complete the upload from its parts, in order; returns the bytes sent.
+    async fn complete(&self, mut completed: Vec<(CompletedPart, u64)>) -> Result<u64> {
+        let sent: u64 = completed.iter().map(|(_, n)| n).sum();
+        completed.sort_by_key(|(p, _)| p.part_number());
+        let parts = completed.into_iter().map(|(p, _)| p).collect();
+        self.s3c
+            .complete_multipart_upload()
+            .bucket(self.object.bucket)
+            .key(self.object.key)
+            .upload_id(&self.id)
+            .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
+            .send()
+            .await
+            .map_err(|e| aws::error("S3 CompleteMultipartUpload", &self.url(), e))?;
+        Ok(sent)
     }
+}
+
+/// The unfinished multipart uploads of this key, each with its parts.
+async fn uploads(s3c: &aws_sdk_s3::Client, object: &ImageObject<'_>) -> Result<Vec<(String, DoneParts)>> {
+    let listed = s3c
+        .list_multipart_uploads()
+        .bucket(object.bucket)
+        .prefix(object.key)
+        .send()
+        .await
+        .map_err(|e| aws::error("S3 ListMultipartUploads", &s3::url(object.bucket, object.key), e))?;
+    let mut found = Vec::new();
+    for upload in listed.uploads().iter().filter(|u| u.key() == Some(object.key)) {
+        let id = upload.upload_id().unwrap_or_default().to_string();
+        let done = done_parts(s3c, object, &id).await?;
+        found.push((id, done));
+    }
+    Ok(found)
+}
+
+/// The parts an unfinished upload holds.
+async fn done_parts(s3c: &aws_sdk_s3::Client, object: &ImageObject<'_>, id: &str) -> Result<DoneParts> {
+    let parts = s3c
+        .list_parts()
+        .bucket(object.bucket)
+        .key(object.key)
+        .upload_id(id)
+        .send()
+        .await
+        .map_err(|e| aws::error("S3 ListParts", &s3::url(object.bucket, object.key), e))?;
+    Ok(parts
+        .parts()
+        .iter()
+        .filter_map(|p| {
+            let entry = (p.e_tag()?.to_string(), p.checksum_sha256().map(str::to_string), p.size().unwrap_or(0));
+            Some((p.part_number()?, entry))
+        })
+        .collect())
+}
+
+/// A new multipart upload of the image object; returns its id.
+async fn create(s3c: &aws_sdk_s3::Client, object: &ImageObject<'_>) -> Result<String> {
     let created = s3c
         .create_multipart_upload()
-        .bucket(bucket)
-        .key(key)
+        .bucket(object.bucket)
+        .key(object.key)
         .checksum_algorithm(ChecksumAlgorithm::Sha256)
         .server_side_encryption(ServerSideEncryption::Aes256)
-        .metadata(s3::SHA256_META, sha256)
+        .metadata(s3::SHA256_META, object.sha256)
         .tagging("app=clawdinator")
         .send()
         .await
-        .map_err(|e| aws::error("S3 CreateMultipartUpload", &url, e))?;
-    Ok((created.upload_id.context("CreateMultipartUpload returned no upload id")?, BTreeMap::new()))
+        .map_err(|e| aws::error("S3 CreateMultipartUpload", &s3::url(object.bucket, object.key), e))?;
+    created.upload_id.context("CreateMultipartUpload returned no upload id")
 }
 
 async fn abort(s3c: &aws_sdk_s3::Client, object: &ImageObject<'_>, upload_id: &str) -> Result<()> {
@@ -138,41 +264,6 @@ async fn abort(s3c: &aws_sdk_s3::Client, object: &ImageObject<'_>, upload_id: &s
         .await
         .map_err(|e| aws::error("S3 AbortMultipartUpload", &s3::url(object.bucket, object.key), e))?;
     Ok(())
-}
-
-/// One part: reused when the earlier upload already holds it, sent otherwise.
-/// Returns the completed part and the bytes sent.
-async fn send_part(
-    s3c: &aws_sdk_s3::Client,
-    object: &ImageObject<'_>,
-    upload_id: &str,
-    done: &DoneParts,
-    number: i32,
-    data: Vec<u8>,
-) -> Result<(CompletedPart, u64)> {
-    let len = data.len() as u64;
-    let checksum = base64::engine::general_purpose::STANDARD.encode(Sha256::digest(&data));
-    if let Some((etag, theirs, their_len)) = done.get(&number) {
-        if *their_len as u64 == len && theirs.as_deref().is_none_or(|c| c == checksum) {
-            let part = CompletedPart::builder().part_number(number).e_tag(etag).checksum_sha256(checksum).build();
-            return Ok((part, 0));
-        }
-    }
-    let sent = s3c
-        .upload_part()
-        .bucket(object.bucket)
-        .key(object.key)
-        .upload_id(upload_id)
-        .part_number(number)
-        .checksum_sha256(&checksum)
-        .body(ByteStream::from(data))
-        .send()
-        .await
-        .map_err(|e| {
-            aws::error("S3 UploadPart", &format!("{} part {number}", s3::url(object.bucket, object.key)), e)
-        })?;
-    let part = CompletedPart::builder().part_number(number).set_e_tag(sent.e_tag).checksum_sha256(checksum).build();
-    Ok((part, len))
 }
 
 /// Put the image at its content-addressed key with a multipart upload that
@@ -187,65 +278,20 @@ pub async fn upload_image_object(
     cancel: &Cancel,
 ) -> Result<u64> {
     let s3c = aws.s3();
-    let url = s3::url(object.bucket, object.key);
     if s3::head_sha256(&s3c, object.bucket, object.key).await?.as_deref() == Some(object.sha256) {
         bar.inc(bar.length().unwrap_or(0));
         return Ok(0);
     }
     let path = object.path;
     let file = Arc::new(File::open(path).with_context(|| format!("cannot open the image {}", path.display()))?);
-    let size = file.metadata()?.len();
-    let part = part_size(size);
-    let (upload_id, done) = resume_or_create(&s3c, object).await?;
+    let upload = Upload::resume_or_create(&s3c, object).await?;
     let mut hasher = Sha256::new();
-    let sends = futures::stream::iter(0..size.div_ceil(part))
-        .map(|n| {
-            let file = file.clone();
-            async move {
-                let data = tokio::task::spawn_blocking(move || read_part(&file, n * part, (size - n * part).min(part)));
-                anyhow::Ok(((n + 1) as i32, data.await??))
-            }
-        })
-        .buffered(concurrency.clamp(1, 8))
-        .map_ok(|(number, data)| {
-            hasher.update(&data); // in part order: `buffered` keeps it
-            let len = data.len() as u64;
-            send_part(&s3c, object, &upload_id, &done, number, data).map_ok(move |r| {
-                bar.inc(len);
-                r
-            })
-        })
-        .try_buffer_unordered(concurrency.clamp(1, 8))
-        .try_collect::<Vec<_>>();
     // Interrupted, the upload stays, so the next run resumes it.
-    let mut completed = cancel
-        .guard("uploading the image", sends)
-        .await
-        .with_context(|| format!("the multipart upload of {url} is kept and resumes on the next run"))?;
-    let digest = hex::encode(hasher.finalize());
-    if digest != object.sha256 {
-        let cleanup = match abort(&s3c, object, &upload_id).await {
-            Ok(()) => "the multipart upload was aborted".to_string(),
-            Err(err) => format!("the multipart upload {upload_id} could NOT be aborted: {err:#}"),
-        };
-        bail!(
-            "{} read back with SHA-256 {digest}, but image.json says {}: it changed after `image build`; rebuild it (`cargo xtask image build`); {cleanup}",
-            path.display(),
-            object.sha256
-        );
-    }
-    let sent: u64 = completed.iter().map(|(_, n)| n).sum();
-    completed.sort_by_key(|(p, _)| p.part_number());
-    let parts = completed.into_iter().map(|(p, _)| p).collect();
-    s3c.complete_multipart_upload()
-        .bucket(object.bucket)
-        .key(object.key)
-        .upload_id(&upload_id)
-        .multipart_upload(CompletedMultipartUpload::builder().set_parts(Some(parts)).build())
-        .send()
-        .await
-        .map_err(|e| aws::error("S3 CompleteMultipartUpload", &url, e))?;
-    Ok(sent)
+    let sends = upload.send_parts(file, concurrency, &mut hasher, bar);
+    let kept = || format!("the multipart upload of {} is kept and resumes on the next run", upload.url());
+    let completed = cancel.guard("uploading the image", sends).await.with_context(kept)?;
+    upload.check_digest(&hex::encode(hasher.finalize())).await?;
+    upload.complete(completed).await
 }
 
 /// ImportSnapshot of the uploaded object; returns the task id.
@@ -302,37 +348,44 @@ async fn wait_import(
         cancel,
         out,
     };
-    let result = wait
-        .until(|| async {
-            let found = ec2
-                .describe_import_snapshot_tasks()
-                .import_task_ids(task_id)
-                .send()
-                .await
-                .map_err(|e| aws::error("EC2 DescribeImportSnapshotTasks", task_id, e))?;
-            let detail = found.import_snapshot_tasks().first().and_then(|t| t.snapshot_task_detail()).cloned();
-            let detail = detail.with_context(|| format!("import task {task_id} disappeared"))?;
-            match detail.status().unwrap_or_default() {
-                "completed" => Ok(Poll::Done(
-                    detail.snapshot_id().map(str::to_string).context("the completed import names no snapshot")?,
-                )),
-                status @ ("deleted" | "deleting" | "error") => bail!(
-                    "VM Import task {task_id} failed ({status}): {} (the image stays at {object} for a retry)",
-                    detail.status_message().unwrap_or("no status message")
-                ),
-                status => Ok(Poll::Pending(format!("{status} {}%", detail.progress().unwrap_or("0")))),
-            }
-        })
-        .await;
-    match result {
-        Err(err) if cancel.is_cancelled() => Err(match ec2.cancel_import_task().import_task_id(task_id).send().await {
-            Ok(_) => err.context(format!("the import task {task_id} was cancelled")),
-            Err(e) => err.context(format!(
-                "the import task {task_id} could NOT be cancelled ({:#}); it may still create a snapshot, which the next publish reuses",
-                aws::error("EC2 CancelImportTask", task_id, e)
-            )),
-        }),
+    match wait.until(|| import_progress(&ec2, task_id, object)).await {
+        Err(err) if cancel.is_cancelled() => Err(cancel_import(&ec2, task_id, err).await),
         other => other,
+    }
+}
+
+/// One look at an import task: its snapshot once completed, an error once
+/// failed, else its status and progress. (VM Import's statuses are strings
+/// in the SDK, not an enum.)
+async fn import_progress(ec2: &aws_sdk_ec2::Client, task_id: &str, object: &str) -> Result<Poll<String>> {
+    let found = ec2
+        .describe_import_snapshot_tasks()
+        .import_task_ids(task_id)
+        .send()
+        .await
+        .map_err(|e| aws::error("EC2 DescribeImportSnapshotTasks", task_id, e))?;
+    let detail = found.import_snapshot_tasks().first().and_then(|t| t.snapshot_task_detail()).cloned();
+    let detail = detail.with_context(|| format!("import task {task_id} disappeared"))?;
+    match detail.status().unwrap_or_default() {
+        "completed" => {
+            Ok(Poll::Done(detail.snapshot_id().map(str::to_string).context("the completed import names no snapshot")?))
+        }
+        status @ ("deleted" | "deleting" | "error") => bail!(
+            "VM Import task {task_id} failed ({status}): {} (the image stays at {object} for a retry)",
+            detail.status_message().unwrap_or("no status message")
+        ),
+        status => Ok(Poll::Pending(format!("{status} {}%", detail.progress().unwrap_or("0")))),
+    }
+}
+
+/// Cancel an interrupted import task; `err` then says whether it was.
+async fn cancel_import(ec2: &aws_sdk_ec2::Client, task_id: &str, err: anyhow::Error) -> anyhow::Error {
+    match ec2.cancel_import_task().import_task_id(task_id).send().await {
+        Ok(_) => err.context(format!("the import task {task_id} was cancelled")),
+        Err(e) => err.context(format!(
+            "the import task {task_id} could NOT be cancelled ({:#}); it may still create a snapshot, which the next publish reuses",
+            aws::error("EC2 CancelImportTask", task_id, e)
+        )),
     }
 }
 
