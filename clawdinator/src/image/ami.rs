@@ -4,7 +4,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use anyhow::{bail, Context, Result};
-use aws_sdk_ec2::types::{Filter, Image, Tag};
+use aws_sdk_ec2::types::{Filter, Image, ImageState, InstanceStateName, SnapshotState, Tag};
 use serde::Serialize;
 
 use super::build::ImageManifest;
@@ -113,8 +113,14 @@ pub fn sort_newest_first(images: &mut [Image]) {
     });
 }
 
+/// The AMI's state as EC2 names it (for messages; compare with [`is_available`]).
 pub fn state(image: &Image) -> &str {
     image.state().map(|s| s.as_str()).unwrap_or_default()
+}
+
+/// Can instances launch from it?
+pub fn is_available(image: &Image) -> bool {
+    image.state() == Some(&ImageState::Available)
 }
 
 /// The fleet AMI of this identity that is available or on its way, if any.
@@ -129,7 +135,9 @@ pub async fn find(ec2: &aws_sdk_ec2::Client, identity: &Identity) -> Result<Opti
     let mut images: Vec<Image> = out
         .images()
         .iter()
-        .filter(|i| matches!(state(i), "available" | "pending") && identity.matches(i.tags()))
+        .filter(|i| {
+            matches!(i.state(), Some(ImageState::Available | ImageState::Pending)) && identity.matches(i.tags())
+        })
         .cloned()
         .collect();
     sort_newest_first(&mut images);
@@ -153,12 +161,12 @@ pub async fn latest(ec2: &aws_sdk_ec2::Client, override_id: Option<&str>) -> Res
         if tag(&image, TAG_FLEET) != Some("true") {
             bail!("AMI {id} is not a fleet AMI (it lacks the tag {TAG_FLEET}=true): refusing to deploy it");
         }
-        if state(&image) != "available" {
+        if !is_available(&image) {
             bail!("AMI {id} is {}, not available: refusing to deploy it", state(&image));
         }
         return Ok(image);
     }
-    fleet_images(ec2).await?.into_iter().find(|i| state(i) == "available").context(
+    fleet_images(ec2).await?.into_iter().find(is_available).context(
         "no available fleet AMI (owner self, tag clawdinator=true) in this region: run `cargo xtask image publish` first",
     )
 }
@@ -207,8 +215,7 @@ async fn instance_usage(ec2: &aws_sdk_ec2::Client) -> Result<BTreeMap<String, Ve
         let page = page.map_err(|e| aws::error("EC2 DescribeInstances", "", e))?;
         for reservation in page.reservations() {
             for instance in reservation.instances() {
-                let state = instance.state().and_then(|s| s.name()).map(|n| n.as_str()).unwrap_or_default();
-                if state == "terminated" {
+                if instance.state().and_then(|s| s.name()) == Some(&InstanceStateName::Terminated) {
                     continue;
                 }
                 let name = instance
@@ -361,7 +368,7 @@ fn keep_reason(
         Some(format!("used by {}", r.used_by.join(", ")))
     } else if opts.releases.contains(&r.revision) {
         Some(format!("built for the kept release {}", r.revision))
-    } else if state(image) == "pending" {
+    } else if image.state() == Some(&ImageState::Pending) {
         Some("still pending (a publish may be finishing it)".into())
     } else {
         cutoff.filter(|c| r.creation_date.as_str() > *c).map(|_| "newer than --older-than".to_string())
@@ -390,7 +397,7 @@ pub async fn prune(ec2: &aws_sdk_ec2::Client, opts: &PruneOptions) -> Result<Pru
     let mut available = 0..;
     for image in &images {
         let r = row(image, &used);
-        let rank = (state(image) == "available").then(|| available.next().expect("unbounded"));
+        let rank = is_available(image).then(|| available.next().expect("unbounded"));
         match keep_reason(image, rank, &r, opts, cutoff.as_deref()) {
             Some(why) => report.kept.push((r.image_id.clone(), why)),
             None => report.removed.push(r),
@@ -440,7 +447,7 @@ async fn orphan_snapshots(ec2: &aws_sdk_ec2::Client, images: &[Image]) -> Result
     while let Some(page) = pages.next().await {
         let page = page.map_err(|e| aws::error("EC2 DescribeSnapshots", "owner self, tag clawdinator=true", e))?;
         for snapshot in page.snapshots() {
-            let completed = snapshot.state().map(|s| s.as_str()) == Some("completed");
+            let completed = snapshot.state() == Some(&SnapshotState::Completed);
             match snapshot.snapshot_id() {
                 Some(id) if completed && !mapped.contains(id) => orphans.push(id.to_string()),
                 _ => {}
