@@ -189,6 +189,16 @@ pub fn kvm_device() -> PathBuf {
 /// Build the host's raw amazon image and write `out/image.json`; returns
 /// what it wrote.
 pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
+    check_buildable(opts)?;
+    let store_path = nix_build(opts)?;
+    let manifest = describe(store_path)?;
+    // Written whole or not at all: publish must never read half a description.
+    crate::atomic::write(&image_json(&opts.out), &serde_json::to_vec_pretty(&manifest)?, 0o644)?;
+    Ok(manifest)
+}
+
+/// Nix with flakes, KVM and a flake, or an error saying which is missing.
+fn check_buildable(opts: &BuildOptions) -> Result<()> {
     if let Some(why) = build_blocker(&opts.kvm_device) {
         bail!("{why}");
     }
@@ -197,6 +207,11 @@ pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
         "{} has no flake.nix: pass --flake DIR (the directory holding the fleet's flake)",
         opts.flake.display()
     );
+    Ok(())
+}
+
+/// `nix build` the host's amazon image (out-link in `out`); returns its store path.
+fn nix_build(opts: &BuildOptions) -> Result<String> {
     let sh = Shell::new()?;
     sh.change_dir(&opts.flake);
     std::fs::create_dir_all(&opts.out).with_context(|| format!("cannot create {}", opts.out.display()))?;
@@ -209,50 +224,72 @@ pub fn build(opts: &BuildOptions) -> Result<ImageManifest> {
             .with_context(|| format!("nix build {attr} failed (see its output above)"))?;
     let store_path = store_path.lines().last().unwrap_or_default().trim().to_string();
     ensure!(!store_path.is_empty(), "nix build printed no output path");
+    Ok(store_path)
+}
+
+/// Describe the image nix built at `store_path`: nixpkgs' image-info.json,
+/// the file's digests and the checkout's revision.
+fn describe(store_path: String) -> Result<ImageManifest> {
     let info_path = Path::new(&store_path).join("nix-support/image-info.json");
-    let info: ImageInfo = serde_json::from_str(
-        &std::fs::read_to_string(&info_path).with_context(|| format!("cannot read {}", info_path.display()))?,
-    )
-    .with_context(|| format!("{} is not the image-info.json nixpkgs writes", info_path.display()))?;
-    let file = info
-        .file
-        .clone()
-        .or_else(|| info.disks.as_ref().and_then(|d| d["root"]["file"].as_str()).map(PathBuf::from))
-        .with_context(|| format!("{} names no image file", info_path.display()))?;
-    let ext = file.extension().and_then(|e| e.to_str()).unwrap_or_default();
-    let format = match ext {
-        "img" | "raw" => "raw",
-        "vhd" => "vhd",
-        "vmdk" => "vmdk",
-        other => {
-            bail!("{}: unexpected image type .{other} (set amazonImage.format = \"raw\" in the flake)", file.display())
-        }
-    };
+    let info = ImageInfo::read(&info_path)?;
+    let file = info.file(&info_path)?;
+    let format = disk_format(&file)?;
     let size = std::fs::metadata(&file).with_context(|| format!("the image {} is missing", file.display()))?.len();
-    let logical_bytes = match &info.logical_bytes {
-        Some(serde_json::Value::Number(n)) => n.as_u64().unwrap_or(size),
-        Some(serde_json::Value::String(s)) => s.parse().unwrap_or(size),
-        _ => size,
-    };
     let (sha256, _) = digest::sha256_file(&file)?;
     let block_sha256 = Some(super::snapshot::block_digest(&file)?);
     let revision = crate::project::git_revision();
-    let manifest = ImageManifest {
+    Ok(ImageManifest {
         path: file,
         format: format.into(),
         boot_mode: info.boot_mode.clone(),
         architecture: architecture_of(&info.system)?.into(),
-        logical_bytes,
+        logical_bytes: info.logical_bytes(size),
         sha256,
         label: info.label.clone(),
         store_path,
         dirty: revision.as_deref().is_some_and(|r| r.ends_with("-dirty")),
         block_sha256,
         source_revision: revision.map(|r| r.trim_end_matches("-dirty").to_string()),
-    };
-    // Written whole or not at all: publish must never read half a description.
-    crate::atomic::write(&image_json(&opts.out), &serde_json::to_vec_pretty(&manifest)?, 0o644)?;
-    Ok(manifest)
+    })
+}
+
+impl ImageInfo {
+    fn read(info_path: &Path) -> Result<ImageInfo> {
+        let text =
+            std::fs::read_to_string(info_path).with_context(|| format!("cannot read {}", info_path.display()))?;
+        serde_json::from_str(&text)
+            .with_context(|| format!("{} is not the image-info.json nixpkgs writes", info_path.display()))
+    }
+
+    /// The disk image file: `file`, or (newer nixpkgs) the root disk's.
+    fn file(&self, info_path: &Path) -> Result<PathBuf> {
+        self.file
+            .clone()
+            .or_else(|| self.disks.as_ref().and_then(|d| d["root"]["file"].as_str()).map(PathBuf::from))
+            .with_context(|| format!("{} names no image file", info_path.display()))
+    }
+
+    /// The size of the disk the image describes; the file's `size` when
+    /// image-info.json does not say.
+    fn logical_bytes(&self, size: u64) -> u64 {
+        match &self.logical_bytes {
+            Some(serde_json::Value::Number(n)) => n.as_u64().unwrap_or(size),
+            Some(serde_json::Value::String(s)) => s.parse().unwrap_or(size),
+            _ => size,
+        }
+    }
+}
+
+/// `raw`, `vhd` or `vmdk`, from the image file's extension.
+fn disk_format(file: &Path) -> Result<&'static str> {
+    match file.extension().and_then(|e| e.to_str()).unwrap_or_default() {
+        "img" | "raw" => Ok("raw"),
+        "vhd" => Ok("vhd"),
+        "vmdk" => Ok("vmdk"),
+        other => {
+            bail!("{}: unexpected image type .{other} (set amazonImage.format = \"raw\" in the flake)", file.display())
+        }
+    }
 }
 
 /// Where `build` describes the image it built.
