@@ -8,7 +8,11 @@ use aws_sdk_ec2::types::{Filter, Image, ImageState, InstanceStateName, SnapshotS
 use serde::Serialize;
 
 use super::build::ImageManifest;
-use crate::aws;
+use super::flags::{AmiCmd, AmiLatestArgs, AmiPruneArgs};
+use crate::audit::{Audited, Entry};
+use crate::aws::{self, Aws};
+use crate::ctx::Ctx;
+use crate::output;
 
 pub const TAG_FLEET: &str = "clawdinator";
 pub const TAG_APP: &str = "app";
@@ -470,5 +474,72 @@ pub struct LatestReport {
 impl fmt::Display for LatestReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{}", self.image_id)
+    }
+}
+
+impl AmiCmd {
+    /// `image ami …`.
+    pub(super) async fn run(self, ctx: &Ctx) -> Result<()> {
+        let aws = ctx.aws().await?;
+        match self {
+            AmiCmd::Latest(args) => args.run(ctx, &aws.ec2()).await,
+            AmiCmd::List => ctx.out.emit(&list(&aws.ec2()).await?),
+            AmiCmd::Prune(args) => args.run(ctx, &aws).await,
+        }
+    }
+}
+
+impl AmiLatestArgs {
+    /// `image ami latest`: the AMI's id, also to a workflow's output.
+    async fn run(self, ctx: &Ctx, ec2: &aws_sdk_ec2::Client) -> Result<()> {
+        let image = latest(ec2, self.r#override.as_deref()).await?;
+        let report = LatestReport {
+            image_id: image.image_id().unwrap_or_default().into(),
+            name: image.name().unwrap_or_default().into(),
+            creation_date: image.creation_date().unwrap_or_default().into(),
+        };
+        output::github_output("ami_id", &report.image_id)?;
+        ctx.out.emit(&report)
+    }
+}
+
+impl AmiPruneArgs {
+    /// `image ami prune`, audited; fails when anything could not be removed.
+    async fn run(self, ctx: &Ctx, aws: &Aws) -> Result<()> {
+        let opts = self.options(&aws.s3()).await?;
+        let entry =
+            Entry { command: "image ami prune", targets: vec![format!("keep {}", opts.keep)], dry_run: opts.dry_run };
+        let report = entry.record(ctx, aws, prune(&aws.ec2(), &opts)).await?;
+        ctx.out.emit(&report)?;
+        if !report.failures.is_empty() {
+            bail!(
+                "image ami prune could not remove {} resource(s) (listed above); the rest was removed",
+                report.failures.len()
+            );
+        }
+        Ok(())
+    }
+
+    /// What these flags ask of a prune, with the releases a rollback may need.
+    async fn options(self, s3: &aws_sdk_s3::Client) -> Result<PruneOptions> {
+        // No release list, no pruning: an AMI a release needs is never
+        // removed for want of knowing it.
+        let releases = crate::release::manifest::revisions(s3, &self.bucket)
+            .await
+            .with_context(|| format!("nothing pruned: cannot list the releases in s3://{}/", self.bucket))?;
+        Ok(PruneOptions {
+            keep: self.keep,
+            older_than_days: self.older_than,
+            orphans: self.orphans,
+            dry_run: self.dry_run,
+            releases: releases.into_iter().take(self.keep_releases).collect(),
+        })
+    }
+}
+
+/// What a prune removed, as the audit trail lists it: each AMI and its snapshots.
+impl Audited for PruneReport {
+    fn resources(&self) -> Vec<String> {
+        self.removed.iter().flat_map(|a| std::iter::once(a.image_id.clone()).chain(a.snapshots.clone())).collect()
     }
 }

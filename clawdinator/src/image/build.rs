@@ -8,7 +8,9 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use xshell::{cmd, Shell};
 
-use crate::digest;
+use super::flags::BuildArgs;
+use crate::ctx::Ctx;
+use crate::{digest, output};
 
 /// What `image publish` needs to know about a built image.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -182,8 +184,29 @@ pub fn build_blocker(kvm_device: &Path) -> Option<String> {
 
 /// The KVM device a build needs: CLAWDINATOR_KVM_DEVICE names it where it
 /// is exposed under another name (and for tests), else `/dev/kvm`.
+/// `image build` reads it as `--kvm-device`; this is for callers without
+/// [`BuildArgs`] (xtask's pipeline), until they take [`BuildArgs::options`].
 pub fn kvm_device() -> PathBuf {
     std::env::var_os("CLAWDINATOR_KVM_DEVICE").map(PathBuf::from).unwrap_or_else(|| "/dev/kvm".into())
+}
+
+impl BuildArgs {
+    /// What these flags ask to build, paths resolved against the project.
+    pub fn options(&self) -> BuildOptions {
+        BuildOptions {
+            host: self.host.clone().unwrap_or_else(|| IMAGE_HOST.to_string()),
+            flake: crate::project::resolve(&self.flake),
+            out: crate::project::resolve(&self.out),
+            kvm_device: self.kvm_device.clone(),
+        }
+    }
+
+    /// `image build`: the image, its description, and its digest for a workflow.
+    pub(super) fn run(self, ctx: &Ctx) -> Result<()> {
+        let manifest = build(&self.options())?;
+        output::github_output("image_sha256", &manifest.sha256)?;
+        ctx.out.emit(&manifest)
+    }
 }
 
 /// Build the host's raw amazon image and write `out/image.json`; returns

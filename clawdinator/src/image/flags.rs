@@ -27,6 +27,9 @@ pub struct BuildArgs {
     /// The directory holding the fleet's flake.nix.
     #[arg(long, default_value = ".")]
     pub flake: PathBuf,
+    /// The KVM device the build's VM needs, where KVM is exposed under another name.
+    #[arg(long, env = "CLAWDINATOR_KVM_DEVICE", default_value = "/dev/kvm")]
+    pub kvm_device: PathBuf,
 }
 
 #[derive(Debug, Args)]
