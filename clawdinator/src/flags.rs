@@ -14,7 +14,7 @@ pub struct Global {
     #[arg(long, global = true, env = "AWS_REGION")]
     pub region: Option<String>,
     /// A file holding the region, read when --region and AWS_REGION are unset (hosts: /etc/clawdinator/region).
-    #[arg(long, global = true, env = "AWS_REGION_FILE")]
+    #[arg(long, global = true, env = "CLAWDINATOR_REGION_FILE")]
     pub region_file: Option<PathBuf>,
     /// AWS shared-config profile to take credentials and region from.
     #[arg(long, global = true, env = "AWS_PROFILE")]
@@ -31,6 +31,55 @@ pub struct Global {
     /// The local audit log (default .clawdinators/audit.jsonl).
     #[arg(long, global = true, env = "CLAWDINATOR_AUDIT_LOG")]
     pub audit_log: Option<PathBuf>,
+    #[command(flatten)]
+    pub timeouts: Timeouts,
+}
+
+/// The defaults of [`Timeouts`], in seconds: sized for the largest request
+/// sent (a 16 MiB multipart part over a slow uplink) while still failing a
+/// dead connection in seconds.
+const CONNECT: f64 = 5.0;
+const READ: f64 = 30.0;
+const ATTEMPT: f64 = 120.0;
+const OPERATION: f64 = 300.0;
+
+/// Limits on every AWS call, so that nothing waits forever on a stalled
+/// connection (`aws::Timeouts` holds them as durations).
+#[derive(Debug, Clone, Copy, PartialEq, Args)]
+pub struct Timeouts {
+    /// Seconds to open a connection to AWS.
+    #[arg(long, global = true, env = "CLAWDINATOR_CONNECT_TIMEOUT", value_name = "SECONDS", default_value_t = CONNECT, value_parser = seconds)]
+    pub connect_timeout: f64,
+    /// Longest wait, in seconds, for the next bytes of an AWS response.
+    #[arg(long, global = true, env = "CLAWDINATOR_READ_TIMEOUT", value_name = "SECONDS", default_value_t = READ, value_parser = seconds)]
+    pub read_timeout: f64,
+    /// Seconds for one HTTP attempt of an AWS call, start to end.
+    #[arg(long, global = true, env = "CLAWDINATOR_ATTEMPT_TIMEOUT", value_name = "SECONDS", default_value_t = ATTEMPT, value_parser = seconds)]
+    pub attempt_timeout: f64,
+    /// Seconds for one AWS operation, all retries included.
+    #[arg(long, global = true, env = "CLAWDINATOR_OPERATION_TIMEOUT", value_name = "SECONDS", default_value_t = OPERATION, value_parser = seconds)]
+    pub operation_timeout: f64,
+}
+
+/// What a command line without the flags gets (`Global::default()` too).
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect_timeout: CONNECT,
+            read_timeout: READ,
+            attempt_timeout: ATTEMPT,
+            operation_timeout: OPERATION,
+        }
+    }
+}
+
+/// A positive number of seconds that a `Duration` can hold.
+fn seconds(text: &str) -> Result<f64, String> {
+    let secs: f64 = text.parse().map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    match std::time::Duration::try_from_secs_f64(secs) {
+        Ok(d) if !d.is_zero() => Ok(secs),
+        _ => Err(format!("`{text}` is not a positive number of seconds")),
+    }
 }
 
 #[derive(Debug, Clone, Args)]

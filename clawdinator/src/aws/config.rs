@@ -24,21 +24,30 @@ pub struct Timeouts {
     pub operation: Duration,
 }
 
+/// The flags' defaults (`--connect-timeout` and the others).
 impl Default for Timeouts {
     fn default() -> Self {
-        // Sized for the largest request we send (a 16 MiB multipart part over
-        // a slow uplink) while still failing a dead connection in seconds.
+        Timeouts::from(&crate::flags::Timeouts::default())
+    }
+}
+
+/// The global flags `--{connect,read,attempt,operation}-timeout` (or
+/// `CLAWDINATOR_{CONNECT,READ,ATTEMPT,OPERATION}_TIMEOUT`), which clap
+/// checked to be positive seconds a `Duration` holds.
+impl From<&crate::flags::Timeouts> for Timeouts {
+    fn from(flags: &crate::flags::Timeouts) -> Self {
         Timeouts {
-            connect: Duration::from_secs(5),
-            read: Duration::from_secs(30),
-            attempt: Duration::from_secs(120),
-            operation: Duration::from_secs(300),
+            connect: Duration::from_secs_f64(flags.connect_timeout),
+            read: Duration::from_secs_f64(flags.read_timeout),
+            attempt: Duration::from_secs_f64(flags.attempt_timeout),
+            operation: Duration::from_secs_f64(flags.operation_timeout),
         }
     }
 }
 
 impl Timeouts {
-    /// Defaults, each overridable in seconds by
+    /// Transitional, until `Ctx::aws` takes `Timeouts::from(&global.timeouts)`
+    /// (the same values, parsed by clap): defaults, each overridable in seconds by
     /// `CLAWDINATOR_{CONNECT,READ,ATTEMPT,OPERATION}_TIMEOUT`.
     pub fn from_env() -> Result<Timeouts> {
         let mut t = Timeouts::default();
@@ -271,5 +280,46 @@ impl Aws {
     pub async fn caller_arn(&self) -> Result<String> {
         let out = self.sts().get_caller_identity().send().await.map_err(|e| error("STS GetCallerIdentity", "", e))?;
         Ok(out.arn.unwrap_or_default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        global: crate::flags::Global,
+    }
+
+    fn parse(args: &[&str]) -> Result<Timeouts, clap::Error> {
+        let cli = Cli::try_parse_from([&["clawdinator"], args].concat())?;
+        Ok(Timeouts::from(&cli.global.timeouts))
+    }
+
+    /// Each flag sets its own limit, in seconds, fractions allowed.
+    #[test]
+    fn each_timeout_flag_sets_its_own_limit() {
+        let flags =
+            ["--connect-timeout", "1", "--read-timeout", "2.5", "--attempt-timeout", "3", "--operation-timeout", "4"];
+        let t = parse(&flags).unwrap();
+        let secs = Duration::from_secs_f64;
+        assert_eq!(t, Timeouts { connect: secs(1.0), read: secs(2.5), attempt: secs(3.0), operation: secs(4.0) });
+        let only_read = parse(&["--read-timeout", "7"]).unwrap();
+        assert_eq!(only_read, Timeouts { read: secs(7.0), ..Timeouts::default() });
+    }
+
+    /// Zero, negative, not a number, infinite or beyond a `Duration`: a
+    /// usage error naming the value, never a panic.
+    #[test]
+    fn a_timeout_that_is_not_positive_seconds_is_refused() {
+        for bad in ["0", "-1", "x", "NaN", "inf", "1e300"] {
+            let err =
+                parse(&[&format!("--connect-timeout={bad}")]).err().unwrap_or_else(|| panic!("{bad} was accepted"));
+            assert!(err.to_string().contains(&format!("`{bad}`")), "{err}");
+        }
     }
 }

@@ -39,7 +39,7 @@ where
             cause
         }
         SdkError::TimeoutError(_) => {
-            "timeout: no complete answer within the configured timeouts (CLAWDINATOR_*_TIMEOUT to change them)"
+            "timeout: no complete answer within the configured timeouts (--*-timeout or CLAWDINATOR_*_TIMEOUT to change them)"
                 .to_string()
         }
         SdkError::DispatchFailure(failure) if failure.is_timeout() => {

@@ -111,7 +111,7 @@ async fn read_body(
             .await
             .map_err(|_| {
                 anyhow::anyhow!(
-                    "reading {url}: no data for {stall:?} (stalled; CLAWDINATOR_READ_TIMEOUT sets the limit)"
+                    "reading {url}: no data for {stall:?} (stalled; --read-timeout or CLAWDINATOR_READ_TIMEOUT sets the limit)"
                 )
             })?
             .map_err(|e| anyhow::anyhow!("reading {url}: {e}"))?;
