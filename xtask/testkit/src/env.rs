@@ -137,7 +137,7 @@ impl Env {
 /// set cannot change what it tests.
 const SETTINGS: [&str; 10] = [
     "AWS_REGION",
-    "AWS_REGION_FILE",
+    "CLAWDINATOR_REGION_FILE",
     "AWS_PROFILE",
     "AWS_ENDPOINT_URL",
     "S3_BUCKET",
