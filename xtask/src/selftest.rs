@@ -353,7 +353,10 @@ fn ruff(sh: &Shell, root: &Path) -> Outcome {
     }
     match lint(&files).run() {
         Ok(()) => Outcome::Passed(format!("{} file(s) pass ruff {RUFF_VERSION}", files.len())),
-        Err(err) => Outcome::Failed(err.to_string()),
+        Err(_) => Outcome::Failed(format!(
+            "ruff {RUFF_VERSION} found the problems printed above, each with its file and line (`{} check --isolated --fix FILE` fixes the ones marked [*])",
+            ruff.display()
+        )),
     }
 }
 
