@@ -27,27 +27,24 @@ impl Owner {
     }
 }
 
+/// A user's or a group's id from its name (an id is taken as it is).
+/// Through getpwnam_r/getgrnam_r: this runs on tokio's worker threads,
+/// where getpwnam's shared buffer could be overwritten under our feet.
 fn lookup_id(name: &str, user: bool) -> Result<u32> {
+    use nix::unistd::{Group, User};
     if let Ok(id) = name.parse::<u32>() {
         return Ok(id);
     }
-    let c = std::ffi::CString::new(name)?;
-    // SAFETY: getpwnam/getgrnam return a pointer to static storage or null;
-    // the field is read at once.
-    unsafe {
-        if user {
-            let pw = libc::getpwnam(c.as_ptr());
-            if pw.is_null() {
-                bail!("no such user {name}");
-            }
-            Ok((*pw).pw_uid)
-        } else {
-            let gr = libc::getgrnam(c.as_ptr());
-            if gr.is_null() {
-                bail!("no such group {name}");
-            }
-            Ok((*gr).gr_gid)
-        }
+    let what = if user { "user" } else { "group" };
+    let found = if user {
+        User::from_name(name).map(|u| u.map(|u| u.uid.as_raw()))
+    } else {
+        Group::from_name(name).map(|g| g.map(|g| g.gid.as_raw()))
+    };
+    match found {
+        Ok(Some(id)) => Ok(id),
+        Ok(None) => bail!("no such {what} {name}"),
+        Err(e) => bail!("cannot look up the {what} {name}: {e}"),
     }
 }
 
@@ -90,7 +87,7 @@ pub fn private_workdir() -> Result<tempfile::TempDir> {
 pub fn check_owned(path: &Path) -> Result<()> {
     let existing = path.ancestors().find(|p| p.exists()).unwrap_or(Path::new("/"));
     let real = std::fs::canonicalize(existing).with_context(|| format!("cannot resolve {}", existing.display()))?;
-    let me = unsafe { libc::geteuid() };
+    let me = rustix::process::geteuid().as_raw();
     for (depth, dir) in real.ancestors().enumerate() {
         let meta = std::fs::metadata(dir).with_context(|| format!("cannot stat {}", dir.display()))?;
         let mode = meta.permissions().mode();
@@ -202,5 +199,17 @@ mod tests {
         assert_eq!(std::fs::read(&path).unwrap(), b"two");
         assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o400);
         assert_eq!(std::fs::read_dir(path.parent().unwrap()).unwrap().count(), 1);
+    }
+
+    /// Names are looked up (root is 0 on every system), ids are taken as
+    /// they are, and a name nobody has is refused by name.
+    #[test]
+    fn owners_by_name_or_id() {
+        assert_eq!(Owner::named(Some("root"), Some("root")).unwrap(), Owner { uid: Some(0), gid: Some(0) });
+        assert_eq!(Owner::named(Some("4242"), None).unwrap(), Owner { uid: Some(4242), gid: None });
+        let err = Owner::named(Some("no-such-user-here"), None).unwrap_err();
+        assert_eq!(err.to_string(), "no such user no-such-user-here");
+        let err = Owner::named(None, Some("no-such-group-here")).unwrap_err();
+        assert_eq!(err.to_string(), "no such group no-such-group-here");
     }
 }

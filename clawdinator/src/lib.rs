@@ -19,6 +19,12 @@
 //! whole), [`digest`], [`process`] (outside tools), [`github`] (GitHub's HTTP API), [`project`] (paths in
 //! a checkout) and [`settings`] (the facts user data wrote on a host).
 
+// System calls go through rustix and nix, so the library has no `unsafe`.
+// One that must come back is allowed in one module, with a `// SAFETY:`
+// comment on each block saying why it is sound.
+#![deny(unsafe_code)]
+#![warn(clippy::undocumented_unsafe_blocks)]
+
 pub mod atomic;
 pub mod audit;
 pub mod aws;

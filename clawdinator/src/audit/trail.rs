@@ -3,7 +3,6 @@
 use std::fs::OpenOptions;
 use std::future::Future;
 use std::io::Write;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
@@ -75,8 +74,9 @@ impl Trail {
                 .read(true)
                 .open(&self.log)
                 .with_context(|| format!("cannot open the audit log {}", self.log.display()))?;
-            // SAFETY: flock on a descriptor we own; released when it closes.
-            ensure!(unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } == 0, "cannot lock {}", self.log.display());
+            // Released when the file closes.
+            rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+                .with_context(|| format!("cannot lock {}", self.log.display()))?;
             let text = std::fs::read_to_string(&self.log)?;
             record.prev = text.lines().last().map(hash).unwrap_or_else(|| GENESIS.to_string());
             let line = serde_json::to_string(&record)?;

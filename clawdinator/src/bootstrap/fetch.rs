@@ -118,31 +118,30 @@ fn read_marker(path: &Path) -> Option<String> {
 /// one ends up at `new`, for the caller to remove), else a rename.
 fn swap_into_place(new: &Path, target: &Path) -> Result<()> {
     if target.exists() {
-        use std::ffi::CString;
-        use std::os::unix::ffi::OsStrExt;
-        let a = CString::new(new.as_os_str().as_bytes())?;
-        let b = CString::new(target.as_os_str().as_bytes())?;
-        // SAFETY: two valid NUL-terminated paths.
-        let rc =
-            unsafe { libc::renameat2(libc::AT_FDCWD, a.as_ptr(), libc::AT_FDCWD, b.as_ptr(), libc::RENAME_EXCHANGE) };
-        if rc != 0 {
-            bail!("cannot swap {} into place: {}", target.display(), std::io::Error::last_os_error());
-        }
+        use rustix::fs::{renameat_with, RenameFlags, CWD};
+        renameat_with(CWD, new, CWD, target, RenameFlags::EXCHANGE)
+            .with_context(|| format!("cannot swap {} into place", target.display()))?;
     } else {
         fs::rename(new, target).with_context(|| format!("cannot move {} into place", target.display()))?;
     }
     Ok(())
 }
 
-/// Test-only: `CLAWDINATOR_TEST_ABORT_AT=<step>` aborts the process right
+/// Test-only (the `test-hooks` feature, which the shipped binary is built
+/// without): `CLAWDINATOR_TEST_ABORT_AT=<step>` aborts the process right
 /// after that step (downloaded, unpacked, staged, switched), as a kill
 /// would; tests prove the previous state survives each.
+#[cfg(feature = "test-hooks")]
 fn step(name: &str) {
     if std::env::var("CLAWDINATOR_TEST_ABORT_AT").as_deref() == Ok(name) {
         eprintln!("CLAWDINATOR_TEST_ABORT_AT={name}: aborting");
         std::process::abort();
     }
 }
+
+/// Without the test hooks a step is only a point in the code.
+#[cfg(not(feature = "test-hooks"))]
+fn step(_name: &str) {}
 
 /// The bundle's manifest, checked to be for this prefix.
 async fn read_manifest(aws: &Aws, bucket: &str, prefix: &str) -> Result<Manifest> {

@@ -4,7 +4,6 @@
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use std::ffi::OsStr;
@@ -13,11 +12,11 @@ use std::os::unix::ffi::OsStrExt;
 
 use anyhow::{bail, ensure, Context, Result};
 use base64::Engine;
+use indicatif::ProgressBar;
 use rustix::fs::{
     openat, renameat_with, statat, unlinkat, AtFlags, Dir, FileType, Gid, Mode, OFlags, RenameFlags, Uid,
 };
 use serde::{Deserialize, Serialize};
-use xshell::{cmd, Shell};
 
 pub const SEEDS_FILE: &str = "SEEDS.json";
 pub const DEFAULT_LIST: &str = "clawdinator/repos.tsv";
@@ -175,20 +174,18 @@ fn auth_env(url: &str, token: Option<&str>) -> Vec<(String, String)> {
     env
 }
 
-/// One git command, killed when it outlives `limit` (xshell cannot time a
-/// command out, so the Cmd it builds is run as a std Command).
-fn git(sh: &Shell, env: &[(String, String)], args: &[&str], limit: Duration) -> Result<String> {
-    let mut command = cmd!(sh, "git {args...}").quiet().ignore_status();
-    for (k, v) in env {
-        command = command.env(k, v);
-    }
-    let mut command = std::process::Command::from(command);
+/// One git command, killed when it outlives `limit`.
+async fn git(env: &[(String, String)], args: &[&str], limit: Duration) -> Result<String> {
+    let mut command = tokio::process::Command::new("git");
     command
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
     let child = command.spawn().context("cannot run git")?;
-    let output = wait_bounded(child, limit).with_context(|| {
+    let output = wait_bounded(child, limit).await.with_context(|| {
         format!(
             "git {} made no progress in {limit:?}: stalled (CLAWDINATOR_GIT_TIMEOUT sets the limit)",
             args.first().copied().unwrap_or_default()
@@ -201,45 +198,30 @@ fn git(sh: &Shell, env: &[(String, String)], args: &[&str], limit: Duration) -> 
     Ok(String::from_utf8_lossy(&output.stdout).trim().to_string())
 }
 
-/// Wait for `child`, reading its output on the side; kill it after `limit`.
-fn wait_bounded(mut child: std::process::Child, limit: Duration) -> Result<std::process::Output> {
-    use std::io::Read;
-    let drain = |pipe: Option<Box<dyn Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            if let Some(mut pipe) = pipe {
-                let _ = pipe.read_to_end(&mut buf);
-            }
-            buf
-        })
-    };
-    let stdout = drain(child.stdout.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let stderr = drain(child.stderr.take().map(|p| Box::new(p) as Box<dyn Read + Send>));
-    let deadline = std::time::Instant::now() + limit;
-    let status = loop {
-        if let Some(status) = child.try_wait()? {
-            break status;
+/// Wait for `child` and its output; after `limit`, kill it and reap it.
+async fn wait_bounded(mut child: tokio::process::Child, limit: Duration) -> Result<std::process::Output> {
+    use tokio::io::AsyncReadExt;
+    async fn drain(pipe: Option<impl tokio::io::AsyncRead + Unpin>) -> Vec<u8> {
+        let mut buf = Vec::new();
+        if let Some(mut pipe) = pipe {
+            let _ = pipe.read_to_end(&mut buf).await;
         }
-        if std::time::Instant::now() >= deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            bail!("killed after {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
+        buf
+    }
+    let (stdout, stderr) = (child.stdout.take(), child.stderr.take());
+    let all = async { tokio::join!(child.wait(), drain(stdout), drain(stderr)) };
+    let Ok((status, stdout, stderr)) = tokio::time::timeout(limit, all).await else {
+        let _ = child.kill().await;
+        bail!("killed after {limit:?}");
     };
-    Ok(std::process::Output {
-        status,
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
-    })
+    Ok(std::process::Output { status: status?, stdout, stderr })
 }
 
 /// Clone, or bring an existing clone to the tip of its branch. Returns
 /// (commit, was it a fresh clone).
-fn prepare_one(repo: &SeedRepo, dest: &Path, token: Option<&str>, limit: Duration) -> Result<(String, bool)> {
-    let git = |sh: &Shell, env: &[(String, String)], args: &[&str]| git(sh, env, args, limit);
-    let sh = Shell::new()?;
+async fn prepare_one(repo: &SeedRepo, dest: &Path, token: Option<&str>, limit: Duration) -> Result<(String, bool)> {
     let env = auth_env(&repo.url, token);
+    let env = env.as_slice();
     let dir = dest.join(&repo.name);
     let dir_s = dir.to_str().context("non-UTF-8 seeds directory")?;
     let fresh = !dir.join(".git").is_dir();
@@ -253,45 +235,47 @@ fn prepare_one(repo: &SeedRepo, dest: &Path, token: Option<&str>, limit: Duratio
             args.extend(["--branch", branch]);
         }
         args.extend([repo.url.as_str(), dir_s]);
-        git(&sh, &env, &args)?;
+        git(env, &args, limit).await?;
     } else {
-        let origin = git(&sh, &env, &["-C", dir_s, "remote", "get-url", "origin"]).ok();
+        let origin = git(env, &["-C", dir_s, "remote", "get-url", "origin"], limit).await.ok();
         match origin {
             Some(url) if url == repo.url => {}
-            Some(_) => drop(git(&sh, &env, &["-C", dir_s, "remote", "set-url", "origin", &repo.url])?),
-            None => drop(git(&sh, &env, &["-C", dir_s, "remote", "add", "origin", &repo.url])?),
+            Some(_) => drop(git(env, &["-C", dir_s, "remote", "set-url", "origin", &repo.url], limit).await?),
+            None => drop(git(env, &["-C", dir_s, "remote", "add", "origin", &repo.url], limit).await?),
         }
         let refspec = repo.branch.as_deref().unwrap_or("HEAD");
-        git(&sh, &env, &["-C", dir_s, "fetch", "--quiet", "--depth", "1", "origin", refspec])?;
-        git(&sh, &env, &["-C", dir_s, "reset", "--quiet", "--hard", "FETCH_HEAD"])?;
-        git(&sh, &env, &["-C", dir_s, "clean", "--quiet", "-ffdx"])?;
+        git(env, &["-C", dir_s, "fetch", "--quiet", "--depth", "1", "origin", refspec], limit).await?;
+        git(env, &["-C", dir_s, "reset", "--quiet", "--hard", "FETCH_HEAD"], limit).await?;
+        git(env, &["-C", dir_s, "clean", "--quiet", "-ffdx"], limit).await?;
     }
-    let commit = git(&sh, &env, &["-C", dir_s, "rev-parse", "HEAD"])?;
+    let commit = git(env, &["-C", dir_s, "rev-parse", "HEAD"], limit).await?;
     Ok((commit, fresh))
 }
 
-pub fn prepare(opts: &PrepareOptions, out: &crate::output::Output) -> Result<PrepareReport> {
-    let repos = load_list(&opts.list)?;
-    std::fs::create_dir_all(&opts.dest).with_context(|| format!("cannot create {}", opts.dest.display()))?;
-    let bar = out.counter(repos.len() as u64, "cloning");
-    let queue = Mutex::new(repos.iter());
-    let results = Mutex::new(Vec::new());
-    std::thread::scope(|scope| {
-        for _ in 0..opts.jobs.max(1).min(repos.len().max(1)) {
-            scope.spawn(|| loop {
-                let Some(repo) = queue.lock().unwrap().next() else { break };
-                let result = prepare_one(repo, &opts.dest, opts.github_token.as_deref(), opts.git_timeout);
-                bar.inc(1);
-                results.lock().unwrap().push((repo, result));
-            });
-        }
-    });
-    bar.finish_and_clear();
-    let mut results = results.into_inner().unwrap();
-    results.sort_by_key(|(repo, _)| repo.line);
+/// Each repository's outcome, in the list's order, `jobs` at a time. On a
+/// runtime of its own in a thread of its own: callers are plain threads and
+/// async commands alike, and no runtime can be started inside another.
+fn prepare_all<'r>(repos: &'r [SeedRepo], opts: &PrepareOptions, bar: &ProgressBar) -> Result<Outcomes<'r>> {
+    use futures::stream::{self, StreamExt};
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let all = || {
+        let work = stream::iter(repos).map(|repo| async move {
+            let result = prepare_one(repo, &opts.dest, opts.github_token.as_deref(), opts.git_timeout).await;
+            bar.inc(1);
+            (repo, result)
+        });
+        runtime.block_on(work.buffered(opts.jobs.max(1)).collect())
+    };
+    std::thread::scope(|scope| scope.spawn(all).join())
+        .map_err(|_| anyhow::anyhow!("seeds prepare: the clones' thread panicked"))
+}
 
+type Outcomes<'r> = Vec<(&'r SeedRepo, Result<(String, bool)>)>;
+
+/// The report of the clones' outcomes (nothing removed yet).
+fn report_of(dest: &Path, results: Outcomes<'_>) -> PrepareReport {
     let mut report = PrepareReport {
-        dest: opts.dest.display().to_string(),
+        dest: dest.display().to_string(),
         repos: vec![],
         cloned: 0,
         updated: 0,
@@ -306,12 +290,8 @@ pub fn prepare(opts: &PrepareOptions, out: &crate::output::Output) -> Result<Pre
                 } else {
                     report.updated += 1
                 }
-                report.repos.push(SeedRecord {
-                    name: repo.name.clone(),
-                    url: repo.url.clone(),
-                    branch: repo.branch.clone(),
-                    commit,
-                });
+                let (name, url, branch) = (repo.name.clone(), repo.url.clone(), repo.branch.clone());
+                report.repos.push(SeedRecord { name, url, branch, commit });
             }
             Err(err) => report.failed.push(Failure {
                 name: repo.name.clone(),
@@ -320,15 +300,31 @@ pub fn prepare(opts: &PrepareOptions, out: &crate::output::Output) -> Result<Pre
             }),
         }
     }
-    // Clones no longer listed would otherwise keep being shipped to hosts.
+    report
+}
+
+/// Clones no longer listed would otherwise keep being shipped to hosts.
+fn remove_unlisted(dest: &Path, repos: &[SeedRepo]) -> Result<Vec<String>> {
     let listed: BTreeSet<&str> = repos.iter().map(|r| r.name.as_str()).collect();
-    for entry in std::fs::read_dir(&opts.dest)?.flatten() {
+    let mut removed = Vec::new();
+    for entry in std::fs::read_dir(dest)?.flatten() {
         let name = entry.file_name().to_string_lossy().into_owned();
         if !listed.contains(name.as_str()) && entry.path().join(".git").is_dir() {
             std::fs::remove_dir_all(entry.path())?;
-            report.removed.push(name);
+            removed.push(name);
         }
     }
+    Ok(removed)
+}
+
+pub fn prepare(opts: &PrepareOptions, out: &crate::output::Output) -> Result<PrepareReport> {
+    let repos = load_list(&opts.list)?;
+    std::fs::create_dir_all(&opts.dest).with_context(|| format!("cannot create {}", opts.dest.display()))?;
+    let bar = out.counter(repos.len() as u64, "cloning");
+    let results = prepare_all(&repos, opts, &bar)?;
+    bar.finish_and_clear();
+    let mut report = report_of(&opts.dest, results);
+    report.removed = remove_unlisted(&opts.dest, &repos)?;
     if report.failed.is_empty() || opts.allow_partial {
         crate::atomic::write(&opts.dest.join(SEEDS_FILE), &serde_json::to_vec_pretty(&report.repos)?, 0o644)?;
     }
@@ -433,8 +429,7 @@ impl<'a> Stage<'a> {
         rustix::fs::mkdirat(dest, &name, Mode::from_raw_mode(0o700)).map_err(fail)?;
         let fd = openat(dest, &name, DIR_FLAGS, Mode::empty()).map_err(fail)?;
         let stat = rustix::fs::fstat(&fd)?;
-        // SAFETY: geteuid has no preconditions.
-        let me = unsafe { libc::geteuid() };
+        let me = rustix::process::geteuid().as_raw();
         ensure!(
             stat.st_uid == me && stat.st_mode & 0o777 == 0o700,
             "the stage {name} in {} was swapped before it opened (uid {}, mode {:o}): nothing copied",
@@ -460,8 +455,7 @@ impl Drop for Stage<'_> {
 
 /// Stages left by an interrupted run (root's, named as ours) are removed.
 fn clear_debris(dest: BorrowedFd<'_>) -> Result<()> {
-    // SAFETY: geteuid has no preconditions.
-    let me = unsafe { libc::geteuid() };
+    let me = rustix::process::geteuid().as_raw();
     for entry in Dir::read_from(dest)? {
         let entry = entry?;
         let name = OsStr::from_bytes(entry.file_name().to_bytes()).to_os_string();

@@ -298,8 +298,7 @@ fn keep_mode_and_owner(store: &Path, owner: Owner) -> (u32, Owner) {
     }
     // Only ids that differ from ours: chown to oneself is a no-op, and a
     // group we are not in is one we could not set anyway.
-    // SAFETY: geteuid/getegid cannot fail.
-    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    let (uid, gid) = (rustix::process::geteuid().as_raw(), rustix::process::getegid().as_raw());
     let kept = Owner { uid: (meta.uid() != uid).then_some(meta.uid()), gid: (meta.gid() != gid).then_some(meta.gid()) };
     (meta.mode() & 0o7777, kept)
 }

@@ -1,8 +1,6 @@
 //! Memory files: resolved under the root, locked, replaced whole.
 
 use std::fs::{File, OpenOptions};
-
-use std::os::fd::AsRawFd;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -58,22 +56,25 @@ pub struct Lock {
 }
 
 /// Lock `file` (shared or exclusive) through its sidecar, waiting at most `wait`.
+/// Tried without blocking, again every 20 ms until the deadline: flock(2)
+/// has no timeout, and a thread blocked in it can be freed by nothing but
+/// the holder (a writer that hangs would hang every reader past its limit).
 pub fn lock(file: &Path, exclusive: bool, wait: Duration) -> Result<Lock> {
+    use rustix::fs::FlockOperation::{NonBlockingLockExclusive, NonBlockingLockShared};
     let name = file.file_name().and_then(|n| n.to_str()).context("a memory file has a name")?;
     let sidecar = file.with_file_name(format!(".{name}.lock"));
     if let Some(dir) = sidecar.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     let handle = OpenOptions::new().create(true).truncate(false).write(true).open(&sidecar)?;
-    let operation = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
+    let operation = if exclusive { NonBlockingLockExclusive } else { NonBlockingLockShared };
     let deadline = Instant::now() + wait;
     loop {
-        // SAFETY: flock on a descriptor we own; released when it is closed.
-        if unsafe { libc::flock(handle.as_raw_fd(), operation) } == 0 {
-            return Ok(Lock { _sidecar: handle });
+        match rustix::fs::flock(&handle, operation) {
+            Ok(()) => return Ok(Lock { _sidecar: handle }),
+            Err(rustix::io::Errno::WOULDBLOCK) => {}
+            Err(err) => bail!("cannot lock {}: {err}", sidecar.display()),
         }
-        let err = std::io::Error::last_os_error();
-        ensure!(err.raw_os_error() == Some(libc::EWOULDBLOCK), "cannot lock {}: {err}", sidecar.display());
         if Instant::now() >= deadline {
             bail!("lock timeout for {} after {wait:?}: another writer holds it", file.display());
         }

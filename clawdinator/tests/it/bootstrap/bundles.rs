@@ -257,6 +257,44 @@ async fn a_second_upload_sends_nothing() {
     assert_eq!(env.get("bootstrap/clawdinator-1/manifest.json").await, manifest_before);
 }
 
+/// A re-run with nothing changed asks S3 one listing and each manifest,
+/// nothing per archive (no HeadObject, no write), whatever the fleet's size.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rerun_reads_one_listing_and_the_manifests_only() {
+    let env = env().await;
+    let fleet = fleet(&env, 5).await;
+    let opts = upload_opts(&fleet, &env.bucket);
+    bootstrap::upload(&env.aws, &opts, &QUIET).await.unwrap();
+    env.emulator.start_call_log().unwrap();
+    let again = bootstrap::upload(&env.aws, &opts, &QUIET).await.unwrap();
+    assert_eq!((again.bytes_sent, again.unchanged), (0, 15), "{again}");
+    let mut s3 = operations(&env, "s3");
+    s3.sort();
+    assert_eq!(s3, ["GetObject"; 5].into_iter().chain(["ListObjects"]).collect::<Vec<_>>());
+}
+
+/// The listing stands in for a request per archive only where it agrees
+/// with the manifest: an archive written after its manifest (a run that
+/// stopped midway, or a hand) is asked about, found changed and sent
+/// again, even at the same size; its neighbours stay unchanged.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_archive_rewritten_after_its_manifest_is_sent_again() {
+    let env = env().await;
+    let fleet = fleet(&env, 3).await;
+    let opts = upload_opts(&fleet, &env.bucket);
+    bootstrap::upload(&env.aws, &opts, &QUIET).await.unwrap();
+    let key = "bootstrap/clawdinator-2/repo-seeds.tar.zst";
+    let size = env.get(key).await.len();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    env.put(key, vec![0u8; size]).await;
+    let again = bootstrap::upload(&env.aws, &opts, &QUIET).await.unwrap();
+    let changed: Vec<_> =
+        again.objects.iter().filter(|o| o.action != Action::Unchanged).map(|o| (o.key.as_str(), o.action)).collect();
+    assert_eq!(changed, [(key, Action::Copy)], "{again}");
+    let fetched = bootstrap::fetch(&env.aws, &fetch_opts(&env, 2)).await.unwrap();
+    assert_eq!(fetched.seeds, ["sample"]);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn changing_a_secret_reuploads_only_the_bundles_holding_it() {
     let env = env().await;
@@ -590,6 +628,28 @@ async fn a_fetch_killed_between_steps_leaves_a_whole_state() {
     assert!(again.already_done);
     assert!(host_view(&opts) == new);
     assert_eq!(std::fs::read_dir(opts.state_dir.join("generations")).unwrap().count(), 1, "leftovers stayed");
+}
+
+/// The abort switch above is a test hook: this build has it, and the host
+/// binary's build (the crate without its dev-dependencies, as
+/// nix/package.nix builds it) resolves the crate without the feature, so
+/// the shipped binary carries neither the switch nor its name.
+#[test]
+fn the_abort_switch_is_only_in_the_tests_build() {
+    const { assert!(cfg!(feature = "test-hooks"), "the tests run without the hooks they use") };
+    let features = |edges: &str| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = std::process::Command::new(cargo)
+            .current_dir(testkit::repo_root())
+            .args(["tree", "--offline", "--locked", "-p", "clawdinator", "--depth", "0", "-f", "[{f}]", "-e", edges])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{out:?}");
+        String::from_utf8(out.stdout).unwrap().lines().next().unwrap_or_default().to_string()
+    };
+    let shipped = features("normal,build");
+    assert!(shipped.starts_with('[') && !shipped.contains("test-hooks"), "the host binary's build: {shipped}");
+    assert!(features("all").contains("test-hooks"), "the tests' build has no test-hooks");
 }
 
 async fn edit_manifest(env: &Env, n: usize, change: impl FnOnce(&mut bootstrap::Manifest)) {
