@@ -5,34 +5,25 @@
 //! the signal, runs its cleanup, and says what the cleanup did.
 
 use std::future::Future;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Result};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 use crate::output::Output;
 
 /// The error a cancelled command returns (its message starts with this).
 pub const INTERRUPTED: &str = "interrupted";
 
-#[derive(Clone)]
-pub struct Cancel {
-    tx: Arc<watch::Sender<bool>>,
-    rx: watch::Receiver<bool>,
-}
-
-impl Default for Cancel {
-    fn default() -> Self {
-        Self::new()
-    }
-}
+/// tokio-util's token, with the waits a command needs on top: clones share
+/// one cancellation.
+#[derive(Clone, Default)]
+pub struct Cancel(CancellationToken);
 
 impl Cancel {
     /// A cancellation nothing triggers but [`Cancel::cancel`].
     pub fn new() -> Cancel {
-        let (tx, rx) = watch::channel(false);
-        Cancel { tx: Arc::new(tx), rx }
+        Cancel::default()
     }
 
     /// Cancelled by the first Ctrl-C (SIGINT) or SIGTERM. Needs a tokio runtime.
@@ -55,17 +46,16 @@ impl Cancel {
     }
 
     pub fn cancel(&self) {
-        let _ = self.tx.send(true);
+        self.0.cancel();
     }
 
     pub fn is_cancelled(&self) -> bool {
-        *self.rx.borrow()
+        self.0.is_cancelled()
     }
 
     /// Resolves once cancelled.
     pub async fn cancelled(&self) {
-        let mut rx = self.rx.clone();
-        let _ = rx.wait_for(|c| *c).await;
+        self.0.cancelled().await
     }
 
     /// Run `work` unless cancelled first; `what` names what was interrupted.
@@ -133,5 +123,32 @@ impl Wait<'_> {
         let verdict = if result.is_ok() { "done" } else { "stopped" };
         self.out.note(format!("{}: {verdict} after {:.1} s", self.what, started.elapsed().as_secs_f64()));
         result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A clone cancels for all: a wait guarded by the original stops with
+    /// the error that names what was interrupted, and later waits stop at once.
+    #[tokio::test]
+    async fn a_clone_cancels_every_wait() {
+        let cancel = Cancel::new();
+        let trigger = cancel.clone();
+        assert!(!cancel.is_cancelled());
+        tokio::spawn(async move { trigger.cancel() });
+        let err = cancel.guard("waiting", std::future::pending::<Result<()>>()).await.unwrap_err();
+        assert_eq!(err.to_string(), format!("{INTERRUPTED} while waiting"));
+        assert!(cancel.is_cancelled());
+        let err = cancel.sleep("sleeping", Duration::from_secs(3600)).await.unwrap_err();
+        assert_eq!(err.to_string(), format!("{INTERRUPTED} while sleeping"));
+    }
+
+    /// Work that finishes first is returned as it is.
+    #[tokio::test]
+    async fn work_done_before_a_cancel_is_kept() {
+        let cancel = Cancel::default();
+        assert_eq!(cancel.guard("adding", async { Ok(1 + 1) }).await.unwrap(), 2);
     }
 }
