@@ -40,6 +40,16 @@ pub fn refuse_self(me: Option<&str>, target: &str) -> Result<()> {
     }
 }
 
+/// The `host` header for `url`: its host, and its port when it names one.
+fn host_of(url: &str) -> Result<String> {
+    let uri: hyper::Uri = url.parse().with_context(|| format!("the control API URL {url:?} is not a URL"))?;
+    let authority = uri.authority().with_context(|| format!("the control API URL {url:?} has no host"))?;
+    Ok(match authority.port() {
+        Some(port) => format!("{}:{port}", authority.host()),
+        None => authority.host().to_string(),
+    })
+}
+
 /// A POST of `payload` to `url`, SigV4-signed for the `lambda` service.
 pub fn signed_request(
     url: &str,
@@ -48,8 +58,8 @@ pub fn signed_request(
     region: &str,
     time: SystemTime,
 ) -> Result<hyper::Request<Full<Bytes>>> {
-    let host = url.split("://").nth(1).and_then(|r| r.split('/').next()).context("the control API URL has no host")?;
-    let headers = [("host", host.to_string()), ("content-type", "application/json".to_string())];
+    let host = host_of(url)?;
+    let headers = [("host", host), ("content-type", "application/json".to_string())];
     let identity = credentials.into();
     let params = aws_sigv4::sign::v4::SigningParams::builder()
         .identity(&identity)
@@ -113,4 +123,24 @@ pub async fn call(aws: &Aws, given_url: Option<String>, payload: &Value) -> Resu
         bail!("the control API refused ({status}): {reason}");
     }
     Ok(answer)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::host_of;
+
+    /// The signed `host` is the URL's host, with the port only when the URL
+    /// names one; a URL without a host is refused before anything is signed.
+    #[test]
+    fn the_host_header_is_the_urls_authority() {
+        assert_eq!(
+            host_of("https://abc.lambda-url.eu-central-1.on.aws/").unwrap(),
+            "abc.lambda-url.eu-central-1.on.aws"
+        );
+        assert_eq!(host_of("http://127.0.0.1:8080/deploy?x=1").unwrap(), "127.0.0.1:8080");
+        assert_eq!(host_of("https://example.test").unwrap(), "example.test");
+        let err = host_of("/no/host").unwrap_err().to_string();
+        assert!(err.contains("has no host"), "{err}");
+        assert!(host_of("https://exa mple.test/").is_err());
+    }
 }
