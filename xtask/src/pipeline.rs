@@ -68,7 +68,7 @@ fn why_no_nix_build(flake: &Path, kvm: &Path) -> Option<String> {
 /// Throwaway inputs: the shipped registry, a new identity and sample
 /// secrets, two local git repositories as seeds, and an image (built by nix
 /// when it can be, a small sample disk otherwise).
-fn local_inputs(ctx: &Ctx, dir: &Path, host: &str, flake: &Path) -> Result<Inputs> {
+fn local_inputs(ctx: &Ctx, dir: &Path, build: BuildOptions) -> Result<Inputs> {
     let registry = testkit::repo_root().join(clawdinator::registry::DEFAULT_PATH);
     let fleet = fixtures::sample_fleet_for(dir, &registry, |name| format!("local sample value of {name}"))?;
     let mut list = String::from("# throwaway seeds for `pipeline --local`\n");
@@ -78,14 +78,8 @@ fn local_inputs(ctx: &Ctx, dir: &Path, host: &str, flake: &Path) -> Result<Input
     }
     let seeds_list = dir.join("repos.tsv");
     std::fs::write(&seeds_list, list)?;
-    let kvm = build::kvm_device();
-    let image = match why_no_nix_build(flake, &kvm) {
-        None => ImagePlan::Build(BuildOptions {
-            host: host.into(),
-            flake: flake.to_path_buf(),
-            out: dir.join("dist"),
-            kvm_device: kvm,
-        }),
+    let image = match why_no_nix_build(&build.flake, &build.kvm_device) {
+        None => ImagePlan::Build(BuildOptions { out: dir.join("dist"), ..build }),
         Some(why) => {
             ctx.out.note(format!(
                 "--local: {why}, so a small sample raw disk image (64 MiB, sparse) is published instead of a NixOS image"
@@ -129,10 +123,8 @@ fn failed(stage: &'static str) -> impl Fn(anyhow::Error) -> anyhow::Error {
 }
 
 fn inputs(ctx: &Ctx, args: &flags::Pipeline, scratch: &Path) -> Result<Inputs> {
-    let host = args.build.host.clone().unwrap_or_else(|| build::IMAGE_HOST.to_string());
-    let flake = clawdinator::project::resolve(&args.build.flake);
     if ctx.is_local() {
-        return local_inputs(ctx, scratch, &host, &flake);
+        return local_inputs(ctx, scratch, args.build.options());
     }
     let bucket = args
         .bucket
@@ -143,12 +135,7 @@ fn inputs(ctx: &Ctx, args: &flags::Pipeline, scratch: &Path) -> Result<Inputs> {
         seeds_list: args.list.clone(),
         seeds_dir: args.repo_seeds.clone(),
         bucket,
-        image: ImagePlan::Build(BuildOptions {
-            host,
-            flake,
-            out: clawdinator::project::resolve(&args.build.out),
-            kvm_device: build::kvm_device(),
-        }),
+        image: ImagePlan::Build(args.build.options()),
     })
 }
 

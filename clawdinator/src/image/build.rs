@@ -182,14 +182,6 @@ pub fn build_blocker(kvm_device: &Path) -> Option<String> {
     }
 }
 
-/// The KVM device a build needs: CLAWDINATOR_KVM_DEVICE names it where it
-/// is exposed under another name (and for tests), else `/dev/kvm`.
-/// `image build` reads it as `--kvm-device`; this is for callers without
-/// [`BuildArgs`] (xtask's pipeline), until they take [`BuildArgs::options`].
-pub fn kvm_device() -> PathBuf {
-    std::env::var_os("CLAWDINATOR_KVM_DEVICE").map(PathBuf::from).unwrap_or_else(|| "/dev/kvm".into())
-}
-
 impl BuildArgs {
     /// What these flags ask to build, paths resolved against the project.
     pub fn options(&self) -> BuildOptions {
