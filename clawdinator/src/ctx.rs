@@ -5,6 +5,7 @@ use anyhow::Result;
 
 use crate::aws;
 use crate::cancel::Cancel;
+use crate::exit::UsageError;
 use crate::flags::Global;
 use crate::output::Output;
 
@@ -80,6 +81,15 @@ impl Ctx {
     /// The bucket to use when none was given: the local one in a local run.
     pub fn default_bucket(&self) -> Option<&'static str> {
         self.local.as_ref().map(|_| LOCAL_BUCKET)
+    }
+
+    /// The bucket a command works on: the one `given` (its `--bucket`), else
+    /// the local one in a local run, else a usage error saying `missing`.
+    pub fn bucket(&self, given: Option<String>, missing: &str) -> Result<String> {
+        match given.or_else(|| self.default_bucket().map(str::to_string)) {
+            Some(bucket) => Ok(bucket),
+            None => Err(UsageError(missing.into()).into()),
+        }
     }
 
     /// The throwaway directory of a local run.

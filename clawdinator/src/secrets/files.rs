@@ -335,3 +335,16 @@ pub fn check(sources: &Sources, require_identity: bool) -> (CheckReport, Option<
     };
     (report, loaded)
 }
+
+impl SecretsArgs {
+    /// `secrets check`: every problem of the age files, at once.
+    pub async fn check(self, ctx: &crate::ctx::Ctx) -> Result<()> {
+        let sources = Sources::from_flags(&self);
+        let (report, _) = tokio::task::spawn_blocking(move || check(&sources, false)).await?;
+        ctx.out.emit(&report)?;
+        if !report.ok {
+            bail!("secrets check found errors (see above)");
+        }
+        Ok(())
+    }
+}

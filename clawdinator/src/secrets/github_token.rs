@@ -9,6 +9,7 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use super::flags::GithubTokenArgs;
 use crate::ctx::Ctx;
 use crate::{aws, github};
 
@@ -301,6 +302,37 @@ pub async fn issue(ctx: &Ctx, opts: &TokenOptions) -> Result<()> {
         return Ok(());
     }
     ctx.out.emit(&report)
+}
+
+impl GithubTokenArgs {
+    /// `secrets github-token`: the options the flags say, then [`issue`].
+    pub async fn run(self, ctx: &Ctx) -> Result<()> {
+        let pem = match (self.pem, self.pem_secret) {
+            (_, Some(secret)) => PemSource::Secret(secret),
+            (Some(file), None) => PemSource::File(file),
+            (None, None) => {
+                bail!(usage("no GitHub App key: pass --pem FILE (or GITHUB_APP_PEM_FILE) or --pem-secret NAME"))
+            }
+        };
+        let opts = TokenOptions {
+            app_id: self.app_id.ok_or_else(|| usage("no app id: pass --app-id or set GITHUB_APP_ID"))?,
+            installation_id: self
+                .installation_id
+                .ok_or_else(|| usage("no installation id: pass --installation-id or set GITHUB_APP_INSTALLATION_ID"))?,
+            pem,
+            api_url: self.api_url,
+            env_file: self.env_file,
+            gh_config_dir: self.gh_config_dir,
+            scope: Scope::parse(&self.repositories, &self.permissions, &self.fleet_repository)
+                .map_err(|e| usage(&format!("{e:#}")))?,
+            owner: crate::atomic::Owner::named(self.owner.owner.as_deref(), self.owner.group.as_deref())?,
+        };
+        issue(ctx, &opts).await
+    }
+}
+
+fn usage(message: &str) -> crate::exit::UsageError {
+    crate::exit::UsageError(message.into())
 }
 
 #[cfg(test)]

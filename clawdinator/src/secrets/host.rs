@@ -10,6 +10,7 @@ use anyhow::{bail, Context, Result};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
+use super::flags::SecretsInstallArgs;
 use crate::atomic::{self, Owner};
 
 #[derive(Debug, Clone, Serialize)]
@@ -127,4 +128,20 @@ pub fn install(opts: &InstallOptions) -> Result<FetchReport> {
         values.push((name.trim_end_matches(".age").to_string(), value));
     }
     write_set(&opts.dest, &values, &opts.owners)
+}
+
+impl SecretsInstallArgs {
+    /// `secrets install`: a host's secrets written whole.
+    pub fn run(self, ctx: &crate::ctx::Ctx) -> Result<()> {
+        let opts = InstallOptions {
+            from: self.from,
+            identity: self.identity,
+            dest: self.dest,
+            owners: Owners {
+                owner: Owner::named(self.owner.owner.as_deref(), self.owner.group.as_deref())?,
+                root_only: self.root_only,
+            },
+        };
+        ctx.out.emit(&install(&opts)?)
+    }
 }

@@ -16,8 +16,10 @@ use serde::Serialize;
 use zeroize::Zeroizing;
 
 use super::files::{self, Sources};
+use super::flags::{SecretsFetchArgs, SecretsSeedArgs};
 use super::host::{self, FetchReport};
 use crate::aws::{self, Aws};
+use crate::ctx::Ctx;
 use crate::registry::Registry;
 
 pub const PREFIX: &str = "clawdinator/";
@@ -360,4 +362,37 @@ pub async fn fetch(aws: &Aws, opts: &FetchOptions) -> Result<FetchReport> {
         values.push((file.clone(), value));
     }
     host::write_set(&opts.dest, &values, &owners)
+}
+
+impl SecretsSeedArgs {
+    /// `secrets seed`: the age files into Secrets Manager, recorded in the audit trail.
+    pub async fn run(self, ctx: &Ctx) -> Result<()> {
+        let opts = SeedOptions {
+            sources: Sources::from_flags(&self.secrets),
+            instances: self.select.names(),
+            dry_run: self.dry_run,
+            prune: self.prune,
+        };
+        let aws = ctx.aws().await?;
+        let entry = crate::audit::Entry::named("secrets seed", &opts.instances, opts.dry_run);
+        let report = entry.record(ctx, &aws, seed(&aws, &opts)).await?;
+        ctx.out.emit(&report)
+    }
+}
+
+impl SecretsFetchArgs {
+    /// `secrets fetch`: a host's secrets from Secrets Manager.
+    pub async fn run(self, ctx: &Ctx) -> Result<()> {
+        let opts = FetchOptions {
+            instance: crate::settings::instance_name(self.instance, &self.instance_file)?,
+            registry: self.instances.path,
+            spec: self.spec,
+            dest: self.dest,
+            owner: self.owner.owner,
+            group: self.owner.group,
+            root_only: self.root_only,
+        };
+        let aws = ctx.aws().await?;
+        ctx.out.emit(&fetch(&aws, &opts).await?)
+    }
 }

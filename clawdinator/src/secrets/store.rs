@@ -13,8 +13,12 @@ use anyhow::{bail, Result};
 use serde::Serialize;
 
 use super::files::{self, check_header, decrypt, load_identities, Sources};
+use super::flags::SecretsStoreArgs;
+use crate::audit::Entry;
 use crate::aws::s3::{self, Body};
 use crate::aws::Aws;
+use crate::ctx::Ctx;
+use crate::exit::UsageError;
 use crate::registry::Registry;
 
 pub const PREFIX: &str = "age-secrets/";
@@ -139,3 +143,27 @@ pub async fn pull(aws: &Aws, sources: &Sources, bucket: &str) -> Result<StoreRep
     }
     Ok(StoreReport { bucket: bucket.into(), dry_run: false, files })
 }
+
+impl SecretsStoreArgs {
+    /// `secrets push`: the local age files to the bucket, recorded in the audit trail.
+    pub async fn push(self, ctx: &Ctx) -> anyhow::Result<()> {
+        let bucket = ctx.bucket(self.bucket, NO_BUCKET)?;
+        let aws = ctx.aws().await?;
+        let sources = Sources::from_flags(&self.secrets);
+        let entry = Entry { command: "secrets push", targets: vec!["age-secrets".into()], dry_run: self.dry_run };
+        let report = entry.record(ctx, &aws, push(&aws, &sources, &bucket, self.dry_run)).await?;
+        ctx.out.emit(&report)
+    }
+
+    /// `secrets pull`: the bucket's age files to the local directory.
+    pub async fn pull(self, ctx: &Ctx) -> anyhow::Result<()> {
+        if self.dry_run {
+            return Err(UsageError("secrets pull writes only local files; --dry-run is for push".into()).into());
+        }
+        let bucket = ctx.bucket(self.bucket, NO_BUCKET)?;
+        let aws = ctx.aws().await?;
+        ctx.out.emit(&pull(&aws, &Sources::from_flags(&self.secrets), &bucket).await?)
+    }
+}
+
+const NO_BUCKET: &str = "no bucket: pass --bucket or set S3_BUCKET";

@@ -4,6 +4,9 @@
 use std::os::unix::fs::PermissionsExt;
 use std::process::Output;
 
+use clawdinator::cli::Command;
+use clawdinator::ctx::{Ctx, LOCAL_BUCKET};
+use clawdinator::secrets::flags::SecretsCmd;
 use testkit::env::{canary_value, env, Env, CANARY};
 use testkit::fixtures::{self, SampleFleet};
 
@@ -136,4 +139,52 @@ async fn a_push_failing_midway_is_finished_by_a_rerun_without_sending_twice() {
     let rerun = actions(&run(&env, "push", &fleet, &dir, &[]));
     assert_eq!((count(&rerun, "unchanged"), count(&rerun, "uploaded")), (3, 4), "{rerun:?}");
     assert_eq!(env.keys().await.len(), 7);
+}
+
+/// `secrets push|pull` as the command line gives it, without `--bucket`
+/// (and whatever S3_BUCKET says: a local run has a bucket of its own).
+fn without_bucket(fleet: &SampleFleet, verb: &str, secrets_dir: &std::path::Path) -> SecretsCmd {
+    use clap::Parser;
+    let s = &fleet.sources;
+    let mut argv = vec!["clawdinator".to_string(), "secrets".into(), verb.into()];
+    for (flag, path) in [
+        ("--instances", &s.registry),
+        ("--spec", &s.spec),
+        ("--age-key", &s.age_key),
+        ("--secrets-dir", &secrets_dir.to_path_buf()),
+    ] {
+        argv.extend([flag.to_string(), path.display().to_string()]);
+    }
+    match clawdinator::cli::Clawdinator::try_parse_from(argv).unwrap().command {
+        Command::Secrets(SecretsCmd::Push(mut args)) => {
+            args.bucket = None;
+            SecretsCmd::Push(args)
+        }
+        Command::Secrets(SecretsCmd::Pull(mut args)) => {
+            args.bucket = None;
+            SecretsCmd::Pull(args)
+        }
+        other => panic!("not secrets push or pull: {other:?}"),
+    }
+}
+
+/// Under `--local` (`cargo xtask --local secrets push`) a push and a pull
+/// without `--bucket` use the throwaway emulator's bucket, as every other
+/// command there does.
+#[tokio::test(flavor = "multi_thread")]
+async fn push_and_pull_under_local_use_the_local_bucket() {
+    let env = env().await;
+    let fleet = fixtures::sample_fleet(&env.path("src"), 1, canary_value).unwrap();
+    let global = clawdinator::flags::Global { json: true, ..Default::default() };
+    let ctx = Ctx::local(global, env.emulator.endpoint(), Box::new(())).await.unwrap();
+
+    let push = without_bucket(&fleet, "push", &fleet.sources.secrets_dir);
+    clawdinator::secrets::run(&ctx, push).await.expect("secrets push under --local without --bucket");
+    let listed = env.aws.s3().list_objects_v2().bucket(LOCAL_BUCKET).prefix("age-secrets/").send().await.unwrap();
+    assert_eq!(listed.contents().len(), 6, "5 common secrets and 1 token in {LOCAL_BUCKET}: {listed:?}");
+
+    let pulled = env.path("ci/age-secrets");
+    let pull = without_bucket(&fleet, "pull", &pulled);
+    clawdinator::secrets::run(&ctx, pull).await.expect("secrets pull under --local without --bucket");
+    assert_eq!(std::fs::read_dir(&pulled).unwrap().count(), 6, "the files pulled from {LOCAL_BUCKET}");
 }
