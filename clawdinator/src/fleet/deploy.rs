@@ -5,17 +5,21 @@
 //! first failure stops the roll, named; the rest stay as they were.
 //! Instances the registry has but EC2 lacks are created first.
 
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::{Context, Result};
-use aws_sdk_ec2::types::Filter;
+use anyhow::{bail, Context, Result};
+use aws_sdk_ec2::types::{Filter, InstanceStateName, InstanceStatusSummary, SummaryStatus};
 use serde::Serialize;
 use xshell::{cmd, Shell};
 
+use super::flags::FleetDeployArgs;
 use super::status::{self, LiveInstance};
+use crate::audit::Entry;
 use crate::aws::{self, Aws};
 use crate::cancel::{Cancel, Poll, Wait};
+use crate::ctx::Ctx;
 use crate::exit::UsageError;
 use crate::output::Output;
 use crate::registry::Registry;
@@ -184,54 +188,73 @@ async fn healthy(
         cancel,
         out,
     };
-    wait.until(|| async {
-        let found = aws
-            .ec2()
-            .describe_instances()
-            .filters(Filter::builder().name("tag:Name").values(name).build())
-            .filters(Filter::builder().name("instance-state-name").values("pending").values("running").build())
-            .send()
-            .await
-            .map_err(|e| aws::error("EC2 DescribeInstances", name, e))?;
-        let Some(instance) = found
-            .reservations()
-            .iter()
-            .flat_map(|r| r.instances())
-            .find(|i| i.instance_id().is_some_and(|id| !old.iter().any(|o| o == id)))
-        else {
-            return Ok(Poll::Pending("no new instance yet".into()));
-        };
-        let id = instance.instance_id().unwrap_or_default().to_string();
-        if instance.state().and_then(|s| s.name()).map(|n| n.as_str()) != Some("running") {
-            return Ok(Poll::Pending(format!("{id} pending")));
+    wait.until(|| health(aws, name, old)).await
+}
+
+/// One look at the new instance: running, its status checks, its SSM agent.
+async fn health(aws: &Aws, name: &str, old: &[String]) -> Result<Poll<String>> {
+    let id = match new_instance(aws, name, old).await? {
+        Poll::Done(id) => id,
+        pending => return Ok(pending),
+    };
+    if let Some(pending) = status_checks(aws, name, &id).await? {
+        return Ok(Poll::Pending(pending));
+    }
+    if status::ssm_online(aws, std::slice::from_ref(&id)).await?.contains(&id) {
+        Ok(Poll::Done(id))
+    } else {
+        Ok(Poll::Pending(format!("{id} SSM agent not online")))
+    }
+}
+
+/// The running instance named `name` that is none of `old`.
+async fn new_instance(aws: &Aws, name: &str, old: &[String]) -> Result<Poll<String>> {
+    let states = [InstanceStateName::Pending, InstanceStateName::Running];
+    let found = aws
+        .ec2()
+        .describe_instances()
+        .filters(Filter::builder().name("tag:Name").values(name).build())
+        .filters(
+            Filter::builder()
+                .name("instance-state-name")
+                .set_values(Some(states.map(|s| s.to_string()).to_vec()))
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| aws::error("EC2 DescribeInstances", name, e))?;
+    let mut instances = found.reservations().iter().flat_map(|r| r.instances());
+    let Some(instance) = instances.find(|i| i.instance_id().is_some_and(|id| !old.iter().any(|o| o == id))) else {
+        return Ok(Poll::Pending("no new instance yet".into()));
+    };
+    let id = instance.instance_id().unwrap_or_default().to_string();
+    match instance.state().and_then(|s| s.name()) {
+        Some(InstanceStateName::Running) => Ok(Poll::Done(id)),
+        _ => Ok(Poll::Pending(format!("{id} pending"))),
+    }
+}
+
+/// None once both EC2 status checks pass; what they say while they do not
+/// yet; an error once either is impaired.
+async fn status_checks(aws: &Aws, name: &str, id: &str) -> Result<Option<String>> {
+    let statuses = aws
+        .ec2()
+        .describe_instance_status()
+        .instance_ids(id)
+        .send()
+        .await
+        .map_err(|e| aws::error("EC2 DescribeInstanceStatus", id, e))?;
+    let of = |x: Option<&InstanceStatusSummary>| x.and_then(|s| s.status()).cloned();
+    let checks = statuses.instance_statuses().first().map(|s| (of(s.instance_status()), of(s.system_status())));
+    let shown = |s: &Option<SummaryStatus>| s.as_ref().map(|s| s.as_str()).unwrap_or_default().to_string();
+    match checks {
+        Some((Some(SummaryStatus::Ok), Some(SummaryStatus::Ok))) => Ok(None),
+        Some((i, s)) if [&i, &s].contains(&&Some(SummaryStatus::Impaired)) => {
+            anyhow::bail!("{name} ({id}) fails its EC2 status checks (instance {}, system {})", shown(&i), shown(&s))
         }
-        let statuses = aws
-            .ec2()
-            .describe_instance_status()
-            .instance_ids(&id)
-            .send()
-            .await
-            .map_err(|e| aws::error("EC2 DescribeInstanceStatus", &id, e))?;
-        let checks = statuses.instance_statuses().first().map(|s| {
-            let of = |x: Option<&aws_sdk_ec2::types::InstanceStatusSummary>| {
-                x.and_then(|s| s.status()).map(|s| s.as_str().to_string()).unwrap_or_default()
-            };
-            (of(s.instance_status()), of(s.system_status()))
-        });
-        match checks {
-            Some((i, s)) if i == "ok" && s == "ok" => {}
-            Some((i, s)) if i == "impaired" || s == "impaired" => {
-                anyhow::bail!("{name} ({id}) fails its EC2 status checks (instance {i}, system {s})")
-            }
-            other => return Ok(Poll::Pending(format!("{id} status checks {other:?}"))),
-        }
-        if status::ssm_online(aws, std::slice::from_ref(&id)).await?.contains(&id) {
-            Ok(Poll::Done(id))
-        } else {
-            Ok(Poll::Pending(format!("{id} SSM agent not online")))
-        }
-    })
-    .await
+        Some((i, s)) => Ok(Some(format!("{id} status checks {:?}", Some((shown(&i), shown(&s)))))),
+        None => Ok(Some(format!("{id} status checks None"))),
+    }
 }
 
 /// One tofu run as the caller's own identity: tofu gets the credentials
@@ -284,4 +307,76 @@ pub async fn deploy(
         }
     }
     Ok(report)
+}
+
+impl FleetDeployArgs {
+    /// `fleet deploy`: the targets, asked for `all`, then the deploy,
+    /// recorded in the audit trail.
+    pub async fn run(mut self, ctx: &Ctx) -> Result<()> {
+        // Workflow inputs left blank arrive as empty variables: not given.
+        self.ami = self.ami.filter(|a| !a.trim().is_empty());
+        self.caller = self.caller.filter(|c| !c.trim().is_empty());
+        let registry = Registry::given(&self.instances)?;
+        let names = match self.missing {
+            true => vec![],
+            false => targets(&registry, &self.targets, self.caller.as_deref())?,
+        };
+        if self.targets.iter().any(|t| t == "all") && !self.dry_run {
+            confirm_all(names.len(), self.yes)?;
+        }
+        let opts = self.options(ctx)?;
+        let aws = ctx.aws().await?;
+        let targets = if opts.missing { vec!["missing".to_string()] } else { names };
+        let entry = Entry { command: "fleet deploy", targets, dry_run: opts.dry_run };
+        let report = entry.record(ctx, &aws, deploy(&aws, &registry, &opts, &ctx.cancel, &ctx.out)).await?;
+        ctx.out.emit(&report)
+    }
+
+    fn options(self, ctx: &Ctx) -> Result<DeployOptions> {
+        Ok(DeployOptions {
+            backend: backend(&self, ctx)?,
+            targets: self.targets,
+            missing: self.missing,
+            ami: self.ami,
+            caller: self.caller,
+            dry_run: self.dry_run,
+            chdir: self.chdir,
+            var_file: self.var_file,
+            healthy_timeout: Duration::from_secs(self.healthy_timeout),
+            poll: self.poll.poll,
+        })
+    }
+}
+
+/// OpenTofu's state backend as the flags say; a local run has its own bucket and region.
+fn backend(args: &FleetDeployArgs, ctx: &Ctx) -> Result<Backend> {
+    let bucket = args.backend_bucket.clone().or_else(|| ctx.default_bucket().map(str::to_string));
+    let region =
+        args.backend_region.clone().or_else(|| ctx.region()).or_else(|| ctx.is_local().then(|| "us-east-1".into()));
+    let (Some(bucket), Some(region)) = (bucket, region) else {
+        bail!(UsageError(
+            "no state backend: pass --backend-bucket and --backend-region (or TF_BACKEND_BUCKET, TF_BACKEND_REGION)"
+                .into()
+        ));
+    };
+    Ok(Backend { bucket, key: args.backend_key.clone(), region, lock_table: args.lock_table.clone() })
+}
+
+/// `fleet deploy all` replaces every instance: asked on a terminal, refused without one unless --yes.
+fn confirm_all(count: usize, yes: bool) -> Result<()> {
+    if yes {
+        return Ok(());
+    }
+    if !std::io::stdin().is_terminal() {
+        bail!(UsageError(format!(
+            "`fleet deploy all` replaces all {count} instances: pass --yes (there is no terminal to ask on)"
+        )));
+    }
+    eprint!("Replace all {count} instances, one at a time, canary first? Type yes to go on: ");
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    if answer.trim() != "yes" {
+        bail!("not confirmed; nothing was changed");
+    }
+    Ok(())
 }

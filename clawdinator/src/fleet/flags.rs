@@ -1,6 +1,7 @@
 //! `fleet …`: the registry against EC2, deploys, switches and the control API client.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
@@ -9,7 +10,7 @@ use crate::flags::InstancesArg;
 #[derive(Debug, Subcommand)]
 pub enum FleetCmd {
     /// Validate the registry and report every problem at once.
-    Check(InstancesArg),
+    Check(FleetCheckArgs),
     /// The registry against EC2: instances, AMIs, revisions, SSM; drift by kind (exit 3 on drift).
     Status(FleetStatusArgs),
     /// Replace instances from the latest fleet AMI (or --ami), one at a time, canary first.
@@ -31,6 +32,28 @@ pub enum FleetCmd {
 }
 
 #[derive(Debug, Args)]
+pub struct FleetCheckArgs {
+    #[command(flatten)]
+    pub instances: InstancesArg,
+}
+
+/// How often a command that waits on AWS asks again.
+#[derive(Debug, Args)]
+pub struct PollArg {
+    /// Seconds between two polls of AWS while waiting (0.05-60).
+    #[arg(long = "poll-seconds", env = "CLAWDINATOR_POLL_SECONDS", default_value = "5", value_parser = poll_seconds)]
+    pub poll: Duration,
+}
+
+/// A poll interval in seconds, fractions allowed; kept within 0.05-60.
+fn poll_seconds(text: &str) -> Result<Duration, String> {
+    match text.trim().parse::<f64>() {
+        Ok(secs) if secs.is_finite() => Ok(Duration::from_secs_f64(secs.clamp(0.05, 60.0))),
+        _ => Err(format!("{text:?} is not a number of seconds")),
+    }
+}
+
+#[derive(Debug, Args)]
 pub struct FleetRefreshArgs {
     /// Only these hosts (default: every instance of the registry).
     pub names: Vec<String>,
@@ -40,6 +63,8 @@ pub struct FleetRefreshArgs {
     /// Seconds one host may take.
     #[arg(long, default_value_t = 600)]
     pub timeout: u64,
+    #[command(flatten)]
+    pub poll: PollArg,
     #[command(flatten)]
     pub instances: InstancesArg,
 }
@@ -53,6 +78,8 @@ pub struct FleetLogsArgs {
     /// Seconds to wait for the host.
     #[arg(long, default_value_t = 120)]
     pub timeout: u64,
+    #[command(flatten)]
+    pub poll: PollArg,
     #[command(flatten)]
     pub instances: InstancesArg,
 }
@@ -70,6 +97,8 @@ pub struct FleetRestartArgs {
     /// Seconds to wait for the host.
     #[arg(long, default_value_t = 300)]
     pub timeout: u64,
+    #[command(flatten)]
+    pub poll: PollArg,
     #[command(flatten)]
     pub instances: InstancesArg,
 }
@@ -169,6 +198,8 @@ pub struct FleetDeployArgs {
     #[arg(long, default_value_t = 900)]
     pub healthy_timeout: u64,
     #[command(flatten)]
+    pub poll: PollArg,
+    #[command(flatten)]
     pub instances: InstancesArg,
 }
 
@@ -190,6 +221,8 @@ pub struct FleetSwitchArgs {
     /// Seconds one host may take (fetch, activation, health).
     #[arg(long, default_value_t = 1800)]
     pub timeout: u64,
+    #[command(flatten)]
+    pub poll: PollArg,
     #[command(flatten)]
     pub instances: InstancesArg,
 }

@@ -22,7 +22,9 @@ use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UnixListener, UnixStream};
 
 use super::control;
+use super::flags::{ControlAction, FleetControlArgs, FleetControlHelperArgs};
 use crate::aws::Aws;
+use crate::ctx::Ctx;
 
 /// A request is a few short fields; anything longer is refused unread.
 pub const REQUEST_LIMIT: u64 = 1024;
@@ -161,5 +163,48 @@ pub async fn ask(socket: &Path, body: &Value) -> Result<Value> {
     match answer["ok"].as_bool() {
         Some(true) => Ok(answer["answer"].clone()),
         _ => bail!("the control helper refused: {}", answer["error"].as_str().unwrap_or("no reason given")),
+    }
+}
+
+impl FleetControlHelperArgs {
+    /// `fleet control-helper`: serve the socket until stopped.
+    pub async fn run(self, ctx: &Ctx) -> Result<()> {
+        let opts = HelperOptions {
+            socket: self.socket,
+            url: self.url,
+            instance: crate::settings::host_setting(&self.instance_file),
+        };
+        serve(&ctx.aws().await?, &opts).await
+    }
+}
+
+impl FleetControlArgs {
+    /// `fleet control`: one request, through the helper's socket or signed here.
+    pub async fn run(self, ctx: &Ctx) -> Result<()> {
+        let me = crate::settings::host_setting(&self.instance_file);
+        let (action, target, ami) = match &self.action {
+            ControlAction::Status => ("status", None, None),
+            ControlAction::Deploy { target, ami } => {
+                control::refuse_self(me.as_deref(), target)?;
+                ("deploy", Some(target.as_str()), ami.as_deref())
+            }
+        };
+        let body = control::body(action, target, ami);
+        let answer = match &self.socket {
+            Some(socket) => ask(socket, &body).await?,
+            None => control::call(&ctx.aws().await?, self.url.clone(), &body).await?,
+        };
+        ctx.out.emit(&ControlAnswer(answer))
+    }
+}
+
+/// The control API's answer, printed as it came.
+#[derive(serde::Serialize)]
+#[serde(transparent)]
+struct ControlAnswer(Value);
+
+impl std::fmt::Display for ControlAnswer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "{}", serde_json::to_string_pretty(&self.0).unwrap_or_default())
     }
 }

@@ -6,7 +6,8 @@
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
-use aws_sdk_ec2::types::Filter;
+use aws_sdk_ec2::types::{Filter, InstanceStateName};
+use aws_sdk_ssm::types::CommandInvocationStatus as Status;
 
 use super::status::TAG_DEPLOYED_REVISION;
 use crate::aws::{self, Aws};
@@ -21,7 +22,7 @@ pub async fn running_instance(aws: &Aws, name: &str) -> Result<(String, Option<S
         .describe_instances()
         .filters(Filter::builder().name("tag:Name").values(name).build())
         .filters(Filter::builder().name("tag:app").values("clawdinator").build())
-        .filters(Filter::builder().name("instance-state-name").values("running").build())
+        .filters(Filter::builder().name("instance-state-name").values(InstanceStateName::Running.as_str()).build())
         .send()
         .await
         .map_err(|e| aws::error("EC2 DescribeInstances", name, e))?;
@@ -87,9 +88,9 @@ pub async fn run_on_host(aws: &Aws, name: &str, id: &str, run: &HostRun<'_>) -> 
                 }
                 Err(e) => return Err(aws::error("SSM GetCommandInvocation", id, e)),
             };
-            let status = inv.status().map(|s| s.as_str().to_string()).unwrap_or_default();
-            if matches!(status.as_str(), "Pending" | "InProgress" | "Delayed" | "Cancelling") {
-                return Ok(Poll::Pending(status));
+            let status = inv.status().cloned().unwrap_or_else(|| Status::from(""));
+            if matches!(status, Status::Pending | Status::InProgress | Status::Delayed | Status::Cancelling) {
+                return Ok(Poll::Pending(status.to_string()));
             }
             let output = format!(
                 "{}{}",
@@ -99,7 +100,7 @@ pub async fn run_on_host(aws: &Aws, name: &str, id: &str, run: &HostRun<'_>) -> 
             Ok(Poll::Done((status, output)))
         })
         .await?;
-    if status != "Success" {
+    if status != Status::Success {
         bail!("{name} ({id}): `{}` ended {status}; its output:\n{}", run.command, output.trim_end());
     }
     Ok(output)

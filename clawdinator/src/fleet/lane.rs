@@ -175,6 +175,19 @@ where
     }
 }
 
+/// A lane's report is printed here alone: also when it stopped, before its error.
+pub fn emit(ctx: &crate::ctx::Ctx, result: anyhow::Result<LaneReport>) -> anyhow::Result<()> {
+    match result {
+        Ok(report) => ctx.out.emit(&report),
+        Err(e) => {
+            if let Some(stopped) = e.downcast_ref::<Stopped>() {
+                ctx.out.emit(&stopped.report)?;
+            }
+            Err(e)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

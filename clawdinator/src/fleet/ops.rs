@@ -9,9 +9,12 @@ use std::time::Duration;
 use anyhow::Result;
 use serde::Serialize;
 
+use super::flags::{FleetLogsArgs, FleetRestartArgs};
 use super::host_run::{run_on_host, running_instance, HostRun};
+use crate::audit::Entry;
 use crate::aws::Aws;
 use crate::cancel::Cancel;
+use crate::ctx::Ctx;
 use crate::host::ops::{check_since, check_unit};
 use crate::output::Output;
 use crate::registry::Registry;
@@ -126,4 +129,27 @@ pub async fn restart(
     let run = opts.host_run(RESTART_DOCUMENT, vec![("unit", opts.unit.clone())], command, cancel, out);
     report.output = run_on_host(aws, &opts.name, &id, &run).await?;
     Ok(report)
+}
+
+impl FleetLogsArgs {
+    /// `fleet logs`: a host's unit journal.
+    pub async fn run(self, ctx: &Ctx) -> Result<()> {
+        let registry = Registry::given(&self.instances)?;
+        let j = self.journal;
+        let opts = OpsOptions::new(self.name, j.unit, self.timeout, self.poll.poll);
+        let aws = ctx.aws().await?;
+        ctx.out.emit(&logs(&aws, &registry, &opts, &j.since, j.lines, &ctx.cancel, &ctx.out).await?)
+    }
+}
+
+impl FleetRestartArgs {
+    /// `fleet restart`: a unit on a host, recorded in the audit trail.
+    pub async fn run(self, ctx: &Ctx) -> Result<()> {
+        let registry = Registry::given(&self.instances)?;
+        let opts = OpsOptions::new(self.name, self.unit, self.timeout, self.poll.poll);
+        let aws = ctx.aws().await?;
+        let entry = Entry::named("fleet restart", std::slice::from_ref(&opts.name), self.dry_run);
+        let work = restart(&aws, &registry, &opts, self.dry_run, &ctx.cancel, &ctx.out);
+        ctx.out.emit(&entry.record(ctx, &aws, work).await?)
+    }
 }

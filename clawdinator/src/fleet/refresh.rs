@@ -9,10 +9,13 @@ use std::time::Duration;
 
 use anyhow::Result;
 
+use super::flags::FleetRefreshArgs;
 use super::host_run::{run_on_host, HostRun};
 use super::lane::{self, LaneReport, Target, Verb};
+use crate::audit::Entry;
 use crate::aws::Aws;
 use crate::cancel::Cancel;
+use crate::ctx::Ctx;
 use crate::output::Output;
 use crate::registry::Registry;
 
@@ -69,4 +72,21 @@ pub async fn refresh_secrets(
         run_on_host(aws, &t.name, &t.instance_id, &run).await.map(|_| ())
     })
     .await
+}
+
+impl FleetRefreshArgs {
+    /// `fleet refresh-secrets`: the secrets lane, recorded in the audit trail.
+    pub async fn run(self, ctx: &Ctx) -> Result<()> {
+        let registry = Registry::given(&self.instances)?;
+        let opts = RefreshOptions {
+            names: self.names,
+            dry_run: self.dry_run,
+            timeout: Duration::from_secs(self.timeout),
+            poll: self.poll.poll,
+        };
+        let aws = ctx.aws().await?;
+        let entry = Entry::named("fleet refresh-secrets", &opts.names, opts.dry_run);
+        let work = refresh_secrets(&aws, &registry, &opts, &ctx.cancel, &ctx.out);
+        lane::emit(ctx, entry.record(ctx, &aws, work).await)
+    }
 }

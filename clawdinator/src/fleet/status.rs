@@ -3,17 +3,22 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use anyhow::Result;
-use aws_sdk_ec2::types::Filter;
+use anyhow::{bail, Result};
+use aws_sdk_ec2::types::{Filter, InstanceStateName};
+use aws_sdk_ssm::types::PingStatus;
 use serde::Serialize;
 
+use super::flags::{FleetCheckArgs, FleetStatusArgs};
 use crate::aws::{self, Aws};
+use crate::ctx::Ctx;
+use crate::exit::{DriftFound, UsageError};
 use crate::registry::Registry;
 
 /// The tag `fleet switch` writes on an instance after switching it.
 pub const TAG_DEPLOYED_REVISION: &str = "clawdinator:deployed-revision";
 /// States of an instance that is there (terminated and shutting-down ones are gone).
-pub const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"];
+pub const LIVE_STATES: [InstanceStateName; 4] =
+    [InstanceStateName::Pending, InstanceStateName::Running, InstanceStateName::Stopping, InstanceStateName::Stopped];
 
 /// One EC2 instance of the fleet as AWS reports it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -21,12 +26,18 @@ pub const LIVE_STATES: [&str; 4] = ["pending", "running", "stopping", "stopped"]
 pub struct LiveInstance {
     pub id: String,
     pub name: Option<String>,
-    pub state: String,
+    #[serde(serialize_with = "state_name")]
+    pub state: InstanceStateName,
     pub instance_type: String,
     pub ami: String,
     pub launch_time: Option<String>,
     pub revision: Option<String>,
     pub ssm_online: bool,
+}
+
+/// An instance's state as AWS words it (`running`).
+fn state_name<S: serde::Serializer>(state: &InstanceStateName, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(state.as_str())
 }
 
 /// The live fleet: every instance tagged app=clawdinator in a live state,
@@ -40,7 +51,7 @@ pub async fn live_instances(aws: &Aws) -> Result<Vec<LiveInstance>> {
         .filters(
             Filter::builder()
                 .name("instance-state-name")
-                .set_values(Some(LIVE_STATES.map(String::from).to_vec()))
+                .set_values(Some(LIVE_STATES.map(|s| s.to_string()).to_vec()))
                 .build(),
         )
         .into_paginator()
@@ -54,7 +65,7 @@ pub async fn live_instances(aws: &Aws) -> Result<Vec<LiveInstance>> {
             instances.push(LiveInstance {
                 id: instance.instance_id().unwrap_or_default().to_string(),
                 name: tag("Name"),
-                state: instance.state().and_then(|s| s.name()).map(|n| n.as_str().to_string()).unwrap_or_default(),
+                state: instance.state().and_then(|s| s.name()).cloned().unwrap_or_else(|| InstanceStateName::from("")),
                 instance_type: instance.instance_type().map(|t| t.as_str().to_string()).unwrap_or_default(),
                 ami: instance.image_id().unwrap_or_default().to_string(),
                 launch_time: instance.launch_time().map(|t| t.to_string()),
@@ -63,7 +74,8 @@ pub async fn live_instances(aws: &Aws) -> Result<Vec<LiveInstance>> {
             });
         }
     }
-    let running: Vec<String> = instances.iter().filter(|i| i.state == "running").map(|i| i.id.clone()).collect();
+    let running: Vec<String> =
+        instances.iter().filter(|i| i.state == InstanceStateName::Running).map(|i| i.id.clone()).collect();
     let online = ssm_online(aws, &running).await?;
     for instance in &mut instances {
         instance.ssm_online = online.contains(&instance.id);
@@ -85,7 +97,7 @@ pub async fn ssm_online(aws: &Aws, ids: &[String]) -> Result<BTreeSet<String>> {
         while let Some(page) = pages.next().await {
             let page = page.map_err(|e| aws::error("SSM DescribeInstanceInformation", "fleet instances", e))?;
             for info in page.instance_information_list() {
-                if info.ping_status().map(|p| p.as_str()) == Some("Online") {
+                if info.ping_status() == Some(&PingStatus::Online) {
                     online.extend(info.instance_id().map(String::from));
                 }
             }
@@ -167,7 +179,7 @@ impl std::fmt::Display for StatusReport {
                 "{:<16} {:<20} {:<9} {:<10} {:<22} {:<9} {:<12} {}",
                 i.name.as_deref().unwrap_or("-"),
                 i.id,
-                i.state,
+                i.state.as_str(),
                 i.instance_type,
                 format!("{}{latest}", i.ami),
                 i.revision.as_deref().map(|r| &r[..r.len().min(8)]).unwrap_or("-"),
@@ -255,4 +267,33 @@ pub async fn status(aws: &Aws, registry: &Registry, revision: Option<String>) ->
     let latest =
         images.iter().find(|i| crate::image::ami::state(i) == "available").and_then(|i| i.image_id()).map(String::from);
     Ok(compare(registry, live, latest, revision))
+}
+
+impl FleetCheckArgs {
+    /// `fleet check`: the registry alone, every problem at once.
+    pub fn run(self, ctx: &Ctx) -> Result<()> {
+        let path = &self.instances.path;
+        let report = crate::registry::check_file(&crate::project::resolve(path), &path.display().to_string());
+        ctx.out.emit(&report)?;
+        if !report.ok {
+            bail!("the fleet registry {} is not valid", path.display());
+        }
+        Ok(())
+    }
+}
+
+impl FleetStatusArgs {
+    /// `fleet status`: the registry against EC2; drift is exit 3.
+    pub async fn run(self, ctx: &Ctx) -> Result<()> {
+        if let Some(rev) = &self.revision {
+            crate::release::manifest::check_revision(rev).map_err(|e| UsageError(format!("--revision: {e}")))?;
+        }
+        let registry = Registry::given(&self.instances)?;
+        let report = status(&ctx.aws().await?, &registry, self.revision).await?;
+        ctx.out.emit(&report)?;
+        if !report.drift.is_empty() {
+            bail!(DriftFound(report.drift.len()));
+        }
+        Ok(())
+    }
 }

@@ -11,11 +11,14 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
+use super::flags::FleetSwitchArgs;
 use super::host_run::{run_on_host, HostRun};
 use super::lane::{self, LaneReport, Target, Verb};
 use super::status::TAG_DEPLOYED_REVISION;
+use crate::audit::Entry;
 use crate::aws::{self, Aws};
 use crate::cancel::Cancel;
+use crate::ctx::Ctx;
 use crate::output::Output;
 use crate::registry::Registry;
 use crate::release::manifest;
@@ -121,4 +124,24 @@ pub async fn switch(
         bail!("nothing was switched: {why}");
     }
     lane::roll(report, &VERB, &targets, |t| async move { switch_host(aws, &t, opts, cancel, out).await }).await
+}
+
+impl FleetSwitchArgs {
+    /// `fleet switch`: the release lane, recorded in the audit trail.
+    pub async fn run(self, ctx: &Ctx) -> Result<()> {
+        let registry = Registry::given(&self.instances)?;
+        let opts = SwitchOptions {
+            rev: self.rev,
+            names: self.names,
+            bucket: ctx
+                .bucket(self.bucket, "no fleet bucket (where releases/<rev>.json is): pass --bucket (S3_BUCKET)")?,
+            parallel: self.parallel.into(),
+            dry_run: self.dry_run,
+            timeout: Duration::from_secs(self.timeout),
+            poll: self.poll.poll,
+        };
+        let aws = ctx.aws().await?;
+        let entry = Entry::named("fleet switch", &opts.names, opts.dry_run);
+        lane::emit(ctx, entry.record(ctx, &aws, switch(&aws, &registry, &opts, &ctx.cancel, &ctx.out)).await)
+    }
 }

@@ -41,6 +41,11 @@ pub struct Registry {
 }
 
 impl Registry {
+    /// The registry a command's `--instances` names (a relative path from the checkout's root).
+    pub fn given(arg: &crate::flags::InstancesArg) -> Result<Registry> {
+        Ok(Registry::load(&crate::project::resolve(&arg.path))?)
+    }
+
     /// Read and validate; every problem found is in the error.
     pub fn load(path: &Path) -> Result<Registry, Problems> {
         let shown = path.display().to_string();
@@ -272,41 +277,38 @@ fn check_entry(report: &Reporter, key: &str, value: &Value, problems: &mut Vec<P
         prefix: string_field(report, key, object, "bootstrapPrefix", format!("bootstrap/{key}"), problems),
         token: string_field(report, key, object, "discordTokenSecret", format!("{TOKEN_SECRET_PREFIX}N"), problems),
     };
-    if let Some(host) = &fields.host {
-        if host != key {
-            problems.push(report.at(
-                key,
-                Some("host"),
-                format!("is \"{host}\" but the key is \"{key}\""),
-                "make the key and host equal",
-            ));
-        }
-        if let Some(why) = host_name_error(host) {
-            problems.push(report.at(
-                key,
-                Some("host"),
-                format!("\"{host}\" {why}"),
-                "use 1-63 characters of a-z, 0-9 and -",
-            ));
-        }
+    check_host(report, key, fields.host.as_deref(), problems);
+    check_values(report, key, &fields, problems);
+    fields
+}
+
+/// The host: the entry's key, and a valid host name.
+fn check_host(report: &Reporter, key: &str, host: Option<&str>, problems: &mut Vec<Problem>) {
+    let Some(host) = host else { return };
+    if host != key {
+        let message = format!("is \"{host}\" but the key is \"{key}\"");
+        problems.push(report.at(key, Some("host"), message, "make the key and host equal"));
     }
+    if let Some(why) = host_name_error(host) {
+        let message = format!("\"{host}\" {why}");
+        problems.push(report.at(key, Some("host"), message, "use 1-63 characters of a-z, 0-9 and -"));
+    }
+}
+
+/// The instance type, the bootstrap prefix and the token secret, each of its form.
+fn check_values(report: &Reporter, key: &str, fields: &Fields, problems: &mut Vec<Problem>) {
     if let Some(t) = fields.instance_type.as_ref().filter(|t| !valid_instance_type(t)) {
         let message = format!("\"{t}\" is not an EC2 instance type of the form family.size");
         problems.push(report.at(key, Some("instanceType"), message, "use e.g. \"t3.large\""));
     }
     if let Some((p, why)) = fields.prefix.as_ref().and_then(|p| Some((p, prefix_error(p)?))) {
-        problems.push(report.at(
-            key,
-            Some("bootstrapPrefix"),
-            format!("\"{p}\" {why}"),
-            format!("use \"bootstrap/{key}\""),
-        ));
+        let message = format!("\"{p}\" {why}");
+        problems.push(report.at(key, Some("bootstrapPrefix"), message, format!("use \"bootstrap/{key}\"")));
     }
     if let Some((s, why)) = fields.token.as_ref().and_then(|s| Some((s, token_secret_error(s)?))) {
         let fix = format!("use \"{TOKEN_SECRET_PREFIX}<n>\" (the file name without .age)");
         problems.push(report.at(key, Some("discordTokenSecret"), format!("\"{s}\" {why}"), fix));
     }
-    fields
 }
 
 /// What must differ between instances: host, prefix (and no prefix inside
