@@ -11,6 +11,11 @@ use std::path::{Path, PathBuf};
 use anyhow::{ensure, Result};
 use serde::Serialize;
 
+use super::flags::EfsStunnelConfigArgs;
+use crate::ctx::Ctx;
+use crate::exit::UsageError;
+use crate::settings::given_or_written;
+
 /// One tunnel: the local NFS address to the file system's TLS endpoint.
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -87,6 +92,23 @@ impl Tunnel {
 pub fn write_config(tunnel: &Tunnel, out: &Path) -> Result<ConfigReport> {
     crate::atomic::write(out, tunnel.config()?.as_bytes(), 0o644)?;
     Ok(ConfigReport { path: out.display().to_string(), endpoint: tunnel.endpoint() })
+}
+
+impl EfsStunnelConfigArgs {
+    /// `host efs-stunnel-config`.
+    pub fn run(self, ctx: &Ctx) -> Result<()> {
+        let file_system_id = given_or_written(
+            self.file_system_id,
+            &self.file_system_id_file,
+            "EFS file system id",
+            "pass --file-system-id",
+        )?;
+        let region = ctx
+            .region()
+            .ok_or_else(|| UsageError("no region: pass --region, set AWS_REGION, or pass --region-file".into()))?;
+        let tunnel = Tunnel { file_system_id, region, ca_file: self.ca_file, accept: self.accept };
+        ctx.out.emit(&write_config(&tunnel, &self.out)?)
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,8 @@ use std::path::PathBuf;
 use anyhow::{bail, ensure, Context, Result};
 use zeroize::Zeroizing;
 
+use super::flags::HostExecArgs;
+
 /// One variable whose value is a file's content.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SecretEnv {
@@ -68,6 +70,14 @@ pub fn exec(vars: &[SecretEnv], command: &[String]) -> Result<()> {
     }
     let err = child.exec();
     Err(err).with_context(|| format!("cannot run {program}"))
+}
+
+impl HostExecArgs {
+    /// `host exec`: returns only on failure.
+    pub fn run(self) -> Result<()> {
+        let vars = self.secret_env.iter().map(|s| s.parse()).collect::<Result<Vec<SecretEnv>>>()?;
+        exec(&vars, &self.command)
+    }
 }
 
 #[cfg(test)]

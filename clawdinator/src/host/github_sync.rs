@@ -18,6 +18,8 @@ use http_body_util::Full;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
+use super::flags::GithubSyncArgs;
+use crate::ctx::Ctx;
 use crate::github::{self, Reply};
 
 /// At most this many pages (100 items each) of one list: a list longer
@@ -377,4 +379,15 @@ pub async fn sync(api: &str, org: &str, token: &str, root: &Path) -> Result<Sync
         tokio::task::block_in_place(|| crate::memory::write(&file, text.as_bytes(), wait))?;
     }
     Ok(report)
+}
+
+impl GithubSyncArgs {
+    /// `host github-sync`: the token comes from the environment, never the command line.
+    pub fn run(self, ctx: &Ctx) -> Result<()> {
+        let token = std::env::var("GITHUB_TOKEN").map_err(|_| {
+            crate::exit::UsageError("no GitHub token: set GITHUB_TOKEN (hosts load /run/clawd/github-app.env)".into())
+        })?;
+        let sync = sync(&self.api_url, &self.org, &token, &self.root);
+        ctx.out.emit(&tokio::runtime::Handle::current().block_on(sync)?)
+    }
 }

@@ -9,6 +9,9 @@ use anyhow::{ensure, Context, Result};
 use serde::Serialize;
 use xshell::{cmd, Shell};
 
+use super::flags::{HostLogsArgs, HostRestartArgs};
+use crate::ctx::Ctx;
+
 /// A unit of the fleet: `clawdinator`, `clawdinator-<words>`, with an
 /// optional `.service` or `.timer` (the documents' allowedPattern).
 pub fn check_unit(unit: &str) -> Result<()> {
@@ -75,6 +78,22 @@ pub fn restart(unit: &str) -> Result<RestartReport> {
     let report = RestartReport { unit: unit.to_string(), state: state.trim().to_string() };
     ensure!(report.state == "active", "{unit} is {} after the restart: see `fleet logs … --unit {unit}`", report.state);
     Ok(report)
+}
+
+impl HostLogsArgs {
+    /// `host logs`: the journal as it is, not a report.
+    pub fn run(self) -> Result<()> {
+        let j = self.journal;
+        println!("{}", logs(&j.unit, &j.since, j.lines)?);
+        Ok(())
+    }
+}
+
+impl HostRestartArgs {
+    /// `host restart`.
+    pub fn run(self, ctx: &Ctx) -> Result<()> {
+        ctx.out.emit(&restart(&self.unit)?)
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,9 @@ use anyhow::{ensure, Context, Result};
 use serde::Serialize;
 use zeroize::Zeroizing;
 
+use super::flags::PiAuthArgs;
+use crate::ctx::Ctx;
+
 #[derive(Debug, Serialize)]
 pub struct PiAuthReport {
     pub out: String,
@@ -41,4 +44,11 @@ pub fn write(openai: &Path, anthropic: &Path, out: &Path) -> Result<PiAuthReport
     );
     crate::atomic::write(out, json.as_bytes(), 0o600)?;
     Ok(PiAuthReport { out: out.display().to_string(), providers: vec!["openai", "anthropic"] })
+}
+
+impl PiAuthArgs {
+    /// `host pi-auth`.
+    pub fn run(self, ctx: &Ctx) -> Result<()> {
+        ctx.out.emit(&write(&self.openai_key_file, &self.anthropic_key_file, &self.out)?)
+    }
 }

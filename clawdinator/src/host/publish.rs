@@ -24,8 +24,10 @@ use serde::Serialize;
 
 use crate::aws::s3::{self, Body};
 use crate::aws::{self as aws_mod, Aws};
+use crate::ctx::Ctx;
 use rustix::fs::{openat, statat, AtFlags, Dir, FileType, Mode, OFlags};
 
+use super::flags::PublishTreeArgs;
 pub use super::flags::{DEFAULT_FROM, DEFAULT_PREFIX};
 
 pub struct PublishOptions {
@@ -196,18 +198,34 @@ fn content_type(name: &str) -> &'static str {
     }
 }
 
+/// Mirror the tree; see the module comment.
 pub async fn publish(aws: &Aws, opts: &PublishOptions) -> Result<PublishReport> {
     check_prefix(&opts.prefix)?;
     let tree = local_tree(&opts.from)?;
     let remote = remote_tree(aws, &opts.bucket, &opts.prefix).await?;
-    let (s3c, bucket) = (aws.s3(), opts.bucket.as_str());
     let mut report = PublishReport {
         bucket: opts.bucket.clone(),
         prefix: opts.prefix.clone(),
         dry_run: opts.dry_run,
         objects: BTreeMap::new(),
-        skipped: tree.skipped,
+        skipped: vec![],
     };
+    upload_changed(aws, opts, &tree, &remote, &mut report).await?;
+    report.skipped.extend(tree.skipped);
+    delete_gone(aws, opts, &remote, &mut report).await?;
+    report.skipped.sort();
+    Ok(report)
+}
+
+/// Every file of the tree the bucket lacks or holds otherwise, sent.
+async fn upload_changed(
+    aws: &Aws,
+    opts: &PublishOptions,
+    tree: &Tree,
+    remote: &BTreeMap<String, i64>,
+    report: &mut PublishReport,
+) -> Result<()> {
+    let (s3c, bucket) = (aws.s3(), opts.bucket.as_str());
     for (rel, (dir, name)) in &tree.files {
         let key = format!("{}{rel}", opts.prefix);
         let shown = opts.from.join(rel);
@@ -229,6 +247,17 @@ pub async fn publish(aws: &Aws, opts: &PublishOptions) -> Result<PublishReport> 
         };
         report.objects.insert(key, action);
     }
+    Ok(())
+}
+
+/// Every object under the prefix whose file is gone, deleted (after every upload).
+async fn delete_gone(
+    aws: &Aws,
+    opts: &PublishOptions,
+    remote: &BTreeMap<String, i64>,
+    report: &mut PublishReport,
+) -> Result<()> {
+    let (s3c, bucket) = (aws.s3(), opts.bucket.as_str());
     let published: BTreeSet<String> = report.objects.keys().cloned().collect();
     for rel in remote.keys().filter(|rel| !published.contains(&format!("{}{rel}", opts.prefix))) {
         let key = format!("{}{rel}", opts.prefix);
@@ -242,6 +271,14 @@ pub async fn publish(aws: &Aws, opts: &PublishOptions) -> Result<PublishReport> 
         }
         report.objects.insert(key, if opts.dry_run { Action::WouldDelete } else { Action::Deleted });
     }
-    report.skipped.sort();
-    Ok(report)
+    Ok(())
+}
+
+impl PublishTreeArgs {
+    /// `host publish-tree`.
+    pub fn run(self, ctx: &Ctx) -> Result<()> {
+        let opts = PublishOptions { from: self.from, bucket: self.bucket, prefix: self.prefix, dry_run: self.dry_run };
+        let work = async { publish(&ctx.aws().await?, &opts).await };
+        ctx.out.emit(&tokio::runtime::Handle::current().block_on(work)?)
+    }
 }

@@ -10,6 +10,9 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 use xshell::{cmd, Shell};
 
+use super::flags::RefreshSecretsArgs;
+use crate::ctx::Ctx;
+
 pub const BOOTSTRAP_UNIT: &str = "clawdinator-bootstrap.service";
 pub const SECRETS_UNIT: &str = "clawdinator-secrets.service";
 
@@ -50,4 +53,11 @@ pub fn refresh_secrets(readers: &[String]) -> Result<RefreshReport> {
     }
     cmd!(sh, "systemctl try-restart {readers...}").quiet().run().context("restarting the units that read secrets")?;
     Ok(RefreshReport { reran, restarted: readers.to_vec() })
+}
+
+impl RefreshSecretsArgs {
+    /// `host refresh-secrets`.
+    pub fn run(self, ctx: &Ctx) -> Result<()> {
+        ctx.out.emit(&refresh_secrets(&self.readers)?)
+    }
 }

@@ -18,8 +18,11 @@ use anyhow::{bail, ensure, Context, Result};
 use serde::Serialize;
 use xshell::{cmd, Shell};
 
+use super::flags::{self, HostSwitchArgs};
 use super::record::{self, Deployment};
+use crate::ctx::Ctx;
 use crate::release::manifest::check_system_path;
+use crate::settings::{host_setting, instance_name};
 
 /// Where nix fetches the system from.
 pub struct NixStore {
@@ -233,3 +236,39 @@ fn roll_back(sh: &Shell, opts: &SwitchOptions, previous: &str, boot_changed: boo
     }
     Ok(())
 }
+
+impl HostSwitchArgs {
+    /// `host switch SYSTEM`.
+    pub fn run(self, ctx: &Ctx) -> Result<()> {
+        ctx.out.emit(&switch(&options(ctx, self.deployment, self.system, "switch")?)?)
+    }
+}
+
+/// A switch to `system` as the flags and the host's written facts say.
+pub fn options(ctx: &Ctx, d: flags::Deployment, system: String, source: &'static str) -> Result<SwitchOptions> {
+    // Hosts launched before user data named the cache take OpenTofu's default name, <bucket>-cache.
+    let cache_bucket = d
+        .cache_bucket
+        .or_else(|| host_setting(&d.cache_bucket_file))
+        .or_else(|| host_setting(Path::new(BUCKET_FILE)).map(|b| format!("{b}-cache")));
+    let region = ctx.region().or_else(|| host_setting(Path::new(REGION_FILE)));
+    Ok(SwitchOptions {
+        instance: instance_name(d.instance, &d.instance_file)?,
+        system,
+        revision: None,
+        source,
+        nix: NixStore::new(cache_bucket, region, d.store),
+        record: d.record,
+        current_system: d.current_system,
+        profile: d.system_profile,
+        unit: d.unit,
+        settle: Duration::from_secs(d.settle),
+        dry_run: d.dry_run,
+    })
+}
+
+/// Where the host's user data writes the fleet bucket's name.
+const BUCKET_FILE: &str = "/etc/clawdinator/bucket";
+
+/// Where the host's user data writes its region (SSM runs the switch without the units' environment).
+const REGION_FILE: &str = "/etc/clawdinator/region";

@@ -8,10 +8,13 @@
 
 use anyhow::{Context, Result};
 
+use super::flags::SwitchArgs;
 use super::record;
 use super::switch::{self, Outcome, SwitchOptions, SwitchReport};
 use crate::aws::Aws;
+use crate::ctx::Ctx;
 use crate::release::manifest;
+use crate::settings::given_or_written;
 
 /// This host's system in the newest release, into `opts` (system, revision).
 async fn newest_system(aws: &Aws, bucket: &str, opts: &mut SwitchOptions) -> Result<()> {
@@ -43,4 +46,26 @@ pub async fn first_switch(aws: &Aws, bucket: &str, mut opts: SwitchOptions) -> R
 pub async fn self_update(aws: &Aws, bucket: &str, mut opts: SwitchOptions) -> Result<SwitchReport> {
     newest_system(aws, bucket, &mut opts).await?;
     switch::switch(&opts).context("the update failed; the host stays as it was")
+}
+
+impl SwitchArgs {
+    /// `host first-switch`.
+    pub fn first_switch(self, ctx: &Ctx) -> Result<()> {
+        let (bucket, opts) = self.options(ctx, "first-boot")?;
+        let work = async { first_switch(&ctx.aws().await?, &bucket, opts).await };
+        ctx.out.emit(&tokio::runtime::Handle::current().block_on(work)?)
+    }
+
+    /// `host self-update`.
+    pub fn self_update(self, ctx: &Ctx) -> Result<()> {
+        let (bucket, opts) = self.options(ctx, "self-update")?;
+        let work = async { self_update(&ctx.aws().await?, &bucket, opts).await };
+        ctx.out.emit(&tokio::runtime::Handle::current().block_on(work)?)
+    }
+
+    /// The fleet bucket, and a switch whose system the newest release names.
+    fn options(self, ctx: &Ctx, source: &'static str) -> Result<(String, SwitchOptions)> {
+        let bucket = given_or_written(self.bucket, &self.bucket_file, "fleet bucket", "pass --bucket")?;
+        Ok((bucket, switch::options(ctx, self.deployment, String::new(), source)?))
+    }
 }
