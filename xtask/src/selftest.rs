@@ -50,6 +50,7 @@ impl flags::Test {
             ("workflows", workflow_lint(&root)),
             ("shellcheck", shellcheck(&sh, &root)),
             ("ruff", ruff(&sh, &root)),
+            ("dependencies", dependencies(&sh, &root)),
         ];
         let mut report = TestReport { checks: Vec::new() };
         for (name, outcome) in checks {
@@ -372,4 +373,85 @@ fn shellcheck(sh: &Shell, root: &Path) -> Outcome {
         Ok(()) => Outcome::Passed(format!("{count} script(s)")),
         Err(err) => Outcome::Failed(err.to_string()),
     }
+}
+
+/// cargo-machete, pinned in `.ci/run`.
+const MACHETE_VERSION: &str = "0.9.2";
+
+/// No unused dependency (cargo-machete, first on a sample crate with one,
+/// which it must report), and no feature drift (see [`feature_drift`]).
+fn dependencies(sh: &Shell, root: &Path) -> Outcome {
+    let Some(machete) = cargo_tool(sh, root, "cargo-machete") else {
+        return Outcome::Skipped(format!(
+            "cargo-machete is not installed (`cargo install --locked cargo-machete --version {MACHETE_VERSION}`; .ci/run does it)"
+        ));
+    };
+    let checked = machete_catches_a_sample(sh, &machete).and_then(|()| {
+        // --with-metadata: the test kit's library is `testkit`, not its package's name.
+        let out = cmd!(sh, "{machete} --with-metadata").quiet().ignore_status().output()?;
+        anyhow::ensure!(
+            out.status.success(),
+            "cargo-machete found unused dependencies: remove each from its Cargo.toml, or list it under \
+             [package.metadata.cargo-machete] ignored saying why:\n{}",
+            String::from_utf8_lossy(&out.stdout).trim()
+        );
+        feature_drift(sh)
+    });
+    match checked {
+        Ok(count) => Outcome::Passed(format!(
+            "no unused dependency (cargo-machete); `cargo xtask` and `cargo build -p clawdinator` build no \
+             dependency with other features than the tests' {count}"
+        )),
+        Err(err) => Outcome::Failed(format!("{err:#}")),
+    }
+}
+
+/// A cargo-machete that passes a crate with an unused dependency checks nothing.
+fn machete_catches_a_sample(sh: &Shell, machete: &str) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let manifest =
+        "[package]\nname = \"sample\"\nversion = \"0.1.0\"\nedition = \"2021\"\n\n[dependencies]\nserde = \"1\"\n";
+    std::fs::write(dir.path().join("Cargo.toml"), manifest)?;
+    std::fs::create_dir(dir.path().join("src"))?;
+    std::fs::write(dir.path().join("src/lib.rs"), "pub fn unused_serde() {}\n")?;
+    let sample = dir.path();
+    let out = cmd!(sh, "{machete} {sample}").quiet().ignore_status().output()?;
+    let reported = String::from_utf8_lossy(&out.stdout).contains("serde");
+    anyhow::ensure!(
+        !out.status.success() && reported,
+        "{machete} passed a crate whose dependency serde is unused: it checks nothing"
+    );
+    Ok(())
+}
+
+/// Feature drift: a dependency that `cargo xtask` (a build of the xtask
+/// package) or `cargo build -p clawdinator` resolves with other features
+/// than the workspace's test build is compiled twice. Every (package,
+/// features) those builds have must be one the tests' build has too; the
+/// workspace's own packages are left out. The count of the tests' is returned.
+fn feature_drift(sh: &Shell) -> Result<usize> {
+    let tested = resolved(sh, &["--workspace", "-e", "normal,build,dev"])?;
+    let mut drift = Vec::new();
+    for package in ["xtask", "clawdinator"] {
+        for line in resolved(sh, &["-p", package, "-e", "normal,build"])?.difference(&tested) {
+            drift.push(format!("`cargo build -p {package}` resolves {line}"));
+        }
+    }
+    anyhow::ensure!(
+        drift.is_empty(),
+        "feature drift, each such dependency is compiled twice:\n  {}\nname the features the tests' build gives it \
+         in the root Cargo.toml's [workspace.dependencies] (as its comment says)",
+        drift.join("\n  ")
+    );
+    Ok(tested.len())
+}
+
+/// `cargo tree`'s packages with their features (`name vX [f,…]`), for `args`.
+fn resolved(sh: &Shell, args: &[&str]) -> Result<std::collections::BTreeSet<String>> {
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let format = "{p} [{f}]";
+    let text = cmd!(sh, "{cargo} tree --locked --prefix none -f {format} {args...}").quiet().read()?;
+    let lines = text.lines().map(|l| l.trim_end_matches(" (*)").replace(" (proc-macro)", ""));
+    // A workspace package is shown with its path: `clawdinator v0.1.0 (/…)`.
+    Ok(lines.filter(|l| !l.is_empty() && !l.contains(" (/")).collect())
 }
