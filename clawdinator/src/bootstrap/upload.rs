@@ -1,7 +1,7 @@
 //! `bootstrap upload` (operator/CI side): build every instance's bundle and
 //! send only what S3 does not already hold.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::fs;
 use std::os::unix::fs::OpenOptionsExt;
@@ -164,6 +164,31 @@ fn kept_bundle(
     })
 }
 
+/// The fleet's secrets in the clear, each source file decrypted once
+/// however many bundles hold it (a common secret is in every one).
+struct Plaintexts<'a> {
+    sources: &'a Sources,
+    fleet_identities: Vec<age::x25519::Identity>,
+    opened: HashMap<String, Zeroizing<Vec<u8>>>,
+}
+
+impl<'a> Plaintexts<'a> {
+    fn new(sources: &'a Sources) -> Result<Self> {
+        let fleet_identities = secrets::load_identities(&sources.age_key)?;
+        Ok(Plaintexts { sources, fleet_identities, opened: HashMap::new() })
+    }
+
+    fn get(&mut self, file: &str) -> Result<&[u8]> {
+        if !self.opened.contains_key(file) {
+            let path = self.sources.secrets_dir.join(file);
+            let sealed = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let plain = secrets::decrypt(&path, &sealed, &self.fleet_identities, &self.sources.age_key)?;
+            self.opened.insert(file.to_string(), plain);
+        }
+        Ok(self.opened[file].as_slice())
+    }
+}
+
 /// Build the secrets archive of one instance: every common secret and its
 /// own token re-encrypted to the instance's own identity, in memory. The
 /// archive holds ciphertext only (the identity is in Secrets Manager); the
@@ -172,8 +197,7 @@ fn kept_bundle(
 fn build_secrets_bundle(
     instance: &Instance,
     spec: &secrets::Spec,
-    sources: &Sources,
-    fleet_identities: &[age::x25519::Identity],
+    plaintexts: &mut Plaintexts,
     fingerprint: String,
     identity: &IdentityRow,
 ) -> Result<SecretsBundle> {
@@ -182,10 +206,7 @@ fn build_secrets_bundle(
     let mut writer = Writer::new(Vec::new())?;
     writer.dir("secrets", 0o700)?;
     for file in &files {
-        let path = sources.secrets_dir.join(file);
-        let sealed = fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        let plain = secrets::decrypt(&path, &sealed, fleet_identities, &sources.age_key)?;
-        let bytes = secrets::encrypt(&plain, &recipient)?;
+        let bytes = secrets::encrypt(plaintexts.get(file)?, &recipient)?;
         writer.file(&format!("secrets/{file}"), 0o400, bytes.len() as u64, bytes.as_slice())?;
     }
     let (bytes, summary) = writer.finish()?;
@@ -261,7 +282,7 @@ fn prepare(
 ) -> Result<Prepared> {
     let instances = registry.select(&opts.instances)?;
     let seed_records = seeds::load_records(&opts.seeds_dir)?;
-    let fleet_identities = secrets::load_identities(&opts.sources.age_key)?;
+    let mut plaintexts = Plaintexts::new(&opts.sources)?;
     let bundles = instances
         .iter()
         .zip(existing)
@@ -271,7 +292,7 @@ fn prepare(
             let fingerprint = secrets_fingerprint(&files, &opts.sources)?;
             match kept_bundle(instance, &files, &fingerprint, identity, there) {
                 Some(kept) => Ok(kept),
-                None => build_secrets_bundle(instance, spec, &opts.sources, &fleet_identities, fingerprint, identity),
+                None => build_secrets_bundle(instance, spec, &mut plaintexts, fingerprint, identity),
             }
         })
         .collect::<Result<Vec<_>>>()?;
@@ -293,30 +314,104 @@ struct Existing {
     manifest_present: bool,
 }
 
-/// What the bucket holds under each prefix, in the order given (reads only).
+/// One object as the bucket lists it.
+#[derive(Clone, Copy)]
+struct Listed {
+    size: u64,
+    modified: Option<aws_smithy_types::DateTime>,
+}
+
+/// Where the prefixes' objects are listed from: each prefix's parent folder
+/// (`bootstrap/` for `bootstrap/clawdinator-1`), or the prefix itself when it
+/// has none, so a fleet is one listing, not a request per object.
+fn list_roots(prefixes: &[String]) -> std::collections::BTreeSet<String> {
+    prefixes
+        .iter()
+        .map(|p| {
+            let p = p.trim_end_matches('/');
+            match p.rfind('/') {
+                Some(i) => p[..=i].to_string(),
+                None => format!("{p}/"),
+            }
+        })
+        .collect()
+}
+
+/// Every object under the prefixes' parents, by key (ListObjectsV2, 1,000 keys a page).
+async fn list(s3c: &aws_sdk_s3::Client, bucket: &str, prefixes: &[String]) -> Result<HashMap<String, Listed>> {
+    let mut listed = HashMap::new();
+    for root in list_roots(prefixes) {
+        let mut pages = s3c.list_objects_v2().bucket(bucket).prefix(&root).into_paginator().send();
+        while let Some(page) = pages.next().await {
+            let page = page.map_err(|e| crate::aws::error("S3 ListObjectsV2", &s3::url(bucket, &root), e))?;
+            for object in page.contents() {
+                let Some(key) = object.key() else { continue };
+                let size = object.size().unwrap_or(0).max(0) as u64;
+                listed.insert(key.to_string(), Listed { size, modified: object.last_modified().copied() });
+            }
+        }
+    }
+    Ok(listed)
+}
+
+/// The SHA-256 an archive holds: none when it is not listed; what the
+/// manifest records when the listed object is the one it describes (that
+/// size, written no later than the manifest, which every upload writes
+/// last); otherwise what the object itself records (HeadObject). An archive
+/// a stopped run replaced differs from the manifest's inputs too, so its
+/// fingerprint sends it again; what only the time tells is a hand's
+/// rewrite, and S3 lists times to the second: one within the manifest's
+/// second is left to the host, which refuses an archive of another SHA-256.
+async fn archive_sha(
+    s3c: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    object: Option<&Listed>,
+    described: Option<(&ArchiveInfo, &Listed)>,
+) -> Result<Option<String>> {
+    let Some(object) = object else { return Ok(None) };
+    if let Some((info, manifest)) = described {
+        let older = matches!((object.modified, manifest.modified), (Some(a), Some(m)) if a <= m);
+        if older && object.size == info.size {
+            return Ok(Some(info.sha256.clone()));
+        }
+    }
+    s3::head_sha256(s3c, bucket, key).await
+}
+
+/// What the bucket holds under `prefix`, from the listing and its manifest
+/// (read only when listed): at most one request for an unchanged instance.
+async fn existing(
+    s3c: &aws_sdk_s3::Client,
+    bucket: &str,
+    prefix: &str,
+    listed: &HashMap<String, Listed>,
+    stall: std::time::Duration,
+) -> Result<Existing> {
+    let [manifest_key, secrets_key, seeds_key] = [MANIFEST, SECRETS_ARCHIVE, SEEDS_ARCHIVE].map(|n| key(prefix, n));
+    let manifest_listed = listed.get(&manifest_key);
+    let bytes = match manifest_listed {
+        Some(_) => s3::get_bytes(s3c, bucket, &manifest_key, MANIFEST_LIMIT, stall).await?,
+        None => None,
+    };
+    let manifest: Option<Manifest> = bytes.as_deref().and_then(|b| serde_json::from_slice(b).ok());
+    let described = |name: &str| Some((manifest.as_ref()?.archives.get(name)?, manifest_listed?));
+    let (secrets_sha, seeds_sha) = tokio::try_join!(
+        archive_sha(s3c, bucket, &secrets_key, listed.get(&secrets_key), described(SECRETS_ARCHIVE)),
+        archive_sha(s3c, bucket, &seeds_key, listed.get(&seeds_key), described(SEEDS_ARCHIVE)),
+    )?;
+    Ok(Existing { secrets_sha, seeds_sha, manifest, manifest_present: bytes.is_some() })
+}
+
+/// What the bucket holds under each prefix, in the order given (reads
+/// only): one listing, then each listed manifest, `concurrency` at a time.
 async fn look_up(aws: &Aws, opts: &UploadOptions, prefixes: &[String]) -> Result<Vec<Existing>> {
     let (s3c, stall, bucket) = (aws.s3(), aws.timeouts().read, opts.bucket.as_str());
-    futures::stream::iter(prefixes.iter().map(|prefix| {
-        let s3c = s3c.clone();
-        async move {
-            let [manifest_key, secrets_key, seeds_key] =
-                [MANIFEST, SECRETS_ARCHIVE, SEEDS_ARCHIVE].map(|n| key(prefix, n));
-            let (bytes, secrets_sha, seeds_sha) = tokio::try_join!(
-                s3::get_bytes(&s3c, bucket, &manifest_key, MANIFEST_LIMIT, stall),
-                s3::head_sha256(&s3c, bucket, &secrets_key),
-                s3::head_sha256(&s3c, bucket, &seeds_key),
-            )?;
-            anyhow::Ok(Existing {
-                secrets_sha,
-                seeds_sha,
-                manifest: bytes.as_deref().and_then(|b| serde_json::from_slice(b).ok()),
-                manifest_present: bytes.is_some(),
-            })
-        }
-    }))
-    .buffered(opts.concurrency.max(1))
-    .try_collect()
-    .await
+    let listed = list(&s3c, bucket, prefixes).await?;
+    futures::stream::iter(prefixes.iter().map(|prefix| existing(&s3c, bucket, prefix, &listed, stall)))
+        .buffered(opts.concurrency.max(1))
+        .try_collect()
+        .await
 }
 
 /// The seeds archive of this run, and its file when it had to be built.
@@ -487,10 +582,45 @@ fn report(
     }
 }
 
-/// Carry the plan out, each instance on its own: its secrets archive, its
-/// seeds (the one upload, or a server-side copy once that upload is in
-/// place), then its manifest, last, so a host that reads a manifest finds
-/// its archives in place.
+/// One instance's objects: its secrets archive and its seeds (the one
+/// upload, or a server-side copy once `seeds_put` has it in place) side by
+/// side, then its manifest, last, so a host that reads a manifest finds its
+/// archives in place.
+async fn send_instance(
+    s3c: &aws_sdk_s3::Client,
+    (bucket, plan): (&str, &Plan<'_>),
+    p: &Planned<'_>,
+    seeds_put: impl std::future::Future<Output = Result<(), String>>,
+    bar: &indicatif::ProgressBar,
+) -> Result<()> {
+    let prefix = &p.bundle.instance.bootstrap_prefix;
+    let put_secrets = async {
+        if p.secrets != Action::Unchanged {
+            let (body, sha) = (Body::Bytes(&p.bundle.bytes), &p.bundle.info.sha256);
+            s3::put(s3c, bucket, &key(prefix, SECRETS_ARCHIVE), body, sha, "application/zstd").await?;
+            bar.inc(p.bundle.info.size);
+        }
+        anyhow::Ok(())
+    };
+    let place_seeds = async {
+        seeds_put.await.map_err(|e| anyhow::anyhow!(e))?;
+        let seeds_key = key(prefix, SEEDS_ARCHIVE);
+        if p.seeds != Action::Unchanged && plan.seeds_upload.as_deref() != Some(seeds_key.as_str()) {
+            let source = plan.seeds_source.as_deref().expect("a source exists when a copy is planned");
+            s3::copy(s3c, bucket, source, &seeds_key).await?;
+        }
+        anyhow::Ok(())
+    };
+    tokio::try_join!(put_secrets, place_seeds)?;
+    if p.manifest != Action::Unchanged {
+        let (k, sha) = (key(prefix, MANIFEST), crate::digest::sha256_hex(&p.manifest_bytes));
+        s3::put(s3c, bucket, &k, Body::Bytes(&p.manifest_bytes), &sha, "application/json").await?;
+        bar.inc(p.manifest_bytes.len() as u64);
+    }
+    Ok(())
+}
+
+/// Carry the plan out, `concurrency` instances at a time, each on its own.
 async fn send(
     aws: &Aws,
     opts: &UploadOptions,
@@ -511,36 +641,7 @@ async fn send(
         Ok::<(), String>(())
     }
     .shared();
-    let instances = plan.planned.iter().map(|p| {
-        let (s3c, seeds_put) = (s3c.clone(), seeds_put.clone());
-        async move {
-            let prefix = &p.bundle.instance.bootstrap_prefix;
-            let put_secrets = async {
-                if p.secrets != Action::Unchanged {
-                    let (body, sha) = (Body::Bytes(&p.bundle.bytes), &p.bundle.info.sha256);
-                    s3::put(&s3c, bucket, &key(prefix, SECRETS_ARCHIVE), body, sha, "application/zstd").await?;
-                    bar.inc(p.bundle.info.size);
-                }
-                anyhow::Ok(())
-            };
-            let place_seeds = async {
-                seeds_put.await.map_err(|e| anyhow::anyhow!(e))?;
-                let seeds_key = key(prefix, SEEDS_ARCHIVE);
-                if p.seeds != Action::Unchanged && plan.seeds_upload.as_deref() != Some(seeds_key.as_str()) {
-                    let source = plan.seeds_source.as_deref().expect("a source exists when a copy is planned");
-                    s3::copy(&s3c, bucket, source, &seeds_key).await?;
-                }
-                anyhow::Ok(())
-            };
-            tokio::try_join!(put_secrets, place_seeds)?;
-            if p.manifest != Action::Unchanged {
-                let (k, sha) = (key(prefix, MANIFEST), crate::digest::sha256_hex(&p.manifest_bytes));
-                s3::put(&s3c, bucket, &k, Body::Bytes(&p.manifest_bytes), &sha, "application/json").await?;
-                bar.inc(p.manifest_bytes.len() as u64);
-            }
-            anyhow::Ok(())
-        }
-    });
+    let instances = plan.planned.iter().map(|p| send_instance(&s3c, (bucket, plan), p, seeds_put.clone(), bar));
     // Every instance runs to its end even when another fails: no manifest is
     // left in flight, so which manifests the bucket holds afterwards is
     // settled (the clean-up of identities reads them).

@@ -274,9 +274,10 @@ async fn a_rerun_reads_one_listing_and_the_manifests_only() {
 }
 
 /// The listing stands in for a request per archive only where it agrees
-/// with the manifest: an archive written after its manifest (a run that
-/// stopped midway, or a hand) is asked about, found changed and sent
-/// again, even at the same size; its neighbours stay unchanged.
+/// with the manifest: an archive written after its manifest (by a hand, a
+/// second or more later: S3 lists times to the second) is asked about,
+/// found changed and sent again, even at the same size; its neighbours
+/// stay unchanged.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_archive_rewritten_after_its_manifest_is_sent_again() {
     let env = env().await;
@@ -285,7 +286,7 @@ async fn an_archive_rewritten_after_its_manifest_is_sent_again() {
     bootstrap::upload(&env.aws, &opts, &QUIET).await.unwrap();
     let key = "bootstrap/clawdinator-2/repo-seeds.tar.zst";
     let size = env.get(key).await.len();
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     env.put(key, vec![0u8; size]).await;
     let again = bootstrap::upload(&env.aws, &opts, &QUIET).await.unwrap();
     let changed: Vec<_> =
