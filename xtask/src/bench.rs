@@ -282,9 +282,10 @@ fn bootstrap_report(
         format!("bench bootstrap ({}; seeds {files} files / {:.1} MB)\n", latency_note(latency), bytes as f64 / 1e6);
     for run in std::iter::once(ours).chain(scaled) {
         human += &format!(
-            "{:>4} instances: cold {:>7.2} s, sent {}; no-change re-run {:>5.2} s, sent {}, {} requests; peak {:.0} MiB\n",
+            "{:>4} instances: cold {:>7.2} s (cpu {:.2} s), sent {}; no-change re-run {:>5.2} s, sent {}, {} requests; peak {:.0} MiB\n",
             run.instances,
             run.cold.0.secs,
+            run.cold.0.cpu_secs,
             run.cold.1["bytesSent"],
             run.rerun.0.secs,
             run.rerun.1["bytesSent"],
@@ -411,7 +412,7 @@ fn image_report(args: &flags::BenchImage, run: &ImageRun) -> Report {
     let cold = run.coldsnap.as_ref();
     let ratio = |r: Option<f64>| r.map(|r| format!("{r:.2}x")).unwrap_or_else(|| "n/a (coldsnap SKIPPED)".into());
     let secs = |m: Option<&Measured>| {
-        m.map(|m| format!("{:.2} s, peak {:.0} MiB", m.secs, m.max_rss_mib))
+        m.map(|m| format!("{:.2} s, cpu {:.2} s, peak {:.0} MiB", m.secs, m.cpu_secs, m.max_rss_mib))
             .unwrap_or("SKIPPED (--skip-coldsnap)".into())
     };
     let bytes_sent = full_report["bytesSent"].as_u64().unwrap_or(0);
@@ -423,7 +424,7 @@ fn image_report(args: &flags::BenchImage, run: &ImageRun) -> Report {
     let human = format!(
         "bench image ({} GiB raw, {} MiB data in {} blocks; {}), each run on a fresh emulator\n\
          upload alone (stops at CompleteSnapshot):\n\
-         \x20 ours --snapshot-only:      {:>6.2} s, peak {:.0} MiB\n\
+         \x20 ours --snapshot-only:      {:>6.2} s, cpu {:.2} s, peak {:.0} MiB\n\
          \x20 coldsnap upload:           {}\n\
          \x20 ours / coldsnap:           {} (target <= 0.5x)\n\
          with waits:\n\
@@ -437,6 +438,7 @@ fn image_report(args: &flags::BenchImage, run: &ImageRun) -> Report {
         run.data_blocks,
         latency_note(args.endpoint.latency_ms),
         upload.secs,
+        upload.cpu_secs,
         upload.max_rss_mib,
         secs(cold.map(|c| &c.0)),
         ratio(cold.map(|c| upload.secs / c.0.secs)),

@@ -18,6 +18,9 @@ use testkit::proxy::{Proxy, ProxyConfig};
 #[derive(Debug, Clone)]
 pub struct Measured {
     pub secs: f64,
+    /// CPU time the child itself used (user + system): its own work, as
+    /// opposed to waiting on the endpoint.
+    pub cpu_secs: f64,
     pub max_rss_mib: f64,
     pub stdout: String,
 }
@@ -56,7 +59,9 @@ pub fn measure(command: &mut Command) -> Result<Measured> {
     if !(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0) {
         bail!("{:?} failed: {}", command, stderr.lines().rev().take(5).collect::<Vec<_>>().join(" | "));
     }
-    Ok(Measured { secs, max_rss_mib: usage.ru_maxrss as f64 / 1024.0, stdout })
+    let cpu = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    let cpu_secs = cpu(usage.ru_utime) + cpu(usage.ru_stime);
+    Ok(Measured { secs, cpu_secs, max_rss_mib: usage.ru_maxrss as f64 / 1024.0, stdout })
 }
 
 pub fn bench_dir(name: &str) -> Result<PathBuf> {
