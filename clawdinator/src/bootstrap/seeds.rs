@@ -257,17 +257,19 @@ async fn prepare_one(repo: &SeedRepo, dest: &Path, token: Option<&str>, limit: D
 /// async commands alike, and no runtime can be started inside another.
 fn prepare_all<'r>(repos: &'r [SeedRepo], opts: &PrepareOptions, bar: &ProgressBar) -> Result<Outcomes<'r>> {
     use futures::stream::{self, StreamExt};
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-    let all = || {
+    let all = || -> Result<Outcomes<'r>> {
+        // Made and dropped in this thread: a runtime dropped in an async
+        // caller's would panic.
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let work = stream::iter(repos).map(|repo| async move {
             let result = prepare_one(repo, &opts.dest, opts.github_token.as_deref(), opts.git_timeout).await;
             bar.inc(1);
             (repo, result)
         });
-        runtime.block_on(work.buffered(opts.jobs.max(1)).collect())
+        Ok(runtime.block_on(work.buffered(opts.jobs.max(1)).collect()))
     };
     std::thread::scope(|scope| scope.spawn(all).join())
-        .map_err(|_| anyhow::anyhow!("seeds prepare: the clones' thread panicked"))
+        .map_err(|_| anyhow::anyhow!("seeds prepare: the clones' thread panicked"))?
 }
 
 type Outcomes<'r> = Vec<(&'r SeedRepo, Result<(String, bool)>)>;
