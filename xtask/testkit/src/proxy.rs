@@ -496,64 +496,55 @@ fn reason(status: u16) -> &'static str {
 
 /// (status, content type, extra header lines, body) per service protocol.
 fn error_parts(service: &str, kind: Fault) -> (u16, &'static str, String, String) {
-    match service {
+    let (status, code) = status_and_code(service, kind);
+    let message = format!("{code} (injected)");
+    let (content_type, extra, body) = match service {
+        "s3" => ("application/xml", String::new(), format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message><RequestId>proxy-fault</RequestId></Error>"
+        )),
+        "ec2" => ("text/xml", String::new(), format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{message}</Message></Error></Errors><RequestID>proxy-fault</RequestID></Response>"
+        )),
+        "iam" | "sts" => ("text/xml", String::new(), format!(
+            "<ErrorResponse><Error><Type>Receiver</Type><Code>{code}</Code><Message>{message}</Message></Error><RequestId>proxy-fault</RequestId></ErrorResponse>"
+        )),
+        "ebs" => (
+            "application/json",
+            format!("x-amzn-errortype: {code}\r\n"),
+            format!(r#"{{"message":"{message}","Reason":"ACCOUNT_THROTTLED"}}"#),
+        ),
+        "dynamodb" => ("application/x-amz-json-1.0", String::new(), format!(r#"{{"__type":"{code}","message":"{message}"}}"#)),
+        _ => ("application/x-amz-json-1.1", String::new(), format!(r#"{{"__type":"{code}","message":"{message}"}}"#)),
+    };
+    (status, content_type, extra, body)
+}
+
+/// The HTTP status and error code each service answers `kind` with.
+fn status_and_code(service: &str, kind: Fault) -> (u16, &'static str) {
+    match (service, kind) {
         // https://docs.aws.amazon.com/AmazonS3/latest/API/ErrorResponses.html
         // (503 SlowDown is S3's throttling response)
-        "s3" => {
-            let (status, code) = match kind {
-                Fault::InternalError => (500, "InternalError"),
-                _ => (503, "SlowDown"),
-            };
-            let body = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{code} (injected)</Message><RequestId>proxy-fault</RequestId></Error>");
-            (status, "application/xml", String::new(), body)
-        }
+        ("s3", Fault::InternalError) => (500, "InternalError"),
+        ("s3", _) => (503, "SlowDown"),
         // https://docs.aws.amazon.com/AWSEC2/latest/APIReference/errors-overview.html and
         // https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-throttling.html (RequestLimitExceeded, 503)
-        "ec2" => {
-            let (status, code) = match kind {
-                Fault::InternalError => (500, "InternalError"),
-                Fault::Unavailable => (503, "Unavailable"),
-                _ => (503, "RequestLimitExceeded"),
-            };
-            let body = format!("<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Response><Errors><Error><Code>{code}</Code><Message>{code} (injected)</Message></Error></Errors><RequestID>proxy-fault</RequestID></Response>");
-            (status, "text/xml", String::new(), body)
-        }
+        ("ec2", Fault::InternalError) => (500, "InternalError"),
+        ("ec2", Fault::Unavailable) => (503, "Unavailable"),
+        ("ec2", _) => (503, "RequestLimitExceeded"),
         // https://docs.aws.amazon.com/IAM/latest/APIReference/CommonErrors.html
         // (the awsQuery protocol's <ErrorResponse>; STS answers the same way)
-        "iam" | "sts" => {
-            let (status, code) = match kind {
-                Fault::InternalError => (500, "InternalFailure"),
-                Fault::Unavailable => (503, "ServiceUnavailable"),
-                _ => (400, "Throttling"),
-            };
-            let body = format!("<ErrorResponse><Error><Type>Receiver</Type><Code>{code}</Code><Message>{code} (injected)</Message></Error><RequestId>proxy-fault</RequestId></ErrorResponse>");
-            (status, "text/xml", String::new(), body)
-        }
+        ("iam" | "sts", Fault::Throttling) => (400, "Throttling"),
         // https://docs.aws.amazon.com/ebs/latest/APIReference/API_PutSnapshotBlock.html#API_PutSnapshotBlock_Errors
         // (restJson1: the code in x-amzn-ErrorType; RequestThrottledException is 400)
-        "ebs" => {
-            let (status, code) = match kind {
-                Fault::InternalError => (500, "InternalServerException"),
-                Fault::Unavailable => (503, "ServiceUnavailableException"),
-                _ => (400, "RequestThrottledException"),
-            };
-            let body = format!(r#"{{"message":"{code} (injected)","Reason":"ACCOUNT_THROTTLED"}}"#);
-            (status, "application/json", format!("x-amzn-errortype: {code}\r\n"), body)
-        }
-        // awsJson (Secrets Manager, SSM 1.1; DynamoDB 1.0): the code in `__type`.
+        ("ebs", Fault::InternalError) => (500, "InternalServerException"),
+        ("ebs", Fault::Unavailable) => (503, "ServiceUnavailableException"),
+        ("ebs", _) => (400, "RequestThrottledException"),
+        // awsJson (Secrets Manager, SSM 1.1; DynamoDB 1.0), the code in `__type`, and awsQuery's others:
         // https://docs.aws.amazon.com/secretsmanager/latest/apireference/CommonErrors.html
         // https://docs.aws.amazon.com/systems-manager/latest/APIReference/CommonErrors.html
         // https://docs.aws.amazon.com/amazondynamodb/latest/developerguide/Programming.Errors.html
-        _ => {
-            let (status, code) = match kind {
-                Fault::InternalError => (500, "InternalFailure"),
-                Fault::Unavailable => (503, "ServiceUnavailable"),
-                _ => (400, "ThrottlingException"),
-            };
-            let body = format!(r#"{{"__type":"{code}","message":"{code} (injected)"}}"#);
-            let content_type =
-                if service == "dynamodb" { "application/x-amz-json-1.0" } else { "application/x-amz-json-1.1" };
-            (status, content_type, String::new(), body)
-        }
+        (_, Fault::InternalError) => (500, "InternalFailure"),
+        (_, Fault::Unavailable) => (503, "ServiceUnavailable"),
+        (_, _) => (400, "ThrottlingException"),
     }
 }
