@@ -5,6 +5,7 @@
 mod audit;
 mod aws;
 mod bootstrap;
+mod chaos;
 mod fleet;
 mod host;
 mod image;
