@@ -5,5 +5,5 @@
 
 mod control_client;
 mod control_helper;
-mod scale;
+pub(crate) mod scale;
 mod status_deploy_switch;

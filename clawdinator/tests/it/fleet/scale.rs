@@ -67,7 +67,7 @@ impl Relay {
 }
 
 /// A fleet AMI (tag clawdinator=true).
-async fn fleet_ami(env: &Env) -> String {
+pub(crate) async fn fleet_ami(env: &Env) -> String {
     let ec2 = env.aws.ec2();
     let volume = ec2.create_volume().availability_zone("us-east-1a").size(8).send().await.unwrap();
     let snap = ec2.create_snapshot().volume_id(volume.volume_id().unwrap()).send().await.unwrap();
@@ -77,16 +77,17 @@ async fn fleet_ami(env: &Env) -> String {
     image
 }
 
-/// One running instance per registry entry, switched to REV, as `fleet deploy` leaves them.
-async fn launch_fleet(env: &Env, ami: &str) {
+/// One running instance per entry of a registry of `count` (clawdinator-1…),
+/// tagged with `revision`, as `fleet deploy` and `fleet switch` leave them.
+pub(crate) async fn launch_fleet(env: &Env, ami: &str, count: usize, revision: &str) {
     let launch = |n: usize| async move {
-        let tags = [("Name", format!("clawdinator-{n}")), ("app", "clawdinator".into()), (TAG_REV, REV.into())];
+        let tags = [("Name", format!("clawdinator-{n}")), ("app", "clawdinator".into()), (TAG_REV, revision.into())];
         let tags = tags.into_iter().map(|(k, v)| Tag::builder().key(k).value(v).build()).collect();
         let spec = TagSpecification::builder().resource_type(ResourceType::Instance).set_tags(Some(tags)).build();
         let run = env.aws.ec2().run_instances().image_id(ami).instance_type("t3.large".into());
         run.min_count(1).max_count(1).tag_specifications(spec).send().await.unwrap();
     };
-    futures::stream::iter(1..=HOSTS).map(launch).buffer_unordered(8).collect::<Vec<()>>().await;
+    futures::stream::iter(1..=count).map(launch).buffer_unordered(8).collect::<Vec<()>>().await;
 }
 
 const TAG_REV: &str = "clawdinator:deployed-revision";
@@ -143,7 +144,7 @@ async fn fleet() -> Fleet {
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
     let names = testkit::fixtures::write_registry(&path, HOSTS).unwrap();
     let ami = fleet_ami(&env).await;
-    launch_fleet(&env, &ami).await;
+    launch_fleet(&env, &ami, HOSTS, REV).await;
     let relay = Relay::start(&env.emulator.endpoint()).await;
     Fleet { registry: path.to_str().unwrap().to_string(), env, names, relay }
 }
