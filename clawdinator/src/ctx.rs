@@ -57,12 +57,12 @@ impl Ctx {
     pub async fn aws(&self) -> Result<aws::Aws> {
         let settings = match &self.local {
             Some(local) => {
-                aws::Settings { timeouts: aws::Timeouts::from_env()?, ..aws::Settings::local(&local.endpoint) }
+                aws::Settings { timeouts: aws::Timeouts::from(&self.global.timeouts), ..aws::Settings::local(&local.endpoint) }
             }
             None => aws::Settings {
                 region: self.region(),
                 profile: self.global.profile.clone(),
-                timeouts: aws::Timeouts::from_env()?,
+                timeouts: aws::Timeouts::from(&self.global.timeouts),
                 ..aws::Settings::default()
             },
         };

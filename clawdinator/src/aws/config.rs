@@ -45,31 +45,6 @@ impl From<&crate::flags::Timeouts> for Timeouts {
     }
 }
 
-impl Timeouts {
-    /// Transitional, until `Ctx::aws` takes `Timeouts::from(&global.timeouts)`
-    /// (the same values, parsed by clap): defaults, each overridable in seconds by
-    /// `CLAWDINATOR_{CONNECT,READ,ATTEMPT,OPERATION}_TIMEOUT`.
-    pub fn from_env() -> Result<Timeouts> {
-        let mut t = Timeouts::default();
-        for (name, slot) in [
-            ("CLAWDINATOR_CONNECT_TIMEOUT", &mut t.connect),
-            ("CLAWDINATOR_READ_TIMEOUT", &mut t.read),
-            ("CLAWDINATOR_ATTEMPT_TIMEOUT", &mut t.attempt),
-            ("CLAWDINATOR_OPERATION_TIMEOUT", &mut t.operation),
-        ] {
-            if let Ok(value) = std::env::var(name) {
-                let secs: f64 = value
-                    .parse()
-                    .ok()
-                    .filter(|s: &f64| *s > 0.0)
-                    .with_context(|| format!("{name}={value} is not a positive number of seconds"))?;
-                *slot = Duration::from_secs_f64(secs);
-            }
-        }
-        Ok(t)
-    }
-}
-
 /// How to reach AWS (or the emulator).
 #[derive(Clone, Default)]
 pub struct Settings {
