@@ -234,7 +234,9 @@ fn nix_format(sh: &Shell, root: &Path) -> Outcome {
     }
     let count = files.len();
     match cmd!(sh, "{fmt} --check {files...}").quiet().run() {
-        Ok(()) => Outcome::Passed(format!("{count} file(s) as `nix fmt` (nixpkgs-fmt {NIXPKGS_FMT_VERSION}) leaves them")),
+        Ok(()) => {
+            Outcome::Passed(format!("{count} file(s) as `nix fmt` (nixpkgs-fmt {NIXPKGS_FMT_VERSION}) leaves them"))
+        }
         Err(err) => Outcome::Failed(format!("{err}: run `nix fmt` (or {fmt}) on the files it names")),
     }
 }
