@@ -41,7 +41,7 @@ pub struct FleetCheckArgs {
 #[derive(Debug, Args)]
 pub struct PollArg {
     /// Seconds between two polls of AWS while waiting (0.05-60).
-    #[arg(long = "poll-seconds", env = "CLAWDINATOR_POLL_SECONDS", default_value = "5", value_parser = poll_seconds)]
+    #[arg(long = "poll-seconds", env = "CLAWDINATOR_POLL_SECONDS", default_value = "5", value_name = "SECONDS", value_parser = poll_seconds)]
     pub poll: Duration,
 }
 
