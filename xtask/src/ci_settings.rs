@@ -85,9 +85,9 @@ pub fn referenced(text: &str) -> BTreeSet<(Kind, String)> {
 /// The OpenTofu variables CI must provide: those without a default, but
 /// `ami_id`, which `fleet deploy` passes itself.
 pub fn required_tofu_variables(root: &Path) -> Result<Vec<String>> {
-    let dir = root.join(crate::opentofu::ROOT_MODULE);
-    let parsed = crate::opentofu::hcl::parse(root, &crate::opentofu::hcl::tf_files(&dir)?)?;
-    let module = crate::opentofu::module::Module::new(&parsed.files);
+    let dir = root.join(crate::checks::opentofu::ROOT_MODULE);
+    let parsed = crate::checks::opentofu::hcl::parse(root, &crate::checks::opentofu::hcl::tf_files(&dir)?)?;
+    let module = crate::checks::opentofu::module::Module::new(&parsed.files);
     Ok(module
         .variables
         .iter()

@@ -13,7 +13,7 @@ use clawdinator::ctx::Ctx;
 use xshell::Shell;
 
 use crate::flags;
-use crate::nix_module::{self, OptionDoc};
+use crate::checks::nix_module::{self, OptionDoc};
 
 pub const COMMANDS: &str = "docs/commands.md";
 pub const MODULE_OPTIONS: &str = "docs/module-options.md";

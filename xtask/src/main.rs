@@ -4,33 +4,23 @@
 //!
 //! Modules: `flags` (the command line's table of contents); the commands
 //! `pipeline`, `doctor`, `selftest` (`test`), `bench`, `package` (`control-api
-//! package`, with `lambda_smoke`) and `docs`; the checks `test` runs:
-//! `nix_lib`, `nix_module`, `imds` (the metadata service's rules on a real
-//! kernel), `opentofu`, `workflows`, `modgraph`, `layout`;
-//! and `tools` (the pinned npm and PyPI check tools).
+//! package`, with `lambda_smoke`) and `docs`; `checks`, the non-Rust checks
+//! `test` runs (one module per thing checked); and `tools` (the pinned npm
+//! and PyPI check tools).
 
 mod bench;
 mod bench_switch;
+mod checks;
 mod ci_settings;
 mod docs;
 mod doctor;
 mod flags;
-mod flake_lock;
-mod imds;
 mod lambda_smoke;
-mod layout;
 mod measure;
-mod modgraph;
-mod nix_lib;
-mod nix_module;
-mod opentofu;
 mod package;
 mod pipeline;
-#[cfg(test)]
-mod runbooks;
 mod selftest;
 mod tools;
-mod workflows;
 
 use anyhow::{Context, Result};
 use clap::Parser;
@@ -61,7 +51,7 @@ fn run(cli: flags::Xtask) -> Result<()> {
             flags::Command::Bench(cmd) => tokio::task::block_in_place(|| cmd.run(&ctx)),
             flags::Command::ControlApi(cmd) => tokio::task::block_in_place(|| cmd.run(&ctx)),
             flags::Command::OpentofuSchema => {
-                let summary = tokio::task::block_in_place(|| opentofu::regenerate(&testkit::repo_root()))?;
+                let summary = tokio::task::block_in_place(|| checks::opentofu::regenerate(&testkit::repo_root()))?;
                 ctx.out.note(summary);
                 Ok(())
             }

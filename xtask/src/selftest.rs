@@ -36,8 +36,8 @@ impl flags::Test {
             return ctx.out.emit(&TestReport { checks: vec![] });
         }
         let checks = [
-            ("module graph", outcome(crate::modgraph::check(&root))),
-            ("crate layout", outcome(crate::layout::check(&sh, &root))),
+            ("module graph", outcome(crate::checks::modgraph::check(&root))),
+            ("crate layout", outcome(crate::checks::layout::check(&sh, &root))),
             ("docs", docs(&sh, &root)),
             ("nix parse", nix_parse(&sh, &root)),
             ("flake lock", flake_lock(&sh, &root)),
@@ -171,7 +171,7 @@ fn flake_lock(sh: &Shell, root: &Path) -> Outcome {
     if !have(sh, "nix-instantiate") {
         return Outcome::Skipped("nix-instantiate is not installed (apt-get install nix-bin)".into());
     }
-    outcome(crate::flake_lock::check(sh, root))
+    outcome(crate::checks::flake_lock::check(sh, root))
 }
 
 /// `deadnix --fail` over every `.nix` file; first on a file with an unused
@@ -246,7 +246,7 @@ fn nix_lib(sh: &Shell, root: &Path) -> Outcome {
     if !have(sh, "nix-instantiate") {
         return Outcome::Skipped("nix-instantiate is not installed (apt-get install nix-bin)".into());
     }
-    match crate::nix_lib::check(sh, root) {
+    match crate::checks::nix_lib::check(sh, root) {
         Ok(summary) => Outcome::Passed(summary),
         Err(err) => Outcome::Failed(format!("{err:#}")),
     }
@@ -258,7 +258,7 @@ fn opentofu(sh: &Shell, root: &Path) -> Outcome {
     if !have(sh, "node") || !have(sh, "npm") {
         return Outcome::Skipped("node and npm are not installed (apt-get install nodejs npm): HashiCorp's HCL parser runs as WebAssembly under node".into());
     }
-    match crate::opentofu::check(root) {
+    match crate::checks::opentofu::check(root) {
         Ok(summary) => Outcome::Passed(summary),
         Err(err) => Outcome::Failed(format!("{err:#}")),
     }
@@ -282,7 +282,7 @@ fn docs(sh: &Shell, root: &Path) -> Outcome {
         Ok(files) => format!("{files} docs within {} characters a line", docs::MAX_LINE),
         Err(err) => return Outcome::Failed(format!("{err:#}")),
     };
-    let (Some(lib), true) = (crate::nix_module::nixpkgs_lib(), have(sh, "nix-instantiate")) else {
+    let (Some(lib), true) = (crate::checks::nix_module::nixpkgs_lib(), have(sh, "nix-instantiate")) else {
         return Outcome::Skipped(format!(
             "{} is current and {lines}, but {} was not compared: it needs nix-instantiate and NIXPKGS_LIB",
             docs::COMMANDS,
@@ -299,7 +299,7 @@ fn docs(sh: &Shell, root: &Path) -> Outcome {
 
 /// .github/workflows: actionlint, zizmor, check-jsonschema, and the cargo xtask lines.
 fn workflow_lint(root: &Path) -> Outcome {
-    match crate::workflows::check(root) {
+    match crate::checks::workflows::check(root) {
         Ok(summary) => Outcome::Passed(summary),
         Err(err) => Outcome::Failed(format!("{err:#}")),
     }
@@ -310,7 +310,7 @@ fn nix_module(sh: &Shell, root: &Path) -> Outcome {
     if !have(sh, "nix-instantiate") {
         return Outcome::Skipped("nix-instantiate is not installed (apt-get install nix-bin)".into());
     }
-    match crate::nix_module::check(sh, root) {
+    match crate::checks::nix_module::check(sh, root) {
         Ok(Some(summary)) => Outcome::Passed(summary),
         Ok(None) => Outcome::Skipped(
             "no nixpkgs lib: set NIXPKGS_LIB to a nixpkgs lib/ (or provide ../shared/vendor/nixpkgs-lib/lib beside the repository) to evaluate the module with lib.evalModules".into(),
@@ -322,9 +322,9 @@ fn nix_module(sh: &Shell, root: &Path) -> Outcome {
 /// The module's metadata rules and nix daemon users, performed on a real
 /// kernel (root and Debian's iptables; otherwise skipped, saying why).
 fn metadata_service(sh: &Shell, root: &Path) -> Outcome {
-    match crate::imds::check(sh, root) {
-        Ok(crate::imds::Tested::Passed(summary)) => Outcome::Passed(summary),
-        Ok(crate::imds::Tested::Skipped(why)) => Outcome::Skipped(why),
+    match crate::checks::imds::check(sh, root) {
+        Ok(crate::checks::imds::Tested::Passed(summary)) => Outcome::Passed(summary),
+        Ok(crate::checks::imds::Tested::Skipped(why)) => Outcome::Skipped(why),
         Err(err) => Outcome::Failed(format!("{err:#}")),
     }
 }

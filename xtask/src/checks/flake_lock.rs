@@ -82,7 +82,7 @@ pub fn check_lock(inputs: &Value, lock: &Value) -> Result<String> {
 /// Every `nix develop|build|flake` a workflow runs keeps the lock.
 fn check_workflows(root: &Path) -> Result<usize> {
     let mut lines = 0;
-    for entry in std::fs::read_dir(root.join(crate::workflows::DIR))? {
+    for entry in std::fs::read_dir(root.join(crate::checks::workflows::DIR))? {
         let path = entry?.path();
         let text = std::fs::read_to_string(&path)?;
         for line in text.lines().filter(|l| ["nix develop", "nix build", "nix flake"].iter().any(|c| l.contains(c))) {
@@ -204,7 +204,7 @@ mod tests {
     #[test]
     fn a_workflow_that_may_rewrite_the_lock_is_named() {
         let root = tempfile::tempdir().unwrap();
-        let dir = root.path().join(crate::workflows::DIR);
+        let dir = root.path().join(crate::checks::workflows::DIR);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("ok.yml"), "run: nix develop --no-update-lock-file --command true\n").unwrap();
         assert_eq!(check_workflows(root.path()).unwrap(), 1);

@@ -157,7 +157,7 @@ os.execvp(sys.argv[2], sys.argv[2:])
 "#;
 
 pub fn check(sh: &xshell::Shell, root: &Path) -> Result<Tested> {
-    let Some(nixpkgs_lib) = crate::nix_module::nixpkgs_lib() else {
+    let Some(nixpkgs_lib) = crate::checks::nix_module::nixpkgs_lib() else {
         return Ok(Tested::Skipped("no nixpkgs lib to evaluate the module with (NIXPKGS_LIB)".into()));
     };
     if find("nix-instantiate").is_none() {
