@@ -3,6 +3,7 @@
 //! parameters) waited for to its end. Every per-host command goes through
 //! here (switch, refresh-secrets, logs, restart).
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
@@ -14,28 +15,45 @@ use crate::aws::{self, Aws};
 use crate::cancel::{Cancel, Poll, Wait};
 use crate::output::Output;
 
-/// The one running instance named `name` and the revision it was last
-/// switched to; zero or several is an error naming them.
-pub async fn running_instance(aws: &Aws, name: &str) -> Result<(String, Option<String>)> {
-    let out = aws
+/// A host's running instances: (instance id, the revision it was last switched to).
+pub type Found = Vec<(String, Option<String>)>;
+
+/// The fleet's running instances (tagged app=clawdinator) by their `Name`
+/// tag, and those named `name` alone when given: one listing, paginated
+/// (at most 1,000 a page: "Pagination in the Amazon EC2 API",
+/// <https://docs.aws.amazon.com/ec2/latest/devguide/ec2-api-pagination.html>),
+/// never a request per host.
+pub async fn running_instances(aws: &Aws, name: Option<&str>) -> Result<BTreeMap<String, Found>> {
+    let mut list = aws
         .ec2()
         .describe_instances()
-        .filters(Filter::builder().name("tag:Name").values(name).build())
         .filters(Filter::builder().name("tag:app").values("clawdinator").build())
         .filters(Filter::builder().name("instance-state-name").values(InstanceStateName::Running.as_str()).build())
-        .send()
-        .await
-        .map_err(|e| aws::error("EC2 DescribeInstances", name, e))?;
-    let found: Vec<(String, Option<String>)> = out
-        .reservations()
-        .iter()
-        .flat_map(|r| r.instances())
-        .filter_map(|i| {
-            let revision = i.tags().iter().find(|t| t.key() == Some(TAG_DEPLOYED_REVISION)).and_then(|t| t.value());
-            Some((i.instance_id()?.to_string(), revision.map(String::from)))
-        })
-        .collect();
-    match found.as_slice() {
+        .max_results(1000);
+    if let Some(name) = name {
+        list = list.filters(Filter::builder().name("tag:Name").values(name).build());
+    }
+    let mut pages = list.into_paginator().send();
+    let mut found: BTreeMap<String, Found> = BTreeMap::new();
+    while let Some(page) = pages.next().await {
+        let page = page.map_err(|e| aws::error("EC2 DescribeInstances", name.unwrap_or("tag:app=clawdinator"), e))?;
+        for i in page.reservations().iter().flat_map(|r| r.instances()) {
+            let tag = |key: &str| i.tags().iter().find(|t| t.key() == Some(key)).and_then(|t| t.value());
+            if let (Some(host), Some(id)) = (tag("Name"), i.instance_id()) {
+                found
+                    .entry(host.to_string())
+                    .or_default()
+                    .push((id.to_string(), tag(TAG_DEPLOYED_REVISION).map(String::from)));
+            }
+        }
+    }
+    Ok(found)
+}
+
+/// `name`'s one running instance among those `found`; zero or several is
+/// an error naming them.
+pub fn the_one(name: &str, found: Option<&Found>) -> Result<(String, Option<String>)> {
+    match found.map(Vec::as_slice).unwrap_or_default() {
         [one] => Ok(one.clone()),
         [] => bail!("{name}: no running instance tagged Name={name}, app=clawdinator (fleet deploy {name} creates it)"),
         many => {
@@ -43,6 +61,12 @@ pub async fn running_instance(aws: &Aws, name: &str) -> Result<(String, Option<S
             bail!("{name}: {} running instances ({}); terminate the extra ones first", ids.len(), ids.join(", "))
         }
     }
+}
+
+/// The one running instance named `name` and the revision it was last
+/// switched to; zero or several is an error naming them.
+pub async fn running_instance(aws: &Aws, name: &str) -> Result<(String, Option<String>)> {
+    the_one(name, running_instances(aws, Some(name)).await?.get(name))
 }
 
 /// One fleet command on a host through its SSM document (fixed command,

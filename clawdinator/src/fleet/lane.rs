@@ -9,7 +9,7 @@ use std::future::Future;
 
 use serde::Serialize;
 
-use super::host_run::running_instance;
+use super::host_run::{running_instances, the_one};
 use crate::aws::Aws;
 
 /// The words a roll's report uses for what it did to a host.
@@ -108,13 +108,16 @@ pub struct Target {
     pub already: bool,
 }
 
-/// Every host's one running instance, or the reason it has none.
+/// Every host's one running instance, or the reason it has none: one
+/// listing of the fleet, however many hosts.
 pub async fn resolve(aws: &Aws, names: &[String]) -> Vec<(String, anyhow::Result<(String, Option<String>)>)> {
-    let mut found = Vec::with_capacity(names.len());
-    for name in names {
-        found.push((name.clone(), running_instance(aws, name).await));
+    match running_instances(aws, None).await {
+        Ok(found) => names.iter().map(|name| (name.clone(), the_one(name, found.get(name)))).collect(),
+        Err(e) => {
+            let why = format!("{e:#}");
+            names.iter().map(|name| (name.clone(), Err(anyhow::anyhow!("{name}: {why}")))).collect()
+        }
     }
-    found
 }
 
 fn outcome(t: &Target, word: &'static str, detail: String) -> HostOutcome {

@@ -54,6 +54,8 @@ pub async fn live_instances(aws: &Aws) -> Result<Vec<LiveInstance>> {
                 .set_values(Some(LIVE_STATES.map(|s| s.to_string()).to_vec()))
                 .build(),
         )
+        // Pages of 1,000, the most EC2 gives: a fleet of any size in few calls, none timing out.
+        .max_results(1000)
         .into_paginator()
         .send();
     while let Some(page) = pages.next().await {
