@@ -82,6 +82,20 @@ fn seconds(text: &str) -> Result<f64, String> {
     }
 }
 
+/// A positive number of seconds, as a `Duration`.
+fn duration_seconds(text: &str) -> Result<std::time::Duration, String> {
+    seconds(text).map(std::time::Duration::from_secs_f64)
+}
+
+/// How long one git operation may go on: a stalled server otherwise hangs
+/// the command.
+#[derive(Debug, Clone, Args)]
+pub struct GitTimeoutArg {
+    /// Seconds one git operation (a clone, a fetch) may take before it is killed.
+    #[arg(long = "git-timeout", env = "CLAWDINATOR_GIT_TIMEOUT", value_name = "SECONDS", default_value = "600", value_parser = duration_seconds)]
+    pub git_timeout: std::time::Duration,
+}
+
 #[derive(Debug, Clone, Args)]
 pub struct InstancesArg {
     /// The fleet registry.

@@ -8,7 +8,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use clawdinator::flags::Global;
+use clawdinator::flags::{GitTimeoutArg, Global};
 use clawdinator::image::flags::BuildArgs;
 use clawdinator::secrets::flags::SecretsArgs;
 
@@ -75,6 +75,8 @@ pub struct Pipeline {
     /// Where the seeds are prepared.
     #[arg(long, env = "REPO_SEEDS_DIR", default_value = "repo-seeds")]
     pub repo_seeds: PathBuf,
+    #[command(flatten)]
+    pub git: GitTimeoutArg,
     /// The bucket for bundles (and the s3-import path).
     #[arg(long, env = "S3_BUCKET")]
     pub bucket: Option<String>,

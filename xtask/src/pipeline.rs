@@ -47,6 +47,8 @@ struct Inputs {
     sources: Sources,
     seeds_list: PathBuf,
     seeds_dir: PathBuf,
+    /// The longest one git operation of the seeds may take.
+    git_timeout: std::time::Duration,
     bucket: String,
     /// Build with nix, or publish this prepared image description.
     image: ImagePlan,
@@ -68,7 +70,7 @@ fn why_no_nix_build(flake: &Path, kvm: &Path) -> Option<String> {
 /// Throwaway inputs: the shipped registry, a new identity and sample
 /// secrets, two local git repositories as seeds, and an image (built by nix
 /// when it can be, a small sample disk otherwise).
-fn local_inputs(ctx: &Ctx, dir: &Path, build: BuildOptions) -> Result<Inputs> {
+fn local_inputs(ctx: &Ctx, dir: &Path, build: BuildOptions, git_timeout: std::time::Duration) -> Result<Inputs> {
     let registry = testkit::repo_root().join(clawdinator::registry::DEFAULT_PATH);
     let fleet = fixtures::sample_fleet_for(dir, &registry, |name| format!("local sample value of {name}"))?;
     let mut list = String::from("# throwaway seeds for `pipeline --local`\n");
@@ -99,6 +101,7 @@ fn local_inputs(ctx: &Ctx, dir: &Path, build: BuildOptions) -> Result<Inputs> {
         sources: fleet.sources,
         seeds_list,
         seeds_dir: dir.join("repo-seeds"),
+        git_timeout,
         bucket: clawdinator::ctx::LOCAL_BUCKET.into(),
         image,
     })
@@ -124,7 +127,7 @@ fn failed(stage: &'static str) -> impl Fn(anyhow::Error) -> anyhow::Error {
 
 fn inputs(ctx: &Ctx, args: &flags::Pipeline, scratch: &Path) -> Result<Inputs> {
     if ctx.is_local() {
-        return local_inputs(ctx, scratch, args.build.options());
+        return local_inputs(ctx, scratch, args.build.options(), args.git.git_timeout);
     }
     let bucket = args
         .bucket
@@ -134,6 +137,7 @@ fn inputs(ctx: &Ctx, args: &flags::Pipeline, scratch: &Path) -> Result<Inputs> {
         sources: Sources::from_flags(&args.secrets),
         seeds_list: args.list.clone(),
         seeds_dir: args.repo_seeds.clone(),
+        git_timeout: args.git.git_timeout,
         bucket,
         image: ImagePlan::Build(args.build.options()),
     })
@@ -155,7 +159,7 @@ async fn bundles(aws: &Aws, inputs: &Inputs, dry_run: bool, progress: &mut Progr
         jobs: 4,
         allow_partial: false,
         github_token: std::env::var("GITHUB_TOKEN").ok(),
-        git_timeout: seeds::git_timeout_from_env()?,
+        git_timeout: inputs.git_timeout,
     };
     let prepared = seeds::prepare(&prepare, out).map_err(failed("bootstrap seeds prepare"))?;
     if !prepared.failed.is_empty() {

@@ -98,7 +98,7 @@ impl SeedsPrepareArgs {
             jobs: self.jobs.into(),
             allow_partial: self.allow_partial,
             github_token: std::env::var("GITHUB_TOKEN").ok(),
-            git_timeout: seeds::git_timeout_from_env()?,
+            git_timeout: self.git.git_timeout,
         };
         let report = seeds::prepare(&opts, &ctx.out)?;
         ctx.out.emit(&report)?;

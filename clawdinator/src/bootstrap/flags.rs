@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Subcommand};
 
-use crate::flags::{FileOwner, Selection};
+use crate::flags::{FileOwner, GitTimeoutArg, Selection};
 use crate::secrets::flags::SecretsArgs;
 
 #[derive(Debug, Subcommand)]
@@ -109,4 +109,6 @@ pub struct SeedsPrepareArgs {
     /// Clones run at once (1-32).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=32))]
     pub jobs: u16,
+    #[command(flatten)]
+    pub git: GitTimeoutArg,
 }

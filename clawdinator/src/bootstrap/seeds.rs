@@ -102,21 +102,8 @@ pub struct PrepareOptions {
     /// Sent only to https://github.com/ as an `x-access-token` basic header.
     pub github_token: Option<String>,
     /// Longest one git operation may take (a stalled server otherwise hangs
-    /// the pipeline); `CLAWDINATOR_GIT_TIMEOUT` seconds on the CLI.
+    /// the pipeline); `--git-timeout` (`CLAWDINATOR_GIT_TIMEOUT`) on the CLI.
     pub git_timeout: Duration,
-}
-
-/// The git timeout the CLI uses: `CLAWDINATOR_GIT_TIMEOUT` seconds, default 600.
-pub fn git_timeout_from_env() -> Result<Duration> {
-    match std::env::var("CLAWDINATOR_GIT_TIMEOUT") {
-        Err(_) => Ok(Duration::from_secs(600)),
-        Ok(v) => v
-            .parse::<f64>()
-            .ok()
-            .filter(|s| *s > 0.0)
-            .map(Duration::from_secs_f64)
-            .with_context(|| format!("CLAWDINATOR_GIT_TIMEOUT={v} is not a positive number of seconds")),
-    }
 }
 
 #[derive(Debug, Clone, Serialize)]
