@@ -19,6 +19,7 @@
 //! `iptables` package; without them it is skipped, saying why, never
 //! passed.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -157,35 +158,71 @@ os.execvp(sys.argv[2], sys.argv[2:])
 "#;
 
 pub fn check(sh: &xshell::Shell, root: &Path) -> Result<Tested> {
+    let found = match prerequisites()? {
+        Ok(found) => found,
+        Err(why) => return Ok(Tested::Skipped(why)),
+    };
+    let meta = evaluate(sh, root, &found.nixpkgs_lib)?;
+    let python = interpreter(&found.tools["python3"])?;
+
+    let mut done = Vec::new();
+    for backend in ["nft", "legacy"] {
+        let tool = |family: &str| found.tools[format!("{family}-{backend}").as_str()].display().to_string();
+        let functions =
+            format!("iptables() {{ {} \"$@\"; }}\nip6tables() {{ {} \"$@\"; }}\n", tool("iptables"), tool("ip6tables"));
+        firewall(&meta, &found.cgroup2, &python, &functions, [tool("iptables"), tool("ip6tables")])
+            .with_context(|| format!("with iptables-{backend}"))?;
+        done.push(format!("iptables-{backend}"));
+    }
+    let daemon = nix_daemon(&meta, &python, &found.tools)?;
+    Ok(Tested::Passed(format!(
+        "metadata service (IPv4, IPv6; {}): root and the running publisher's cgroup reach it; the agents' uid, a nixbld uid and the publisher's own uid outside its cgroup are refused; reloads keep one copy of each rule and drop a gone cgroup's; a refill that breaks off leaves it refused; the publisher's stop takes its rule back; {daemon}",
+        done.join(", ")
+    )))
+}
+
+/// What the check needs from the machine it runs on.
+struct Found {
+    nixpkgs_lib: PathBuf,
+    /// Each of PROGRAMS, by name.
+    tools: BTreeMap<&'static str, PathBuf>,
+    cgroup2: PathBuf,
+}
+
+/// What the check needs, found; or (the inner Err) why it is skipped: a
+/// machine without them skips the check, saying why, and never passes it.
+fn prerequisites() -> Result<Result<Found, String>> {
     let Some(nixpkgs_lib) = crate::checks::nix_module::nixpkgs_lib() else {
-        return Ok(Tested::Skipped("no nixpkgs lib to evaluate the module with (NIXPKGS_LIB)".into()));
+        return Ok(Err("no nixpkgs lib to evaluate the module with (NIXPKGS_LIB)".into()));
     };
     if find("nix-instantiate").is_none() {
-        return Ok(Tested::Skipped("nix-instantiate is not installed (apt-get install nix-bin)".into()));
+        return Ok(Err("nix-instantiate is not installed (apt-get install nix-bin)".into()));
     }
     // SAFETY: geteuid has no preconditions and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
-        return Ok(Tested::Skipped(
+        return Ok(Err(
             "it needs root (network, mount and cgroup namespaces, iptables, connections as other uids): run as root, as .ci/run does".into(),
         ));
     }
-    let mut tools = std::collections::BTreeMap::new();
+    let mut tools = BTreeMap::new();
     for program in PROGRAMS {
         match find(program) {
             Some(path) => tools.insert(program, path),
             None => {
-                return Ok(Tested::Skipped(format!(
+                return Ok(Err(format!(
                     "{program} is not installed (iptables-nft and iptables-legacy: apt-get install iptables, as .ci/run does; nix-daemon: nix-bin; unshare, nsenter: util-linux; ip: iproute2)"
                 )))
             }
         };
     }
     let Some(cgroup2) = cgroup2_mount()? else {
-        return Ok(Tested::Skipped(
-            "no cgroup2 hierarchy is mounted (the publisher is let through by its cgroup)".into(),
-        ));
+        return Ok(Err("no cgroup2 hierarchy is mounted (the publisher is let through by its cgroup)".into()));
     };
+    Ok(Ok(Found { nixpkgs_lib, tools, cgroup2 }))
+}
 
+/// The metadata service's rules as `nix/tests/module.nix` evaluates them.
+fn evaluate(sh: &xshell::Shell, root: &Path, nixpkgs_lib: &Path) -> Result<Metadata> {
     let harness = root.join("nix/tests/module.nix");
     let out = xshell::cmd!(
         sh,
@@ -198,34 +235,48 @@ pub fn check(sh: &xshell::Shell, root: &Path) -> Result<Tested> {
     let meta: Metadata =
         serde_json::from_slice(&out.stdout).context("module.nix's metadata is not what it should be")?;
     ensure!(meta.addresses.len() == 2, "expected an IPv4 and an IPv6 metadata address, got {:?}", meta.addresses);
+    Ok(meta)
+}
 
-    let out = command(&tools["python3"]).args(["-c", "import sys; print(sys.executable)"]).output()?;
+/// The Python interpreter itself, not a version manager's shim in front of
+/// it (see `Namespace::python`).
+fn interpreter(python3: &Path) -> Result<String> {
+    let out = command(python3).args(["-c", "import sys; print(sys.executable)"]).output()?;
     ensure!(out.status.success(), "python3 does not run: {}", String::from_utf8_lossy(&out.stderr));
-    let python = String::from_utf8(out.stdout)?.trim().to_string();
-
-    let mut done = Vec::new();
-    for backend in ["nft", "legacy"] {
-        let tool = |family: &str| tools[format!("{family}-{backend}").as_str()].display().to_string();
-        let functions =
-            format!("iptables() {{ {} \"$@\"; }}\nip6tables() {{ {} \"$@\"; }}\n", tool("iptables"), tool("ip6tables"));
-        firewall(&meta, &cgroup2, &python, &functions, [tool("iptables"), tool("ip6tables")])
-            .with_context(|| format!("with iptables-{backend}"))?;
-        done.push(format!("iptables-{backend}"));
-    }
-    let daemon = nix_daemon(&meta, &python, &tools)?;
-    Ok(Tested::Passed(format!(
-        "metadata service (IPv4, IPv6; {}): root and the running publisher's cgroup reach it; the agents' uid, a nixbld uid and the publisher's own uid outside its cgroup are refused; reloads keep one copy of each rule and drop a gone cgroup's; a refill that breaks off leaves it refused; the publisher's stop takes its rule back; {daemon}",
-        done.join(", ")
-    )))
+    Ok(String::from_utf8(out.stdout)?.trim().to_string())
 }
 
 /// The firewall scenario with one backend; `functions` define `iptables`
-/// and `ip6tables`, `listing` are the backend's two programs.
+/// and `ip6tables`, `listing` are the backend's two programs. Its steps run
+/// in order on one namespace: each starts from the rules the last left.
 fn firewall(meta: &Metadata, cgroup2: &Path, python: &str, functions: &str, listing: [String; 2]) -> Result<()> {
     let ns = Namespace::start(cgroup2, &meta.addresses, python)?;
-    let publisher = meta.cgroup.as_str();
-    let some = |addresses: &[String], uids: &[u32], cgroup: &str, want: bool, when: &str| -> Result<()> {
-        for (uid, address, reached) in ns.reaches(cgroup, uids, addresses)? {
+    let scenario = Scenario { ns, meta, functions, listing, firewall: format!("{functions}{}", meta.firewall) };
+    let first = scenario.starts()?;
+    scenario.broken_refill(&first)?;
+    scenario.publisher_runs(&first)?;
+    scenario.gone_cgroup(&first)?;
+    scenario.stops()
+}
+
+/// One backend's firewall scenario: the namespace it runs in and the
+/// host's scripts made to call that backend.
+struct Scenario<'a> {
+    ns: Namespace,
+    meta: &'a Metadata,
+    /// Shell functions that make `iptables` and `ip6tables` the backend.
+    functions: &'a str,
+    /// The backend's two programs, which list the rules.
+    listing: [String; 2],
+    /// The firewall's commands, after the functions.
+    firewall: String,
+}
+
+impl Scenario<'_> {
+    /// Each of `uids` in `cgroup` ("" for none) reaches each of `addresses`
+    /// if `want`, else is refused; `when` names the step in the error.
+    fn expect(&self, addresses: &[String], uids: &[u32], cgroup: &str, want: bool, when: &str) -> Result<()> {
+        for (uid, address, reached) in self.ns.reaches(cgroup, uids, addresses)? {
             let place = if cgroup.is_empty() { String::new() } else { format!(" in {cgroup}") };
             ensure!(
                 reached == want,
@@ -234,196 +285,193 @@ fn firewall(meta: &Metadata, cgroup2: &Path, python: &str, functions: &str, list
             );
         }
         Ok(())
-    };
-    let all = |uids: &[u32], cgroup: &str, want: bool, when: &str| some(&meta.addresses, uids, cgroup, want, when);
-    let rules = || -> Result<Vec<String>> {
+    }
+
+    /// `expect` for both metadata addresses.
+    fn expect_all(&self, uids: &[u32], cgroup: &str, want: bool, when: &str) -> Result<()> {
+        self.expect(&self.meta.addresses, uids, cgroup, want, when)
+    }
+
+    /// OUTPUT and the metadata chain as both of the backend's programs list them.
+    fn rules(&self) -> Result<Vec<String>> {
         let mut lines = Vec::new();
-        for program in &listing {
-            for chain in ["OUTPUT", meta.chain.as_str()] {
-                let out = ns.run("", &[program.as_str(), "-w", "-S", chain])?;
+        for program in &self.listing {
+            for chain in ["OUTPUT", self.meta.chain.as_str()] {
+                let out = self.ns.run("", &[program.as_str(), "-w", "-S", chain])?;
                 ensure!(out.status.success(), "{program} -S {chain}: {}", String::from_utf8_lossy(&out.stderr));
                 lines.extend(String::from_utf8_lossy(&out.stdout).lines().map(|l| format!("{program} {l}")));
             }
         }
         Ok(lines)
-    };
-    let count = |lines: &[String], what: &str| lines.iter().filter(|l| l.contains(what)).count();
-    let firewall = format!("{functions}{}", meta.firewall);
-
-    all(&[ROOT, AGENTS, BUILDER, DYNAMIC], "", true, "without the rules (the listener answers everyone)")?;
-
-    ns.script("", "-e", &firewall).context("the firewall's commands")?;
-    all(&[ROOT], "", true, "after the firewall starts")?;
-    all(&[AGENTS, BUILDER, DYNAMIC], "", false, "after the firewall starts")?;
-    let first = rules()?;
-    ensure!(
-        count(&first, &format!("-j {}", meta.chain)) == 2,
-        "one jump to the chain per family expected:\n{}",
-        first.join("\n")
-    );
-    ensure!(count(&first, "-hold") == 0, "the hold is left in OUTPUT:\n{}", first.join("\n"));
-    ensure!(
-        count(&first, "-m cgroup") == 0,
-        "a cgroup is let through with no publisher running:\n{}",
-        first.join("\n")
-    );
-
-    ns.script("", "-e", &firewall).context("the firewall's commands, again (a reload)")?;
-    ensure!(
-        rules()? == first,
-        "a reload changed the rules:\nbefore\n{}\nafter\n{}",
-        first.join("\n"),
-        rules()?.join("\n")
-    );
-
-    // A refill that breaks off after the flush (here: IPv4's root rule
-    // fails, and the script stops there) leaves that address refused to
-    // all, root too, until a start completes; IPv6's chain is untouched.
-    let root_rule = "-m owner --uid-owner 0 -j RETURN";
-    let broken =
-        format!("{functions}{}", meta.firewall.replacen(root_rule, &format!("{root_rule} --no-such-option"), 1));
-    ensure!(broken != firewall, "the firewall's commands no longer let root through by --uid-owner 0");
-    ensure!(ns.script("", "-e", &broken).is_err(), "the broken refill did not fail");
-    let (v4, v6) = (&meta.addresses[..1], &meta.addresses[1..]);
-    some(v4, &[ROOT, AGENTS, BUILDER], "", false, "after IPv4's refill broke off")?;
-    some(v6, &[ROOT], "", true, "after IPv4's refill broke off")?;
-    some(v6, &[AGENTS, BUILDER], "", false, "after IPv4's refill broke off")?;
-    ns.script("", "-e", &firewall).context("the firewall's commands after a broken refill")?;
-    ensure!(rules()? == first, "a start after a broken refill left other rules:\n{}", rules()?.join("\n"));
-
-    // The publisher starts: systemd makes its cgroup, root runs ExecStartPre
-    // from inside it (twice: a second copy must not pile up).
-    ns.make_cgroup(publisher)?;
-    for _ in 0..2 {
-        ns.script(publisher, "", &format!("{functions}{}", meta.allow)).context("the publisher's ExecStartPre")?;
     }
-    let running = rules()?;
-    ensure!(count(&running, "-m cgroup") == 2, "one cgroup rule per family expected:\n{}", running.join("\n"));
-    all(&[DYNAMIC, AGENTS], publisher, true, "while the publisher runs")?;
-    all(&[ROOT], "", true, "while the publisher runs")?;
-    all(&[AGENTS, BUILDER, DYNAMIC], "", false, "while the publisher runs, outside its cgroup")?;
 
-    // A firewall reload while it runs keeps it let through, once.
-    ns.script("", "-e", &firewall).context("the firewall's commands while the publisher runs")?;
-    let reloaded = rules()?;
-    ensure!(
-        count(&reloaded, "-m cgroup") == 2,
-        "after a reload, one cgroup rule per family expected:\n{}",
-        reloaded.join("\n")
-    );
-    all(&[DYNAMIC], publisher, true, "after a reload while the publisher runs")?;
-    all(&[AGENTS, BUILDER], "", false, "after a reload while the publisher runs")?;
+    /// The firewall's commands as the host runs them (root, no service's
+    /// cgroup, `bash -e`); `step` names the run in the error.
+    fn start_firewall(&self, step: &'static str) -> Result<()> {
+        self.ns.script("", "-e", &self.firewall).context(step)
+    }
 
-    // It stops: ExecStopPost from inside its cgroup, then systemd removes it.
-    ns.script(publisher, "", &format!("{functions}{}", meta.revoke)).context("the publisher's ExecStopPost")?;
-    all(&[DYNAMIC], publisher, false, "after the publisher stops")?;
-    ensure!(rules()? == first, "the publisher's stop left rules behind:\n{}", rules()?.join("\n"));
-    ns.remove_cgroup(publisher)?;
+    /// One of the publisher's scripts (its ExecStartPre `allow` or
+    /// ExecStopPost `revoke`), as root inside the publisher's cgroup.
+    fn publisher(&self, script: &str, step: &'static str) -> Result<()> {
+        self.ns.script(&self.meta.cgroup, "", &format!("{}{script}", self.functions)).context(step)
+    }
 
-    // The next run, with a reload between its stop and its cgroup's
-    // removal: the reload re-adds the rule, which then names a gone cgroup.
-    // The next reload drops it (and iptables-legacy, which refuses every
-    // change while it is there, takes changes again); the run after that
-    // is let through by its new cgroup.
-    ns.make_cgroup(publisher)?;
-    ns.script(publisher, "", &format!("{functions}{}", meta.allow))
-        .context("the publisher's ExecStartPre, second run")?;
-    ns.script(publisher, "", &format!("{functions}{}", meta.revoke))
-        .context("the publisher's ExecStopPost, second run")?;
-    ns.script("", "-e", &firewall).context("the firewall's commands as the publisher stops")?;
-    ns.remove_cgroup(publisher)?;
-    ns.script("", "-e", &firewall).context("the firewall's commands with a rule for a gone cgroup")?;
-    ensure!(rules()? == first, "a reload left the rule of a gone cgroup:\n{}", rules()?.join("\n"));
-    all(&[AGENTS, BUILDER, DYNAMIC], "", false, "after a reload dropped a gone cgroup's rule")?;
-    ns.make_cgroup(publisher)?;
-    ns.script(publisher, "", &format!("{functions}{}", meta.allow))
-        .context("the publisher's ExecStartPre, third run")?;
-    all(&[DYNAMIC], publisher, true, "while the publisher runs again")?;
-    ns.script(publisher, "", &format!("{functions}{}", meta.revoke))
-        .context("the publisher's ExecStopPost, third run")?;
-    all(&[DYNAMIC], publisher, false, "after the publisher stops again")?;
-    ns.remove_cgroup(publisher)?;
+    /// Everyone is answered before the rules, only root after the start;
+    /// a reload changes nothing. Gives the rules after the start, which
+    /// the later steps must come back to.
+    fn starts(&self) -> Result<Vec<String>> {
+        self.expect_all(
+            &[ROOT, AGENTS, BUILDER, DYNAMIC],
+            "",
+            true,
+            "without the rules (the listener answers everyone)",
+        )?;
 
-    // Later starts and stops of the firewall: nothing for a gone cgroup,
-    // and a stop leaves the refusal in place.
-    ns.script("", "-e", &firewall).context("the firewall's commands after the publisher stopped")?;
-    ensure!(rules()? == first, "a reload after the publisher stopped changed the rules:\n{}", rules()?.join("\n"));
-    ns.script("", "-e", &format!("{functions}{}", meta.firewall_stop)).context("the firewall's stop commands")?;
-    all(&[AGENTS, BUILDER], "", false, "after the firewall stops")?;
-    all(&[ROOT], "", true, "after the firewall stops")?;
-    Ok(())
+        self.start_firewall("the firewall's commands")?;
+        self.expect_all(&[ROOT], "", true, "after the firewall starts")?;
+        self.expect_all(&[AGENTS, BUILDER, DYNAMIC], "", false, "after the firewall starts")?;
+        let first = self.rules()?;
+        ensure!(
+            count(&first, &format!("-j {}", self.meta.chain)) == 2,
+            "one jump to the chain per family expected:\n{}",
+            first.join("\n")
+        );
+        ensure!(count(&first, "-hold") == 0, "the hold is left in OUTPUT:\n{}", first.join("\n"));
+        ensure!(
+            count(&first, "-m cgroup") == 0,
+            "a cgroup is let through with no publisher running:\n{}",
+            first.join("\n")
+        );
+
+        self.start_firewall("the firewall's commands, again (a reload)")?;
+        ensure!(
+            self.rules()? == first,
+            "a reload changed the rules:\nbefore\n{}\nafter\n{}",
+            first.join("\n"),
+            self.rules()?.join("\n")
+        );
+        Ok(first)
+    }
+
+    /// A refill that breaks off after the flush (here: IPv4's root rule
+    /// fails, and the script stops there) leaves that address refused to
+    /// all, root too, until a start completes; IPv6's chain is untouched.
+    fn broken_refill(&self, first: &[String]) -> Result<()> {
+        let meta = self.meta;
+        let root_rule = "-m owner --uid-owner 0 -j RETURN";
+        let broken = format!(
+            "{}{}",
+            self.functions,
+            meta.firewall.replacen(root_rule, &format!("{root_rule} --no-such-option"), 1)
+        );
+        ensure!(broken != self.firewall, "the firewall's commands no longer let root through by --uid-owner 0");
+        ensure!(self.ns.script("", "-e", &broken).is_err(), "the broken refill did not fail");
+        let (v4, v6) = (&meta.addresses[..1], &meta.addresses[1..]);
+        self.expect(v4, &[ROOT, AGENTS, BUILDER], "", false, "after IPv4's refill broke off")?;
+        self.expect(v6, &[ROOT], "", true, "after IPv4's refill broke off")?;
+        self.expect(v6, &[AGENTS, BUILDER], "", false, "after IPv4's refill broke off")?;
+        self.start_firewall("the firewall's commands after a broken refill")?;
+        ensure!(
+            self.rules()? == first,
+            "a start after a broken refill left other rules:\n{}",
+            self.rules()?.join("\n")
+        );
+        Ok(())
+    }
+
+    /// The publisher starts, the firewall reloads while it runs, and it stops.
+    fn publisher_runs(&self, first: &[String]) -> Result<()> {
+        let publisher = self.meta.cgroup.as_str();
+        // systemd makes its cgroup, root runs ExecStartPre from inside it
+        // (twice: a second copy must not pile up).
+        self.ns.make_cgroup(publisher)?;
+        for _ in 0..2 {
+            self.publisher(&self.meta.allow, "the publisher's ExecStartPre")?;
+        }
+        let running = self.rules()?;
+        ensure!(count(&running, "-m cgroup") == 2, "one cgroup rule per family expected:\n{}", running.join("\n"));
+        self.expect_all(&[DYNAMIC, AGENTS], publisher, true, "while the publisher runs")?;
+        self.expect_all(&[ROOT], "", true, "while the publisher runs")?;
+        self.expect_all(&[AGENTS, BUILDER, DYNAMIC], "", false, "while the publisher runs, outside its cgroup")?;
+
+        // A firewall reload while it runs keeps it let through, once.
+        self.start_firewall("the firewall's commands while the publisher runs")?;
+        let reloaded = self.rules()?;
+        ensure!(
+            count(&reloaded, "-m cgroup") == 2,
+            "after a reload, one cgroup rule per family expected:\n{}",
+            reloaded.join("\n")
+        );
+        self.expect_all(&[DYNAMIC], publisher, true, "after a reload while the publisher runs")?;
+        self.expect_all(&[AGENTS, BUILDER], "", false, "after a reload while the publisher runs")?;
+
+        // It stops: ExecStopPost from inside its cgroup, then systemd removes it.
+        self.publisher(&self.meta.revoke, "the publisher's ExecStopPost")?;
+        self.expect_all(&[DYNAMIC], publisher, false, "after the publisher stops")?;
+        ensure!(self.rules()? == first, "the publisher's stop left rules behind:\n{}", self.rules()?.join("\n"));
+        self.ns.remove_cgroup(publisher)
+    }
+
+    /// The next run, with a reload between its stop and its cgroup's
+    /// removal: the reload re-adds the rule, which then names a gone cgroup.
+    /// The next reload drops it (and iptables-legacy, which refuses every
+    /// change while it is there, takes changes again); the run after that
+    /// is let through by its new cgroup.
+    fn gone_cgroup(&self, first: &[String]) -> Result<()> {
+        let (meta, publisher) = (self.meta, self.meta.cgroup.as_str());
+        self.ns.make_cgroup(publisher)?;
+        self.publisher(&meta.allow, "the publisher's ExecStartPre, second run")?;
+        self.publisher(&meta.revoke, "the publisher's ExecStopPost, second run")?;
+        self.start_firewall("the firewall's commands as the publisher stops")?;
+        self.ns.remove_cgroup(publisher)?;
+        self.start_firewall("the firewall's commands with a rule for a gone cgroup")?;
+        ensure!(self.rules()? == first, "a reload left the rule of a gone cgroup:\n{}", self.rules()?.join("\n"));
+        self.expect_all(&[AGENTS, BUILDER, DYNAMIC], "", false, "after a reload dropped a gone cgroup's rule")?;
+        self.ns.make_cgroup(publisher)?;
+        self.publisher(&meta.allow, "the publisher's ExecStartPre, third run")?;
+        self.expect_all(&[DYNAMIC], publisher, true, "while the publisher runs again")?;
+        self.publisher(&meta.revoke, "the publisher's ExecStopPost, third run")?;
+        self.expect_all(&[DYNAMIC], publisher, false, "after the publisher stops again")?;
+        self.ns.remove_cgroup(publisher)?;
+
+        // A later start of the firewall adds nothing for the gone cgroup.
+        self.start_firewall("the firewall's commands after the publisher stopped")?;
+        ensure!(
+            self.rules()? == first,
+            "a reload after the publisher stopped changed the rules:\n{}",
+            self.rules()?.join("\n")
+        );
+        Ok(())
+    }
+
+    /// The firewall's stop leaves the refusal in place.
+    fn stops(&self) -> Result<()> {
+        self.ns
+            .script("", "-e", &format!("{}{}", self.functions, self.meta.firewall_stop))
+            .context("the firewall's stop commands")?;
+        self.expect_all(&[AGENTS, BUILDER], "", false, "after the firewall stops")?;
+        self.expect_all(&[ROOT], "", true, "after the firewall stops")
+    }
+}
+
+/// How many of `lines` contain `what`.
+fn count(lines: &[String], what: &str) -> usize {
+    lines.iter().filter(|l| l.contains(what)).count()
 }
 
 /// The nix daemon with the evaluated users: root is served, the agents'
 /// stand-in is refused; with NixOS's default (`*`) it would be served.
-fn nix_daemon(meta: &Metadata, python: &str, tools: &std::collections::BTreeMap<&str, PathBuf>) -> Result<String> {
-    let dir = tempfile::tempdir()?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
-    let home = dir.path().join("home");
-    std::fs::create_dir(&home)?;
-    std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o777))?;
-    let conf = dir.path().join("conf");
-    std::fs::create_dir(&conf)?;
-    let socket = dir.path().join("socket");
-    let store = format!("unix://{}", socket.display());
-
-    let serve = |allowed: &[String]| -> Result<(bool, bool, String)> {
-        std::fs::write(
-            conf.join("nix.conf"),
-            format!(
-                "allowed-users = {}\ntrusted-users = {}\nbuild-users-group =\nexperimental-features = nix-command\n",
-                allowed.join(" "),
-                meta.trusted_users.join(" ")
-            ),
-        )?;
-        let _ = std::fs::remove_file(&socket);
-        let log = dir.path().join("daemon.log");
-        let mut daemon = command(&tools["nix-daemon"])
-            .arg("--store")
-            .arg(dir.path().join("store"))
-            .env("NIX_CONF_DIR", &conf)
-            .env("NIX_DAEMON_SOCKET_PATH", &socket)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .context("cannot start nix-daemon")?;
-        let result = (|| {
-            let start = Instant::now();
-            while !socket.exists() {
-                ensure!(daemon.try_wait()?.is_none(), "nix-daemon exited: {}", std::fs::read_to_string(&log)?);
-                ensure!(start.elapsed() < Duration::from_secs(20), "nix-daemon made no socket in 20 s");
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            let ping = |uid: u32| -> Result<bool> {
-                let status = command(python)
-                    .args(["-c", AS_USER, &uid.to_string()])
-                    .arg(&tools["nix"])
-                    .args(["store", "ping", "--store", &store])
-                    .env("HOME", &home)
-                    .env("NIX_CONF_DIR", &conf)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .status()?;
-                Ok(status.success())
-            };
-            Ok((ping(ROOT)?, ping(AGENTS)?, std::fs::read_to_string(&log)?))
-        })();
-        let _ = daemon.kill();
-        let _ = daemon.wait();
-        result
-    };
-
-    let (root, agents, log) = serve(&meta.allowed_users)?;
+fn nix_daemon(meta: &Metadata, python: &str, tools: &BTreeMap<&str, PathBuf>) -> Result<String> {
+    let daemon = Daemon::new(&meta.trusted_users, python, tools)?;
+    let (root, agents, log) = daemon.serve(&meta.allowed_users)?;
     ensure!(root, "with allowed-users = {:?}, root is not served by the nix daemon:\n{log}", meta.allowed_users);
     ensure!(!agents, "with allowed-users = {:?}, uid {AGENTS} is served by the nix daemon", meta.allowed_users);
     ensure!(
         log.contains("is not allowed to connect to the Nix daemon"),
         "the nix daemon did not say why it refused uid {AGENTS}:\n{log}"
     );
-    let (_, open, log) = serve(&["*".to_string()])?;
+    let (_, open, log) = daemon.serve(&["*".to_string()])?;
     if !open {
         bail!("with NixOS's default allowed-users = *, uid {AGENTS} is not served either: the test cannot tell the settings apart\n{log}");
     }
@@ -432,6 +480,98 @@ fn nix_daemon(meta: &Metadata, python: &str, tools: &std::collections::BTreeMap<
         meta.allowed_users.join(" "),
         meta.trusted_users.join(" ")
     ))
+}
+
+/// A nix daemon of the test's own: its store, nix.conf, socket and log in
+/// a temporary directory, and a HOME every uid may write (clients keep
+/// their cache there).
+struct Daemon<'a> {
+    dir: tempfile::TempDir,
+    home: PathBuf,
+    conf: PathBuf,
+    socket: PathBuf,
+    log: PathBuf,
+    trusted: &'a [String],
+    python: &'a str,
+    nix_daemon: PathBuf,
+    nix: PathBuf,
+}
+
+impl<'a> Daemon<'a> {
+    fn new(trusted: &'a [String], python: &'a str, tools: &BTreeMap<&str, PathBuf>) -> Result<Self> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir()?;
+        // Other uids reach the socket and HOME through it.
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755))?;
+        let home = dir.path().join("home");
+        std::fs::create_dir(&home)?;
+        std::fs::set_permissions(&home, std::fs::Permissions::from_mode(0o777))?;
+        let conf = dir.path().join("conf");
+        std::fs::create_dir(&conf)?;
+        let (socket, log) = (dir.path().join("socket"), dir.path().join("daemon.log"));
+        let (nix_daemon, nix) = (tools["nix-daemon"].clone(), tools["nix"].clone());
+        Ok(Daemon { dir, home, conf, socket, log, trusted, python, nix_daemon, nix })
+    }
+
+    /// Serve with `allowed` as allowed-users: whether root and the agents'
+    /// uid were served, and what the daemon logged.
+    fn serve(&self, allowed: &[String]) -> Result<(bool, bool, String)> {
+        std::fs::write(
+            self.conf.join("nix.conf"),
+            format!(
+                "allowed-users = {}\ntrusted-users = {}\nbuild-users-group =\nexperimental-features = nix-command\n",
+                allowed.join(" "),
+                self.trusted.join(" ")
+            ),
+        )?;
+        let _ = std::fs::remove_file(&self.socket);
+        let mut daemon = self.spawn()?;
+        let result = self
+            .wait_for_socket(&mut daemon)
+            .and_then(|()| Ok((self.ping(ROOT)?, self.ping(AGENTS)?, std::fs::read_to_string(&self.log)?)));
+        let _ = daemon.kill();
+        let _ = daemon.wait();
+        result
+    }
+
+    fn spawn(&self) -> Result<Child> {
+        command(&self.nix_daemon)
+            .arg("--store")
+            .arg(self.dir.path().join("store"))
+            .env("NIX_CONF_DIR", &self.conf)
+            .env("NIX_DAEMON_SOCKET_PATH", &self.socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&self.log)?)
+            .spawn()
+            .context("cannot start nix-daemon")
+    }
+
+    /// Until the daemon makes its socket; Err if it exits or takes 20 s.
+    fn wait_for_socket(&self, daemon: &mut Child) -> Result<()> {
+        let start = Instant::now();
+        while !self.socket.exists() {
+            ensure!(daemon.try_wait()?.is_none(), "nix-daemon exited: {}", std::fs::read_to_string(&self.log)?);
+            ensure!(start.elapsed() < Duration::from_secs(20), "nix-daemon made no socket in 20 s");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    /// Whether `nix store ping` as `uid` is served.
+    fn ping(&self, uid: u32) -> Result<bool> {
+        let status = command(self.python)
+            .args(["-c", AS_USER, &uid.to_string()])
+            .arg(&self.nix)
+            .args(["store", "ping", "--store", &format!("unix://{}", self.socket.display())])
+            .env("HOME", &self.home)
+            .env("NIX_CONF_DIR", &self.conf)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()?;
+        Ok(status.success())
+    }
 }
 
 /// A network, mount and cgroup namespace holding the listener; the cgroup
