@@ -84,7 +84,7 @@ impl BootstrapFetchArgs {
 impl SeedsInstallArgs {
     /// `bootstrap seeds install`.
     pub fn run(self, ctx: &Ctx) -> Result<()> {
-        let owner = crate::atomic::Owner::named(self.owner.owner.as_deref(), self.owner.group.as_deref())?;
+        let owner = self.owner.resolve()?;
         ctx.out.emit(&seeds::install(&self.from, &self.dest, &self.only, owner)?)
     }
 }

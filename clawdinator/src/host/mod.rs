@@ -28,7 +28,7 @@ pub mod workspace;
 use anyhow::Result;
 
 use crate::ctx::Ctx;
-use flags::{HostCmd, WorkspaceSeedArgs};
+use flags::HostCmd;
 
 /// Carry out one `host` command: each command's `run` is beside its code.
 pub fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
@@ -45,18 +45,5 @@ pub fn run(ctx: &Ctx, cmd: HostCmd) -> Result<()> {
         HostCmd::FirstSwitch(args) => args.first_switch(ctx),
         HostCmd::SelfUpdate(args) => args.self_update(ctx),
         HostCmd::GithubSync(args) => args.run(ctx),
-    }
-}
-
-// Beside its code in workspace.rs once that file is free to change.
-impl WorkspaceSeedArgs {
-    /// `host workspace-seed`, and the cron jobs into the gateway's store.
-    fn run(self, ctx: &Ctx) -> Result<()> {
-        let owner = crate::atomic::Owner::named(self.owner.owner.as_deref(), self.owner.group.as_deref())?;
-        let mut report = workspace::seed(&self.templates, &self.dest, self.tools_extra.as_deref(), owner)?;
-        if let (Some(jobs), Some(store)) = (&self.cron_jobs, &self.cron_store) {
-            report.cron_store = Some(workspace::install_cron_jobs(jobs, store, owner)?);
-        }
-        ctx.out.emit(&report)
     }
 }

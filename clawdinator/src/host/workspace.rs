@@ -14,7 +14,21 @@ use std::path::{Path, PathBuf};
 use anyhow::{bail, Context, Result};
 use serde::Serialize;
 
+use super::flags::WorkspaceSeedArgs;
 use crate::atomic::{self, Owner};
+use crate::ctx::Ctx;
+
+impl WorkspaceSeedArgs {
+    /// `host workspace-seed`, and the cron jobs into the gateway's store.
+    pub(super) fn run(self, ctx: &Ctx) -> Result<()> {
+        let owner = self.owner.resolve()?;
+        let mut report = seed(&self.templates, &self.dest, self.tools_extra.as_deref(), owner)?;
+        if let (Some(jobs), Some(store)) = (&self.cron_jobs, &self.cron_store) {
+            report.cron_store = Some(install_cron_jobs(jobs, store, owner)?);
+        }
+        ctx.out.emit(&report)
+    }
+}
 
 /// The files the last seed wrote, relative to the workspace.
 pub const STATE_FILE: &str = ".clawdinator-workspace.json";

@@ -25,7 +25,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 
-use crate::atomic::Owner;
 use crate::ctx::Ctx;
 use flags::{MemoryCmd, MemoryFileArgs};
 
@@ -46,7 +45,7 @@ fn target(args: &MemoryFileArgs) -> Result<(PathBuf, Duration)> {
 pub fn run(ctx: &Ctx, cmd: MemoryCmd) -> Result<()> {
     match cmd {
         MemoryCmd::Init(args) => {
-            let owner = Owner::named(args.owner.owner.as_deref(), args.owner.group.as_deref())?;
+            let owner = args.owner.resolve()?;
             ctx.out.emit(&init(&args.root, &args.templates, owner)?)
         }
         MemoryCmd::Read(args) => {

@@ -325,7 +325,7 @@ impl GithubTokenArgs {
             gh_config_dir: self.gh_config_dir,
             scope: Scope::parse(&self.repositories, &self.permissions, &self.fleet_repository)
                 .map_err(|e| usage(&format!("{e:#}")))?,
-            owner: crate::atomic::Owner::named(self.owner.owner.as_deref(), self.owner.group.as_deref())?,
+            owner: self.owner.resolve()?,
         };
         issue(ctx, &opts).await
     }

@@ -137,10 +137,7 @@ impl SecretsInstallArgs {
             from: self.from,
             identity: self.identity,
             dest: self.dest,
-            owners: Owners {
-                owner: Owner::named(self.owner.owner.as_deref(), self.owner.group.as_deref())?,
-                root_only: self.root_only,
-            },
+            owners: Owners { owner: self.owner.resolve()?, root_only: self.root_only },
         };
         ctx.out.emit(&install(&opts)?)
     }
