@@ -74,10 +74,29 @@ pub async fn smoke(dir: &Path) -> Result<Smoke> {
         function_url_event(Some(&arn), &json!({"action": "deploy", "target": bot})),
     ];
     let (api, answers) = runtime_api(events)?;
-    let mut function = std::process::Command::new(dir.join("bootstrap"))
+    let function = bootstrap(dir, &api, &emulator.endpoint())?;
+    let got = two_answers(function, &answers).await?;
+    let status = |n: usize| got[n]["statusCode"].as_u64().unwrap_or(0) as u16;
+    ensure!(status(0) == 200, "smoke: a status request got {}: {}", status(0), got[0]);
+    let refusal = got[1]["body"].as_str().unwrap_or_default();
+    ensure!(
+        status(1) == 403 && refusal.contains("may not deploy itself"),
+        "smoke: a self-deploy was not refused: {}",
+        got[1]
+    );
+    let records = clawdinator::audit::bucket_lines(&aws, AUDIT_BUCKET).await?;
+    clawdinator::audit::verify_copies("smoke", &records)?;
+    ensure!(records.len() == 4, "smoke: {} audit records for 2 requests, not 4", records.len());
+    Ok(Smoke { status: status(0), self_deploy: status(1), audit_records: records.len() })
+}
+
+/// Start `dir/bootstrap` with the environment Lambda gives a function,
+/// the Runtime API at `api` and the emulator at `endpoint` as its AWS.
+fn bootstrap(dir: &Path, api: &str, endpoint: &str) -> Result<std::process::Child> {
+    std::process::Command::new(dir.join("bootstrap"))
         .current_dir(dir)
         .env("AWS_LAMBDA_RUNTIME_API", api)
-        .env("AWS_ENDPOINT_URL", emulator.endpoint())
+        .env("AWS_ENDPOINT_URL", endpoint)
         .envs([
             ("AWS_ACCESS_KEY_ID", "testing"),
             ("AWS_SECRET_ACCESS_KEY", "testing"),
@@ -99,7 +118,12 @@ pub async fn smoke(dir: &Path) -> Result<Smoke> {
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()
-        .context("smoke: cannot start the packaged bootstrap")?;
+        .context("smoke: cannot start the packaged bootstrap")
+}
+
+/// The function's two answers, once it has given them (or exited, or a
+/// minute passed: then Err with what it said); the function is killed.
+async fn two_answers(mut function: std::process::Child, answers: &Mutex<Vec<Value>>) -> Result<Vec<Value>> {
     let deadline = Instant::now() + Duration::from_secs(60);
     let answered = || answers.lock().map(|a| a.len()).unwrap_or(0);
     while answered() < 2 && Instant::now() < deadline && function.try_wait()?.is_none() {
@@ -117,18 +141,7 @@ pub async fn smoke(dir: &Path) -> Result<Smoke> {
             String::from_utf8_lossy(&output.stderr).trim()
         );
     }
-    let status = |n: usize| got[n]["statusCode"].as_u64().unwrap_or(0) as u16;
-    ensure!(status(0) == 200, "smoke: a status request got {}: {}", status(0), got[0]);
-    let refusal = got[1]["body"].as_str().unwrap_or_default();
-    ensure!(
-        status(1) == 403 && refusal.contains("may not deploy itself"),
-        "smoke: a self-deploy was not refused: {}",
-        got[1]
-    );
-    let records = clawdinator::audit::bucket_lines(&aws, AUDIT_BUCKET).await?;
-    clawdinator::audit::verify_copies("smoke", &records)?;
-    ensure!(records.len() == 4, "smoke: {} audit records for 2 requests, not 4", records.len());
-    Ok(Smoke { status: status(0), self_deploy: status(1), audit_records: records.len() })
+    Ok(got)
 }
 
 #[cfg(test)]

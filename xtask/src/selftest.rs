@@ -35,50 +35,32 @@ impl flags::Test {
             ctx.out.note("skipped: non-Rust checks (--rust-only)");
             return ctx.out.emit(&TestReport { checks: vec![] });
         }
-        let checks = [
-            ("module graph", outcome(crate::checks::modgraph::check(&root))),
-            ("crate layout", outcome(crate::checks::layout::check(&sh, &root))),
-            ("docs", docs(&sh, &root)),
-            ("nix parse", nix_parse(&sh, &root)),
-            ("flake lock", flake_lock(&sh, &root)),
-            ("nix lib", nix_lib(&sh, &root)),
-            ("nixos module", nix_module(&sh, &root)),
-            ("metadata service", metadata_service(&sh, &root)),
-            ("deadnix", deadnix(&sh, &root)),
-            ("nix format", nix_format(&sh, &root)),
-            ("opentofu", opentofu(&sh, &root)),
-            ("workflows", workflow_lint(&root)),
-            ("shellcheck", shellcheck(&sh, &root)),
-            ("ruff", ruff(&sh, &root)),
-            ("dependencies", dependencies(&sh, &root)),
-        ];
-        let mut report = TestReport { checks: Vec::new() };
-        for (name, outcome) in checks {
-            let (status, detail) = match outcome {
-                Outcome::Passed(what) => (Status::Ok, what),
-                Outcome::Skipped(why) => (Status::Skipped, why),
-                Outcome::Failed(why) => (Status::Failed, why),
-            };
-            ctx.out.note(match status {
-                Status::Ok => format!("check {name}: ok ({detail})"),
-                Status::Skipped => format!("check {name}: SKIPPED because {detail}"),
-                Status::Failed => format!("check {name}: FAILED: {detail}"),
-            });
-            report.checks.push(CheckOutcome { name, status, detail });
-        }
-        let with = |s: Status| report.checks.iter().filter(move |c| c.status == s);
-        ctx.out.note(format!(
-            "non-Rust checks: ok {}, skipped {}, failed {}",
-            with(Status::Ok).count(),
-            with(Status::Skipped).count(),
-            with(Status::Failed).count()
-        ));
-        let failed: Vec<&str> = with(Status::Failed).map(|c| c.name).collect();
-        if !failed.is_empty() {
-            bail!("non-Rust checks failed: {}", failed.join(", "));
-        }
+        let report = TestReport::record(ctx, checks(&sh, &root));
+        report.tally(ctx)?;
         ctx.out.emit(&report)
     }
+}
+
+/// The non-Rust checks, in the order they are printed; all run before any
+/// is printed.
+fn checks(sh: &Shell, root: &Path) -> Vec<(&'static str, Outcome)> {
+    vec![
+        ("module graph", outcome(crate::checks::modgraph::check(root))),
+        ("crate layout", outcome(crate::checks::layout::check(sh, root))),
+        ("docs", docs(sh, root)),
+        ("nix parse", nix_parse(sh, root)),
+        ("flake lock", flake_lock(sh, root)),
+        ("nix lib", nix_lib(sh, root)),
+        ("nixos module", nix_module(sh, root)),
+        ("metadata service", metadata_service(sh, root)),
+        ("deadnix", deadnix(sh, root)),
+        ("nix format", nix_format(sh, root)),
+        ("opentofu", opentofu(sh, root)),
+        ("workflows", workflow_lint(root)),
+        ("shellcheck", shellcheck(sh, root)),
+        ("ruff", ruff(sh, root)),
+        ("dependencies", dependencies(sh, root)),
+    ]
 }
 
 fn rust_tests(ctx: &Ctx, sh: &Shell, filter: Option<String>) -> Result<()> {
@@ -100,6 +82,43 @@ fn rust_tests(ctx: &Ctx, sh: &Shell, filter: Option<String>) -> Result<()> {
 #[derive(serde::Serialize)]
 struct TestReport {
     checks: Vec<CheckOutcome>,
+}
+
+impl TestReport {
+    /// Each check's outcome, printed as it is recorded.
+    fn record(ctx: &Ctx, checks: Vec<(&'static str, Outcome)>) -> Self {
+        let mut report = TestReport { checks: Vec::new() };
+        for (name, outcome) in checks {
+            let (status, detail) = match outcome {
+                Outcome::Passed(what) => (Status::Ok, what),
+                Outcome::Skipped(why) => (Status::Skipped, why),
+                Outcome::Failed(why) => (Status::Failed, why),
+            };
+            ctx.out.note(match status {
+                Status::Ok => format!("check {name}: ok ({detail})"),
+                Status::Skipped => format!("check {name}: SKIPPED because {detail}"),
+                Status::Failed => format!("check {name}: FAILED: {detail}"),
+            });
+            report.checks.push(CheckOutcome { name, status, detail });
+        }
+        report
+    }
+
+    /// Print how many passed, were skipped and failed; Err naming the failed.
+    fn tally(&self, ctx: &Ctx) -> Result<()> {
+        let with = |s: Status| self.checks.iter().filter(move |c| c.status == s);
+        ctx.out.note(format!(
+            "non-Rust checks: ok {}, skipped {}, failed {}",
+            with(Status::Ok).count(),
+            with(Status::Skipped).count(),
+            with(Status::Failed).count()
+        ));
+        let failed: Vec<&str> = with(Status::Failed).map(|c| c.name).collect();
+        if !failed.is_empty() {
+            bail!("non-Rust checks failed: {}", failed.join(", "));
+        }
+        Ok(())
+    }
 }
 
 #[derive(serde::Serialize)]
