@@ -56,9 +56,10 @@ impl Ctx {
     /// the standard chain with `--region`/`--profile`/`AWS_ENDPOINT_URL`.
     pub async fn aws(&self) -> Result<aws::Aws> {
         let settings = match &self.local {
-            Some(local) => {
-                aws::Settings { timeouts: aws::Timeouts::from(&self.global.timeouts), ..aws::Settings::local(&local.endpoint) }
-            }
+            Some(local) => aws::Settings {
+                timeouts: aws::Timeouts::from(&self.global.timeouts),
+                ..aws::Settings::local(&local.endpoint)
+            },
             None => aws::Settings {
                 region: self.region(),
                 profile: self.global.profile.clone(),

@@ -12,8 +12,8 @@ use clap::CommandFactory;
 use clawdinator::ctx::Ctx;
 use xshell::Shell;
 
-use crate::flags;
 use crate::checks::nix_module::{self, OptionDoc};
+use crate::flags;
 
 pub const COMMANDS: &str = "docs/commands.md";
 pub const MODULE_OPTIONS: &str = "docs/module-options.md";
