@@ -93,21 +93,44 @@ impl Trail {
 }
 
 /// Write one record's line to S3, once: `If-None-Match: *` makes a second
-/// write of the same key fail, so nothing there is ever replaced.
+/// write of the same key fail, so nothing there is ever replaced. A `412`
+/// with the same bytes stored is this write's own earlier attempt (its
+/// response was lost and the SDK retried), so it counts as written.
 async fn put_copy(aws: &Aws, bucket: &str, prefix: &str, time: &str, line: String) -> Result<String> {
     let digest = hash(&line);
     let key = s3_key(prefix, time, &digest);
-    aws.s3()
+    let put = aws
+        .s3()
         .put_object()
         .bucket(bucket)
         .key(&key)
         .if_none_match("*")
         .content_type("application/json")
-        .body(line.into_bytes().into())
+        .body(line.clone().into_bytes().into())
         .send()
+        .await;
+    match put {
+        Ok(_) => Ok(digest),
+        Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => {
+            ensure_stored(aws, bucket, &key, &line).await?;
+            Ok(digest)
+        }
+        Err(e) => Err(aws::error("S3 PutObject", &aws::s3::url(bucket, &key), e)),
+    }
+}
+
+/// The copy at `key` holds exactly `line`, or an error naming it.
+async fn ensure_stored(aws: &Aws, bucket: &str, key: &str, line: &str) -> Result<()> {
+    let url = aws::s3::url(bucket, key);
+    let stored = aws::s3::get_bytes(&aws.s3(), bucket, key, 1 << 20, std::time::Duration::from_secs(30))
         .await
-        .map_err(|e| aws::error("S3 PutObject", &format!("s3://{bucket}/{key}"), e))?;
-    Ok(digest)
+        .with_context(|| format!("{url} answered 412 (it exists) to the audit copy; reading it back"))?;
+    ensure!(
+        stored.as_deref() == Some(line.as_bytes()),
+        "{url} exists with other content; audit copies are never overwritten \
+         (`audit verify` checks the copies in the bucket)"
+    );
+    Ok(())
 }
 
 /// A chain kept only in S3, for a writer with no log of its own (a control

@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 use testkit::env::{canary_value, env, Env};
 use testkit::fixtures::{self, SampleFleet};
+use testkit::proxy::{Fault, Proxy, ProxyConfig};
 
 fn audit_bucket() -> &'static str {
     "clawdinator-audit"
@@ -388,4 +389,57 @@ async fn a_record_claiming_the_control_api_written_with_ci_credentials_fails_nam
     assert!(String::from_utf8_lossy(&out.stderr).contains(&key), "{}", String::from_utf8_lossy(&out.stderr));
     env.aws.s3().delete_object().bucket(audit_bucket()).key(&key).send().await.unwrap();
     assert!(run(&env, &["audit", "verify"]).status.success());
+}
+
+/// Every request carried out and its first response lost (a proxy in front
+/// of the emulator): the SDK's retry of a copy meets its own first write
+/// (`412` to `If-None-Match: *`); the command goes on, each record has one
+/// copy and the trail verifies.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_audit_copy_whose_response_was_lost_is_kept_and_the_command_goes_on() {
+    let (env, fleet) = setup().await;
+    let config = ProxyConfig { faults: vec![(Fault::DropAfterForward, 1.0)], ..ProxyConfig::default() };
+    let proxy = Proxy::start(&env.emulator.endpoint(), config).unwrap();
+    let upload = upload_args(&env, &fleet);
+    let out = run_with(
+        &env,
+        &upload.iter().map(String::as_str).collect::<Vec<_>>(),
+        &[("AWS_ENDPOINT_URL", proxy.endpoint())],
+    );
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(proxy.faults()[&Fault::DropAfterForward] * 2 >= proxy.requests(), "not every response was lost once");
+    assert_eq!(audit_keys(&env).await.len(), 2, "one copy per record");
+    let verify = run(&env, &["audit", "verify"]);
+    assert!(verify.status.success(), "{}", String::from_utf8_lossy(&verify.stderr));
+}
+
+/// A key that already holds other bytes than the record's is never
+/// overwritten, nor taken for the record: the append fails naming it.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_audit_copy_whose_key_holds_other_content_fails_naming_it() {
+    let env = env().await;
+    env.aws.s3().create_bucket().bucket(audit_bucket()).send().await.unwrap();
+    let record = clawdinator::audit::Record {
+        time: "2026-11-22T01:00:00.000000000Z".into(),
+        caller: "arn:aws:iam::123456789012:user/alice".into(),
+        command: "bootstrap upload".into(),
+        args: vec![],
+        targets: vec!["all".into()],
+        phase: "started".into(),
+        result: None,
+        resources: vec![],
+        prev: clawdinator::audit::GENESIS.into(),
+    };
+    let line = serde_json::to_string(&record).unwrap();
+    let key = clawdinator::audit::s3_key("audit/operators/", &record.time, &clawdinator::audit::hash(&line));
+    let s3 = env.aws.s3();
+    s3.put_object().bucket(audit_bucket()).key(&key).body(b"something else".to_vec().into()).send().await.unwrap();
+
+    let chain = clawdinator::audit::BucketChain::new(audit_bucket(), "operators");
+    let err = format!("{:#}", chain.append(&env.aws, record).await.unwrap_err());
+    assert!(err.contains(&format!("s3://{}/{key}", audit_bucket())), "{err}");
+    assert!(err.contains("exists with other content"), "{err}");
+    let kept = s3.get_object().bucket(audit_bucket()).key(&key).send().await.unwrap();
+    let kept = kept.body.collect().await.unwrap().into_bytes();
+    assert_eq!(kept.as_ref(), b"something else", "the copy was overwritten");
 }
