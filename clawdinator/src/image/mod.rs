@@ -8,7 +8,7 @@
 //! what it is asked) and [`ami`] (fleet AMIs:
 //! tags, the latest, the list, pruning). Each command's `run` is on its
 //! flags, beside its code: `image build` in `build`, `image publish` in
-//! `options`, `image ami …` in `ami`.
+//! `publish`, `image ami …` in `ami`.
 
 pub mod ami;
 pub mod build;

@@ -1,17 +1,10 @@
 //! What `image publish` is asked to do: shared by the EBS direct path
-//! (`publish`) and the S3 + VM Import path (`import`), and the command that
-//! asks it.
+//! (`publish`) and the S3 + VM Import path (`import`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use anyhow::Result;
-
-use super::flags::{PublishArgs, Via};
-use super::publish::{self, PublishReport};
-use crate::audit::{Audited, Entry};
-use crate::ctx::Ctx;
-use crate::output;
+use super::flags::Via;
 
 /// Every choice of one publish, with [`PublishOptions::new`]'s defaults.
 #[derive(Debug, Clone)]
@@ -56,54 +49,5 @@ impl PublishOptions {
             dry_run: false,
             snapshot_only: false,
         }
-    }
-}
-
-impl PublishArgs {
-    /// What these flags ask of a publish; the bucket defaults to the context's.
-    fn options(self, ctx: &Ctx) -> PublishOptions {
-        PublishOptions {
-            image_json: self.image,
-            via: self.via,
-            bucket: self.bucket.or_else(|| ctx.default_bucket().map(str::to_string)),
-            copy_to_regions: self.copy_to_regions,
-            kms_key: self.kms_key,
-            workers: self.workers.into(),
-            deprecate_after_days: self.deprecate_after,
-            import_timeout: Duration::from_secs(self.timeout * 60),
-            keep_object: self.keep_object,
-            dry_run: self.dry_run,
-            snapshot_only: self.snapshot_only,
-            ..PublishOptions::new(PathBuf::new())
-        }
-    }
-
-    /// `image publish`, audited: the snapshot, the AMI and its copies.
-    pub(super) async fn run(self, ctx: &Ctx) -> Result<()> {
-        let opts = self.options(ctx);
-        let aws = ctx.aws().await?;
-        let entry = Entry {
-            command: "image publish",
-            targets: vec![opts.image_json.display().to_string()],
-            dry_run: opts.dry_run,
-        };
-        let report = entry.record(ctx, &aws, publish::publish(&aws, &opts, &ctx.out, &ctx.cancel)).await?;
-        if !report.ami_id.is_empty() {
-            output::github_output("ami_id", &report.ami_id)?;
-        }
-        ctx.out.emit(&report)
-    }
-}
-
-/// What a publish made, as the audit trail lists it. (Here, beside the
-/// command, while `publish` is being reworked; it belongs with the report.)
-impl Audited for PublishReport {
-    fn resources(&self) -> Vec<String> {
-        self.snapshot_id
-            .iter()
-            .chain(std::iter::once(&self.ami_id).filter(|a| !a.is_empty()))
-            .chain(self.copies.values())
-            .cloned()
-            .collect()
     }
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 use std::fs::File;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{bail, ensure, Context, Result};
@@ -18,12 +18,14 @@ use serde::Serialize;
 
 use super::ami::{self, ec2_tags, fleet_tags, Identity};
 use super::build::ImageManifest;
-use super::flags::Via;
+use super::flags::{PublishArgs, Via};
 use super::options::PublishOptions;
 use super::snapshot::{self, client_token, SnapshotSpec, SnapshotUploader, SnapshotWaiter, BLOCK_SIZE};
+use crate::audit::{Audited, Entry};
 use crate::aws::{self, s3, Aws};
 use crate::cancel::{Cancel, Poll, Wait};
-use crate::output::Output;
+use crate::ctx::Ctx;
+use crate::output::{self, Output};
 
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -109,6 +111,54 @@ impl fmt::Display for PublishReport {
             return writeln!(f, "{snapshot}");
         }
         self.fmt_published(f)
+    }
+}
+
+impl PublishArgs {
+    /// What these flags ask of a publish; the bucket defaults to the context's.
+    fn options(self, ctx: &Ctx) -> PublishOptions {
+        PublishOptions {
+            image_json: self.image,
+            via: self.via,
+            bucket: self.bucket.or_else(|| ctx.default_bucket().map(str::to_string)),
+            copy_to_regions: self.copy_to_regions,
+            kms_key: self.kms_key,
+            workers: self.workers.into(),
+            deprecate_after_days: self.deprecate_after,
+            import_timeout: Duration::from_secs(self.timeout * 60),
+            keep_object: self.keep_object,
+            dry_run: self.dry_run,
+            snapshot_only: self.snapshot_only,
+            ..PublishOptions::new(PathBuf::new())
+        }
+    }
+
+    /// `image publish`, audited: the snapshot, the AMI and its copies.
+    pub(super) async fn run(self, ctx: &Ctx) -> Result<()> {
+        let opts = self.options(ctx);
+        let aws = ctx.aws().await?;
+        let entry = Entry {
+            command: "image publish",
+            targets: vec![opts.image_json.display().to_string()],
+            dry_run: opts.dry_run,
+        };
+        let report = entry.record(ctx, &aws, publish(&aws, &opts, &ctx.out, &ctx.cancel)).await?;
+        if !report.ami_id.is_empty() {
+            output::github_output("ami_id", &report.ami_id)?;
+        }
+        ctx.out.emit(&report)
+    }
+}
+
+/// What a publish made, as the audit trail lists it.
+impl Audited for PublishReport {
+    fn resources(&self) -> Vec<String> {
+        self.snapshot_id
+            .iter()
+            .chain(std::iter::once(&self.ami_id).filter(|a| !a.is_empty()))
+            .chain(self.copies.values())
+            .cloned()
+            .collect()
     }
 }
 
