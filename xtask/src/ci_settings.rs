@@ -4,7 +4,6 @@
 //! every listed one is used), and docs/ci.md lists.
 
 use std::collections::BTreeSet;
-use std::path::Path;
 
 use anyhow::{Context, Result};
 
@@ -80,20 +79,6 @@ pub fn referenced(text: &str) -> BTreeSet<(Kind, String)> {
         }
     }
     found
-}
-
-/// The OpenTofu variables CI must provide: those without a default, but
-/// `ami_id`, which `fleet deploy` passes itself.
-pub fn required_tofu_variables(root: &Path) -> Result<Vec<String>> {
-    let dir = root.join(crate::checks::opentofu::ROOT_MODULE);
-    let parsed = crate::checks::opentofu::hcl::parse(root, &crate::checks::opentofu::hcl::tf_files(&dir)?)?;
-    let module = crate::checks::opentofu::module::Module::new(&parsed.files);
-    Ok(module
-        .variables
-        .iter()
-        .filter(|(name, body)| body.get("default").is_none() && name.as_str() != "ami_id")
-        .map(|(name, _)| name.clone())
-        .collect())
 }
 
 /// What is wrong with a tfvars JSON text: the required variables it lacks.

@@ -180,7 +180,7 @@ pub async fn check_aws(aws: &aws::Aws) -> Vec<Check> {
 /// workflows set it, or exported by an operator), the tfvars checked
 /// against the module's variables.
 pub fn ci_checks(root: &Path) -> Result<Vec<Check>> {
-    let required = crate::ci_settings::required_tofu_variables(root)?;
+    let required = crate::checks::opentofu::required_tofu_variables(root)?;
     let trusted = std::fs::read_to_string(root.join(TRUSTED_CACHE_KEY)).ok().map(|k| k.trim().to_string());
     Ok(ci_checks_of(&required, trusted.as_deref(), |name| std::env::var(name).ok()))
 }

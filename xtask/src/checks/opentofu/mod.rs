@@ -28,6 +28,20 @@ pub const FIXTURES: &str = "xtask/fixtures/opentofu";
 
 pub const CHECKOV_VERSION: &str = "3.3.30";
 
+/// The OpenTofu variables CI must provide: those without a default, but
+/// `ami_id`, which `fleet deploy` passes itself.
+pub fn required_tofu_variables(root: &Path) -> Result<Vec<String>> {
+    let dir = root.join(ROOT_MODULE);
+    let parsed = hcl::parse(root, &hcl::tf_files(&dir)?)?;
+    let module = Module::new(&parsed.files);
+    Ok(module
+        .variables
+        .iter()
+        .filter(|(name, body)| body.get("default").is_none() && name.as_str() != "ami_id")
+        .map(|(name, _)| name.clone())
+        .collect())
+}
+
 /// Every check on one root module; `fleet` adds the registry and user-data
 /// agreement (the fixtures are not the fleet).
 pub fn check_module(root: &Path, dir: &Path, schema: &ProviderSchema, fleet: bool) -> Result<Vec<Finding>> {
