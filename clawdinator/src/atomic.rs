@@ -18,6 +18,11 @@ pub struct Owner {
 }
 
 impl Owner {
+    /// The ids `--owner` and `--group` stand for on this host.
+    pub fn of(flags: &crate::flags::FileOwner) -> Result<Owner> {
+        Owner::named(flags.owner.as_deref(), flags.group.as_deref())
+    }
+
     /// The owner from a user and a group, each a name or an id.
     pub fn named(user: Option<&str>, group: Option<&str>) -> Result<Owner> {
         Ok(Owner {

@@ -114,13 +114,6 @@ pub struct FileOwner {
     pub group: Option<String>,
 }
 
-impl FileOwner {
-    /// The ids these names or numbers stand for on this host.
-    pub fn resolve(&self) -> anyhow::Result<crate::atomic::Owner> {
-        crate::atomic::Owner::named(self.owner.as_deref(), self.group.as_deref())
-    }
-}
-
 /// Which instances a command that writes works on: named, or all of them
 /// said out loud (one of the two is required).
 #[derive(Debug, Clone, Args)]

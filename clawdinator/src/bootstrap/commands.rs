@@ -84,7 +84,7 @@ impl BootstrapFetchArgs {
 impl SeedsInstallArgs {
     /// `bootstrap seeds install`.
     pub fn run(self, ctx: &Ctx) -> Result<()> {
-        let owner = self.owner.resolve()?;
+        let owner = crate::atomic::Owner::of(&self.owner)?;
         ctx.out.emit(&seeds::install(&self.from, &self.dest, &self.only, owner)?)
     }
 }

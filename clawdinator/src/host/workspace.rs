@@ -21,7 +21,7 @@ use crate::ctx::Ctx;
 impl WorkspaceSeedArgs {
     /// `host workspace-seed`, and the cron jobs into the gateway's store.
     pub(super) fn run(self, ctx: &Ctx) -> Result<()> {
-        let owner = self.owner.resolve()?;
+        let owner = Owner::of(&self.owner)?;
         let mut report = seed(&self.templates, &self.dest, self.tools_extra.as_deref(), owner)?;
         if let (Some(jobs), Some(store)) = (&self.cron_jobs, &self.cron_store) {
             report.cron_store = Some(install_cron_jobs(jobs, store, owner)?);

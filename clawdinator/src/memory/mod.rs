@@ -45,7 +45,7 @@ fn target(args: &MemoryFileArgs) -> Result<(PathBuf, Duration)> {
 pub fn run(ctx: &Ctx, cmd: MemoryCmd) -> Result<()> {
     match cmd {
         MemoryCmd::Init(args) => {
-            let owner = args.owner.resolve()?;
+            let owner = crate::atomic::Owner::of(&args.owner)?;
             ctx.out.emit(&init(&args.root, &args.templates, owner)?)
         }
         MemoryCmd::Read(args) => {

@@ -325,7 +325,7 @@ impl GithubTokenArgs {
             gh_config_dir: self.gh_config_dir,
             scope: Scope::parse(&self.repositories, &self.permissions, &self.fleet_repository)
                 .map_err(|e| usage(&format!("{e:#}")))?,
-            owner: self.owner.resolve()?,
+            owner: crate::atomic::Owner::of(&self.owner)?,
         };
         issue(ctx, &opts).await
     }

@@ -137,7 +137,7 @@ impl SecretsInstallArgs {
             from: self.from,
             identity: self.identity,
             dest: self.dest,
-            owners: Owners { owner: self.owner.resolve()?, root_only: self.root_only },
+            owners: Owners { owner: Owner::of(&self.owner)?, root_only: self.root_only },
         };
         ctx.out.emit(&install(&opts)?)
     }
