@@ -430,8 +430,8 @@ pub async fn prune(ec2: &aws_sdk_ec2::Client, opts: &PruneOptions) -> Result<Pru
 }
 
 async fn delete_snapshot(ec2: &aws_sdk_ec2::Client, snapshot: &str, failures: &mut Vec<(String, String)>) {
-    if let Err(e) = ec2.delete_snapshot().snapshot_id(snapshot).send().await {
-        failures.push((snapshot.to_string(), format!("{:#}", aws::error("EC2 DeleteSnapshot", snapshot, e))));
+    if let Err(e) = super::snapshot::delete_snapshot(ec2, snapshot).await {
+        failures.push((snapshot.to_string(), format!("{e:#}")));
     }
 }
 

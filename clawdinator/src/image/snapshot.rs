@@ -445,12 +445,22 @@ impl SnapshotUploader {
 
 /// Delete `snapshot_id` after `err`; say truthfully whether that worked.
 pub async fn discard_snapshot(ec2: &aws_sdk_ec2::Client, snapshot_id: &str, err: anyhow::Error) -> anyhow::Error {
-    match ec2.delete_snapshot().snapshot_id(snapshot_id).send().await {
-        Ok(_) => err.context(format!("the incomplete snapshot {snapshot_id} was deleted")),
+    match delete_snapshot(ec2, snapshot_id).await {
+        Ok(()) => err.context(format!("the incomplete snapshot {snapshot_id} was deleted")),
         Err(delete_err) => err.context(format!(
-            "the incomplete snapshot {snapshot_id} could NOT be deleted ({:#}); delete it with `aws ec2 delete-snapshot --snapshot-id {snapshot_id}`",
-            aws::error("EC2 DeleteSnapshot", snapshot_id, delete_err)
+            "the incomplete snapshot {snapshot_id} could NOT be deleted ({delete_err:#}); delete it with `aws ec2 delete-snapshot --snapshot-id {snapshot_id}`"
         )),
+    }
+}
+
+/// Delete `snapshot_id`. `InvalidSnapshot.NotFound` counts as deleted: the
+/// SDK's retry of a delete whose response was lost meets exactly that, and
+/// either way the snapshot is gone.
+pub async fn delete_snapshot(ec2: &aws_sdk_ec2::Client, snapshot_id: &str) -> Result<()> {
+    match ec2.delete_snapshot().snapshot_id(snapshot_id).send().await {
+        Ok(_) => Ok(()),
+        Err(e) if aws::error_code(&e) == Some("InvalidSnapshot.NotFound") => Ok(()),
+        Err(e) => Err(aws::error("EC2 DeleteSnapshot", snapshot_id, e)),
     }
 }
 

@@ -6,15 +6,17 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use clawdinator::aws::{Aws, Settings};
 use clawdinator::cancel::Cancel;
 use clawdinator::image::ami::{self, PruneOptions};
 use clawdinator::image::publish;
-use clawdinator::image::snapshot::BLOCK_SIZE;
+use clawdinator::image::snapshot::{delete_snapshot, discard_snapshot, BLOCK_SIZE};
 use clawdinator::image::{PublishOptions, Via};
 use clawdinator::output::Output;
 use serde_json::json;
 use testkit::env::{env, Env};
 use testkit::fixtures::sample_image;
+use testkit::proxy::{Fault, Proxy, ProxyConfig};
 
 const OUT: Output = Output { json: true };
 const MIB: u64 = 1 << 20;
@@ -156,6 +158,28 @@ async fn cleanup_that_fails_is_reported_with_the_snapshot_id() {
     assert_eq!(left.len(), 1);
     assert!(text.contains(&format!("{} could NOT be deleted", left[0].0)), "{text}");
     assert!(!text.contains("was deleted"), "{text}");
+}
+
+/// A delete whose response was lost: the SDK's retry answers
+/// `InvalidSnapshot.NotFound`, which means the snapshot is gone, so the
+/// cleanup says it was deleted (and prune would not list it as a failure).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_snapshot_delete_whose_response_was_lost_counts_as_deleted() {
+    let env = env().await;
+    let ec2 = env.aws.ec2();
+    let volume = ec2.create_volume().availability_zone("us-east-1a").size(1).send().await.unwrap();
+    let snap = ec2.create_snapshot().volume_id(volume.volume_id().unwrap()).send().await.unwrap();
+    let id = snap.snapshot_id().unwrap().to_string();
+    let config = ProxyConfig { faults: vec![(Fault::DropAfterForward, 1.0)], ..ProxyConfig::default() };
+    let proxy = Proxy::start(&env.emulator.endpoint(), config).unwrap();
+    let through = Aws::load(&Settings::local(&proxy.endpoint())).await.unwrap();
+    let err = discard_snapshot(&through.ec2(), &id, anyhow::anyhow!("the upload failed")).await;
+    let text = format!("{err:#}");
+    assert!(text.contains(&format!("the incomplete snapshot {id} was deleted")), "{text}");
+    assert!(proxy.faults()[&Fault::DropAfterForward] >= 1, "no response was lost");
+    assert!(snapshots(&env).await.iter().all(|(s, _)| s != &id), "{id} is still there");
+    let absent = delete_snapshot(&env.aws.ec2(), "snap-0123456789abcdef0").await;
+    assert!(absent.is_ok(), "{absent:?}");
 }
 
 /// One block's transient failures are retried by the SDK's retry layer for
