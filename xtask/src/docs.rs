@@ -20,6 +20,8 @@ pub const MODULE_OPTIONS: &str = "docs/module-options.md";
 
 /// Every generated doc's longest line (the project's limit for any doc).
 pub const MAX_LINE: usize = 200;
+/// The README is a front page: the rest goes under docs/.
+pub const README_MAX_LINES: usize = 150;
 
 impl flags::Docs {
     pub fn run(self, ctx: &Ctx) -> Result<()> {
@@ -141,7 +143,8 @@ fn wrap(text: &str, width: usize) -> String {
     paragraphs.collect::<Vec<_>>().join("\n\n")
 }
 
-/// Every line of every doc under `docs/` and of the README is at most [`MAX_LINE`] characters.
+/// Every line of every doc under `docs/` and of the README is at most [`MAX_LINE`] characters,
+/// and the README at most [`README_MAX_LINES`] lines.
 pub fn check_line_lengths(root: &Path) -> Result<usize> {
     let mut files = vec![root.join("README.md")];
     files.extend(std::fs::read_dir(root.join("docs"))?.flatten().map(|e| e.path()));
@@ -155,6 +158,11 @@ pub fn check_line_lengths(root: &Path) -> Result<usize> {
         }
     }
     ensure!(long.is_empty(), "lines over {MAX_LINE} characters:\n  {}", long.join("\n  "));
+    let readme = std::fs::read_to_string(&files[0])?.lines().count();
+    ensure!(
+        readme <= README_MAX_LINES,
+        "README.md has {readme} lines, over {README_MAX_LINES}: move the detail into a page under docs/ and link it"
+    );
     Ok(files.len())
 }
 
@@ -188,6 +196,19 @@ mod tests {
         let err = ensure_current(dir.path(), COMMANDS, "new\n").unwrap_err().to_string();
         assert!(err.contains("cargo xtask docs"), "{err}");
         ensure_current(dir.path(), COMMANDS, "old\n").unwrap();
+    }
+
+    #[test]
+    fn a_readme_over_its_length_is_refused_and_the_project_s_is_within() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(dir.path().join("docs")).unwrap();
+        std::fs::write(dir.path().join("README.md"), "line\n".repeat(README_MAX_LINES + 1)).unwrap();
+        let err = check_line_lengths(dir.path()).unwrap_err().to_string();
+        assert!(err.contains(&format!("README.md has {} lines", README_MAX_LINES + 1)), "{err}");
+        std::fs::write(dir.path().join("README.md"), "line\n".repeat(README_MAX_LINES)).unwrap();
+        check_line_lengths(dir.path()).unwrap();
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+        check_line_lengths(root).unwrap();
     }
 
     #[test]

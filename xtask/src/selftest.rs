@@ -298,7 +298,11 @@ fn docs(sh: &Shell, root: &Path) -> Outcome {
         return Outcome::Failed(format!("{err:#}"));
     }
     let lines = match docs::check_line_lengths(root) {
-        Ok(files) => format!("{files} docs within {} characters a line", docs::MAX_LINE),
+        Ok(files) => format!(
+            "{files} docs within {} characters a line, the README within {} lines",
+            docs::MAX_LINE,
+            docs::README_MAX_LINES
+        ),
         Err(err) => return Outcome::Failed(format!("{err:#}")),
     };
     let (Some(lib), true) = (crate::checks::nix_module::nixpkgs_lib(), have(sh, "nix-instantiate")) else {
