@@ -36,6 +36,13 @@ pub struct PipelineReport {
     pub ami_id: String,
 }
 
+/// What the pipeline made, as the audit trail lists it: the AMI.
+impl clawdinator::audit::Audited for PipelineReport {
+    fn resources(&self) -> Vec<String> {
+        vec![self.ami_id.clone()]
+    }
+}
+
 impl fmt::Display for PipelineReport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(f, "{}", self.ami_id)
@@ -220,14 +227,7 @@ impl flags::Pipeline {
         let aws = ctx.aws().await?;
         let entry =
             clawdinator::audit::Entry { command: "pipeline", targets: vec!["all".into()], dry_run: args.dry_run };
-        let report = clawdinator::audit::around(
-            ctx,
-            &aws,
-            entry,
-            stages(ctx, &aws, &inputs, args.dry_run),
-            |r: &PipelineReport| vec![r.ami_id.clone()],
-        )
-        .await?;
+        let report = entry.record(ctx, &aws, stages(ctx, &aws, &inputs, args.dry_run)).await?;
         drop(scratch);
         ctx.out.emit(&report)
     }

@@ -17,7 +17,7 @@
 //! record has two successors.
 //!
 //! Modules: [`flags`] (the command line), `trail` (records, chains,
-//! copies, and [`around`], which wraps a command that changes AWS),
+//! copies, and `around`, which `Entry::record` wraps),
 //! `audited` (the one way a command is recorded: [`Audited`] on its
 //! report, [`Entry::record`] around its work), [`writers`] (who writes
 //! where) and `commands` (`audit verify` and `audit log`).
@@ -35,8 +35,8 @@ use flags::AuditCmd;
 
 pub use audited::Audited;
 pub use trail::{
-    around, bucket_lines, hash, s3_key, targets, verify_copies, verify_lines, BucketChain, Chains, Entry, DEFAULT_LOG,
-    GENESIS, PREFIX,
+    bucket_lines, hash, s3_key, targets, verify_copies, verify_lines, BucketChain, Chains, Entry, DEFAULT_LOG, GENESIS,
+    PREFIX,
 };
 pub use trail::{Record, Trail};
 

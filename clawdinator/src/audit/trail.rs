@@ -200,7 +200,7 @@ pub struct Entry<'a> {
 /// Record a command around `work`: `started` first (a failure to record
 /// stops the command before it changes anything), `finished` after, with
 /// the result and the resources `resources` names.
-pub async fn around<T, F>(
+pub(super) async fn around<T, F>(
     ctx: &Ctx,
     aws: &Aws,
     entry: Entry<'_>,

@@ -44,6 +44,13 @@ pub struct BuildReport {
     pub written: Written,
 }
 
+/// What a release build wrote, as the audit trail lists it: its manifest.
+impl crate::audit::Audited for BuildReport {
+    fn resources(&self) -> Vec<String> {
+        vec![self.manifest.clone()]
+    }
+}
+
 impl std::fmt::Display for BuildReport {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         for (name, path) in &self.hosts {

@@ -64,10 +64,7 @@ impl ReleaseBuildArgs {
             targets: vec![opts.revision.clone()],
             dry_run: opts.dry_run,
         };
-        let report = crate::audit::around(ctx, &aws, entry, build::build(&aws, &opts), |r: &build::BuildReport| {
-            vec![r.manifest.clone()]
-        })
-        .await?;
+        let report = entry.record(ctx, &aws, build::build(&aws, &opts)).await?;
         ctx.out.emit(&report)
     }
 }

@@ -10,6 +10,7 @@ fn pipeline_local_runs_every_stage_and_prints_the_ami() {
         .args(["--json", "--local", "pipeline"])
         .current_dir(testkit::repo_root())
         .env("GITHUB_OUTPUT", &github_output)
+        .env("CLAWDINATOR_AUDIT_LOG", dir.path().join("audit.jsonl"))
         .env_remove("AWS_ENDPOINT_URL")
         .output()
         .unwrap();
@@ -32,6 +33,13 @@ fn pipeline_local_runs_every_stage_and_prints_the_ami() {
     let ami = report["amiId"].as_str().unwrap();
     assert!(ami.starts_with("ami-"), "{ami}");
     assert_eq!(std::fs::read_to_string(&github_output).unwrap(), format!("ami_id={ami}\n"));
+    let log = std::fs::read_to_string(dir.path().join("audit.jsonl")).unwrap();
+    let finished: serde_json::Value = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .find(|r| r["command"] == "pipeline" && r["phase"] == "finished")
+        .unwrap_or_else(|| panic!("no finished pipeline record in {log}"));
+    assert_eq!(finished["resources"], serde_json::json!([ami]), "{finished}");
     for line in ["[1/6] secrets check", "[3/6] bootstrap upload", "[6/6] image ami latest"] {
         assert!(stderr.contains(line), "{line} missing from {stderr}");
     }

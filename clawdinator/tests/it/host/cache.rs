@@ -189,6 +189,13 @@ async fn ci_builds_signs_and_caches_once_and_a_host_takes_only_what_the_fleet_ke
     assert!(narinfo.contains("Sig: test-fleet-1:"), "{narinfo}");
     let manifest: Value = serde_json::from_slice(&env.get(&format!("releases/{rev}.json")).await).unwrap();
     assert_eq!(manifest["hosts"], report["hosts"]);
+    let log = std::fs::read_to_string(env.path("audit.jsonl")).unwrap();
+    let finished: Value = log
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .find(|r| r["command"] == "release build" && r["phase"] == "finished")
+        .unwrap_or_else(|| panic!("no finished release build record in {log}"));
+    assert_eq!(finished["resources"], serde_json::json!([report["manifest"]]), "{finished}");
     let stored =
         env.aws.s3().head_object().bucket(&env.bucket).key(format!("releases/{rev}.json")).send().await.unwrap();
 
