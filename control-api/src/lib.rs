@@ -28,6 +28,9 @@
 //! 503 and nothing is done. Each container keeps its own chain
 //! ([`clawdinator::audit::BucketChain`]); `audit verify --bucket` checks them all.
 
+// What ships has no `unsafe`: system calls go through the library's crates.
+#![forbid(unsafe_code)]
+
 pub mod cooldown;
 
 use anyhow::{Context, Result};

@@ -1,6 +1,9 @@
 //! The Lambda's `bootstrap`: configuration from the environment, then one
 //! handler per request (see the library).
 
+// What ships has no `unsafe`: system calls go through the library's crates.
+#![forbid(unsafe_code)]
+
 use anyhow::Context;
 use clawdinator_control_api::{handle, Audit, Config, Live, Workflow};
 
