@@ -28,8 +28,24 @@ fn b64_of_hex(hex_sha: &str) -> String {
 
 /// The SHA-256 recorded on an object, `None` when there is no such object.
 pub async fn head_sha256(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Option<String>> {
+    Ok(head(s3, bucket, key).await?.map(|stored| stored.sha256))
+}
+
+/// What HeadObject says of the current version of an object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stored {
+    pub etag: String,
+    /// The SHA-256 recorded in its metadata ("" when none).
+    pub sha256: String,
+}
+
+/// The current version's ETag and recorded SHA-256, `None` when there is no such object.
+pub async fn head(s3: &aws_sdk_s3::Client, bucket: &str, key: &str) -> Result<Option<Stored>> {
     match s3.head_object().bucket(bucket).key(key).send().await {
-        Ok(head) => Ok(Some(head.metadata().and_then(|m| m.get(SHA256_META)).cloned().unwrap_or_default())),
+        Ok(head) => Ok(Some(Stored {
+            etag: head.e_tag().unwrap_or_default().to_string(),
+            sha256: head.metadata().and_then(|m| m.get(SHA256_META)).cloned().unwrap_or_default(),
+        })),
         Err(err) if err.as_service_error().is_some_and(|e| e.is_not_found()) => Ok(None),
         Err(err) => Err(aws::error("S3 HeadObject", &url(bucket, key), err)),
     }
@@ -51,13 +67,81 @@ pub async fn put(
     sha256: &str,
     content_type: &str,
 ) -> Result<()> {
+    put_request(s3, bucket, key, body, sha256, content_type)
+        .await?
+        .send()
+        .await
+        .map_err(|e| aws::error("S3 PutObject", &url(bucket, key), e))?;
+    Ok(())
+}
+
+/// [`put`] that replaces exactly the version `current` that HeadObject
+/// found (`None`: that there was no object) and stores one new version,
+/// even when a response is lost and the SDK's retry layer sends the same
+/// PUT again.
+///
+/// A conditional write, as "How to prevent object overwrites with
+/// conditional writes" in the Amazon S3 User Guide documents it
+/// (<https://docs.aws.amazon.com/AmazonS3/latest/userguide/conditional-writes.html>):
+/// `If-Match: <ETag read>` (or `If-None-Match: *` for a new key) makes S3
+/// answer `412 Precondition Failed` to any write after the first, so a
+/// retry can never add a second version. A `412` (or the `409
+/// ConditionalRequestConflict` of a concurrent write) is then this write's
+/// own first attempt when the current version carries our SHA-256: done.
+/// Any other content there is someone else's write since `current` was
+/// read, never overwritten: an error naming the object.
+pub async fn put_replacing(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    current: Option<&Stored>,
+    body: Body<'_>,
+    sha256: &str,
+    content_type: &str,
+) -> Result<()> {
+    let request = put_request(s3, bucket, key, body, sha256, content_type).await?;
+    let request = match current {
+        Some(stored) => request.if_match(&stored.etag),
+        None => request.if_none_match("*"),
+    };
+    let err = match request.send().await {
+        Ok(_) => return Ok(()),
+        Err(err) => err,
+    };
+    let status = err.raw_response().map(|r| r.status().as_u16());
+    if !matches!(status, Some(409 | 412)) {
+        return Err(aws::error("S3 PutObject", &url(bucket, key), err));
+    }
+    let status = status.unwrap_or_default();
+    match head(s3, bucket, key).await.with_context(|| {
+        format!("{} answered HTTP {status} to a conditional PutObject; reading it back", url(bucket, key))
+    })? {
+        Some(now) if now.sha256 == sha256 => Ok(()),
+        _ => bail!(
+            "{} changed while it was being written (HTTP {status} to a PutObject conditional on the version \
+             read just before): not overwritten; run the command again",
+            url(bucket, key)
+        ),
+    }
+}
+
+/// The PutObject request [`put`] and [`put_replacing`] send.
+async fn put_request(
+    s3: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    body: Body<'_>,
+    sha256: &str,
+    content_type: &str,
+) -> Result<aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder> {
     let stream = match body {
         Body::Bytes(bytes) => ByteStream::from(bytes.to_vec()),
         Body::File(path) => {
             ByteStream::from_path(path).await.map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))?
         }
     };
-    s3.put_object()
+    Ok(s3
+        .put_object()
         .bucket(bucket)
         .key(key)
         .body(stream)
@@ -65,11 +149,7 @@ pub async fn put(
         .server_side_encryption(ServerSideEncryption::Aes256)
         .checksum_sha256(b64_of_hex(sha256))
         .set_metadata(Some(HashMap::from([(SHA256_META.to_string(), sha256.to_string())])))
-        .tagging("app=clawdinator")
-        .send()
-        .await
-        .map_err(|e| aws::error("S3 PutObject", &url(bucket, key), e))?;
-    Ok(())
+        .tagging("app=clawdinator"))
 }
 
 /// Server-side copy within a bucket, keeping metadata (and so the SHA-256).

@@ -69,8 +69,10 @@ fn needed(registry: &Registry, spec: &files::Spec) -> BTreeSet<String> {
     registry.instances.values().flat_map(|i| spec.files_for(i)).collect()
 }
 
-/// Upload the age files that differ from the stored copy (by SHA-256).
-/// Refused, before any upload, unless every file is present and decrypts.
+/// Upload the age files that differ from the stored copy (by SHA-256),
+/// each as one new version even when a response is lost
+/// ([`s3::put_replacing`]). Refused, before any upload, unless every file
+/// is present and decrypts.
 pub async fn push(aws: &Aws, sources: &Sources, bucket: &str, dry_run: bool) -> Result<StoreReport> {
     let (report, loaded) = files::check(sources, true);
     let Some((registry, spec)) = loaded.filter(|_| report.ok) else {
@@ -86,11 +88,15 @@ pub async fn push(aws: &Aws, sources: &Sources, bucket: &str, dry_run: bool) -> 
         let bytes = std::fs::read(sources.secrets_dir.join(&name))?;
         let sha = crate::digest::sha256_hex(&bytes);
         let key = format!("{PREFIX}{name}");
-        let action = match s3::head_sha256(&s3, bucket, &key).await? {
-            Some(stored) if stored == sha => Action::Unchanged,
+        let current = s3::head(&s3, bucket, &key).await?;
+        let action = match &current {
+            Some(stored) if stored.sha256 == sha => Action::Unchanged,
             _ if dry_run => Action::WouldUpload,
             _ => {
-                s3::put(&s3, bucket, &key, Body::Bytes(&bytes), &sha, "application/octet-stream").await?;
+                // Conditional on the version just read: the bucket is
+                // versioned, and a retried PUT must not store a second one.
+                let body = Body::Bytes(&bytes);
+                s3::put_replacing(&s3, bucket, &key, current.as_ref(), body, &sha, "application/octet-stream").await?;
                 Action::Uploaded
             }
         };

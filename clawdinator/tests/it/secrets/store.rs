@@ -11,9 +11,26 @@ use testkit::env::{canary_value, env, Env, CANARY};
 use testkit::fixtures::{self, SampleFleet};
 
 fn run(env: &Env, verb: &str, fleet: &SampleFleet, secrets_dir: &std::path::Path, extra: &[&str]) -> Output {
+    run_args(env, verb, fleet, secrets_dir, extra, &[])
+}
+
+/// [`run`] with environment variables (`AWS_ENDPOINT_URL` of a proxy).
+fn run_with(env: &Env, verb: &str, fleet: &SampleFleet, dir: &std::path::Path, vars: &[(&str, String)]) -> Output {
+    run_args(env, verb, fleet, dir, &[], vars)
+}
+
+fn run_args(
+    env: &Env,
+    verb: &str,
+    fleet: &SampleFleet,
+    secrets_dir: &std::path::Path,
+    extra: &[&str],
+    vars: &[(&str, String)],
+) -> Output {
     let s = fleet.sources.clone();
     let out = env
         .cli(env!("CARGO_BIN_EXE_clawdinator"))
+        .envs(vars.iter().map(|(k, v)| (*k, v.as_str())))
         .args(["--json", "secrets", verb, "--bucket", &env.bucket, "--instances"])
         .arg(&s.registry)
         .arg("--spec")
@@ -139,6 +156,83 @@ async fn a_push_failing_midway_is_finished_by_a_rerun_without_sending_twice() {
     let rerun = actions(&run(&env, "push", &fleet, &dir, &[]));
     assert_eq!((count(&rerun, "unchanged"), count(&rerun, "uploaded")), (3, 4), "{rerun:?}");
     assert_eq!(env.keys().await.len(), 7);
+}
+
+/// The bucket versioned (as the fleet's is), and every request's first
+/// response lost (a proxy in front of the emulator, PutObject's included:
+/// carried out, the answer dropped, the SDK's retry sends it again): each
+/// push stores each file it uploads as exactly one new version, a new file
+/// and a changed one alike.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_push_whose_responses_are_lost_stores_each_file_once() {
+    use testkit::proxy::{Fault, Proxy, ProxyConfig};
+    let env = env().await;
+    let versioning = aws_sdk_s3::types::VersioningConfiguration::builder()
+        .status(aws_sdk_s3::types::BucketVersioningStatus::Enabled)
+        .build();
+    env.aws.s3().put_bucket_versioning().bucket(&env.bucket).versioning_configuration(versioning).send().await.unwrap();
+    let fleet = fixtures::sample_fleet(&env.path("src"), 2, canary_value).unwrap();
+    let dir = fleet.sources.secrets_dir.clone();
+    let config = ProxyConfig { faults: vec![(Fault::DropAfterForward, 1.0)], ..ProxyConfig::default() };
+    let proxy = Proxy::start(&env.emulator.endpoint(), config).unwrap();
+    let push = || {
+        let out = run_with(&env, "push", &fleet, &dir, &[("AWS_ENDPOINT_URL", proxy.endpoint())]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        actions(&out)
+    };
+
+    assert_eq!(count(&push(), "uploaded"), 7);
+    assert!(proxy.faults()[&Fault::DropAfterForward] * 2 >= proxy.requests(), "not every response was lost once");
+    let first = versions(&env).await;
+    assert_eq!(first.len(), 7, "{first:?}");
+    assert!(first.values().all(|n| *n == 1), "a file stored twice: {first:?}");
+
+    let rotated = "clawdinator-openai-api-key-peter-2.age";
+    fixtures::write_secret(&dir, "clawdinator-openai-api-key-peter-2", b"rotated", &fleet.recipient).unwrap();
+    assert_eq!(push().iter().filter(|(_, a)| a == "uploaded").map(|(n, _)| n.as_str()).collect::<Vec<_>>(), [rotated]);
+    let second = versions(&env).await;
+    assert_eq!(second[rotated], 2, "the changed file stored as one new version: {second:?}");
+    assert!(second.iter().all(|(name, n)| name == rotated || *n == 1), "{second:?}");
+    assert_eq!(env.get(&format!("age-secrets/{rotated}")).await, std::fs::read(dir.join(rotated)).unwrap());
+}
+
+/// A key in S3 changed by someone else between the push's look and its
+/// write is never overwritten: the push fails naming it.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_file_changed_by_another_writer_during_the_push_is_not_overwritten() {
+    use clawdinator::aws::s3;
+    let env = env().await;
+    let s3c = env.aws.s3();
+    let key = "age-secrets/x.age";
+    env.put(key, b"first".to_vec()).await;
+    let read = s3::head(&s3c, &env.bucket, key).await.unwrap();
+    env.put(key, b"someone else's".to_vec()).await;
+    let sha = clawdinator::digest::sha256_hex(b"ours");
+    let body = s3::Body::Bytes(b"ours");
+    let err = s3::put_replacing(&s3c, &env.bucket, key, read.as_ref(), body, &sha, "application/octet-stream")
+        .await
+        .unwrap_err();
+    let err = format!("{err:#}");
+    assert!(err.contains(&format!("s3://{}/{key}", env.bucket)) && err.contains("not overwritten"), "{err}");
+    assert_eq!(env.get(key).await, b"someone else's");
+    let absent = s3::put_replacing(&s3c, &env.bucket, key, None, s3::Body::Bytes(b"ours"), &sha, "x").await;
+    assert!(
+        format!("{:#}", absent.unwrap_err()).contains("not overwritten"),
+        "a write meant for a new key replaced one"
+    );
+    assert_eq!(env.get(key).await, b"someone else's");
+}
+
+/// Versions of each object under age-secrets/, by file name.
+async fn versions(env: &Env) -> std::collections::BTreeMap<String, usize> {
+    let s3 = env.aws.s3();
+    let out = s3.list_object_versions().bucket(&env.bucket).prefix("age-secrets/").send().await.unwrap();
+    let mut versions = std::collections::BTreeMap::new();
+    for v in out.versions() {
+        let name = v.key().unwrap().trim_start_matches("age-secrets/").to_string();
+        *versions.entry(name).or_insert(0) += 1;
+    }
+    versions
 }
 
 /// `secrets push|pull` as the command line gives it, without `--bucket`
