@@ -7,8 +7,11 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use aws_config::retry::RetryConfig;
 use aws_sdk_ec2::types::{Filter, InstanceStateName};
-use aws_sdk_ssm::types::CommandInvocationStatus as Status;
+use aws_sdk_ssm::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ssm::operation::send_command::{SendCommandError, SendCommandOutput};
+use aws_sdk_ssm::types::{CommandFilter, CommandFilterKey, CommandInvocationStatus as Status};
 
 use super::status::TAG_DEPLOYED_REVISION;
 use crate::aws::{self, Aws};
@@ -86,13 +89,7 @@ pub struct HostRun<'a> {
 /// Run a host command on one instance and wait for its end; its output on success.
 pub async fn run_on_host(aws: &Aws, name: &str, id: &str, run: &HostRun<'_>) -> Result<String> {
     let ssm = aws.ssm();
-    let mut send = ssm.send_command().document_name(run.document).instance_ids(id).comment(&run.comment);
-    for (name, value) in &run.parameters {
-        send = send.parameters(*name, vec![value.clone()]);
-    }
-    let sent = send.timeout_seconds(600).send().await.map_err(|e| aws::error("SSM SendCommand", id, e))?;
-    let command_id =
-        sent.command().and_then(|c| c.command_id()).context("SendCommand returned no command id")?.to_string();
+    let command_id = send_once(aws, id, run).await?;
     let wait = Wait {
         what: format!("{name}: {}", run.comment),
         every: run.poll,
@@ -128,4 +125,169 @@ pub async fn run_on_host(aws: &Aws, name: &str, id: &str, run: &HostRun<'_>) -> 
         bail!("{name} ({id}): `{}` ended {status}; its output:\n{}", run.command, output.trim_end());
     }
     Ok(output)
+}
+
+/// Send `run`'s command to `id` once. SendCommand takes no idempotency
+/// token, so the SDK's retry of a request whose response was lost (carried
+/// out, answer dropped or timed out) would run the command on the host a
+/// second time. The SDK does not retry it here (a per-operation override);
+/// after a failure that may have reached SSM or may pass when sent again
+/// ([`worth_another_look`]), the host's commands are listed
+/// (ListCommandInvocations by instance id, [`sent_before`]) for this send's
+/// comment, unique by its nonce: found, it is the command sent; not
+/// found, it is sent again, within the configured attempts (the budget the
+/// SDK's retry layer would have had). Returns the command id.
+async fn send_once(aws: &Aws, id: &str, run: &HostRun<'_>) -> Result<String> {
+    let ssm = aws.ssm();
+    let comment = unique_comment(&run.comment);
+    let retry = aws.config.retry_config().cloned().unwrap_or_else(RetryConfig::standard);
+    // SSM compares with its own clock: an hour's margin for ours.
+    let since = std::time::SystemTime::now() - Duration::from_secs(3600);
+    let mut attempt = 1;
+    loop {
+        let err = match send(&ssm, id, run, &comment).await {
+            Ok(sent) => {
+                return sent
+                    .command()
+                    .and_then(|c| c.command_id())
+                    .map(String::from)
+                    .with_context(|| format!("SendCommand on {id} returned no command id"))
+            }
+            Err(err) => err,
+        };
+        if !worth_another_look(&err) {
+            return Err(aws::error("SSM SendCommand", id, err));
+        }
+        // Also gives SSM time to list a command it did accept (its listings
+        // are eventually consistent).
+        run.cancel.sleep(&format!("sending `{}` to {id}", run.command), backoff(&retry, attempt)).await?;
+        match sent_before(&ssm, id, &comment, since).await {
+            Ok(Some(command_id)) => return Ok(command_id),
+            Ok(None) if attempt < retry.max_attempts() => attempt += 1,
+            Ok(None) => {
+                return Err(aws::error("SSM SendCommand", id, err)
+                    .context(format!("{attempt} attempt(s), none among {id}'s commands")))
+            }
+            Err(list) => {
+                return Err(aws::error("SSM SendCommand", id, err).context(format!(
+                    "not sent again: whether it reached {id} is unknown, listing its commands failed too \
+                     (SSM ListCommandInvocations, IAM action ssm:ListCommandInvocations: {})",
+                    cause(&list)
+                )))
+            }
+        }
+    }
+}
+
+/// One SendCommand attempt, without the SDK's retries.
+async fn send(
+    ssm: &aws_sdk_ssm::Client,
+    id: &str,
+    run: &HostRun<'_>,
+    comment: &str,
+) -> Result<SendCommandOutput, SdkError<SendCommandError>> {
+    let mut send = ssm.send_command().document_name(run.document).instance_ids(id).comment(comment);
+    for (name, value) in &run.parameters {
+        send = send.parameters(*name, vec![value.clone()]);
+    }
+    let once = aws_sdk_ssm::config::Builder::default().retry_config(RetryConfig::disabled());
+    send.timeout_seconds(600).customize().config_override(once).send().await
+}
+
+/// SSM's limit on a command's comment.
+const COMMENT_MAX: usize = 100;
+
+/// `comment` with a nonce of this send: how [`sent_before`] tells it from
+/// every other command on the host.
+fn unique_comment(comment: &str) -> String {
+    let mut bytes = [0u8; 8];
+    // 8 bytes from the kernel's pool never block and are never cut short.
+    let filled = rustix::rand::getrandom(&mut bytes, rustix::rand::GetRandomFlags::empty())
+        .unwrap_or_else(|e| panic!("getrandom failed: {e}"));
+    assert_eq!(filled, bytes.len(), "getrandom gave {filled} of {} bytes", bytes.len());
+    let nonce = format!(" #{}", hex::encode(bytes));
+    let room = COMMENT_MAX - nonce.len();
+    let base: String = comment.chars().take(room).collect();
+    format!("{base}{nonce}")
+}
+
+/// The id of the command on `id` with `comment`, sent after `since`;
+/// `None` when SSM lists none.
+async fn sent_before(
+    ssm: &aws_sdk_ssm::Client,
+    id: &str,
+    comment: &str,
+    since: std::time::SystemTime,
+) -> Result<Option<String>, SdkError<aws_sdk_ssm::operation::list_command_invocations::ListCommandInvocationsError>> {
+    let after = aws_smithy_types::DateTime::from(since);
+    let after = aws_smithy_types::DateTime::from_secs(after.secs())
+        .fmt(aws_smithy_types::date_time::Format::DateTime)
+        .expect("a time after 1970 formats");
+    let filter = CommandFilter::builder()
+        .key(CommandFilterKey::InvokedAfter)
+        .value(after)
+        .build()
+        .expect("key and value are set");
+    let mut pages = ssm.list_command_invocations().instance_id(id).filters(filter).into_paginator().send();
+    while let Some(page) = pages.next().await {
+        let page = page?;
+        let mine = page.command_invocations().iter().find(|c| c.comment() == Some(comment));
+        if let Some(command_id) = mine.and_then(|c| c.command_id()) {
+            return Ok(Some(command_id.to_string()));
+        }
+    }
+    Ok(None)
+}
+
+/// Throttling error codes, as the SDKs' standard retry mode lists them
+/// ("Retry behavior", AWS SDKs and Tools Reference Guide,
+/// <https://docs.aws.amazon.com/sdkref/latest/guide/feature-retry-behavior.html>).
+const THROTTLING: &[&str] = &[
+    "Throttling",
+    "ThrottlingException",
+    "ThrottledException",
+    "RequestThrottledException",
+    "TooManyRequestsException",
+    "RequestLimitExceeded",
+    "RequestThrottled",
+    "LimitExceededException",
+];
+
+/// Whether a failed SendCommand may have been carried out, or may pass
+/// when sent again: no complete answer (a timeout, a dropped connection),
+/// a throttle or a server error, the failures the SDK's standard retry
+/// mode retries. Any other answer (a refused instance, a bad parameter)
+/// is final.
+fn worth_another_look(err: &SdkError<SendCommandError>) -> bool {
+    match err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status();
+            status.is_server_error()
+                || status.as_u16() == 429
+                || service.err().code().is_some_and(|code| THROTTLING.contains(&code))
+        }
+        _ => false,
+    }
+}
+
+/// The pause before looking for attempt `attempt`'s command: the retry
+/// configuration's initial backoff doubled each attempt, up to its maximum,
+/// with up to half again at random (hosts run in parallel).
+fn backoff(retry: &RetryConfig, attempt: u32) -> Duration {
+    let mut byte = [0u8; 1];
+    let jitter = match rustix::rand::getrandom(&mut byte, rustix::rand::GetRandomFlags::empty()) {
+        Ok(1) => f64::from(byte[0]) / 255.0 / 2.0,
+        _ => 0.0,
+    };
+    let base = retry.initial_backoff().saturating_mul(1 << attempt.saturating_sub(1).min(10));
+    base.mul_f64(1.0 + jitter).min(retry.max_backoff())
+}
+
+/// A ListCommandInvocations failure in one line: AWS's code and message, or what went wrong on the way.
+fn cause<E: ProvideErrorMetadata + std::error::Error + 'static>(err: &SdkError<E>) -> String {
+    match err.as_service_error() {
+        Some(e) => format!("{}: {}", e.code().unwrap_or("UnknownError"), e.message().unwrap_or("no message")),
+        None => DisplayErrorContext(err).to_string(),
+    }
 }

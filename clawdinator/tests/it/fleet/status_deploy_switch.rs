@@ -546,6 +546,61 @@ async fn switch_stops_at_the_first_failed_host_and_leaves_the_rest() {
     assert_eq!(outcomes, ["switched", "failed", "not-started", "not-started"]);
 }
 
+/// `fleet switch` of two hosts through a proxy that does `fault` to the
+/// first of every request: each host switched and tagged, each sent its
+/// switch exactly once (SendCommand takes no idempotency token).
+async fn switch_through(fault: testkit::proxy::Fault) {
+    use testkit::proxy::{Proxy, ProxyConfig};
+    let env = env().await;
+    registry(&env, 2);
+    let ami = fleet_ami(&env, "fleet-1").await;
+    let mut ids = Vec::new();
+    for n in 1..=2 {
+        ids.push(instance(&env, &format!("clawdinator-{n}"), &ami, "t3.large", Some(OLD_REV)).await);
+    }
+    release_of(&env, 2).await;
+    let proxy =
+        Proxy::start(&env.emulator.endpoint(), ProxyConfig { faults: vec![(fault, 1.0)], ..ProxyConfig::default() })
+            .unwrap();
+    env.emulator.start_recording().unwrap();
+    let reg = registry_path(&env);
+    let args = ["--json", "fleet", "switch", REV, "--instances", reg.to_str().unwrap(), "--bucket", &env.bucket];
+    let out = env
+        .cli(env!("CARGO_BIN_EXE_clawdinator"))
+        .args(args)
+        .env("AWS_ENDPOINT_URL", proxy.endpoint())
+        .env("CLAWDINATOR_POLL_SECONDS", "0.05")
+        .env_remove("CLAWDINATOR_CALLER")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(proxy.faults()[&fault] * 2 >= proxy.requests(), "not every request met {fault:?} once");
+    let mut sent: Vec<String> = commands_sent(&env).await.into_iter().map(|c| c.0).collect();
+    sent.sort();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(sent, want, "each host's switch sent exactly once");
+    for id in &ids {
+        assert_eq!(revision_tag(&env, id).await.as_deref(), Some(REV));
+    }
+}
+
+/// Every response lost once, SendCommand's included (carried out, its
+/// answer dropped): the switch is found among the host's commands, not
+/// sent again.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_switch_whose_response_was_lost_is_not_sent_again() {
+    switch_through(testkit::proxy::Fault::DropAfterForward).await;
+}
+
+/// Every request dropped once before it reaches SSM, SendCommand's
+/// included: not among the host's commands, so it is sent again, once.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_switch_that_never_reached_ssm_is_sent_again_once() {
+    switch_through(testkit::proxy::Fault::DropBeforeForward).await;
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_host_with_zero_or_two_instances_stops_the_switch_before_anything_runs() {
     let env = env().await;
