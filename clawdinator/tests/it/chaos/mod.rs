@@ -11,8 +11,10 @@
 //! [`no_orphans`], [`one_ami_per_digest`], [`secret_versions`],
 //! [`audit_verifies`].
 
+mod fleet;
 mod proxy;
 mod runs;
+mod secrets;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
