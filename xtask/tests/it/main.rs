@@ -1,4 +1,4 @@
-//! `cargo xtask`'s own integration tests: the emulator harness, `--local`
+//! `cargo xtask`'s own integration tests: doctor, `--local`
 //! and the pipeline.
 
 mod emulator;
