@@ -1,7 +1,7 @@
 //! `cargo xtask`'s own integration tests: doctor, `--local`
 //! and the pipeline.
 
-mod emulator;
+mod doctor;
 mod local;
 mod pipeline;
 mod policies;
