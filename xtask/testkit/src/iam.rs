@@ -134,68 +134,103 @@ pub fn requests(call: &Value, world: &World, facts: &Facts) -> Result<Vec<Reques
 
 type Piece = (String, String, BTreeMap<String, Value>);
 
+/// Where an S3 call points: its bucket's and its object's ARNs, and the
+/// parameters of its query.
+struct S3Target {
+    bucket_arn: String,
+    object: String,
+    query: BTreeMap<String, String>,
+}
+
+impl S3Target {
+    fn of(call: &Value, world: &World) -> S3Target {
+        let path = percent_decode(call["path"].as_str().unwrap_or("").trim_start_matches('/'));
+        let (bucket, key) = path.split_once('/').unwrap_or((&path, ""));
+        let bucket_arn = format!("arn:{}:s3:::{bucket}", world.partition);
+        let object = format!("{bucket_arn}/{key}");
+        S3Target { bucket_arn, object, query: query(call) }
+    }
+}
+
+/// One S3 action on one resource.
+fn s3_one(action: &str, resource: &str, context: BTreeMap<String, Value>) -> Vec<Piece> {
+    vec![(format!("s3:{action}"), resource.to_string(), context)]
+}
+
 fn s3(call: &Value, operation: &str, world: &World) -> Result<Vec<Piece>> {
-    let path = percent_decode(call["path"].as_str().unwrap_or("").trim_start_matches('/'));
-    let (bucket, key) = path.split_once('/').unwrap_or((&path, ""));
-    let bucket_arn = format!("arn:{}:s3:::{bucket}", world.partition);
-    let object = format!("{bucket_arn}/{key}");
-    let q = query(call);
-    let none = BTreeMap::new;
+    let target = S3Target::of(call, world);
+    match s3_object(call, operation, world, &target).or_else(|| s3_bucket(operation, &target)) {
+        Some(pieces) => Ok(pieces),
+        None => bail!("no IAM mapping for s3 {operation}"),
+    }
+}
+
+/// The requests of a call on objects (None for a call that is not one).
+fn s3_object(call: &Value, operation: &str, world: &World, target: &S3Target) -> Option<Vec<Piece>> {
+    let (object, none) = (&target.object, BTreeMap::new);
     let mut put_context = none();
     if let Some(v) = call["headers"]["if-none-match"].as_str() {
         put_context.insert("s3:if-none-match".to_string(), json!(v));
     }
-    let one = |action: &str, resource: &str, context| vec![(format!("s3:{action}"), resource.to_string(), context)];
     // Tags set with the object (x-amz-tagging) are authorised as
     // PutObjectTagging too, beside PutObject (the S3 API reference).
     let tagged = |mut pieces: Vec<Piece>| {
         if call["headers"]["x-amz-tagging"].is_string() {
-            pieces.extend(one("PutObjectTagging", &object, none()));
+            pieces.extend(s3_one("PutObjectTagging", object, none()));
         }
         pieces
     };
     // A request naming a version is authorised as its …Version action: a
     // delete with ?versionId= removes that version for good, where a plain
     // delete only hides the object behind a delete marker.
-    let versioned = q.contains_key("versionId");
-    Ok(match operation {
+    let versioned = target.query.contains_key("versionId");
+    Some(match operation {
         // HEAD needs what GET needs (nix's S3 store asks with HEAD whether
         // a narinfo exists).
-        "GetObject" | "HeadObject" if versioned => one("GetObjectVersion", &object, none()),
-        "GetObject" | "HeadObject" => one("GetObject", &object, none()),
-        "PutObject" => tagged(one("PutObject", &object, put_context)),
-        "CompleteMultipartUpload" => one("PutObject", &object, put_context),
-        "CreateMultipartUpload" => tagged(one("PutObject", &object, none())),
-        "UploadPart" => one("PutObject", &object, none()),
+        "GetObject" | "HeadObject" if versioned => s3_one("GetObjectVersion", object, none()),
+        "GetObject" | "HeadObject" => s3_one("GetObject", object, none()),
+        "PutObject" => tagged(s3_one("PutObject", object, put_context)),
+        "CompleteMultipartUpload" => s3_one("PutObject", object, put_context),
+        "CreateMultipartUpload" => tagged(s3_one("PutObject", object, none())),
+        "UploadPart" => s3_one("PutObject", object, none()),
         "CopyObject" => {
             let source = call["headers"]["x-amz-copy-source"].as_str().unwrap_or("");
             let source = percent_decode(source.trim_start_matches('/'));
-            let mut pieces = tagged(one("PutObject", &object, put_context));
-            pieces.extend(one("GetObject", &format!("arn:{}:s3:::{source}", world.partition), none()));
+            let mut pieces = tagged(s3_one("PutObject", object, put_context));
+            pieces.extend(s3_one("GetObject", &format!("arn:{}:s3:::{source}", world.partition), none()));
             pieces
         }
-        "DeleteObject" if versioned => one("DeleteObjectVersion", &object, none()),
-        "DeleteObject" => one("DeleteObject", &object, none()),
+        "DeleteObject" if versioned => s3_one("DeleteObjectVersion", object, none()),
+        "DeleteObject" => s3_one("DeleteObject", object, none()),
         "DeleteObjects" => {
             let keys = call["keys"].as_array().cloned().unwrap_or_default();
+            let bucket_arn = &target.bucket_arn;
             keys.iter()
-                .flat_map(|k| one("DeleteObject", &format!("{bucket_arn}/{}", k.as_str().unwrap_or("")), none()))
+                .flat_map(|k| s3_one("DeleteObject", &format!("{bucket_arn}/{}", k.as_str().unwrap_or("")), none()))
                 .collect()
         }
-        "AbortMultipartUpload" => one("AbortMultipartUpload", &object, none()),
-        "ListParts" => one("ListMultipartUploadParts", &object, none()),
-        "ListObjects" if q.contains_key("versions") => one("ListBucketVersions", &bucket_arn, none()),
-        "ListObjects" if q.contains_key("location") => one("GetBucketLocation", &bucket_arn, none()),
+        "AbortMultipartUpload" => s3_one("AbortMultipartUpload", object, none()),
+        "ListParts" => s3_one("ListMultipartUploadParts", object, none()),
+        _ => return None,
+    })
+}
+
+/// The requests of a call on a bucket itself (None for a call that is not one).
+fn s3_bucket(operation: &str, target: &S3Target) -> Option<Vec<Piece>> {
+    let (bucket_arn, q, none) = (&target.bucket_arn, &target.query, BTreeMap::new);
+    Some(match operation {
+        "ListObjects" if q.contains_key("versions") => s3_one("ListBucketVersions", bucket_arn, none()),
+        "ListObjects" if q.contains_key("location") => s3_one("GetBucketLocation", bucket_arn, none()),
         "ListObjects" | "HeadBucket" => {
             // The condition keys of s3:ListBucket the request sets (an
             // absent parameter sets none, and StringLike on it fails).
             let keys = [("prefix", "s3:prefix"), ("delimiter", "s3:delimiter")];
             let context = keys.iter().filter_map(|(p, k)| Some((k.to_string(), json!(q.get(*p)?))));
-            one("ListBucket", &bucket_arn, context.collect())
+            s3_one("ListBucket", bucket_arn, context.collect())
         }
-        "ListMultipartUploads" => one("ListBucketMultipartUploads", &bucket_arn, none()),
-        "CreateBucket" => one("CreateBucket", &bucket_arn, none()),
-        _ => bail!("no IAM mapping for s3 {operation}"),
+        "ListMultipartUploads" => s3_one("ListBucketMultipartUploads", bucket_arn, none()),
+        "CreateBucket" => s3_one("CreateBucket", bucket_arn, none()),
+        _ => return None,
     })
 }
 
@@ -412,26 +447,42 @@ fn secrets(call: &Value, operation: &str, world: &World, facts: &Facts) -> Resul
 
 fn iam(call: &Value, operation: &str, world: &World, facts: &Facts) -> Result<Vec<Piece>> {
     let form = &call["form"];
-    let (p, a) = (&world.partition, &world.account);
     let action = format!("iam:{operation}");
+    let tags = form_tags(form, "Tags.member.");
+    let pieces = iam_role(form, operation, &action, &tags, world, facts)
+        .or_else(|| iam_profile_or_policy(form, operation, &action, &tags, world));
+    match pieces {
+        Some(pieces) => Ok(pieces),
+        None => bail!("no IAM mapping for iam {operation}"),
+    }
+}
+
+/// The requests of a call on a role (None for a call that is not one).
+fn iam_role(
+    form: &Value,
+    operation: &str,
+    action: &str,
+    tags: &[(String, String)],
+    world: &World,
+    facts: &Facts,
+) -> Option<Vec<Piece>> {
+    let action = action.to_string();
     let role = form["RoleName"].as_str().unwrap_or("");
     let role_arn = world.role_arn(role);
-    let profile = format!("arn:{p}:iam::{a}:instance-profile/{}", form["InstanceProfileName"].as_str().unwrap_or(""));
     let boundary = |role: &str| {
         let known = facts.role_boundaries.get(role).filter(|b| !b.is_empty());
         known.map(|b| BTreeMap::from([("iam:PermissionsBoundary".to_string(), json!(b))])).unwrap_or_default()
     };
-    let tags = form_tags(form, "Tags.member.");
-    Ok(match operation {
+    Some(match operation {
         "CreateRole" => {
-            let mut context = tag_context(&tags);
+            let mut context = tag_context(tags);
             if let Some(b) = form["PermissionsBoundary"].as_str() {
                 context.insert("iam:PermissionsBoundary".into(), json!(b));
             }
             // Tags given at creation are authorised as TagRole too.
             let mut pieces = vec![(action, role_arn.clone(), context)];
             if !tags.is_empty() {
-                pieces.push(("iam:TagRole".into(), role_arn, tag_context(&tags)));
+                pieces.push(("iam:TagRole".into(), role_arn, tag_context(tags)));
             }
             pieces
         }
@@ -441,7 +492,7 @@ fn iam(call: &Value, operation: &str, world: &World, facts: &Facts) -> Result<Ve
             context.insert("iam:PolicyARN".into(), json!(form["PolicyArn"].as_str().unwrap_or("")));
             vec![(action, role_arn, context)]
         }
-        "TagRole" => vec![(action, role_arn, tag_context(&tags))],
+        "TagRole" => vec![(action, role_arn, tag_context(tags))],
         "GetRole"
         | "GetRolePolicy"
         | "ListRolePolicies"
@@ -449,9 +500,26 @@ fn iam(call: &Value, operation: &str, world: &World, facts: &Facts) -> Result<Ve
         | "ListInstanceProfilesForRole" => {
             vec![(action, role_arn, BTreeMap::new())]
         }
+        _ => return None,
+    })
+}
+
+/// The requests of a call on an instance profile or a managed policy (None
+/// for a call that is not one).
+fn iam_profile_or_policy(
+    form: &Value,
+    operation: &str,
+    action: &str,
+    tags: &[(String, String)],
+    world: &World,
+) -> Option<Vec<Piece>> {
+    let (p, a) = (&world.partition, &world.account);
+    let action = action.to_string();
+    let profile = format!("arn:{p}:iam::{a}:instance-profile/{}", form["InstanceProfileName"].as_str().unwrap_or(""));
+    Some(match operation {
         "CreateInstanceProfile" if !tags.is_empty() => vec![
-            (action, profile.clone(), tag_context(&tags)),
-            ("iam:TagInstanceProfile".into(), profile, tag_context(&tags)),
+            (action, profile.clone(), tag_context(tags)),
+            ("iam:TagInstanceProfile".into(), profile, tag_context(tags)),
         ],
         "CreateInstanceProfile" | "GetInstanceProfile" => vec![(action, profile, BTreeMap::new())],
         // A managed policy is read by its ARN (`doctor` reads the roles' policies).
@@ -463,10 +531,11 @@ fn iam(call: &Value, operation: &str, world: &World, facts: &Facts) -> Result<Ve
         // PassRole and that its iam:AssociatedResourceArn is an EC2 instance
         // ARN, so the role is passed to ec2.amazonaws.com.
         "AddRoleToInstanceProfile" => {
+            let role_arn = world.role_arn(form["RoleName"].as_str().unwrap_or(""));
             let to_ec2 = BTreeMap::from([("iam:PassedToService".to_string(), json!("ec2.amazonaws.com"))]);
             vec![(action, profile, BTreeMap::new()), ("iam:PassRole".into(), role_arn, to_ec2)]
         }
-        _ => bail!("no IAM mapping for iam {operation}"),
+        _ => return None,
     })
 }
 
@@ -574,67 +643,14 @@ pub fn judge_with(
     policies: &ResourcePolicies,
     requests: &[(&Principal, Request)],
 ) -> Result<Vec<Decision>> {
-    use std::io::Write;
     let root = crate::repo_root();
     let package = crate::npm::npm_package(&root, SIMULATOR, SIMULATOR_VERSION)?;
-    let resource_policies = [
-        (world.bucket_arn(), policies.bucket.clone()),
-        (world.cache_bucket_arn(), crate::policies::cache_bucket_policy(&root, world)?),
-        (world.pr_intent_bucket_arn(), policies.pr_intent_bucket.clone()),
-    ];
-    let deploy_app = &policies.deploy_app_secret;
-    let deploy_app_arn = world.deploy_app_secret_arn();
-    // The secret's ARN without its six random characters.
-    let deploy_app_stem = &deploy_app_arn[..deploy_app_arn.len() - 6];
-    let resource_policy = |resource: &str| {
-        let on =
-            |arn: &String| resource == arn || resource.strip_prefix(arn.as_str()).is_some_and(|r| r.starts_with('/'));
-        let secret = resource.strip_prefix(deploy_app_stem).is_some_and(|rest| rest.len() == 6);
-        let bucket = resource_policies.iter().find(|(arn, _)| on(arn)).map(|(_, policy)| policy);
-        bucket.or(secret.then_some(deploy_app))
-    };
+    let meets = PolicyOf::new(world, policies, crate::policies::cache_bucket_policy(&root, world)?);
     let cases: Vec<Value> = requests
         .iter()
-        .map(|(principal, request)| {
-            let mut context = principal.session.clone();
-            context.extend(request.context.clone());
-            // Every call the fleet makes is HTTPS; a request may say it is not
-            // (a reader trying plain HTTP).
-            context.entry("aws:SecureTransport".into()).or_insert(json!("true"));
-            // AWS sets it on every signed request: the role's ARN for a
-            // role's session (IAM's global condition keys).
-            if principal.arn != crate::policies::ANONYMOUS {
-                context.insert("aws:PrincipalArn".into(), json!(principal.arn));
-            }
-            let who = if principal.arn == crate::policies::ANONYMOUS {
-                json!({"type": "Anonymous"})
-            } else {
-                json!(principal.arn)
-            };
-            json!({
-                "principal": who,
-                "identity": principal.identity.iter().map(|(name, policy)| json!({"name": name, "policy": policy})).collect::<Vec<_>>(),
-                "boundary": principal.boundary,
-                "resourcePolicy": resource_policy(&request.resource),
-                "action": request.action,
-                "resource": request.resource,
-                "account": world.account,
-                "context": context,
-            })
-        })
+        .map(|(principal, request)| simulation_case(world, principal, request, meets.resource(&request.resource)))
         .collect();
-    let mut child = std::process::Command::new("node")
-        .arg("-e")
-        .arg(SIMULATE)
-        .arg(&package)
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .context("cannot run node (the IAM simulator needs Node.js)")?;
-    child.stdin.take().expect("piped").write_all(json!({ "cases": cases }).to_string().as_bytes())?;
-    let out = child.wait_with_output()?;
-    anyhow::ensure!(out.status.success(), "the IAM simulator failed");
-    let results: Vec<Value> = serde_json::from_slice(&out.stdout).context("the simulator's output is not JSON")?;
+    let results = simulate(&package, &cases)?;
     Ok(requests
         .iter()
         .zip(results)
@@ -645,6 +661,84 @@ pub fn judge_with(
             reason: format!("{}: {}", r["result"].as_str().unwrap_or("?"), r["reason"].as_str().unwrap_or("")),
         })
         .collect())
+}
+
+/// Which resource policy a request meets: its bucket's, or the deploy
+/// App key's.
+struct PolicyOf<'p> {
+    buckets: [(String, Value); 3],
+    deploy_app: &'p Value,
+    deploy_app_arn: String,
+}
+
+impl<'p> PolicyOf<'p> {
+    fn new(world: &World, policies: &'p ResourcePolicies, cache_bucket: Value) -> PolicyOf<'p> {
+        PolicyOf {
+            buckets: [
+                (world.bucket_arn(), policies.bucket.clone()),
+                (world.cache_bucket_arn(), cache_bucket),
+                (world.pr_intent_bucket_arn(), policies.pr_intent_bucket.clone()),
+            ],
+            deploy_app: &policies.deploy_app_secret,
+            deploy_app_arn: world.deploy_app_secret_arn(),
+        }
+    }
+
+    /// The policy on `resource`, if it has one.
+    fn resource(&self, resource: &str) -> Option<&Value> {
+        // The secret's ARN without its six random characters.
+        let deploy_app_stem = &self.deploy_app_arn[..self.deploy_app_arn.len() - 6];
+        let on =
+            |arn: &String| resource == arn || resource.strip_prefix(arn.as_str()).is_some_and(|r| r.starts_with('/'));
+        let secret = resource.strip_prefix(deploy_app_stem).is_some_and(|rest| rest.len() == 6);
+        let bucket = self.buckets.iter().find(|(arn, _)| on(arn)).map(|(_, policy)| policy);
+        bucket.or(secret.then_some(self.deploy_app))
+    }
+}
+
+/// What the simulator is asked for one request: the principal's policies,
+/// the resource's, and the request's context with the keys AWS adds.
+fn simulation_case(world: &World, principal: &Principal, request: &Request, resource_policy: Option<&Value>) -> Value {
+    let mut context = principal.session.clone();
+    context.extend(request.context.clone());
+    // Every call the fleet makes is HTTPS; a request may say it is not
+    // (a reader trying plain HTTP).
+    context.entry("aws:SecureTransport".into()).or_insert(json!("true"));
+    // AWS sets it on every signed request: the role's ARN for a
+    // role's session (IAM's global condition keys).
+    if principal.arn != crate::policies::ANONYMOUS {
+        context.insert("aws:PrincipalArn".into(), json!(principal.arn));
+    }
+    let who =
+        if principal.arn == crate::policies::ANONYMOUS { json!({"type": "Anonymous"}) } else { json!(principal.arn) };
+    json!({
+        "principal": who,
+        "identity": principal.identity.iter().map(|(name, policy)| json!({"name": name, "policy": policy})).collect::<Vec<_>>(),
+        "boundary": principal.boundary,
+        "resourcePolicy": resource_policy,
+        "action": request.action,
+        "resource": request.resource,
+        "account": world.account,
+        "context": context,
+    })
+}
+
+/// Run [`SIMULATE`] with the simulator in `package` on `cases`: one
+/// `{result, reason}` for each, in order.
+fn simulate(package: &std::path::Path, cases: &[Value]) -> Result<Vec<Value>> {
+    use std::io::Write;
+    let mut child = std::process::Command::new("node")
+        .arg("-e")
+        .arg(SIMULATE)
+        .arg(package)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .context("cannot run node (the IAM simulator needs Node.js)")?;
+    child.stdin.take().expect("piped").write_all(json!({ "cases": cases }).to_string().as_bytes())?;
+    let out = child.wait_with_output()?;
+    anyhow::ensure!(out.status.success(), "the IAM simulator failed");
+    serde_json::from_slice(&out.stdout).context("the simulator's output is not JSON")
 }
 
 /// Which command made each call: `(command, calls logged when it ended)`,
