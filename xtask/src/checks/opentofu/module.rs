@@ -183,54 +183,72 @@ fn check_block(at: &str, body: &Value, block: &Block, top: bool, findings: &mut 
 /// [aws_iam_role, instance, arn].
 pub fn traversals(text: &str) -> Vec<Vec<String>> {
     let chars: Vec<char> = text.chars().collect();
-    let ident = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
     let mut found = Vec::new();
     let mut i = 0;
     while i < chars.len() {
         let starts = (chars[i].is_ascii_alphabetic() || chars[i] == '_')
-            && (i == 0 || !(ident(chars[i - 1]) || chars[i - 1] == '.'));
+            && (i == 0 || !(name_char(chars[i - 1]) || chars[i - 1] == '.'));
         if !starts {
             i += 1;
             continue;
         }
-        let mut parts = Vec::new();
-        // References inside an index are scanned after this one.
-        let mut first_index = None;
-        loop {
-            let begin = i;
-            while i < chars.len() && ident(chars[i]) {
-                i += 1;
-            }
-            parts.push(chars[begin..i].iter().collect::<String>());
-            while i < chars.len() && chars[i] == '[' {
-                first_index.get_or_insert(i + 1);
-                let mut depth = 0;
-                while i < chars.len() {
-                    depth += match chars[i] {
-                        '[' => 1,
-                        ']' => -1,
-                        _ => 0,
-                    };
-                    i += 1;
-                    if depth == 0 {
-                        break;
-                    }
-                }
-            }
-            if i + 1 < chars.len() && chars[i] == '.' && (chars[i + 1].is_ascii_alphabetic() || chars[i + 1] == '_') {
-                i += 1;
-            } else {
-                break;
-            }
-        }
+        let (parts, end, first_index) = reference_at(&chars, i);
         if parts.len() >= 2 {
             found.push(parts);
         }
-        if let Some(inside) = first_index {
-            i = inside;
-        }
+        // References inside an index are scanned after this one.
+        i = first_index.unwrap_or(end);
     }
     found
+}
+
+/// A character of an HCL name.
+fn name_char(c: char) -> bool {
+    c.is_ascii_alphanumeric() || c == '_' || c == '-'
+}
+
+/// The reference beginning at `start`: its dotted parts, where it ends,
+/// and where the inside of its first index begins (if it has one).
+fn reference_at(chars: &[char], start: usize) -> (Vec<String>, usize, Option<usize>) {
+    let mut parts = Vec::new();
+    let mut first_index = None;
+    let mut i = start;
+    loop {
+        let begin = i;
+        while i < chars.len() && name_char(chars[i]) {
+            i += 1;
+        }
+        parts.push(chars[begin..i].iter().collect::<String>());
+        while i < chars.len() && chars[i] == '[' {
+            first_index.get_or_insert(i + 1);
+            i = past_index(chars, i);
+        }
+        if i + 1 < chars.len() && chars[i] == '.' && (chars[i + 1].is_ascii_alphabetic() || chars[i + 1] == '_') {
+            i += 1;
+        } else {
+            break;
+        }
+    }
+    (parts, i, first_index)
+}
+
+/// Where the index opening with the `[` at `open` ends (nested brackets
+/// matched; the end of the text if it never closes).
+fn past_index(chars: &[char], open: usize) -> usize {
+    let mut depth = 0;
+    let mut i = open;
+    while i < chars.len() {
+        depth += match chars[i] {
+            '[' => 1,
+            ']' => -1,
+            _ => 0,
+        };
+        i += 1;
+        if depth == 0 {
+            break;
+        }
+    }
+    i
 }
 
 fn strings<'v>(value: &'v Value, out: &mut Vec<&'v str>) {
