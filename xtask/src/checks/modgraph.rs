@@ -126,7 +126,7 @@ fn strip(text: &str) -> String {
             }
             '/' if rest(1) == '*' => {
                 i += 2;
-                while i < chars.len() && !(chars[i] == '*' && rest(1) == '/') {
+                while i < chars.len() && !(chars[i] == '*' && chars.get(i + 1) == Some(&'/')) {
                     i += 1;
                 }
                 i += 2;
@@ -512,6 +512,17 @@ mod tests {
         let graph = crate_graph(dir.path()).unwrap();
         assert_eq!(graph["b"], BTreeSet::new());
         assert!(circles(&graph).is_empty());
+    }
+
+    #[test]
+    fn code_after_a_block_comment_counts() {
+        let dir = tree(&[
+            ("lib.rs", "pub mod a;\npub mod b;\n"),
+            ("a.rs", ""),
+            ("b.rs", "/* one * star, crate::a::Z */\nuse crate::a::X;\n"),
+        ]);
+        let graph = crate_graph(dir.path()).unwrap();
+        assert_eq!(graph["b"], BTreeSet::from(["a".to_string()]));
     }
 
     #[test]
