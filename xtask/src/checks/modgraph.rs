@@ -116,51 +116,29 @@ fn strip(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     let mut i = 0;
     while i < chars.len() {
-        let at = i;
-        let rest = |n: usize| chars.get(at + n).copied().unwrap_or('\0');
+        let rest = |n: usize| chars.get(i + n).copied().unwrap_or('\0');
         match chars[i] {
-            '/' if rest(1) == '/' => {
-                while i < chars.len() && chars[i] != '\n' {
-                    i += 1;
-                }
-            }
-            '/' if rest(1) == '*' => {
-                i += 2;
-                while i < chars.len() && !(chars[i] == '*' && chars.get(i + 1) == Some(&'/')) {
-                    i += 1;
-                }
-                i += 2;
-            }
+            '/' if rest(1) == '/' => i = line_end(&chars, i),
+            '/' if rest(1) == '*' => i = past_block_comment(&chars, i),
             'r' if (rest(1) == '"' || rest(1) == '#') && !ident_char(out.chars().last()) => {
-                let hashes = chars[i + 1..].iter().take_while(|c| **c == '#').count();
-                if chars.get(i + 1 + hashes) != Some(&'"') {
-                    out.push('r');
-                    i += 1;
-                    continue;
+                match past_raw_string(&chars, i) {
+                    Some(end) => {
+                        i = end;
+                        out.push_str("\"\"");
+                    }
+                    None => {
+                        out.push('r');
+                        i += 1;
+                    }
                 }
-                i += 2 + hashes;
-                let close: String = std::iter::once('"').chain(std::iter::repeat_n('#', hashes)).collect();
-                while i < chars.len() && !chars[i..].iter().take(close.len()).copied().eq(close.chars()) {
-                    i += 1;
-                }
-                i += close.len();
-                out.push_str("\"\"");
             }
             '"' => {
-                i += 1;
-                while i < chars.len() && chars[i] != '"' {
-                    i += if chars[i] == '\\' { 2 } else { 1 };
-                }
-                i += 1;
+                i = past_quoted(&chars, i);
                 out.push_str("\"\"");
             }
             // A char literal ('x', '\n'), not a lifetime ('a).
             '\'' if rest(2) == '\'' || (rest(1) == '\\' && chars[i + 2..].iter().take(8).any(|c| *c == '\'')) => {
-                i += 1;
-                while i < chars.len() && chars[i] != '\'' {
-                    i += if chars[i] == '\\' { 2 } else { 1 };
-                }
-                i += 1;
+                i = past_quoted(&chars, i);
             }
             c => {
                 out.push(c);
@@ -169,6 +147,50 @@ fn strip(text: &str) -> String {
         }
     }
     drop_inline_modules(&out)
+}
+
+/// Where the line comment beginning at `start` ends (at its newline).
+fn line_end(chars: &[char], start: usize) -> usize {
+    let mut i = start;
+    while i < chars.len() && chars[i] != '\n' {
+        i += 1;
+    }
+    i
+}
+
+/// Past the `*/` of the block comment opening at `start`.
+fn past_block_comment(chars: &[char], start: usize) -> usize {
+    let mut i = start + 2;
+    while i < chars.len() && !(chars[i] == '*' && chars.get(i + 1) == Some(&'/')) {
+        i += 1;
+    }
+    i + 2
+}
+
+/// Past the raw string literal (`r"…"`, `r#"…"#`) beginning at `start`;
+/// None when the `r` begins no raw string.
+fn past_raw_string(chars: &[char], start: usize) -> Option<usize> {
+    let hashes = chars[start + 1..].iter().take_while(|c| **c == '#').count();
+    if chars.get(start + 1 + hashes) != Some(&'"') {
+        return None;
+    }
+    let mut i = start + 2 + hashes;
+    let close: String = std::iter::once('"').chain(std::iter::repeat_n('#', hashes)).collect();
+    while i < chars.len() && !chars[i..].iter().take(close.len()).copied().eq(close.chars()) {
+        i += 1;
+    }
+    Some(i + close.len())
+}
+
+/// Past the string or char literal whose quote is at `start` (escapes
+/// skipped).
+fn past_quoted(chars: &[char], start: usize) -> usize {
+    let quote = chars[start];
+    let mut i = start + 1;
+    while i < chars.len() && chars[i] != quote {
+        i += if chars[i] == '\\' { 2 } else { 1 };
+    }
+    i + 1
 }
 
 fn ident_char(c: Option<char>) -> bool {
