@@ -203,7 +203,7 @@ impl FleetRun {
 
     fn json(&self) -> Value {
         serde_json::json!({"instances": self.instances, "coldSecs": self.cold.0.secs, "rerunSecs": self.rerun.0.secs,
-            "peakRssMiB": self.peak_mib(), "coldBytesSent": self.cold.1["bytesSent"],
+            "coldCpuSecs": self.cold.0.cpu_secs, "rerunCpuSecs": self.rerun.0.cpu_secs, "peakRssMiB": self.peak_mib(), "coldBytesSent": self.cold.1["bytesSent"],
             "rerunBytesSent": self.rerun.1["bytesSent"], "rerunRequests": self.rerun_requests})
     }
 }
@@ -282,12 +282,13 @@ fn bootstrap_report(
         format!("bench bootstrap ({}; seeds {files} files / {:.1} MB)\n", latency_note(latency), bytes as f64 / 1e6);
     for run in std::iter::once(ours).chain(scaled) {
         human += &format!(
-            "{:>4} instances: cold {:>7.2} s (cpu {:.2} s), sent {}; no-change re-run {:>5.2} s, sent {}, {} requests; peak {:.0} MiB\n",
+            "{:>4} instances: cold {:>7.2} s (cpu {:.2} s), sent {}; no-change re-run {:>5.2} s (cpu {:.2} s), sent {}, {} requests; peak {:.0} MiB\n",
             run.instances,
             run.cold.0.secs,
             run.cold.0.cpu_secs,
             run.cold.1["bytesSent"],
             run.rerun.0.secs,
+            run.rerun.0.cpu_secs,
             run.rerun.1["bytesSent"],
             run.rerun_requests,
             run.peak_mib()
