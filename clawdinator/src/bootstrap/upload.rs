@@ -270,15 +270,29 @@ fn ready(opts: &UploadOptions) -> Result<(Registry, secrets::Spec)> {
     })
 }
 
+/// The seeds' fingerprint and the links left out: metadata only, local.
+type SeedsFingerprint = (String, Vec<String>);
+
+/// Fingerprint the seeds on a blocking thread, started before the bucket
+/// and Secrets Manager are read, so walking 10,000 files overlaps those
+/// round trips instead of following them.
+fn fingerprint_seeds(opts: &UploadOptions) -> tokio::task::JoinHandle<Result<SeedsFingerprint>> {
+    let dir = opts.seeds_dir.clone();
+    tokio::task::spawn_blocking(move || {
+        archive::fingerprint_tree(&dir, "repo-seeds")
+            .with_context(|| format!("cannot read the seeds in {}", dir.display()))
+    })
+}
+
 /// Build the secrets archives the bucket lacks (`existing` and `identities`
-/// are in the registry's order of the selected instances) and fingerprint
-/// the seeds.
+/// are in the registry's order of the selected instances); the seeds'
+/// fingerprint comes from [`fingerprint_seeds`].
 fn prepare(
     opts: &UploadOptions,
-    registry: &Registry,
-    spec: &secrets::Spec,
+    (registry, spec): (&Registry, &secrets::Spec),
     existing: &[Existing],
     identities: &[IdentityRow],
+    fingerprint: Result<SeedsFingerprint>,
 ) -> Result<Prepared> {
     let instances = registry.select(&opts.instances)?;
     let seed_records = seeds::load_records(&opts.seeds_dir)?;
@@ -299,8 +313,7 @@ fn prepare(
     for bundle in &bundles {
         verify_isolation(bundle, spec)?;
     }
-    let (seeds_fingerprint, skipped_links) = archive::fingerprint_tree(&opts.seeds_dir, "repo-seeds")
-        .with_context(|| format!("cannot read the seeds in {}", opts.seeds_dir.display()))?;
+    let (seeds_fingerprint, skipped_links) = fingerprint?;
     Ok(Prepared { bundles, seed_records, seeds_fingerprint, skipped_links })
 }
 
@@ -673,16 +686,17 @@ pub async fn upload_rotating(aws: &Aws, opts: &UploadOptions, rotate: bool, out:
     let selection = registry.select(&opts.instances)?;
     let prefixes: Vec<String> = selection.iter().map(|i| i.bootstrap_prefix.clone()).collect();
     let names: Vec<String> = selection.iter().map(|i| i.host.clone()).collect();
+    let fingerprint = fingerprint_seeds(opts);
     let (existing, mut identities) =
         tokio::try_join!(look_up(aws, opts, &prefixes), identity::plan(aws, &names, rotate))?;
     if opts.dry_run {
-        return bundles(aws, opts, (registry, spec), existing, &identities, out).await;
+        return bundles(aws, opts, (registry, spec), (existing, fingerprint), &identities, out).await;
     }
     // An identity is in Secrets Manager before any manifest names it.
     let (created, failed) = identity::write(aws, &mut identities, opts.concurrency).await;
     let result = match failed {
         Some(e) => Err(e),
-        None => bundles(aws, opts, (registry, spec), existing, &identities, out).await,
+        None => bundles(aws, opts, (registry, spec), (existing, fingerprint), &identities, out).await,
     };
     match result {
         Err(e) if !created.is_empty() => Err(clean_up(aws, opts, (&identities, &prefixes), &created, e).await),
@@ -695,15 +709,16 @@ async fn bundles(
     aws: &Aws,
     opts: &UploadOptions,
     (registry, spec): (Registry, secrets::Spec),
-    existing: Vec<Existing>,
+    (existing, fingerprint): (Vec<Existing>, tokio::task::JoinHandle<Result<SeedsFingerprint>>),
     identities: &[identity::Planned],
     out: &Output,
 ) -> Result<UploadReport> {
     let workdir = crate::atomic::private_workdir()?;
+    let fingerprint = fingerprint.await?;
     let prepared = {
         let (opts, existing) = (opts.clone(), existing.clone());
         let rows: Vec<IdentityRow> = identities.iter().map(|i| i.row.clone()).collect();
-        tokio::task::spawn_blocking(move || prepare(&opts, &registry, &spec, &existing, &rows)).await??
+        tokio::task::spawn_blocking(move || prepare(&opts, (&registry, &spec), &existing, &rows, fingerprint)).await??
     };
     tracing::info!(bundles = prepared.bundles.len(), "bundles built, seeds fingerprinted, bucket looked up");
     let seeds = seeds_archive(opts, &prepared, &existing, workdir.path()).await?;
