@@ -65,6 +65,7 @@ pub const ACTIONS: &[(&str, &str)] = &[
     ("SSM SendCommand", "ssm:SendCommand"),
     ("SSM GetParameter", "ssm:GetParameter"),
     ("SSM GetCommandInvocation", "ssm:GetCommandInvocation"),
+    ("SSM ListCommandInvocations", "ssm:ListCommandInvocations"),
 ];
 
 /// The IAM action(s) `operation` (e.g. `S3 HeadObject`) needs; None for an

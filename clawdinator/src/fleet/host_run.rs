@@ -9,7 +9,7 @@ use std::time::Duration;
 use anyhow::{bail, Context, Result};
 use aws_config::retry::RetryConfig;
 use aws_sdk_ec2::types::{Filter, InstanceStateName};
-use aws_sdk_ssm::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_ssm::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ssm::operation::send_command::{SendCommandError, SendCommandOutput};
 use aws_sdk_ssm::types::{CommandFilter, CommandFilterKey, CommandInvocationStatus as Status};
 
@@ -170,9 +170,8 @@ async fn send_once(aws: &Aws, id: &str, run: &HostRun<'_>) -> Result<String> {
             }
             Err(list) => {
                 return Err(aws::error("SSM SendCommand", id, err).context(format!(
-                    "not sent again: whether it reached {id} is unknown, listing its commands failed too \
-                     (SSM ListCommandInvocations, IAM action ssm:ListCommandInvocations: {})",
-                    cause(&list)
+                    "not sent again: whether it reached {id} is unknown, listing its commands failed too ({:#})",
+                    aws::error("SSM ListCommandInvocations", id, list)
                 )))
             }
         }
@@ -282,12 +281,4 @@ fn backoff(retry: &RetryConfig, attempt: u32) -> Duration {
     };
     let base = retry.initial_backoff().saturating_mul(1 << attempt.saturating_sub(1).min(10));
     base.mul_f64(1.0 + jitter).min(retry.max_backoff())
-}
-
-/// A ListCommandInvocations failure in one line: AWS's code and message, or what went wrong on the way.
-fn cause<E: ProvideErrorMetadata + std::error::Error + 'static>(err: &SdkError<E>) -> String {
-    match err.as_service_error() {
-        Some(e) => format!("{}: {}", e.code().unwrap_or("UnknownError"), e.message().unwrap_or("no message")),
-        None => DisplayErrorContext(err).to_string(),
-    }
 }
