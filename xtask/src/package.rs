@@ -115,6 +115,22 @@ pub fn package(root: &Path, out: &Path) -> Result<PackageReport> {
     let python = crate::tools::pip_tool(root, "ziglang", "ziglang", ZIGLANG, "python")?;
     let zigbuild = cargo_zigbuild(root)?;
     let sh = Shell::new()?;
+    let binary = build(&sh, root, &python, &zigbuild)?;
+    let newest = check_glibc(&binary, GLIBC_LIMIT)?;
+    let staging = stage(&sh, root, &binary)?;
+    let smoke = zip_checked(&sh, &python, staging.path(), out)?;
+    Ok(PackageReport {
+        zip: out.display().to_string(),
+        binary: binary.display().to_string(),
+        newest_glibc: format!("{}.{}", newest.0, newest.1),
+        zip_bytes: std::fs::metadata(out)?.len(),
+        smoke,
+    })
+}
+
+/// Build `bootstrap` with cargo-zigbuild against the runtime's glibc; where
+/// the binary is.
+fn build(sh: &Shell, root: &Path, python: &Path, zigbuild: &Path) -> Result<PathBuf> {
     sh.change_dir(root);
     // cargo-zigbuild runs `python3 -m ziglang` when no zig is on PATH.
     let path =
@@ -125,25 +141,36 @@ pub fn package(root: &Path, out: &Path) -> Result<PackageReport> {
     let target_dir = std::env::var_os("CARGO_TARGET_DIR").map(PathBuf::from).unwrap_or_else(|| root.join("target"));
     let binary = target_dir.join("x86_64-unknown-linux-gnu/release/bootstrap");
     ensure!(binary.exists(), "the build left no {}", binary.display());
-    let newest = check_glibc(&binary, GLIBC_LIMIT)?;
+    Ok(binary)
+}
+
+/// A directory holding what the zip holds: the stripped `bootstrap` and
+/// the registry (`instances.json`).
+fn stage(sh: &Shell, root: &Path, binary: &Path) -> Result<tempfile::TempDir> {
     let staging = tempfile::tempdir()?;
     let bootstrap = staging.path().join("bootstrap");
-    std::fs::copy(&binary, &bootstrap)?;
+    std::fs::copy(binary, &bootstrap)?;
     // The release profile keeps line tables for backtraces; in the function
     // they would only make the package too big for Lambda.
     cmd!(sh, "strip --strip-all {bootstrap}").quiet().run().context("strip (binutils) is needed")?;
     std::fs::copy(root.join(clawdinator::registry::DEFAULT_PATH), staging.path().join("instances.json"))?;
+    Ok(staging)
+}
+
+/// Zip `staging` beside `out`, check its size and smoke-run it; only then
+/// is it moved to `out` (on failure no zip is left).
+fn zip_checked(sh: &Shell, python: &Path, staging: &Path, out: &Path) -> Result<crate::lambda_smoke::Smoke> {
     if let Some(dir) = out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir)?;
     }
     let partial = out.with_extension("zip.partial");
-    sh.change_dir(staging.path());
+    sh.change_dir(staging);
     cmd!(sh, "{python} -m zipfile -c {partial} bootstrap instances.json").quiet().run()?;
     let unzipped =
-        std::fs::metadata(&bootstrap)?.len() + std::fs::metadata(staging.path().join("instances.json"))?.len();
+        std::fs::metadata(staging.join("bootstrap"))?.len() + std::fs::metadata(staging.join("instances.json"))?.len();
     let checked = check_size(std::fs::metadata(&partial)?.len(), unzipped).and_then(|()| {
         eprintln!("smoke: running the packaged bootstrap under a loopback Lambda Runtime API and the local emulator");
-        tokio::runtime::Handle::current().block_on(crate::lambda_smoke::smoke(staging.path()))
+        tokio::runtime::Handle::current().block_on(crate::lambda_smoke::smoke(staging))
     });
     let smoke = match checked {
         Ok(smoke) => smoke,
@@ -156,13 +183,7 @@ pub fn package(root: &Path, out: &Path) -> Result<PackageReport> {
     if !out.exists() {
         bail!("no zip at {}", out.display());
     }
-    Ok(PackageReport {
-        zip: out.display().to_string(),
-        binary: binary.display().to_string(),
-        newest_glibc: format!("{}.{}", newest.0, newest.1),
-        zip_bytes: std::fs::metadata(out)?.len(),
-        smoke,
-    })
+    Ok(smoke)
 }
 
 impl flags::ControlApi {
