@@ -133,10 +133,13 @@ pub async fn run_on_host(aws: &Aws, name: &str, id: &str, run: &HostRun<'_>) -> 
 /// second time. The SDK does not retry it here (a per-operation override);
 /// after a failure that may have reached SSM or may pass when sent again
 /// ([`worth_another_look`]), the host's commands are listed
-/// (ListCommandInvocations by instance id, [`sent_before`]) for this send's
-/// comment, unique by its nonce: found, it is the command sent; not
-/// found, it is sent again, within the configured attempts (the budget the
-/// SDK's retry layer would have had). Returns the command id.
+/// (ListCommandInvocations by instance id, [`look`]) for this send's
+/// comment, unique by its nonce: found, it is the command sent; not found
+/// in [`LOOKS`] listings (or refused by a throttle), it is sent again,
+/// within the configured attempts (the budget the SDK's retry layer would
+/// have had). Returns the command id. What remains: a command SSM lists
+/// later than the last look is sent twice; only the host could refuse
+/// that (a nonce it remembers), which the documents do not do yet.
 async fn send_once(aws: &Aws, id: &str, run: &HostRun<'_>) -> Result<String> {
     let ssm = aws.ssm();
     let comment = unique_comment(&run.comment);
@@ -158,20 +161,20 @@ async fn send_once(aws: &Aws, id: &str, run: &HostRun<'_>) -> Result<String> {
         if !worth_another_look(&err) {
             return Err(aws::error("SSM SendCommand", id, err));
         }
-        // Also gives SSM time to list a command it did accept (its listings
-        // are eventually consistent).
         run.cancel.sleep(&format!("sending `{}` to {id}", run.command), backoff(&retry, attempt)).await?;
-        match sent_before(&ssm, id, &comment, since).await {
+        // A throttle is an answer: nothing was accepted, nothing to look for.
+        let found = if throttled(&err) { Ok(None) } else { look(&ssm, id, &comment, since, run).await };
+        match found {
             Ok(Some(command_id)) => return Ok(command_id),
             Ok(None) if attempt < retry.max_attempts() => attempt += 1,
             Ok(None) => {
-                return Err(aws::error("SSM SendCommand", id, err)
-                    .context(format!("{attempt} attempt(s), none among {id}'s commands")))
+                return Err(aws::error("SSM SendCommand", id, err).context(format!(
+                    "{attempt} attempt(s), none among {id}'s commands yet: the last may still reach it"
+                )))
             }
             Err(list) => {
                 return Err(aws::error("SSM SendCommand", id, err).context(format!(
-                    "not sent again: whether it reached {id} is unknown, listing its commands failed too ({:#})",
-                    aws::error("SSM ListCommandInvocations", id, list)
+                    "not sent again: whether it reached {id} is unknown, listing its commands failed too ({list:#})"
                 )))
             }
         }
@@ -208,6 +211,33 @@ fn unique_comment(comment: &str) -> String {
     let room = COMMENT_MAX - nonce.len();
     let base: String = comment.chars().take(room).collect();
     format!("{base}{nonce}")
+}
+
+/// How many times the host's commands are listed, `--poll-seconds` apart,
+/// before a command SSM may have accepted is sent again: SSM's listings are
+/// eventually consistent (an invocation can show a while after SendCommand
+/// was carried out), so one empty listing is no proof it was not.
+const LOOKS: u32 = 6;
+
+/// [`sent_before`], up to [`LOOKS`] times, `run.poll` apart.
+async fn look(
+    ssm: &aws_sdk_ssm::Client,
+    id: &str,
+    comment: &str,
+    since: std::time::SystemTime,
+    run: &HostRun<'_>,
+) -> Result<Option<String>> {
+    for look in 1..=LOOKS {
+        let found =
+            sent_before(ssm, id, comment, since).await.map_err(|e| aws::error("SSM ListCommandInvocations", id, e))?;
+        if found.is_some() {
+            return Ok(found);
+        }
+        if look < LOOKS {
+            run.cancel.sleep(&format!("looking for `{}` on {id}", run.command), run.poll).await?;
+        }
+    }
+    Ok(None)
 }
 
 /// The id of the command on `id` with `comment`, sent after `since`;
@@ -257,15 +287,21 @@ const THROTTLING: &[&str] = &[
 /// a throttle or a server error, the failures the SDK's standard retry
 /// mode retries. Any other answer (a refused instance, a bad parameter)
 /// is final.
+/// SSM refused the send for its rate (429 or a throttling code): it was not carried out.
+fn throttled(err: &SdkError<SendCommandError>) -> bool {
+    match err {
+        SdkError::ServiceError(service) => {
+            service.raw().status().as_u16() == 429
+                || service.err().code().is_some_and(|code| THROTTLING.contains(&code))
+        }
+        _ => false,
+    }
+}
+
 fn worth_another_look(err: &SdkError<SendCommandError>) -> bool {
     match err {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
-        SdkError::ServiceError(service) => {
-            let status = service.raw().status();
-            status.is_server_error()
-                || status.as_u16() == 429
-                || service.err().code().is_some_and(|code| THROTTLING.contains(&code))
-        }
+        SdkError::ServiceError(service) => service.raw().status().is_server_error() || throttled(err),
         _ => false,
     }
 }
