@@ -453,14 +453,48 @@ pub async fn discard_snapshot(ec2: &aws_sdk_ec2::Client, snapshot_id: &str, err:
     }
 }
 
-/// Delete `snapshot_id`. `InvalidSnapshot.NotFound` counts as deleted: the
-/// SDK's retry of a delete whose response was lost meets exactly that, and
-/// either way the snapshot is gone.
+/// Attempts of [`delete_snapshot`], a second apart and doubling.
+const DELETE_ATTEMPTS: u32 = 3;
+
+/// Delete `snapshot_id`, one attempt at a time (not the SDK's retry), so
+/// that `InvalidSnapshot.NotFound` can be read: after an attempt whose
+/// answer was lost it is that attempt's delete, done; on the first, EC2
+/// (eventually consistent) may not list a just-started snapshot yet, so it
+/// is asked again, and still not found is an error naming it, never
+/// "deleted".
 pub async fn delete_snapshot(ec2: &aws_sdk_ec2::Client, snapshot_id: &str) -> Result<()> {
-    match ec2.delete_snapshot().snapshot_id(snapshot_id).send().await {
-        Ok(_) => Ok(()),
-        Err(e) if aws::error_code(&e) == Some("InvalidSnapshot.NotFound") => Ok(()),
-        Err(e) => Err(aws::error("EC2 DeleteSnapshot", snapshot_id, e)),
+    let once =
+        aws_sdk_ec2::config::Builder::default().retry_config(aws_sdk_ec2::config::retry::RetryConfig::disabled());
+    let mut answer_lost = false;
+    for attempt in 1..=DELETE_ATTEMPTS {
+        let sent =
+            ec2.delete_snapshot().snapshot_id(snapshot_id).customize().config_override(once.clone()).send().await;
+        let err = match sent {
+            Ok(_) => return Ok(()),
+            Err(e) => e,
+        };
+        let not_found = aws::error_code(&err) == Some("InvalidSnapshot.NotFound");
+        if not_found && answer_lost {
+            return Ok(());
+        }
+        let lost = may_have_been_carried_out(&err);
+        if attempt == DELETE_ATTEMPTS || !(not_found || lost || aws::error_code(&err) == Some("RequestLimitExceeded")) {
+            return Err(aws::error("EC2 DeleteSnapshot", snapshot_id, err));
+        }
+        answer_lost |= lost;
+        tokio::time::sleep(Duration::from_secs(1 << (attempt - 1))).await;
+    }
+    unreachable!("the last attempt returns")
+}
+
+/// A request EC2 may have carried out though its answer never came: a
+/// timeout, a connection lost, an unreadable answer or a server error.
+fn may_have_been_carried_out<E>(err: &aws_sdk_ec2::error::SdkError<E>) -> bool {
+    use aws_sdk_ec2::error::SdkError;
+    match err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
+        SdkError::ServiceError(service) => service.raw().status().is_server_error(),
+        _ => false,
     }
 }
 
