@@ -92,31 +92,21 @@ impl Trail {
     }
 }
 
-/// Write one record's line to S3, once: `If-None-Match: *` makes a second
-/// write of the same key fail, so nothing there is ever replaced. A `412`
-/// with the same bytes stored is this write's own earlier attempt (its
-/// response was lost and the SDK retried), so it counts as written.
+/// Write one record's line to S3, once ([`aws::s3::put_once`]): nothing
+/// there is ever replaced. The key taken with the same bytes stored is this
+/// write's own earlier attempt (its response was lost and the SDK retried),
+/// so it counts as written.
 async fn put_copy(aws: &Aws, bucket: &str, prefix: &str, time: &str, line: String) -> Result<String> {
     let digest = hash(&line);
     let key = s3_key(prefix, time, &digest);
-    let put = aws
-        .s3()
-        .put_object()
-        .bucket(bucket)
-        .key(&key)
-        .if_none_match("*")
-        .content_type("application/json")
-        .body(line.clone().into_bytes().into())
-        .send()
-        .await;
-    match put {
-        Ok(_) => Ok(digest),
-        Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => {
-            ensure_stored(aws, bucket, &key, &line).await?;
-            Ok(digest)
-        }
-        Err(e) => Err(aws::error("S3 PutObject", &aws::s3::url(bucket, &key), e)),
+    let s3 = aws.s3();
+    let request = || {
+        s3.put_object().bucket(bucket).key(&key).content_type("application/json").body(line.clone().into_bytes().into())
+    };
+    if aws::s3::put_once(&aws::s3::url(bucket, &key), request).await? == aws::s3::Once::Exists {
+        ensure_stored(aws, bucket, &key, &line).await?;
     }
+    Ok(digest)
 }
 
 /// The copy at `key` holds exactly `line`, or an error naming it.

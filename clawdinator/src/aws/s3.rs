@@ -125,6 +125,42 @@ pub async fn put_replacing(
     }
 }
 
+/// What a write-once PutObject (`If-None-Match: *`) found at its key.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Once {
+    Created,
+    /// Something is there already (perhaps this write's own earlier
+    /// attempt, whose answer was lost): the caller reads it back.
+    Exists,
+}
+
+/// Attempts of a write-once PutObject that meets `409 ConditionalRequestConflict`.
+const CONFLICT_ATTEMPTS: u32 = 3;
+
+/// Send the write-once PutObject `request` makes (a fresh one each time: a
+/// body is consumed). S3 answers `412` when the key exists and `409
+/// ConditionalRequestConflict` while another conditional write to it is in
+/// flight, which its user guide ("How to prevent object overwrites with
+/// conditional writes") says to send again: done here, a second apart, at
+/// most [`CONFLICT_ATTEMPTS`] times.
+pub async fn put_once<F>(url: &str, request: F) -> Result<Once>
+where
+    F: Fn() -> aws_sdk_s3::operation::put_object::builders::PutObjectFluentBuilder,
+{
+    for attempt in 1..=CONFLICT_ATTEMPTS {
+        let err = match request().if_none_match("*").send().await {
+            Ok(_) => return Ok(Once::Created),
+            Err(e) => e,
+        };
+        match err.raw_response().map(|r| r.status().as_u16()) {
+            Some(412) => return Ok(Once::Exists),
+            Some(409) if attempt < CONFLICT_ATTEMPTS => tokio::time::sleep(Duration::from_secs(1)).await,
+            _ => return Err(aws::error("S3 PutObject", url, err)),
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
 /// The PutObject request [`put`] and [`put_replacing`] send.
 async fn put_request(
     s3: &aws_sdk_s3::Client,

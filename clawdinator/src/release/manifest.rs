@@ -93,31 +93,26 @@ pub enum Written {
 pub async fn write_once(s3c: &aws_sdk_s3::Client, bucket: &str, release: &Release) -> Result<Written> {
     let key = key(&release.revision);
     let body = serde_json::to_vec_pretty(release)?;
-    let put = s3c
-        .put_object()
-        .bucket(bucket)
-        .key(&key)
-        .if_none_match("*")
-        .content_type("application/json")
-        .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256)
-        .tagging("app=clawdinator")
-        .body(body.into())
-        .send()
-        .await;
-    match put {
-        Ok(_) => Ok(Written::Created),
-        Err(e) if e.raw_response().is_some_and(|r| r.status().as_u16() == 412) => {
-            let earlier = read(s3c, bucket, &release.revision).await?;
-            ensure!(
-                earlier.hosts == release.hosts,
-                "{} exists with other store paths than this build's: a revision must build to one system per host \
-                 (is an input unpinned?); it is never overwritten",
-                s3::url(bucket, &key)
-            );
-            Ok(Written::Kept)
-        }
-        Err(e) => Err(aws::error("S3 PutObject", &s3::url(bucket, &key), e)),
+    let request = || {
+        s3c.put_object()
+            .bucket(bucket)
+            .key(&key)
+            .content_type("application/json")
+            .server_side_encryption(aws_sdk_s3::types::ServerSideEncryption::Aes256)
+            .tagging("app=clawdinator")
+            .body(body.clone().into())
+    };
+    if s3::put_once(&s3::url(bucket, &key), request).await? == s3::Once::Created {
+        return Ok(Written::Created);
     }
+    let earlier = read(s3c, bucket, &release.revision).await?;
+    ensure!(
+        earlier.hosts == release.hosts,
+        "{} exists with other store paths than this build's: a revision must build to one system per host \
+         (is an input unpinned?); it is never overwritten",
+        s3::url(bucket, &key)
+    );
+    Ok(Written::Kept)
 }
 
 /// The manifest of one revision.

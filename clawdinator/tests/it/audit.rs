@@ -443,3 +443,32 @@ async fn an_audit_copy_whose_key_holds_other_content_fails_naming_it() {
     let kept = kept.body.collect().await.unwrap().into_bytes();
     assert_eq!(kept.as_ref(), b"something else", "the copy was overwritten");
 }
+
+/// S3's `409 ConditionalRequestConflict` (another conditional write to the
+/// key in flight) is sent again, a bounded number of times: twice is
+/// survived with one copy per record; every time fails naming the key.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_audit_copy_meeting_a_conditional_write_conflict_is_sent_again() {
+    let (env, fleet) = setup().await;
+    let conflict = |times: i64| {
+        serde_json::json!({"operation": "PutObject", "match": "audit/", "times": times, "status": 409,
+            "code": "ConditionalRequestConflict", "message": "A conflicting operation occurred"})
+    };
+    env.emulator.inject(conflict(2)).unwrap();
+    let upload = upload_args(&env, &fleet);
+    let args: Vec<&str> = upload.iter().map(String::as_str).collect();
+    let out = run(&env, &args);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(env.emulator.faults().unwrap()[0]["fired"], 2);
+    assert_eq!(audit_keys(&env).await.len(), 2, "one copy per record");
+
+    env.emulator.clear_faults().unwrap();
+    env.emulator.inject(conflict(-1)).unwrap();
+    let out = run(&env, &args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("s3://clawdinator-audit/audit/") && stderr.contains("ConditionalRequestConflict"),
+        "{stderr}"
+    );
+}
