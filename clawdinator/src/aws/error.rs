@@ -54,3 +54,14 @@ where
 pub fn error_code<E: ProvideErrorMetadata, R>(err: &SdkError<E, R>) -> Option<&str> {
     err.as_service_error().and_then(|e| e.code())
 }
+
+/// A request AWS may have carried out though its answer never came: a
+/// timeout, a connection lost, an unreadable answer or a server error. A
+/// write that is not idempotent looks before it is sent again.
+pub fn may_have_been_carried_out<E>(err: &SdkError<E, aws_smithy_runtime_api::http::Response>) -> bool {
+    match err {
+        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
+        SdkError::ServiceError(service) => service.raw().status().is_server_error(),
+        _ => false,
+    }
+}

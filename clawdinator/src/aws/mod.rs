@@ -19,4 +19,4 @@ pub mod iam;
 pub mod s3;
 
 pub use config::{Aws, Settings, Timeouts};
-pub use error::{error, error_code};
+pub use error::{error, error_code, may_have_been_carried_out};

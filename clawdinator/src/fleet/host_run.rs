@@ -299,11 +299,7 @@ fn throttled(err: &SdkError<SendCommandError>) -> bool {
 }
 
 fn worth_another_look(err: &SdkError<SendCommandError>) -> bool {
-    match err {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
-        SdkError::ServiceError(service) => service.raw().status().is_server_error() || throttled(err),
-        _ => false,
-    }
+    aws::may_have_been_carried_out(err) || throttled(err)
 }
 
 /// The pause before looking for attempt `attempt`'s command: the retry

@@ -477,7 +477,7 @@ pub async fn delete_snapshot(ec2: &aws_sdk_ec2::Client, snapshot_id: &str) -> Re
         if not_found && answer_lost {
             return Ok(());
         }
-        let lost = may_have_been_carried_out(&err);
+        let lost = aws::may_have_been_carried_out(&err);
         if attempt == DELETE_ATTEMPTS || !(not_found || lost || aws::error_code(&err) == Some("RequestLimitExceeded")) {
             return Err(aws::error("EC2 DeleteSnapshot", snapshot_id, err));
         }
@@ -485,17 +485,6 @@ pub async fn delete_snapshot(ec2: &aws_sdk_ec2::Client, snapshot_id: &str) -> Re
         tokio::time::sleep(Duration::from_secs(1 << (attempt - 1))).await;
     }
     unreachable!("the last attempt returns")
-}
-
-/// A request EC2 may have carried out though its answer never came: a
-/// timeout, a connection lost, an unreadable answer or a server error.
-fn may_have_been_carried_out<E>(err: &aws_sdk_ec2::error::SdkError<E>) -> bool {
-    use aws_sdk_ec2::error::SdkError;
-    match err {
-        SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => true,
-        SdkError::ServiceError(service) => service.raw().status().is_server_error(),
-        _ => false,
-    }
 }
 
 /// Follows a snapshot until EC2 reports it `completed`.
